@@ -1,0 +1,474 @@
+/**
+ * A circuit breaker stops calling a dependency that keeps failing, so that its
+ * callers fail over at once instead of waiting on it, and it gets time to
+ * recover. After `openDuration` it lets a few probe calls through (HalfOpen);
+ * enough successes close it, any failure opens it again.
+ *
+ * Unlike the reference article's breaker, every transition is one atomic
+ * update (the half-open probe count is never read outside it), a success in
+ * Closed resets the consecutive-failure count, and Open becomes HalfOpen on
+ * time alone, even when no call arrives.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as PubSub from "effect/PubSub"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { CountWindow, type OutcomeWindow, TimeWindow } from "./internal/outcomeWindow.js"
+
+/** The states of a breaker. `ForcedOpen` and `Disabled` are set by operators only. */
+export type State = "Closed" | "Open" | "HalfOpen" | "ForcedOpen" | "Disabled"
+
+/** One change of state, as published on {@link CircuitBreaker.changes}. */
+export interface Transition {
+  readonly breaker: string
+  readonly from: State
+  readonly to: State
+  /** Epoch millis, from Effect's Clock. */
+  readonly at: number
+  readonly reason: string
+}
+
+/** The call was refused without being made. */
+export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+  readonly breaker: string
+  readonly state: State
+  /** How long until the breaker will admit a probe (zero when half-open probes are all taken). */
+  readonly retryAfter: Duration.Duration
+}> {
+  override get message(): string {
+    return `circuit breaker "${this.breaker}" is ${this.state}`
+  }
+}
+
+/** A failure-rate rule over a sliding window of the last N calls or the last T. */
+export interface FailureRate {
+  /** Trip when failures / calls reaches this share (0 < threshold <= 1). */
+  readonly threshold: number
+  /** No decision before this many calls are in the window. */
+  readonly minimumCalls: number
+  readonly window: { readonly calls: number } | { readonly duration: Duration.DurationInput }
+}
+
+export interface Options {
+  readonly name: string
+  /** Consecutive failures that open the breaker. Default 5. */
+  readonly failureThreshold?: number
+  /** Also open on a failure rate over a sliding window. Off by default. */
+  readonly failureRate?: FailureRate | undefined
+  /** A successful call slower than this counts as a failure. Off by default. */
+  readonly slowCallDuration?: Duration.DurationInput | undefined
+  /** How long the breaker stays open before it admits probes. Default 30 s. */
+  readonly openDuration?: Duration.DurationInput
+  /**
+   * How the open duration grows on trips that follow each other without a
+   * recovery in between; its outputs are the durations. Example:
+   * `Schedule.exponential("30 seconds").pipe(Schedule.map(Duration.min("10 minutes")))`.
+   * When set, it replaces `openDuration`.
+   */
+  readonly openDurationSchedule?: Schedule.Schedule<Duration.Duration> | undefined
+  /** Concurrent probes admitted while half-open. Default 3. */
+  readonly halfOpenMaxCalls?: number
+  /** Probe successes that close the breaker. Default 3. */
+  readonly successThreshold?: number
+  /**
+   * Which errors count against the dependency. Default: all. A caller's own
+   * bad request (a 400) should return `false`: it says nothing about the
+   * dependency's health. Errors that do not count are neutral.
+   */
+  readonly isFailure?: ((error: unknown) => boolean) | undefined
+}
+
+export interface Snapshot {
+  readonly name: string
+  readonly state: State
+  readonly consecutiveFailures: number
+  /** Calls and failures in the failure-rate window (zero when no rule is set). */
+  readonly windowCalls: number
+  readonly windowFailures: number
+  /** Epoch millis when an open breaker will admit probes. */
+  readonly openUntil: number | undefined
+  /** Trips since the last recovery (what the open-duration schedule has seen). */
+  readonly trips: number
+  readonly halfOpenInFlight: number
+}
+
+export interface CircuitBreaker {
+  readonly name: string
+  /** Runs `self` if the breaker admits it, and records how it ended. */
+  readonly protect: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /** The current state (an elapsed open period reads as HalfOpen). */
+  readonly state: Effect.Effect<State>
+  /** Whether a call made now would be admitted, without taking a probe slot. */
+  readonly isAvailable: Effect.Effect<boolean>
+  readonly snapshot: Effect.Effect<Snapshot>
+  /** Every transition from now on. */
+  readonly changes: Stream.Stream<Transition>
+  /** Operator: close, forgetting failures and trips. Also leaves ForcedOpen and Disabled. */
+  readonly reset: Effect.Effect<void>
+  /** Operator: refuse every call until `reset`. */
+  readonly forceOpen: Effect.Effect<void>
+  /** Operator: admit every call and record nothing until `reset`. */
+  readonly disable: Effect.Effect<void>
+  /** An open breaker starts admitting probes now (e.g. after a health check passed). */
+  readonly tryHalfOpen: Effect.Effect<void>
+}
+
+/** The breaker of a single-dependency program; see {@link layer}. */
+export const CircuitBreaker = Context.GenericTag<CircuitBreaker>("@breakwater/core/CircuitBreaker")
+
+// ---------------------------------------------------------------------------
+// internals
+
+type Internal =
+  | { readonly _tag: "Closed"; consecutive: number; readonly window: OutcomeWindow | undefined }
+  | { readonly _tag: "Open"; readonly openUntil: number }
+  | { readonly _tag: "HalfOpen"; inFlight: number; successes: number }
+  | { readonly _tag: "ForcedOpen" }
+  | { readonly _tag: "Disabled" }
+
+interface Machine {
+  state: Internal
+  /** Bumped on every transition; a call's outcome only counts in the epoch it was admitted in. */
+  epoch: number
+  trips: number
+  nextOpenMillis: number
+  scheduleState: unknown
+}
+
+const enum Admission {
+  Refused = 0,
+  Closed = 1,
+  Probe = 2,
+  Unrecorded = 3
+}
+
+const stateCode: Record<State, number> = { Closed: 0, HalfOpen: 1, Open: 2, ForcedOpen: 3, Disabled: 4 }
+
+const stateGauge = Metric.gauge("breakwater_breaker_state", {
+  description: "Breaker state: 0 closed, 1 half-open, 2 open, 3 forced open, 4 disabled"
+})
+const transitionsCounter = Metric.counter("breakwater_breaker_transitions_total", {
+  description: "Breaker state transitions",
+  incremental: true
+})
+const rejectedCounter = Metric.counter("breakwater_breaker_rejected_total", {
+  description: "Calls refused by an open breaker",
+  incremental: true
+})
+
+const makeWindow = (rule: FailureRate | undefined): OutcomeWindow | undefined =>
+  rule === undefined
+    ? undefined
+    : "calls" in rule.window
+    ? new CountWindow(rule.window.calls)
+    : new TimeWindow(Duration.toMillis(rule.window.duration))
+
+/**
+ * Builds a breaker. The scope owns the fiber that moves an open breaker to
+ * half-open when its time is up.
+ */
+export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const name = options.name
+    const failureThreshold = options.failureThreshold ?? 5
+    const halfOpenMaxCalls = options.halfOpenMaxCalls ?? 3
+    const successThreshold = options.successThreshold ?? 3
+    const isFailure = options.isFailure ?? (() => true)
+    const slowMillis = options.slowCallDuration === undefined
+      ? undefined
+      : Duration.toMillis(options.slowCallDuration)
+    const rule = options.failureRate
+    const schedule = options.openDurationSchedule
+    const fixedOpenMillis = Duration.toMillis(options.openDuration ?? Duration.seconds(30))
+
+    const gaugeFor = Metric.tagged(stateGauge, "breaker", name)
+    const rejected = Metric.tagged(rejectedCounter, "breaker", name)
+    const transitionsFor = Metric.tagged(transitionsCounter, "breaker", name)
+
+    // The open-duration schedule is stepped ahead of time, so that a trip can
+    // take its duration inside one synchronous update.
+    const stepSchedule = (state: unknown) =>
+      schedule === undefined
+        ? Effect.succeed([undefined, fixedOpenMillis] as const)
+        : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          schedule.step(now, undefined, state).pipe(
+            Effect.map(([next, out]) => [next, Duration.toMillis(out)] as const)
+          ))
+    const [firstScheduleState, firstOpenMillis] = yield* stepSchedule(schedule?.initial)
+
+    const machine = yield* Ref.make<Machine>({
+      state: { _tag: "Closed", consecutive: 0, window: makeWindow(rule) },
+      epoch: 0,
+      trips: 0,
+      nextOpenMillis: firstOpenMillis,
+      scheduleState: firstScheduleState
+    })
+    const pubsub = yield* PubSub.sliding<Transition>(1024)
+    yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
+    const scope = yield* Effect.scope
+    yield* Metric.set(gaugeFor, 0)
+
+    const closed = (): Internal => ({ _tag: "Closed", consecutive: 0, window: makeWindow(rule) })
+
+    /** Applies a transition in place; returns the event to publish. */
+    const transition = (m: Machine, to: Internal, now: number, reason: string): Transition => {
+      const from = m.state._tag
+      m.state = to
+      m.epoch++
+      return { breaker: name, from, to: to._tag, at: now, reason }
+    }
+
+    const trip = (m: Machine, now: number, reason: string): Transition => {
+      m.trips++
+      const openUntil = now + m.nextOpenMillis
+      return transition(m, { _tag: "Open", openUntil }, now, reason)
+    }
+
+    const recover = (m: Machine, now: number): Transition => {
+      m.trips = 0
+      m.nextOpenMillis = firstOpenMillis
+      m.scheduleState = firstScheduleState
+      return transition(m, closed(), now, `${successThreshold} probe successes`)
+    }
+
+    /** Open -> HalfOpen when its time is up; evaluated lazily on every read. */
+    const refresh = (m: Machine, now: number): Transition | undefined =>
+      m.state._tag === "Open" && now >= m.state.openUntil
+        ? transition(m, { _tag: "HalfOpen", inFlight: 0, successes: 0 }, now, "open duration elapsed")
+        : undefined
+
+    // Side effects of transitions: events, metrics, the wake-up timer of a
+    // new open period, and stepping the open-duration schedule.
+    const announce = (events: ReadonlyArray<Transition>): Effect.Effect<void> => {
+      if (events.length === 0) return Effect.void
+      const last = events[events.length - 1]!
+      const effects: Array<Effect.Effect<unknown>> = [
+        PubSub.publishAll(pubsub, events),
+        Metric.set(gaugeFor, stateCode[last.to])
+      ]
+      for (const e of events) {
+        effects.push(Metric.increment(Metric.tagged(Metric.tagged(transitionsFor, "from", e.from), "to", e.to)))
+        if (e.to === "Open") effects.push(afterTrip)
+      }
+      return Effect.asVoid(Effect.all(effects, { discard: true }))
+    }
+
+    const afterTrip: Effect.Effect<void> = Effect.gen(function*() {
+      const m = yield* Ref.get(machine)
+      if (m.state._tag !== "Open") return
+      const epoch = m.epoch
+      const openUntil = m.state.openUntil
+      if (schedule !== undefined) {
+        const [next, millis] = yield* stepSchedule(m.scheduleState)
+        yield* Ref.update(machine, (m) => {
+          m.scheduleState = next ?? m.scheduleState
+          m.nextOpenMillis = millis
+          return m
+        })
+      }
+      // Wake up when the open period ends, so that watchers see HalfOpen
+      // even if no call arrives. A trip is recorded in the finalizer of an
+      // uninterruptible region, and a forked fiber inherits that: the wait
+      // must be made interruptible, or closing the scope would block until
+      // the open period ends.
+      yield* Effect.forkIn(
+        Effect.interruptible(
+          Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sleep(Duration.millis(Math.max(0, openUntil - now))))
+        ).pipe(
+          Effect.zipRight(Clock.currentTimeMillis),
+          Effect.flatMap((now) =>
+            Ref.modify(machine, (m) => [m.epoch === epoch ? refresh(m, now) : undefined, m])
+          ),
+          Effect.flatMap((event) => event === undefined ? Effect.void : announce([event]))
+        ),
+        scope
+      )
+    }).pipe(Effect.catchAllCause(() => Effect.void))
+
+    const publicState = (s: Internal): State => s._tag
+
+    type Permit = readonly [admission: Admission, epoch: number, retryAfter: number, state: State]
+
+    const admit: Effect.Effect<readonly [Permit, Transition | undefined]> = Effect.clockWith((clock) =>
+      Ref.modify(machine, (m): [readonly [Permit, Transition | undefined], Machine] => {
+        const now = clock.unsafeCurrentTimeMillis()
+        const event = refresh(m, now)
+        const s = m.state
+        switch (s._tag) {
+          case "Closed":
+            return [[[Admission.Closed, m.epoch, 0, "Closed"], event], m]
+          case "Disabled":
+            return [[[Admission.Unrecorded, m.epoch, 0, "Disabled"], event], m]
+          case "HalfOpen":
+            if (s.inFlight < halfOpenMaxCalls) {
+              s.inFlight++
+              return [[[Admission.Probe, m.epoch, 0, "HalfOpen"], event], m]
+            }
+            return [[[Admission.Refused, m.epoch, 0, "HalfOpen"], event], m]
+          case "Open":
+            return [[[Admission.Refused, m.epoch, s.openUntil - now, "Open"], event], m]
+          case "ForcedOpen":
+            return [[[Admission.Refused, m.epoch, 0, "ForcedOpen"], event], m]
+        }
+      })
+    )
+
+    const record = (permit: Permit, exit: Exit.Exit<unknown, unknown>, startedAt: number) =>
+      Effect.clockWith((clock) => {
+        const now = clock.unsafeCurrentTimeMillis()
+        let outcome: "success" | "failure" | "neutral"
+        if (Exit.isSuccess(exit)) {
+          outcome = slowMillis !== undefined && now - startedAt >= slowMillis ? "failure" : "success"
+        } else {
+          // Interruption says nothing about the dependency; a defect does.
+          const failure = Cause.failureOption(exit.cause)
+          if (failure._tag === "Some") outcome = isFailure(failure.value) ? "failure" : "neutral"
+          else if (Cause.isInterruptedOnly(exit.cause)) outcome = "neutral"
+          else outcome = "failure"
+        }
+        return Ref.modify(machine, (m): [Transition | undefined, Machine] => {
+          if (m.epoch !== permit[1]) return [undefined, m]
+          const s = m.state
+          if (s._tag === "Closed" && permit[0] === Admission.Closed) {
+            if (outcome === "neutral") return [undefined, m]
+            const failed = outcome === "failure"
+            s.consecutive = failed ? s.consecutive + 1 : 0
+            s.window?.record(now, failed)
+            if (!failed) return [undefined, m]
+            if (s.consecutive >= failureThreshold) {
+              return [trip(m, now, `${s.consecutive} consecutive failures`), m]
+            }
+            if (rule !== undefined && s.window !== undefined) {
+              const { calls, failures } = s.window.totals(now)
+              if (calls >= rule.minimumCalls && failures / calls >= rule.threshold) {
+                return [trip(m, now, `failure rate ${Math.round((failures / calls) * 100)}% over ${calls} calls`), m]
+              }
+            }
+            return [undefined, m]
+          }
+          if (s._tag === "HalfOpen" && permit[0] === Admission.Probe) {
+            s.inFlight--
+            if (outcome === "failure") return [trip(m, now, "probe failed"), m]
+            if (outcome === "success") {
+              s.successes++
+              if (s.successes >= successThreshold) return [recover(m, now), m]
+            }
+          }
+          return [undefined, m]
+        }).pipe(Effect.flatMap((event) => event === undefined ? Effect.void : announce([event])))
+      })
+
+    const refuse = (permit: Permit) =>
+      Effect.zipRight(
+        Metric.increment(rejected),
+        Effect.fail(new CircuitOpen({ breaker: name, state: permit[3], retryAfter: Duration.millis(Math.max(0, permit[2])) }))
+      )
+
+    const protect = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(admit, ([permit, event]) => {
+          const go = (): Effect.Effect<A, E | CircuitOpen, R> => {
+            switch (permit[0]) {
+              case Admission.Refused:
+                return refuse(permit)
+              case Admission.Unrecorded:
+                return restore(self)
+              default: {
+                if (slowMillis === undefined) {
+                  return Effect.onExit(restore(self), (exit) => record(permit, exit, 0))
+                }
+                return Effect.flatMap(Clock.currentTimeMillis, (start) =>
+                  Effect.onExit(restore(self), (exit) => record(permit, exit, start)))
+              }
+            }
+          }
+          return event === undefined ? go() : Effect.zipRight(announce([event]), Effect.suspend(go))
+        })
+      )
+
+    const withNow = <A>(f: (m: Machine, now: number) => [A, Transition | undefined]) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Ref.modify(machine, (m): [[A, Transition | undefined], Machine] => [f(m, now), m])).pipe(
+          Effect.tap(([, event]) => event === undefined ? Effect.void : announce([event])),
+          Effect.map(([a]) => a)
+        )
+
+    const snapshot = withNow((m, now): [Snapshot, Transition | undefined] => {
+      const event = refresh(m, now)
+      const s = m.state
+      const totals = s._tag === "Closed" && s.window !== undefined ? s.window.totals(now) : { calls: 0, failures: 0 }
+      return [{
+        name,
+        state: publicState(s),
+        consecutiveFailures: s._tag === "Closed" ? s.consecutive : 0,
+        windowCalls: totals.calls,
+        windowFailures: totals.failures,
+        openUntil: s._tag === "Open" ? s.openUntil : undefined,
+        trips: m.trips,
+        halfOpenInFlight: s._tag === "HalfOpen" ? s.inFlight : 0
+      }, event]
+    })
+
+    const operator = (to: (m: Machine) => Internal | undefined, reason: string) =>
+      withNow((m, now): [void, Transition | undefined] => {
+        const target = to(m)
+        if (target === undefined) return [undefined, undefined]
+        if (target._tag === "Closed") {
+          m.trips = 0
+          m.nextOpenMillis = firstOpenMillis
+          m.scheduleState = firstScheduleState
+        }
+        return [undefined, transition(m, target, now, reason)]
+      })
+
+    return CircuitBreaker.of({
+      name,
+      protect,
+      state: Effect.map(snapshot, (s) => s.state),
+      isAvailable: Effect.map(snapshot, (s) =>
+        s.state === "Closed" || s.state === "Disabled" || (s.state === "HalfOpen" && s.halfOpenInFlight < halfOpenMaxCalls)),
+      snapshot,
+      changes: Stream.fromPubSub(pubsub),
+      reset: operator(() => closed(), "reset by operator"),
+      forceOpen: operator(() => ({ _tag: "ForcedOpen" }), "forced open by operator"),
+      disable: operator(() => ({ _tag: "Disabled" }), "disabled by operator"),
+      tryHalfOpen: operator(
+        (m) => m.state._tag === "Open" ? { _tag: "HalfOpen", inFlight: 0, successes: 0 } : undefined,
+        "recovery signalled"
+      )
+    })
+  })
+
+/** A breaker in the context, from options given as a value. */
+export const layer = (options: Options): Layer.Layer<CircuitBreaker> => Layer.scoped(CircuitBreaker, make(options))
+
+/**
+ * Breaker options read from `effect/Config` (environment by default), e.g.
+ * `BREAKER_FAILURE_THRESHOLD`-style keys under `Config.nested`:
+ * `failureThreshold`, `successThreshold`, `halfOpenMaxCalls`, `openDuration`.
+ */
+export const config = (name: string): Config.Config<Options> =>
+  Config.all({
+    failureThreshold: Config.integer("failureThreshold").pipe(Config.withDefault(5)),
+    successThreshold: Config.integer("successThreshold").pipe(Config.withDefault(3)),
+    halfOpenMaxCalls: Config.integer("halfOpenMaxCalls").pipe(Config.withDefault(3)),
+    openDuration: Config.duration("openDuration").pipe(Config.withDefault(Duration.seconds(30)))
+  }).pipe(Config.map((o): Options => ({ name, ...o })))
+
+/** A breaker in the context, its options read from `effect/Config`. */
+export const layerConfig = (config: Config.Config<Options>): Layer.Layer<CircuitBreaker, ConfigError.ConfigError> =>
+  Layer.scoped(CircuitBreaker, Effect.flatMap(config, make))

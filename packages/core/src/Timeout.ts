@@ -1,0 +1,144 @@
+/**
+ * Two limits on time: one per attempt (a hung upstream call is cut off), and
+ * one for the whole request, a deadline that every attempt, retry sleep and
+ * failover inside it respects. The deadline is carried in a `FiberRef`, so
+ * nested code (retries, the router) reads the time left without it being
+ * passed around; an attempt never gets more time than the deadline leaves.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import { dual } from "effect/Function"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+
+/** One attempt took longer than its own limit. */
+export class AttemptTimedOut extends Data.TaggedError("AttemptTimedOut")<{
+  readonly timeout: Duration.Duration
+}> {
+  override get message(): string {
+    return `attempt timed out after ${Duration.format(this.timeout)}`
+  }
+}
+
+/** The request's deadline passed. */
+export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
+  /** The whole request's budget. */
+  readonly budget: Duration.Duration
+}> {
+  override get message(): string {
+    return `request deadline of ${Duration.format(this.budget)} exceeded`
+  }
+}
+
+/** Epoch millis of the current request's deadline, and the budget it came from. */
+const currentDeadline = FiberRef.unsafeMake<Option.Option<readonly [at: number, budget: Duration.Duration]>>(
+  Option.none()
+)
+
+/** Time left before the current deadline; `None` when no deadline is set. */
+export const remaining: Effect.Effect<Option.Option<Duration.Duration>> = Effect.flatMap(
+  FiberRef.get(currentDeadline),
+  (deadline) =>
+    Option.isNone(deadline)
+      ? Effect.succeedNone
+      : Effect.clockWith((clock) =>
+        Effect.sync(() => Option.some(Duration.millis(Math.max(0, deadline.value[0] - clock.unsafeCurrentTimeMillis()))))
+      )
+)
+
+/**
+ * Runs `self` under a deadline `budget` from now (or the enclosing deadline,
+ * if that is sooner), failing `DeadlineExceeded` when it passes.
+ */
+export const withDeadline: {
+  (budget: Duration.DurationInput): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | DeadlineExceeded, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, budget: Duration.DurationInput): Effect.Effect<A, E | DeadlineExceeded, R>
+} = dual(2, <A, E, R>(self: Effect.Effect<A, E, R>, budget: Duration.DurationInput) =>
+  Effect.clockWith((clock) =>
+    Effect.flatMap(FiberRef.get(currentDeadline), (outer) => {
+      const b = Duration.decode(budget)
+      const now = clock.unsafeCurrentTimeMillis()
+      const own = now + Duration.toMillis(b)
+      if (Option.isSome(outer) && outer.value[0] <= own) {
+        // The enclosing deadline is sooner: it stays in charge.
+        return self
+      }
+      return Effect.locally(self, currentDeadline, Option.some([own, b] as const)).pipe(
+        Effect.timeoutFail({ duration: b, onTimeout: () => new DeadlineExceeded({ budget: b }) })
+      )
+    })
+  ))
+
+/**
+ * Runs one attempt under `timeout`, cut short by the current deadline: when
+ * the deadline is the nearer limit the attempt fails `DeadlineExceeded`,
+ * otherwise `AttemptTimedOut`.
+ */
+export const attempt: {
+  (timeout: Duration.DurationInput): <A, E, R>(
+    self: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | AttemptTimedOut | DeadlineExceeded, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, timeout: Duration.DurationInput): Effect.Effect<A, E | AttemptTimedOut | DeadlineExceeded, R>
+} = dual(2, <A, E, R>(self: Effect.Effect<A, E, R>, timeout: Duration.DurationInput) =>
+  Effect.clockWith((clock) =>
+    Effect.flatMap(FiberRef.get(currentDeadline), (deadline): Effect.Effect<A, E | AttemptTimedOut | DeadlineExceeded, R> => {
+      const t = Duration.decode(timeout)
+      if (Option.isSome(deadline)) {
+        const left = deadline.value[0] - clock.unsafeCurrentTimeMillis()
+        if (left <= 0) return Effect.fail(new DeadlineExceeded({ budget: deadline.value[1] }))
+        if (left < Duration.toMillis(t)) {
+          return Effect.timeoutFail(self, {
+            duration: Duration.millis(left),
+            onTimeout: () => new DeadlineExceeded({ budget: deadline.value[1] })
+          })
+        }
+      }
+      return Effect.timeoutFail(self, { duration: t, onTimeout: () => new AttemptTimedOut({ timeout: t }) })
+    })
+  ))
+
+export interface Options {
+  /** Limit of one attempt. Default 30 s. */
+  readonly attempt?: Duration.DurationInput
+  /** Limit of the whole request, across attempts and failover. Default 60 s. */
+  readonly request?: Duration.DurationInput
+}
+
+/** A configured pair of limits, for pipelines that take them from the context. */
+export interface Timeout {
+  readonly attempt: Duration.Duration
+  readonly request: Duration.Duration
+  readonly withAttempt: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | AttemptTimedOut | DeadlineExceeded, R>
+  readonly withDeadline: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | DeadlineExceeded, R>
+}
+
+export const Timeout = Context.GenericTag<Timeout>("@breakwater/core/Timeout")
+
+export const make = (options: Options = {}): Timeout => {
+  const a = Duration.decode(options.attempt ?? Duration.seconds(30))
+  const r = Duration.decode(options.request ?? Duration.seconds(60))
+  return Timeout.of({
+    attempt: a,
+    request: r,
+    withAttempt: (self) => attempt(self, a),
+    withDeadline: (self) => withDeadline(self, r)
+  })
+}
+
+export const layer = (options: Options = {}): Layer.Layer<Timeout> => Layer.succeed(Timeout, make(options))
+
+/** Options from `effect/Config`: `attempt`, `request` (durations such as "30 seconds"). */
+export const config: Config.Config<Options> = Config.all({
+  attempt: Config.duration("attempt").pipe(Config.withDefault(Duration.seconds(30))),
+  request: Config.duration("request").pipe(Config.withDefault(Duration.seconds(60)))
+})
+
+export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Timeout, ConfigError.ConfigError> =>
+  Layer.effect(Timeout, Effect.map(config, make))
