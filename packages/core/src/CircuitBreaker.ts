@@ -23,7 +23,6 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as PubSub from "effect/PubSub"
-import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -210,13 +209,16 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
           ))
     const [firstScheduleState, firstOpenMillis] = yield* stepSchedule(schedule?.initial)
 
-    const machine = yield* Ref.make<Machine>({
+    // The state machine is one mutable cell changed only inside synchronous
+    // steps, which Effect runs one at a time: each step is as atomic as a
+    // `Ref.modify`, without its allocations on the hot path.
+    const m: Machine = {
       state: { _tag: "Closed", consecutive: 0, window: makeWindow(rule) },
       epoch: 0,
       trips: 0,
       nextOpenMillis: firstOpenMillis,
       scheduleState: firstScheduleState
-    })
+    }
     const pubsub = yield* PubSub.sliding<Transition>(1024)
     yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
     const scope = yield* Effect.scope
@@ -268,17 +270,13 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
     }
 
     const afterTrip: Effect.Effect<void> = Effect.gen(function*() {
-      const m = yield* Ref.get(machine)
       if (m.state._tag !== "Open") return
       const epoch = m.epoch
       const openUntil = m.state.openUntil
       if (schedule !== undefined) {
         const [next, millis] = yield* stepSchedule(m.scheduleState)
-        yield* Ref.update(machine, (m) => {
-          m.scheduleState = next ?? m.scheduleState
-          m.nextOpenMillis = millis
-          return m
-        })
+        m.scheduleState = next ?? m.scheduleState
+        m.nextOpenMillis = millis
       }
       // Wake up when the open period ends, so that watchers see HalfOpen
       // even if no call arrives. A trip is recorded in the finalizer of an
@@ -290,9 +288,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
           Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sleep(Duration.millis(Math.max(0, openUntil - now))))
         ).pipe(
           Effect.zipRight(Clock.currentTimeMillis),
-          Effect.flatMap((now) =>
-            Ref.modify(machine, (m) => [m.epoch === epoch ? refresh(m, now) : undefined, m])
-          ),
+          Effect.map((now) => m.epoch === epoch ? refresh(m, now) : undefined),
           Effect.flatMap((event) => event === undefined ? Effect.void : announce([event]))
         ),
         scope
@@ -304,72 +300,79 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
     type Permit = readonly [admission: Admission, epoch: number, retryAfter: number, state: State]
 
     const admit: Effect.Effect<readonly [Permit, Transition | undefined]> = Effect.clockWith((clock) =>
-      Ref.modify(machine, (m): [readonly [Permit, Transition | undefined], Machine] => {
+      Effect.sync((): readonly [Permit, Transition | undefined] => {
         const now = clock.unsafeCurrentTimeMillis()
         const event = refresh(m, now)
         const s = m.state
         switch (s._tag) {
           case "Closed":
-            return [[[Admission.Closed, m.epoch, 0, "Closed"], event], m]
+            return [[Admission.Closed, m.epoch, 0, "Closed"], event]
           case "Disabled":
-            return [[[Admission.Unrecorded, m.epoch, 0, "Disabled"], event], m]
+            return [[Admission.Unrecorded, m.epoch, 0, "Disabled"], event]
           case "HalfOpen":
             if (s.inFlight < halfOpenMaxCalls) {
               s.inFlight++
-              return [[[Admission.Probe, m.epoch, 0, "HalfOpen"], event], m]
+              return [[Admission.Probe, m.epoch, 0, "HalfOpen"], event]
             }
-            return [[[Admission.Refused, m.epoch, 0, "HalfOpen"], event], m]
+            return [[Admission.Refused, m.epoch, 0, "HalfOpen"], event]
           case "Open":
-            return [[[Admission.Refused, m.epoch, s.openUntil - now, "Open"], event], m]
+            return [[Admission.Refused, m.epoch, s.openUntil - now, "Open"], event]
           case "ForcedOpen":
-            return [[[Admission.Refused, m.epoch, 0, "ForcedOpen"], event], m]
+            return [[Admission.Refused, m.epoch, 0, "ForcedOpen"], event]
         }
       })
     )
 
+    /** Counts one call's outcome in the epoch it was admitted in; returns a transition, if any. */
+    const recordSync = (
+      admission: Admission,
+      epoch: number,
+      exit: Exit.Exit<unknown, unknown>,
+      now: number,
+      startedAt: number
+    ): Transition | undefined => {
+      if (m.epoch !== epoch) return undefined
+      let outcome: "success" | "failure" | "neutral"
+      if (Exit.isSuccess(exit)) {
+        outcome = slowMillis !== undefined && now - startedAt >= slowMillis ? "failure" : "success"
+      } else {
+        // Interruption says nothing about the dependency; a defect does.
+        const failure = Cause.failureOption(exit.cause)
+        if (failure._tag === "Some") outcome = isFailure(failure.value) ? "failure" : "neutral"
+        else if (Cause.isInterruptedOnly(exit.cause)) outcome = "neutral"
+        else outcome = "failure"
+      }
+      const s = m.state
+      if (s._tag === "Closed" && admission === Admission.Closed) {
+        if (outcome === "neutral") return undefined
+        const failed = outcome === "failure"
+        s.consecutive = failed ? s.consecutive + 1 : 0
+        s.window?.record(now, failed)
+        if (!failed) return undefined
+        if (s.consecutive >= failureThreshold) return trip(m, now, `${s.consecutive} consecutive failures`)
+        if (rule !== undefined && s.window !== undefined) {
+          const { calls, failures } = s.window.totals(now)
+          if (calls >= rule.minimumCalls && failures / calls >= rule.threshold) {
+            return trip(m, now, `failure rate ${Math.round((failures / calls) * 100)}% over ${calls} calls`)
+          }
+        }
+        return undefined
+      }
+      if (s._tag === "HalfOpen" && admission === Admission.Probe) {
+        s.inFlight--
+        if (outcome === "failure") return trip(m, now, "probe failed")
+        if (outcome === "success") {
+          s.successes++
+          if (s.successes >= successThreshold) return recover(m, now)
+        }
+      }
+      return undefined
+    }
+
     const record = (permit: Permit, exit: Exit.Exit<unknown, unknown>, startedAt: number) =>
       Effect.clockWith((clock) => {
-        const now = clock.unsafeCurrentTimeMillis()
-        let outcome: "success" | "failure" | "neutral"
-        if (Exit.isSuccess(exit)) {
-          outcome = slowMillis !== undefined && now - startedAt >= slowMillis ? "failure" : "success"
-        } else {
-          // Interruption says nothing about the dependency; a defect does.
-          const failure = Cause.failureOption(exit.cause)
-          if (failure._tag === "Some") outcome = isFailure(failure.value) ? "failure" : "neutral"
-          else if (Cause.isInterruptedOnly(exit.cause)) outcome = "neutral"
-          else outcome = "failure"
-        }
-        return Ref.modify(machine, (m): [Transition | undefined, Machine] => {
-          if (m.epoch !== permit[1]) return [undefined, m]
-          const s = m.state
-          if (s._tag === "Closed" && permit[0] === Admission.Closed) {
-            if (outcome === "neutral") return [undefined, m]
-            const failed = outcome === "failure"
-            s.consecutive = failed ? s.consecutive + 1 : 0
-            s.window?.record(now, failed)
-            if (!failed) return [undefined, m]
-            if (s.consecutive >= failureThreshold) {
-              return [trip(m, now, `${s.consecutive} consecutive failures`), m]
-            }
-            if (rule !== undefined && s.window !== undefined) {
-              const { calls, failures } = s.window.totals(now)
-              if (calls >= rule.minimumCalls && failures / calls >= rule.threshold) {
-                return [trip(m, now, `failure rate ${Math.round((failures / calls) * 100)}% over ${calls} calls`), m]
-              }
-            }
-            return [undefined, m]
-          }
-          if (s._tag === "HalfOpen" && permit[0] === Admission.Probe) {
-            s.inFlight--
-            if (outcome === "failure") return [trip(m, now, "probe failed"), m]
-            if (outcome === "success") {
-              s.successes++
-              if (s.successes >= successThreshold) return [recover(m, now), m]
-            }
-          }
-          return [undefined, m]
-        }).pipe(Effect.flatMap((event) => event === undefined ? Effect.void : announce([event])))
+        const event = recordSync(permit[0], permit[1], exit, clock.unsafeCurrentTimeMillis(), startedAt)
+        return event === undefined ? Effect.void : announce([event])
       })
 
     const refuse = (permit: Permit) =>
@@ -378,7 +381,9 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         Effect.fail(new CircuitOpen({ breaker: name, state: permit[3], retryAfter: Duration.millis(Math.max(0, permit[2])) }))
       )
 
-    const protect = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+    // Any state but Closed: admission may take a probe slot, so it runs
+    // uninterruptibly up to the point where the outcome is sure to be recorded.
+    const guarded = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(admit, ([permit, event]) => {
           const go = (): Effect.Effect<A, E | CircuitOpen, R> => {
@@ -400,12 +405,25 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         })
       )
 
+    // Closed, the hot path: nothing is held, so nothing needs releasing if the
+    // call is interrupted (an interruption is neutral anyway); the outcome is
+    // read from the call's Exit and counted in one synchronous step.
+    const protect = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.clockWith((clock) => {
+        if (m.state._tag !== "Closed") return guarded(self)
+        const epoch = m.epoch
+        const startedAt = clock.unsafeCurrentTimeMillis()
+        return Effect.flatMap(Effect.exit(self), (exit) => {
+          const event = recordSync(Admission.Closed, epoch, exit, clock.unsafeCurrentTimeMillis(), startedAt)
+          return event === undefined ? exit : Effect.zipRight(announce([event]), exit)
+        })
+      })
+
     const withNow = <A>(f: (m: Machine, now: number) => [A, Transition | undefined]) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        Ref.modify(machine, (m): [[A, Transition | undefined], Machine] => [f(m, now), m])).pipe(
-          Effect.tap(([, event]) => event === undefined ? Effect.void : announce([event])),
-          Effect.map(([a]) => a)
-        )
+      Effect.clockWith((clock) => {
+        const [a, event] = f(m, clock.unsafeCurrentTimeMillis())
+        return event === undefined ? Effect.succeed(a) : Effect.as(announce([event]), a)
+      })
 
     const snapshot = withNow((m, now): [Snapshot, Transition | undefined] => {
       const event = refresh(m, now)
