@@ -20,7 +20,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import type * as FiberId from "effect/FiberId"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -62,6 +62,12 @@ export interface Bulkhead {
   readonly stats: Effect.Effect<Stats>
   /** The same counts without an effect, for routing decisions on the hot path. */
   readonly unsafeStats: () => Stats
+  /**
+   * Copies the live counts to the `breakwater_bulkhead_active` and `_waiting`
+   * gauges. Called at scrape time rather than on every call: a gauge update
+   * costs more than the bulkhead's own bookkeeping.
+   */
+  readonly updateGauges: Effect.Effect<void>
 }
 
 export const Bulkhead = Context.GenericTag<Bulkhead>("@breakwater/core/Bulkhead")
@@ -116,22 +122,21 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
         return setWaiting
       }
       free++
-      return setActive
+      return Effect.void
     })
 
     // Runs `self` on a slot already held; the slot is released however it ends.
     const holding = <A, E, R>(
       restore: <X, Y, Z>(e: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>,
       self: Effect.Effect<A, E, R>
-    ): Effect.Effect<A, E, R> => Effect.zipRight(setActive, Effect.ensuring(restore(self), release))
+    ): Effect.Effect<A, E, R> => Effect.ensuring(restore(self), release)
 
     const queued = <A, E, R>(
       restore: <X, Y, Z>(e: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>,
-      self: Effect.Effect<A, E, R>,
-      fiberId: FiberId.FiberId
+      self: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | BulkheadFull, R> => {
       if (waiters.size >= maxWaiting) return reject("queue-full")
-      const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(fiberId), granted: false }
+      const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(FiberId.none), granted: false }
       waiters.add(waiter)
       const wait = maxWait === undefined
         ? Deferred.await(waiter.deferred)
@@ -149,13 +154,13 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
 
     const run = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | BulkheadFull, R> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.fiberIdWith((fiberId): Effect.Effect<A, E | BulkheadFull, R> => {
+        Effect.suspend((): Effect.Effect<A, E | BulkheadFull, R> => {
           // Fast path: a free slot (never while others queue, see above).
           if (free > 0 && waiters.size === 0) {
             free--
             return holding(restore, self)
           }
-          return queued(restore, self, fiberId)
+          return queued(restore, self)
         })
       )
 
@@ -166,7 +171,13 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
       maxConcurrent
     })
 
-    return Bulkhead.of({ name, run, stats: Effect.sync(unsafeStats), unsafeStats })
+    return Bulkhead.of({
+      name,
+      run,
+      stats: Effect.sync(unsafeStats),
+      unsafeStats,
+      updateGauges: Effect.zipRight(setActive, setWaiting)
+    })
   })
 
 export const layer = (options: Options): Layer.Layer<Bulkhead> => Layer.effect(Bulkhead, make(options))

@@ -102,8 +102,8 @@ export interface RateLimiter {
 
 export const RateLimiter = Context.GenericTag<RateLimiter>("@breakwater/core/RateLimiter")
 
-const admittedCounter = Metric.counter("breakwater_ratelimit_admitted_total", {
-  description: "Calls admitted by a rate limiter",
+const delayedCounter = Metric.counter("breakwater_ratelimit_delayed_total", {
+  description: "Calls that waited for a rate-limit slot",
   incremental: true
 })
 const rejectedCounter = Metric.counter("breakwater_ratelimit_rejected_total", {
@@ -120,7 +120,7 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
     const maxWaitMillis = options.onExceeded === "wait"
       ? Duration.toMillis(options.maxWait ?? Duration.infinity)
       : 0
-    const admitted = Metric.tagged(admittedCounter, "limiter", name)
+    const delayed = Metric.tagged(delayedCounter, "limiter", name)
     const rejected = Metric.tagged(rejectedCounter, "limiter", name)
     // Escape ":" (and the escape) in the name so that no other name and key spell the same store key.
     const prefix = `${name.replace(/\\/g, "\\\\").replace(/:/g, "\\:")}:`
@@ -136,8 +136,8 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
             )
           }
           const permit: Permit = { waited: Duration.millis(decision.waitMillis), remaining: decision.remaining }
-          const done = Effect.as(Metric.increment(admitted), permit)
-          return decision.waitMillis > 0 ? Effect.zipRight(Effect.sleep(permit.waited), done) : done
+          if (decision.waitMillis === 0) return Effect.succeed(permit)
+          return Effect.as(Effect.zipRight(Metric.increment(delayed), Effect.sleep(permit.waited)), permit)
         }
       )
 
@@ -277,8 +277,10 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<RateLimiterStore
   }
   return {
     acquire: (req) =>
+      // clockWith runs its function when the effect runs, so the decision
+      // below is one synchronous (atomic) step.
       Effect.clockWith((clock) =>
-        Effect.sync(() => {
+        Effect.succeed((() => {
           const now = clock.unsafeCurrentTimeMillis()
           if (buckets.size + logs.size > nextSweep) sweep(now)
           if (req.algorithm === "token-bucket") {
@@ -295,7 +297,7 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<RateLimiterStore
             logs.set(req.key, log)
           }
           return decideSlidingWindow(log, req, now)
-        })
+        })())
       )
   }
 })

@@ -17,6 +17,7 @@ import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { timeoutWith } from "./internal/race.js"
 
 /** One attempt took longer than its own limit. */
 export class AttemptTimedOut extends Data.TaggedError("AttemptTimedOut")<{
@@ -70,8 +71,10 @@ export const withDeadline: {
         // The enclosing deadline is sooner: it stays in charge.
         return self
       }
-      return Effect.locally(self, currentDeadline, Option.some([own, b] as const)).pipe(
-        Effect.timeoutFail({ duration: b, onTimeout: () => new DeadlineExceeded({ budget: b }) })
+      return timeoutWith(
+        Effect.locally(self, currentDeadline, Option.some([own, b] as const)),
+        Duration.toMillis(b),
+        () => new DeadlineExceeded({ budget: b })
       )
     })
   ))
@@ -94,13 +97,10 @@ export const attempt: {
         const left = deadline.value[0] - clock.unsafeCurrentTimeMillis()
         if (left <= 0) return Effect.fail(new DeadlineExceeded({ budget: deadline.value[1] }))
         if (left < Duration.toMillis(t)) {
-          return Effect.timeoutFail(self, {
-            duration: Duration.millis(left),
-            onTimeout: () => new DeadlineExceeded({ budget: deadline.value[1] })
-          })
+          return timeoutWith(self, left, () => new DeadlineExceeded({ budget: deadline.value[1] }))
         }
       }
-      return Effect.timeoutFail(self, { duration: t, onTimeout: () => new AttemptTimedOut({ timeout: t }) })
+      return timeoutWith(self, Duration.toMillis(t), () => new AttemptTimedOut({ timeout: t }))
     })
   ))
 
