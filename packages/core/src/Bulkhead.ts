@@ -24,6 +24,7 @@ import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 
 /** The call was not started: the bulkhead and its queue were full, or the wait ran out. */
 export class BulkheadFull extends Data.TaggedError("BulkheadFull")<{
@@ -58,6 +59,8 @@ export interface Stats {
 export interface Bulkhead {
   readonly name: string
   readonly run: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | BulkheadFull, R>
+  /** Takes a slot until the scope closes (for a stream read after the call returns). */
+  readonly acquire: Effect.Effect<void, BulkheadFull, Scope.Scope>
   /** Live counts; also readable synchronously by a router via {@link unsafeStats}. */
   readonly stats: Effect.Effect<Stats>
   /** The same counts without an effect, for routing decisions on the hot path. */
@@ -131,9 +134,10 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
       self: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E, R> => Effect.ensuring(restore(self), release)
 
+    /** Queues for a slot, then runs `onSlot` holding it. */
     const queued = <A, E, R>(
       restore: <X, Y, Z>(e: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>,
-      self: Effect.Effect<A, E, R>
+      onSlot: () => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | BulkheadFull, R> => {
       if (waiters.size >= maxWaiting) return reject("queue-full")
       const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(FiberId.none), granted: false }
@@ -147,7 +151,7 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
         // Interrupted: pass on a slot handed over meanwhile, else leave the queue.
         Effect.onInterrupt(() => Effect.suspend(() => waiter.granted ? release : leave)),
         Effect.flatMap((): Effect.Effect<A, E | BulkheadFull, R> =>
-          waiter.granted ? holding(restore, self) : Effect.zipRight(leave, reject("wait-timeout"))
+          waiter.granted ? onSlot() : Effect.zipRight(leave, reject("wait-timeout"))
         )
       )
     }
@@ -160,9 +164,22 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
             free--
             return holding(restore, self)
           }
-          return queued(restore, self)
+          return queued(restore, () => holding(restore, self))
         })
       )
+
+    // A slot held until the scope closes, for work that outlives one effect
+    // (a response stream read by the caller).
+    const releaseOnClose = Effect.addFinalizer(() => release)
+    const acquire: Effect.Effect<void, BulkheadFull, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
+      Effect.suspend(() => {
+        if (free > 0 && waiters.size === 0) {
+          free--
+          return releaseOnClose
+        }
+        return queued(restore, () => releaseOnClose)
+      })
+    )
 
     const unsafeStats = (): Stats => ({
       active: maxConcurrent - free,
@@ -174,6 +191,7 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
     return Bulkhead.of({
       name,
       run,
+      acquire,
       stats: Effect.sync(unsafeStats),
       unsafeStats,
       updateGauges: Effect.zipRight(setActive, setWaiting)

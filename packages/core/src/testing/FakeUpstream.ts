@@ -1,0 +1,618 @@
+/**
+ * A fault-injecting fake OpenAI-compatible upstream.
+ *
+ * A plain `node:http` server bound to 127.0.0.1, used by integration tests,
+ * benchmarks (as the 0 ms upstream) and the demo server. The request handler
+ * is deliberately lean: no logging, no Effect, canned JSON built from template
+ * strings, and no timer unless `latencyMs`/`jitterMs` ask for one.
+ *
+ * Faults are switchable at runtime, in-process with `setFaults` or from
+ * another process over HTTP:
+ *
+ * - `POST /_fake/faults` with a JSON {@link Faults} body replaces the faults
+ * - `GET  /_fake/faults` returns the current faults
+ * - `GET  /_fake/counters` returns the {@link Counters} as JSON
+ * - `POST /_fake/reset` resets the counters
+ *
+ * The admin paths are not counted in `requests`.
+ *
+ * @since 0.1.0
+ */
+import * as http from "node:http"
+import type { AddressInfo, Socket } from "node:net"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+
+/**
+ * Faults to inject. Probabilities are in 0..1. For chat and embeddings the
+ * checks run in this order: `reset`, `hang`, `status`, `quota`, `rate429`,
+ * `rate5xx`, then a normal answer possibly spoiled by a content fault
+ * (`truncated`, `emptyContent`, `emptyChoices`, `streamCut`).
+ *
+ * @since 0.1.0
+ */
+export interface Faults {
+  /** Probability of answering 429 (type and code "rate_limit_exceeded"). */
+  rate429?: number | undefined
+  /** Value of the `Retry-After` header on 429s; omitted when undefined. */
+  retryAfter?: string | undefined
+  /** If set, 429s also carry `retry-after-ms`. */
+  retryAfterMs?: number | undefined
+  /** Answer every request with an insufficient_quota error, as a 429 or as a 200. */
+  quota?: "429" | "200" | undefined
+  /** Probability of answering 503 (type "server_error"). */
+  rate5xx?: number | undefined
+  /** If set, every request answers this status with an OpenAI error body. */
+  status?: number | undefined
+  /** Probability of never answering (the socket stays open). */
+  hang?: number | undefined
+  /** Fixed added latency before answering (default 0: answer synchronously). */
+  latencyMs?: number | undefined
+  /** Plus uniform random 0..jitterMs. */
+  jitterMs?: number | undefined
+  /** Probability of a 200 whose body is cut in the middle. */
+  truncated?: number | undefined
+  /** Probability of a 200 chat completion whose message content is "". */
+  emptyContent?: number | undefined
+  /** Probability of a 200 with `"choices": []`. */
+  emptyChoices?: number | undefined
+  /** For `stream: true`, probability of ending after about half the events, without `[DONE]`. */
+  streamCut?: number | undefined
+  /** Probability of destroying the socket without any response. */
+  reset?: number | undefined
+  /** `x-ratelimit-*` headers sent on 200s. */
+  rateLimitHeaders?: {
+    remainingRequests: number
+    remainingTokens: number
+    resetRequests: string
+    resetTokens: string
+  } | undefined
+  /** Status for `GET /v1/models` (default 200). */
+  modelsStatus?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ */
+export interface Counters {
+  /** All requests received (any path but the `/_fake/` admin paths). */
+  requests: number
+  chat: number
+  embeddings: number
+  models: number
+  inFlight: number
+  maxInFlight: number
+  /** Answers sent, by status (hangs and resets are not counted here). */
+  byStatus: Record<number, number>
+  resets: number
+  hangs: number
+  /** The Authorization header of the last request. */
+  lastAuthorization: string | undefined
+  /** The raw body text of the last POST. */
+  lastBody: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ */
+export interface FakeUpstream {
+  /** Base URL including `/v1`, e.g. `http://127.0.0.1:43817/v1`. */
+  readonly url: string
+  readonly port: number
+  readonly name: string
+  /** Replaces all faults. */
+  setFaults(faults: Faults): void
+  /** A copy of the counters. */
+  counters(): Counters
+  resetCounters(): void
+  /** Closes the server and destroys all open sockets (including hung ones). */
+  close(): Promise<void>
+}
+
+/**
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Default "fake"; shows in `system_fingerprint` (`fake-${name}`) and the `x-fake-upstream` header. */
+  name?: string | undefined
+  /** Default 0 (a free port). */
+  port?: number | undefined
+  faults?: Faults | undefined
+  /** Seeds a deterministic PRNG (mulberry32) for all draws; default Math.random. */
+  seed?: number | undefined
+  /** Model name echoed when the request has none (and listed by /v1/models); default "fake-model". */
+  model?: string | undefined
+  /** Content of the assistant message; default `Hello from ${name}`. */
+  reply?: ((request: any) => string) | undefined
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+const mulberry32 = (seed: number): () => number => {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+const errorBody = (message: string, type: string, code: string | null): string =>
+  JSON.stringify({ error: { message, type, param: null, code } })
+
+const RATE_LIMIT_BODY = errorBody(
+  "Rate limit reached for requests (injected by the fake upstream). Please try again later.",
+  "rate_limit_exceeded",
+  "rate_limit_exceeded"
+)
+const QUOTA_ERROR = {
+  error: {
+    message: "You exceeded your current quota, please check your plan and billing details. " +
+      "For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    type: "insufficient_quota",
+    param: null,
+    code: "insufficient_quota"
+  }
+}
+const QUOTA_BODY = JSON.stringify(QUOTA_ERROR)
+const OVERLOADED_BODY = errorBody("The server is overloaded or not ready yet.", "server_error", null)
+const INVALID_JSON_BODY = errorBody(
+  "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. " +
+    "The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+  "invalid_request_error",
+  null
+)
+
+const statusBody = (status: number): string => {
+  switch (status) {
+    case 400:
+      return errorBody("Bad request (injected by the fake upstream).", "invalid_request_error", null)
+    case 401:
+      return errorBody("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+    case 403:
+      return errorBody("You are not allowed to access this resource.", "permission_error", null)
+    case 404:
+      return errorBody(
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found"
+      )
+    case 429:
+      return RATE_LIMIT_BODY
+    case 503:
+      return OVERLOADED_BODY
+    default:
+      return status >= 500
+        ? errorBody("The server had an error while processing your request.", "server_error", null)
+        : errorBody(`Request failed with status ${status} (injected by the fake upstream).`, "invalid_request_error", null)
+  }
+}
+
+const isStatus = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 100 && n <= 599
+
+const validateFaults = (faults: unknown): string | undefined => {
+  if (typeof faults !== "object" || faults === null || Array.isArray(faults)) return "faults must be a JSON object"
+  const f = faults as Faults
+  if (f.status !== undefined && !isStatus(f.status)) return "status must be an integer in 100..599"
+  if (f.modelsStatus !== undefined && !isStatus(f.modelsStatus)) return "modelsStatus must be an integer in 100..599"
+  if (f.quota !== undefined && f.quota !== "429" && f.quota !== "200") return "quota must be \"429\" or \"200\""
+  return undefined
+}
+
+const messageChars = (messages: unknown): number => {
+  if (!Array.isArray(messages)) return 0
+  let n = 0
+  for (const m of messages) {
+    const c = (m as { content?: unknown } | null)?.content
+    if (typeof c === "string") n += c.length
+    else if (Array.isArray(c)) {
+      for (const part of c) {
+        const t = (part as { text?: unknown } | null)?.text
+        if (typeof t === "string") n += t.length
+      }
+    }
+  }
+  return n
+}
+
+const fnv1a = (s: string): number => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193)
+  return h >>> 0
+}
+
+const embeddingOf = (input: unknown): string => {
+  const h = fnv1a(typeof input === "string" ? input : JSON.stringify(input) ?? "")
+  const v: Array<number> = []
+  for (let i = 0; i < 8; i++) v.push((((Math.imul(h, 2 * i + 1) >>> 0) % 2001) - 1000) / 10000)
+  return `[${v.join(",")}]`
+}
+
+const wordsOf = (reply: string): Array<string> => {
+  if (reply === "") return []
+  const parts = reply.split(" ")
+  const out: Array<string> = []
+  for (let i = 0; i < parts.length; i++) out.push(i < parts.length - 1 ? parts[i] + " " : parts[i]!)
+  return out
+}
+
+type Kind = "chat" | "embeddings"
+
+// ---------------------------------------------------------------------------
+// server
+
+/**
+ * Starts a fake upstream on 127.0.0.1.
+ *
+ * @since 0.1.0
+ */
+export const start = (options: Options = {}): Promise<FakeUpstream> => {
+  const name = options.name ?? "fake"
+  const defaultModel = options.model ?? "fake-model"
+  const fingerprint = JSON.stringify(`fake-${name}`)
+  const defaultReply = `Hello from ${name}`
+  const replyFn = options.reply
+  const rand = options.seed === undefined ? Math.random : mulberry32(options.seed)
+  const initial = options.faults ?? {}
+  const invalid = validateFaults(initial)
+  if (invalid !== undefined) return Promise.reject(new TypeError(`FakeUpstream: ${invalid}`))
+  let faults: Faults = { ...initial }
+
+  const freshCounters = (inFlight: number): Counters => ({
+    requests: 0,
+    chat: 0,
+    embeddings: 0,
+    models: 0,
+    inFlight,
+    maxInFlight: inFlight,
+    byStatus: {},
+    resets: 0,
+    hangs: 0,
+    lastAuthorization: undefined,
+    lastBody: undefined
+  })
+  let c = freshCounters(0)
+  let seq = 0
+  let closed = false
+  const sockets = new Set<Socket>()
+  const timers = new Set<NodeJS.Timeout>()
+
+  const hit = (p: number | undefined): boolean => p !== undefined && p > 0 && rand() < p
+
+  const send = (
+    res: http.ServerResponse,
+    status: number,
+    contentType: string,
+    body: string,
+    extra: Record<string, string> | undefined,
+    sized: boolean
+  ): void => {
+    const headers: Record<string, string | number> = {
+      "content-type": contentType,
+      "x-fake-upstream": name
+    }
+    if (sized) headers["content-length"] = Buffer.byteLength(body)
+    if (extra !== undefined) Object.assign(headers, extra)
+    c.byStatus[status] = (c.byStatus[status] ?? 0) + 1
+    res.writeHead(status, headers)
+    res.end(body)
+  }
+
+  const sendJson = (res: http.ServerResponse, status: number, body: string, extra?: Record<string, string>): void =>
+    send(res, status, "application/json", body, extra, true)
+
+  const rateLimitExtra = (f: Faults): Record<string, string> | undefined => {
+    const h = f.rateLimitHeaders
+    if (h === undefined) return undefined
+    return {
+      "x-ratelimit-remaining-requests": String(h.remainingRequests),
+      "x-ratelimit-remaining-tokens": String(h.remainingTokens),
+      "x-ratelimit-reset-requests": h.resetRequests,
+      "x-ratelimit-reset-tokens": h.resetTokens
+    }
+  }
+
+  const retryExtra = (f: Faults): Record<string, string> | undefined => {
+    if (f.retryAfter === undefined && f.retryAfterMs === undefined) return undefined
+    const h: Record<string, string> = {}
+    if (f.retryAfter !== undefined) h["retry-after"] = f.retryAfter
+    if (f.retryAfterMs !== undefined) h["retry-after-ms"] = String(f.retryAfterMs)
+    return h
+  }
+
+  /** Builds and sends a successful (possibly content-faulted) answer. */
+  const answerOk = (res: http.ServerResponse, kind: Kind, f: Faults, request: Record<string, unknown>): void => {
+    const model = typeof request["model"] === "string" ? JSON.stringify(request["model"]) : JSON.stringify(defaultModel)
+    const truncated = hit(f.truncated)
+    const extra = rateLimitExtra(f)
+
+    if (kind === "embeddings") {
+      const input = request["input"]
+      const inputs: Array<unknown> = typeof input === "string"
+        ? [input]
+        : Array.isArray(input)
+        ? (input.length > 0 && typeof input[0] === "number" ? [input] : input)
+        : []
+      let tokens = 0
+      let data = ""
+      for (let i = 0; i < inputs.length; i++) {
+        const x = inputs[i]
+        tokens += typeof x === "string" ? Math.ceil(x.length / 4) : Array.isArray(x) ? x.length : 0
+        data += `${i === 0 ? "" : ","}{"object":"embedding","index":${i},"embedding":${embeddingOf(x)}}`
+      }
+      let body = `{"object":"list","data":[${data}],"model":${model},"usage":{"prompt_tokens":${tokens},"total_tokens":${tokens}}}`
+      if (truncated) body = body.slice(0, body.length >> 1)
+      sendJson(res, 200, body, extra)
+      return
+    }
+
+    const emptyContent = hit(f.emptyContent)
+    const emptyChoices = hit(f.emptyChoices)
+    const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
+    const promptTokens = Math.ceil(messageChars(request["messages"]) / 4)
+    const completionTokens = Math.ceil(reply.length / 4)
+    const usage = `{"prompt_tokens":${promptTokens},"completion_tokens":${completionTokens},"total_tokens":${
+      promptTokens + completionTokens
+    }}`
+    const id = `"chatcmpl-${++seq}"`
+    const created = Math.floor(Date.now() / 1000)
+
+    if (request["stream"] === true) {
+      const cut = hit(f.streamCut)
+      const streamOptions = request["stream_options"] as { include_usage?: unknown } | null | undefined
+      const includeUsage = typeof streamOptions === "object" && streamOptions !== null &&
+        streamOptions.include_usage === true
+      const head = `data: {"id":${id},"object":"chat.completion.chunk","created":${created},"model":${model},` +
+        `"system_fingerprint":${fingerprint},`
+      const tail = includeUsage ? `,"usage":null}\n\n` : `}\n\n`
+      const choice = (delta: string, finish: string) =>
+        `${head}"choices":[{"index":0,"delta":${delta},"finish_reason":${finish},"logprobs":null}]${tail}`
+      const events: Array<string> = []
+      if (emptyChoices) {
+        events.push(`${head}"choices":[]${tail}`)
+      } else {
+        events.push(choice(`{"role":"assistant","content":""}`, "null"))
+        for (const w of wordsOf(reply)) events.push(choice(`{"content":${JSON.stringify(w)}}`, "null"))
+        events.push(choice("{}", `"stop"`))
+      }
+      if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
+      let body: string
+      if (cut) body = events.slice(0, Math.max(1, events.length >> 1)).join("")
+      else body = events.join("") + "data: [DONE]\n\n"
+      if (truncated) body = body.slice(0, body.length >> 1)
+      const headers: Record<string, string> = { "cache-control": "no-cache" }
+      if (extra !== undefined) Object.assign(headers, extra)
+      send(res, 200, "text/event-stream", body, headers, false)
+      return
+    }
+
+    const choices = emptyChoices
+      ? "[]"
+      : `[{"index":0,"message":{"role":"assistant","content":${
+        JSON.stringify(reply)
+      }},"finish_reason":"stop","logprobs":null}]`
+    let body = `{"id":${id},"object":"chat.completion","created":${created},"model":${model},` +
+      `"system_fingerprint":${fingerprint},"choices":${choices},"usage":${usage}}`
+    if (truncated) body = body.slice(0, body.length >> 1)
+    sendJson(res, 200, body, extra)
+  }
+
+  /** Runs the fault checks in order and answers (or not). */
+  const answer = (req: http.IncomingMessage, res: http.ServerResponse, kind: Kind, f: Faults, raw: string): void => {
+    if (hit(f.reset)) {
+      c.resets++
+      req.socket.destroy()
+      return
+    }
+    if (hit(f.hang)) {
+      c.hangs++
+      return
+    }
+    if (f.status !== undefined) {
+      sendJson(res, f.status, statusBody(f.status), f.status === 429 ? retryExtra(f) : undefined)
+      return
+    }
+    if (f.quota === "429") return sendJson(res, 429, QUOTA_BODY)
+    if (f.quota === "200") return sendJson(res, 200, QUOTA_BODY, rateLimitExtra(f))
+    if (hit(f.rate429)) return sendJson(res, 429, RATE_LIMIT_BODY, retryExtra(f))
+    if (hit(f.rate5xx)) return sendJson(res, 503, OVERLOADED_BODY)
+    let request: unknown
+    try {
+      request = JSON.parse(raw)
+    } catch {
+      return sendJson(res, 400, INVALID_JSON_BODY)
+    }
+    if (typeof request !== "object" || request === null || Array.isArray(request)) {
+      return sendJson(res, 400, INVALID_JSON_BODY)
+    }
+    answerOk(res, kind, f, request as Record<string, unknown>)
+  }
+
+  const handlePost = (req: http.IncomingMessage, res: http.ServerResponse, kind: Kind): void => {
+    const f = faults
+    let raw = ""
+    req.setEncoding("utf8")
+    req.on("data", (chunk: string) => {
+      raw += chunk
+    })
+    req.on("end", () => {
+      c.lastBody = raw
+      if (closed || res.destroyed) return
+      const latency = f.latencyMs ?? 0
+      const delay = latency + (f.jitterMs !== undefined && f.jitterMs > 0 ? rand() * f.jitterMs : 0)
+      if (delay <= 0) return answer(req, res, kind, f, raw)
+      const timer = setTimeout(() => {
+        timers.delete(timer)
+        if (!closed && !res.destroyed) answer(req, res, kind, f, raw)
+      }, delay)
+      timers.add(timer)
+    })
+  }
+
+  const readBody = (req: http.IncomingMessage, k: (raw: string) => void): void => {
+    let raw = ""
+    req.setEncoding("utf8")
+    req.on("data", (chunk: string) => {
+      raw += chunk
+    })
+    req.on("end", () => k(raw))
+  }
+
+  const snapshot = (): Counters => ({ ...c, byStatus: { ...c.byStatus } })
+
+  const setFaults = (next: Faults): void => {
+    const invalid = validateFaults(next)
+    if (invalid !== undefined) throw new TypeError(`FakeUpstream: ${invalid}`)
+    faults = { ...next }
+  }
+
+  const resetCounters = (): void => {
+    c = freshCounters(c.inFlight)
+  }
+
+  const admin = (req: http.IncomingMessage, res: http.ServerResponse, path: string): void => {
+    const send200 = (body: string) => {
+      res.writeHead(200, { "content-type": "application/json", "x-fake-upstream": name })
+      res.end(body)
+    }
+    const fail = (status: number, message: string) => {
+      res.writeHead(status, { "content-type": "application/json", "x-fake-upstream": name })
+      res.end(errorBody(message, "invalid_request_error", null))
+    }
+    if (path === "/_fake/faults" && req.method === "POST") {
+      return readBody(req, (raw) => {
+        let parsed: unknown
+        try {
+          parsed = raw.trim() === "" ? {} : JSON.parse(raw)
+        } catch {
+          return fail(400, "faults body is not valid JSON")
+        }
+        const invalid = validateFaults(parsed)
+        if (invalid !== undefined) return fail(400, invalid)
+        faults = { ...(parsed as Faults) }
+        send200(JSON.stringify({ ok: true, faults }))
+      })
+    }
+    if (path === "/_fake/faults" && req.method === "GET") return send200(JSON.stringify(faults))
+    if (path === "/_fake/counters" && req.method === "GET") return send200(JSON.stringify(snapshot()))
+    if (path === "/_fake/reset" && req.method === "POST") {
+      return readBody(req, () => {
+        resetCounters()
+        send200(`{"ok":true}`)
+      })
+    }
+    req.resume()
+    fail(404, `Unknown fake-upstream admin URL: ${req.method} ${path}`)
+  }
+
+  const onInFlightDone = () => {
+    c.inFlight--
+  }
+
+  const server = http.createServer((req, res) => {
+    const url = req.url ?? "/"
+    const q = url.indexOf("?")
+    const path = q === -1 ? url : url.slice(0, q)
+    req.on("error", noop)
+    res.on("error", noop)
+    if (path.startsWith("/_fake/")) return admin(req, res, path)
+
+    c.requests++
+    c.lastAuthorization = req.headers.authorization
+    if (++c.inFlight > c.maxInFlight) c.maxInFlight = c.inFlight
+    // resetCounters carries inFlight over, so decrementing the current counters stays consistent.
+    res.once("close", onInFlightDone)
+
+    const method = req.method
+    if (method === "POST") {
+      if (path === "/v1/chat/completions") {
+        c.chat++
+        return handlePost(req, res, "chat")
+      }
+      if (path === "/v1/embeddings") {
+        c.embeddings++
+        return handlePost(req, res, "embeddings")
+      }
+      readBody(req, (raw) => {
+        c.lastBody = raw
+        notFound(res, method, path)
+      })
+      return
+    }
+    req.resume()
+    if (method === "GET" && path === "/v1/models") {
+      c.models++
+      const status = faults.modelsStatus ?? 200
+      if (status === 200) {
+        return sendJson(
+          res,
+          200,
+          `{"object":"list","data":[{"id":${
+            JSON.stringify(defaultModel)
+          },"object":"model","created":0,"owned_by":"fake"}]}`
+        )
+      }
+      return sendJson(res, status, statusBody(status))
+    }
+    notFound(res, method ?? "GET", path)
+  })
+
+  const notFound = (res: http.ServerResponse, method: string, path: string): void =>
+    sendJson(
+      res,
+      404,
+      errorBody(`Unknown request URL: ${method} ${path}. Please check the URL for typos.`, "invalid_request_error", "unknown_url")
+    )
+
+  server.keepAliveTimeout = 65_000
+  server.headersTimeout = 66_000
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket)
+    socket.once("close", () => sockets.delete(socket))
+  })
+
+  let closing: Promise<void> | undefined
+  const close = (): Promise<void> => {
+    if (closing !== undefined) return closing
+    closed = true
+    for (const t of timers) clearTimeout(t)
+    timers.clear()
+    closing = new Promise<void>((resolve) => {
+      server.close(() => resolve())
+    })
+    for (const s of sockets) s.destroy()
+    sockets.clear()
+    return closing
+  }
+
+  return new Promise<FakeUpstream>((resolve, reject) => {
+    const onError = (err: Error) => reject(err)
+    server.once("error", onError)
+    server.listen(options.port ?? 0, "127.0.0.1", () => {
+      server.off("error", onError)
+      const port = (server.address() as AddressInfo).port
+      resolve({
+        url: `http://127.0.0.1:${port}/v1`,
+        port,
+        name,
+        setFaults,
+        counters: snapshot,
+        resetCounters,
+        close
+      })
+    })
+  })
+}
+
+const noop = (): void => {}
+
+/**
+ * A scoped fake upstream: started on acquire, closed when the scope closes.
+ *
+ * @since 0.1.0
+ */
+export const make = (options?: Options): Effect.Effect<FakeUpstream, never, Scope.Scope> =>
+  Effect.acquireRelease(Effect.promise(() => start(options)), (u) => Effect.promise(() => u.close()))
