@@ -1,0 +1,440 @@
+/**
+ * The OpenAI wire formats the relay speaks: request schemas that reject what
+ * an upstream would reject anyway (so a client's mistake never counts against
+ * an upstream), and cheap checks of upstream responses, so that a 200 that is
+ * not a usable answer (cut off, empty, a quota error in disguise) can be
+ * counted against that upstream and failed over.
+ *
+ * Requests are decoded with unknown fields preserved: the relay forwards what
+ * it does not know untouched, so new API parameters keep working.
+ *
+ * @since 0.1.0
+ */
+import * as Data from "effect/Data"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+
+// ---------------------------------------------------------------------------
+// Requests
+
+/** A message annotation that replaces whatever the schema would have said. */
+const expecting = (message: string) => ({ message: () => ({ message, override: true }) })
+
+/** An optional field that may also be `null`, as the API reference allows for most parameters. */
+const nullable = <S extends Schema.Schema.Any>(schema: S, expectation?: string) =>
+  Schema.optional(
+    expectation === undefined ? Schema.NullOr(schema) : Schema.NullOr(schema).annotations(expecting(expectation))
+  )
+
+const LooseObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
+
+/** A content part (text, image_url, input_audio, file, ...): only its `type` is checked. */
+export const ContentPart = Schema.Struct({ type: Schema.String }, LooseObject)
+export type ContentPart = typeof ContentPart.Type
+
+const Content = Schema.Union(Schema.String, Schema.Array(ContentPart))
+
+export const ToolCall = Schema.Struct({
+  id: Schema.String,
+  type: Schema.Literal("function"),
+  function: Schema.Struct({ name: Schema.String, arguments: Schema.String })
+})
+export type ToolCall = typeof ToolCall.Type
+
+const SystemMessage = Schema.Struct({
+  role: Schema.Literal("system"),
+  content: Content,
+  name: Schema.optional(Schema.String)
+})
+const DeveloperMessage = Schema.Struct({
+  role: Schema.Literal("developer"),
+  content: Content,
+  name: Schema.optional(Schema.String)
+})
+const UserMessage = Schema.Struct({
+  role: Schema.Literal("user"),
+  content: Content,
+  name: Schema.optional(Schema.String)
+})
+/** Content may be null or absent when the assistant called tools. */
+const AssistantMessage = Schema.Struct({
+  role: Schema.Literal("assistant"),
+  content: nullable(Content),
+  name: Schema.optional(Schema.String),
+  refusal: nullable(Schema.String),
+  tool_calls: Schema.optional(Schema.Array(ToolCall)),
+  function_call: nullable(LooseObject),
+  audio: nullable(LooseObject)
+})
+const ToolMessage = Schema.Struct({
+  role: Schema.Literal("tool"),
+  content: Content,
+  tool_call_id: Schema.String
+})
+
+export const ChatMessage = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage)
+export type ChatMessage = typeof ChatMessage.Type
+
+export const Tool = Schema.Struct({
+  type: Schema.Literal("function"),
+  function: Schema.Struct({
+    name: Schema.String,
+    description: Schema.optional(Schema.String),
+    parameters: Schema.optional(LooseObject),
+    strict: nullable(Schema.Boolean)
+  })
+})
+export type Tool = typeof Tool.Type
+
+export const ResponseFormat = Schema.Union(
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object") }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    json_schema: Schema.Struct({
+      name: Schema.String,
+      description: Schema.optional(Schema.String),
+      schema: Schema.optional(LooseObject),
+      strict: nullable(Schema.Boolean)
+    })
+  })
+)
+export type ResponseFormat = typeof ResponseFormat.Type
+
+const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
+const Penalty = Schema.Number.pipe(Schema.between(-2, 2))
+
+/**
+ * `POST /v1/chat/completions`. Enumerations that OpenAI keeps extending
+ * (`reasoning_effort`, `service_tier`, `modalities`) are only checked to be
+ * strings: the upstream is the judge of their values.
+ */
+export const ChatCompletionRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)).annotations(expecting("expected a non-empty string")),
+  messages: Schema.Array(ChatMessage).pipe(Schema.minItems(1, {
+    message: () => "expected a non-empty array of messages"
+  })),
+  temperature: nullable(Schema.Number.pipe(Schema.between(0, 2)), "expected a number between 0 and 2"),
+  top_p: nullable(Schema.Number.pipe(Schema.between(0, 1)), "expected a number between 0 and 1"),
+  n: nullable(PositiveInt, "expected an integer of at least 1"),
+  stream: nullable(Schema.Boolean, "expected a boolean"),
+  stream_options: nullable(Schema.Struct({ include_usage: Schema.optional(Schema.Boolean) })),
+  stop: nullable(Schema.Union(Schema.String, Schema.Array(Schema.String)), "expected a string or an array of strings"),
+  max_tokens: nullable(PositiveInt, "expected an integer of at least 1"),
+  max_completion_tokens: nullable(PositiveInt, "expected an integer of at least 1"),
+  presence_penalty: nullable(Penalty, "expected a number between -2 and 2"),
+  frequency_penalty: nullable(Penalty, "expected a number between -2 and 2"),
+  logit_bias: nullable(Schema.Record({ key: Schema.String, value: Schema.Number }), "expected an object of numbers"),
+  user: Schema.optional(Schema.String),
+  seed: nullable(Schema.Int, "expected an integer"),
+  tools: Schema.optional(Schema.Array(Tool)),
+  tool_choice: Schema.optional(
+    Schema.Union(Schema.Literal("none", "auto", "required"), Schema.Struct({ type: Schema.String }, LooseObject))
+      .annotations(expecting("expected 'none', 'auto', 'required' or an object naming a tool"))
+  ),
+  parallel_tool_calls: nullable(Schema.Boolean, "expected a boolean"),
+  response_format: Schema.optional(ResponseFormat),
+  metadata: nullable(Schema.Record({ key: Schema.String, value: Schema.String }), "expected an object of strings"),
+  store: nullable(Schema.Boolean, "expected a boolean"),
+  logprobs: nullable(Schema.Boolean, "expected a boolean"),
+  top_logprobs: nullable(Schema.Int.pipe(Schema.between(0, 20)), "expected an integer between 0 and 20"),
+  reasoning_effort: nullable(Schema.String, "expected a string"),
+  modalities: nullable(Schema.Array(Schema.String), "expected an array of strings"),
+  audio: nullable(LooseObject, "expected an object"),
+  prediction: nullable(LooseObject, "expected an object"),
+  service_tier: nullable(Schema.String, "expected a string")
+})
+export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+/** `POST /v1/embeddings`. An empty input (an empty array) is refused, as the upstream would. */
+export const EmbeddingsRequest = Schema.Struct({
+  model: Schema.String.pipe(Schema.minLength(1)).annotations(expecting("expected a non-empty string")),
+  input: Schema.Union(
+    Schema.String,
+    Schema.Array(Schema.String).pipe(Schema.minItems(1)),
+    Schema.Array(Schema.Number).pipe(Schema.minItems(1)),
+    Schema.Array(Schema.Array(Schema.Number).pipe(Schema.minItems(1))).pipe(Schema.minItems(1))
+  ).annotations(expecting("expected a string, a non-empty array of strings, or tokens as arrays of numbers")),
+  encoding_format: Schema.optional(
+    Schema.Literal("float", "base64").annotations(expecting("expected 'float' or 'base64'"))
+  ),
+  dimensions: Schema.optional(PositiveInt.annotations(expecting("expected an integer of at least 1"))),
+  user: Schema.optional(Schema.String)
+})
+export type EmbeddingsRequest = typeof EmbeddingsRequest.Type
+
+/** A request the relay refuses before any upstream sees it (HTTP 400). */
+export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
+  readonly message: string
+  /** The offending field as OpenAI names it (`messages[0].role`), or null for the body itself. */
+  readonly param: string | null
+}> {}
+
+/** `["messages", 0, "role"]` → `messages[0].role`. */
+const formatPath = (path: ReadonlyArray<PropertyKey>): string | null => {
+  let out = ""
+  for (const segment of path) {
+    if (typeof segment === "number") out += `[${segment}]`
+    else out += out === "" ? String(segment) : `.${String(segment)}`
+  }
+  return out === "" ? null : out
+}
+
+const sentence = (text: string): string => {
+  const s = text.charAt(0).toLowerCase() + text.slice(1)
+  return s.endsWith(".") ? s : `${s}.`
+}
+
+const toInvalidRequest = (error: ParseResult.ParseError): InvalidRequest => {
+  const first = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
+  if (first === undefined) return new InvalidRequest({ message: "Invalid request body.", param: null })
+  const param = formatPath(first.path)
+  if (param === null) {
+    return new InvalidRequest({ message: "Invalid request body: expected a JSON object.", param: null })
+  }
+  if (first._tag === "Missing") {
+    return new InvalidRequest({ message: `Missing required parameter: '${param}'.`, param })
+  }
+  return new InvalidRequest({ message: `Invalid value for '${param}': ${sentence(first.message)}`, param })
+}
+
+const parseOptions = { onExcessProperty: "preserve", errors: "first" } as const
+const decodeChat = Schema.decodeUnknownEither(ChatCompletionRequest, parseOptions)
+const decodeEmbeddings = Schema.decodeUnknownEither(EmbeddingsRequest, parseOptions)
+
+/** Decodes a chat request body; unknown fields are kept as they came. */
+export const decodeChatRequest = (body: unknown): Either.Either<ChatCompletionRequest, InvalidRequest> =>
+  Either.mapLeft(decodeChat(body), toInvalidRequest)
+
+/** Decodes an embeddings request body; unknown fields are kept as they came. */
+export const decodeEmbeddingsRequest = (body: unknown): Either.Either<EmbeddingsRequest, InvalidRequest> =>
+  Either.mapLeft(decodeEmbeddings(body), toInvalidRequest)
+
+/**
+ * A cheap pre-flight token estimate for tokens-per-minute limits: about four
+ * characters a token for the text sent, plus the most the answer may use.
+ */
+export const estimateTokens = (request: ChatCompletionRequest): number => {
+  let chars = 0
+  for (const message of request.messages) {
+    const content = message.content
+    if (typeof content === "string") chars += content.length
+    else if (Array.isArray(content)) {
+      for (const part of content as ReadonlyArray<ContentPart>) {
+        if (typeof part["text"] === "string") chars += part["text"].length
+      }
+    }
+  }
+  return Math.ceil(chars / 4) + (request.max_completion_tokens ?? request.max_tokens ?? 0)
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+
+export interface Usage {
+  readonly prompt_tokens: number
+  readonly completion_tokens: number
+  readonly total_tokens: number
+}
+
+/** Why a response body is not a usable answer: counted against the upstream. */
+export type ResponseProblem = {
+  readonly kind: "not-json" | "truncated" | "no-choices" | "empty-choices" | "empty-message" | "not-object" | "no-data"
+  readonly detail: string
+}
+
+/** The upstream account is out of money or tokens: try another account, not this one again soon. */
+export type QuotaProblem = {
+  readonly code: "insufficient_quota" | "tokens_limit_exceeded"
+  readonly message: string
+}
+
+export type Inspection =
+  | { readonly _tag: "Ok"; readonly json: any; readonly usage: Usage | undefined }
+  | { readonly _tag: "Invalid"; readonly problem: ResponseProblem }
+  | { readonly _tag: "Quota"; readonly problem: QuotaProblem }
+
+export type StreamChunkInspection =
+  | { readonly _tag: "Done" }
+  | { readonly _tag: "Chunk"; readonly json: any; readonly usage?: Usage }
+  | { readonly _tag: "Error"; readonly problem: ResponseProblem }
+  | { readonly _tag: "Quota"; readonly problem: QuotaProblem }
+
+const isRecord = (u: unknown): u is Record<string, unknown> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const isCount = (u: unknown): u is number => typeof u === "number" && Number.isFinite(u) && u >= 0
+
+/**
+ * The token counts of a response or stream chunk, if it carries them.
+ * Embeddings report no completion tokens; those count as 0.
+ */
+export const usageOf = (json: unknown): Usage | undefined => {
+  if (!isRecord(json)) return undefined
+  const usage = json["usage"]
+  if (!isRecord(usage) || !isCount(usage["prompt_tokens"])) return undefined
+  const prompt_tokens = usage["prompt_tokens"]
+  const completion_tokens = isCount(usage["completion_tokens"]) ? usage["completion_tokens"] : 0
+  const total_tokens = isCount(usage["total_tokens"]) ? usage["total_tokens"] : prompt_tokens + completion_tokens
+  return { prompt_tokens, completion_tokens, total_tokens }
+}
+
+const quotaCodes = ["insufficient_quota", "tokens_limit_exceeded"] as const
+
+/** The quota problem in a parsed `{"error": {...}}` (or `[{"error": ...}]`), if that is what it is. */
+const quotaOf = (json: unknown): QuotaProblem | undefined => {
+  const body = Array.isArray(json) ? json[0] : json
+  if (!isRecord(body) || !isRecord(body["error"])) return undefined
+  const error = body["error"]
+  const code = quotaCodes.find((c) => error["code"] === c || error["type"] === c)
+  if (code === undefined) return undefined
+  const message = typeof error["message"] === "string" ? error["message"] : code
+  return { code, message }
+}
+
+/**
+ * The quota problem an error body reports (e.g. a 429 that will not go away
+ * by waiting). Most error bodies are not about quota, so a substring check
+ * comes before any parsing.
+ */
+export const quotaInErrorBody = (text: string): QuotaProblem | undefined => {
+  if (!text.includes("insufficient_quota") && !text.includes("tokens_limit_exceeded")) return undefined
+  try {
+    return quotaOf(JSON.parse(text))
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether JSON text ends inside a string or an open object/array: cut off rather than garbled. */
+const unbalanced = (text: string): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 92 /* \ */) i++
+      else if (c === 34 /* " */) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 123 /* { */ || c === 91 /* [ */) depth++
+    else if (c === 125 /* } */ || c === 93 /* ] */) depth--
+  }
+  return inString || depth > 0
+}
+
+type Parsed = { readonly _tag: "Parsed"; readonly json: unknown } | { readonly _tag: "Invalid"; readonly problem: ResponseProblem }
+
+const parse = (text: string): Parsed => {
+  try {
+    return { _tag: "Parsed", json: JSON.parse(text) }
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e)
+    const trimmed = text.trimStart()
+    const truncated = (trimmed.startsWith("{") || trimmed.startsWith("[")) &&
+      (/Unexpected end|Unterminated|end of JSON/.test(reason) || unbalanced(trimmed))
+    return truncated
+      ? { _tag: "Invalid", problem: { kind: "truncated", detail: `body cut off after ${text.length} characters: ${reason}` } }
+      : { _tag: "Invalid", problem: { kind: "not-json", detail: `body is not JSON: ${reason}` } }
+  }
+}
+
+const describeError = (error: unknown): string => {
+  if (isRecord(error) && typeof error["message"] === "string") return error["message"]
+  return JSON.stringify(error) ?? "unknown error"
+}
+
+/**
+ * Checks a complete chat completion body. A short answer ("4") is an answer,
+ * and so is whitespace: the relay does not judge content. A message is empty
+ * only when its content is null, absent or "" and it has no tool or function
+ * call, no refusal and no audio.
+ */
+export const inspectChatCompletion = (text: string): Inspection => {
+  const parsed = parse(text)
+  if (parsed._tag === "Invalid") return parsed
+  const json = parsed.json
+  if (!isRecord(json)) return { _tag: "Invalid", problem: { kind: "not-object", detail: "body is not a JSON object" } }
+  const quota = quotaOf(json)
+  if (quota !== undefined) return { _tag: "Quota", problem: quota }
+  const choices = json["choices"]
+  if (!Array.isArray(choices)) {
+    const detail = json["error"] !== undefined
+      ? `upstream sent an error instead of a completion: ${describeError(json["error"])}`
+      : "body has no choices"
+    return { _tag: "Invalid", problem: { kind: "no-choices", detail } }
+  }
+  if (choices.length === 0) return { _tag: "Invalid", problem: { kind: "empty-choices", detail: "choices is empty" } }
+  const first: unknown = choices[0]
+  const message = isRecord(first) ? first["message"] : undefined
+  if (!isRecord(message)) {
+    return { _tag: "Invalid", problem: { kind: "empty-message", detail: "the first choice has no message" } }
+  }
+  if (isEmptyMessage(message)) {
+    return { _tag: "Invalid", problem: { kind: "empty-message", detail: "the first choice's message is empty" } }
+  }
+  return { _tag: "Ok", json, usage: usageOf(json) }
+}
+
+const isEmptyMessage = (message: Record<string, unknown>): boolean => {
+  const content = message["content"]
+  const hasContent = (typeof content === "string" && content !== "") || (Array.isArray(content) && content.length > 0)
+  if (hasContent) return false
+  const toolCalls = message["tool_calls"]
+  if (Array.isArray(toolCalls) && toolCalls.length > 0) return false
+  if (isRecord(message["function_call"])) return false
+  if (typeof message["refusal"] === "string" && message["refusal"] !== "") return false
+  if (isRecord(message["audio"])) return false
+  return true
+}
+
+/** Checks a complete embeddings body: every item of a non-empty `data` has an embedding. */
+export const inspectEmbeddings = (text: string): Inspection => {
+  const parsed = parse(text)
+  if (parsed._tag === "Invalid") return parsed
+  const json = parsed.json
+  if (!isRecord(json)) return { _tag: "Invalid", problem: { kind: "not-object", detail: "body is not a JSON object" } }
+  const quota = quotaOf(json)
+  if (quota !== undefined) return { _tag: "Quota", problem: quota }
+  const data = json["data"]
+  if (!Array.isArray(data) || data.length === 0) {
+    const detail = json["error"] !== undefined
+      ? `upstream sent an error instead of embeddings: ${describeError(json["error"])}`
+      : Array.isArray(data) ? "data is empty" : "body has no data"
+    return { _tag: "Invalid", problem: { kind: "no-data", detail } }
+  }
+  for (let i = 0; i < data.length; i++) {
+    const item: unknown = data[i]
+    const embedding = isRecord(item) ? item["embedding"] : undefined
+    const ok = (Array.isArray(embedding) || typeof embedding === "string") && embedding.length > 0
+    if (!ok) return { _tag: "Invalid", problem: { kind: "no-data", detail: `data[${i}] has no embedding` } }
+  }
+  return { _tag: "Ok", json, usage: usageOf(json) }
+}
+
+/**
+ * Checks one SSE `data:` payload of a chat stream. Chunks with empty
+ * `choices` are valid (the final usage chunk has none).
+ */
+export const inspectStreamChunk = (data: string): StreamChunkInspection => {
+  const trimmed = data.trim()
+  if (trimmed === "[DONE]") return { _tag: "Done" }
+  const parsed = parse(trimmed)
+  if (parsed._tag === "Invalid") return { _tag: "Error", problem: parsed.problem }
+  const json = parsed.json
+  if (!isRecord(json)) return { _tag: "Error", problem: { kind: "not-object", detail: "chunk is not a JSON object" } }
+  if (json["error"] !== undefined) {
+    const quota = quotaOf(json)
+    if (quota !== undefined) return { _tag: "Quota", problem: quota }
+    return {
+      _tag: "Error",
+      problem: { kind: "no-choices", detail: `upstream sent an error in the stream: ${describeError(json["error"])}` }
+    }
+  }
+  const usage = usageOf(json)
+  return usage === undefined ? { _tag: "Chunk", json } : { _tag: "Chunk", json, usage }
+}
+
+/** An OpenAI error body, as text: `{"error":{"message","type","param","code"}}`. */
+export const errorBody = (message: string, type: string, param: string | null, code: string | null): string =>
+  JSON.stringify({ error: { message, type, param, code } })

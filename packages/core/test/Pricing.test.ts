@@ -1,0 +1,100 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import type { Usage } from "../src/OpenAI.js"
+import * as Pricing from "../src/Pricing.js"
+
+const usage = (prompt_tokens: number, completion_tokens: number): Usage => ({
+  prompt_tokens,
+  completion_tokens,
+  total_tokens: prompt_tokens + completion_tokens
+})
+
+/** The current value of a counter with exactly these tags. */
+const counterValue = (metric: typeof Pricing.tokensTotal, tags: Record<string, string>) =>
+  Effect.map(
+    Metric.value(Metric.taggedWithLabels(metric, Object.entries(tags).map(([k, v]) => MetricLabel.make(k, v)))),
+    (state) => state.count
+  )
+
+describe("Pricing", () => {
+  it("has the default prices", () => {
+    const pricing = Pricing.make()
+    expect(pricing.price("deepseek-v3.2")).toEqual({ input: 0.28, output: 0.42 })
+    expect(pricing.price("gemini-2.5-flash")).toEqual({ input: 0.30, output: 2.50 })
+    expect(pricing.price("gpt-4.1")).toEqual({ input: 2.00, output: 8.00 })
+    expect(pricing.price("claude-sonnet-4.5")).toEqual({ input: 3.00, output: 15.00 })
+  })
+
+  it("costs gpt-4.1 with 1,000,000 prompt and 500,000 completion tokens at 2.00 + 4.00 = 6.00 USD", () => {
+    expect(Pricing.make().cost("gpt-4.1", usage(1_000_000, 500_000))).toBe(6)
+  })
+
+  it("costs per million tokens", () => {
+    const cost = Pricing.make().cost("claude-sonnet-4.5", usage(1_000, 2_000))
+    expect(cost).toBeCloseTo((1_000 * 3 + 2_000 * 15) / 1_000_000, 12)
+  })
+
+  it("prices a dated snapshot by its longest priced prefix", () => {
+    const pricing = Pricing.make({ "gpt-4.1-mini": { input: 0.4, output: 1.6 } })
+    expect(pricing.price("gpt-4.1-2025-04-14")).toEqual({ input: 2.00, output: 8.00 })
+    expect(pricing.price("gpt-4.1-mini-2025-04-14")).toEqual({ input: 0.4, output: 1.6 })
+    expect(pricing.cost("gpt-4.1-2025-04-14", usage(1_000_000, 0))).toBe(2)
+  })
+
+  it("matches a prefix only at a word boundary", () => {
+    expect(Pricing.make().price("gpt-4.10")).toBeUndefined()
+    expect(Pricing.make().price("gpt-4.1x")).toBeUndefined()
+  })
+
+  it("knows no price for an unknown model", () => {
+    const pricing = Pricing.make()
+    expect(pricing.price("llama-3-70b")).toBeUndefined()
+    expect(pricing.cost("llama-3-70b", usage(10, 10))).toBeUndefined()
+    expect(pricing.price("gpt-4")).toBeUndefined()
+  })
+
+  it("merges overrides over the defaults", () => {
+    const pricing = Pricing.make({ "gpt-4.1": { input: 1.00, output: 4.00 }, "my-model": { input: 0.1, output: 0.2 } })
+    expect(pricing.price("gpt-4.1")).toEqual({ input: 1.00, output: 4.00 })
+    expect(pricing.price("my-model")).toEqual({ input: 0.1, output: 0.2 })
+    expect(pricing.price("deepseek-v3.2")).toEqual({ input: 0.28, output: 0.42 })
+    expect(pricing.cost("gpt-4.1", usage(1_000_000, 500_000))).toBe(3)
+  })
+
+  it.effect("is provided by layer", () =>
+    Effect.gen(function*() {
+      const pricing = yield* Pricing.Pricing
+      expect(pricing.price("my-model")).toEqual({ input: 1, output: 1 })
+      expect(pricing.price("gpt-4.1")).toEqual({ input: 2.00, output: 8.00 })
+    }).pipe(Effect.provide(Pricing.layer({ "my-model": { input: 1, output: 1 } }))))
+
+  it.effect("record adds tokens and cost to the metrics", () =>
+    Effect.gen(function*() {
+      const pricing = Pricing.make()
+      const labels = { upstream: "openai-record-test", model: "gpt-4.1", key: "team-a" }
+      const prompt = { ...labels, kind: "prompt" }
+      const completion = { ...labels, kind: "completion" }
+      const u = usage(1_000_000, 500_000)
+
+      yield* pricing.record(labels, u, pricing.cost(labels.model, u))
+      expect(yield* counterValue(Pricing.tokensTotal, prompt)).toBe(1_000_000)
+      expect(yield* counterValue(Pricing.tokensTotal, completion)).toBe(500_000)
+      expect(yield* counterValue(Pricing.costTotal, labels)).toBe(6)
+
+      yield* pricing.record(labels, usage(10, 5), 0.5)
+      expect(yield* counterValue(Pricing.tokensTotal, prompt)).toBe(1_000_010)
+      expect(yield* counterValue(Pricing.tokensTotal, completion)).toBe(500_005)
+      expect(yield* counterValue(Pricing.costTotal, labels)).toBe(6.5)
+
+      // Nothing known: nothing recorded. Tokens without a price: tokens only.
+      yield* pricing.record(labels, undefined, undefined)
+      const other = { ...labels, key: "team-b" }
+      yield* pricing.record(other, usage(7, 3), undefined)
+      expect(yield* counterValue(Pricing.tokensTotal, prompt)).toBe(1_000_010)
+      expect(yield* counterValue(Pricing.tokensTotal, { ...other, kind: "prompt" })).toBe(7)
+      expect(yield* counterValue(Pricing.tokensTotal, { ...other, kind: "completion" })).toBe(3)
+      expect(yield* counterValue(Pricing.costTotal, other)).toBe(0)
+    }))
+})
