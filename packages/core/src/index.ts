@@ -1,11 +1,24 @@
 /**
- * Breakwater core: resilience services for LLM relays, as Effect services.
+ * Breakwater core: resilience services for LLM relays, as Effect services,
+ * and the relay pipeline that composes them.
  *
  * @since 0.1.0
  */
-export * as CircuitBreaker from "./CircuitBreaker.js"
+
+// The resilience services
 export * as Bulkhead from "./Bulkhead.js"
+export * as CircuitBreaker from "./CircuitBreaker.js"
 export * as RateLimiter from "./RateLimiter.js"
-export * as Timeout from "./Timeout.js"
-export * as Retry from "./Retry.js"
 export * as ResponseCache from "./ResponseCache.js"
+export * as Retry from "./Retry.js"
+export * as Timeout from "./Timeout.js"
+
+// The relay pipeline
+export * as Cooldown from "./Cooldown.js"
+export * as OpenAI from "./OpenAI.js"
+export * as Pricing from "./Pricing.js"
+export * as Relay from "./Relay.js"
+export * as Router from "./Router.js"
+export * as Upstream from "./Upstream.js"
+export * as UpstreamClient from "./UpstreamClient.js"
+export * as UpstreamError from "./UpstreamError.js"

@@ -1,0 +1,117 @@
+/**
+ * Cooldowns keep every request away from an upstream that told us to wait: a
+ * 429's `Retry-After`, an exhausted quota (a long pause), or rate-limit
+ * headers saying the account is about to run out. They are shared by all
+ * requests (and, with a shared store, by all replicas), unlike a per-request
+ * retry that would let the next request hit the same wall.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+
+export type Reason = "rate-limited" | "quota-exhausted" | "low-headroom"
+
+export interface Cooldown {
+  /** Epoch millis when the upstream may be called again. */
+  readonly until: number
+  readonly reason: Reason
+}
+
+/**
+ * Where cooldowns live. `start` keeps the later of the current and the new
+ * end, so a short cooldown never cuts a long one (a quota pause) short.
+ */
+export class CooldownStore extends Context.Tag("@breakwater/core/CooldownStore")<
+  CooldownStore,
+  {
+    readonly start: (upstream: string, cooldown: Cooldown) => Effect.Effect<void>
+    readonly clear: (upstream: string) => Effect.Effect<void>
+    /** Active cooldowns at `now`; expired ones are left out. */
+    readonly active: (now: number) => Effect.Effect<ReadonlyMap<string, Cooldown>>
+  }
+>() {}
+
+const startedCounter = Metric.counter("breakwater_cooldowns_total", {
+  description: "Cooldowns started, by upstream and reason",
+  incremental: true
+})
+
+/** Starts a cooldown of `duration` from now on `upstream`. */
+export const start = (
+  upstream: string,
+  duration: Duration.DurationInput,
+  reason: Reason
+): Effect.Effect<void, never, CooldownStore> =>
+  Effect.flatMap(CooldownStore, (store) =>
+    Effect.clockWith((clock) => {
+      const until = clock.unsafeCurrentTimeMillis() + Duration.toMillis(duration)
+      return Effect.zipRight(
+        store.start(upstream, { until, reason }),
+        Metric.increment(Metric.tagged(Metric.tagged(startedCounter, "upstream", upstream), "reason", reason))
+      )
+    }))
+
+export const makeStoreMemory: Effect.Effect<Context.Tag.Service<CooldownStore>> = Effect.sync(() => {
+  const cooldowns = new Map<string, Cooldown>()
+  return {
+    start: (upstream, cooldown) =>
+      Effect.sync(() => {
+        const current = cooldowns.get(upstream)
+        if (current === undefined || current.until < cooldown.until) cooldowns.set(upstream, cooldown)
+      }),
+    clear: (upstream) =>
+      Effect.sync(() => {
+        cooldowns.delete(upstream)
+      }),
+    active: (now) =>
+      Effect.sync(() => {
+        for (const [name, c] of cooldowns) if (c.until <= now) cooldowns.delete(name)
+        return cooldowns
+      })
+  }
+})
+
+export const layerStoreMemory: Layer.Layer<CooldownStore> = Layer.effect(CooldownStore, makeStoreMemory)
+
+/**
+ * Parses the reset durations of OpenAI's rate-limit headers
+ * (`x-ratelimit-reset-requests: 1s`, `6m0s`, `20ms`, `1h2m3.5s`).
+ */
+export const parseResetDuration = (value: string): Duration.Duration | undefined => {
+  const v = value.trim()
+  if (v === "") return undefined
+  if (/^\d+(\.\d+)?$/.test(v)) return Duration.millis(Math.round(Number(v) * 1000))
+  const re = /(\d+(?:\.\d+)?)(ms|h|m|s)/g
+  let total = 0
+  let consumed = 0
+  for (let m = re.exec(v); m !== null; m = re.exec(v)) {
+    const n = Number(m[1])
+    total += m[2] === "h" ? n * 3_600_000 : m[2] === "m" ? n * 60_000 : m[2] === "s" ? n * 1000 : n
+    consumed += m[0].length
+  }
+  return consumed === v.length ? Duration.millis(Math.round(total)) : undefined
+}
+
+/**
+ * From a response's rate-limit headers: how long to stay away because the
+ * account is about to run out (remaining requests or tokens at or below
+ * `lowWatermark`), or undefined.
+ */
+export const headroomCooldown = (
+  headers: Readonly<Record<string, string | undefined>>,
+  lowWatermark = 0
+): Duration.Duration | undefined => {
+  let longest: Duration.Duration | undefined
+  for (const kind of ["requests", "tokens"] as const) {
+    const remaining = headers[`x-ratelimit-remaining-${kind}`]
+    if (remaining === undefined || Number(remaining) > lowWatermark) continue
+    const reset = headers[`x-ratelimit-reset-${kind}`]
+    const wait = reset === undefined ? undefined : parseResetDuration(reset)
+    if (wait !== undefined && (longest === undefined || Duration.greaterThan(wait, longest))) longest = wait
+  }
+  return longest
+}

@@ -1,0 +1,766 @@
+/**
+ * The relay: one OpenAI-compatible request in, one answer out, from whichever
+ * upstream can give it. Per attempt on one upstream:
+ *
+ *   limits -> Bulkhead -> CircuitBreaker -> Timeout -> HTTP -> validate -> record
+ *
+ * A retryable failure (429, quota, 5xx, connection, timeout, invalid body)
+ * moves the request to the next upstream the router offers, up to
+ * `maxAttempts` calls in all and within the request's deadline; the caller's
+ * own bad request comes straight back. A 429's `Retry-After` and an exhausted
+ * quota put the upstream in a cooldown shared by all requests. When no
+ * upstream is available, the relay waits for the first to come back if that
+ * is within `maxRetryAfter`, and otherwise says so at once.
+ *
+ * Non-streaming chat completions go through the response cache, with
+ * single-flight. Streams may fail over until their first event reaches the
+ * caller; after that an upstream failure ends the stream with an error event,
+ * never with a silent, truncated success.
+ *
+ * @since 0.1.0
+ */
+import * as Sse from "@effect/experimental/Sse"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as Option from "effect/Option"
+import * as Random from "effect/Random"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Bulkhead from "./Bulkhead.js"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
+import * as Cooldown from "./Cooldown.js"
+import * as OpenAI from "./OpenAI.js"
+import * as Pricing from "./Pricing.js"
+import type * as RateLimiter from "./RateLimiter.js"
+import * as ResponseCache from "./ResponseCache.js"
+import * as Retry from "./Retry.js"
+import * as Router from "./Router.js"
+import * as Timeout from "./Timeout.js"
+import * as Upstream from "./Upstream.js"
+import { UpstreamClient } from "./UpstreamClient.js"
+import {
+  InvalidResponse,
+  isCallerError,
+  QuotaExhausted,
+  type UpstreamError,
+  UpstreamRateLimited,
+  UpstreamRejected,
+  UpstreamServerError,
+  UpstreamTimeout
+} from "./UpstreamError.js"
+
+// ---------------------------------------------------------------------------
+// Results and errors
+
+export interface Metadata {
+  /** The upstream that answered (for a cache hit: the one that answered first). */
+  readonly upstream: string
+  /** Upstream calls made for this request (0 for a cache hit). */
+  readonly attempts: number
+  readonly latencyMs: number
+  readonly cache: ResponseCache.Status
+  readonly usage: OpenAI.Usage | undefined
+  readonly costUsd: number | undefined
+  /** What went wrong on the way, one line per failed attempt. */
+  readonly failures: ReadonlyArray<string>
+}
+
+export interface Result {
+  /** The upstream's JSON body, as it came. */
+  readonly body: string
+  readonly metadata: Metadata
+}
+
+export interface StreamResult {
+  /** Server-sent events, each a complete `data: ...\n\n` block. */
+  readonly events: Stream.Stream<string>
+  /** The upstream that is streaming and the attempts it took. */
+  readonly upstream: string
+  readonly attempts: number
+  /** Completes when the stream ends, with the final metadata (usage, cost). */
+  readonly done: Effect.Effect<Metadata>
+}
+
+/** No upstream serves the model. */
+export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly model: string }> {
+  override get message(): string {
+    return `The model '${this.model}' does not exist or is not served by any upstream.`
+  }
+}
+
+export interface Failure {
+  readonly upstream: string
+  readonly reason: string
+}
+
+/** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
+export class NoUpstreamAvailable extends Data.TaggedError("NoUpstreamAvailable")<{
+  readonly model: string
+  readonly failures: ReadonlyArray<Failure>
+  /** When the first of them is expected back, if known. */
+  readonly retryAfter: Duration.Duration | undefined
+}> {
+  override get message(): string {
+    return `No upstream available for '${this.model}': ${describe(this.failures)}`
+  }
+}
+
+/** Upstreams were tried and all failed. */
+export class AllUpstreamsFailed extends Data.TaggedError("AllUpstreamsFailed")<{
+  readonly model: string
+  readonly failures: ReadonlyArray<Failure>
+}> {
+  override get message(): string {
+    return `All upstreams failed for '${this.model}': ${describe(this.failures)}`
+  }
+}
+
+const describe = (failures: ReadonlyArray<Failure>) =>
+  failures.length === 0 ? "none tried" : failures.map((f) => `${f.upstream}: ${f.reason}`).join("; ")
+
+export type RelayError =
+  | UnknownModel
+  | NoUpstreamAvailable
+  | AllUpstreamsFailed
+  | UpstreamRejected
+  | Timeout.DeadlineExceeded
+
+// ---------------------------------------------------------------------------
+// Service
+
+export interface CallOptions {
+  /** The caller's name (a gateway key's name) for metrics and cost totals. */
+  readonly key?: string | undefined
+  /** The caller's cache directives (HTTP `cache-control`). */
+  readonly cache?: ResponseCache.Control | undefined
+  /**
+   * The request body exactly as received. When no alias changes the model,
+   * these bytes are forwarded as they are, without serialising again.
+   */
+  readonly rawBody?: string | Uint8Array | undefined
+}
+
+export interface Relay {
+  readonly chat: (request: OpenAI.ChatCompletionRequest, options?: CallOptions) => Effect.Effect<Result, RelayError>
+  readonly chatStream: (
+    request: OpenAI.ChatCompletionRequest,
+    options?: CallOptions
+  ) => Effect.Effect<StreamResult, RelayError>
+  readonly embeddings: (request: OpenAI.EmbeddingsRequest, options?: CallOptions) => Effect.Effect<Result, RelayError>
+  readonly upstreams: ReadonlyArray<Upstream.Upstream>
+  /** Client-visible model names (aliases included); `"*"` when an upstream serves any. */
+  readonly models: ReadonlyArray<string>
+  /** Whether at least one upstream could serve now. */
+  readonly ready: Effect.Effect<boolean>
+}
+
+export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
+
+export interface Options {
+  readonly upstreams: ReadonlyArray<Upstream.Config>
+  /** Upstream calls per request, failovers included. Default 3. */
+  readonly maxAttempts?: number
+  /** The whole request's deadline. Default 60 s. */
+  readonly requestTimeout?: Duration.DurationInput
+  readonly router?: Router.Options
+  /** Relay-wide breaker settings; upstreams may override them. */
+  readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">>
+  /**
+   * `maxRetries`: extra rounds over the upstreams after all have failed, with
+   * backoff (`baseDelay`..`maxDelay`, full jitter). `maxRetryAfter`: the
+   * longest wait for an upstream to come back when none is available.
+   */
+  readonly retry?: Pick<Retry.Options, "maxRetries" | "baseDelay" | "maxDelay" | "maxRetryAfter">
+  /** Cooldown after a 429 without `Retry-After`. Default 1 s. */
+  readonly rateLimitCooldown?: Duration.DurationInput
+  /** Cooldown after quota exhaustion. Default 1 hour. */
+  readonly quotaCooldown?: Duration.DurationInput
+  /** Steer away when `x-ratelimit-remaining-*` is at or below this. Default 0. */
+  readonly headroomWatermark?: number
+  /**
+   * Which non-streaming chat requests are cached: `all` (every exact match,
+   * the default, as in the reference article), `deterministic` (only
+   * `temperature: 0`), or `none`.
+   */
+  readonly cacheMode?: "all" | "deterministic" | "none"
+}
+
+const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
+  description: "Upstream calls by upstream and outcome",
+  incremental: true
+})
+const latencyHistogram = Metric.histogram(
+  "breakwater_upstream_latency_ms",
+  MetricBoundaries.exponential({ start: 5, factor: 2, count: 14 }),
+  "Latency of upstream calls, ms"
+)
+
+const CHAT = "/chat/completions"
+const EMBEDDINGS = "/embeddings"
+
+/** What an attempt on one upstream produced. */
+type Attempted<A> =
+  | { readonly _tag: "Ok"; readonly value: A }
+  | { readonly _tag: "Failed"; readonly error: UpstreamError }
+  /** Not called: our own limiter, bulkhead or breaker refused. Costs no attempt. */
+  | { readonly _tag: "Skipped"; readonly reason: string }
+
+type Classified =
+  | { readonly _tag: "Ok"; readonly body: string; readonly usage: OpenAI.Usage | undefined }
+
+export const make = (
+  options: Options
+): Effect.Effect<
+  Relay,
+  never,
+  | Scope.Scope
+  | RateLimiter.RateLimiterStore
+  | Cooldown.CooldownStore
+  | UpstreamClient
+  | Pricing.Pricing
+  | ResponseCache.ResponseCache
+> =>
+  Effect.gen(function*() {
+    const client = yield* UpstreamClient
+    const cooldowns = yield* Cooldown.CooldownStore
+    const pricing = yield* Pricing.Pricing
+    const cache = yield* ResponseCache.ResponseCache
+    const router = Router.make(options.router)
+    const upstreams = yield* Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker }))
+
+    const maxAttempts = options.maxAttempts ?? 3
+    const budget = Duration.decode(options.requestTimeout ?? Duration.seconds(60))
+    const maxRounds = 1 + (options.retry?.maxRetries ?? 2)
+    const baseDelayMillis = Duration.toMillis(options.retry?.baseDelay ?? Duration.millis(200))
+    const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
+    const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
+    const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
+    const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
+    const watermark = options.headroomWatermark ?? 0
+    const cacheMode = options.cacheMode ?? "all"
+
+    // Which upstreams serve a model, computed once per model name.
+    const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
+    const serving = (model: string): ReadonlyArray<Upstream.Upstream> => {
+      let found = servingCache.get(model)
+      if (found === undefined) {
+        found = upstreams.filter((u) => u.modelFor(model) !== undefined)
+        if (servingCache.size < 10_000) servingCache.set(model, found)
+      }
+      return found
+    }
+
+    const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*"] : u.models))]
+
+    // ----- one attempt ------------------------------------------------------
+
+    /** The body to send to `u`: the caller's bytes unless an alias renames the model. */
+    const bodyFor = (
+      u: Upstream.Upstream,
+      request: { readonly model: string },
+      raw: string | Uint8Array | undefined
+    ): string | Uint8Array => {
+      const target = u.modelFor(request.model)!
+      if (target === request.model && raw !== undefined) return raw
+      return JSON.stringify(target === request.model ? request : { ...request, model: target })
+    }
+
+    /** Turns an HTTP answer that is not a 200 into the error it means. */
+    const statusError = (
+      u: Upstream.Upstream,
+      status: number,
+      headers: Readonly<Record<string, string | undefined>>,
+      text: string
+    ): Effect.Effect<UpstreamError> => {
+      if (status === 429) {
+        const quota = OpenAI.quotaInErrorBody(text)
+        if (quota !== undefined) return Effect.succeed(new QuotaExhausted({ upstream: u.name, code: quota.code }))
+        return Effect.map(Retry.retryAfterFromHeaders(headers), (retryAfter) =>
+          new UpstreamRateLimited({ upstream: u.name, retryAfter: Option.getOrUndefined(retryAfter) }))
+      }
+      if (isCallerError(status)) {
+        return Effect.succeed(
+          new UpstreamRejected({ upstream: u.name, status, body: text, contentType: headers["content-type"] })
+        )
+      }
+      const quota = OpenAI.quotaInErrorBody(text)
+      if (quota !== undefined) return Effect.succeed(new QuotaExhausted({ upstream: u.name, code: quota.code }))
+      return Effect.succeed(new UpstreamServerError({ upstream: u.name, status }))
+    }
+
+    /** After an answer: steer away early if the account is about to run out. */
+    const noteHeadroom = (u: Upstream.Upstream, headers: Readonly<Record<string, string | undefined>>) => {
+      if (headers["x-ratelimit-remaining-requests"] === undefined && headers["x-ratelimit-remaining-tokens"] === undefined) {
+        return Effect.void
+      }
+      const wait = Cooldown.headroomCooldown(headers, watermark)
+      return wait === undefined ? Effect.void : Effect.provideService(
+        Cooldown.start(u.name, wait, "low-headroom"),
+        Cooldown.CooldownStore,
+        cooldowns
+      )
+    }
+
+    /** Cooldowns that a failure calls for. */
+    const coolDown = (error: UpstreamError): Effect.Effect<void> => {
+      switch (error._tag) {
+        case "UpstreamRateLimited":
+          return Effect.provideService(
+            Cooldown.start(error.upstream, error.retryAfter ?? rateLimitCooldown, "rate-limited"),
+            Cooldown.CooldownStore,
+            cooldowns
+          )
+        case "QuotaExhausted":
+          return Effect.provideService(
+            Cooldown.start(error.upstream, quotaCooldown, "quota-exhausted"),
+            Cooldown.CooldownStore,
+            cooldowns
+          )
+        default:
+          return Effect.void
+      }
+    }
+
+    /**
+     * Our own protections around one call: the account limits, the bulkhead,
+     * the breaker (which sees the classified outcome) and the attempt's
+     * timeout. Refusals by these are "Skipped": no upstream call was made.
+     */
+    const guarded = <A>(
+      u: Upstream.Upstream,
+      tokens: number,
+      call: Effect.Effect<A, UpstreamError>,
+      bulkhead: "run" | "held"
+    ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
+      const timed = Timeout.attempt(call, u.timeout).pipe(
+        Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
+      )
+      const broken = u.breaker.protect(timed)
+      let protectedCall: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run"
+        ? u.bulkhead.run(broken)
+        : broken
+      if (u.tokenLimit !== undefined) protectedCall = Effect.zipRight(u.tokenLimit.acquire("account", tokens), protectedCall)
+      if (u.requestLimit !== undefined) protectedCall = Effect.zipRight(u.requestLimit.acquire("account"), protectedCall)
+      return classifyOutcome(protectedCall)
+    }
+
+    /** A non-streaming call: POST, read, classify, validate. */
+    const callJson = (
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>
+    ): Effect.Effect<Classified, UpstreamError> =>
+      Effect.flatMap(client.post(u, path, body), (reply): Effect.Effect<Classified, UpstreamError> => {
+        if (reply.status !== 200) return Effect.flatMap(statusError(u, reply.status, reply.headers, reply.text), Effect.fail)
+        const inspected = inspect(reply.text)
+        switch (inspected._tag) {
+          case "Ok":
+            return Effect.as(noteHeadroom(u, reply.headers), { _tag: "Ok", body: reply.text, usage: inspected.usage })
+          case "Quota":
+            return Effect.fail(new QuotaExhausted({ upstream: u.name, code: inspected.problem.code }))
+          case "Invalid":
+            return Effect.fail(new InvalidResponse({ upstream: u.name, reason: inspected.problem.kind }))
+        }
+      })
+
+    // ----- failover -----------------------------------------------------------
+
+    interface Progress {
+      attempts: number
+      readonly failures: Array<Failure>
+    }
+
+    /**
+     * Tries upstreams in the router's order until `attempt` succeeds, the
+     * caller is at fault, attempts run out, or the deadline passes.
+     */
+    const failover = <A>(
+      model: string,
+      attempt: (u: Upstream.Upstream, progress: Progress) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+    ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+      const servers = serving(model)
+      if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
+      const progress: Progress = { attempts: 0, failures: [] }
+
+      const round = (n: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+        Effect.clockWith((clock) => {
+          const now = clock.unsafeCurrentTimeMillis()
+          return Effect.flatMap(cooldowns.active(now), (active) =>
+            Effect.flatMap(router.plan(servers, now, active), (plan) => {
+              const tryAt = (i: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+                if (progress.attempts >= maxAttempts) {
+                  return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
+                }
+                if (i >= plan.order.length) return nextRound(n, plan, now, active)
+                const u = plan.order[i]!
+                return Effect.flatMap(attempt(u, progress), (outcome) => {
+                  switch (outcome._tag) {
+                    case "Ok":
+                      return Effect.succeed([outcome.value, u, progress] as const)
+                    case "Skipped":
+                      progress.failures.push({ upstream: u.name, reason: outcome.reason })
+                      return tryAt(i + 1)
+                    case "Failed": {
+                      const error = outcome.error
+                      progress.failures.push({ upstream: u.name, reason: reasonOf(error) })
+                      if (error._tag === "UpstreamRejected") return Effect.fail(error)
+                      return Effect.zipRight(coolDown(error), tryAt(i + 1))
+                    }
+                  }
+                })
+              }
+              return tryAt(0)
+            }))
+        })
+
+      /** Every upstream was tried or left out: wait for one, back off, or give up. */
+      const nextRound = (
+        n: number,
+        plan: Router.Plan,
+        now: number,
+        active: ReadonlyMap<string, Cooldown.Cooldown>
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        const excluded = plan.excluded.map(([u, why]) => ({ upstream: u.name, reason: why }))
+        // The soonest an excluded upstream comes back.
+        let soonest: number | undefined
+        for (const [u, why] of plan.excluded) {
+          const at = why === "cooling-down" ? active.get(u.name)?.until : undefined
+          if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
+        }
+        const tried = plan.order.length > 0
+        if (!tried) {
+          const waitMillis = soonest === undefined ? undefined : soonest - now
+          if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && n < maxRounds + 1) {
+            return Effect.flatMap(Timeout.remaining, (left) =>
+              Option.isSome(left) && Duration.toMillis(left.value) <= waitMillis
+                ? Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
+                : Effect.zipRight(Effect.sleep(Duration.millis(waitMillis)), round(n + 1)))
+          }
+          return Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
+        }
+        if (n >= maxRounds) return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
+        // Back off with full jitter before the next round, unless the deadline forbids.
+        const cap = Math.min(maxDelayMillis, baseDelayMillis * 2 ** (n - 1))
+        return Effect.flatMap(Random.nextRange(0, cap), (delay) =>
+          Effect.flatMap(Timeout.remaining, (left) =>
+            Option.isSome(left) && Duration.toMillis(left.value) <= delay
+              ? Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
+              : Effect.zipRight(Effect.sleep(Duration.millis(Math.floor(delay))), round(n + 1))))
+      }
+
+      return Timeout.withDeadline(round(1), budget)
+    }
+
+    const noneAvailable = (
+      model: string,
+      excluded: ReadonlyArray<Failure>,
+      progress: Progress,
+      waitMillis: number | undefined
+    ): RelayError =>
+      progress.attempts > 0
+        ? new AllUpstreamsFailed({ model, failures: [...progress.failures, ...excluded] })
+        : new NoUpstreamAvailable({
+          model,
+          failures: [...progress.failures, ...excluded],
+          retryAfter: waitMillis === undefined ? undefined : Duration.millis(Math.max(0, waitMillis))
+        })
+
+    const reasonOf = (error: UpstreamError): string => {
+      const own = `${error.upstream}: `
+      return error.message.startsWith(own) ? error.message.slice(own.length) : error.message
+    }
+
+    /** Runs one non-streaming attempt and records it (metrics, stats, cost). */
+    const jsonAttempt = (
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      raw: string | Uint8Array | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>
+    ) =>
+    (u: Upstream.Upstream, progress: Progress): Effect.Effect<Attempted<readonly [Classified, number]>, Timeout.DeadlineExceeded> =>
+      Effect.clockWith((clock) => {
+        const started = clock.unsafeCurrentTimeMillis()
+        const call = Effect.suspend(() => {
+          progress.attempts++
+          return callJson(u, path, bodyFor(u, request, raw), inspect)
+        })
+        return Effect.tap(guarded(u, tokens, call, "run"), (outcome) => {
+          if (outcome._tag === "Skipped") return Effect.void
+          const now = clock.unsafeCurrentTimeMillis()
+          const latency = now - started
+          Upstream.record(u, now, latency, outcome._tag === "Failed" ? outcome.error : undefined)
+          return Effect.zipRight(
+            Metric.increment(Metric.tagged(Metric.tagged(requestsCounter, "upstream", u.name), "outcome", outcome._tag === "Ok" ? "ok" : outcome.error._tag)),
+            Metric.update(Metric.tagged(latencyHistogram, "upstream", u.name), latency)
+          )
+        }).pipe(
+          Effect.map((outcome): Attempted<readonly [Classified, number]> =>
+            outcome._tag === "Ok" ? { _tag: "Ok", value: [outcome.value, started] } : outcome
+          )
+        )
+      })
+
+    const finish = (
+      model: string,
+      key: string,
+      value: readonly [Classified, number],
+      u: Upstream.Upstream,
+      progress: Progress,
+      status: ResponseCache.Status
+    ): Effect.Effect<Result> =>
+      Effect.clockWith((clock) => {
+        const [classified, started] = value
+        const usage = classified.usage
+        const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
+        const metadata: Metadata = {
+          upstream: u.name,
+          attempts: progress.attempts,
+          latencyMs: clock.unsafeCurrentTimeMillis() - started,
+          cache: status,
+          usage,
+          costUsd,
+          failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
+        }
+        return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
+      })
+
+    const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
+      cacheMode === "all" || (cacheMode === "deterministic" && request.temperature === 0)
+
+    const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
+      Effect.flatMap(
+        failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
+        ([value, u, progress]) => finish(request.model, options?.key ?? "anonymous", value, u, progress, status)
+      )
+
+    const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {
+      if (!isCacheable(request) || (options?.cache?.lookup === false && options.cache.store === false)) {
+        return chatUncached(request, options, "bypass")
+      }
+      // The cache stores "<upstream>\n<body>": cheap to write and to split.
+      let fresh: Result | undefined
+      const compute = Effect.map(chatUncached(request, options, "miss"), (result) => {
+        fresh = result
+        return `${result.metadata.upstream}\n${result.body}`
+      })
+      return Effect.clockWith((clock) => {
+        const started = clock.unsafeCurrentTimeMillis()
+        return Effect.map(cache.getOrCompute(cache.key(request), compute, options?.cache), (lookup): Result => {
+          if (lookup.status !== "hit" && fresh !== undefined) return { ...fresh, metadata: { ...fresh.metadata, cache: lookup.status } }
+          const nl = lookup.value.indexOf("\n")
+          return {
+            body: lookup.value.slice(nl + 1),
+            metadata: {
+              upstream: lookup.value.slice(0, nl),
+              attempts: 0,
+              latencyMs: clock.unsafeCurrentTimeMillis() - started,
+              cache: "hit",
+              usage: undefined,
+              costUsd: 0,
+              failures: []
+            }
+          }
+        })
+      })
+    }
+
+    const embeddings = (request: OpenAI.EmbeddingsRequest, options?: CallOptions): Effect.Effect<Result, RelayError> =>
+      Effect.flatMap(
+        failover(request.model, jsonAttempt(EMBEDDINGS, request, 0, options?.rawBody, OpenAI.inspectEmbeddings)),
+        ([value, u, progress]) => finish(request.model, options?.key ?? "anonymous", value, u, progress, "bypass")
+      )
+
+    // ----- streaming ------------------------------------------------------------
+
+    const errorEvent = (message: string, type = "upstream_error") =>
+      `data: ${OpenAI.errorBody(message, type, null, type)}\n\n`
+
+    interface Opened {
+      readonly first: Chunk.Chunk<Sse.Event>
+      readonly pull: Effect.Effect<Chunk.Chunk<Sse.Event>, Option.Option<UpstreamError>>
+      readonly started: number
+    }
+
+    /**
+     * Opens a stream on `u` and reads up to its first event, all inside the
+     * attempt (so failover is still possible); the rest is read later.
+     */
+    const openStream = (
+      u: Upstream.Upstream,
+      body: string | Uint8Array,
+      scope: Scope.Scope
+    ): Effect.Effect<Opened, UpstreamError> =>
+      Effect.gen(function*() {
+        const started = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+        const reply = yield* Scope.extend(client.postStream(u, CHAT, body), scope)
+        if (reply.status !== 200) {
+          const text = yield* Stream.runFold(Stream.decodeText(reply.body), "", (a, b) => a + b).pipe(
+            Effect.catchAll(() => Effect.succeed(""))
+          )
+          return yield* Effect.flatMap(statusError(u, reply.status, reply.headers, text), Effect.fail)
+        }
+        yield* noteHeadroom(u, reply.headers)
+        const events = reply.body.pipe(
+          Stream.decodeText(),
+          Stream.pipeThroughChannel(Sse.makeChannel())
+        )
+        const pull = yield* Scope.extend(Stream.toPull(events), scope)
+        // Read until the first event; an end or error before it is the upstream's failure.
+        let first = Chunk.empty<Sse.Event>()
+        while (Chunk.isEmpty(first)) {
+          const next = yield* Effect.either(pull)
+          if (next._tag === "Left") {
+            return yield* Option.match(next.left, {
+              onNone: () => Effect.fail(new InvalidResponse({ upstream: u.name, reason: "stream ended before any event" })),
+              onSome: Effect.fail
+            })
+          }
+          first = next.right
+        }
+        const head = Chunk.unsafeHead(first)
+        const inspected = OpenAI.inspectStreamChunk(head.data)
+        if (inspected._tag === "Quota") {
+          return yield* Effect.fail(new QuotaExhausted({ upstream: u.name, code: inspected.problem.code }))
+        }
+        if (inspected._tag === "Error") {
+          return yield* Effect.fail(new InvalidResponse({ upstream: u.name, reason: inspected.problem.detail }))
+        }
+        return { first, pull, started }
+      })
+
+    const chatStream = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<StreamResult, RelayError> =>
+      Effect.gen(function*() {
+        // The stream outlives this effect: its connection, bulkhead slot and
+        // pull live in a scope closed when the caller finishes reading.
+        const scope = yield* Scope.make()
+        const tokens = OpenAI.estimateTokens(request)
+        const attempt = (u: Upstream.Upstream, progress: Progress) =>
+          Effect.clockWith((clock) => {
+            const started = clock.unsafeCurrentTimeMillis()
+            const call = Effect.suspend(() => {
+              progress.attempts++
+              return Effect.zipRight(
+                Scope.extend(u.bulkhead.acquire, scope).pipe(
+                  Effect.catchTag("BulkheadFull", () => Effect.fail(new UpstreamServerError({ upstream: u.name, status: 503 })))
+                ),
+                openStream(u, bodyFor(u, request, options?.rawBody), scope)
+              )
+            })
+            return Effect.tap(guarded(u, tokens, call, "held"), (outcome) => {
+              if (outcome._tag !== "Failed") return Effect.void
+              const now = clock.unsafeCurrentTimeMillis()
+              Upstream.record(u, now, now - started, outcome.error)
+              return Metric.increment(Metric.tagged(Metric.tagged(requestsCounter, "upstream", u.name), "outcome", outcome.error._tag))
+            })
+          })
+        const [opened, u, progress] = yield* failover(request.model, attempt).pipe(
+          Effect.onError(() => Scope.close(scope, Exit.void))
+        )
+        const key = options?.key ?? "anonymous"
+        let usage: OpenAI.Usage | undefined
+        let sawDone = false
+        let streamError: string | undefined
+        const toText = (event: Sse.Event): string => {
+          if (event.data === "[DONE]") {
+            sawDone = true
+            return "data: [DONE]\n\n"
+          }
+          // Most chunks are relayed untouched; only those that may carry usage
+          // or an error are parsed.
+          if (event.data.includes("\"usage\"") || event.data.includes("\"error\"")) {
+            const inspected = OpenAI.inspectStreamChunk(event.data)
+            if (inspected._tag === "Chunk" && inspected.usage !== undefined) usage = inspected.usage
+            else if (inspected._tag === "Quota") streamError = `quota exhausted (${inspected.problem.code})`
+            else if (inspected._tag === "Error") streamError = inspected.problem.detail
+          }
+          return `data: ${event.data}\n\n`
+        }
+        const events: Stream.Stream<string> = Stream.fromChunk(Chunk.map(opened.first, toText)).pipe(
+          Stream.concat(Stream.map(Stream.repeatEffectChunkOption(opened.pull), toText)),
+          // After the first event there is no failing over: a failure becomes
+          // an error event, and an end without [DONE] is reported, not hidden.
+          Stream.catchAll((error) => {
+            streamError = reasonOf(error)
+            return Stream.make(errorEvent(`upstream stream failed: ${streamError}`))
+          }),
+          Stream.concat(Stream.suspend(() => {
+            if (sawDone || streamError !== undefined) return Stream.empty
+            streamError = "stream ended before [DONE]"
+            return Stream.make(errorEvent(`upstream ${streamError}`))
+          })),
+          Stream.ensuring(Scope.close(scope, Exit.void))
+        )
+        const done: Effect.Effect<Metadata> = Effect.clockWith((clock) => {
+          const costUsd = usage === undefined ? undefined : pricing.cost(request.model, usage)
+          const now = clock.unsafeCurrentTimeMillis()
+          const failed = streamError === undefined ? undefined : new InvalidResponse({ upstream: u.name, reason: streamError })
+          Upstream.record(u, now, now - opened.started, failed)
+          const metadata: Metadata = {
+            upstream: u.name,
+            attempts: progress.attempts,
+            latencyMs: now - opened.started,
+            cache: "bypass",
+            usage,
+            costUsd,
+            failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
+          }
+          return Effect.as(pricing.record({ upstream: u.name, model: request.model, key }, usage, costUsd), metadata)
+        })
+        return { events, upstream: u.name, attempts: progress.attempts, done }
+      })
+
+    const ready = Effect.clockWith((clock) => {
+      const now = clock.unsafeCurrentTimeMillis()
+      return Effect.flatMap(cooldowns.active(now), (active) =>
+        Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
+    })
+
+    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready })
+  })
+
+/** Our own protections' refusals: no upstream call was made. */
+type Refusal =
+  | RateLimiter.RateLimited
+  | RateLimiter.RateLimiterStoreError
+  | Bulkhead.BulkheadFull
+  | CircuitBreaker.CircuitOpen
+
+const classifyOutcome = <A>(
+  effect: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded>
+): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> =>
+  effect.pipe(
+    Effect.map((value): Attempted<A> => ({ _tag: "Ok", value })),
+    Effect.catchAll((e): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
+      switch (e._tag) {
+        case "DeadlineExceeded":
+          return Effect.fail(e)
+        case "RateLimited":
+          return Effect.succeed({ _tag: "Skipped", reason: "local rate limit reached" })
+        case "RateLimiterStoreError":
+          return Effect.succeed({ _tag: "Skipped", reason: "rate limit store unavailable" })
+        case "BulkheadFull":
+          return Effect.succeed({ _tag: "Skipped", reason: "bulkhead full" })
+        case "CircuitOpen":
+          return Effect.succeed({ _tag: "Skipped", reason: `circuit ${e.state}` })
+        default:
+          return Effect.succeed({ _tag: "Failed", error: e })
+      }
+    })
+  )
+
+export const layer = (
+  options: Options
+): Layer.Layer<
+  Relay,
+  never,
+  RateLimiter.RateLimiterStore | Cooldown.CooldownStore | UpstreamClient | Pricing.Pricing | ResponseCache.ResponseCache
+> => Layer.scoped(Relay, make(options))

@@ -1,0 +1,125 @@
+/**
+ * The router orders the upstreams that may serve a request: those that serve
+ * its model, whose breaker admits calls, that are not cooling down and whose
+ * bulkhead has room. The relay tries them in that order, failing over to the
+ * next on a retryable failure.
+ *
+ * Strategies:
+ * - `priority`: ordered failover by `priority` (lower first); equal
+ *   priorities share traffic by weight.
+ * - `weighted`: a weighted random order (each upstream's chance to go first
+ *   is its share of the total weight).
+ * - `latency`: fastest first by the EWMA of recent latency; with probability
+ *   `exploration` a random upstream goes first, so that a recovered or
+ *   unmeasured upstream gets noticed.
+ * - `least-busy`: fewest calls in flight relative to its bulkhead size.
+ *
+ * Randomness comes from Effect's `Random`, so a seeded run is repeatable.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import type * as Cooldown from "./Cooldown.js"
+import type { Upstream } from "./Upstream.js"
+
+export type Strategy = "priority" | "weighted" | "latency" | "least-busy"
+
+export interface Options {
+  readonly strategy?: Strategy
+  /** Share of requests that explore under `latency`. Default 0.05. */
+  readonly exploration?: number
+}
+
+/** Why an upstream was left out, for error messages and the admin view. */
+export type Exclusion = "circuit-open" | "cooling-down" | "bulkhead-full"
+
+export interface Plan {
+  /** Upstreams to try, in order. */
+  readonly order: ReadonlyArray<Upstream>
+  /** Upstreams that serve the model but were left out, and why. */
+  readonly excluded: ReadonlyArray<readonly [Upstream, Exclusion]>
+}
+
+export interface Router {
+  readonly strategy: Strategy
+  /**
+   * Orders `servers` (the upstreams that serve the model) at `now`, given
+   * the active cooldowns.
+   */
+  readonly plan: (
+    servers: ReadonlyArray<Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
+  ) => Effect.Effect<Plan>
+}
+
+export const Router = Context.GenericTag<Router>("@breakwater/core/Router")
+
+/** A weighted random permutation: sort by u^(1/w) descending (Efraimidis–Spirakis). */
+const weightedOrder = (ups: ReadonlyArray<Upstream>): Effect.Effect<Array<Upstream>> =>
+  Effect.map(
+    Effect.forEach(ups, (u) => Effect.map(Random.next, (r) => [Math.pow(r, 1 / Math.max(u.weight, 1e-9)), u] as const)),
+    (keyed) => keyed.sort((a, b) => b[0] - a[0]).map(([, u]) => u)
+  )
+
+const busyness = (u: Upstream): number => {
+  const s = u.bulkhead.unsafeStats()
+  return (s.active + s.waiting) / s.maxConcurrent
+}
+
+export const make = (options: Options = {}): Router => {
+  const strategy = options.strategy ?? "priority"
+  const exploration = options.exploration ?? 0.05
+
+  const order = (ups: Array<Upstream>): Effect.Effect<ReadonlyArray<Upstream>> => {
+    if (ups.length <= 1) return Effect.succeed(ups)
+    switch (strategy) {
+      case "priority":
+        // Weighted shuffle first, then a stable sort by priority: equal
+        // priorities keep their weighted order.
+        return Effect.map(weightedOrder(ups), (shuffled) => shuffled.sort((a, b) => a.priority - b.priority))
+      case "weighted":
+        return weightedOrder(ups)
+      case "least-busy":
+        return Effect.succeed(ups.sort((a, b) => busyness(a) - busyness(b) || a.priority - b.priority))
+      case "latency":
+        return Effect.flatMap(Random.next, (r) => {
+          // Unmeasured upstreams count as fastest: they get measured first.
+          const sorted = ups.sort((a, b) => (a.stats.latencyEwmaMs ?? 0) - (b.stats.latencyEwmaMs ?? 0))
+          if (r >= exploration) return Effect.succeed(sorted)
+          return Effect.map(Random.nextIntBetween(0, sorted.length), (i) => {
+            const [chosen] = sorted.splice(i, 1)
+            return [chosen!, ...sorted]
+          })
+        })
+    }
+  }
+
+  const plan = (
+    servers: ReadonlyArray<Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
+  ): Effect.Effect<Plan> =>
+    Effect.flatMap(
+      Effect.forEach(servers, (u) => Effect.map(u.breaker.isAvailable, (ok) => [u, ok] as const)),
+      (checked) => {
+        const ready: Array<Upstream> = []
+        const excluded: Array<readonly [Upstream, Exclusion]> = []
+        for (const [u, breakerOk] of checked) {
+          const cooldown = cooldowns.get(u.name)
+          if (!breakerOk) excluded.push([u, "circuit-open"])
+          else if (cooldown !== undefined && cooldown.until > now) excluded.push([u, "cooling-down"])
+          else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
+          else ready.push(u)
+        }
+        return Effect.map(order(ready), (order) => ({ order, excluded }))
+      }
+    )
+
+  return Router.of({ strategy, plan })
+}
+
+export const layer = (options: Options = {}): Layer.Layer<Router> => Layer.succeed(Router, make(options))

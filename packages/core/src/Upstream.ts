@@ -1,0 +1,156 @@
+/**
+ * An upstream is one OpenAI-compatible endpoint (an account at a provider or
+ * a relay) with its own protections: a circuit breaker, a bulkhead, and the
+ * rate limits of its account. The relay routes each request among the
+ * upstreams that serve its model.
+ *
+ * @since 0.1.0
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Bulkhead from "./Bulkhead.js"
+import * as CircuitBreaker from "./CircuitBreaker.js"
+import * as RateLimiter from "./RateLimiter.js"
+import type * as Retry from "./Retry.js"
+import type { UpstreamError } from "./UpstreamError.js"
+
+export interface Config {
+  readonly name: string
+  /** Base URL including the version path, e.g. `https://api.openai.com/v1`. */
+  readonly baseUrl: string
+  readonly apiKey: Redacted.Redacted<string>
+  /** Models served, or `"*"` for any. */
+  readonly models: ReadonlyArray<string> | "*"
+  /** Client model name -> this upstream's model name. An alias is served too. */
+  readonly aliases?: Readonly<Record<string, string>> | undefined
+  /** Lower is tried first by the `priority` strategy. Default 1. */
+  readonly priority?: number | undefined
+  /** Share of traffic under the `weighted` strategy. Default 1. */
+  readonly weight?: number | undefined
+  /** Bulkhead size. Default 64. */
+  readonly maxConcurrent?: number | undefined
+  /** Account limits, enforced before calling so that we fail over instead of earning a 429. */
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+  /** Limit of one attempt. Default 30 s. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Overrides of the relay-wide breaker settings. */
+  readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">> | undefined
+  /** Overrides of the relay-wide retry settings. */
+  readonly retry?: Partial<Pick<Retry.Options, "maxRetries" | "baseDelay" | "maxDelay" | "maxRetryAfter">> | undefined
+}
+
+/** Live counters of one upstream, for routing and the admin view. */
+export interface Stats {
+  requests: number
+  successes: number
+  failures: number
+  /** Exponentially weighted moving average of successful attempts' latency, ms. */
+  latencyEwmaMs: number | undefined
+  lastError: string | undefined
+  lastErrorAt: number | undefined
+}
+
+export interface Upstream {
+  readonly name: string
+  readonly baseUrl: string
+  readonly apiKey: Redacted.Redacted<string>
+  readonly priority: number
+  readonly weight: number
+  readonly timeout: Duration.Duration
+  readonly retry: Config["retry"]
+  /** The upstream's name for `model`, or undefined when it does not serve it. */
+  readonly modelFor: (model: string) => string | undefined
+  /** The client-visible model names it serves (aliases included); `"*"` for any. */
+  readonly models: ReadonlyArray<string> | "*"
+  readonly breaker: CircuitBreaker.CircuitBreaker
+  readonly bulkhead: Bulkhead.Bulkhead
+  readonly requestLimit: RateLimiter.RateLimiter | undefined
+  readonly tokenLimit: RateLimiter.RateLimiter | undefined
+  readonly stats: Stats
+}
+
+/**
+ * Which failures say the upstream is unhealthy. 429s and quota errors are
+ * handled by cooldowns (the upstream is healthy, just busy or spent), and the
+ * caller's own bad requests say nothing about it.
+ */
+export const countsAgainstBreaker = (error: unknown): boolean => {
+  const tag = (error as { readonly _tag?: string } | null)?._tag
+  return tag === "UpstreamServerError" || tag === "UpstreamUnreachable" || tag === "UpstreamTimeout" ||
+    tag === "InvalidResponse"
+}
+
+const EWMA_ALPHA = 0.2
+
+/** Records one attempt's outcome in the upstream's counters. */
+export const record = (upstream: Upstream, now: number, latencyMs: number, error: UpstreamError | undefined): void => {
+  const s = upstream.stats
+  s.requests++
+  if (error === undefined) {
+    s.successes++
+    s.latencyEwmaMs = s.latencyEwmaMs === undefined ? latencyMs : s.latencyEwmaMs + EWMA_ALPHA * (latencyMs - s.latencyEwmaMs)
+  } else {
+    s.failures++
+    s.lastError = error.message
+    s.lastErrorAt = now
+  }
+}
+
+/** Builds an upstream with its breaker, bulkhead and limiters. */
+export const make = (
+  config: Config,
+  defaults: { readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">> | undefined } = {}
+): Effect.Effect<Upstream, never, Scope.Scope | RateLimiter.RateLimiterStore> =>
+  Effect.gen(function*() {
+    const name = config.name
+    const breaker = yield* CircuitBreaker.make({
+      ...defaults.breaker,
+      ...config.breaker,
+      name,
+      isFailure: countsAgainstBreaker
+    })
+    const bulkhead = yield* Bulkhead.make({ name, maxConcurrent: config.maxConcurrent ?? 64 })
+    const requestLimit = config.requestsPerMinute === undefined ? undefined : yield* RateLimiter.make({
+      name: `upstream:${name}:rpm`,
+      limit: config.requestsPerMinute,
+      window: Duration.minutes(1)
+    })
+    const tokenLimit = config.tokensPerMinute === undefined ? undefined : yield* RateLimiter.make({
+      name: `upstream:${name}:tpm`,
+      limit: config.tokensPerMinute,
+      window: Duration.minutes(1)
+    })
+    const aliases = config.aliases ?? {}
+    const served = config.models === "*" ? undefined : new Set(config.models)
+    const modelFor = (model: string): string | undefined => {
+      const target = aliases[model]
+      if (target !== undefined) return target
+      return served === undefined || served.has(model) ? model : undefined
+    }
+    return {
+      name,
+      baseUrl: config.baseUrl.replace(/\/+$/, ""),
+      apiKey: config.apiKey,
+      priority: config.priority ?? 1,
+      weight: config.weight ?? 1,
+      timeout: Duration.decode(config.timeout ?? Duration.seconds(30)),
+      retry: config.retry,
+      modelFor,
+      models: config.models === "*" ? "*" : [...config.models, ...Object.keys(aliases)],
+      breaker,
+      bulkhead,
+      requestLimit,
+      tokenLimit,
+      stats: {
+        requests: 0,
+        successes: 0,
+        failures: 0,
+        latencyEwmaMs: undefined,
+        lastError: undefined,
+        lastErrorAt: undefined
+      }
+    }
+  })

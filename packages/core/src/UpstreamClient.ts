@@ -1,0 +1,99 @@
+/**
+ * The HTTP side of an attempt: one request to one upstream, with the
+ * upstream's key (never the caller's), over `@effect/platform`'s HttpClient
+ * (undici by default, which keeps a keep-alive connection pool per origin).
+ * Bodies are sent as the caller's bytes when nothing in them changes, and
+ * answers come back as text, unparsed: deciding what they mean is the
+ * relay's job.
+ *
+ * @since 0.1.0
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { Upstream } from "./Upstream.js"
+import { UpstreamUnreachable } from "./UpstreamError.js"
+
+export interface Reply {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string | undefined>>
+  readonly text: string
+}
+
+export interface StreamReply {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string | undefined>>
+  /** The body; read it within the scope the call was made in. */
+  readonly body: Stream.Stream<Uint8Array, UpstreamUnreachable>
+}
+
+export interface UpstreamClient {
+  /** POSTs `body` (JSON text or bytes) to `upstream.baseUrl + path` and reads the whole answer. */
+  readonly post: (upstream: Upstream, path: string, body: string | Uint8Array) => Effect.Effect<Reply, UpstreamUnreachable>
+  /** The same, leaving the body as a stream open in the scope. */
+  readonly postStream: (
+    upstream: Upstream,
+    path: string,
+    body: string | Uint8Array
+  ) => Effect.Effect<StreamReply, UpstreamUnreachable, Scope.Scope>
+  readonly get: (upstream: Upstream, path: string) => Effect.Effect<Reply, UpstreamUnreachable>
+}
+
+export const UpstreamClient = Context.GenericTag<UpstreamClient>("@breakwater/core/UpstreamClient")
+
+/** A transport error, named without URL or headers (they may hold secrets). */
+const unreachable = (upstream: Upstream) => (error: HttpClientError.HttpClientError) => {
+  const cause = error.cause as { readonly code?: string; readonly cause?: { readonly code?: string } } | undefined
+  const code = cause?.code ?? cause?.cause?.code
+  return new UpstreamUnreachable({ upstream: upstream.name, reason: code ?? error.reason })
+}
+
+export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> = Effect.map(
+  HttpClient.HttpClient,
+  (client) => {
+    const request = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) => {
+      let req = HttpClientRequest.make(method)(upstream.baseUrl + path).pipe(
+        HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(upstream.apiKey)}`),
+        HttpClientRequest.acceptJson
+      )
+      if (body !== undefined) {
+        req = typeof body === "string"
+          ? HttpClientRequest.bodyText(req, body, "application/json")
+          : HttpClientRequest.bodyUint8Array(req, body, "application/json")
+      }
+      return req
+    }
+
+    const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
+      Effect.scoped(
+        Effect.flatMap(client.execute(request(upstream, method, path, body)), (res) =>
+          Effect.map(res.text, (text): Reply => ({ status: res.status, headers: res.headers, text })))
+      ).pipe(Effect.mapError(unreachable(upstream)))
+
+    return UpstreamClient.of({
+      post: (upstream, path, body) => readAll(upstream, "POST", path, body),
+      get: (upstream, path) => readAll(upstream, "GET", path),
+      postStream: (upstream, path, body) =>
+        Effect.map(
+          Effect.mapError(client.execute(request(upstream, "POST", path, body)), unreachable(upstream)),
+          (res): StreamReply => ({
+            status: res.status,
+            headers: res.headers,
+            body: Stream.mapError(res.stream, unreachable(upstream))
+          })
+        )
+    })
+  }
+)
+
+export const layer: Layer.Layer<UpstreamClient, never, HttpClient.HttpClient> = Layer.effect(UpstreamClient, make)
+
+/** Over undici with its own connection pools: the default. */
+export const layerUndici: Layer.Layer<UpstreamClient> = layer.pipe(Layer.provide(NodeHttpClient.layerUndici))

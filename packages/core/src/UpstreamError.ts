@@ -1,0 +1,111 @@
+/**
+ * How one attempt on one upstream can fail. Each error says what happened and
+ * whether another upstream could do better (`retryable`): a 429, a 5xx, a
+ * broken connection, a timeout or an invalid body move the request on; the
+ * caller's own bad request (400, 401, 403, 404, 422) goes straight back,
+ * unchanged, because no other upstream would answer it differently.
+ *
+ * Messages never contain secrets: they name the upstream, never its URL
+ * credentials or key.
+ *
+ * @since 0.1.0
+ */
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+
+/** 429: the upstream asked us to slow down, maybe for `retryAfter`. */
+export class UpstreamRateLimited extends Data.TaggedError("UpstreamRateLimited")<{
+  readonly upstream: string
+  readonly retryAfter: Duration.Duration | undefined
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: rate limited (429)${
+      this.retryAfter === undefined ? "" : `, retry after ${Duration.format(this.retryAfter)}`
+    }`
+  }
+}
+
+/** The account's quota is spent (`insufficient_quota`, `tokens_limit_exceeded`). */
+export class QuotaExhausted extends Data.TaggedError("QuotaExhausted")<{
+  readonly upstream: string
+  readonly code: string
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: quota exhausted (${this.code})`
+  }
+}
+
+/** 5xx, or any other status that says the upstream, not the request, failed. */
+export class UpstreamServerError extends Data.TaggedError("UpstreamServerError")<{
+  readonly upstream: string
+  readonly status: number
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: server error (${this.status})`
+  }
+}
+
+/** No HTTP answer: refused, reset, DNS, TLS. */
+export class UpstreamUnreachable extends Data.TaggedError("UpstreamUnreachable")<{
+  readonly upstream: string
+  readonly reason: string
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: connection failed (${this.reason})`
+  }
+}
+
+/** The attempt ran out of time. */
+export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
+  readonly upstream: string
+  readonly timeout: Duration.Duration
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: no answer within ${Duration.format(this.timeout)}`
+  }
+}
+
+/** A 200 whose body is not a usable answer (truncated, no choices, empty message). */
+export class InvalidResponse extends Data.TaggedError("InvalidResponse")<{
+  readonly upstream: string
+  readonly reason: string
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: invalid response (${this.reason})`
+  }
+}
+
+/**
+ * The upstream refused the request itself (400, 401, 403, 404, 422): the
+ * status and body are relayed to the caller as they came.
+ */
+export class UpstreamRejected extends Data.TaggedError("UpstreamRejected")<{
+  readonly upstream: string
+  readonly status: number
+  readonly body: string
+  readonly contentType: string | undefined
+}> {
+  readonly retryable = false
+  override get message(): string {
+    return `${this.upstream}: request rejected (${this.status})`
+  }
+}
+
+export type UpstreamError =
+  | UpstreamRateLimited
+  | QuotaExhausted
+  | UpstreamServerError
+  | UpstreamUnreachable
+  | UpstreamTimeout
+  | InvalidResponse
+  | UpstreamRejected
+
+/** Statuses that are the caller's fault: relayed, never failed over. */
+export const isCallerError = (status: number): boolean =>
+  status === 400 || status === 401 || status === 403 || status === 404 || status === 422
