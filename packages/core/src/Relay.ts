@@ -395,7 +395,7 @@ export const make = (
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
             Effect.flatMap(router.plan(servers, now, active), (plan) => {
-              const tryAt = (i: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+              const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
                 if (progress.attempts >= maxAttempts) {
                   return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
                 }
@@ -412,6 +412,12 @@ export const make = (
                       const error = outcome.error
                       progress.failures.push({ upstream: u.name, reason: reasonOf(error) })
                       if (error._tag === "UpstreamRejected") return Effect.fail(error)
+                      // An upstream may ask for retries on itself (transient
+                      // errors only) before the request moves on.
+                      const sameUpstream = u.retry?.maxRetries ?? 0
+                      if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
+                        return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
+                      }
                       return Effect.zipRight(coolDown(error), tryAt(i + 1))
                     }
                   }
@@ -448,15 +454,22 @@ export const make = (
         }
         if (n >= maxRounds) return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
         // Back off with full jitter before the next round, unless the deadline forbids.
-        const cap = Math.min(maxDelayMillis, baseDelayMillis * 2 ** (n - 1))
-        return Effect.flatMap(Random.nextRange(0, cap), (delay) =>
-          Effect.flatMap(Timeout.remaining, (left) =>
-            Option.isSome(left) && Duration.toMillis(left.value) <= delay
-              ? Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
-              : Effect.zipRight(Effect.sleep(Duration.millis(Math.floor(delay))), round(n + 1))))
+        return Effect.flatMap(backoff(undefined, n), (ok) =>
+          ok ? round(n + 1) : Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures })))
       }
 
       return Timeout.withDeadline(round(1), budget)
+    }
+
+    /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */
+    const backoff = (u: Upstream.Upstream | undefined, n: number): Effect.Effect<boolean> => {
+      const base = u?.retry?.baseDelay === undefined ? baseDelayMillis : Duration.toMillis(u.retry.baseDelay)
+      const max = u?.retry?.maxDelay === undefined ? maxDelayMillis : Duration.toMillis(u.retry.maxDelay)
+      return Effect.flatMap(Random.nextRange(0, Math.min(max, base * 2 ** (n - 1))), (delay) =>
+        Effect.flatMap(Timeout.remaining, (left) =>
+          Option.isSome(left) && Duration.toMillis(left.value) <= delay
+            ? Effect.succeed(false)
+            : Effect.as(Effect.sleep(Duration.millis(Math.floor(delay))), true)))
     }
 
     const noneAvailable = (

@@ -1,0 +1,219 @@
+/**
+ * Active health checks: each upstream is probed in the background with a
+ * cheap `GET /models`, so that its health is known even when no traffic
+ * reaches it (an upstream avoided by the router would otherwise never be
+ * seen to recover), and an open breaker learns early that its upstream is
+ * back.
+ *
+ * Probes are not client traffic: they never go through the upstream's
+ * breaker, bulkhead or limiters, and never count in its `stats`. Their own
+ * results are kept here. The state shown for an upstream combines them with
+ * what the relay already knows (cooldowns, the breaker), the strongest
+ * signal first.
+ *
+ * @since 0.1.0
+ */
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import type * as CircuitBreaker from "./CircuitBreaker.js"
+import * as Cooldown from "./Cooldown.js"
+import * as Timeout from "./Timeout.js"
+import type * as Upstream from "./Upstream.js"
+import { UpstreamClient } from "./UpstreamClient.js"
+
+/**
+ * - `exhausted`: its quota is spent (a quota cooldown is active).
+ * - `cooling-down`: it asked us to wait (a 429 or low headroom).
+ * - `open`: its breaker refuses calls (tripped, or forced open by an operator).
+ * - `recovering`: its breaker is half-open, admitting trial calls.
+ * - `degraded`: its breaker admits calls, but the last health probes failed.
+ * - `healthy`: none of the above.
+ */
+export type State = "healthy" | "degraded" | "open" | "recovering" | "cooling-down" | "exhausted"
+
+export interface Status {
+  readonly upstream: string
+  readonly state: State
+  readonly breaker: CircuitBreaker.State
+  /** Epoch millis when the active cooldown ends. */
+  readonly cooldownUntil: number | undefined
+  readonly cooldownReason: Cooldown.Reason | undefined
+  /** Exponentially weighted moving average of successful probes' latency, ms. */
+  readonly probeLatencyMs: number | undefined
+  /** Epoch millis when the last probe ended. */
+  readonly lastProbeAt: number | undefined
+  readonly lastProbeOk: boolean | undefined
+  readonly consecutiveProbeFailures: number
+  /** Client calls in flight (the upstream's bulkhead). */
+  readonly inFlight: number
+  /** Client traffic, from `upstream.stats`. */
+  readonly requests: number
+  readonly failures: number
+  readonly latencyEwmaMs: number | undefined
+}
+
+export interface Options {
+  /** Time between the end of one probe and the start of the next. Default 10 s. */
+  readonly interval?: Duration.DurationInput | undefined
+  /** Limit of one probe; a probe that takes longer failed. Default 5 s. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Consecutive failed probes that make an upstream `degraded`. Default 1. */
+  readonly degradedAfter?: number | undefined
+}
+
+export interface Health {
+  /** Every upstream's status, in the order the upstreams were given. */
+  readonly status: Effect.Effect<ReadonlyArray<Status>>
+  /** The status of the upstream of that name, or undefined when there is none. */
+  readonly statusOf: (upstream: string) => Effect.Effect<Status | undefined>
+  /** Probe every upstream now (also what the background fibers do each interval). */
+  readonly probeAll: Effect.Effect<void>
+}
+
+export const Health = Context.GenericTag<Health>("@breakwater/core/Health")
+
+/** 1 when the upstream is `healthy`, 0 otherwise; updated after each probe. */
+export const healthyGauge = Metric.gauge("breakwater_upstream_healthy", {
+  description: "Whether the upstream is healthy (1) or not (0), updated after each health probe"
+})
+
+/** The path probed: listing models is cheap, authenticated, and costs no quota. */
+export const PROBE_PATH = "/models"
+
+const EWMA_ALPHA = 0.2
+
+/** What the probes have seen of one upstream. */
+interface ProbeState {
+  latencyMs: number | undefined
+  lastAt: number | undefined
+  lastOk: boolean | undefined
+  consecutiveFailures: number
+}
+
+interface Entry {
+  readonly upstream: Upstream.Upstream
+  readonly probe: ProbeState
+  readonly gauge: Metric.Metric.Gauge<number>
+}
+
+/** The state shown for an upstream, strongest signal first. */
+export const deriveState = (
+  cooldown: Cooldown.Cooldown | undefined,
+  breaker: CircuitBreaker.State,
+  consecutiveProbeFailures: number,
+  degradedAfter: number
+): State => {
+  if (cooldown !== undefined) return cooldown.reason === "quota-exhausted" ? "exhausted" : "cooling-down"
+  if (breaker === "Open" || breaker === "ForcedOpen") return "open"
+  if (breaker === "HalfOpen") return "recovering"
+  return consecutiveProbeFailures >= degradedAfter ? "degraded" : "healthy"
+}
+
+/**
+ * Starts probing `upstreams` in the background; the scope owns the probe
+ * fibers, which stop when it closes.
+ */
+export const make = (
+  upstreams: ReadonlyArray<Upstream.Upstream>,
+  options: Options = {}
+): Effect.Effect<Health, never, Scope.Scope | UpstreamClient | Cooldown.CooldownStore> =>
+  Effect.gen(function*() {
+    const client = yield* UpstreamClient
+    const cooldowns = yield* Cooldown.CooldownStore
+    const interval = Duration.decode(options.interval ?? Duration.seconds(10))
+    const timeout = Duration.decode(options.timeout ?? Duration.seconds(5))
+    const degradedAfter = options.degradedAfter ?? 1
+
+    const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => ({
+      upstream,
+      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0 },
+      gauge: Metric.tagged(healthyGauge, "upstream", upstream.name)
+    }))
+    const byName = new Map<string, Entry>()
+    for (const e of entries) if (!byName.has(e.upstream.name)) byName.set(e.upstream.name, e)
+
+    const statusWith = (e: Entry, active: ReadonlyMap<string, Cooldown.Cooldown>) =>
+      Effect.map(e.upstream.breaker.state, (breaker): Status => {
+        const cooldown = active.get(e.upstream.name)
+        const p = e.probe
+        const s = e.upstream.stats
+        return {
+          upstream: e.upstream.name,
+          state: deriveState(cooldown, breaker, p.consecutiveFailures, degradedAfter),
+          breaker,
+          cooldownUntil: cooldown?.until,
+          cooldownReason: cooldown?.reason,
+          probeLatencyMs: p.latencyMs,
+          lastProbeAt: p.lastAt,
+          lastProbeOk: p.lastOk,
+          consecutiveProbeFailures: p.consecutiveFailures,
+          inFlight: e.upstream.bulkhead.unsafeStats().active,
+          requests: s.requests,
+          failures: s.failures,
+          latencyEwmaMs: s.latencyEwmaMs
+        }
+      })
+
+    const statusOfEntry = (e: Entry) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.flatMap(cooldowns.active(now), (active) => statusWith(e, active)))
+
+    const status = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(cooldowns.active(now), (active) => Effect.forEach(entries, (e) => statusWith(e, active))))
+
+    const statusOf = (name: string): Effect.Effect<Status | undefined> => {
+      const e = byName.get(name)
+      return e === undefined ? Effect.succeed(undefined) : statusOfEntry(e)
+    }
+
+    // A probe's outcome is read from its Exit, so a failure, a timeout or
+    // even a defect of the client counts as a failed probe and never ends
+    // the probing fiber.
+    const probe = (e: Entry): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        const start = yield* Clock.currentTimeMillis
+        const exit = yield* Effect.exit(Timeout.attempt(client.get(e.upstream, PROBE_PATH), timeout))
+        const now = yield* Clock.currentTimeMillis
+        const ok = Exit.isSuccess(exit) && exit.value.status === 200
+        const p = e.probe
+        p.lastAt = now
+        p.lastOk = ok
+        if (ok) {
+          const latency = now - start
+          p.latencyMs = p.latencyMs === undefined ? latency : p.latencyMs + EWMA_ALPHA * (latency - p.latencyMs)
+          p.consecutiveFailures = 0
+          // The upstream answers again: let an open breaker admit its
+          // half-open trials now rather than at the end of its open period.
+          // Closing it is left to real traffic passing those trials.
+          if ((yield* e.upstream.breaker.state) === "Open") yield* e.upstream.breaker.tryHalfOpen
+        } else {
+          p.consecutiveFailures++
+        }
+        const s = yield* statusOfEntry(e)
+        yield* Metric.set(e.gauge, s.state === "healthy" ? 1 : 0)
+      })
+
+    const probeAll = Effect.forEach(entries, probe, { concurrency: "unbounded", discard: true })
+
+    // One fiber per upstream, so that a slow probe delays no other upstream's.
+    yield* Effect.forEach(
+      entries,
+      (e) => Effect.forkScoped(Effect.repeat(probe(e), Schedule.spaced(interval))),
+      { discard: true }
+    )
+
+    return Health.of({ status, statusOf, probeAll })
+  })
+
+/** Health checks of `upstreams` in the context, probing while the layer lives. */
+export const layer = (
+  upstreams: ReadonlyArray<Upstream.Upstream>,
+  options: Options = {}
+): Layer.Layer<Health, never, UpstreamClient | Cooldown.CooldownStore> => Layer.scoped(Health, make(upstreams, options))
