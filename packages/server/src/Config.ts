@@ -1,0 +1,901 @@
+/**
+ * The server's configuration file: YAML or JSON, with `${ENV_VAR}`
+ * interpolation, validated with `effect/Schema` into a typed `ServerConfig`.
+ *
+ * ```yaml
+ * server:
+ *   host: 127.0.0.1                       # default 127.0.0.1
+ *   port: 8080                            # default 8080
+ *   adminKey: ${BREAKWATER_ADMIN_KEY}     # optional
+ *   maxBodyBytes: 10485760                # default 10 MiB
+ *   logLevel: info                        # trace | debug | info | warning | error | fatal | none
+ *   shutdownTimeout: 10s
+ * keys:                                   # gateway keys; optional
+ *   - name: team-a
+ *     key: ${TEAM_A_KEY}
+ *     requestsPerMinute: 600
+ *     tokensPerMinute: 200000
+ *     budgetUsd: 50
+ * upstreams:                              # required, at least one
+ *   - name: primary
+ *     baseUrl: https://relay.example.com/v1
+ *     apiKey: ${PRIMARY_API_KEY}
+ *     models: [gpt-4.1, deepseek-v3.2]    # or "*" (the default)
+ *     aliases: { gpt-4: gpt-4.1 }
+ *     priority: 1
+ *     weight: 1
+ *     maxConcurrent: 20
+ *     requestsPerMinute: 3000
+ *     tokensPerMinute: 400000
+ *     timeout: 30s
+ *     breaker: { failureThreshold: 5 }    # overrides of the section below
+ *     retry: { maxRetries: 1 }            # maxRetries, baseDelay, maxDelay
+ * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s }
+ * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
+ * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
+ * cooldown: { rateLimited: 1s, quota: 1h, headroomWatermark: 0 }
+ * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: all }   # mode: all | deterministic
+ * healthCheck: { interval: 10s, timeout: 5s }
+ * pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }               # USD per million tokens
+ * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:" }
+ * ```
+ *
+ * Rules:
+ * - A file ending in `.json` is read as JSON, anything else as YAML.
+ * - `${NAME}` in a string value is replaced by the environment variable
+ *   `NAME`; `${NAME:-default}` uses `default` when `NAME` is unset or empty;
+ *   `$${` stands for a literal `${`. Interpolation happens after parsing, so a
+ *   value can never change the file's structure. In a YAML flow collection
+ *   (`{ ... }`, `[ ... ]`) quote the reference: `{ key: "${TEAM_A_KEY}" }`.
+ * - Durations are strings with a unit: `200ms`, `30s`, `5m`, `1h`, `1d`,
+ *   `1.5s`, `1m30s`. A plain number is not a duration.
+ * - Numbers and booleans may also be given as strings (`port: ${PORT:-8080}`).
+ * - Unknown fields are errors, so that a misspelt setting is not ignored.
+ * - Every problem is reported at once, each with its path
+ *   (`upstreams[0].timeout`). Secrets (`server.adminKey`, `keys[].key`,
+ *   `upstreams[].apiKey`, `store.url`) are never shown in messages.
+ *
+ * Defaults not stated above are those of `@breakwater/core`.
+ *
+ * @since 0.1.0
+ */
+import type { Pricing, Relay, Router, Upstream } from "@breakwater/core"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import type * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import * as fs from "node:fs/promises"
+import { parseDocument } from "yaml"
+
+// ---------------------------------------------------------------------------
+// The typed configuration
+
+export interface ServerSection {
+  readonly host: string
+  readonly port: number
+  /** The admin API's bearer key; the admin API is off without one. */
+  readonly adminKey?: Redacted.Redacted<string> | undefined
+  readonly maxBodyBytes: number
+  /** For `LogLevel.fromLiteral`; the file says `info`, `debug`, ... */
+  readonly logLevel: LogLevel.Literal
+  /** How long in-flight requests may take to finish on shutdown. */
+  readonly shutdownTimeout: Duration.Duration
+}
+
+/** A gateway key: who may call the server, and their limits. */
+export interface KeyConfig {
+  readonly name: string
+  readonly key: Redacted.Redacted<string>
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+  readonly budgetUsd?: number | undefined
+}
+
+export interface BreakerConfig {
+  readonly failureThreshold: number
+  readonly successThreshold: number
+  readonly openDuration: Duration.Duration
+  readonly halfOpenMaxCalls: number
+}
+
+export interface RetryConfig {
+  readonly maxRetries: number
+  readonly baseDelay: Duration.Duration
+  readonly maxDelay: Duration.Duration
+  readonly maxRetryAfter: Duration.Duration
+}
+
+export interface UpstreamConfig {
+  readonly name: string
+  readonly baseUrl: string
+  readonly apiKey: Redacted.Redacted<string>
+  readonly models: ReadonlyArray<string> | "*"
+  readonly aliases: Readonly<Record<string, string>>
+  readonly priority: number
+  readonly weight: number
+  readonly maxConcurrent: number
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+  readonly timeout: Duration.Duration
+  /** Only the fields set in the file. */
+  readonly breaker?: Partial<BreakerConfig> | undefined
+  /** Only the fields set in the file. */
+  readonly retry?: Partial<Pick<RetryConfig, "maxRetries" | "baseDelay" | "maxDelay">> | undefined
+}
+
+export interface RoutingConfig {
+  readonly strategy: Router.Strategy
+  readonly maxAttempts: number
+  readonly requestTimeout: Duration.Duration
+}
+
+export interface CooldownConfig {
+  readonly rateLimited: Duration.Duration
+  readonly quota: Duration.Duration
+  readonly headroomWatermark: number
+}
+
+export interface CacheConfig {
+  readonly enabled: boolean
+  readonly ttl: Duration.Duration
+  readonly maxEntries: number
+  readonly mode: "all" | "deterministic"
+}
+
+export interface HealthCheckConfig {
+  readonly interval: Duration.Duration
+  readonly timeout: Duration.Duration
+}
+
+export type StoreConfig =
+  | { readonly kind: "memory" }
+  | {
+    readonly kind: "redis"
+    /** May hold a password, hence redacted. */
+    readonly url: Redacted.Redacted<string>
+    readonly prefix: string
+  }
+
+/** The decoded configuration, defaults filled in. */
+export interface ServerConfig {
+  readonly server: ServerSection
+  readonly keys: ReadonlyArray<KeyConfig>
+  readonly upstreams: readonly [UpstreamConfig, ...Array<UpstreamConfig>]
+  readonly routing: RoutingConfig
+  readonly breaker: BreakerConfig
+  readonly retry: RetryConfig
+  readonly cooldown: CooldownConfig
+  readonly cache: CacheConfig
+  readonly healthCheck: HealthCheckConfig
+  /** Prices from the file only; `Pricing.make` adds its defaults. */
+  readonly pricing: Readonly<Record<string, Pricing.Price>>
+  readonly store: StoreConfig
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+export interface Problem {
+  /** Where, e.g. `upstreams[0].timeout`; empty for the whole file. */
+  readonly path: string
+  readonly message: string
+}
+
+/** The file was read and parsed, but some values are wrong. Lists all of them. */
+export class ConfigInvalid extends Data.TaggedError("ConfigInvalid")<{
+  readonly file: string
+  readonly problems: ReadonlyArray<Problem>
+}> {
+  override get message(): string {
+    const n = this.problems.length
+    const lines = this.problems.map((p) => `  - ${p.path === "" ? "(top level)" : p.path}: ${p.message}`)
+    return [`Invalid config ${this.file} (${n} ${n === 1 ? "problem" : "problems"}):`, ...lines].join("\n")
+  }
+}
+
+/** The file could not be read or parsed, or references an unset variable. */
+export class ConfigUnreadable extends Data.TaggedError("ConfigUnreadable")<{
+  readonly file: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `Cannot read config ${this.file}: ${this.reason}`
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Durations
+
+const DURATION_PART = /(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)/y
+const UNIT_MILLIS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/**
+ * Reads a duration such as `200ms`, `30s`, `5m`, `1h`, `1d`, `1.5s` or
+ * `1m30s`. A unit is required.
+ */
+export const parseDuration = (s: string): Option.Option<Duration.Duration> => {
+  const text = s.trim()
+  if (text === "") return Option.none()
+  let millis = 0
+  let at = 0
+  while (at < text.length) {
+    DURATION_PART.lastIndex = at
+    const m = DURATION_PART.exec(text)
+    if (m === null) return Option.none()
+    millis += Number(m[1]) * (UNIT_MILLIS[m[2] ?? ""] ?? Number.NaN)
+    at = DURATION_PART.lastIndex
+  }
+  return Number.isFinite(millis) ? Option.some(Duration.millis(millis)) : Option.none()
+}
+
+// ---------------------------------------------------------------------------
+// Leaf schemas: each decodes an unknown value and, when it cannot, says why
+// in words, showing the value only when it is not a secret.
+
+/** A short description of a value for messages; never the contents of a list or mapping. */
+const show = (u: unknown): string => {
+  if (u === null || u === undefined) return "an empty value"
+  if (Array.isArray(u)) return "a list"
+  if (typeof u === "object") return "a mapping"
+  if (typeof u === "string") return JSON.stringify(u.length > 80 ? `${u.slice(0, 77)}...` : u)
+  return String(u)
+}
+
+const leaf = <A>(decode: (u: unknown) => Either.Either<A, string>): Schema.Schema<A, unknown> =>
+  Schema.transformOrFail(Schema.Unknown, Schema.declare((_: unknown): _ is A => true), {
+    strict: true,
+    decode: (u, _, ast) =>
+      Either.match(decode(u), {
+        onLeft: (message) => ParseResult.fail(new ParseResult.Type(ast, u, message)),
+        onRight: ParseResult.succeed
+      }),
+    encode: ParseResult.succeed
+  })
+
+const NUMERIC = /^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$/
+
+/** A number, or a numeric string (as interpolation produces). */
+const asNumber = (u: unknown): number | undefined =>
+  typeof u === "number" ? u : typeof u === "string" && NUMERIC.test(u) ? Number(u) : undefined
+
+const number = (what: string, ok: (n: number) => boolean) =>
+  leaf((u) => {
+    const n = asNumber(u)
+    return n !== undefined && Number.isFinite(n) && ok(n) ? Either.right(n) : Either.left(`expected ${what}, got ${show(u)}`)
+  })
+
+const PositiveInt = number("a positive integer", (n) => Number.isInteger(n) && n > 0)
+const NonNegativeInt = number("an integer of 0 or more", (n) => Number.isInteger(n) && n >= 0)
+const PositiveNumber = number("a positive number", (n) => n > 0)
+const NonNegativeNumber = number("a number of 0 or more", (n) => n >= 0)
+const Port = number("a port number from 0 to 65535", (n) => Number.isInteger(n) && n >= 0 && n <= 65535)
+
+const Bool = leaf((u) =>
+  u === true || u === "true"
+    ? Either.right(true)
+    : u === false || u === "false"
+    ? Either.right(false)
+    : Either.left(`expected true or false, got ${show(u)}`)
+)
+
+const NonEmptyString = leaf((u) =>
+  typeof u === "string" && u.trim() !== "" ? Either.right(u) : Either.left(`expected a non-empty string, got ${show(u)}`)
+)
+
+/** A secret: never shown, whatever is wrong with it. */
+const Secret = leaf((u) =>
+  typeof u === "string"
+    ? u === "" ? Either.left("must not be empty") : Either.right(Redacted.make(u))
+    : Either.left(
+      typeof u === "number" || typeof u === "boolean"
+        ? "expected a string (quote the value)"
+        : "expected a string"
+    )
+)
+
+const durationLeaf = (positive: boolean) =>
+  leaf((u) => {
+    const d = typeof u === "string" ? parseDuration(u) : Option.none()
+    return Option.isSome(d) && (!positive || Duration.greaterThan(d.value, Duration.zero))
+      ? Either.right(d.value)
+      : Either.left(`expected a ${positive ? "positive " : ""}duration like "30s", got ${show(u)}`)
+  })
+
+/** Zero allowed. */
+const Dur = durationLeaf(false)
+const PositiveDur = durationLeaf(true)
+
+const oneOf = <const L extends ReadonlyArray<string>>(literals: L) =>
+  leaf((u): Either.Either<L[number], string> =>
+    typeof u === "string" && literals.includes(u)
+      ? Either.right(u as L[number])
+      : Either.left(`expected one of ${literals.map((l) => JSON.stringify(l)).join(", ")}, got ${show(u)}`)
+  )
+
+const LOG_LEVELS: Record<string, LogLevel.Literal> = {
+  all: "All",
+  trace: "Trace",
+  debug: "Debug",
+  info: "Info",
+  warning: "Warning",
+  warn: "Warning",
+  error: "Error",
+  fatal: "Fatal",
+  none: "None"
+}
+
+const LogLevelLeaf = leaf((u) => {
+  const level = typeof u === "string" ? LOG_LEVELS[u.toLowerCase()] : undefined
+  return level !== undefined
+    ? Either.right(level)
+    : Either.left(`expected one of "trace", "debug", "info", "warning", "error", "fatal", "none", got ${show(u)}`)
+})
+
+const HttpUrl = leaf((u) => {
+  const expected = `expected an http(s) URL like "https://api.openai.com/v1"`
+  if (typeof u !== "string") return Either.left(`${expected}, got ${show(u)}`)
+  let url: URL
+  try {
+    url = new URL(u)
+  } catch {
+    return Either.left(`${expected}, got ${show(u)}`)
+  }
+  if (url.username !== "" || url.password !== "") {
+    // Not shown: the credentials are secrets.
+    return Either.left("must not contain credentials (put the key in apiKey)")
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return Either.left(`${expected}, got ${show(u)}`)
+  return Either.right(u)
+})
+
+/** Never shown: a Redis URL may carry a password. */
+const RedisUrl = leaf((u) => {
+  if (typeof u !== "string") return Either.left(`expected a redis:// or rediss:// URL`)
+  try {
+    const url = new URL(u)
+    if (url.protocol === "redis:" || url.protocol === "rediss:") return Either.right(Redacted.make(u))
+  } catch {
+    // fall through
+  }
+  return Either.left(`expected a redis:// or rediss:// URL`)
+})
+
+const Models = leaf((u): Either.Either<ReadonlyArray<string> | "*", string> => {
+  if (u === "*") return Either.right("*")
+  if (Array.isArray(u) && u.length > 0 && u.every((m) => typeof m === "string" && m.trim() !== "")) {
+    return Either.right(u as Array<string>)
+  }
+  return Either.left(`expected "*" or a non-empty list of model names, got ${show(u)}`)
+})
+
+// ---------------------------------------------------------------------------
+// The file's schema (before defaults)
+
+/** Exact: absent is fine, but an explicit `undefined` (never produced by YAML or JSON) is not. */
+const opt = <S extends Schema.Schema.All>(schema: S) => Schema.optionalWith(schema, { exact: true })
+
+const BreakerFields = {
+  failureThreshold: opt(PositiveInt),
+  successThreshold: opt(PositiveInt),
+  openDuration: opt(PositiveDur),
+  halfOpenMaxCalls: opt(PositiveInt)
+}
+
+const File = Schema.Struct({
+  server: opt(Schema.Struct({
+    host: opt(NonEmptyString),
+    port: opt(Port),
+    adminKey: opt(Secret),
+    maxBodyBytes: opt(PositiveInt),
+    logLevel: opt(LogLevelLeaf),
+    shutdownTimeout: opt(Dur)
+  })),
+  keys: opt(Schema.Array(Schema.Struct({
+    name: NonEmptyString,
+    key: Secret,
+    requestsPerMinute: opt(PositiveInt),
+    tokensPerMinute: opt(PositiveInt),
+    budgetUsd: opt(PositiveNumber)
+  }))),
+  upstreams: Schema.Array(Schema.Struct({
+    name: NonEmptyString,
+    baseUrl: HttpUrl,
+    apiKey: Secret,
+    models: opt(Models),
+    aliases: opt(Schema.Record({ key: Schema.String, value: NonEmptyString })),
+    priority: opt(NonNegativeInt),
+    weight: opt(PositiveNumber),
+    maxConcurrent: opt(PositiveInt),
+    requestsPerMinute: opt(PositiveInt),
+    tokensPerMinute: opt(PositiveInt),
+    timeout: opt(PositiveDur),
+    breaker: opt(Schema.Struct(BreakerFields)),
+    retry: opt(Schema.Struct({ maxRetries: opt(NonNegativeInt), baseDelay: opt(Dur), maxDelay: opt(Dur) }))
+  })).pipe(Schema.filter((ups) => ups.length > 0 || "expected at least one upstream")),
+  routing: opt(Schema.Struct({
+    strategy: opt(oneOf(["priority", "weighted", "latency", "least-busy"] as const)),
+    maxAttempts: opt(PositiveInt),
+    requestTimeout: opt(PositiveDur)
+  })),
+  breaker: opt(Schema.Struct(BreakerFields)),
+  retry: opt(Schema.Struct({
+    maxRetries: opt(NonNegativeInt),
+    baseDelay: opt(Dur),
+    maxDelay: opt(Dur),
+    maxRetryAfter: opt(Dur)
+  })),
+  cooldown: opt(Schema.Struct({
+    rateLimited: opt(Dur),
+    quota: opt(Dur),
+    headroomWatermark: opt(NonNegativeNumber)
+  })),
+  cache: opt(Schema.Struct({
+    enabled: opt(Bool),
+    ttl: opt(PositiveDur),
+    maxEntries: opt(PositiveInt),
+    mode: opt(oneOf(["all", "deterministic"] as const))
+  })),
+  healthCheck: opt(Schema.Struct({ interval: opt(PositiveDur), timeout: opt(PositiveDur) })),
+  pricing: opt(Schema.Record({
+    key: Schema.String,
+    value: Schema.Struct({ input: NonNegativeNumber, output: NonNegativeNumber })
+  })),
+  store: opt(Schema.Struct({
+    kind: opt(oneOf(["memory", "redis"] as const)),
+    url: opt(RedisUrl),
+    prefix: opt(NonEmptyString)
+  }))
+})
+
+type File = Schema.Schema.Type<typeof File>
+
+const decodeFile = Schema.decodeUnknownEither(File, { errors: "all", onExcessProperty: "error" })
+
+// ---------------------------------------------------------------------------
+// Problems: paths and messages
+
+type Path = ReadonlyArray<PropertyKey>
+
+const renderPath = (path: Path): string =>
+  path.reduce<string>(
+    (acc, seg) => typeof seg === "number" ? `${acc}[${seg}]` : acc === "" ? String(seg) : `${acc}.${String(seg)}`,
+    ""
+  )
+
+const editDistance = (a: string, b: string): number => {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    let diag = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const up = row[j]!
+      row[j] = Math.min(up + 1, row[j - 1]! + 1, diag + (a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1))
+      diag = up
+    }
+  }
+  return row[b.length]!
+}
+
+const unknownField = (key: PropertyKey | undefined, known: ReadonlyArray<string>): string => {
+  const name = String(key)
+  const close = known
+    .map((k) => [k, editDistance(name, k)] as const)
+    .filter(([, d]) => d <= Math.max(1, Math.floor(name.length / 3)))
+    .sort((a, b) => a[1] - b[1])[0]
+  if (close !== undefined) return `unknown field (did you mean "${close[0]}"?)`
+  return known.length === 0 ? "unknown field" : `unknown field (expected one of: ${known.join(", ")})`
+}
+
+const structural = (ast: { readonly _tag: string }, u: unknown): string =>
+  ast._tag === "TypeLiteral"
+    ? `expected a mapping, got ${show(u)}`
+    : ast._tag === "TupleType"
+    ? `expected a list, got ${show(u)}`
+    : `unexpected value ${show(u)}`
+
+const collect = (issue: ParseResult.ParseIssue, path: Path, known: ReadonlyArray<string>, out: Array<Problem>) => {
+  switch (issue._tag) {
+    case "Pointer": {
+      const segs: Path = Array.isArray(issue.path) ? issue.path : [issue.path as PropertyKey]
+      collect(issue.issue, [...path, ...segs], known, out)
+      return
+    }
+    case "Composite": {
+      const keys = issue.ast._tag === "TypeLiteral" ? issue.ast.propertySignatures.map((p) => String(p.name)) : known
+      const issues: ReadonlyArray<ParseResult.ParseIssue> = Array.isArray(issue.issues) ?
+        issue.issues :
+        [issue.issues as ParseResult.ParseIssue]
+      for (const i of issues) collect(i, path, keys, out)
+      return
+    }
+    case "Refinement":
+    case "Transformation":
+      collect(issue.issue, path, known, out)
+      return
+    case "Missing":
+      out.push({ path: renderPath(path), message: "is required" })
+      return
+    case "Unexpected":
+      out.push({ path: renderPath(path), message: unknownField(path[path.length - 1], known) })
+      return
+    case "Type":
+      out.push({ path: renderPath(path), message: issue.message ?? structural(issue.ast, issue.actual) })
+      return
+    case "Forbidden":
+      out.push({ path: renderPath(path), message: issue.message ?? "cannot be checked" })
+      return
+  }
+}
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+const entries = (u: unknown): ReadonlyArray<readonly [number, Record<string, unknown>]> =>
+  Array.isArray(u) ? u.flatMap((e, i) => isRecord(e) ? [[i, e] as const] : []) : []
+
+/** Checks across fields, run on the input whatever the schema says, so that all problems come at once. */
+const crossChecks = (input: Record<string, unknown>): Array<Problem> => {
+  const problems: Array<Problem> = []
+  const unique = (section: "upstreams" | "keys", field: string, what: string, showValue: boolean) => {
+    const seen = new Map<string, number>()
+    for (const [i, e] of entries(input[section])) {
+      const v = e[field]
+      if (typeof v !== "string" || v === "") continue
+      const first = seen.get(v)
+      if (first === undefined) seen.set(v, i)
+      else {
+        problems.push({
+          path: `${section}[${i}].${field}`,
+          message: showValue
+            ? `duplicate ${what} ${JSON.stringify(v)} (also ${section}[${first}])`
+            : `the same ${what} as ${section}[${first}]`
+        })
+      }
+    }
+  }
+  unique("upstreams", "name", "upstream name", true)
+  unique("keys", "name", "key name", true)
+  unique("keys", "key", "key", false)
+  const store = input["store"]
+  if (isRecord(store) && store["kind"] === "redis" && store["url"] === undefined) {
+    problems.push({ path: "store.url", message: `is required when store.kind is "redis"` })
+  }
+  return problems
+}
+
+/** The strings at secret paths, to be sure none reaches a message. */
+const secretsIn = (input: Record<string, unknown>): Array<string> => {
+  const out: Array<string> = []
+  const add = (v: unknown) => {
+    if (typeof v === "string" && v.length >= 4) out.push(v)
+  }
+  if (isRecord(input["server"])) add(input["server"]["adminKey"])
+  for (const [, k] of entries(input["keys"])) add(k["key"])
+  for (const [, u] of entries(input["upstreams"])) add(u["apiKey"])
+  if (isRecord(input["store"])) add(input["store"]["url"])
+  return out.sort((a, b) => b.length - a.length)
+}
+
+const scrub = (secrets: ReadonlyArray<string>) => (p: Problem): Problem =>
+  secrets.some((s) => p.message.includes(s) || p.path.includes(s))
+    ? {
+      path: secrets.reduce((acc, s) => acc.split(s).join("<redacted>"), p.path),
+      message: secrets.reduce((acc, s) => acc.split(s).join("<redacted>"), p.message)
+    }
+    : p
+
+// ---------------------------------------------------------------------------
+// Reading: syntax, interpolation
+
+/** The first line of a parser message, without its position and without echoing source text. */
+const syntaxReason = (message: string): string =>
+  (message.split("\n")[0] ?? "")
+    .replace(/ at line \d+, column \d+:?\s*$/, "")
+    .replace(/:\s*".*"\s*$/, "")
+    .trim()
+
+const parseText = (text: string, file: string): Either.Either<unknown, ConfigUnreadable> => {
+  const unreadable = (reason: string) => Either.left(new ConfigUnreadable({ file, reason }))
+  const yamlError = (kind: string): Either.Either<unknown, ConfigUnreadable> | undefined => {
+    const doc = parseDocument(text, { prettyErrors: true })
+    const error = doc.errors[0]
+    if (error === undefined) return undefined
+    const pos = error.linePos?.[0]
+    const line = pos === undefined ? undefined : text.split(/\r?\n/)[pos.line - 1]
+    const hint = line !== undefined && line.includes("${") && /[{[]/.test(line.replace(/\$\{[^}]*\}/g, ""))
+      ? ` (in a { ... } or [ ... ] collection, quote references: "\${NAME}")`
+      : ""
+    const where = pos === undefined ? "" : ` at line ${pos.line}, column ${pos.col}`
+    return unreadable(`${kind} syntax error${where}: ${syntaxReason(error.message)}${hint}`)
+  }
+  if (file.toLowerCase().endsWith(".json")) {
+    try {
+      return Either.right(JSON.parse(text))
+    } catch (e) {
+      // V8 quotes the text in some messages: keep only the description, and say where when it does.
+      const message = (e instanceof Error ? e.message : String(e)).replace(/,\s*".*$/s, "")
+      const at = /\s*in JSON at position (\d+)(?:\s*\(line \d+ column \d+\))?/.exec(message)
+      if (at !== null) {
+        const before = text.slice(0, Number(at[1])).split(/\r?\n/)
+        const where = `line ${before.length}, column ${(before[before.length - 1]?.length ?? 0) + 1}`
+        return unreadable(`JSON syntax error at ${where}: ${syntaxReason(message.replace(at[0], ""))}`)
+      }
+      // Otherwise the YAML parser, which reads JSON too, can usually say where.
+      return yamlError("JSON") ?? unreadable(`JSON syntax error: ${syntaxReason(message)}`)
+    }
+  }
+  const failed = yamlError("YAML")
+  if (failed !== undefined) return failed
+  try {
+    return Either.right(parseDocument(text).toJS({ maxAliasCount: 100 }))
+  } catch (e) {
+    return unreadable(`YAML error: ${syntaxReason(e instanceof Error ? e.message : String(e))}`)
+  }
+}
+
+type Env = Record<string, string | undefined>
+
+const REFERENCE = /^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$/s
+
+/**
+ * Replaces `${NAME}` and `${NAME:-default}` in every string value. Collects
+ * unset variables and malformed references rather than stopping at the first.
+ */
+const interpolate = (value: unknown, env: Env, file: string): Either.Either<unknown, ConfigUnreadable> => {
+  const problems: Array<string> = []
+  const inString = (s: string, path: Path): string => {
+    if (!s.includes("$")) return s
+    let out = ""
+    let i = 0
+    while (i < s.length) {
+      const j = s.indexOf("$", i)
+      if (j < 0) {
+        out += s.slice(i)
+        break
+      }
+      out += s.slice(i, j)
+      if (s.startsWith("$${", j)) {
+        out += "${"
+        i = j + 3
+      } else if (s.startsWith("${", j)) {
+        const end = s.indexOf("}", j + 2)
+        const m = end < 0 ? null : REFERENCE.exec(s.slice(j + 2, end))
+        if (m === null) {
+          problems.push(`${renderPath(path)} has a malformed reference (expected \${NAME} or \${NAME:-default})`)
+          return s
+        }
+        const name = m[1]!
+        const fallback = m[2]
+        const set = env[name]
+        if (set !== undefined && (fallback === undefined || set !== "")) out += set
+        else if (fallback !== undefined) out += fallback
+        else problems.push(`${renderPath(path)} uses \${${name}}, which is not set`)
+        i = end + 1
+      } else {
+        out += "$"
+        i = j + 1
+      }
+    }
+    return out
+  }
+  // Objects on the way down: a recursive YAML alias would otherwise recurse forever.
+  const ancestors = new Set<object>()
+  const go = (v: unknown, path: Path): unknown => {
+    if (typeof v === "string") return inString(v, path)
+    if (typeof v !== "object" || v === null) return v
+    if (ancestors.has(v)) {
+      problems.push(`${renderPath(path)} contains itself (a recursive alias)`)
+      return undefined
+    }
+    ancestors.add(v)
+    try {
+      if (Array.isArray(v)) return v.map((e, i) => go(e, [...path, i]))
+      const out: Record<string, unknown> = {}
+      for (const [k, e] of Object.entries(v)) {
+        Object.defineProperty(out, k, { value: go(e, [...path, k]), enumerable: true, writable: true, configurable: true })
+      }
+      return out
+    } finally {
+      ancestors.delete(v)
+    }
+  }
+  const result = go(value, [])
+  return problems.length === 0 ? Either.right(result) : Either.left(new ConfigUnreadable({ file, reason: problems.join("; ") }))
+}
+
+// ---------------------------------------------------------------------------
+// Defaults
+
+const only = <K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } =>
+  (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }
+
+const build = (f: File): ServerConfig => {
+  const s = f.server ?? {}
+  const routing = f.routing ?? {}
+  const breaker = f.breaker ?? {}
+  const retry = f.retry ?? {}
+  const cooldown = f.cooldown ?? {}
+  const cache = f.cache ?? {}
+  const health = f.healthCheck ?? {}
+  const store = f.store ?? {}
+  const upstreams = f.upstreams.map((u): UpstreamConfig => ({
+    name: u.name,
+    baseUrl: u.baseUrl,
+    apiKey: u.apiKey,
+    models: u.models ?? "*",
+    aliases: u.aliases ?? {},
+    priority: u.priority ?? 1,
+    weight: u.weight ?? 1,
+    maxConcurrent: u.maxConcurrent ?? 64,
+    ...only("requestsPerMinute", u.requestsPerMinute),
+    ...only("tokensPerMinute", u.tokensPerMinute),
+    timeout: u.timeout ?? Duration.seconds(30),
+    ...only(
+      "breaker",
+      u.breaker && {
+        ...only("failureThreshold", u.breaker.failureThreshold),
+        ...only("successThreshold", u.breaker.successThreshold),
+        ...only("openDuration", u.breaker.openDuration),
+        ...only("halfOpenMaxCalls", u.breaker.halfOpenMaxCalls)
+      }
+    ),
+    ...only(
+      "retry",
+      u.retry && {
+        ...only("maxRetries", u.retry.maxRetries),
+        ...only("baseDelay", u.retry.baseDelay),
+        ...only("maxDelay", u.retry.maxDelay)
+      }
+    )
+  }))
+  return {
+    server: {
+      host: s.host ?? "127.0.0.1",
+      port: s.port ?? 8080,
+      ...only("adminKey", s.adminKey),
+      maxBodyBytes: s.maxBodyBytes ?? 10 * 1024 * 1024,
+      logLevel: s.logLevel ?? "Info",
+      shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10)
+    },
+    keys: (f.keys ?? []).map((k) => ({
+      name: k.name,
+      key: k.key,
+      ...only("requestsPerMinute", k.requestsPerMinute),
+      ...only("tokensPerMinute", k.tokensPerMinute),
+      ...only("budgetUsd", k.budgetUsd)
+    })),
+    // Non-empty: checked by the schema.
+    upstreams: upstreams as unknown as ServerConfig["upstreams"],
+    routing: {
+      strategy: routing.strategy ?? "priority",
+      maxAttempts: routing.maxAttempts ?? 3,
+      requestTimeout: routing.requestTimeout ?? Duration.seconds(60)
+    },
+    breaker: {
+      failureThreshold: breaker.failureThreshold ?? 5,
+      successThreshold: breaker.successThreshold ?? 3,
+      openDuration: breaker.openDuration ?? Duration.seconds(30),
+      halfOpenMaxCalls: breaker.halfOpenMaxCalls ?? 3
+    },
+    retry: {
+      maxRetries: retry.maxRetries ?? 2,
+      baseDelay: retry.baseDelay ?? Duration.millis(200),
+      maxDelay: retry.maxDelay ?? Duration.seconds(5),
+      maxRetryAfter: retry.maxRetryAfter ?? Duration.seconds(10)
+    },
+    cooldown: {
+      rateLimited: cooldown.rateLimited ?? Duration.seconds(1),
+      quota: cooldown.quota ?? Duration.hours(1),
+      headroomWatermark: cooldown.headroomWatermark ?? 0
+    },
+    cache: {
+      enabled: cache.enabled ?? true,
+      ttl: cache.ttl ?? Duration.minutes(5),
+      maxEntries: cache.maxEntries ?? 10_000,
+      mode: cache.mode ?? "all"
+    },
+    healthCheck: {
+      interval: health.interval ?? Duration.seconds(10),
+      timeout: health.timeout ?? Duration.seconds(5)
+    },
+    pricing: f.pricing ?? {},
+    // A redis store without a url is refused by the cross-field checks.
+    store: store.kind === "redis" && store.url !== undefined
+      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:" }
+      : { kind: "memory" }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// API
+
+/** Parses, interpolates and validates the text of a config file. `file` picks the format and names it in errors. */
+export const parse = (
+  text: string,
+  options: { readonly file: string; readonly env: Env }
+): Either.Either<ServerConfig, ConfigInvalid | ConfigUnreadable> => {
+  const { env, file } = options
+  return Either.flatMap(
+    Either.flatMap(parseText(text, file), (parsed) => interpolate(parsed, env, file)),
+    (input): Either.Either<ServerConfig, ConfigInvalid> => {
+      // An empty file is an empty mapping (and then lacks its upstreams).
+      const root = input === null || input === undefined ? {} : input
+      if (!isRecord(root)) {
+        return Either.left(
+          new ConfigInvalid({ file, problems: [{ path: "", message: `expected a mapping of sections, got ${show(root)}` }] })
+        )
+      }
+      const decoded = decodeFile(root)
+      const problems: Array<Problem> = []
+      if (Either.isLeft(decoded)) collect(decoded.left.issue, [], [], problems)
+      problems.push(...crossChecks(root))
+      if (problems.length > 0) {
+        const seen = new Set<string>()
+        const distinct = problems.filter((p) => {
+          const k = `${p.path}\u0000${p.message}`
+          return seen.has(k) ? false : (seen.add(k), true)
+        })
+        return Either.left(new ConfigInvalid({ file, problems: distinct.map(scrub(secretsIn(root))) }))
+      }
+      // No problems means the schema decoded.
+      return Either.map(decoded as Either.Either<File, never>, build)
+    }
+  )
+}
+
+const readReason = (e: unknown): string => {
+  const code = (e as { readonly code?: unknown } | null)?.code
+  switch (code) {
+    case "ENOENT":
+      return "no such file"
+    case "EACCES":
+    case "EPERM":
+      return "permission denied"
+    case "EISDIR":
+      return "is a directory"
+    default:
+      return e instanceof Error ? e.message : String(e)
+  }
+}
+
+/** Reads and parses a config file; `env` defaults to `process.env`. */
+export const load = (
+  file: string,
+  env: Env = process.env
+): Effect.Effect<ServerConfig, ConfigInvalid | ConfigUnreadable> =>
+  Effect.tryPromise({
+    try: () => fs.readFile(file, "utf8"),
+    catch: (e) => new ConfigUnreadable({ file, reason: readReason(e) })
+  }).pipe(Effect.flatMap((text) => parse(text, { file, env })))
+
+/** The relay's options from the config (keys, pricing, cache size and the rest are the server's). */
+export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
+  upstreams: config.upstreams.map((u): Upstream.Config => ({
+    name: u.name,
+    baseUrl: u.baseUrl,
+    apiKey: u.apiKey,
+    models: u.models,
+    aliases: u.aliases,
+    priority: u.priority,
+    weight: u.weight,
+    maxConcurrent: u.maxConcurrent,
+    requestsPerMinute: u.requestsPerMinute,
+    tokensPerMinute: u.tokensPerMinute,
+    timeout: u.timeout,
+    breaker: u.breaker,
+    retry: u.retry
+  })),
+  maxAttempts: config.routing.maxAttempts,
+  requestTimeout: config.routing.requestTimeout,
+  router: { strategy: config.routing.strategy },
+  breaker: { ...config.breaker },
+  retry: { ...config.retry },
+  rateLimitCooldown: config.cooldown.rateLimited,
+  quotaCooldown: config.cooldown.quota,
+  headroomWatermark: config.cooldown.headroomWatermark,
+  cacheMode: config.cache.enabled ? config.cache.mode : "none"
+})

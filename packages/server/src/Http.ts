@@ -1,0 +1,436 @@
+/**
+ * The HTTP face of the relay: decode, authenticate, call the pipeline, encode.
+ * The server decides nothing about upstreams; the core does.
+ *
+ * Dispatch is a plain switch on method and path (a handful of fixed routes),
+ * which also tells "wrong method" (405) from "no such path" (404). Every
+ * error is OpenAI's `{"error":{"message","type","param","code"}}` with the
+ * status the official SDK maps to its error classes.
+ */
+import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
+import { type Caller, Gateway } from "./Gateway.js"
+import * as Prometheus from "./Prometheus.js"
+
+export interface Options {
+  readonly maxBodyBytes: number
+  readonly adminKey: Redacted.Redacted<string> | undefined
+}
+
+// ---------------------------------------------------------------------------
+// responses
+
+const JSON_TYPE = "application/json"
+
+const failure = (
+  status: number,
+  message: string,
+  type: string,
+  code: string | null,
+  param: string | null = null,
+  headers: Record<string, string> = {}
+): HttpServerResponse.HttpServerResponse =>
+  HttpServerResponse.text(OpenAI.errorBody(message, type, param, code), { status, contentType: JSON_TYPE, headers })
+
+const json = (status: number, body: unknown) =>
+  HttpServerResponse.text(JSON.stringify(body), { status, contentType: JSON_TYPE })
+
+const retryAfterHeader = (d: Duration.Duration | undefined): Record<string, string> =>
+  d === undefined ? {} : { "retry-after": String(Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))) }
+
+/** The relay's failures, as the OpenAI API would answer them. */
+const relayFailure = (error: Relay.RelayError): HttpServerResponse.HttpServerResponse => {
+  switch (error._tag) {
+    case "UnknownModel":
+      return failure(404, error.message, "invalid_request_error", "model_not_found", "model")
+    case "UpstreamRejected":
+      // The caller's own mistake, as the upstream put it.
+      return HttpServerResponse.text(error.body, { status: error.status, contentType: error.contentType ?? JSON_TYPE })
+    case "NoUpstreamAvailable":
+      return failure(503, error.message, "upstream_error", "no_upstream_available", null, retryAfterHeader(error.retryAfter))
+    case "AllUpstreamsFailed":
+      return failure(502, error.message, "upstream_error", "upstream_failed")
+    case "DeadlineExceeded":
+      return failure(504, `The request did not complete within ${Duration.format(error.budget)}.`, "upstream_error", "timeout")
+  }
+}
+
+// ---------------------------------------------------------------------------
+// metrics
+
+const requestsCounter = Metric.counter("breakwater_requests_total", {
+  description: "Requests by upstream, model, key and status",
+  incremental: true
+})
+const durationHistogram = Metric.histogram(
+  "breakwater_request_duration_ms",
+  MetricBoundaries.exponential({ start: 1, factor: 2, count: 16 }),
+  "Request latency through the gateway, ms"
+)
+
+// ---------------------------------------------------------------------------
+// the app
+
+interface Log {
+  requestId: string
+  key: string
+  model: string | undefined
+  upstream: string | undefined
+  attempts: number | undefined
+  status: number
+  cache: string | undefined
+  costUsd: number | undefined
+}
+
+export const make = (options: Options) =>
+  Effect.gen(function*() {
+    const relay = yield* Relay.Relay
+    const gateway = yield* Gateway
+    const health = yield* Effect.serviceOption(Health.Health)
+    const cooldowns = yield* Cooldown.CooldownStore
+    const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
+    const knownModels = new Set(relay.models)
+    const modelsBody = JSON.stringify({
+      object: "list",
+      data: relay.models.filter((m) => m !== "*").map((id) => ({ id, object: "model", created: 0, owned_by: "breakwater" }))
+    })
+
+    /** Reads the body as text within the size limit; undefined when it is too large. */
+    const readBody = (request: HttpServerRequest.HttpServerRequest) => {
+      const declared = Number(request.headers["content-length"] ?? "0")
+      if (declared > options.maxBodyBytes) return Effect.succeed(undefined)
+      return request.text.pipe(
+        Effect.map((text): string | undefined => Buffer.byteLength(text) > options.maxBodyBytes ? undefined : text),
+        Effect.catchAll(() => Effect.succeed(undefined))
+      )
+    }
+
+    const parseJson = (text: string): Either.Either<unknown, HttpServerResponse.HttpServerResponse> => {
+      if (text.trim() === "") {
+        return Either.left(failure(400, "The request body is empty; expected a JSON object.", "invalid_request_error", null))
+      }
+      try {
+        return Either.right(JSON.parse(text))
+      } catch {
+        return Either.left(
+          failure(
+            400,
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            "invalid_request_error",
+            null
+          )
+        )
+      }
+    }
+
+    const cacheControl = (request: HttpServerRequest.HttpServerRequest) => {
+      const header = request.headers["cache-control"]
+      if (header === undefined) return undefined
+      const v = header.toLowerCase()
+      return { lookup: !v.includes("no-cache"), store: !v.includes("no-store") }
+    }
+
+    const relayedHeaders = (m: Relay.Metadata | { upstream: string; attempts: number }, extra?: Relay.Metadata) => {
+      const h: Record<string, string> = {
+        "x-breakwater-upstream": m.upstream,
+        "x-breakwater-attempts": String(m.attempts)
+      }
+      const meta = extra ?? ("cache" in m ? m : undefined)
+      if (meta !== undefined) {
+        h["x-breakwater-cache"] = meta.cache
+        h["x-breakwater-latency-ms"] = String(meta.latencyMs)
+        h["x-breakwater-cost-usd"] = (meta.costUsd ?? 0).toFixed(8)
+      }
+      return h
+    }
+
+    /** A relayed POST: body limits, JSON, schema, auth, key limits, then the relay. */
+    const relayed = (
+      request: HttpServerRequest.HttpServerRequest,
+      log: Log,
+      kind: "chat" | "embeddings"
+    ): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
+      Effect.gen(function*() {
+        const caller = yield* Effect.either(gateway.authenticate(request.headers["authorization"]))
+        if (Either.isLeft(caller)) {
+          return failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
+        }
+        log.key = caller.right.name
+        const text = yield* readBody(request)
+        if (text === undefined) {
+          return failure(
+            413,
+            `The request body is larger than ${options.maxBodyBytes} bytes.`,
+            "invalid_request_error",
+            "request_too_large"
+          )
+        }
+        const parsed = parseJson(text)
+        if (Either.isLeft(parsed)) return parsed.left
+        if (kind === "chat") {
+          const decoded = OpenAI.decodeChatRequest(parsed.right)
+          if (Either.isLeft(decoded)) {
+            return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
+          }
+          return yield* chat(request, log, caller.right, decoded.right, text)
+        }
+        const decoded = OpenAI.decodeEmbeddingsRequest(parsed.right)
+        if (Either.isLeft(decoded)) {
+          return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
+        }
+        log.model = decoded.right.model
+        const admitted = yield* admit(caller.right, 1)
+        if (admitted !== undefined) return admitted
+        return yield* relay.embeddings(decoded.right, { key: caller.right.name, rawBody: text }).pipe(
+          Effect.tap((result) => gateway.charge(caller.right, result.metadata.costUsd)),
+          Effect.map((result) => {
+            noteResult(log, result.metadata)
+            return HttpServerResponse.text(result.body, { contentType: JSON_TYPE, headers: relayedHeaders(result.metadata) })
+          }),
+          Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+        )
+      })
+
+    const admit = (caller: Caller, tokens: number) =>
+      gateway.admit(caller, tokens).pipe(
+        Effect.as(undefined),
+        Effect.catchTags({
+          KeyRateLimited: (e) =>
+            Effect.succeed(
+              failure(429, e.message, "rate_limit_exceeded", "rate_limit_exceeded", null, retryAfterHeader(e.retryAfter))
+            ),
+          BudgetExceeded: (e) => Effect.succeed(failure(429, e.message, "insufficient_quota", "budget_exceeded"))
+        })
+      )
+
+    const noteResult = (log: Log, m: Relay.Metadata) => {
+      log.upstream = m.upstream
+      log.attempts = m.attempts
+      log.cache = m.cache
+      log.costUsd = m.costUsd
+    }
+
+    const chat = (
+      request: HttpServerRequest.HttpServerRequest,
+      log: Log,
+      caller: Caller,
+      body: OpenAI.ChatCompletionRequest,
+      raw: string
+    ): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
+      Effect.gen(function*() {
+        log.model = body.model
+        const admitted = yield* admit(caller, OpenAI.estimateTokens(body))
+        if (admitted !== undefined) return admitted
+        const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+        if (body.stream === true) {
+          return yield* relay.chatStream(body, options).pipe(
+            Effect.map((result) => {
+              log.upstream = result.upstream
+              log.attempts = result.attempts
+              log.cache = "bypass"
+              const events = result.events.pipe(
+                Stream.ensuring(Effect.flatMap(result.done, (m) => {
+                  noteResult(log, m)
+                  return gateway.charge(caller, m.costUsd)
+                })),
+                Stream.encodeText
+              )
+              return HttpServerResponse.stream(events, {
+                contentType: "text/event-stream",
+                headers: { "cache-control": "no-cache", ...relayedHeaders(result) }
+              })
+            }),
+            Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+          )
+        }
+        return yield* relay.chat(body, options).pipe(
+          Effect.tap((result) => gateway.charge(caller, result.metadata.costUsd)),
+          Effect.map((result) => {
+            noteResult(log, result.metadata)
+            return HttpServerResponse.text(result.body, { contentType: JSON_TYPE, headers: relayedHeaders(result.metadata) })
+          }),
+          Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+        )
+      })
+
+    // ----- admin ------------------------------------------------------------
+
+    const adminAuth = (request: HttpServerRequest.HttpServerRequest): HttpServerResponse.HttpServerResponse | undefined => {
+      if (adminDigest === undefined) {
+        return failure(403, "The admin API is disabled: set server.adminKey to enable it.", "permission_error", "admin_disabled")
+      }
+      const header = request.headers["authorization"]
+      const presented = header?.startsWith("Bearer ") ? header.slice(7).trim() : undefined
+      if (presented === undefined || !constantTimeEqual(presented, adminDigest)) {
+        return failure(401, "Admin routes need 'Authorization: Bearer <server.adminKey>'.", "invalid_request_error", "invalid_api_key")
+      }
+      return undefined
+    }
+
+    const upstreamView = (u: Upstream.Upstream, now: number, active: ReadonlyMap<string, Cooldown.Cooldown>) =>
+      Effect.gen(function*() {
+        const snap = yield* u.breaker.snapshot
+        const status = Option.isSome(health) ? yield* health.value.statusOf(u.name) : undefined
+        const cooldown = active.get(u.name)
+        const bulk = u.bulkhead.unsafeStats()
+        return {
+          name: u.name,
+          health: status?.state ?? (snap.state === "Closed" ? "healthy" : snap.state),
+          breaker: snap.state,
+          cooldownUntil: cooldown === undefined || cooldown.until <= now ? null : new Date(cooldown.until).toISOString(),
+          cooldownReason: cooldown?.reason ?? null,
+          inFlight: bulk.active,
+          maxConcurrent: bulk.maxConcurrent,
+          latencyMs: u.stats.latencyEwmaMs === undefined ? null : Math.round(u.stats.latencyEwmaMs * 10) / 10,
+          probeLatencyMs: status?.probeLatencyMs ?? null,
+          requests: u.stats.requests,
+          successes: u.stats.successes,
+          failures: u.stats.failures,
+          consecutiveFailures: snap.consecutiveFailures,
+          lastError: u.stats.lastError ?? null
+        }
+      })
+
+    const admin = (request: HttpServerRequest.HttpServerRequest, path: string) =>
+      Effect.gen(function*() {
+        const denied = adminAuth(request)
+        if (denied !== undefined) return denied
+        if (path === "/admin/upstreams") {
+          if (request.method !== "GET") return methodNotAllowed(["GET"])
+          const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
+          const active = yield* cooldowns.active(now)
+          const upstreams = yield* Effect.forEach(relay.upstreams, (u) => upstreamView(u, now, active))
+          return json(200, { object: "list", data: upstreams })
+        }
+        const m = /^\/admin\/upstreams\/([^/]+)\/(reset|open)$/.exec(path)
+        if (m === null) return notFound(path)
+        if (request.method !== "POST") return methodNotAllowed(["POST"])
+        const name = decodeURIComponent(m[1]!)
+        const u = relay.upstreams.find((x) => x.name === name)
+        if (u === undefined) return failure(404, `No upstream named '${name}'.`, "invalid_request_error", "upstream_not_found")
+        if (m[2] === "reset") {
+          yield* u.breaker.reset
+          yield* cooldowns.clear(u.name)
+        } else {
+          yield* u.breaker.forceOpen
+        }
+        const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
+        return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
+      })
+
+    const notFound = (path: string) =>
+      failure(404, `Unknown request URL: ${path.slice(0, 200)}.`, "invalid_request_error", "unknown_url")
+
+    const methodNotAllowed = (allowed: ReadonlyArray<string>) =>
+      failure(405, `Method not allowed; use ${allowed.join(" or ")}.`, "invalid_request_error", "method_not_allowed", null, {
+        allow: allowed.join(", ")
+      })
+
+    // ----- dispatch ---------------------------------------------------------
+
+    const route = (request: HttpServerRequest.HttpServerRequest, path: string, log: Log) => {
+      switch (path) {
+        case "/v1/chat/completions":
+          return request.method === "POST" ? relayed(request, log, "chat") : Effect.succeed(methodNotAllowed(["POST"]))
+        case "/v1/embeddings":
+          return request.method === "POST" ? relayed(request, log, "embeddings") : Effect.succeed(methodNotAllowed(["POST"]))
+        case "/v1/models":
+          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+          return Effect.map(
+            Effect.either(gateway.authenticate(request.headers["authorization"])),
+            (caller) =>
+              Either.isLeft(caller)
+                ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
+                : HttpServerResponse.text(modelsBody, { contentType: JSON_TYPE })
+          )
+        case "/healthz":
+          return Effect.succeed(request.method === "GET" ? json(200, { status: "ok" }) : methodNotAllowed(["GET"]))
+        case "/readyz":
+          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+          return Effect.map(relay.ready, (ready) =>
+            ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
+        case "/metrics":
+          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+          return Effect.zipRight(
+            Effect.forEach(relay.upstreams, (u) => u.bulkhead.updateGauges, { discard: true }),
+            Effect.map(Prometheus.render, (text) => HttpServerResponse.text(text, { contentType: Prometheus.contentType }))
+          )
+        default:
+          if (path.startsWith("/admin/")) return admin(request, path)
+          return Effect.succeed(notFound(path))
+      }
+    }
+
+    return Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const started = performance.now()
+      const incoming = request.headers["x-request-id"]
+      const requestId = incoming !== undefined && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : randomUUID()
+      const q = request.url.indexOf("?")
+      const path = q === -1 ? request.url : request.url.slice(0, q)
+      const log: Log = {
+        requestId,
+        key: "anonymous",
+        model: undefined,
+        upstream: undefined,
+        attempts: undefined,
+        status: 0,
+        cache: undefined,
+        costUsd: undefined
+      }
+      const response = yield* route(request, path, log).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.as(
+            Effect.logError("unexpected failure", cause),
+            failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
+          )
+        )
+      )
+      log.status = response.status
+      if (path.startsWith("/v1/")) {
+        const elapsed = performance.now() - started
+        const model = log.model !== undefined && (knownModels.has(log.model) || knownModels.has("*")) ? log.model : "unknown"
+        yield* Metric.increment(
+          Metric.taggedWithLabels(requestsCounter, [
+            labels("upstream", log.upstream ?? "none"),
+            labels("model", model),
+            labels("key", log.key),
+            labels("status", String(response.status))
+          ])
+        )
+        yield* Metric.update(durationHistogram, elapsed)
+        yield* Effect.logInfo("request").pipe(
+          Effect.annotateLogs({
+            requestId,
+            method: request.method,
+            path,
+            key: log.key,
+            model: log.model ?? null,
+            upstream: log.upstream ?? null,
+            attempts: log.attempts ?? 0,
+            status: response.status,
+            latencyMs: Math.round(elapsed * 10) / 10,
+            cache: log.cache ?? null,
+            costUsd: log.costUsd ?? 0
+          })
+        )
+      }
+      return HttpServerResponse.setHeader(response, "x-request-id", requestId)
+    })
+  })
+
+const labels = (key: string, value: string) => MetricLabel.make(key, value)
+
+const constantTimeEqual = (a: string, b: string): boolean =>
+  timingSafeEqual(createHash("sha256").update(a).digest(), createHash("sha256").update(b).digest())

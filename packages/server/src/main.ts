@@ -1,0 +1,123 @@
+/**
+ * The `breakwater` command.
+ *
+ *   breakwater [--config FILE] [--port N] [--host H]   serve (demo mode without a config)
+ *   breakwater check-config FILE                       validate a config and exit
+ *
+ * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
+ * SIGINT drain: stop accepting, finish what is in flight (streams included)
+ * up to `server.shutdownTimeout`, then exit 0.
+ */
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Config from "./Config.js"
+import * as Demo from "./Demo.js"
+import * as Server from "./Server.js"
+
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
+
+const waitForSignal = Effect.async<NodeJS.Signals>((resume) => {
+  const on = (signal: NodeJS.Signals) => () => resume(Effect.succeed(signal))
+  const term = on("SIGTERM")
+  const int = on("SIGINT")
+  process.once("SIGTERM", term)
+  process.once("SIGINT", int)
+  return Effect.sync(() => {
+    process.off("SIGTERM", term)
+    process.off("SIGINT", int)
+  })
+})
+
+const configFailure = (error: Config.ConfigInvalid | Config.ConfigUnreadable) =>
+  Effect.zipRight(Console.error(error.message), Effect.fail(error))
+
+const serve = (args: { readonly config: Option.Option<string>; readonly port: Option.Option<number>; readonly host: Option.Option<string> }) =>
+  Effect.scoped(Effect.gen(function*() {
+    const started = performance.now()
+    const file = Option.getOrUndefined(args.config) ?? process.env["BREAKWATER_CONFIG"]
+    let config: Config.ServerConfig
+    let demo: Demo.Demo | undefined
+    if (file !== undefined && file !== "") {
+      config = yield* Effect.catchAll(Config.load(file, process.env), configFailure)
+    } else {
+      demo = yield* Effect.catchAll(
+        Demo.make({ port: Option.getOrElse(args.port, () => 8080), host: Option.getOrElse(args.host, () => "127.0.0.1") }),
+        configFailure
+      )
+      config = demo.config
+    }
+    let host = Option.getOrElse(args.host, () => config.server.host)
+    const port = Option.getOrElse(args.port, () => config.server.port)
+    if (config.keys.length === 0 && !LOOPBACK.has(host)) {
+      yield* Console.error(
+        `warning: no gateway keys are configured, so any caller is accepted; binding to 127.0.0.1 instead of ${host}. ` +
+          `Add keys to the config to serve other hosts.`
+      )
+      host = "127.0.0.1"
+    } else if (config.keys.length === 0) {
+      yield* Console.error("warning: no gateway keys are configured: any caller on this machine is accepted.")
+    }
+    config = { ...config, server: { ...config.server, host, port } }
+    const running = yield* Server.serve(config)
+    const ms = Math.round(performance.now() - started)
+    if (demo !== undefined) {
+      yield* Console.log(
+        [
+          `Breakwater demo on ${running.url} (ready in ${ms} ms)`,
+          `  upstreams (in-process fakes): ${demo.upstreams.map((u) => `${u.name} ${u.url}`).join(", ")}`,
+          `  flaky answers 429 to 30% of requests, slow takes 250-500 ms, steady is healthy.`,
+          `  admin key: demo-admin-key   metrics: ${running.url}/metrics`,
+          ``,
+          `Try:`,
+          `  curl -s ${running.url}/v1/chat/completions -H 'content-type: application/json' \\`,
+          `    -d '{"model":"gpt-4.1","messages":[{"role":"user","content":"Hello!"}]}'`,
+          `  curl -s ${running.url}/admin/upstreams -H 'authorization: Bearer demo-admin-key'`
+        ].join("\n")
+      )
+    } else {
+      yield* Console.log(
+        `Breakwater on ${running.url} (ready in ${ms} ms): ${config.upstreams.length} upstream(s), ${config.keys.length} key(s)`
+      )
+    }
+    const signal = yield* waitForSignal
+    yield* Console.error(`${signal}: draining (up to ${Duration.format(config.server.shutdownTimeout)})`)
+    const { drained } = yield* Effect.promise(() => Server.drain(running, config.server.shutdownTimeout))
+    yield* Console.error(drained ? "drained; bye" : "shutdown deadline reached; closed remaining connections")
+  }))
+
+const command = Command.make(
+  "breakwater",
+  {
+    config: Options.file("config").pipe(Options.withDescription("config file (YAML or JSON)"), Options.optional),
+    port: Options.integer("port").pipe(Options.withDescription("override server.port"), Options.optional),
+    host: Options.text("host").pipe(Options.withDescription("override server.host"), Options.optional)
+  },
+  serve
+).pipe(Command.withDescription("An OpenAI-compatible relay that survives 429s, outages and hung upstreams."))
+
+const checkConfig = Command.make(
+  "check-config",
+  { file: Args.file({ name: "FILE", exists: "yes" }) },
+  ({ file }) =>
+    Effect.catchAll(
+      Effect.flatMap(Config.load(file, process.env), (config) =>
+        Console.log(`${file}: OK (${config.upstreams.length} upstream(s), ${config.keys.length} key(s))`)),
+      configFailure
+    )
+).pipe(Command.withDescription("Validate a config file and exit."))
+
+const cli = Command.run(command.pipe(Command.withSubcommands([checkConfig])), {
+  name: "breakwater",
+  version: "0.1.0"
+})
+
+Effect.runPromiseExit(cli(process.argv).pipe(Effect.provide(NodeContext.layer))).then((exit) => {
+  process.exit(Exit.isSuccess(exit) ? 0 : 1)
+})

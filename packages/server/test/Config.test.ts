@@ -1,0 +1,484 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import * as Config from "../src/Config.js"
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+const fixture = fileURLToPath(new URL("./fixtures/example.yaml", import.meta.url))
+
+const SECRETS = {
+  BREAKWATER_ADMIN_KEY: "admin-secret-0123456789",
+  TEAM_A_KEY: "sk-team-a-secret-0123456789",
+  PRIMARY_API_KEY: "sk-primary-secret-0123456789"
+}
+
+const parse = (text: string, env: Record<string, string | undefined> = {}, file = "breakwater.yaml") =>
+  Config.parse(text, { file, env })
+
+const ok = (result: Either.Either<Config.ServerConfig, Config.ConfigInvalid | Config.ConfigUnreadable>) => {
+  if (Either.isLeft(result)) throw new Error(`expected a config, got: ${result.left.message}`)
+  return result.right
+}
+
+const invalid = (result: Either.Either<Config.ServerConfig, Config.ConfigInvalid | Config.ConfigUnreadable>) => {
+  if (Either.isRight(result)) throw new Error("expected ConfigInvalid, got a config")
+  if (result.left._tag !== "ConfigInvalid") throw new Error(`expected ConfigInvalid, got: ${result.left.message}`)
+  return result.left
+}
+
+const unreadable = (result: Either.Either<Config.ServerConfig, Config.ConfigInvalid | Config.ConfigUnreadable>) => {
+  if (Either.isRight(result)) throw new Error("expected ConfigUnreadable, got a config")
+  if (result.left._tag !== "ConfigUnreadable") throw new Error(`expected ConfigUnreadable, got: ${result.left.message}`)
+  return result.left
+}
+
+const ms = (d: Duration.Duration) => Duration.toMillis(d)
+
+const minimal = `
+upstreams:
+  - name: only
+    baseUrl: http://localhost:11434/v1
+    apiKey: none
+`
+
+// ---------------------------------------------------------------------------
+
+describe("Config.parse", () => {
+  it("parses the documented example into typed values", () => {
+    const config = ok(parse(readFileSync(fixture, "utf8"), SECRETS, fixture))
+
+    expect(config.server.host).toBe("127.0.0.1")
+    expect(config.server.port).toBe(8080)
+    expect(config.server.adminKey && Redacted.value(config.server.adminKey)).toBe(SECRETS.BREAKWATER_ADMIN_KEY)
+    expect(config.server.maxBodyBytes).toBe(10_485_760)
+    expect(config.server.logLevel).toBe("Info")
+    expect(ms(config.server.shutdownTimeout)).toBe(10_000)
+
+    expect(config.keys).toHaveLength(1)
+    const key = config.keys[0]!
+    expect(key.name).toBe("team-a")
+    expect(Redacted.isRedacted(key.key)).toBe(true)
+    expect(Redacted.value(key.key)).toBe(SECRETS.TEAM_A_KEY)
+    expect(key).toMatchObject({ requestsPerMinute: 600, tokensPerMinute: 200_000, budgetUsd: 50 })
+
+    expect(config.upstreams).toHaveLength(1)
+    const up = config.upstreams[0]
+    expect(up.name).toBe("primary")
+    expect(up.baseUrl).toBe("https://relay.example.com/v1")
+    expect(Redacted.value(up.apiKey)).toBe(SECRETS.PRIMARY_API_KEY)
+    expect(up.models).toEqual(["gpt-4.1", "deepseek-v3.2"])
+    expect(up.aliases).toEqual({ "gpt-4": "gpt-4.1" })
+    expect(up).toMatchObject({
+      priority: 1,
+      weight: 1,
+      maxConcurrent: 20,
+      requestsPerMinute: 3000,
+      tokensPerMinute: 400_000
+    })
+    expect(ms(up.timeout)).toBe(30_000)
+    expect(up.breaker).toEqual({ failureThreshold: 5 })
+    expect(up.retry).toEqual({ maxRetries: 1 })
+
+    expect(config.routing.strategy).toBe("priority")
+    expect(config.routing.maxAttempts).toBe(3)
+    expect(ms(config.routing.requestTimeout)).toBe(60_000)
+    expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(ms(config.breaker.openDuration)).toBe(30_000)
+    expect(config.retry.maxRetries).toBe(2)
+    expect([config.retry.baseDelay, config.retry.maxDelay, config.retry.maxRetryAfter].map(ms)).toEqual([
+      200,
+      5_000,
+      10_000
+    ])
+    expect(ms(config.cooldown.rateLimited)).toBe(1_000)
+    expect(ms(config.cooldown.quota)).toBe(3_600_000)
+    expect(config.cooldown.headroomWatermark).toBe(0)
+    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "all" })
+    expect(ms(config.cache.ttl)).toBe(300_000)
+    expect(ms(config.healthCheck.interval)).toBe(10_000)
+    expect(ms(config.healthCheck.timeout)).toBe(5_000)
+    expect(config.pricing).toEqual({ "gpt-4.1": { input: 2, output: 8 } })
+    expect(config.store).toEqual({ kind: "memory" })
+  })
+
+  it("reads JSON when the file ends in .json, with the same interpolation", () => {
+    const json = JSON.stringify({
+      server: { port: 9000, logLevel: "debug" },
+      upstreams: [{ name: "a", baseUrl: "https://a.example/v1", apiKey: "${A_KEY}", models: "*", timeout: "1m30s" }],
+      routing: { strategy: "least-busy" }
+    })
+    const config = ok(parse(json, { A_KEY: "sk-a" }, "breakwater.json"))
+    expect(config.server.port).toBe(9000)
+    expect(config.server.logLevel).toBe("Debug")
+    expect(Redacted.value(config.upstreams[0].apiKey)).toBe("sk-a")
+    expect(config.upstreams[0].models).toBe("*")
+    expect(ms(config.upstreams[0].timeout)).toBe(90_000)
+    expect(config.routing.strategy).toBe("least-busy")
+  })
+
+  it("a JSON syntax error is ConfigUnreadable with the line", () => {
+    const error = unreadable(parse(`{\n  "upstreams": [\n    { "name": "a", }\n  ]\n  "x": 1\n}`, {}, "c.json"))
+    expect(error.file).toBe("c.json")
+    expect(error.reason).toMatch(/^JSON syntax error at line 3, column \d+: /)
+
+    const trailing = unreadable(parse(`{\n  "upstreams": [{ "apiKey": "sk-literal-0123", }]\n}`, {}, "c.json"))
+    expect(trailing.reason).toMatch(/^JSON syntax error at line 2, column \d+: /)
+    expect(trailing.reason).not.toContain("sk-literal-0123")
+  })
+
+  it("fills every default for a minimal config", () => {
+    const config = ok(parse(minimal))
+    expect(config.server).toEqual({
+      host: "127.0.0.1",
+      port: 8080,
+      maxBodyBytes: 10 * 1024 * 1024,
+      logLevel: "Info",
+      shutdownTimeout: Duration.seconds(10)
+    })
+    expect(config.server.adminKey).toBeUndefined()
+    expect(config.keys).toEqual([])
+    const up = config.upstreams[0]
+    expect(up.models).toBe("*")
+    expect(up.aliases).toEqual({})
+    expect(up).toMatchObject({ priority: 1, weight: 1, maxConcurrent: 64 })
+    expect(ms(up.timeout)).toBe(30_000)
+    expect(up.requestsPerMinute).toBeUndefined()
+    expect(up.breaker).toBeUndefined()
+    expect(up.retry).toBeUndefined()
+    expect(config.routing.strategy).toBe("priority")
+    expect(config.routing.maxAttempts).toBe(3)
+    expect(ms(config.routing.requestTimeout)).toBe(60_000)
+    expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(config.retry.maxRetries).toBe(2)
+    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "all" })
+    expect(config.pricing).toEqual({})
+    expect(config.store).toEqual({ kind: "memory" })
+  })
+
+  it("interpolates ${VAR} and ${VAR:-default} inside strings, and numbers from strings", () => {
+    const text = `
+server:
+  port: \${PORT:-8081}
+  host: \${HOST:-0.0.0.0}
+upstreams:
+  - name: \${NAME:-fallback}
+    baseUrl: https://\${HOST_NAME}/v\${VERSION:-1}
+    apiKey: "\${KEY}"
+    priority: \${PRIORITY:-2}
+    models: ["\${MODEL:-gpt-4.1}", "literal-$$\{NOT_A_VAR}"]
+cache: { enabled: "\${CACHE:-false}" }
+`
+    const config = ok(parse(text, { HOST_NAME: "api.example.com", KEY: "sk-x", NAME: "", HOST: "::" }))
+    expect(config.server.port).toBe(8081)
+    expect(config.server.host).toBe("::")
+    expect(config.upstreams[0].name).toBe("fallback") // set but empty: the default applies
+    expect(config.upstreams[0].baseUrl).toBe("https://api.example.com/v1")
+    expect(Redacted.value(config.upstreams[0].apiKey)).toBe("sk-x")
+    expect(config.upstreams[0].priority).toBe(2)
+    expect(config.upstreams[0].models).toEqual(["gpt-4.1", "literal-${NOT_A_VAR}"])
+    expect(config.cache.enabled).toBe(false)
+  })
+
+  it("a missing env var names the variable and where it is used", () => {
+    const text = `
+server: { adminKey: "\${ADMIN}" }
+upstreams:
+  - { name: primary, baseUrl: "https://x.example/v1", apiKey: "\${PRIMARY_API_KEY}" }
+`
+    const error = unreadable(parse(text, { ADMIN: "set" }))
+    expect(error.reason).toBe("upstreams[0].apiKey uses ${PRIMARY_API_KEY}, which is not set")
+    expect(error.message).toContain("breakwater.yaml")
+
+    const both = unreadable(parse(text, {}))
+    expect(both.reason).toContain("server.adminKey uses ${ADMIN}, which is not set")
+    expect(both.reason).toContain("upstreams[0].apiKey uses ${PRIMARY_API_KEY}, which is not set")
+  })
+
+  it("a malformed reference is ConfigUnreadable", () => {
+    const error = unreadable(parse(`upstreams:\n  - name: "\${not a name}"\n`))
+    expect(error.reason).toContain("upstreams[0].name has a malformed reference")
+  })
+
+  it("names every bad field at once", () => {
+    const text = `
+server:
+  port: -1
+  logLevel: verbose
+upstreams:
+  - name: primary
+    baseUrl: https://a.example/v1
+    apiKey: sk-a
+    timeout: thirty
+  - name: primary
+    baseUrl: not a url
+    apiKey: sk-b
+    maxConcurrent: 0
+    models: gpt-4.1
+routing: { strategy: fastest, requestTimout: 60s }
+cache: { ttl: 300 }
+store: { kind: redis }
+`
+    const error = invalid(parse(text))
+    const byPath = Object.fromEntries(error.problems.map((p) => [p.path, p.message]))
+    expect(byPath).toEqual({
+      "server.port": "expected a port number from 0 to 65535, got -1",
+      "server.logLevel":
+        `expected one of "trace", "debug", "info", "warning", "error", "fatal", "none", got "verbose"`,
+      "upstreams[0].timeout": `expected a positive duration like "30s", got "thirty"`,
+      "upstreams[1].name": `duplicate upstream name "primary" (also upstreams[0])`,
+      "upstreams[1].baseUrl": `expected an http(s) URL like "https://api.openai.com/v1", got "not a url"`,
+      "upstreams[1].maxConcurrent": "expected a positive integer, got 0",
+      "upstreams[1].models": `expected "*" or a non-empty list of model names, got "gpt-4.1"`,
+      "routing.strategy": `expected one of "priority", "weighted", "latency", "least-busy", got "fastest"`,
+      "routing.requestTimout": `unknown field (did you mean "requestTimeout"?)`,
+      "cache.ttl": `expected a positive duration like "30s", got 300`,
+      "store.url": `is required when store.kind is "redis"`
+    })
+    expect(error.problems).toHaveLength(11)
+    // One line per problem, in the documented format.
+    const lines = error.message.split("\n")
+    expect(lines[0]).toBe("Invalid config breakwater.yaml (11 problems):")
+    expect(lines).toContain(`  - upstreams[0].timeout: expected a positive duration like "30s", got "thirty"`)
+    expect(lines).toHaveLength(12)
+  })
+
+  it("names a missing upstreams section along with other bad fields", () => {
+    const error = invalid(parse("server: { port: 70000, shutdownTimeout: 5 }\nrouting: { strategy: fast }\n"))
+    expect(error.problems).toEqual([
+      { path: "server.port", message: "expected a port number from 0 to 65535, got 70000" },
+      { path: "server.shutdownTimeout", message: `expected a duration like "30s", got 5` },
+      { path: "upstreams", message: "is required" },
+      { path: "routing.strategy", message: `expected one of "priority", "weighted", "latency", "least-busy", got "fast"` }
+    ])
+  })
+
+  it("a recursive YAML alias is ConfigUnreadable, not a stack overflow", () => {
+    const error = unreadable(parse(`${minimal}\npricing: &p { x: *p }\n`))
+    expect(error.reason).toContain("pricing.x contains itself")
+  })
+
+  it("missing or empty upstreams, and a non-mapping file", () => {
+    expect(invalid(parse("server: { port: 8080 }\n")).problems).toEqual([{ path: "upstreams", message: "is required" }])
+    expect(invalid(parse("")).problems).toEqual([{ path: "upstreams", message: "is required" }])
+    expect(invalid(parse("upstreams: []\n")).problems).toEqual([
+      { path: "upstreams", message: "expected at least one upstream" }
+    ])
+    expect(invalid(parse("upstreams: {}\n")).problems).toEqual([
+      { path: "upstreams", message: "expected a list, got a mapping" }
+    ])
+    expect(invalid(parse("- a\n- b\n")).problems).toEqual([
+      { path: "", message: "expected a mapping of sections, got a list" }
+    ])
+    expect(invalid(parse(`${minimal}\nupstream: []\n`)).problems).toEqual([
+      { path: "upstream", message: `unknown field (did you mean "upstreams"?)` }
+    ])
+    expect(invalid(parse(`${minimal}\n    extra: 1\n`)).problems[0]?.message).toMatch(
+      /^unknown field \(expected one of: name, baseUrl, apiKey, /
+    )
+  })
+
+  it("names required fields, duplicate keys, and keys' limits", () => {
+    const text = `
+keys:
+  - { name: a, key: "\${K}" }
+  - { name: a, key: "\${K}", budgetUsd: -5 }
+  - { key: other-key }
+upstreams:
+  - { baseUrl: "https://x.example/v1" }
+`
+    const error = invalid(parse(text, { K: "sk-shared-gateway-key" }))
+    expect(error.problems).toEqual(expect.arrayContaining([
+      { path: "keys[1].budgetUsd", message: "expected a positive number, got -5" },
+      { path: "keys[2].name", message: "is required" },
+      { path: "upstreams[0].name", message: "is required" },
+      { path: "upstreams[0].apiKey", message: "is required" },
+      { path: "keys[1].name", message: `duplicate key name "a" (also keys[0])` },
+      { path: "keys[1].key", message: "the same key as keys[0]" }
+    ]))
+    expect(error.problems).toHaveLength(6)
+    expect(error.message).not.toContain("sk-shared-gateway-key")
+  })
+
+  it("never shows a secret value in any error message", () => {
+    const env = { ...SECRETS, REDIS_URL: "redis://:redis-password-0123@localhost:6379" }
+    const text = `
+server:
+  adminKey: \${BREAKWATER_ADMIN_KEY}
+  port: http
+keys:
+  - name: team-a
+    key: \${TEAM_A_KEY}
+    requestsPerMinute: lots
+  - name: \${TEAM_A_KEY}
+    key: ""
+upstreams:
+  - name: \${PRIMARY_API_KEY}
+    baseUrl: https://user:literal-password-0123@relay.example.com/v1
+    apiKey: \${PRIMARY_API_KEY}
+    timeout: forever
+  - name: second
+    baseUrl: \${PRIMARY_API_KEY}
+    apiKey: 12345678
+store: { kind: redis, url: "\${REDIS_URL}x" }
+`
+    const error = invalid(parse(text, env))
+    const everything = [error.message, JSON.stringify(error.problems), String(error), JSON.stringify(error)].join("\n")
+    for (const secret of [...Object.values(env), "literal-password-0123", "12345678", "redis-password-0123"]) {
+      expect(everything).not.toContain(secret)
+    }
+    // The secret fields themselves are still named.
+    const paths = error.problems.map((p) => p.path)
+    expect(paths).toEqual(expect.arrayContaining([
+      "server.port",
+      "keys[0].requestsPerMinute",
+      "keys[1].key",
+      "upstreams[0].baseUrl",
+      "upstreams[0].timeout",
+      "upstreams[1].baseUrl",
+      "upstreams[1].apiKey",
+      "store.url"
+    ]))
+    expect(error.problems.find((p) => p.path === "keys[1].key")?.message).toBe("must not be empty")
+    expect(error.problems.find((p) => p.path === "upstreams[1].apiKey")?.message).toBe(
+      "expected a string (quote the value)"
+    )
+  })
+
+  it("a redis store needs a redis URL, kept redacted", () => {
+    const config = ok(parse(`${minimal}\nstore: { kind: redis, url: "redis://localhost:6379/0" }\n`))
+    expect(config.store.kind).toBe("redis")
+    if (config.store.kind === "redis") {
+      expect(Redacted.value(config.store.url)).toBe("redis://localhost:6379/0")
+      expect(config.store.prefix).toBe("breakwater:")
+    }
+    expect(invalid(parse(`${minimal}\nstore: { kind: redis, url: "http://x" }\n`)).problems).toEqual([
+      { path: "store.url", message: "expected a redis:// or rediss:// URL" }
+    ])
+    expect(invalid(parse(`${minimal}\nstore: { kind: postgres }\n`)).problems).toEqual([
+      { path: "store.kind", message: `expected one of "memory", "redis", got "postgres"` }
+    ])
+  })
+
+  it("a YAML syntax error is ConfigUnreadable with the line number", () => {
+    const error = unreadable(parse("server:\n  port: 8080\n  host: [oops\nupstreams: []\n"))
+    expect(error.reason).toMatch(/^YAML syntax error at line 4, column \d+: /)
+    expect(error.message).toContain("breakwater.yaml")
+
+    const dup = unreadable(parse("server:\n  port: 1\n  port: 2\n"))
+    expect(dup.reason).toMatch(/^YAML syntax error at line 3, column 3: Map keys must be unique/)
+  })
+
+  it("an unquoted ${VAR} in a flow mapping is a syntax error with a hint, and no source text", () => {
+    const error = unreadable(parse("keys:\n  - { name: a, key: ${SECRET_KEY_VALUE} }\n"))
+    expect(error.reason).toMatch(/^YAML syntax error at line 2, column \d+: /)
+    expect(error.reason).toContain(`quote references: "\${NAME}"`)
+    expect(error.reason).not.toContain("SECRET_KEY_VALUE")
+  })
+})
+
+describe("Config.toRelayOptions", () => {
+  it("maps the sections to the relay's options", () => {
+    const config = ok(parse(readFileSync(fixture, "utf8"), SECRETS, fixture))
+    const options = Config.toRelayOptions(config)
+    expect(options.maxAttempts).toBe(3)
+    expect(Duration.toMillis(options.requestTimeout!)).toBe(60_000)
+    expect(options.router).toEqual({ strategy: "priority" })
+    expect(options.breaker).toEqual({
+      failureThreshold: 5,
+      successThreshold: 3,
+      openDuration: Duration.seconds(30),
+      halfOpenMaxCalls: 3
+    })
+    expect(options.retry).toEqual({
+      maxRetries: 2,
+      baseDelay: Duration.millis(200),
+      maxDelay: Duration.seconds(5),
+      maxRetryAfter: Duration.seconds(10)
+    })
+    expect(options.rateLimitCooldown).toEqual(Duration.seconds(1))
+    expect(options.quotaCooldown).toEqual(Duration.hours(1))
+    expect(options.headroomWatermark).toBe(0)
+    expect(options.cacheMode).toBe("all")
+
+    expect(options.upstreams).toHaveLength(1)
+    const up = options.upstreams[0]!
+    expect(up).toMatchObject({
+      name: "primary",
+      baseUrl: "https://relay.example.com/v1",
+      models: ["gpt-4.1", "deepseek-v3.2"],
+      aliases: { "gpt-4": "gpt-4.1" },
+      priority: 1,
+      weight: 1,
+      maxConcurrent: 20,
+      requestsPerMinute: 3000,
+      tokensPerMinute: 400_000,
+      breaker: { failureThreshold: 5 },
+      retry: { maxRetries: 1 }
+    })
+    expect(Redacted.isRedacted(up.apiKey)).toBe(true)
+    expect(Redacted.value(up.apiKey)).toBe(SECRETS.PRIMARY_API_KEY)
+    expect(up.timeout).toEqual(Duration.seconds(30))
+  })
+
+  it("cache.enabled false means cacheMode none; otherwise cache.mode", () => {
+    const off = ok(parse(`${minimal}\ncache: { enabled: false, mode: deterministic }\n`))
+    expect(Config.toRelayOptions(off).cacheMode).toBe("none")
+    const deterministic = ok(parse(`${minimal}\ncache: { mode: deterministic }\nrouting: { strategy: latency }\n`))
+    expect(Config.toRelayOptions(deterministic).cacheMode).toBe("deterministic")
+    expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency" })
+  })
+})
+
+describe("Config.parseDuration", () => {
+  it.each([
+    ["200ms", 200],
+    ["30s", 30_000],
+    ["5m", 300_000],
+    ["1h", 3_600_000],
+    ["1d", 86_400_000],
+    ["1.5s", 1_500],
+    ["1m30s", 90_000],
+    ["1h2m3s4ms", 3_723_004],
+    ["0s", 0],
+    [" 10s ", 10_000]
+  ])("%s is %d ms", (text, millis) => {
+    const d = Config.parseDuration(text)
+    expect(Option.map(d, Duration.toMillis)).toEqual(Option.some(millis))
+  })
+
+  it.each(["", "30", "thirty", "30 s", "s", "-5s", "1.s", "5sec", "1m30", "1e3ms", "30S"])("%j is not a duration", (text) => {
+    expect(Option.isNone(Config.parseDuration(text))).toBe(true)
+  })
+})
+
+describe("Config.load", () => {
+  it.effect("reads and parses a file", () =>
+    Effect.gen(function*() {
+      const config = yield* Config.load(fixture, SECRETS)
+      expect(config.upstreams[0].name).toBe("primary")
+    }))
+
+  it.effect("a missing file is ConfigUnreadable", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Config.load("/nonexistent/breakwater.yaml", {}))
+      expect(error._tag).toBe("ConfigUnreadable")
+      if (error._tag === "ConfigUnreadable") {
+        expect(error.file).toBe("/nonexistent/breakwater.yaml")
+        expect(error.reason).toBe("no such file")
+      }
+    }))
+
+  it.effect("an invalid file is ConfigInvalid naming the file", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Config.load(fixture, { ...SECRETS, BREAKWATER_ADMIN_KEY: "" }))
+      expect(error._tag).toBe("ConfigInvalid")
+      expect(error.message).toBe(`Invalid config ${fixture} (1 problem):\n  - server.adminKey: must not be empty`)
+    }))
+})
