@@ -10,6 +10,8 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as HashSet from "effect/HashSet"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
@@ -58,17 +60,19 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, unknown, imp
       inFlight++
       res.once("close", () => inFlight--)
     })
+    // Request fibers inherit the fiber refs of the effect that starts serving:
+    // JSON logs, one line per request, at the configured level.
     const app = Effect.flatMap(
       Http.make({ maxBodyBytes: config.server.maxBodyBytes, adminKey: config.server.adminKey }),
       (handler) => HttpServer.serveEffect(handler)
+    ).pipe(
+      Effect.locally(FiberRef.currentLoggers, HashSet.make(Logger.withConsoleLog(Logger.jsonLogger))),
+      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
     )
-    const logger = Logger.replace(Logger.defaultLogger, Logger.jsonLogger)
     yield* Layer.buildWithScope(
       Layer.scopedDiscard(app).pipe(
         Layer.provide(servicesLayer(config)),
-        Layer.provide(NodeHttpServer.layer(() => server, { host: config.server.host, port: config.server.port })),
-        Layer.provide(logger),
-        Layer.provide(Logger.minimumLogLevel(LogLevel.fromLiteral(config.server.logLevel)))
+        Layer.provide(NodeHttpServer.layer(() => server, { host: config.server.host, port: config.server.port }))
       ),
       yield* Effect.scope
     )
