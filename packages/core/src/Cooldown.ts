@@ -12,6 +12,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import { taggedBy } from "./internal/taggedMetrics.js"
 
 export type Reason = "rate-limited" | "quota-exhausted" | "low-headroom"
 
@@ -40,6 +41,8 @@ const startedCounter = Metric.counter("breakwater_cooldowns_total", {
   incremental: true
 })
 
+const startedBy = taggedBy(startedCounter, ["upstream", "reason"])
+
 /** Starts a cooldown of `duration` from now on `upstream`. */
 export const start = (
   upstream: string,
@@ -51,7 +54,7 @@ export const start = (
       const until = clock.unsafeCurrentTimeMillis() + Duration.toMillis(duration)
       return Effect.zipRight(
         store.start(upstream, { until, reason }),
-        Metric.increment(Metric.tagged(Metric.tagged(startedCounter, "upstream", upstream), "reason", reason))
+        Metric.increment(startedBy(upstream, reason))
       )
     }))
 

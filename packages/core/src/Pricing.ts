@@ -15,7 +15,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
+import { taggedBy } from "./internal/taggedMetrics.js"
 import type { Usage } from "./OpenAI.js"
 
 /** USD per million tokens. */
@@ -80,25 +80,23 @@ export const make = (table: Record<string, Price> = {}): Pricing => {
     return (usage.prompt_tokens * p.input + usage.completion_tokens * p.output) / 1_000_000
   }
 
+  const tokensBy = taggedBy(tokensTotal, ["upstream", "model", "key", "kind"])
+  const costBy = taggedBy(costTotal, ["upstream", "model", "key"])
+
   const record = (labels: Labels, usage: Usage | undefined, costUsd: number | undefined): Effect.Effect<void> =>
     Effect.suspend(() => {
       const effects: Array<Effect.Effect<void>> = []
-      const tags = [
-        MetricLabel.make("upstream", labels.upstream),
-        MetricLabel.make("model", labels.model),
-        MetricLabel.make("key", labels.key)
-      ]
       // Counters only go up: zero, negative and NaN amounts are skipped.
       if (usage !== undefined && usage.prompt_tokens > 0) {
-        const prompt = Metric.taggedWithLabels(tokensTotal, [...tags, MetricLabel.make("kind", "prompt")])
-        effects.push(Metric.incrementBy(prompt, usage.prompt_tokens))
+        effects.push(Metric.incrementBy(tokensBy(labels.upstream, labels.model, labels.key, "prompt"), usage.prompt_tokens))
       }
       if (usage !== undefined && usage.completion_tokens > 0) {
-        const completion = Metric.taggedWithLabels(tokensTotal, [...tags, MetricLabel.make("kind", "completion")])
-        effects.push(Metric.incrementBy(completion, usage.completion_tokens))
+        effects.push(
+          Metric.incrementBy(tokensBy(labels.upstream, labels.model, labels.key, "completion"), usage.completion_tokens)
+        )
       }
       if (costUsd !== undefined && costUsd > 0) {
-        effects.push(Metric.incrementBy(Metric.taggedWithLabels(costTotal, tags), costUsd))
+        effects.push(Metric.incrementBy(costBy(labels.upstream, labels.model, labels.key), costUsd))
       }
       return Effect.all(effects, { discard: true })
     })

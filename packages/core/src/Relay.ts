@@ -25,6 +25,8 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -36,6 +38,7 @@ import * as Stream from "effect/Stream"
 import type * as Bulkhead from "./Bulkhead.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Cooldown from "./Cooldown.js"
+import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
 import * as Pricing from "./Pricing.js"
 import type * as RateLimiter from "./RateLimiter.js"
@@ -201,6 +204,9 @@ const latencyHistogram = Metric.histogram(
   MetricBoundaries.exponential({ start: 5, factor: 2, count: 14 }),
   "Latency of upstream calls, ms"
 )
+
+const requestsBy = taggedBy(requestsCounter, ["upstream", "outcome"])
+const latencyBy = taggedBy(latencyHistogram, ["upstream"])
 
 const CHAT = "/chat/completions"
 const EMBEDDINGS = "/embeddings"
@@ -458,7 +464,9 @@ export const make = (
           ok ? round(n + 1) : Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures })))
       }
 
-      return Timeout.withDeadline(round(1), budget)
+      // Every wait inside is deadline-aware (attempts, backoff, cooldown
+      // waits), so the deadline needs no timer fiber of its own.
+      return Timeout.withCooperativeDeadline(round(1), budget)
     }
 
     /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */
@@ -512,8 +520,8 @@ export const make = (
           const latency = now - started
           Upstream.record(u, now, latency, outcome._tag === "Failed" ? outcome.error : undefined)
           return Effect.zipRight(
-            Metric.increment(Metric.tagged(Metric.tagged(requestsCounter, "upstream", u.name), "outcome", outcome._tag === "Ok" ? "ok" : outcome.error._tag)),
-            Metric.update(Metric.tagged(latencyHistogram, "upstream", u.name), latency)
+            Metric.increment(requestsBy(u.name, outcome._tag === "Ok" ? "ok" : outcome.error._tag)),
+            Metric.update(latencyBy(u.name), latency)
           )
         }).pipe(
           Effect.map((outcome): Attempted<readonly [Classified, number]> =>
@@ -659,20 +667,26 @@ export const make = (
         const attempt = (u: Upstream.Upstream, progress: Progress) =>
           Effect.clockWith((clock) => {
             const started = clock.unsafeCurrentTimeMillis()
-            const call = Effect.suspend(() => {
-              progress.attempts++
-              return Effect.zipRight(
-                Scope.extend(u.bulkhead.acquire, scope).pipe(
-                  Effect.catchTag("BulkheadFull", () => Effect.fail(new UpstreamServerError({ upstream: u.name, status: 503 })))
-                ),
-                openStream(u, bodyFor(u, request, options?.rawBody), scope)
-              )
-            })
-            return Effect.tap(guarded(u, tokens, call, "held"), (outcome) => {
-              if (outcome._tag !== "Failed") return Effect.void
-              const now = clock.unsafeCurrentTimeMillis()
-              Upstream.record(u, now, now - started, outcome.error)
-              return Metric.increment(Metric.tagged(Metric.tagged(requestsCounter, "upstream", u.name), "outcome", outcome.error._tag))
+            // Each attempt gets its own scope inside the stream's: a failed
+            // attempt gives its bulkhead slot and connection back at once.
+            return Effect.flatMap(Scope.fork(scope, ExecutionStrategy.sequential), (attemptScope) => {
+              const release = Scope.close(attemptScope, Exit.void)
+              const call = Effect.suspend(() => {
+                progress.attempts++
+                return openStream(u, bodyFor(u, request, options?.rawBody), attemptScope)
+              })
+              return Effect.flatMap(Effect.either(Scope.extend(u.bulkhead.acquire, attemptScope)), (slot) =>
+                Either.isLeft(slot)
+                  ? Effect.as(release, { _tag: "Skipped", reason: "bulkhead full" } as Attempted<Opened>)
+                  : guarded(u, tokens, call, "held").pipe(
+                    Effect.tap((outcome) => outcome._tag === "Ok" ? Effect.void : release),
+                    Effect.onError(() => release)
+                  )).pipe(Effect.tap((outcome) => {
+                    if (outcome._tag !== "Failed") return Effect.void
+                    const now = clock.unsafeCurrentTimeMillis()
+                    Upstream.record(u, now, now - started, outcome.error)
+                    return Metric.increment(requestsBy(u.name, outcome.error._tag))
+                  }))
             })
           })
         const [opened, u, progress] = yield* failover(request.model, attempt).pipe(

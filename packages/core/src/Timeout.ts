@@ -80,6 +80,27 @@ export const withDeadline: {
   ))
 
 /**
+ * Sets the same deadline as {@link withDeadline} for nested `attempt`s,
+ * retries and waits to respect, but without a timer of its own: for work
+ * whose every wait already reads the deadline (the relay's attempts, backoff
+ * and cooldown waits). It saves the fiber that cutting arbitrary work short
+ * costs; an attempt still fails `DeadlineExceeded` when the deadline is the
+ * nearer limit.
+ */
+export const withCooperativeDeadline: {
+  (budget: Duration.DurationInput): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, budget: Duration.DurationInput): Effect.Effect<A, E, R>
+} = dual(2, <A, E, R>(self: Effect.Effect<A, E, R>, budget: Duration.DurationInput) =>
+  Effect.clockWith((clock) =>
+    Effect.flatMap(FiberRef.get(currentDeadline), (outer) => {
+      const b = Duration.decode(budget)
+      const own = clock.unsafeCurrentTimeMillis() + Duration.toMillis(b)
+      if (Option.isSome(outer) && outer.value[0] <= own) return self
+      return Effect.locally(self, currentDeadline, Option.some([own, b] as const))
+    })
+  ))
+
+/**
  * Runs one attempt under `timeout`, cut short by the current deadline: when
  * the deadline is the nearer limit the attempt fails `DeadlineExceeded`,
  * otherwise `AttemptTimedOut`.

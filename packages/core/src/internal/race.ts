@@ -23,7 +23,9 @@ export const timeoutWith = <A, E, R, E2>(
     Effect.flatMap(Effect.runtime<R>(), (runtime) =>
       Effect.async<A, E | E2>((resume) => {
         let settled = false
-        const child = Runtime.runFork(runtime)(self)
+        // Interruptible whatever the caller's region: a timeout must be able
+        // to stop the call it guards.
+        const child = Runtime.runFork(runtime)(Effect.interruptible(self))
         let cancelTimer: () => void
         const fire = () => {
           if (settled) return
