@@ -8,20 +8,40 @@
  * status the official SDK maps to its error classes.
  */
 import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { taggedBy } from "@breakwater/core/internal/taggedMetrics"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
-import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import { type Caller, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
+
+/** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
+export interface Incoming {
+  readonly method: string
+  readonly url: string
+  readonly headers: Readonly<Record<string, string | undefined>>
+  /** The body as text, or undefined when it is larger than `maxBodyBytes`. */
+  readonly body: Effect.Effect<string | undefined>
+}
+
+/** A response: a complete text body, or a stream of text (server-sent events). */
+export interface Reply {
+  readonly status: number
+  readonly headers: Record<string, string>
+  readonly body: string | Stream.Stream<string>
+}
+
+const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
+  status,
+  headers: { "content-type": contentType, ...headers },
+  body
+})
 
 export interface Options {
   readonly maxBodyBytes: number
@@ -40,23 +60,21 @@ const failure = (
   code: string | null,
   param: string | null = null,
   headers: Record<string, string> = {}
-): HttpServerResponse.HttpServerResponse =>
-  HttpServerResponse.text(OpenAI.errorBody(message, type, param, code), { status, contentType: JSON_TYPE, headers })
+): Reply => text(status, OpenAI.errorBody(message, type, param, code), JSON_TYPE, headers)
 
-const json = (status: number, body: unknown) =>
-  HttpServerResponse.text(JSON.stringify(body), { status, contentType: JSON_TYPE })
+const json = (status: number, body: unknown): Reply => text(status, JSON.stringify(body), JSON_TYPE)
 
 const retryAfterHeader = (d: Duration.Duration | undefined): Record<string, string> =>
   d === undefined ? {} : { "retry-after": String(Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))) }
 
 /** The relay's failures, as the OpenAI API would answer them. */
-const relayFailure = (error: Relay.RelayError): HttpServerResponse.HttpServerResponse => {
+const relayFailure = (error: Relay.RelayError): Reply => {
   switch (error._tag) {
     case "UnknownModel":
       return failure(404, error.message, "invalid_request_error", "model_not_found", "model")
     case "UpstreamRejected":
       // The caller's own mistake, as the upstream put it.
-      return HttpServerResponse.text(error.body, { status: error.status, contentType: error.contentType ?? JSON_TYPE })
+      return text(error.status, error.body, error.contentType ?? JSON_TYPE)
     case "NoUpstreamAvailable":
       return failure(503, error.message, "upstream_error", "no_upstream_available", null, retryAfterHeader(error.retryAfter))
     case "AllUpstreamsFailed":
@@ -91,6 +109,8 @@ interface Log {
   status: number
   cache: string | undefined
   costUsd: number | undefined
+  /** Why each upstream failed or was left out, when the relay failed. */
+  failures: ReadonlyArray<string> | undefined
 }
 
 export const make = (options: Options) =>
@@ -106,17 +126,8 @@ export const make = (options: Options) =>
       data: relay.models.filter((m) => m !== "*").map((id) => ({ id, object: "model", created: 0, owned_by: "breakwater" }))
     })
 
-    /** Reads the body as text within the size limit; undefined when it is too large. */
-    const readBody = (request: HttpServerRequest.HttpServerRequest) => {
-      const declared = Number(request.headers["content-length"] ?? "0")
-      if (declared > options.maxBodyBytes) return Effect.succeed(undefined)
-      return request.text.pipe(
-        Effect.map((text): string | undefined => Buffer.byteLength(text) > options.maxBodyBytes ? undefined : text),
-        Effect.catchAll(() => Effect.succeed(undefined))
-      )
-    }
 
-    const parseJson = (text: string): Either.Either<unknown, HttpServerResponse.HttpServerResponse> => {
+    const parseJson = (text: string): Either.Either<unknown, Reply> => {
       if (text.trim() === "") {
         return Either.left(failure(400, "The request body is empty; expected a JSON object.", "invalid_request_error", null))
       }
@@ -134,7 +145,7 @@ export const make = (options: Options) =>
       }
     }
 
-    const cacheControl = (request: HttpServerRequest.HttpServerRequest) => {
+    const cacheControl = (request: Incoming) => {
       const header = request.headers["cache-control"]
       if (header === undefined) return undefined
       const v = header.toLowerCase()
@@ -157,18 +168,18 @@ export const make = (options: Options) =>
 
     /** A relayed POST: body limits, JSON, schema, auth, key limits, then the relay. */
     const relayed = (
-      request: HttpServerRequest.HttpServerRequest,
+      request: Incoming,
       log: Log,
       kind: "chat" | "embeddings"
-    ): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
+    ): Effect.Effect<Reply> =>
       Effect.gen(function*() {
         const caller = yield* Effect.either(gateway.authenticate(request.headers["authorization"]))
         if (Either.isLeft(caller)) {
           return failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
         }
         log.key = caller.right.name
-        const text = yield* readBody(request)
-        if (text === undefined) {
+        const body = yield* request.body
+        if (body === undefined) {
           return failure(
             413,
             `The request body is larger than ${options.maxBodyBytes} bytes.`,
@@ -176,14 +187,14 @@ export const make = (options: Options) =>
             "request_too_large"
           )
         }
-        const parsed = parseJson(text)
+        const parsed = parseJson(body)
         if (Either.isLeft(parsed)) return parsed.left
         if (kind === "chat") {
           const decoded = OpenAI.decodeChatRequest(parsed.right)
           if (Either.isLeft(decoded)) {
             return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
           }
-          return yield* chat(request, log, caller.right, decoded.right, text)
+          return yield* chat(request, log, caller.right, decoded.right, body)
         }
         const decoded = OpenAI.decodeEmbeddingsRequest(parsed.right)
         if (Either.isLeft(decoded)) {
@@ -192,13 +203,13 @@ export const make = (options: Options) =>
         log.model = decoded.right.model
         const admitted = yield* admit(caller.right, 1)
         if (admitted !== undefined) return admitted
-        return yield* relay.embeddings(decoded.right, { key: caller.right.name, rawBody: text }).pipe(
+        return yield* relay.embeddings(decoded.right, { key: caller.right.name, rawBody: body }).pipe(
           Effect.tap((result) => gateway.charge(caller.right, result.metadata.costUsd)),
           Effect.map((result) => {
             noteResult(log, result.metadata)
-            return HttpServerResponse.text(result.body, { contentType: JSON_TYPE, headers: relayedHeaders(result.metadata) })
+            return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata))
           }),
-          Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+          Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
         )
       })
 
@@ -214,6 +225,17 @@ export const make = (options: Options) =>
         })
       )
 
+    /** A failed relay, logged with the upstream calls it made. */
+    const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
+      if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable") {
+        log.failures = error.failures.map((f) => `${f.upstream}: ${f.reason}`)
+      } else if (error._tag === "UpstreamRejected") {
+        log.upstream = error.upstream
+        log.attempts = 1
+      }
+      return relayFailure(error)
+    }
+
     const noteResult = (log: Log, m: Relay.Metadata) => {
       log.upstream = m.upstream
       log.attempts = m.attempts
@@ -222,12 +244,12 @@ export const make = (options: Options) =>
     }
 
     const chat = (
-      request: HttpServerRequest.HttpServerRequest,
+      request: Incoming,
       log: Log,
       caller: Caller,
       body: OpenAI.ChatCompletionRequest,
       raw: string
-    ): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
+    ): Effect.Effect<Reply> =>
       Effect.gen(function*() {
         log.model = body.model
         const admitted = yield* admit(caller, OpenAI.estimateTokens(body))
@@ -243,30 +265,30 @@ export const make = (options: Options) =>
                 Stream.ensuring(Effect.flatMap(result.done, (m) => {
                   noteResult(log, m)
                   return gateway.charge(caller, m.costUsd)
-                })),
-                Stream.encodeText
+                }))
               )
-              return HttpServerResponse.stream(events, {
-                contentType: "text/event-stream",
-                headers: { "cache-control": "no-cache", ...relayedHeaders(result) }
-              })
+              return {
+                status: 200,
+                headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
+                body: events
+              }
             }),
-            Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+            Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
           )
         }
         return yield* relay.chat(body, options).pipe(
           Effect.tap((result) => gateway.charge(caller, result.metadata.costUsd)),
           Effect.map((result) => {
             noteResult(log, result.metadata)
-            return HttpServerResponse.text(result.body, { contentType: JSON_TYPE, headers: relayedHeaders(result.metadata) })
+            return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata))
           }),
-          Effect.catchAll((e) => Effect.succeed(relayFailure(e)))
+          Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
         )
       })
 
     // ----- admin ------------------------------------------------------------
 
-    const adminAuth = (request: HttpServerRequest.HttpServerRequest): HttpServerResponse.HttpServerResponse | undefined => {
+    const adminAuth = (request: Incoming): Reply | undefined => {
       if (adminDigest === undefined) {
         return failure(403, "The admin API is disabled: set server.adminKey to enable it.", "permission_error", "admin_disabled")
       }
@@ -302,7 +324,7 @@ export const make = (options: Options) =>
         }
       })
 
-    const admin = (request: HttpServerRequest.HttpServerRequest, path: string) =>
+    const admin = (request: Incoming, path: string) =>
       Effect.gen(function*() {
         const denied = adminAuth(request)
         if (denied !== undefined) return denied
@@ -339,7 +361,7 @@ export const make = (options: Options) =>
 
     // ----- dispatch ---------------------------------------------------------
 
-    const route = (request: HttpServerRequest.HttpServerRequest, path: string, log: Log) => {
+    const route = (request: Incoming, path: string, log: Log) => {
       switch (path) {
         case "/v1/chat/completions":
           return request.method === "POST" ? relayed(request, log, "chat") : Effect.succeed(methodNotAllowed(["POST"]))
@@ -352,7 +374,7 @@ export const make = (options: Options) =>
             (caller) =>
               Either.isLeft(caller)
                 ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
-                : HttpServerResponse.text(modelsBody, { contentType: JSON_TYPE })
+                : text(200, modelsBody, JSON_TYPE)
           )
         case "/healthz":
           return Effect.succeed(request.method === "GET" ? json(200, { status: "ok" }) : methodNotAllowed(["GET"]))
@@ -364,7 +386,7 @@ export const make = (options: Options) =>
           if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
           return Effect.zipRight(
             Effect.forEach(relay.upstreams, (u) => u.bulkhead.updateGauges, { discard: true }),
-            Effect.map(Prometheus.render, (text) => HttpServerResponse.text(text, { contentType: Prometheus.contentType }))
+            Effect.map(Prometheus.render, (body) => text(200, body, Prometheus.contentType))
           )
         default:
           if (path.startsWith("/admin/")) return admin(request, path)
@@ -372,8 +394,7 @@ export const make = (options: Options) =>
       }
     }
 
-    return Effect.gen(function*() {
-      const request = yield* HttpServerRequest.HttpServerRequest
+    return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : randomUUID()
@@ -387,7 +408,8 @@ export const make = (options: Options) =>
         attempts: undefined,
         status: 0,
         cache: undefined,
-        costUsd: undefined
+        costUsd: undefined,
+        failures: undefined
       }
       const response = yield* route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
@@ -401,14 +423,7 @@ export const make = (options: Options) =>
       if (path.startsWith("/v1/")) {
         const elapsed = performance.now() - started
         const model = log.model !== undefined && (knownModels.has(log.model) || knownModels.has("*")) ? log.model : "unknown"
-        yield* Metric.increment(
-          Metric.taggedWithLabels(requestsCounter, [
-            labels("upstream", log.upstream ?? "none"),
-            labels("model", model),
-            labels("key", log.key),
-            labels("status", String(response.status))
-          ])
-        )
+        yield* Metric.increment(requestsBy(log.upstream ?? "none", model, log.key, String(response.status)))
         yield* Metric.update(durationHistogram, elapsed)
         yield* Effect.logInfo("request").pipe(
           Effect.annotateLogs({
@@ -422,15 +437,17 @@ export const make = (options: Options) =>
             status: response.status,
             latencyMs: Math.round(elapsed * 10) / 10,
             cache: log.cache ?? null,
-            costUsd: log.costUsd ?? 0
+            costUsd: log.costUsd ?? 0,
+            ...(log.failures === undefined ? {} : { failures: log.failures })
           })
         )
       }
-      return HttpServerResponse.setHeader(response, "x-request-id", requestId)
+      response.headers["x-request-id"] = requestId
+      return response
     })
   })
 
-const labels = (key: string, value: string) => MetricLabel.make(key, value)
+const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 
 const constantTimeEqual = (a: string, b: string): boolean =>
   timingSafeEqual(createHash("sha256").update(a).digest(), createHash("sha256").update(b).digest())

@@ -1,0 +1,130 @@
+/**
+ * `npm run bench:server`: throughput and added latency of the gateway.
+ *
+ * Starts, each in its own process on 127.0.0.1, a fake upstream (0 ms) and
+ * the Breakwater server in front of it, then drives each with the same load
+ * (autocannon, fixed connections and duration), one after the other, in one
+ * run: first the upstream directly, then through Breakwater. Prints requests
+ * per second, p50 / p99 latency, the latency Breakwater adds, and the
+ * server's peak RSS.
+ */
+import autocannon from "autocannon"
+import { type ChildProcess, spawn } from "node:child_process"
+import { readFileSync, writeFileSync } from "node:fs"
+import { availableParallelism, tmpdir } from "node:os"
+import { join } from "node:path"
+
+const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 32)
+const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
+const root = new URL("../../../", import.meta.url).pathname
+const tsx = join(root, "node_modules/.bin/tsx")
+
+const children: Array<ChildProcess> = []
+const cleanup = () => {
+  for (const c of children) c.kill("SIGKILL")
+}
+process.on("exit", cleanup)
+
+/** Spawns a process and resolves with the first stdout line matching `ready`. */
+const launch = (cmd: string, args: Array<string>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    children.push(child)
+    let buffer = ""
+    const timer = setTimeout(() => reject(new Error(`${args.join(" ")} did not start`)), 20_000)
+    child.stdout!.on("data", (d: Buffer) => {
+      buffer += d.toString()
+      const m = buffer.match(ready)
+      if (m) {
+        clearTimeout(timer)
+        child.stdout!.removeAllListeners("data")
+        child.stdout!.resume() // keep draining (request logs)
+        resolve({ child, match: m })
+      }
+    })
+    child.stderr!.on("data", () => {})
+    child.once("exit", (code) => reject(new Error(`${args.join(" ")} exited with ${code}`)))
+  })
+
+const rssOf = (pid: number) => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kb = (key: string) => Number(/(\d+) kB/.exec(status.split("\n").find((l) => l.startsWith(key)) ?? "")?.[1] ?? 0)
+  return { rssMb: kb("VmRSS:") / 1024, peakMb: kb("VmHWM:") / 1024 }
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+const cpuOf = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
+const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "Benchmark me." }] })
+
+const load = async (url: string) => {
+  const result = await autocannon({
+    url: `${url}/chat/completions`,
+    method: "POST",
+    connections: CONNECTIONS,
+    duration: DURATION,
+    headers: { "content-type": "application/json", authorization: "Bearer bench", "cache-control": "no-cache, no-store" },
+    body
+  })
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    max: result.latency.max,
+    errors: result.errors + result.timeouts + result.non2xx,
+    total: result.requests.total
+  }
+}
+
+const main = async () => {
+  const fake = await launch(tsx, ["packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
+  const upstreamUrl = fake.match[1]!
+  const config = join(tmpdir(), `breakwater-bench-${process.pid}.yaml`)
+  writeFileSync(
+    config,
+    `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
+      `upstreams:\n  - name: bench\n    baseUrl: "${upstreamUrl}"\n    apiKey: sk-bench\n    maxConcurrent: 1000\n` +
+      `cache:\n  enabled: false\n`
+  )
+  const server = await launch("node", ["packages/server/bin/breakwater.js", "--config", config], /on (http:\/\/\S+)/)
+  const gatewayUrl = `${server.match[1]!}/v1`
+
+  // Warm both paths (JIT, keep-alive pools), then measure one after the other.
+  await autocannon({ url: `${upstreamUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
+  await autocannon({ url: `${gatewayUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
+  const direct = await load(upstreamUrl)
+  const cpu0 = cpuOf(server.child.pid!)
+  const through = await load(gatewayUrl)
+  const cpuPerRequestUs = ((cpuOf(server.child.pid!) - cpu0) * 1e6) / Math.max(1, through.total)
+  const mem = rssOf(server.child.pid!)
+
+  const row = (name: string, r: typeof direct, extra: string) =>
+    `| ${name.padEnd(22)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
+      r.max.toFixed(1).padStart(7)
+    } | ${String(r.errors).padStart(6)} | ${extra} |`
+  console.log(
+    `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
+      `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
+  )
+  console.log(`| ${"target".padEnd(22)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | notes |`)
+  console.log(`|${"-".repeat(24)}|${"-".repeat(10)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(8)}|-------|`)
+  console.log(row("direct (fake upstream)", direct, "baseline"))
+  console.log(
+    row(
+      "through Breakwater",
+      through,
+      `${((through.rps / direct.rps) * 100).toFixed(0)}% of direct; adds p50 ${(through.p50 - direct.p50).toFixed(2)} ms, ` +
+        `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
+    )
+  )
+  cleanup()
+}
+
+main().then(() => process.exit(0), (error) => {
+  console.error(error)
+  cleanup()
+  process.exit(1)
+})
