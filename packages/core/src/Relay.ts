@@ -401,11 +401,12 @@ export const make = (
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
             Effect.flatMap(router.plan(servers, now, active), (plan) => {
+              const attemptsBefore = progress.attempts
               const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
                 if (progress.attempts >= maxAttempts) {
                   return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
                 }
-                if (i >= plan.order.length) return nextRound(n, plan, now, active)
+                if (i >= plan.order.length) return nextRound(n, plan, now, active, progress.attempts > attemptsBefore)
                 const u = plan.order[i]!
                 return Effect.flatMap(attempt(u, progress), (outcome) => {
                   switch (outcome._tag) {
@@ -438,17 +439,36 @@ export const make = (
         n: number,
         plan: Router.Plan,
         now: number,
-        active: ReadonlyMap<string, Cooldown.Cooldown>
+        active: ReadonlyMap<string, Cooldown.Cooldown>,
+        called: boolean
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+        Effect.flatMap(
+          Effect.forEach(plan.excluded, ([u, why]) =>
+            why === "cooling-down"
+              ? Effect.succeed(active.get(u.name)?.until)
+              : why === "circuit-open"
+              ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
+              : Effect.succeed(undefined)),
+          (comebacks) => afterRound(n, plan, now, called, comebacks)
+        )
+
+      /**
+       * `called`: whether this round made any upstream call. A round where
+       * every upstream was left out or refused by our own protections waits
+       * for the first to come back (cooldown or open breaker), within
+       * `maxRetryAfter`, or reports that none is available.
+       */
+      const afterRound = (
+        n: number,
+        plan: Router.Plan,
+        now: number,
+        called: boolean,
+        comebacks: ReadonlyArray<number | undefined>
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
         const excluded = plan.excluded.map(([u, why]) => ({ upstream: u.name, reason: why }))
-        // The soonest an excluded upstream comes back.
         let soonest: number | undefined
-        for (const [u, why] of plan.excluded) {
-          const at = why === "cooling-down" ? active.get(u.name)?.until : undefined
-          if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
-        }
-        const tried = plan.order.length > 0
-        if (!tried) {
+        for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
+        if (!called) {
           const waitMillis = soonest === undefined ? undefined : soonest - now
           if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && n < maxRounds + 1) {
             return Effect.flatMap(Timeout.remaining, (left) =>
@@ -560,7 +580,8 @@ export const make = (
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
       Effect.flatMap(
         failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
-        ([value, u, progress]) => finish(request.model, options?.key ?? "anonymous", value, u, progress, status)
+        ([value, u, progress]) =>
+          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status)
       )
 
     const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {
@@ -597,7 +618,8 @@ export const make = (
     const embeddings = (request: OpenAI.EmbeddingsRequest, options?: CallOptions): Effect.Effect<Result, RelayError> =>
       Effect.flatMap(
         failover(request.model, jsonAttempt(EMBEDDINGS, request, 0, options?.rawBody, OpenAI.inspectEmbeddings)),
-        ([value, u, progress]) => finish(request.model, options?.key ?? "anonymous", value, u, progress, "bypass")
+        ([value, u, progress]) =>
+          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, "bypass")
       )
 
     // ----- streaming ------------------------------------------------------------
@@ -727,7 +749,8 @@ export const make = (
           Stream.ensuring(Scope.close(scope, Exit.void))
         )
         const done: Effect.Effect<Metadata> = Effect.clockWith((clock) => {
-          const costUsd = usage === undefined ? undefined : pricing.cost(request.model, usage)
+          const priced = u.modelFor(request.model) ?? request.model
+          const costUsd = usage === undefined ? undefined : pricing.cost(priced, usage)
           const now = clock.unsafeCurrentTimeMillis()
           const failed = streamError === undefined ? undefined : new InvalidResponse({ upstream: u.name, reason: streamError })
           Upstream.record(u, now, now - opened.started, failed)
@@ -740,7 +763,7 @@ export const make = (
             costUsd,
             failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
           }
-          return Effect.as(pricing.record({ upstream: u.name, model: request.model, key }, usage, costUsd), metadata)
+          return Effect.as(pricing.record({ upstream: u.name, model: priced, key }, usage, costUsd), metadata)
         })
         return { events, upstream: u.name, attempts: progress.attempts, done }
       })
