@@ -9,6 +9,7 @@
  * server's peak RSS.
  */
 import autocannon from "autocannon"
+import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
@@ -79,6 +80,22 @@ const load = async (url: string) => {
   }
 }
 
+/** One connection, one request at a time: the latency the gateway adds when it is not queueing. */
+const sequential = async (url: string, count = 2000) => {
+  const agent = new Agent({ connections: 1 })
+  const samples: Array<number> = []
+  const headers = { "content-type": "application/json", "cache-control": "no-cache, no-store" }
+  for (let i = 0; i < count + 200; i++) {
+    const t0 = process.hrtime.bigint()
+    const res = await request(`${url}/chat/completions`, { method: "POST", body, headers, dispatcher: agent })
+    await res.body.text()
+    if (i >= 200) samples.push(Number(process.hrtime.bigint() - t0) / 1e6)
+  }
+  await agent.close()
+  samples.sort((a, b) => a - b)
+  return { p50: samples[Math.floor(count * 0.5)]!, p99: samples[Math.floor(count * 0.99)]! }
+}
+
 const main = async () => {
   const fake = await launch(tsx, ["packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
@@ -95,6 +112,8 @@ const main = async () => {
   // Warm both paths (JIT, keep-alive pools), then measure one after the other.
   await autocannon({ url: `${upstreamUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
   await autocannon({ url: `${gatewayUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
+  const directSeq = await sequential(upstreamUrl)
+  const throughSeq = await sequential(gatewayUrl)
   const direct = await load(upstreamUrl)
   const cpu0 = cpuOf(server.child.pid!)
   const through = await load(gatewayUrl)
@@ -119,6 +138,11 @@ const main = async () => {
       `${((through.rps / direct.rps) * 100).toFixed(0)}% of direct; adds p50 ${(through.p50 - direct.p50).toFixed(2)} ms, ` +
         `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
     )
+  )
+  console.log(
+    `\nsequential, 1 connection, 2000 requests: direct p50 ${directSeq.p50.toFixed(3)} ms / p99 ${directSeq.p99.toFixed(3)} ms; ` +
+      `through Breakwater p50 ${throughSeq.p50.toFixed(3)} ms / p99 ${throughSeq.p99.toFixed(3)} ms; ` +
+      `added p50 ${(throughSeq.p50 - directSeq.p50).toFixed(3)} ms, p99 ${(throughSeq.p99 - directSeq.p99).toFixed(3)} ms`
   )
   cleanup()
 }
