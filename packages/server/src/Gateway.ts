@@ -16,14 +16,9 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import type { KeyConfig } from "./Config.js"
 
-export interface KeyConfig {
-  readonly name: string
-  readonly key: Redacted.Redacted<string>
-  readonly requestsPerMinute?: number | undefined
-  readonly tokensPerMinute?: number | undefined
-  readonly budgetUsd?: number | undefined
-}
+export type { KeyConfig }
 
 export interface Caller {
   readonly name: string
