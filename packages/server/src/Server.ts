@@ -7,7 +7,9 @@
  */
 import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
 import * as Cause from "effect/Cause"
+import * as Redis from "@breakwater/core/Redis"
 import * as Context from "effect/Context"
+import * as Redacted from "effect/Redacted"
 import * as FiberId from "effect/FiberId"
 import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
@@ -26,13 +28,29 @@ import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
 
 /** The core services the HTTP app needs, from the config (in-memory stores). */
+/** Every shared store on one Redis connection, the response cache over it. */
+const redisStores = (
+  config: ServerConfig,
+  url: Redacted.Redacted<string>,
+  prefix: string
+): Layer.Layer<
+  RateLimiter.RateLimiterStore | Cooldown.CooldownStore | Spend.SpendStore | ResponseCache.ResponseCache
+> => {
+  const shared = Redis.layer({ url: Redacted.value(url), prefix })
+  return Layer.merge(shared, ResponseCache.layer({ ttl: config.cache.ttl }).pipe(Layer.provide(shared)))
+}
+
 export const servicesLayer = (config: ServerConfig) => {
-  const stores = Layer.mergeAll(
-    RateLimiter.layerStoreMemory,
-    Cooldown.layerStoreMemory,
-    Spend.layerStoreMemory,
-    ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
-  )
+  // `store.kind` switches every shared store at once. Layers are memoised
+  // by reference, so each store (and the Redis connection) is built once.
+  const stores = config.store.kind === "redis"
+    ? redisStores(config, config.store.url, config.store.prefix)
+    : Layer.mergeAll(
+      RateLimiter.layerStoreMemory,
+      Cooldown.layerStoreMemory,
+      Spend.layerStoreMemory,
+      ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
+    )
   const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
     Layer.provide(Layer.mergeAll(stores, UpstreamClient.layerUndici, Pricing.layer(config.pricing)))
   )

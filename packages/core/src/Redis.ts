@@ -1,0 +1,685 @@
+/**
+ * Redis implementations of the four shared stores (rate limits, cooldowns,
+ * the response cache, spend), on one ioredis connection, so that several
+ * replicas of a gateway share their state.
+ *
+ * Redis is an optimisation of correctness across replicas, never a new way
+ * for a request to fail: while it is unavailable (down at start, gone
+ * mid-run, or slower than `commandTimeout`) every call is answered by the
+ * store's in-memory twin instead. Rate limits then hold per replica, the
+ * cache misses or uses memory, spend accrues locally (and is added to Redis
+ * once it answers again), cooldowns started here apply here (and are written
+ * to Redis once it answers again). One warning is logged when Redis starts
+ * failing and one message when it is back; each fallback is counted in
+ * `breakwater_store_fallbacks_total{store}`. ioredis reconnects by itself;
+ * the first call that succeeds resumes the shared state.
+ *
+ * Keys, all under `prefix` (default `breakwater:`):
+ * - `rl:<key>`: a rate limiter's state. A hash `{ tokens, at }` for a token
+ *   bucket, a list of `time:cost` reservations for a sliding window. Both
+ *   expire once they are equivalent to a fresh key.
+ * - `cooldowns`: a hash, upstream -> `until|reason`.
+ * - `cache:<key>`: a cached response, with `PX` = the entry's TTL.
+ * - `spend:<key>`: a running total in USD (`INCRBYFLOAT`).
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { Redis as IORedis } from "ioredis"
+import { type Cooldown, CooldownStore, type Reason } from "./Cooldown.js"
+import * as RateLimiter from "./RateLimiter.js"
+import * as ResponseCache from "./ResponseCache.js"
+import { SpendStore } from "./Spend.js"
+
+export interface Options {
+  /** `redis://[user:password@]host:port/db` (or `rediss://`). */
+  readonly url: string
+  /** Key namespace, default `breakwater:`. Every key starts with it, so several gateways can share one Redis. */
+  readonly prefix?: string
+  /** How long a command may take before the call falls back to memory. Default 50 ms. */
+  readonly commandTimeout?: Duration.DurationInput
+  /** Cache values larger than this (UTF-8 bytes) are not stored. Default 1 MiB. */
+  readonly maxCacheEntryBytes?: number
+  /** How often active cooldowns are re-read from Redis. Default 250 ms. */
+  readonly cooldownRefresh?: Duration.DurationInput
+}
+
+/** The four stores, as made by {@link make}. */
+export interface Stores {
+  readonly rateLimiter: Context.Tag.Service<RateLimiter.RateLimiterStore>
+  readonly cooldown: Context.Tag.Service<CooldownStore>
+  readonly cache: Context.Tag.Service<ResponseCache.ResponseCacheStore>
+  readonly spend: Context.Tag.Service<SpendStore>
+}
+
+export type StoreName = "rate-limiter" | "cooldown" | "cache" | "spend"
+
+const fallbacksCounter = Metric.counter("breakwater_store_fallbacks_total", {
+  description: "Store calls answered from memory because Redis was unavailable",
+  incremental: true
+})
+
+const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
+  "rate-limiter": Metric.tagged(fallbacksCounter, "store", "rate-limiter"),
+  cooldown: Metric.tagged(fallbacksCounter, "store", "cooldown"),
+  cache: Metric.tagged(fallbacksCounter, "store", "cache"),
+  spend: Metric.tagged(fallbacksCounter, "store", "spend")
+}
+
+// ---------------------------------------------------------------------------
+// Lua
+
+/**
+ * The rate limiter's `acquire`, atomically: the same decisions as the memory
+ * store's `decideTokenBucket` and `decideSlidingWindow` (same arithmetic on
+ * the same doubles), with Redis `TIME` as the clock.
+ *
+ * KEYS[1]: the limiter key. ARGV: algorithm, limit, windowMillis, cost,
+ * maxWaitMillis (negative: unbounded), and optionally a fixed `now` (epoch
+ * millis; for tests only, the store never passes it).
+ *
+ * Returns `{ 1, waitMillis, remaining }` or `{ 0, retryAfterMillis, remaining }`,
+ * numbers as strings (Redis would truncate Lua numbers to integers).
+ *
+ * Numbers are written with `%.17g` (exact for doubles; Lua's `tostring`
+ * keeps only 14 digits) and TTLs with `%d`.
+ */
+export const acquireLua = `
+local key = KEYS[1]
+local algorithm = ARGV[1]
+local limit = tonumber(ARGV[2])
+local w = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local maxWait = tonumber(ARGV[5])
+if maxWait < 0 then maxWait = math.huge end
+local now
+if ARGV[6] ~= nil and ARGV[6] ~= "" then
+  now = tonumber(ARGV[6])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function num(x) return string.format("%.17g", x) end
+-- A TTL in whole millis: at least 1, and a number even for odd limits (0, huge).
+local function ttl(x)
+  x = math.ceil(x)
+  if not (x >= 1) then x = 1 end
+  if x > 1e15 then x = 1e15 end
+  return string.format("%d", x)
+end
+local kind = redis.call("TYPE", key)["ok"]
+
+if algorithm == "token-bucket" then
+  if kind ~= "hash" and kind ~= "none" then redis.call("DEL", key) end
+  local full = limit * w
+  local state = redis.call("HMGET", key, "tokens", "at")
+  local tokens = state[1] and tonumber(state[1])
+  local updated = state[2] and tonumber(state[2])
+  if not tokens or not updated then
+    tokens = full
+    updated = now
+  end
+  tokens = math.min(full, tokens + (now - updated) * limit)
+  local function save()
+    redis.call("HSET", key, "tokens", num(tokens), "at", num(now))
+    -- Once full, the bucket is the same as a fresh one.
+    redis.call("PEXPIRE", key, ttl((full - tokens) / limit))
+  end
+  local units = cost * w
+  if cost > limit then
+    save()
+    return { 0, num(w), num(math.max(0, math.floor(tokens / w))) }
+  end
+  if tokens >= units then
+    tokens = tokens - units
+    save()
+    return { 1, "0", num(math.max(0, math.floor(tokens / w))) }
+  end
+  local wait = math.ceil((units - tokens) / limit)
+  if wait <= maxWait then
+    tokens = tokens - units
+    save()
+    return { 1, num(wait), "0" }
+  end
+  save()
+  return { 0, num(wait), num(math.max(0, math.floor(tokens / w))) }
+end
+
+-- sliding window: a FIFO list of "time:cost" reservations
+if kind ~= "list" and kind ~= "none" then redis.call("DEL", key) end
+local entries = redis.call("LRANGE", key, 0, -1)
+local n = #entries
+local times = {}
+local costs = {}
+for i = 1, n do
+  local s = entries[i]
+  local c = string.find(s, ":", 1, true)
+  times[i] = tonumber(string.sub(s, 1, c - 1))
+  costs[i] = tonumber(string.sub(s, c + 1))
+end
+-- Forget what has left every window that can still matter.
+local head = 1
+while head <= n and times[head] <= now - w do head = head + 1 end
+if head > 1 then redis.call("LTRIM", key, head - 1, -1) end
+local last = now
+if n >= head then last = times[n] end
+local start = math.max(now, last)
+local used = 0
+local first = head
+while first <= n and times[first] <= start - w do first = first + 1 end
+for i = first, n do used = used + costs[i] end
+local remainingNow = math.max(0, limit - used)
+if cost > limit then return { 0, num(w), num(remainingNow) } end
+local at = start
+if used + cost > limit then
+  for i = first, n do
+    used = used - costs[i]
+    if used + cost <= limit then
+      at = times[i] + w
+      break
+    end
+  end
+end
+local wait = at - now
+if wait > maxWait then return { 0, num(wait), num(remainingNow) } end
+redis.call("RPUSH", key, num(at) .. ":" .. num(cost))
+-- Once the last reservation has left the window, the log is the same as an empty one.
+redis.call("PEXPIRE", key, ttl(wait + w))
+return { 1, num(wait), num(math.max(0, limit - used - cost)) }
+`
+
+/**
+ * Cooldown `start`: keeps the later end (a tie keeps the current one, as the
+ * memory store does), and forgets fields that have expired.
+ * KEYS[1]: the cooldowns hash. ARGV: upstream, until, reason, now.
+ */
+const cooldownStartLua = `
+local hash = KEYS[1]
+local untilMillis = tonumber(ARGV[2])
+local now = tonumber(ARGV[4])
+local current = redis.call("HGET", hash, ARGV[1])
+local currentUntil = current and tonumber(string.match(current, "^([^|]*)"))
+local stored = 0
+if not currentUntil or currentUntil < untilMillis then
+  redis.call("HSET", hash, ARGV[1], ARGV[2] .. "|" .. ARGV[3])
+  stored = 1
+end
+local all = redis.call("HGETALL", hash)
+for i = 1, #all, 2 do
+  local u = tonumber(string.match(all[i + 1], "^([^|]*)"))
+  if not u or u <= now then redis.call("HDEL", hash, all[i]) end
+end
+return stored
+`
+
+interface Client extends IORedis {
+  breakwaterAcquire(
+    key: string,
+    algorithm: string,
+    limit: string,
+    windowMillis: string,
+    cost: string,
+    maxWaitMillis: string
+  ): Promise<[number, string, string]>
+  breakwaterCooldownStart(hash: string, upstream: string, until: string, reason: string, now: string): Promise<number>
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/** `host:port/db` of a Redis URL: what logs may show (never the credentials). */
+const describeTarget = (url: string): string => {
+  try {
+    const u = new URL(url)
+    const db = u.pathname.replace(/^\//, "")
+    return `${u.hostname}:${u.port === "" ? "6379" : u.port}${db === "" ? "" : `/${db}`}`
+  } catch {
+    return "redis"
+  }
+}
+
+/** The URL's password, if any, so that it can be masked in error messages. */
+const passwordOf = (url: string): string | undefined => {
+  try {
+    const p = decodeURIComponent(new URL(url).password)
+    return p === "" ? undefined : p
+  } catch {
+    return undefined
+  }
+}
+
+/** Raised without sending anything: the connection is not ready. */
+class NotReady extends Error {
+  constructor(status: string) {
+    super(`connection ${status}`)
+    this.name = "NotReady"
+  }
+}
+
+/** Whether a failed command certainly never reached Redis. */
+const notSent = (cause: unknown): boolean =>
+  cause instanceof NotReady || (cause instanceof Error && cause.message.includes("enableOfflineQueue"))
+
+const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom"])
+
+/** `until|reason` as stored in the cooldowns hash, or undefined if malformed. */
+const parseCooldown = (value: string): Cooldown | undefined => {
+  const bar = value.indexOf("|")
+  if (bar < 0) return undefined
+  const until = Number(value.slice(0, bar))
+  const reason = value.slice(bar + 1)
+  if (!Number.isFinite(until) || !reasons.has(reason)) return undefined
+  return { until, reason: reason as Reason }
+}
+
+/** UTF-8 length of `value` is over `max`, computed only when it can matter. */
+const tooLarge = (value: string, max: number): boolean => {
+  if (value.length > max) return true
+  if (value.length * 3 <= max) return false
+  return Buffer.byteLength(value, "utf8") > max
+}
+
+const numberArg = (n: number): string => String(n)
+
+// ---------------------------------------------------------------------------
+// The stores
+
+/**
+ * The four stores on one connection, closed with the scope. Never fails:
+ * when Redis cannot be reached the stores answer from memory until it can.
+ */
+export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const prefix = options.prefix ?? "breakwater:"
+    const commandTimeout = Math.max(1, Math.round(Duration.toMillis(options.commandTimeout ?? Duration.millis(50))))
+    const maxCacheEntryBytes = options.maxCacheEntryBytes ?? 1024 * 1024
+    const cooldownRefresh = Duration.decode(options.cooldownRefresh ?? Duration.millis(250))
+    const target = describeTarget(options.url)
+    const password = passwordOf(options.url)
+    const scrub = (message: string): string =>
+      password === undefined ? message : message.split(password).join("***")
+
+    const redis = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const client = new IORedis(options.url, {
+          lazyConnect: false,
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 0,
+          commandTimeout,
+          retryStrategy: (times) => Math.min(times * 100, 2000)
+        }) as Client
+        // Failures are reported by the calls that meet them; without a
+        // listener ioredis would print every reconnection error.
+        client.on("error", () => {})
+        client.defineCommand("breakwaterAcquire", { numberOfKeys: 1, lua: acquireLua })
+        client.defineCommand("breakwaterCooldownStart", { numberOfKeys: 1, lua: cooldownStartLua })
+        return client
+      }),
+      (client) =>
+        Effect.promise(() => client.status === "ready" ? client.quit().then(() => {}, () => {}) : Promise.resolve()).pipe(
+          Effect.timeoutOption(Duration.seconds(1)),
+          Effect.zipRight(Effect.sync(() => client.disconnect()))
+        )
+    )
+
+    // -- health: one warning per incident, one message when it is over
+
+    let failing = false
+    const markFailing = (store: StoreName, cause: unknown): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (failing) return Effect.void
+        failing = true
+        const reason = scrub(cause instanceof Error ? cause.message : String(cause))
+        return Effect.logWarning(
+          `Redis unavailable (${reason}): the stores answer from memory (limits per replica) until it is back`
+        ).pipe(Effect.annotateLogs({ redis: target, store }))
+      })
+    const markHealthy: Effect.Effect<void> = Effect.suspend(() => {
+      if (!failing) return Effect.void
+      failing = false
+      return Effect.logInfo("Redis is back: the stores share state again").pipe(Effect.annotateLogs({ redis: target }))
+    })
+
+    /** One command, failing at once (without sending) when the connection is not ready. */
+    const command = <A>(send: (client: Client) => Promise<A>): Effect.Effect<A, unknown> =>
+      Effect.suspend(() =>
+        redis.status === "ready"
+          ? Effect.tryPromise({ try: () => send(redis), catch: (cause) => cause })
+          : Effect.fail(new NotReady(redis.status))
+      )
+
+    /** `primary`, or `fallback` (counted, and warned about once) when Redis fails. */
+    const orFallback = <A, E>(
+      store: StoreName,
+      primary: Effect.Effect<A, unknown>,
+      fallback: (cause: unknown) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E> =>
+      Effect.matchEffect(primary, {
+        onSuccess: (a) => failing ? Effect.as(markHealthy, a) : Effect.succeed(a),
+        onFailure: (cause) =>
+          Effect.zipRight(
+            Effect.zipRight(Metric.increment(fallbacks[store]), markFailing(store, cause)),
+            fallback(cause)
+          )
+      })
+
+    // Wait a little for the first connection, so that the first requests do
+    // not all fall back; a Redis that is down reports an error at once.
+    let startupError = "no answer"
+    const connected = yield* Effect.async<boolean>((resume) => {
+      if (redis.status === "ready") return resume(Effect.succeed(true))
+      const onReady = () => done(true)
+      const onError = (error: unknown) => {
+        startupError = error instanceof Error ? error.message : String(error)
+        done(false)
+      }
+      const done = (ok: boolean) => {
+        redis.off("ready", onReady)
+        redis.off("error", onError)
+        resume(Effect.succeed(ok))
+      }
+      redis.once("ready", onReady)
+      redis.once("error", onError)
+      return Effect.sync(() => {
+        redis.off("ready", onReady)
+        redis.off("error", onError)
+      })
+    }).pipe(Effect.timeoutTo({ duration: Duration.seconds(1), onTimeout: () => false, onSuccess: (ok) => ok }))
+    if (!connected) {
+      yield* Effect.suspend(() =>
+        failing ? Effect.void : Effect.zipRight(
+          Effect.sync(() => {
+            failing = true
+          }),
+          Effect.logWarning(
+            `Redis unavailable at startup (${scrub(startupError)}): the stores answer from memory (limits per replica) until it is reachable`
+          ).pipe(Effect.annotateLogs({ redis: target }))
+        )
+      )
+    }
+
+    // -- rate limits
+
+    const rateLimiterMemory = yield* RateLimiter.makeStoreMemory
+    const rateLimiter: Stores["rateLimiter"] = {
+      acquire: (req) =>
+        orFallback(
+          "rate-limiter",
+          Effect.map(
+            command((c) =>
+              c.breakwaterAcquire(
+                `${prefix}rl:${req.key}`,
+                req.algorithm,
+                numberArg(req.limit),
+                numberArg(req.windowMillis),
+                numberArg(req.cost),
+                Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+              )
+            ),
+            ([granted, millis, remaining]): RateLimiter.Decision =>
+              granted === 1
+                ? { granted: true, waitMillis: Number(millis), remaining: Number(remaining) }
+                : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
+          ),
+          () => rateLimiterMemory.acquire(req)
+        )
+    }
+
+    // -- cooldowns
+
+    const cooldownsKey = `${prefix}cooldowns`
+    /** A cooldown this replica started; `synced` once Redis has it. */
+    interface Started {
+      readonly cooldown: Cooldown
+      /** When its last write was sent (see `sent`); 0 before. */
+      sentSeq: number
+      synced: boolean
+    }
+    // Commands on one connection run in the order they are sent; `sent`
+    // numbers them, so a snapshot can tell which writes it includes.
+    let sent = 0
+    const started = new Map<string, Started>()
+    let snapshot = new Map<string, Cooldown>()
+    /** Clears not yet written (Redis failed), and recent ones a snapshot in flight may still show. */
+    const pendingClears = new Set<string>()
+    const recentClears = new Map<string, number>()
+    let merged: Map<string, Cooldown> | undefined
+    let mergedUntil = 0
+
+    const writeCooldown = (upstream: string, entry: Started) =>
+      Effect.clockWith((clock) =>
+        command((c) => {
+          entry.sentSeq = ++sent
+          return c.breakwaterCooldownStart(
+            cooldownsKey,
+            upstream,
+            numberArg(entry.cooldown.until),
+            entry.cooldown.reason,
+            numberArg(clock.unsafeCurrentTimeMillis())
+          )
+        })
+      ).pipe(Effect.zipRight(
+        Effect.sync(() => {
+          entry.synced = true
+        })
+      ))
+
+    const writeClear = (upstream: string) =>
+      command((c) => {
+        recentClears.set(upstream, ++sent)
+        return c.hdel(cooldownsKey, upstream)
+      }).pipe(Effect.zipRight(Effect.sync(() => {
+        pendingClears.delete(upstream)
+      })))
+
+    const refresh: Effect.Effect<void, unknown> = Effect.gen(function*() {
+      // First what this replica could not write while Redis was away.
+      for (const upstream of Array.from(pendingClears)) yield* writeClear(upstream)
+      for (const [upstream, entry] of Array.from(started)) if (!entry.synced) yield* writeCooldown(upstream, entry)
+      let seq = 0
+      const all = yield* command((c) => {
+        seq = ++sent
+        return c.hgetall(cooldownsKey)
+      })
+      const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      const next = new Map<string, Cooldown>()
+      for (const [upstream, value] of Object.entries(all)) {
+        const cooldown = parseCooldown(value)
+        if (cooldown !== undefined && cooldown.until > now) next.set(upstream, cooldown)
+      }
+      // A clear sent after this snapshot was asked for is not in it yet.
+      for (const [upstream, clearSeq] of recentClears) {
+        if (clearSeq > seq) next.delete(upstream)
+        else recentClears.delete(upstream)
+      }
+      // Writes this snapshot includes are now Redis's to report (or to have
+      // been cleared by another replica).
+      for (const [upstream, entry] of started) if (entry.synced && entry.sentSeq < seq) started.delete(upstream)
+      snapshot = next
+      merged = undefined
+    })
+
+    yield* refresh.pipe(
+      Effect.matchEffect({
+        onSuccess: () => markHealthy,
+        onFailure: (cause) => markFailing("cooldown", cause)
+      }),
+      Effect.repeat(Schedule.spaced(cooldownRefresh)),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+
+    const cooldown: Stores["cooldown"] = {
+      start: (upstream, next) =>
+        Effect.suspend(() => {
+          const current = started.get(upstream)
+          const entry: Started = {
+            cooldown: current !== undefined && current.cooldown.until >= next.until ? current.cooldown : next,
+            sentSeq: 0,
+            synced: false
+          }
+          started.set(upstream, entry)
+          pendingClears.delete(upstream)
+          recentClears.delete(upstream)
+          merged = undefined
+          // Not synced: the refresh writes it when Redis is back.
+          return orFallback("cooldown", writeCooldown(upstream, entry), () => Effect.void)
+        }),
+      clear: (upstream) =>
+        Effect.suspend(() => {
+          started.delete(upstream)
+          snapshot.delete(upstream)
+          merged = undefined
+          return orFallback(
+            "cooldown",
+            writeClear(upstream),
+            () =>
+              Effect.sync(() => {
+                pendingClears.add(upstream)
+              })
+          )
+        }),
+      // Called on every request: answered from memory, rebuilt only when
+      // something changed or an entry expired.
+      active: (now) =>
+        Effect.sync(() => {
+          if (merged !== undefined && now < mergedUntil) return merged
+          const m = new Map<string, Cooldown>()
+          for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
+          for (const [upstream, entry] of started) {
+            if (entry.cooldown.until <= now) {
+              started.delete(upstream)
+              continue
+            }
+            const other = m.get(upstream)
+            if (other === undefined || other.until < entry.cooldown.until) m.set(upstream, entry.cooldown)
+          }
+          let until = Infinity
+          for (const c of m.values()) if (c.until < until) until = c.until
+          merged = m
+          mergedUntil = until
+          return m
+        })
+    }
+
+    // -- response cache
+
+    // Only for outages: small, so that large bodies cannot pile up in memory.
+    const cacheMemory = yield* ResponseCache.makeStoreMemory({ maxEntries: 256 })
+    const cache: Stores["cache"] = {
+      get: (key) =>
+        orFallback(
+          "cache",
+          Effect.map(command((c) => c.get(`${prefix}cache:${key}`)), Option.fromNullable),
+          () => cacheMemory.get(key)
+        ),
+      set: (key, value, ttl) => {
+        if (tooLarge(value, maxCacheEntryBytes)) return Effect.void
+        const millis = Duration.toMillis(ttl)
+        if (!(millis > 0)) return Effect.void
+        const k = `${prefix}cache:${key}`
+        return orFallback(
+          "cache",
+          Effect.asVoid(command((c) =>
+            Number.isFinite(millis) ? c.set(k, value, "PX", Math.max(1, Math.ceil(millis))) : c.set(k, value)
+          )),
+          () => cacheMemory.set(key, value, ttl)
+        )
+      },
+      delete: (key) =>
+        Effect.zipRight(
+          cacheMemory.delete(key),
+          orFallback("cache", Effect.asVoid(command((c) => c.del(`${prefix}cache:${key}`))), () => Effect.void)
+        )
+    }
+
+    // -- spend
+
+    // Spend added while Redis was away (certainly not written), added to
+    // Redis by the key's next successful call; and the last total Redis
+    // reported per key, so that a fallback answers shared + local.
+    const owed = new Map<string, number>()
+    const lastShared = new Map<string, number>()
+    const local = (key: string) => (lastShared.get(key) ?? 0) + (owed.get(key) ?? 0)
+
+    const spendCall = (
+      key: string,
+      usd: number
+    ): Effect.Effect<number> =>
+      Effect.suspend(() => {
+      let taken = 0
+      return orFallback(
+        "spend",
+        Effect.map(
+          command((c) => {
+            taken = owed.get(key) ?? 0
+            owed.delete(key)
+            const amount = usd + taken
+            return amount === 0 ? c.get(`${prefix}spend:${key}`) : c.incrbyfloat(`${prefix}spend:${key}`, amount)
+          }),
+          (reply) => {
+            const total = reply === null ? 0 : Number(reply)
+            lastShared.set(key, total)
+            return total + (owed.get(key) ?? 0)
+          }
+        ),
+        (cause) =>
+          Effect.sync(() => {
+            const amount = usd + taken
+            if (notSent(cause)) {
+              if (amount !== 0) owed.set(key, (owed.get(key) ?? 0) + amount)
+            } else {
+              // Sent but unanswered (a timeout): Redis most likely applied it.
+              lastShared.set(key, (lastShared.get(key) ?? 0) + amount)
+            }
+            return local(key)
+          })
+      )
+    })
+
+    const spend: Stores["spend"] = {
+      add: (key, usd) => spendCall(key, usd),
+      total: (key) => spendCall(key, 0)
+    }
+
+    return { rateLimiter, cooldown, cache, spend }
+  })
+
+/** All four stores on one ioredis connection, each falling back to its in-memory twin while Redis is unavailable. */
+export const layer = (
+  options: Options
+): Layer.Layer<RateLimiter.RateLimiterStore | CooldownStore | ResponseCache.ResponseCacheStore | SpendStore> =>
+  Layer.scopedContext(
+    Effect.map(make(options), (stores) =>
+      Context.make(RateLimiter.RateLimiterStore, stores.rateLimiter).pipe(
+        Context.add(CooldownStore, stores.cooldown),
+        Context.add(ResponseCache.ResponseCacheStore, stores.cache),
+        Context.add(SpendStore, stores.spend)
+      ))
+  )
+
+/** Options from `effect/Config`: `url` (secret), `prefix`, `commandTimeout`, `maxCacheEntryBytes`, `cooldownRefresh`. */
+export const config: Config.Config<Options> = Config.all({
+  url: Config.redacted("url").pipe(Config.map(Redacted.value)),
+  prefix: Config.string("prefix").pipe(Config.withDefault("breakwater:")),
+  commandTimeout: Config.duration("commandTimeout").pipe(Config.withDefault(Duration.millis(50))),
+  maxCacheEntryBytes: Config.integer("maxCacheEntryBytes").pipe(Config.withDefault(1024 * 1024)),
+  cooldownRefresh: Config.duration("cooldownRefresh").pipe(Config.withDefault(Duration.millis(250)))
+})
+
+export const layerConfig = (
+  config: Config.Config<Options>
+): Layer.Layer<
+  RateLimiter.RateLimiterStore | CooldownStore | ResponseCache.ResponseCacheStore | SpendStore,
+  ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(config, layer))
