@@ -190,6 +190,8 @@ interface Log {
   times: Array<number>
   costs: Array<number>
   head: number
+  /** Sum of the costs from `head` on, kept as entries come and go (O(1) per call). */
+  total: number
   readonly windowMillis: number
 }
 
@@ -221,7 +223,7 @@ const decideTokenBucket = (bucket: Bucket, req: AcquireRequest, now: number): De
 const decideSlidingWindow = (log: Log, req: AcquireRequest, now: number): Decision => {
   const w = req.windowMillis
   // Forget what has left every window that can still matter.
-  while (log.head < log.times.length && log.times[log.head]! <= now - w) log.head++
+  while (log.head < log.times.length && log.times[log.head]! <= now - w) log.total -= log.costs[log.head++]!
   if (log.head > 64 && log.head * 2 > log.times.length) {
     log.times = log.times.slice(log.head)
     log.costs = log.costs.slice(log.head)
@@ -229,10 +231,11 @@ const decideSlidingWindow = (log: Log, req: AcquireRequest, now: number): Decisi
   }
   const last = log.times.length > log.head ? log.times[log.times.length - 1]! : now
   const start = Math.max(now, last)
-  let used = 0
+  // What counts at `start`: the running total, less entries that will have
+  // left the window by then (only when reservations reach into the future).
+  let used = log.total
   let first = log.head
-  while (first < log.times.length && log.times[first]! <= start - w) first++
-  for (let i = first; i < log.times.length; i++) used += log.costs[i]!
+  while (first < log.times.length && log.times[first]! <= start - w) used -= log.costs[first++]!
   const remainingNow = Math.max(0, req.limit - used)
   if (req.cost > req.limit) return { granted: false, retryAfterMillis: w, remaining: remainingNow }
   let at = start
@@ -249,6 +252,7 @@ const decideSlidingWindow = (log: Log, req: AcquireRequest, now: number): Decisi
   if (wait > req.maxWaitMillis) return { granted: false, retryAfterMillis: wait, remaining: remainingNow }
   log.times.push(at)
   log.costs.push(req.cost)
+  log.total += req.cost
   return { granted: true, waitMillis: wait, remaining: Math.max(0, req.limit - used - req.cost) }
 }
 
@@ -293,7 +297,7 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<RateLimiterStore
           }
           let log = logs.get(req.key)
           if (log === undefined) {
-            log = { times: [], costs: [], head: 0, windowMillis: req.windowMillis }
+            log = { times: [], costs: [], head: 0, total: 0, windowMillis: req.windowMillis }
             logs.set(req.key, log)
           }
           return decideSlidingWindow(log, req, now)
