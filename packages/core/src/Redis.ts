@@ -16,8 +16,9 @@
  *
  * Keys, all under `prefix` (default `breakwater:`):
  * - `rl:<key>`: a rate limiter's state. A hash `{ tokens, at }` for a token
- *   bucket, a list of `time:cost` reservations for a sliding window. Both
- *   expire once they are equivalent to a fresh key.
+ *   bucket; for a sliding window a list: `total:<sum of costs>` first, then
+ *   the `time:cost` reservations. Both expire once they are equivalent to a
+ *   fresh key.
  * - `cooldowns`: a hash, upstream -> `until|reason`.
  * - `cache:<key>`: a cached response, with `PX` = the entry's TTL.
  * - `spend:<key>`: a running total in USD (`INCRBYFLOAT`).
@@ -93,6 +94,14 @@ const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
  *
  * Numbers are written with `%.17g` (exact for doubles; Lua's `tostring`
  * keeps only 14 digits) and TTLs with `%d`.
+ *
+ * The sliding-window log keeps its running total in the list's first element
+ * (one key: it expires, and is reset on an algorithm change, as one; no extra
+ * key that could spell another limiter's). A call reads the total, the last
+ * entry and, from the head, only the entries it prunes, those that will have
+ * left the window by a future start, and (when the request does not fit) those
+ * that must leave for it to fit: O(1) amortised, not O(entries in the window).
+ * A list without the total (written by an older version) is added up once.
  */
 export const acquireLua = `
 local key = KEYS[1]
@@ -155,34 +164,101 @@ if algorithm == "token-bucket" then
   return { 0, num(wait), num(math.max(0, math.floor(tokens / w))) }
 end
 
--- sliding window: a FIFO list of "time:cost" reservations
-if kind ~= "list" and kind ~= "none" then redis.call("DEL", key) end
-local entries = redis.call("LRANGE", key, 0, -1)
-local n = #entries
+-- Sliding window: a FIFO list. Index 0 holds the running total of the costs
+-- ("total:<sum>", as the memory store's Log.total), then the "time:cost"
+-- reservations in time order. Entries are read from the head only as far as
+-- a decision needs them, so a call costs O(1) amortised whatever the limit.
+if kind ~= "list" and kind ~= "none" then
+  redis.call("DEL", key)
+  kind = "none"
+end
+local header = "total:"
+local fresh = kind == "none"
+local total = 0
+local n = 0
+if not fresh then
+  local h = redis.call("LINDEX", key, 0)
+  if string.sub(h, 1, #header) == header then
+    total = tonumber(string.sub(h, #header + 1))
+    n = redis.call("LLEN", key) - 1
+  else
+    -- A log written before the total was kept: add it up once.
+    local all = redis.call("LRANGE", key, 0, -1)
+    for i = 1, #all do
+      local s = all[i]
+      total = total + tonumber(string.sub(s, string.find(s, ":", 1, true) + 1))
+    end
+    redis.call("LPUSH", key, header .. num(total))
+    n = #all
+  end
+end
+-- Entry i (1-based) is at list index i; loaded from the head in growing chunks.
 local times = {}
 local costs = {}
-for i = 1, n do
-  local s = entries[i]
-  local c = string.find(s, ":", 1, true)
-  times[i] = tonumber(string.sub(s, 1, c - 1))
-  costs[i] = tonumber(string.sub(s, c + 1))
+local loaded = 0
+local chunk = 4
+local function load(i)
+  if i <= loaded then return end
+  local upto = math.min(n, math.max(i, loaded + chunk))
+  local got = redis.call("LRANGE", key, loaded + 1, upto)
+  for j = 1, #got do
+    local s = got[j]
+    local c = string.find(s, ":", 1, true)
+    times[loaded + j] = tonumber(string.sub(s, 1, c - 1))
+    costs[loaded + j] = tonumber(string.sub(s, c + 1))
+  end
+  loaded = upto
+  if chunk < 1024 then chunk = chunk * 2 end
+end
+local function timeAt(i)
+  load(i)
+  return times[i]
 end
 -- Forget what has left every window that can still matter.
 local head = 1
-while head <= n and times[head] <= now - w do head = head + 1 end
-if head > 1 then redis.call("LTRIM", key, head - 1, -1) end
+while head <= n and timeAt(head) <= now - w do
+  total = total - costs[head]
+  head = head + 1
+end
+-- Writes what changed: pruned entries, the new one, the total.
+local function save(entry)
+  if fresh then
+    if entry then redis.call("RPUSH", key, header .. num(total), entry) end
+    return
+  end
+  local pruned = head - 1
+  -- Keeps the last pruned entry at index 0, where the total then goes.
+  if pruned > 0 then redis.call("LTRIM", key, pruned, -1) end
+  if entry then redis.call("RPUSH", key, entry) end
+  if pruned > 0 or entry then redis.call("LSET", key, 0, header .. num(total)) end
+end
 local last = now
-if n >= head then last = times[n] end
+if n >= head then
+  if n <= loaded then
+    last = times[n]
+  else
+    local s = redis.call("LINDEX", key, -1)
+    last = tonumber(string.sub(s, 1, string.find(s, ":", 1, true) - 1))
+  end
+end
 local start = math.max(now, last)
-local used = 0
+-- What counts at start: the total, less entries that will have left the
+-- window by then (only when reservations reach into the future).
+local used = total
 local first = head
-while first <= n and times[first] <= start - w do first = first + 1 end
-for i = first, n do used = used + costs[i] end
+while first <= n and timeAt(first) <= start - w do
+  used = used - costs[first]
+  first = first + 1
+end
 local remainingNow = math.max(0, limit - used)
-if cost > limit then return { 0, num(w), num(remainingNow) } end
+if cost > limit then
+  save(nil)
+  return { 0, num(w), num(remainingNow) }
+end
 local at = start
 if used + cost > limit then
   for i = first, n do
+    load(i)
     used = used - costs[i]
     if used + cost <= limit then
       at = times[i] + w
@@ -191,8 +267,12 @@ if used + cost > limit then
   end
 end
 local wait = at - now
-if wait > maxWait then return { 0, num(wait), num(remainingNow) } end
-redis.call("RPUSH", key, num(at) .. ":" .. num(cost))
+if wait > maxWait then
+  save(nil)
+  return { 0, num(wait), num(remainingNow) }
+end
+total = total + cost
+save(num(at) .. ":" .. num(cost))
 -- Once the last reservation has left the window, the log is the same as an empty one.
 redis.call("PEXPIRE", key, ttl(wait + w))
 return { 1, num(wait), num(math.max(0, limit - used - cost)) }

@@ -250,6 +250,73 @@ describe.skipIf(!available)("Redis stores", () => {
         expect(checked).toBeGreaterThan(500)
       }))
 
+    it.scopedLive("sliding window: a call costs the same with 10,000 entries in the window as with a few (large limit)", () =>
+      Effect.gen(function*() {
+        const client = yield* admin()
+        const key = `${uniquePrefix()}rl:big`
+        const limit = 100_000_000
+        const windowMillis = 10_000
+        const base = 1_700_000_000_000
+        const total = 15_000
+        const args = (i: number) =>
+          [key, "sliding-window", String(limit), String(windowMillis), "1", "0", String(base + i)] as const
+        // One entry per (fixed-clock) millisecond: after 10,000 calls the
+        // list holds a full window, and each call prunes one entry.
+        const timed = (from: number, count: number) =>
+          call(async () => {
+            const millis: Array<number> = []
+            let reply: [number, string, string] = [0, "", ""]
+            for (let i = from; i < from + count; i++) {
+              const t0 = performance.now()
+              reply = await client.acquire(...args(i))
+              millis.push(performance.now() - t0)
+            }
+            millis.sort((a, b) => a - b)
+            return { median: millis[Math.floor(count / 2)]!, reply }
+          })
+        const measured = 300
+        const early = yield* timed(0, measured)
+        expect(early.reply).toEqual([1, "0", String(limit - measured)])
+        yield* call(async () => {
+          for (let from = measured; from < total - measured; from += 1000) {
+            const pipeline = client.pipeline() as unknown as AcquireTransaction
+            for (let i = from; i < Math.min(from + 1000, total - measured); i++) pipeline.acquire(...args(i))
+            const replies = await pipeline.exec()
+            for (const [err, reply] of replies!) {
+              expect(err).toBeNull()
+              expect((reply as [number, string, string])[0]).toBe(1)
+            }
+          }
+        })
+        const late = yield* timed(total - measured, measured)
+        // The running total is exact: a full window (this call included) is counted.
+        expect(late.reply).toEqual([1, "0", String(limit - windowMillis)])
+        expect(yield* call(() => client.llen(key))).toBe(windowMillis + 1) // the total, then the window
+        // Summing every entry (the old script) made these ~20x slower; leave
+        // room for a noisy machine.
+        expect(late.median, `early ${early.median.toFixed(3)} ms, late ${late.median.toFixed(3)} ms`)
+          .toBeLessThan(5 * early.median)
+        yield* call(() => client.del(key))
+      }), 30_000)
+
+    it.scoped("sliding window: a log written without the running total is added up once and carries on", () =>
+      Effect.gen(function*() {
+        const client = yield* admin()
+        const key = `${uniquePrefix()}rl:legacy`
+        const base = 1_700_000_000_000
+        yield* call(() => client.rpush(key, `${base}:2`, `${base + 10}:3`, `${base + 20}:1`))
+        const acquire = (now: number, cost: number) =>
+          call(() => client.acquire(key, "sliding-window", "10", "1000", String(cost), "0", String(base + now)))
+        expect(yield* acquire(30, 1)).toEqual([1, "0", "3"])
+        expect(yield* call(() => client.lindex(key, 0))).toBe("total:7")
+        // The first entry leaves the window: pruned from the head, and from the total.
+        expect(yield* acquire(1000, 2)).toEqual([1, "0", "3"])
+        expect(yield* call(() => client.lrange(key, 0, -1)))
+          .toEqual(["total:7", `${base + 10}:3`, `${base + 20}:1`, `${base + 30}:1`, `${base + 1000}:2`])
+        expect(yield* acquire(1000, 4)).toEqual([0, "10", "3"])
+        yield* call(() => client.del(key))
+      }))
+
     it.scopedLive("idle keys expire: a bucket once full, a log once its last entry leaves the window", () =>
       Effect.gen(function*() {
         const prefix = uniquePrefix()

@@ -2,11 +2,13 @@
  * `npm run bench:server`: throughput and added latency of the gateway.
  *
  * Starts, each in its own process on 127.0.0.1, a fake upstream (0 ms) and
- * the Breakwater server in front of it, then drives each with the same load
- * (autocannon, fixed connections and duration), one after the other, in one
- * run: first the upstream directly, then through Breakwater. Prints requests
- * per second, p50 / p99 latency, the latency Breakwater adds, and the
- * server's peak RSS.
+ * the Breakwater server in front of it (in-memory stores, and, when
+ * redis-server is on the PATH, a second one on Redis stores), then drives
+ * each with the same load (autocannon, fixed connections and duration), one
+ * after the other, in one run. Both servers check a gateway key with a
+ * (never reached) requests-per-minute limit, so every request consults the
+ * rate-limit store. Prints requests per second, p50 / p99 latency, the
+ * latency Breakwater adds, and each server's CPU per request and RSS.
  */
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
@@ -67,7 +69,7 @@ const load = async (url: string) => {
     method: "POST",
     connections: CONNECTIONS,
     duration: DURATION,
-    headers: { "content-type": "application/json", authorization: "Bearer bench", "cache-control": "no-cache, no-store" },
+    headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" },
     body
   })
   return {
@@ -84,7 +86,7 @@ const load = async (url: string) => {
 const sequential = async (url: string, count = 2000) => {
   const agent = new Agent({ connections: 1 })
   const samples: Array<number> = []
-  const headers = { "content-type": "application/json", "cache-control": "no-cache, no-store" }
+  const headers = { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" }
   for (let i = 0; i < count + 200; i++) {
     const t0 = process.hrtime.bigint()
     const res = await request(`${url}/chat/completions`, { method: "POST", body, headers, dispatcher: agent })
@@ -99,19 +101,39 @@ const sequential = async (url: string, count = 2000) => {
 const main = async () => {
   const fake = await launch(tsx, ["packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
-  const config = join(tmpdir(), `breakwater-bench-${process.pid}.yaml`)
-  writeFileSync(
-    config,
-    `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
-      `upstreams:\n  - name: bench\n    baseUrl: "${upstreamUrl}"\n    apiKey: sk-bench\n    maxConcurrent: 1000\n` +
-      `cache:\n  enabled: false\n`
-  )
-  const server = await launch("node", ["packages/server/bin/breakwater.js", "--config", config], /on (http:\/\/\S+)/)
+  const configFor = (store: string) => {
+    const file = join(tmpdir(), `breakwater-bench-${process.pid}-${store.length}.yaml`)
+    writeFileSync(
+      file,
+      `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
+        `keys:\n  - { name: bench, key: sk-bench-key, requestsPerMinute: 100000000 }\n` +
+        `upstreams:\n  - name: bench\n    baseUrl: "${upstreamUrl}"\n    apiKey: sk-bench\n    maxConcurrent: 1000\n` +
+        `cache:\n  enabled: false\n` + store
+    )
+    return file
+  }
+  const server = await launch("node", ["packages/server/bin/breakwater.js", "--config", configFor("")], /on (http:\/\/\S+)/)
   const gatewayUrl = `${server.match[1]!}/v1`
 
-  // Warm both paths (JIT, keep-alive pools), then measure one after the other.
-  await autocannon({ url: `${upstreamUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
-  await autocannon({ url: `${gatewayUrl}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json" } })
+  // Redis stores, when redis-server is here.
+  let redisGateway: { url: string; pid: number } | undefined
+  try {
+    const redisPort = 20000 + (process.pid % 20000)
+    await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
+    const second = await launch(
+      "node",
+      ["packages/server/bin/breakwater.js", "--config", configFor(`store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`)],
+      /on (http:\/\/\S+)/
+    )
+    redisGateway = { url: `${second.match[1]!}/v1`, pid: second.child.pid! }
+  } catch {
+    console.error("redis-server not available: the Redis row is left out")
+  }
+
+  // Warm every path (JIT, keep-alive pools), then measure one after the other.
+  for (const url of [upstreamUrl, gatewayUrl, ...(redisGateway ? [redisGateway.url] : [])]) {
+    await autocannon({ url: `${url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
+  }
   const directSeq = await sequential(upstreamUrl)
   const throughSeq = await sequential(gatewayUrl)
   const direct = await load(upstreamUrl)
@@ -119,6 +141,12 @@ const main = async () => {
   const through = await load(gatewayUrl)
   const cpuPerRequestUs = ((cpuOf(server.child.pid!) - cpu0) * 1e6) / Math.max(1, through.total)
   const mem = rssOf(server.child.pid!)
+  let redisRow: { r: typeof through; cpu: number; mem: ReturnType<typeof rssOf> } | undefined
+  if (redisGateway) {
+    const c0 = cpuOf(redisGateway.pid)
+    const r = await load(redisGateway.url)
+    redisRow = { r, cpu: ((cpuOf(redisGateway.pid) - c0) * 1e6) / Math.max(1, r.total), mem: rssOf(redisGateway.pid) }
+  }
 
   const row = (name: string, r: typeof direct, extra: string) =>
     `| ${name.padEnd(22)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
@@ -139,6 +167,16 @@ const main = async () => {
         `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
     )
   )
+  if (redisRow) {
+    console.log(
+      row(
+        "Breakwater, Redis stores",
+        redisRow.r,
+        `${((redisRow.r.rps / through.rps) * 100).toFixed(0)}% of in-memory; adds p50 ${(redisRow.r.p50 - direct.p50).toFixed(2)} ms, ` +
+          `p99 ${(redisRow.r.p99 - direct.p99).toFixed(2)} ms; server CPU ${redisRow.cpu.toFixed(0)} µs/req; RSS ${redisRow.mem.rssMb.toFixed(0)} MB`
+      )
+    )
+  }
   console.log(
     `\nsequential, 1 connection, 2000 requests: direct p50 ${directSeq.p50.toFixed(3)} ms / p99 ${directSeq.p99.toFixed(3)} ms; ` +
       `through Breakwater p50 ${throughSeq.p50.toFixed(3)} ms / p99 ${throughSeq.p99.toFixed(3)} ms; ` +
