@@ -20,7 +20,6 @@ import { join } from "node:path"
 const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 32)
 const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
 const root = new URL("../../../", import.meta.url).pathname
-const tsx = join(root, "node_modules/.bin/tsx")
 
 const children: Array<ChildProcess> = []
 const cleanup = () => {
@@ -99,7 +98,9 @@ const sequential = async (url: string, count = 2000) => {
 }
 
 const main = async () => {
-  const fake = await launch(tsx, ["packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
+  // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
+  // own, so the cleanup really stops it.
+  const fake = await launch("node", ["--import", "tsx", "packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
   const configFor = (store: string) => {
     const file = join(tmpdir(), `breakwater-bench-${process.pid}-${store.length}.yaml`)

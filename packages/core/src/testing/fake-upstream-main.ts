@@ -1,6 +1,6 @@
 /**
  * Runs one fake upstream as its own process, for benchmarks and demos:
- *   tsx packages/core/src/testing/fake-upstream-main.ts [--port N] [--name NAME] [--faults JSON]
+ *   tsx packages/core/src/testing/fake-upstream-main.ts [--port N] [--name NAME] [--faults JSON] [--seed N]
  * Prints `listening <url>` when ready; faults can be switched later with
  * `POST <url-without-/v1>/_fake/faults`.
  */
@@ -12,10 +12,12 @@ const arg = (name: string): string | undefined => {
 }
 
 const faults = arg("faults")
+const seed = arg("seed")
 const upstream = await FakeUpstream.start({
   name: arg("name") ?? "fake",
   port: Number(arg("port") ?? 0),
-  ...(faults === undefined ? {} : { faults: JSON.parse(faults) as FakeUpstream.Faults })
+  ...(faults === undefined ? {} : { faults: JSON.parse(faults) as FakeUpstream.Faults }),
+  ...(seed === undefined ? {} : { seed: Number(seed) })
 })
 console.log(`listening ${upstream.url}`)
 const stop = () => void upstream.close().then(() => process.exit(0))
