@@ -3,6 +3,8 @@
  *
  *   breakwater [--config FILE] [--port N] [--host H]   serve (demo mode without a config)
  *   breakwater check-config FILE                       validate a config and exit
+ *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg]
+ *                                                      run a scenario in simulated time
  *
  * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
  * SIGINT drain: stop accepting, finish what is in flight (streams included)
@@ -20,6 +22,7 @@ import * as Option from "effect/Option"
 import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
 import * as Server from "./Server.js"
+import * as Simulate from "./simulate/Cli.js"
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
 
@@ -113,7 +116,18 @@ const checkConfig = Command.make(
     )
 ).pipe(Command.withDescription("Validate a config file and exit."))
 
-const cli = Command.run(command.pipe(Command.withSubcommands([checkConfig])), {
+const simulate = Command.make(
+  "simulate",
+  {
+    scenario: Args.file({ name: "SCENARIO", exists: "yes" }),
+    seed: Options.integer("seed").pipe(Options.withDescription("override the scenario's seed"), Options.optional),
+    json: Options.boolean("json").pipe(Options.withDescription("print the results as JSON")),
+    chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional)
+  },
+  Simulate.simulate
+).pipe(Command.withDescription("Run a scenario through the relay against simulated upstreams, in simulated time."))
+
+const cli = Command.run(command.pipe(Command.withSubcommands([checkConfig, simulate])), {
   name: "breakwater",
   version: "0.1.0"
 })

@@ -1,0 +1,51 @@
+/**
+ * `breakwater simulate SCENARIO.yaml [--seed N] [--json] [--chart FILE.svg]`:
+ * reads a scenario, runs it in virtual time, prints the table (or JSON) on
+ * stdout and, with `--chart`, writes an SVG. Stdout depends only on the
+ * scenario and the seed; the wall time taken goes to stderr.
+ */
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as fs from "node:fs/promises"
+import * as Render from "./Render.js"
+import * as Scenario from "./Scenario.js"
+import * as Simulate from "./Simulate.js"
+
+export interface Args {
+  readonly scenario: string
+  readonly seed: Option.Option<number>
+  readonly json: boolean
+  readonly chart: Option.Option<string>
+}
+
+export class SimulationFailed extends Error {}
+
+export const simulate = (args: Args): Effect.Effect<void, Scenario.ScenarioInvalid | SimulationFailed> =>
+  Effect.gen(function*() {
+    const text = yield* Effect.tryPromise({
+      try: () => fs.readFile(args.scenario, "utf8"),
+      catch: (e) => new SimulationFailed(`Cannot read scenario ${args.scenario}: ${e instanceof Error ? e.message : String(e)}`)
+    })
+    const parsed = Scenario.parse(text, { file: args.scenario, env: process.env })
+    if (Either.isLeft(parsed)) return yield* Effect.fail(parsed.left)
+    const started = performance.now()
+    const report = yield* Effect.try({
+      try: () => Simulate.run(parsed.right, { seed: Option.getOrUndefined(args.seed) }),
+      catch: (e) => new SimulationFailed(e instanceof Error ? e.message : String(e))
+    })
+    const seconds = (performance.now() - started) / 1000
+    yield* Effect.sync(() => process.stdout.write(args.json ? Render.json(report) : Render.text(report)))
+    if (Option.isSome(args.chart)) {
+      const file = args.chart.value
+      yield* Effect.tryPromise({
+        try: () => fs.writeFile(file, Render.svg(report)),
+        catch: (e) => new SimulationFailed(`Cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`)
+      })
+      yield* Console.error(`chart written to ${file}`)
+    }
+    yield* Console.error(
+      `simulated ${Render.formatDuration(report.durationMs)} (${report.requests} requests) in ${seconds.toFixed(1)} s`
+    )
+  }).pipe(Effect.tapError((e) => Console.error(e.message)))

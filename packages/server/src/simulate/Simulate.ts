@@ -1,0 +1,390 @@
+/**
+ * The simulator: a scenario's traffic through the REAL relay (the same
+ * `Relay.layer`, stores, cache, pricing and health checks as the server,
+ * built from the scenario's Breakwater config), against simulated upstreams,
+ * in virtual time. Next to it, the same traffic sent straight to the first
+ * upstream with no resilience at all: the "direct" column.
+ *
+ * {@link program} is an ordinary Effect that only needs a Clock: {@link run}
+ * runs it in virtual time (`VirtualTime.run`), and a test may run it under
+ * TestClock instead. The same seed gives the same numbers.
+ */
+import { Cooldown, Health, type OpenAI, Pricing, RateLimiter, Relay, ResponseCache, UpstreamClient } from "@breakwater/core"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
+import * as Stream from "effect/Stream"
+import * as Config from "../Config.js"
+import { hash, Prng } from "./Prng.js"
+import type { Scenario } from "./Scenario.js"
+import { Column, type Outcome } from "./Stats.js"
+import { makeClient, type Traffic, World } from "./Upstreams.js"
+import * as VirtualTime from "./VirtualTime.js"
+
+export interface RunOptions {
+  /** Overrides the scenario's seed. */
+  readonly seed?: number | undefined
+  /** Overrides the scenario's duration, millis. */
+  readonly duration?: number | undefined
+}
+
+export interface UpstreamReport {
+  readonly name: string
+  /** Calls made to it (health probes not counted). */
+  readonly calls: number
+  /** Its share of all upstream calls of the column. */
+  readonly callShare: number
+  /** Successful requests it answered (cache hits not counted). */
+  readonly served: number
+  readonly ok: number
+  /** 429s: random ones, and the quota's. */
+  readonly rateLimited: number
+  readonly quotaExceeded: number
+  readonly serverErrors: number
+  readonly hangs: number
+  /** Calls that met an outage (503 or hang). */
+  readonly outageAnswers: number
+  /** Transitions of its breaker to Open; null for the direct column (no breaker). */
+  readonly breakerTrips: number | null
+  readonly costUsd: number
+}
+
+export interface MinuteReport {
+  readonly minute: number
+  readonly requests: number
+  readonly errorRate: number
+  readonly p50Ms: number | null
+  readonly p99Ms: number | null
+}
+
+export interface ColumnReport {
+  readonly label: string
+  readonly requests: number
+  readonly successes: number
+  /** Client-visible failures by HTTP status (`timeout`: the direct client's own timeout). */
+  readonly errors: Readonly<Record<string, number>>
+  /** Client-visible 429s / requests. */
+  readonly rate429: number
+  /** Latency of successful requests, arrival to answer (waits, retries and failovers included). */
+  readonly p50Ms: number | null
+  readonly p99Ms: number | null
+  /** Successful / total. */
+  readonly availability: number
+  readonly costUsd: number
+  /** `costUsd` scaled from the simulated duration to a day. */
+  readonly costPerDayUsd: number
+  /** Cache hits / requests; null where there is no cache. */
+  readonly cacheHitRate: number | null
+  readonly upstreamCalls: number
+  /** Upstream calls / requests: above 1 means retries multiply the load. */
+  readonly callsPerRequest: number
+  readonly upstreams: ReadonlyArray<UpstreamReport>
+  readonly perMinute: ReadonlyArray<MinuteReport>
+}
+
+export interface Report {
+  readonly scenario: string
+  readonly description: string | undefined
+  readonly seed: number
+  readonly durationMs: number
+  readonly requests: number
+  readonly offeredRps: number
+  readonly direct: ColumnReport
+  readonly breakwater: ColumnReport
+  /** Health probes per upstream (not client traffic). */
+  readonly probes: Readonly<Record<string, number>>
+  readonly notes: ReadonlyArray<string>
+}
+
+// ---------------------------------------------------------------------------
+// Arrivals and prompts
+
+/** Arrival times in whole millis, in [0, duration), at the workload's rate steps. */
+const arrivals = function*(scenario: Scenario, duration: number, rng: Prng): Generator<number> {
+  const steps = scenario.workload.steps
+  let t = 0
+  for (let i = 0; i < steps.length && t < duration; i++) {
+    const step = steps[i]!
+    const end = Math.min(duration, steps[i + 1]?.at ?? Number.POSITIVE_INFINITY)
+    t = step.at
+    if (step.rps <= 0) continue
+    if (scenario.workload.arrivals === "uniform") {
+      const gap = 1000 / step.rps
+      for (let k = 0; step.at + k * gap < end; k++) yield Math.floor(step.at + k * gap)
+    } else {
+      // Poisson: exponential gaps; memoryless, so a new step simply starts afresh.
+      for (;;) {
+        t += rng.exponential(step.rps / 1000)
+        if (t >= end) break
+        yield Math.floor(t)
+      }
+    }
+  }
+}
+
+interface Prompt {
+  readonly model: string
+  readonly id: number
+}
+
+/** The relay's failures as the server answers them (see `Http.ts`). */
+const statusOf = (error: Relay.RelayError): string => {
+  switch (error._tag) {
+    case "UnknownModel":
+      return "404"
+    case "UpstreamRejected":
+      return String(error.status)
+    case "NoUpstreamAvailable":
+      return "503"
+    case "AllUpstreamsFailed":
+      return "502"
+    case "DeadlineExceeded":
+      return "504"
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The program
+
+interface Raw {
+  readonly direct: Column
+  readonly breakwater: Column
+  readonly directWorld: World
+  readonly world: World
+  readonly trips: ReadonlyMap<string, number>
+  readonly seed: number
+  readonly duration: number
+}
+
+/**
+ * Runs the scenario's traffic through both columns. Needs only a Clock:
+ * time passes by the program's own sleeps (arrivals) and the relay's.
+ */
+export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Effect<Report> => {
+  const seed = options.seed ?? scenario.seed
+  const duration = options.duration ?? scenario.duration
+  const config = scenario.breakwater
+  const wl = scenario.workload
+  const tokens = wl.promptTokens + wl.completionTokens
+
+  return Effect.scoped(Effect.gen(function*() {
+    const clock = yield* Effect.clock
+    const world = new World(scenario.upstreams, seed)
+    const directWorld = new World(scenario.upstreams, seed)
+    const direct = new Column(duration)
+    const breakwater = new Column(duration)
+    const calls = new Map<number, Array<number>>()
+
+    // The real relay, built as the server builds it (stores in memory).
+    const client = makeClient({
+      world,
+      seed,
+      promptTokens: wl.promptTokens,
+      completionTokens: wl.completionTokens,
+      callsOf: (request) => calls.get(request)
+    })
+    const deps = Layer.mergeAll(
+      RateLimiter.layerStoreMemory,
+      Cooldown.layerStoreMemory,
+      ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries }),
+      Pricing.layer(config.pricing),
+      Layer.succeed(UpstreamClient.UpstreamClient, client)
+    )
+    const ctx = yield* Layer.build(Relay.layer(Config.toRelayOptions(config)).pipe(Layer.provideMerge(deps)))
+    const relay = Context.get(ctx, Relay.Relay)
+    yield* Health.make(relay.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }).pipe(
+      Effect.provide(ctx)
+    )
+
+    // Breaker trips: transitions to Open, from each breaker's changes.
+    const trips = new Map<string, number>()
+    for (const u of relay.upstreams) {
+      trips.set(u.name, 0)
+      const pull = yield* Stream.toPull(u.breaker.changes)
+      yield* Effect.forkScoped(Effect.ignore(Effect.forever(Effect.flatMap(pull, (chunk) =>
+        Effect.sync(() => {
+          for (const t of Chunk.toReadonlyArray(chunk)) if (t.to === "Open") trips.set(u.name, (trips.get(u.name) ?? 0) + 1)
+        })))))
+    }
+
+    // Prompts: a repeat is drawn from a ring of the most recent new prompts.
+    const rng = new Prng(hash(seed, 0x5eed))
+    const pool: Array<Prompt> = []
+    let poolNext = 0
+    let nextPrompt = 0
+    const pickModel = (): string => {
+      let u = rng.next()
+      for (const [model, share] of wl.models) {
+        if (u < share) return model
+        u -= share
+      }
+      return wl.models[wl.models.length - 1]![0]
+    }
+    const prompt = (): Prompt => {
+      const repeat = rng.next() < wl.repeatedPrompts
+      if (repeat && pool.length > 0) return pool[rng.int(pool.length)]!
+      const p: Prompt = { model: pickModel(), id: nextPrompt++ }
+      if (pool.length < wl.promptPool) pool.push(p)
+      else pool[poolNext] = p
+      poolNext = (poolNext + 1) % wl.promptPool
+      return p
+    }
+    // About four characters a token, so that the relay's token estimate matches the usage.
+    const padding = "lorem ipsum ".repeat(Math.ceil((wl.promptTokens * 4) / 12)).slice(0, wl.promptTokens * 4)
+
+    const first = directWorld.models[0]!
+    let inFlight = 0
+    let arrived = false
+    const allDone = yield* Deferred.make<void>()
+    let index = 0
+
+    for (const at of arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))) {
+      const wait = at - clock.unsafeCurrentTimeMillis()
+      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+      const i = index++
+      const p = prompt()
+
+      // Direct: one call to the first upstream, whatever it answers.
+      const answer = first.decide(at, i, 0, tokens)
+      let outcome: Outcome
+      if (answer.kind === "ok" && answer.delay <= scenario.directTimeout) {
+        first.bill(p.model, wl.promptTokens, wl.completionTokens)
+        outcome = { ok: true, latency: answer.delay, cacheHit: false, upstream: first.spec.name }
+      } else if (answer.kind === "429" || answer.kind === "503") outcome = { ok: false, status: answer.kind }
+      else outcome = { ok: false, status: "timeout" }
+      direct.record(at, outcome)
+
+      // Breakwater: the same request through the relay.
+      const request = {
+        model: p.model,
+        user: `r${i}`,
+        max_tokens: wl.completionTokens,
+        messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+      } satisfies OpenAI.ChatCompletionRequest
+      const rawBody = JSON.stringify(request)
+      calls.set(i, [])
+      inFlight++
+      yield* Effect.fork(Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
+        Effect.sync(() => {
+          calls.delete(i)
+          const now = clock.unsafeCurrentTimeMillis()
+          if (Exit.isSuccess(exit)) {
+            const m = exit.value.metadata
+            breakwater.record(at, { ok: true, latency: now - at, cacheHit: m.cache === "hit", upstream: m.upstream })
+          } else {
+            const failure = Cause.failureOption(exit.cause)
+            breakwater.record(at, { ok: false, status: failure._tag === "Some" ? statusOf(failure.value) : "defect" })
+          }
+          inFlight--
+          if (arrived && inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
+        })))
+    }
+    arrived = true
+    if (inFlight > 0) yield* Deferred.await(allDone)
+    return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration })
+  })).pipe(Effect.withRandom(Random.make(seed)))
+}
+
+/** Runs the scenario in virtual time (synchronously). */
+export const run = (scenario: Scenario, options: RunOptions = {}): Report => {
+  const exit = VirtualTime.run(program(scenario, options))
+  if (Exit.isSuccess(exit)) return exit.value
+  throw new Error(`simulation failed: ${Cause.pretty(exit.cause)}`)
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+const upstreamReport = (
+  name: string,
+  t: Traffic,
+  total: number,
+  served: number,
+  trips: number | null
+): UpstreamReport => ({
+  name,
+  calls: t.calls,
+  callShare: total === 0 ? 0 : t.calls / total,
+  served,
+  ok: t.ok,
+  rateLimited: t.rateLimited,
+  quotaExceeded: t.quotaExceeded,
+  serverErrors: t.serverErrors,
+  hangs: t.hangs,
+  outageAnswers: t.outageAnswers,
+  breakerTrips: trips,
+  costUsd: t.costUsd
+})
+
+const columnReport = (
+  label: string,
+  column: Column,
+  world: World,
+  duration: number,
+  cache: boolean,
+  trips: ReadonlyMap<string, number> | undefined,
+  only: string | undefined
+): ColumnReport => {
+  const calls = world.calls
+  const errors: Record<string, number> = {}
+  for (const [status, n] of [...column.errors].sort((a, b) => a[0].localeCompare(b[0]))) errors[status] = n
+  const costUsd = world.costUsd
+  return {
+    label,
+    requests: column.requests,
+    successes: column.successes,
+    errors,
+    rate429: column.requests === 0 ? 0 : (column.errors.get("429") ?? 0) / column.requests,
+    p50Ms: column.latency.percentile(0.5) ?? null,
+    p99Ms: column.latency.percentile(0.99) ?? null,
+    availability: column.requests === 0 ? 1 : column.successes / column.requests,
+    costUsd,
+    costPerDayUsd: (costUsd * 86_400_000) / duration,
+    cacheHitRate: cache ? (column.requests === 0 ? 0 : column.cacheHits / column.requests) : null,
+    upstreamCalls: calls,
+    callsPerRequest: column.requests === 0 ? 0 : calls / column.requests,
+    upstreams: world.models
+      .filter((m) => only === undefined || m.spec.name === only)
+      .map((m) =>
+        upstreamReport(m.spec.name, m.traffic, calls, column.servedBy.get(m.spec.name) ?? 0, trips?.get(m.spec.name) ?? null)
+      ),
+    perMinute: column.minutes.map((m, minute) => ({
+      minute,
+      requests: m.requests,
+      errorRate: m.requests === 0 ? 0 : m.errors / m.requests,
+      p50Ms: m.latency.percentile(0.5) ?? null,
+      p99Ms: m.latency.percentile(0.99) ?? null
+    }))
+  }
+}
+
+const report = (scenario: Scenario, raw: Raw): Report => {
+  const first = scenario.upstreams[0].name
+  const config = scenario.breakwater
+  const notes: Array<string> = []
+  if (config.store.kind === "redis") notes.push("store: redis is simulated with the in-memory stores (one replica).")
+  if (config.keys.length > 0) notes.push("gateway keys (and their limits and budgets) are not simulated: traffic goes to the relay.")
+  const used = new Set(config.upstreams.map((u) => u.name))
+  const idle = scenario.upstreams.filter((u) => !used.has(u.name)).map((u) => u.name)
+  if (idle.length > 0) notes.push(`not in the Breakwater config (no Breakwater traffic): ${idle.join(", ")}.`)
+  const probes: Record<string, number> = {}
+  for (const m of raw.world.models) probes[m.spec.name] = m.traffic.probes
+  return {
+    scenario: scenario.name,
+    description: scenario.description,
+    seed: raw.seed,
+    durationMs: raw.duration,
+    requests: raw.direct.requests,
+    offeredRps: raw.direct.requests / (raw.duration / 1000),
+    direct: columnReport(`Direct (${first} only)`, raw.direct, raw.directWorld, raw.duration, false, undefined, first),
+    breakwater: columnReport("Breakwater", raw.breakwater, raw.world, raw.duration, config.cache.enabled, raw.trips, undefined),
+    probes,
+    notes
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * Simulated upstreams: what each answers to a call, drawn from the scenario
+ * with seeded random numbers, and an `UpstreamClient` that gives those
+ * answers to the real relay (no HTTP; time passes on the Clock).
+ *
+ * Each call's draws come from its own generator, seeded by (seed, request,
+ * upstream, n-th call of that request to that upstream). So the direct
+ * column's call for request i and Breakwater's first call of request i to
+ * the same upstream see the same luck: the columns differ by what Breakwater
+ * does, not by chance.
+ */
+import { UpstreamClient, UpstreamError } from "@breakwater/core"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import { hash, Prng, Z99 } from "./Prng.js"
+import type { SimulatedUpstream } from "./Scenario.js"
+
+export type AnswerKind = "ok" | "429" | "503" | "hang"
+
+export interface Answer {
+  readonly kind: AnswerKind
+  /** Millis until the answer (not used for a hang). */
+  readonly delay: number
+  /** The Retry-After to send with a 429, millis. */
+  readonly retryAfter: number | undefined
+  readonly cause: "random" | "quota" | "outage" | "ok"
+}
+
+/** Counts of one upstream's calls by what it answered. */
+export interface Traffic {
+  calls: number
+  ok: number
+  rateLimited: number
+  quotaExceeded: number
+  serverErrors: number
+  hangs: number
+  outageAnswers: number
+  probes: number
+  costUsd: number
+}
+
+const emptyTraffic = (): Traffic => ({
+  calls: 0,
+  ok: 0,
+  rateLimited: 0,
+  quotaExceeded: 0,
+  serverErrors: 0,
+  hangs: 0,
+  outageAnswers: 0,
+  probes: 0,
+  costUsd: 0
+})
+
+/** One simulated upstream in one world (the direct and the Breakwater columns each have their own). */
+export class Model {
+  readonly traffic: Traffic = emptyTraffic()
+  private readonly mu: number
+  private readonly sigma: number
+  private window = -1
+  private windowRequests = 0
+  private windowTokens = 0
+
+  constructor(readonly spec: SimulatedUpstream, readonly index: number, private readonly seed: number) {
+    this.mu = Math.log(spec.latency.p50)
+    this.sigma = Math.log(spec.latency.p99 / spec.latency.p50) / Z99
+  }
+
+  /** The outage met by a call at `now` whose draw is `v` (uniform in [0, 1)). */
+  outageAt(now: number, v: number) {
+    for (const o of this.spec.outages) if (now >= o.from && now < o.to && v < o.share) return o
+    return undefined
+  }
+
+  /** The answer to call number `nth` (from 0) of request `request`, made at `now`, for `tokens` tokens. */
+  decide(now: number, request: number, nth: number, tokens: number): Answer {
+    const s = this.spec
+    const rng = new Prng(hash(this.seed, request, this.index, nth))
+    const u = rng.next()
+    const v = rng.next()
+    const z = rng.normal()
+    const latency = this.sigma === 0 ? s.latency.p50 : Math.max(1, Math.round(Math.exp(this.mu + this.sigma * z)))
+    const t = this.traffic
+    t.calls++
+    const outage = this.outageAt(now, v)
+    if (outage !== undefined) {
+      t.outageAnswers++
+      return outage.mode === "hang"
+        ? { kind: "hang", delay: 0, retryAfter: undefined, cause: "outage" }
+        : { kind: "503", delay: s.errorLatency, retryAfter: undefined, cause: "outage" }
+    }
+    const window = Math.floor(now / 60_000) * 60_000
+    if (window !== this.window) {
+      this.window = window
+      this.windowRequests = 0
+      this.windowTokens = 0
+    }
+    const { requestsPerMinute: rpm, tokensPerMinute: tpm } = s.quota
+    if ((rpm !== undefined && this.windowRequests + 1 > rpm) || (tpm !== undefined && this.windowTokens + tokens > tpm)) {
+      t.quotaExceeded++
+      return { kind: "429", delay: s.errorLatency, retryAfter: window + 60_000 - now, cause: "quota" }
+    }
+    this.windowRequests++
+    this.windowTokens += tokens
+    if (u < s.rate429) {
+      t.rateLimited++
+      return { kind: "429", delay: s.errorLatency, retryAfter: s.retryAfter, cause: "random" }
+    }
+    if (u < s.rate429 + s.rate5xx) {
+      t.serverErrors++
+      return { kind: "503", delay: s.errorLatency, retryAfter: undefined, cause: "random" }
+    }
+    if (u < s.rate429 + s.rate5xx + s.hang) {
+      t.hangs++
+      return { kind: "hang", delay: 0, retryAfter: undefined, cause: "random" }
+    }
+    t.ok++
+    return { kind: "ok", delay: latency, retryAfter: undefined, cause: "ok" }
+  }
+
+  /** Bills one successful answer. */
+  bill(model: string, promptTokens: number, completionTokens: number): void {
+    const p = this.spec.price(model)
+    this.traffic.costUsd += (promptTokens * p.input + completionTokens * p.output) / 1_000_000
+  }
+}
+
+/** The simulated upstreams of one world, by name. */
+export class World {
+  readonly models: ReadonlyArray<Model>
+  private readonly byName: Map<string, Model>
+
+  constructor(specs: ReadonlyArray<SimulatedUpstream>, seed: number) {
+    this.models = specs.map((s, i) => new Model(s, i, seed))
+    this.byName = new Map(this.models.map((m) => [m.spec.name, m]))
+  }
+
+  get(name: string): Model | undefined {
+    return this.byName.get(name)
+  }
+
+  get costUsd(): number {
+    return this.models.reduce((a, m) => a + m.traffic.costUsd, 0)
+  }
+
+  get calls(): number {
+    return this.models.reduce((a, m) => a + m.traffic.calls, 0)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The client the relay calls
+
+const JSON_HEADERS = { "content-type": "application/json" }
+
+const errorBody = (message: string, type: string, code: string) =>
+  JSON.stringify({ error: { message, type, param: null, code } })
+
+const RATE_LIMITED = errorBody("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded")
+const UNAVAILABLE = errorBody("The server is temporarily unavailable.", "server_error", "service_unavailable")
+const MODELS = JSON.stringify({ object: "list", data: [] })
+
+export interface ClientOptions {
+  readonly world: World
+  readonly seed: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+  /** Calls made so far by each request in flight, per upstream index. */
+  readonly callsOf: (request: number) => Array<number> | undefined
+}
+
+const decoder = new TextDecoder()
+
+/** The request index and model from a body the simulator wrote (`{"model":"...","user":"r<i>",...}`). */
+const readBody = (text: string): { readonly request: number; readonly model: string } => {
+  const m = text.indexOf("\"model\":\"")
+  const model = m < 0 ? "" : text.slice(m + 9, text.indexOf("\"", m + 9))
+  const r = text.indexOf("\"user\":\"r")
+  const request = r < 0 ? -1 : Number.parseInt(text.slice(r + 9, text.indexOf("\"", r + 9)), 10)
+  return { request, model }
+}
+
+export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClient => {
+  const { completionTokens, promptTokens, seed, world } = options
+  const tokens = promptTokens + completionTokens
+  const completions = new Map<string, string>()
+  const completion = (model: string): string => {
+    let body = completions.get(model)
+    if (body === undefined) {
+      body = JSON.stringify({
+        id: "chatcmpl-sim",
+        object: "chat.completion",
+        created: 0,
+        model,
+        choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }],
+        usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: tokens }
+      })
+      completions.set(model, body)
+    }
+    return body
+  }
+
+  const unknown = (name: string) =>
+    Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: name, reason: "not a simulated upstream" }))
+
+  const post: UpstreamClient.UpstreamClient["post"] = (upstream, _path, body) =>
+    Effect.clockWith((clock) => {
+      const model = world.get(upstream.name)
+      if (model === undefined) return unknown(upstream.name)
+      const parsed = readBody(typeof body === "string" ? body : decoder.decode(body))
+      const calls = options.callsOf(parsed.request)
+      const nth = calls === undefined ? 0 : calls[model.index] ?? 0
+      if (calls !== undefined) calls[model.index] = nth + 1
+      const answer = model.decide(clock.unsafeCurrentTimeMillis(), parsed.request, nth, tokens)
+      switch (answer.kind) {
+        case "hang":
+          return Effect.never
+        case "ok":
+          return Effect.zipRight(
+            Effect.sleep(Duration.millis(answer.delay)),
+            Effect.sync((): UpstreamClient.Reply => {
+              model.bill(parsed.model, promptTokens, completionTokens)
+              return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
+            })
+          )
+        case "429":
+          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), {
+            status: 429,
+            headers: answer.retryAfter === undefined
+              ? JSON_HEADERS
+              : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
+            text: RATE_LIMITED
+          })
+        case "503":
+          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE })
+      }
+    })
+
+  /** Health probes: answered unless the upstream is in an outage. */
+  const get: UpstreamClient.UpstreamClient["get"] = (upstream) =>
+    Effect.clockWith((clock) => {
+      const model = world.get(upstream.name)
+      if (model === undefined) return unknown(upstream.name)
+      const probe = model.traffic.probes++
+      const outage = model.outageAt(clock.unsafeCurrentTimeMillis(), new Prng(hash(seed, probe, model.index, 0x9b0e)).next())
+      const delay = Duration.millis(model.spec.errorLatency)
+      if (outage?.mode === "hang") return Effect.never
+      return Effect.as(
+        Effect.sleep(delay),
+        outage === undefined
+          ? { status: 200, headers: JSON_HEADERS, text: MODELS }
+          : { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE }
+      )
+    })
+
+  return UpstreamClient.UpstreamClient.of({
+    post,
+    get,
+    postStream: (upstream) =>
+      Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: upstream.name, reason: "streaming is not simulated" }))
+  })
+}

@@ -1,0 +1,170 @@
+/**
+ * Virtual time for the simulator: an Effect `Clock` whose time only moves
+ * when nothing else can run, and a `Scheduler` whose queue the driver drains
+ * itself. Together they do what `TestClock.adjust` does (wake sleepers in
+ * time order, let every fiber run until all are suspended, then move time
+ * on), but without TestClock's per-wake-up cost (it polls the fibers with
+ * three real `setTimeout(0)` yields and re-sorts every pending sleep each
+ * time a sleeper wakes, a few milliseconds per wake-up: hours of traffic
+ * would take hours). Here "all fibers are suspended" is exact and free: the
+ * scheduler's queue is empty.
+ *
+ * The code under simulation sees an ordinary Clock: the relay, its breakers,
+ * cooldowns, rate limiters, cache TTLs and timeouts all read time through
+ * Effect's Clock service, so the same program also runs under TestClock
+ * (the tests check that both give the same numbers).
+ */
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import type * as Scheduler from "effect/Scheduler"
+
+interface Timer {
+  readonly at: number
+  readonly seq: number
+  readonly fire: () => void
+  cancelled: boolean
+}
+
+/** A min-heap of timers by (time, order of scheduling). */
+class TimerHeap {
+  private readonly items: Array<Timer> = []
+
+  get size(): number {
+    return this.items.length
+  }
+
+  private less(a: Timer, b: Timer): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq)
+  }
+
+  push(t: Timer): void {
+    const items = this.items
+    items.push(t)
+    let i = items.length - 1
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (!this.less(items[i]!, items[parent]!)) break
+      const tmp = items[i]!
+      items[i] = items[parent]!
+      items[parent] = tmp
+      i = parent
+    }
+  }
+
+  pop(): Timer | undefined {
+    const items = this.items
+    const top = items[0]
+    const last = items.pop()
+    if (top === undefined || last === undefined || items.length === 0) return top
+    items[0] = last
+    let i = 0
+    for (;;) {
+      const l = 2 * i + 1
+      const r = l + 1
+      let m = i
+      if (l < items.length && this.less(items[l]!, items[m]!)) m = l
+      if (r < items.length && this.less(items[r]!, items[m]!)) m = r
+      if (m === i) break
+      const tmp = items[i]!
+      items[i] = items[m]!
+      items[m] = tmp
+      i = m
+    }
+    return top
+  }
+}
+
+/** A Clock in milliseconds from 0, moved only by {@link VirtualClock.fireNext}. */
+export class VirtualClock implements Clock.Clock {
+  readonly [Clock.ClockTypeId]: Clock.ClockTypeId = Clock.ClockTypeId
+  private now = 0
+  private seq = 0
+  private readonly timers = new TimerHeap()
+
+  unsafeCurrentTimeMillis(): number {
+    return this.now
+  }
+
+  unsafeCurrentTimeNanos(): bigint {
+    return BigInt(Math.round(this.now * 1_000_000))
+  }
+
+  readonly currentTimeMillis: Effect.Effect<number> = Effect.sync(() => this.now)
+  readonly currentTimeNanos: Effect.Effect<bigint> = Effect.sync(() => this.unsafeCurrentTimeNanos())
+
+  sleep(duration: Duration.Duration): Effect.Effect<void> {
+    const millis = Duration.toMillis(duration)
+    if (!(millis > 0)) return Effect.void
+    return Effect.async<void>((resume) => {
+      const timer: Timer = { at: this.now + millis, seq: this.seq++, fire: () => resume(Effect.void), cancelled: false }
+      this.timers.push(timer)
+      return Effect.sync(() => {
+        timer.cancelled = true
+      })
+    })
+  }
+
+  /** Moves time to the next pending timer and fires it; false when none is pending. */
+  fireNext(): boolean {
+    for (;;) {
+      const t = this.timers.pop()
+      if (t === undefined || !Number.isFinite(t.at)) return false
+      if (t.cancelled) continue
+      this.now = t.at
+      t.fire()
+      return true
+    }
+  }
+}
+
+/**
+ * Runs fibers' tasks only when the driver drains it. Fibers never yield for
+ * fairness (a simulated program has no busy loops), so a task runs until
+ * its fiber suspends.
+ */
+export class DrainedScheduler implements Scheduler.Scheduler {
+  private queue: Array<() => void> = []
+
+  scheduleTask(task: () => void): void {
+    this.queue.push(task)
+  }
+
+  shouldYield(): false {
+    return false
+  }
+
+  /** Runs tasks, and the tasks they schedule, until none is left. */
+  drain(): void {
+    while (this.queue.length > 0) {
+      const tasks = this.queue
+      this.queue = []
+      for (let i = 0; i < tasks.length; i++) tasks[i]!()
+    }
+  }
+}
+
+export class SimulationStalled extends Error {
+  constructor() {
+    super("simulation stalled: no fiber can run and no timer is pending")
+  }
+}
+
+/**
+ * Runs `effect` to completion in virtual time: drain the runnable fibers,
+ * then move the clock to the next timer, until the effect's fiber is done.
+ * Synchronous: the whole simulation runs inside this call.
+ */
+export const run = <A, E>(effect: Effect.Effect<A, E>): Exit.Exit<A, E> => {
+  const clock = new VirtualClock()
+  const scheduler = new DrainedScheduler()
+  const fiber: Fiber.RuntimeFiber<A, E> = Effect.runFork(Effect.withClock(effect, clock), { scheduler })
+  for (;;) {
+    scheduler.drain()
+    const exit = fiber.unsafePoll()
+    if (exit !== null) return exit
+    if (!clock.fireNext()) throw new SimulationStalled()
+  }
+}
