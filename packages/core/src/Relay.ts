@@ -343,12 +343,14 @@ export const make = (
       u: Upstream.Upstream,
       tokens: number,
       call: Effect.Effect<A, UpstreamError>,
-      bulkhead: "run" | "held"
+      bulkhead: "run" | "held",
+      panic: boolean
     ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
       const timed = Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
-      const broken = u.breaker.protect(timed)
+      // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
+      const broken = panic ? timed : u.breaker.protect(timed)
       let protectedCall: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run"
         ? u.bulkhead.run(broken)
         : broken
@@ -390,7 +392,7 @@ export const make = (
      */
     const failover = <A>(
       model: string,
-      attempt: (u: Upstream.Upstream, progress: Progress) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
       const servers = serving(model)
       if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
@@ -408,7 +410,7 @@ export const make = (
                 }
                 if (i >= plan.order.length) return nextRound(n, plan, now, active, progress.attempts > attemptsBefore)
                 const u = plan.order[i]!
-                return Effect.flatMap(attempt(u, progress), (outcome) => {
+                return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => {
                   switch (outcome._tag) {
                     case "Ok":
                       return Effect.succeed([outcome.value, u, progress] as const)
@@ -527,14 +529,14 @@ export const make = (
       raw: string | Uint8Array | undefined,
       inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>
     ) =>
-    (u: Upstream.Upstream, progress: Progress): Effect.Effect<Attempted<readonly [Classified, number]>, Timeout.DeadlineExceeded> =>
+    (u: Upstream.Upstream, progress: Progress, panic: boolean): Effect.Effect<Attempted<readonly [Classified, number]>, Timeout.DeadlineExceeded> =>
       Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
         const call = Effect.suspend(() => {
           progress.attempts++
           return callJson(u, path, bodyFor(u, request, raw), inspect)
         })
-        return Effect.tap(guarded(u, tokens, call, "run"), (outcome) => {
+        return Effect.tap(guarded(u, tokens, call, "run", panic), (outcome) => {
           if (outcome._tag === "Skipped") return Effect.void
           const now = clock.unsafeCurrentTimeMillis()
           const latency = now - started
@@ -686,7 +688,7 @@ export const make = (
         // pull live in a scope closed when the caller finishes reading.
         const scope = yield* Scope.make()
         const tokens = OpenAI.estimateTokens(request)
-        const attempt = (u: Upstream.Upstream, progress: Progress) =>
+        const attempt = (u: Upstream.Upstream, progress: Progress, panic: boolean) =>
           Effect.clockWith((clock) => {
             const started = clock.unsafeCurrentTimeMillis()
             // Each attempt gets its own scope inside the stream's: a failed
@@ -700,7 +702,7 @@ export const make = (
               return Effect.flatMap(Effect.either(Scope.extend(u.bulkhead.acquire, attemptScope)), (slot) =>
                 Either.isLeft(slot)
                   ? Effect.as(release, { _tag: "Skipped", reason: "bulkhead full" } as Attempted<Opened>)
-                  : guarded(u, tokens, call, "held").pipe(
+                  : guarded(u, tokens, call, "held", panic).pipe(
                     Effect.tap((outcome) => outcome._tag === "Ok" ? Effect.void : release),
                     Effect.onError(() => release)
                   )).pipe(Effect.tap((outcome) => {

@@ -31,6 +31,14 @@ export interface Options {
   readonly strategy?: Strategy
   /** Share of requests that explore under `latency`. Default 0.05. */
   readonly exploration?: number
+  /**
+   * Panic mode (Envoy's "panic threshold" at its simplest): when every
+   * upstream that serves the model is left out only because its breaker is
+   * open, try them anyway, breakers bypassed, instead of failing at once.
+   * Trades fail-fast for availability when all upstreams are degraded at
+   * the same time. Default false.
+   */
+  readonly panic?: boolean
 }
 
 /** Why an upstream was left out, for error messages and the admin view. */
@@ -39,6 +47,8 @@ export type Exclusion = "circuit-open" | "cooling-down" | "bulkhead-full"
 export interface Plan {
   /** Upstreams to try, in order. */
   readonly order: ReadonlyArray<Upstream>
+  /** True when `order` holds open-breaker upstreams tried in panic mode. */
+  readonly panic: boolean
   /** Upstreams that serve the model but were left out, and why. */
   readonly excluded: ReadonlyArray<readonly [Upstream, Exclusion]>
 }
@@ -73,6 +83,7 @@ const busyness = (u: Upstream): number => {
 export const make = (options: Options = {}): Router => {
   const strategy = options.strategy ?? "priority"
   const exploration = options.exploration ?? 0.05
+  const panicMode = options.panic ?? false
 
   const order = (ups: Array<Upstream>): Effect.Effect<ReadonlyArray<Upstream>> => {
     if (ups.length <= 1) return Effect.succeed(ups)
@@ -115,7 +126,11 @@ export const make = (options: Options = {}): Router => {
           else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
           else ready.push(u)
         }
-        return Effect.map(order(ready), (order) => ({ order, excluded }))
+        if (ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")) {
+          const all = excluded.map(([u]) => u)
+          return Effect.map(order(all), (order): Plan => ({ order, excluded: [], panic: true }))
+        }
+        return Effect.map(order(ready), (order): Plan => ({ order, excluded, panic: false }))
       }
     )
 

@@ -824,6 +824,33 @@ describe("routing", () => {
 // 13. Breaker
 
 describe("breaker", () => {
+  it.scoped("when every breaker is open: NoUpstreamAvailable at once by default, tried anyway in panic mode", () =>
+    Effect.gen(function*() {
+      for (const panic of [false, true]) {
+        const { client, relay } = yield* setup({
+          upstreams: ordered("a", "b"),
+          breaker: { failureThreshold: 1, openDuration: "60 seconds" },
+          retry: { maxRetries: 0, maxRetryAfter: "10 seconds" },
+          router: { panic }
+        })
+        client.script("a", Scripted.status(503), Scripted.ok("a recovered"))
+        client.script("b", Scripted.status(503))
+        const first = yield* Effect.flip(relay.chat(request("1")))
+        expect(first._tag).toBe("AllUpstreamsFailed")
+        expect(client.calls).toHaveLength(2)
+        const second = yield* Effect.either(relay.chat(request("2")))
+        if (!panic) {
+          expect(second._tag).toBe("Left")
+          expect(second._tag === "Left" && second.left._tag).toBe("NoUpstreamAvailable")
+          expect(client.calls).toHaveLength(2)
+        } else {
+          expect(second._tag).toBe("Right")
+          expect(second._tag === "Right" && second.right.metadata.upstream).toBe("a")
+          expect(client.callsTo("a")).toHaveLength(2)
+        }
+      }
+    }))
+
   it.scoped("failureThreshold 503s open it: the upstream is not called until openDuration has passed", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({

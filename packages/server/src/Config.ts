@@ -132,6 +132,8 @@ export interface RoutingConfig {
   readonly strategy: Router.Strategy
   readonly maxAttempts: number
   readonly requestTimeout: Duration.Duration
+  /** Try open-breaker upstreams when every one is open (Router.Options.panic). */
+  readonly panic: boolean
 }
 
 export interface CooldownConfig {
@@ -420,7 +422,8 @@ const File = Schema.Struct({
   routing: opt(Schema.Struct({
     strategy: opt(oneOf(["priority", "weighted", "latency", "least-busy"] as const)),
     maxAttempts: opt(PositiveInt),
-    requestTimeout: opt(PositiveDur)
+    requestTimeout: opt(PositiveDur),
+    panic: opt(Bool)
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -773,7 +776,8 @@ const build = (f: File): ServerConfig => {
     routing: {
       strategy: routing.strategy ?? "priority",
       maxAttempts: routing.maxAttempts ?? 3,
-      requestTimeout: routing.requestTimeout ?? Duration.seconds(60)
+      requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
+      panic: routing.panic ?? false
     },
     breaker: {
       failureThreshold: breaker.failureThreshold ?? 5,
@@ -891,7 +895,7 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   })),
   maxAttempts: config.routing.maxAttempts,
   requestTimeout: config.routing.requestTimeout,
-  router: { strategy: config.routing.strategy },
+  router: { strategy: config.routing.strategy, panic: config.routing.panic },
   breaker: { ...config.breaker },
   retry: { ...config.retry },
   rateLimitCooldown: config.cooldown.rateLimited,

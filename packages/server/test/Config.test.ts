@@ -389,7 +389,7 @@ describe("Config.toRelayOptions", () => {
     const options = Config.toRelayOptions(config)
     expect(options.maxAttempts).toBe(3)
     expect(Duration.toMillis(options.requestTimeout!)).toBe(60_000)
-    expect(options.router).toEqual({ strategy: "priority" })
+    expect(options.router).toEqual({ strategy: "priority", panic: false })
     expect(options.breaker).toEqual({
       failureThreshold: 5,
       successThreshold: 3,
@@ -432,7 +432,9 @@ describe("Config.toRelayOptions", () => {
     expect(Config.toRelayOptions(off).cacheMode).toBe("none")
     const deterministic = ok(parse(`${minimal}\ncache: { mode: deterministic }\nrouting: { strategy: latency }\n`))
     expect(Config.toRelayOptions(deterministic).cacheMode).toBe("deterministic")
-    expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency" })
+    expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency", panic: false })
+    const panicking = ok(parse(`${minimal}\nrouting: { panic: true }\n`))
+    expect(Config.toRelayOptions(panicking).router).toEqual({ strategy: "priority", panic: true })
   })
 })
 

@@ -30,7 +30,13 @@ const sane = (r: Simulate.Report, maxAttempts: number) => {
 describe("shipped scenarios", () => {
   it("every file in scenarios/ parses", () => {
     const files = readdirSync(SCENARIOS).filter((f) => f.endsWith(".yaml")).sort()
-    expect(files).toEqual(["primary-outage.yaml", "quota-exhaustion.yaml", "retry-storm.yaml", "seed-article.yaml"])
+    expect(files).toEqual([
+      "primary-outage.yaml",
+      "quota-exhaustion.yaml",
+      "retry-storm-panic.yaml",
+      "retry-storm.yaml",
+      "seed-article.yaml"
+    ])
     for (const f of files) expect(load(f).name).toBe(f.replace(".yaml", ""))
   })
 
@@ -88,6 +94,17 @@ describe("shipped scenarios", () => {
     expect(r.direct.perMinute[6]!.errorRate).toBeGreaterThan(0.5)
     expect(r.breakwater.callsPerRequest).toBeLessThan(1.1)
     expect(r.breakwater.upstreams.every((u) => (u.breakerTrips ?? 0) > 0)).toBe(true)
+  })
+
+  it("retry-storm-panic: panic mode keeps serving through the storm, within maxAttempts", () => {
+    const plain = Simulate.run(load("retry-storm.yaml"), { duration: minutes(7) })
+    const s = load("retry-storm-panic.yaml")
+    const r = Simulate.run(s, { duration: minutes(7) })
+    sane(r, s.breakwater.routing.maxAttempts)
+    expect(s.breakwater.routing.panic).toBe(true)
+    expect(r.breakwater.availability).toBeGreaterThan(plain.breakwater.availability)
+    expect(r.breakwater.availability).toBeGreaterThan(r.direct.availability)
+    expect(r.breakwater.callsPerRequest).toBeLessThanOrEqual(s.breakwater.routing.maxAttempts)
   })
 })
 
