@@ -96,7 +96,16 @@ export interface KeyConfig {
   readonly budgetUsd?: number | undefined
 }
 
+/** A failure-rate rule, as in core's CircuitBreaker.FailureRate. */
+export interface FailureRateConfig {
+  readonly threshold: number
+  readonly minimumCalls: number
+  readonly window?: Duration.Duration | undefined
+  readonly calls?: number | undefined
+}
+
 export interface BreakerConfig {
+  readonly failureRate?: FailureRateConfig | undefined
   readonly failureThreshold: number
   readonly successThreshold: number
   readonly openDuration: Duration.Duration
@@ -274,6 +283,7 @@ const number = (what: string, ok: (n: number) => boolean) =>
 const PositiveInt = number("a positive integer", (n) => Number.isInteger(n) && n > 0)
 const NonNegativeInt = number("an integer of 0 or more", (n) => Number.isInteger(n) && n >= 0)
 const PositiveNumber = number("a positive number", (n) => n > 0)
+const Share = number("a share above 0 and at most 1", (n) => n > 0 && n <= 1)
 const NonNegativeNumber = number("a number of 0 or more", (n) => n >= 0)
 const Port = number("a port number from 0 to 65535", (n) => Number.isInteger(n) && n >= 0 && n <= 65535)
 
@@ -381,7 +391,18 @@ const Models = leaf((u): Either.Either<ReadonlyArray<string> | "*", string> => {
 /** Exact: absent is fine, but an explicit `undefined` (never produced by YAML or JSON) is not. */
 const opt = <S extends Schema.Schema.All>(schema: S) => Schema.optionalWith(schema, { exact: true })
 
+/** Trip on a failure rate over the last `calls` calls, or the last `window` of time. */
+const FailureRateFields = Schema.Struct({
+  threshold: Share,
+  minimumCalls: PositiveInt,
+  window: opt(PositiveDur),
+  calls: opt(PositiveInt)
+}).pipe(Schema.filter((r) =>
+  (r.window === undefined) !== (r.calls === undefined) || "set exactly one of window (a duration) or calls (a count)"
+))
+
 const BreakerFields = {
+  failureRate: opt(FailureRateFields),
   failureThreshold: opt(PositiveInt),
   successThreshold: opt(PositiveInt),
   openDuration: opt(PositiveDur),
@@ -740,6 +761,7 @@ const build = (f: File): ServerConfig => {
     ...only(
       "breaker",
       u.breaker && {
+        ...only("failureRate", u.breaker.failureRate),
         ...only("failureThreshold", u.breaker.failureThreshold),
         ...only("successThreshold", u.breaker.successThreshold),
         ...only("openDuration", u.breaker.openDuration),
@@ -780,6 +802,7 @@ const build = (f: File): ServerConfig => {
       panic: routing.panic ?? false
     },
     breaker: {
+      ...only("failureRate", breaker.failureRate),
       failureThreshold: breaker.failureThreshold ?? 5,
       successThreshold: breaker.successThreshold ?? 3,
       openDuration: breaker.openDuration ?? Duration.seconds(30),
@@ -877,6 +900,20 @@ export const load = (
   }).pipe(Effect.flatMap((text) => parse(text, { file, env })))
 
 /** The relay's options from the config (keys, pricing, cache size and the rest are the server's). */
+/** The breaker section as core's options: a failure-rate window is either calls or time. */
+const breakerOptions = ({ failureRate, ...rest }: Partial<BreakerConfig>) => ({
+  ...rest,
+  ...(failureRate === undefined ? {} : {
+    failureRate: {
+      threshold: failureRate.threshold,
+      minimumCalls: failureRate.minimumCalls,
+      window: failureRate.calls !== undefined
+        ? { calls: failureRate.calls }
+        : { duration: failureRate.window ?? Duration.seconds(30) }
+    }
+  })
+})
+
 export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   upstreams: config.upstreams.map((u): Upstream.Config => ({
     name: u.name,
@@ -890,13 +927,13 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
     requestsPerMinute: u.requestsPerMinute,
     tokensPerMinute: u.tokensPerMinute,
     timeout: u.timeout,
-    breaker: u.breaker,
+    breaker: u.breaker === undefined ? undefined : breakerOptions(u.breaker),
     retry: u.retry
   })),
   maxAttempts: config.routing.maxAttempts,
   requestTimeout: config.routing.requestTimeout,
   router: { strategy: config.routing.strategy, panic: config.routing.panic },
-  breaker: { ...config.breaker },
+  breaker: breakerOptions(config.breaker),
   retry: { ...config.retry },
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,

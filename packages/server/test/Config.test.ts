@@ -433,6 +433,20 @@ describe("Config.toRelayOptions", () => {
     const deterministic = ok(parse(`${minimal}\ncache: { mode: deterministic }\nrouting: { strategy: latency }\n`))
     expect(Config.toRelayOptions(deterministic).cacheMode).toBe("deterministic")
     expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency", panic: false })
+    const rated = ok(parse(`${minimal}\nbreaker: { failureRate: { threshold: 0.5, minimumCalls: 20, window: 30s } }\n`))
+    expect(Config.toRelayOptions(rated).breaker?.failureRate).toEqual({
+      threshold: 0.5,
+      minimumCalls: 20,
+      window: { duration: Duration.seconds(30) }
+    })
+    const counted = ok(parse(`${minimal}\nbreaker: { failureRate: { threshold: 1, minimumCalls: 5, calls: 50 } }\n`))
+    expect(Config.toRelayOptions(counted).breaker?.failureRate?.window).toEqual({ calls: 50 })
+    const over = parse(`${minimal}\nbreaker: { failureRate: { threshold: 1.5, minimumCalls: 5, calls: 50 } }\n`)
+    expect(Either.isLeft(over) && over.left.message).toContain("breaker.failureRate.threshold: expected a share above 0")
+    const both = parse(`${minimal}\nbreaker: { failureRate: { threshold: 0.5, minimumCalls: 5, calls: 50, window: 10s } }\n`)
+    expect(Either.isLeft(both) && both.left.message).toContain(
+      "breaker.failureRate: set exactly one of window (a duration) or calls (a count)"
+    )
     const panicking = ok(parse(`${minimal}\nrouting: { panic: true }\n`))
     expect(Config.toRelayOptions(panicking).router).toEqual({ strategy: "priority", panic: true })
   })
