@@ -113,6 +113,13 @@ export interface CircuitBreaker {
   readonly state: Effect.Effect<State>
   /** Whether a call made now would be admitted, without taking a probe slot. */
   readonly isAvailable: Effect.Effect<boolean>
+  /**
+   * The same, read synchronously at `now` (epoch millis) without changing
+   * anything: for routing decisions on the hot path, where a snapshot per
+   * upstream per request would be waste. An elapsed open period counts as
+   * half-open.
+   */
+  readonly unsafeIsAvailable: (now: number) => boolean
   readonly snapshot: Effect.Effect<Snapshot>
   /** Every transition from now on. */
   readonly changes: Stream.Stream<Transition>
@@ -453,12 +460,27 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         return [undefined, transition(m, target, now, reason)]
       })
 
+    const unsafeIsAvailable = (now: number): boolean => {
+      const s = m.state
+      switch (s._tag) {
+        case "Closed":
+        case "Disabled":
+          return true
+        case "HalfOpen":
+          return s.inFlight < halfOpenMaxCalls
+        case "Open":
+          return now >= s.openUntil
+        case "ForcedOpen":
+          return false
+      }
+    }
+
     return CircuitBreaker.of({
       name,
       protect,
       state: Effect.map(snapshot, (s) => s.state),
-      isAvailable: Effect.map(snapshot, (s) =>
-        s.state === "Closed" || s.state === "Disabled" || (s.state === "HalfOpen" && s.halfOpenInFlight < halfOpenMaxCalls)),
+      isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
+      unsafeIsAvailable,
       snapshot,
       changes: Stream.fromPubSub(pubsub),
       reset: operator(() => closed(), "reset by operator"),

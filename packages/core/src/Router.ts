@@ -114,14 +114,14 @@ export const make = (options: Options = {}): Router => {
     now: number,
     cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
   ): Effect.Effect<Plan> =>
-    Effect.flatMap(
-      Effect.forEach(servers, (u) => Effect.map(u.breaker.isAvailable, (ok) => [u, ok] as const)),
-      (checked) => {
+    Effect.suspend(
+      () => {
+        // One synchronous pass over the upstreams: this runs on every request.
         const ready: Array<Upstream> = []
         const excluded: Array<readonly [Upstream, Exclusion]> = []
-        for (const [u, breakerOk] of checked) {
+        for (const u of servers) {
           const cooldown = cooldowns.get(u.name)
-          if (!breakerOk) excluded.push([u, "circuit-open"])
+          if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
           else if (cooldown !== undefined && cooldown.until > now) excluded.push([u, "cooling-down"])
           else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
           else ready.push(u)

@@ -152,16 +152,16 @@ export const make = (options: Options) =>
       return { lookup: !v.includes("no-cache"), store: !v.includes("no-store") }
     }
 
-    const relayedHeaders = (m: Relay.Metadata | { upstream: string; attempts: number }, extra?: Relay.Metadata) => {
+    /** The relay's headers; a stream's cost and latency are not known when its headers go out. */
+    const relayedHeaders = (m: Relay.Metadata | { readonly upstream: string; readonly attempts: number }) => {
       const h: Record<string, string> = {
         "x-breakwater-upstream": m.upstream,
         "x-breakwater-attempts": String(m.attempts)
       }
-      const meta = extra ?? ("cache" in m ? m : undefined)
-      if (meta !== undefined) {
-        h["x-breakwater-cache"] = meta.cache
-        h["x-breakwater-latency-ms"] = String(meta.latencyMs)
-        h["x-breakwater-cost-usd"] = (meta.costUsd ?? 0).toFixed(8)
+      if ("cache" in m) {
+        h["x-breakwater-cache"] = m.cache
+        h["x-breakwater-latency-ms"] = String(m.latencyMs)
+        h["x-breakwater-cost-usd"] = (m.costUsd ?? 0).toFixed(8)
       }
       return h
     }
