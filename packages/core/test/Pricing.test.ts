@@ -145,4 +145,34 @@ describe("Pricing", () => {
       expect(yield* counterValue(Pricing.tokensTotal, { ...other, kind: "completion" })).toBe(3)
       expect(yield* counterValue(Pricing.costTotal, other)).toBe(0)
     }))
+
+  it.effect("bounds model and key labels: known ones as they are, 50 others first seen, then 'other'", () =>
+    Effect.gen(function*() {
+      const pricing = Pricing.make({}, { models: ["gpt-4.1", "fast"], keys: ["team-a"] })
+      const upstream = "bounded-labels-test"
+      for (let i = 0; i < 3000; i++) {
+        yield* pricing.record({ upstream, model: `caller-model-${i}`, key: i % 2 === 0 ? "team-a" : `stranger-${i}` }, usage(1, 1), 0.001)
+      }
+      yield* pricing.record({ upstream, model: "gpt-4.1", key: "anonymous" }, usage(1, 1), 0.001)
+      yield* pricing.record({ upstream, model: "fast", key: "team-a" }, usage(1, 1), 0.001)
+      const pairs = (yield* Metric.snapshot).filter((p) =>
+        p.metricKey.name === "breakwater_cost_usd_total" &&
+        Array.from(p.metricKey.tags).some((t) => t.key === "upstream" && t.value === upstream)
+      )
+      const values = (key: string) =>
+        new Set(pairs.flatMap((p) => Array.from(p.metricKey.tags).filter((t) => t.key === key).map((t) => t.value)))
+      const models = values("model")
+      expect(models.size).toBe(50 + 2 + 1)
+      expect(models.has("other")).toBe(true)
+      expect(models.has("caller-model-49")).toBe(true)
+      expect(models.has("caller-model-50")).toBe(false)
+      expect(models.has("gpt-4.1") && models.has("fast")).toBe(true)
+      const keys = values("key")
+      expect(keys.has("team-a") && keys.has("anonymous") && keys.has("other")).toBe(true)
+      expect(keys.size).toBe(50 + 2 + 1)
+      // Nothing is lost: the total is the same.
+      const total = pairs.reduce((sum, p) => sum + ((p.metricState as { count?: number }).count ?? 0), 0)
+      expect(total).toBeCloseTo(3.002, 9)
+    }))
 })
+

@@ -47,6 +47,8 @@ const text = (status: number, body: string, contentType: string, headers: Record
 export interface Options {
   readonly maxBodyBytes: number
   readonly adminKey: Redacted.Redacted<string> | undefined
+  /** Model names used as metric labels as they are (configured models and aliases); others are bounded. */
+  readonly knownModels?: ReadonlyArray<string> | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -123,7 +125,7 @@ export const make = (options: Options) =>
     const health = yield* Effect.serviceOption(Health.Health)
     const cooldowns = yield* Cooldown.CooldownStore
     const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
-    const knownModels = new Set(relay.models)
+    const knownModels = new Set([...relay.models, ...(options.knownModels ?? [])])
     // Model labels: configured models and aliases as they are, at most 50
     // other names (through a "*" upstream) first seen, then "other".
     const otherModel = boundedLabel([], 50)

@@ -52,14 +52,7 @@ export const servicesLayer = (config: ServerConfig) => {
       ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
     )
   // Metric labels: configured models, aliases and their targets, and key names, as they are.
-  const pricing = Pricing.layer(config.pricing, {
-    models: config.upstreams.flatMap((u) => [
-      ...(u.models === "*" ? [] : u.models),
-      ...Object.keys(u.aliases),
-      ...Object.values(u.aliases)
-    ]),
-    keys: config.keys.map((k) => k.name)
-  })
+  const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
   const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
     Layer.provide(Layer.mergeAll(stores, UpstreamClient.layerUndici, pricing))
   )
@@ -86,6 +79,15 @@ export const servicesLayer = (config: ServerConfig) => {
     Layer.provideMerge(Layer.merge(stores, pricing))
   )
 }
+
+/** Every model name the config mentions: upstreams' models, aliases and their targets. */
+export const configuredModels = (config: ServerConfig): ReadonlyArray<string> => [
+  ...new Set(config.upstreams.flatMap((u) => [
+    ...(u.models === "*" ? [] : u.models),
+    ...Object.keys(u.aliases),
+    ...Object.values(u.aliases)
+  ]))
+]
 
 /**
  * Names the configured models (and alias targets) without a price, once at
@@ -194,7 +196,11 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
     )
     const handler = yield* Effect.provide(
-      Http.make({ maxBodyBytes: config.server.maxBodyBytes, adminKey: config.server.adminKey }),
+      Http.make({
+        maxBodyBytes: config.server.maxBodyBytes,
+        adminKey: config.server.adminKey,
+        knownModels: configuredModels(config)
+      }),
       context
     )
     const runFork = Runtime.runFork(Runtime.make({ ...runtime, context: Context.merge(runtime.context, context) }))
