@@ -115,6 +115,42 @@ pricing: { estimatedOutputTokens: 5 }
   })
 })
 
+describe("reservations are given back", () => {
+  it("when the caller goes away mid-request, and when every upstream fails", async () => {
+    const upstream = await FakeUpstream.start({ name: "budget-release", faults: { latencyMs: 400 } })
+    fakes.push(upstream)
+    const server = await serve(`
+keys:
+  - { name: one-at-a-time, key: "${KEY}", budgetUsd: 0.001 }
+upstreams:
+  - { name: r, baseUrl: "${upstream.url}", apiKey: "sk-r", models: [gpt-4.1], timeout: 5s }
+cache: { enabled: false }
+retry: { maxRetries: 0 }
+`)
+    // max_tokens 100: an estimate of $0.0008, so only one request fits at a time.
+    const body = { model: "gpt-4.1", max_tokens: 100, messages: [{ role: "user", content: "hello" }] }
+    const abort = new AbortController()
+    const first = fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` },
+      body: JSON.stringify(body),
+      signal: abort.signal
+    }).catch((e: unknown) => e)
+    await new Promise((r) => setTimeout(r, 100))
+    expect((await post(server, body)).status).toBe(429) // the first holds the budget
+    abort.abort()
+    await first
+    await new Promise((r) => setTimeout(r, 100))
+    const second = await post(server, body)
+    expect(second.status).toBe(200)
+
+    upstream.setFaults({ status: 500 })
+    expect((await post(server, body)).status).toBe(502)
+    upstream.setFaults({})
+    expect((await post(server, body)).status).toBe(200)
+  })
+})
+
 describe("keys and spend in the admin API", () => {
   it("GET /admin/keys shows spend, budget, period and reset time (never the key); reset-spend zeroes the period", async () => {
     const upstream = await FakeUpstream.start({ name: "admin-keys", reply: () => "x".repeat(60) })
