@@ -310,9 +310,22 @@ const Secret = leaf((u) =>
     )
 )
 
+/**
+ * The longest duration a config may hold: a timer (`setTimeout`, and Effect's
+ * clock on top of it) waits at most 2^31-1 ms; beyond that Node fires it at
+ * once and Effect never does, so `timeout: 25d` would fail every request.
+ */
+export const MAX_DURATION_MILLIS = 2 ** 31 - 1
+const MAX_DURATION_TEXT = "24d20h31m23.647s"
+
 const durationLeaf = (positive: boolean) =>
   leaf((u) => {
     const d = typeof u === "string" ? parseDuration(u) : Option.none()
+    if (Option.isSome(d) && Duration.toMillis(d.value) > MAX_DURATION_MILLIS) {
+      return Either.left(
+        `expected a duration of at most ${MAX_DURATION_TEXT} (${MAX_DURATION_MILLIS} ms, the longest a timer can wait), got ${show(u)}`
+      )
+    }
     return Option.isSome(d) && (!positive || Duration.greaterThan(d.value, Duration.zero))
       ? Either.right(d.value)
       : Either.left(`expected a ${positive ? "positive " : ""}duration like "30s", got ${show(u)}`)

@@ -351,6 +351,55 @@ store: { kind: redis, url: "\${REDIS_URL}x" }
     )
   })
 
+  it("caps every duration at what a timer can hold (2^31-1 ms, about 24.8 days)", () => {
+    const durations = [
+      "server.shutdownTimeout",
+      "upstreams[0].timeout",
+      "upstreams[0].breaker.openDuration",
+      "upstreams[0].retry.baseDelay",
+      "upstreams[0].retry.maxDelay",
+      "routing.requestTimeout",
+      "breaker.openDuration",
+      "breaker.failureRate.window",
+      "retry.baseDelay",
+      "retry.maxDelay",
+      "retry.maxRetryAfter",
+      "cooldown.rateLimited",
+      "cooldown.quota",
+      "cache.ttl",
+      "healthCheck.interval",
+      "healthCheck.timeout"
+    ]
+    const yamlWith = (value: string) => `
+server: { shutdownTimeout: ${value} }
+upstreams:
+  - name: a
+    baseUrl: http://localhost:1/v1
+    apiKey: k
+    timeout: ${value}
+    breaker: { openDuration: ${value} }
+    retry: { baseDelay: ${value}, maxDelay: ${value} }
+routing: { requestTimeout: ${value} }
+breaker: { openDuration: ${value}, failureRate: { threshold: 0.5, minimumCalls: 10, window: ${value} } }
+retry: { baseDelay: ${value}, maxDelay: ${value}, maxRetryAfter: ${value} }
+cooldown: { rateLimited: ${value}, quota: ${value} }
+cache: { ttl: ${value} }
+healthCheck: { interval: ${value}, timeout: ${value} }
+`
+    const error = invalid(parse(yamlWith("25d")))
+    expect(error.problems.map((p) => p.path).sort()).toEqual([...durations].sort())
+    for (const p of error.problems) {
+      expect(p.message).toBe(
+        `expected a duration of at most 24d20h31m23.647s (2147483647 ms, the longest a timer can wait), got "25d"`
+      )
+    }
+    // The largest a timer holds is fine, and so is 24 days.
+    ok(parse(yamlWith("24d20h31m23.647s")))
+    const config = ok(parse(yamlWith("24d")))
+    expect(ms(config.upstreams[0].timeout)).toBe(24 * 86_400_000)
+    expect(invalid(parse(yamlWith("24d20h31m23.648s"))).problems).toHaveLength(durations.length)
+  })
+
   it("a redis store needs a redis URL, kept redacted", () => {
     const config = ok(parse(`${minimal}\nstore: { kind: redis, url: "redis://localhost:6379/0" }\n`))
     expect(config.store.kind).toBe("redis")
