@@ -676,16 +676,30 @@ const parseText = (text: string, file: string): Either.Either<unknown, ConfigUnr
 
 type Env = Record<string, string | undefined>
 
+/** A string value that took text from the environment: the variables, and the value they made. */
+interface FromEnv {
+  readonly names: ReadonlyArray<string>
+  readonly value: string
+}
+
+/** The interpolated file, and which values (by path) came from the environment. */
+interface Interpolated {
+  readonly value: unknown
+  readonly fromEnv: ReadonlyMap<string, FromEnv>
+}
+
 const REFERENCE = /^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$/s
 
 /**
  * Replaces `${NAME}` and `${NAME:-default}` in every string value. Collects
  * unset variables and malformed references rather than stopping at the first.
  */
-const interpolate = (value: unknown, env: Env, file: string): Either.Either<unknown, ConfigUnreadable> => {
+const interpolate = (value: unknown, env: Env, file: string): Either.Either<Interpolated, ConfigUnreadable> => {
   const problems: Array<string> = []
+  const fromEnv = new Map<string, FromEnv>()
   const inString = (s: string, path: Path): string => {
     if (!s.includes("$")) return s
+    const names: Array<string> = []
     let out = ""
     let i = 0
     while (i < s.length) {
@@ -708,8 +722,10 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
         const name = m[1]!
         const fallback = m[2]
         const set = env[name]
-        if (set !== undefined && (fallback === undefined || set !== "")) out += set
-        else if (fallback !== undefined) out += fallback
+        if (set !== undefined && (fallback === undefined || set !== "")) {
+          out += set
+          if (!names.includes(name)) names.push(name)
+        } else if (fallback !== undefined) out += fallback
         else problems.push(`${renderPath(path)} uses \${${name}}, which is not set`)
         i = end + 1
       } else {
@@ -717,6 +733,7 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
         i = j + 1
       }
     }
+    if (names.length > 0) fromEnv.set(renderPath(path), { names, value: out })
     return out
   }
   // Objects on the way down: a recursive YAML alias would otherwise recurse forever.
@@ -741,7 +758,38 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
     }
   }
   const result = go(value, [])
-  return problems.length === 0 ? Either.right(result) : Either.left(new ConfigUnreadable({ file, reason: problems.join("; ") }))
+  return problems.length === 0
+    ? Either.right({ value: result, fromEnv })
+    : Either.left(new ConfigUnreadable({ file, reason: problems.join("; ") }))
+}
+
+/**
+ * Takes out of a problem every value that came from the environment: such a
+ * value may be a secret put in the wrong field (`baseUrl: ${UPSTREAM_KEY}`),
+ * so the message names the variable instead. At the problem's own path the
+ * value is replaced where it is quoted; anywhere else, any value of 4
+ * characters or more that the environment supplied is replaced too.
+ */
+const hideEnv = (fromEnv: ReadonlyMap<string, FromEnv>) => {
+  const refs = (names: ReadonlyArray<string>) => names.map((n) => `\${${n}}`).join(", ")
+  const everywhere = [...fromEnv.values()]
+    .filter((f) => f.value.length >= 4)
+    .sort((a, b) => b.value.length - a.value.length)
+  return (p: Problem): Problem => {
+    let message = p.message
+    const own = fromEnv.get(p.path)
+    if (own !== undefined) {
+      const shown = show(own.value)
+      const what = own.names.length === 1 ? `the value of ${refs(own.names)}` : `a value made from ${refs(own.names)}`
+      message = message.split(`got ${shown}`).join(`got ${what} (not shown)`).split(` ${shown}`).join(
+        ` from ${refs(own.names)}`
+      )
+    }
+    for (const f of everywhere) {
+      if (message.includes(f.value)) message = message.split(f.value).join(`<value from ${refs(f.names)}>`)
+    }
+    return message === p.message ? p : { path: p.path, message }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -861,12 +909,15 @@ export const parse = (
   const { env, file } = options
   return Either.flatMap(
     Either.flatMap(parseText(text, file), (parsed) => interpolate(parsed, env, file)),
-    (input): Either.Either<ServerConfig, ConfigInvalid> => {
+    ({ fromEnv, value: input }): Either.Either<ServerConfig, ConfigInvalid> => {
       // An empty file is an empty mapping (and then lacks its upstreams).
       const root = input === null || input === undefined ? {} : input
       if (!isRecord(root)) {
         return Either.left(
-          new ConfigInvalid({ file, problems: [{ path: "", message: `expected a mapping of sections, got ${show(root)}` }] })
+          new ConfigInvalid({
+            file,
+            problems: [hideEnv(fromEnv)({ path: "", message: `expected a mapping of sections, got ${show(root)}` })]
+          })
         )
       }
       const decoded = decodeFile(root)
@@ -879,7 +930,9 @@ export const parse = (
           const k = `${p.path}\u0000${p.message}`
           return seen.has(k) ? false : (seen.add(k), true)
         })
-        return Either.left(new ConfigInvalid({ file, problems: distinct.map(scrub(secretsIn(root))) }))
+        const hide = hideEnv(fromEnv)
+        const scrubSecrets = scrub(secretsIn(root))
+        return Either.left(new ConfigInvalid({ file, problems: distinct.map((p) => scrubSecrets(hide(p))) }))
       }
       // No problems means the schema decoded.
       return Either.map(decoded as Either.Either<File, never>, build)

@@ -351,6 +351,39 @@ store: { kind: redis, url: "\${REDIS_URL}x" }
     )
   })
 
+  it("never echoes a value that came from the environment, whatever the field", () => {
+    const env = {
+      UPSTREAM_KEY: "sk-live-not-a-url-0123456789",
+      PORT: "eighty",
+      HOST_PART: "bad host with spaces",
+      NAME: "same-name-from-env",
+      TIMEOUT: "forever-and-a-day"
+    }
+    const text = `
+server: { port: "\${PORT}" }
+upstreams:
+  - { name: "\${NAME}", baseUrl: "\${UPSTREAM_KEY}", apiKey: k, timeout: "\${TIMEOUT}" }
+  - { name: "\${NAME}", baseUrl: "https://\${HOST_PART}/v1", apiKey: k }
+`
+    const error = invalid(parse(text, env))
+    const everything = [error.message, JSON.stringify(error.problems)].join("\n")
+    for (const value of Object.values(env)) expect(everything).not.toContain(value)
+    const problem = (path: string) => error.problems.find((p) => p.path === path)?.message
+    // Each problem still names the field and says where its value came from.
+    expect(problem("upstreams[0].baseUrl")).toBe(
+      `expected an http(s) URL like "https://api.openai.com/v1", got the value of \${UPSTREAM_KEY} (not shown)`
+    )
+    expect(problem("server.port")).toBe("expected a port number from 0 to 65535, got the value of ${PORT} (not shown)")
+    expect(problem("upstreams[0].timeout")).toContain("got the value of ${TIMEOUT} (not shown)")
+    expect(problem("upstreams[1].baseUrl")).toContain("got the value of ${HOST_PART} (not shown)")
+    expect(problem("upstreams[1].name")).toBe("duplicate upstream name from ${NAME} (also upstreams[0])")
+    // A value written in the file (a default included) is still shown: it is in the file anyway.
+    const literal = invalid(parse(`server: { port: "\${UNSET_PORT:-eighty}" }\n${minimal}`, {}))
+    expect(literal.problems).toEqual([
+      { path: "server.port", message: `expected a port number from 0 to 65535, got "eighty"` }
+    ])
+  })
+
   it("caps every duration at what a timer can hold (2^31-1 ms, about 24.8 days)", () => {
     const durations = [
       "server.shutdownTimeout",
