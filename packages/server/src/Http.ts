@@ -18,7 +18,7 @@ import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import { type Caller, Gateway } from "./Gateway.js"
+import { bearerToken, type Caller, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
@@ -292,8 +292,7 @@ export const make = (options: Options) =>
       if (adminDigest === undefined) {
         return failure(403, "The admin API is disabled: set server.adminKey to enable it.", "permission_error", "admin_disabled")
       }
-      const header = request.headers["authorization"]
-      const presented = header?.startsWith("Bearer ") ? header.slice(7).trim() : undefined
+      const presented = bearerToken(request.headers["authorization"])
       if (presented === undefined || !constantTimeEqual(presented, adminDigest)) {
         return failure(401, "Admin routes need 'Authorization: Bearer <server.adminKey>'.", "invalid_request_error", "invalid_api_key")
       }

@@ -1,0 +1,78 @@
+/**
+ * The server's edges, over real HTTP on 127.0.0.1 (in-process server, fake
+ * upstream): authorization schemes, malformed admin paths, HEAD on the
+ * probes, connection limits and timeouts for slow or endless requests.
+ */
+import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { captureStdout, openAIError, startServer, type TestServer } from "./helpers/e2e.js"
+
+const UPSTREAM_KEY = "sk-upstream-SECRET-hardening"
+const GATEWAY_KEY = "gw-key-HARDENING-SECRET-1"
+const ADMIN_KEY = "admin-key-HARDENING-SECRET-2"
+
+const fakes: Array<FakeUpstream.FakeUpstream> = []
+const servers: Array<TestServer> = []
+
+const yamlFor = (upstream: FakeUpstream.FakeUpstream, server = "") => `
+server: { adminKey: "${ADMIN_KEY}"${server === "" ? "" : `, ${server}`} }
+keys:
+  - { name: team, key: "${GATEWAY_KEY}" }
+upstreams:
+  - { name: ${upstream.name}, baseUrl: "${upstream.url}", apiKey: "${UPSTREAM_KEY}", models: [gpt-4.1] }
+`
+
+const serve = async (server = "") => {
+  const upstream = await FakeUpstream.start({ name: `hardening-${fakes.length}` })
+  fakes.push(upstream)
+  const s = await startServer(yamlFor(upstream, server))
+  servers.push(s)
+  return s
+}
+
+let restoreStdout: (() => void) | undefined
+beforeAll(() => {
+  restoreStdout = captureStdout()
+})
+
+afterAll(async () => {
+  await Promise.all(servers.map((s) => s.close()))
+  await Promise.all(fakes.map((f) => f.close()))
+  restoreStdout?.()
+})
+
+const chat = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "hi" }] })
+
+describe("Authorization schemes are case-insensitive (RFC 9110 11.1)", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await serve()
+  })
+
+  it("gateway keys: 'bearer', 'BEARER' and 'BeArEr' are accepted; other schemes are not", async () => {
+    for (const scheme of ["Bearer", "bearer", "BEARER", "BeArEr"]) {
+      const res = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `${scheme} ${GATEWAY_KEY}` },
+        body: chat
+      })
+      expect(res.status, scheme).toBe(200)
+      await res.arrayBuffer()
+    }
+    const models = await fetch(`${server.url}/v1/models`, { headers: { authorization: `bearer ${GATEWAY_KEY}` } })
+    expect(models.status).toBe(200)
+    const basic = await fetch(`${server.url}/v1/models`, { headers: { authorization: `Basic ${GATEWAY_KEY}` } })
+    expect(basic.status).toBe(401)
+    expect(openAIError(await basic.text()).code).toBe("invalid_api_key")
+  })
+
+  it("the admin key: 'bearer' and 'BEARER' are accepted", async () => {
+    for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+      const res = await fetch(`${server.url}/admin/upstreams`, { headers: { authorization: `${scheme} ${ADMIN_KEY}` } })
+      expect(res.status, scheme).toBe(200)
+      await res.arrayBuffer()
+    }
+    const wrong = await fetch(`${server.url}/admin/upstreams`, { headers: { authorization: `bearer admin-WRONG` } })
+    expect(wrong.status).toBe(401)
+  })
+})
