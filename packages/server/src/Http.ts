@@ -337,7 +337,17 @@ export const make = (options: Options) =>
         const m = /^\/admin\/upstreams\/([^/]+)\/(reset|open)$/.exec(path)
         if (m === null) return notFound(path)
         if (request.method !== "POST") return methodNotAllowed(["POST"])
-        const name = decodeURIComponent(m[1]!)
+        let name: string
+        try {
+          name = decodeURIComponent(m[1]!)
+        } catch {
+          return failure(
+            400,
+            "The upstream name in the path has a malformed percent-encoding.",
+            "invalid_request_error",
+            "invalid_path"
+          )
+        }
         const u = relay.upstreams.find((x) => x.name === name)
         if (u === undefined) return failure(404, `No upstream named '${name}'.`, "invalid_request_error", "upstream_not_found")
         if (m[2] === "reset") {

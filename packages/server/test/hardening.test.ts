@@ -76,3 +76,30 @@ describe("Authorization schemes are case-insensitive (RFC 9110 11.1)", () => {
     expect(wrong.status).toBe(401)
   })
 })
+
+describe("admin paths", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await serve()
+  })
+
+  it("a malformed percent-encoding in the upstream name is a 400, not a 500", async () => {
+    for (const name of ["%", "%E0%A4%A", "ab%zz"]) {
+      const res = await fetch(`${server.url}/admin/upstreams/${name}/reset`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_KEY}` }
+      })
+      expect(res.status, name).toBe(400)
+      const e = openAIError(await res.text())
+      expect(e.type).toBe("invalid_request_error")
+      expect(e.message).toContain("percent-encoding")
+    }
+    // A well-formed encoding of a real name still works.
+    const ok = await fetch(`${server.url}/admin/upstreams/${encodeURIComponent(fakes[fakes.length - 1]!.name)}/reset`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_KEY}` }
+    })
+    expect(ok.status).toBe(200)
+    await ok.arrayBuffer()
+  })
+})
