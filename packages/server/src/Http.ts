@@ -385,10 +385,13 @@ export const make = (options: Options) =>
                 ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
                 : text(200, modelsBody, JSON_TYPE)
           )
+        // Probes answer HEAD too (Node sends a HEAD reply's headers without its body).
         case "/healthz":
-          return Effect.succeed(request.method === "GET" ? json(200, { status: "ok" }) : methodNotAllowed(["GET"]))
+          return Effect.succeed(
+            request.method === "GET" || request.method === "HEAD" ? json(200, { status: "ok" }) : methodNotAllowed(PROBE_METHODS)
+          )
         case "/readyz":
-          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+          if (request.method !== "GET" && request.method !== "HEAD") return Effect.succeed(methodNotAllowed(PROBE_METHODS))
           return Effect.map(relay.ready, (ready) =>
             ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
         case "/metrics":
@@ -455,6 +458,8 @@ export const make = (options: Options) =>
       return response
     })
   })
+
+const PROBE_METHODS = ["GET", "HEAD"] as const
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 

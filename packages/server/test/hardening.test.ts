@@ -4,6 +4,7 @@
  * probes, connection limits and timeouts for slow or endless requests.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
+import { connect } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { captureStdout, openAIError, startServer, type TestServer } from "./helpers/e2e.js"
 
@@ -42,6 +43,31 @@ afterAll(async () => {
 })
 
 const chat = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "hi" }] })
+
+/**
+ * Writes `text` on a fresh connection and collects what comes back until the
+ * server closes it (or `timeoutMs` passes). `closed` says whether the server
+ * closed it.
+ */
+const raw = (port: number, text: string, timeoutMs = 5_000) =>
+  new Promise<{ readonly data: string; readonly closed: boolean; readonly ms: number }>((resolve) => {
+    const started = performance.now()
+    const socket = connect({ port, host: "127.0.0.1" })
+    let data = ""
+    const done = (closed: boolean) => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve({ data, closed, ms: performance.now() - started })
+    }
+    const timer = setTimeout(() => done(false), timeoutMs)
+    socket.setEncoding("utf8")
+    socket.on("data", (chunk: string) => {
+      data += chunk
+    })
+    socket.once("close", () => done(true))
+    socket.once("error", () => undefined)
+    socket.write(text)
+  })
 
 describe("Authorization schemes are case-insensitive (RFC 9110 11.1)", () => {
   let server: TestServer
@@ -101,5 +127,35 @@ describe("admin paths", () => {
     })
     expect(ok.status).toBe(200)
     await ok.arrayBuffer()
+  })
+})
+
+describe("HEAD on the probes", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await serve()
+  })
+
+  it("HEAD /healthz and /readyz answer the status with no body; 405s allow HEAD", async () => {
+    for (const path of ["/healthz", "/readyz"]) {
+      const head = await fetch(`${server.url}${path}`, { method: "HEAD" })
+      expect(head.status, path).toBe(200)
+      expect(await head.text()).toBe("")
+      // On the wire: no body bytes between this response and the next one on the connection.
+      const wire = await raw(
+        server.port,
+        `HEAD ${path} HTTP/1.1\r\nHost: x\r\n\r\nGET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
+      )
+      const responses = wire.data.split(/(?=HTTP\/1\.1 )/)
+      expect(responses).toHaveLength(2)
+      expect(responses[0]).toMatch(/^HTTP\/1\.1 200 /)
+      expect(responses[0]!.endsWith("\r\n\r\n")).toBe(true)
+      expect(responses[1]).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\n\r\n\{"status":/)
+
+      const post = await fetch(`${server.url}${path}`, { method: "POST" })
+      expect(post.status).toBe(405)
+      expect(post.headers.get("allow")).toBe("GET, HEAD")
+      expect(openAIError(await post.text()).code).toBe("method_not_allowed")
+    }
   })
 })
