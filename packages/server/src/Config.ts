@@ -9,7 +9,12 @@
  *   adminKey: ${BREAKWATER_ADMIN_KEY}     # optional
  *   maxBodyBytes: 10485760                # default 10 MiB
  *   logLevel: info                        # trace | debug | info | warning | error | fatal | none
- *   shutdownTimeout: 10s
+ *   shutdownTimeout: 10s                  # exit within this (+1s) after SIGTERM/SIGINT
+ *   drainGrace: 2s                        # new requests get 503 this long before the listener closes
+ *   maxConnections: 10000                 # client connections open at once; more are closed at once
+ *   bodyTimeout: 30s                      # a request must arrive in full within this (else 408)
+ *   headersTimeout: 10s                   # its headers within this
+ *   keepAliveTimeout: 65s                 # an idle kept-alive connection is closed after this
  * keys:                                   # gateway keys; optional
  *   - name: team-a
  *     key: ${TEAM_A_KEY}
@@ -85,6 +90,19 @@ export interface ServerSection {
   readonly logLevel: LogLevel.Literal
   /** How long in-flight requests may take to finish on shutdown. */
   readonly shutdownTimeout: Duration.Duration
+  /**
+   * After SIGTERM/SIGINT, how long new requests (and /readyz) get 503 with
+   * `Connection: close` before the listener closes; part of shutdownTimeout.
+   */
+  readonly drainGrace: Duration.Duration
+  /** Client connections open at once; a new one beyond is closed at once. */
+  readonly maxConnections: number
+  /** A request (headers and body) must be received in full within this, else 408. */
+  readonly bodyTimeout: Duration.Duration
+  /** A request's headers must be received within this (at most bodyTimeout), else 408. */
+  readonly headersTimeout: Duration.Duration
+  /** An idle kept-alive connection is closed after this. */
+  readonly keepAliveTimeout: Duration.Duration
 }
 
 /** A gateway key: who may call the server, and their limits. */
@@ -429,7 +447,12 @@ const File = Schema.Struct({
     adminKey: opt(Secret),
     maxBodyBytes: opt(PositiveInt),
     logLevel: opt(LogLevelLeaf),
-    shutdownTimeout: opt(Dur)
+    shutdownTimeout: opt(Dur),
+    drainGrace: opt(Dur),
+    maxConnections: opt(PositiveInt),
+    bodyTimeout: opt(PositiveDur),
+    headersTimeout: opt(PositiveDur),
+    keepAliveTimeout: opt(PositiveDur)
   })),
   keys: opt(Schema.Array(Schema.Struct({
     name: NonEmptyString,
@@ -845,7 +868,12 @@ const build = (f: File): ServerConfig => {
       ...only("adminKey", s.adminKey),
       maxBodyBytes: s.maxBodyBytes ?? 10 * 1024 * 1024,
       logLevel: s.logLevel ?? "Info",
-      shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10)
+      shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10),
+      drainGrace: s.drainGrace ?? Duration.seconds(2),
+      maxConnections: s.maxConnections ?? 10_000,
+      bodyTimeout: s.bodyTimeout ?? Duration.seconds(30),
+      headersTimeout: s.headersTimeout ?? Duration.seconds(10),
+      keepAliveTimeout: s.keepAliveTimeout ?? Duration.seconds(65)
     },
     keys: (f.keys ?? []).map((k) => ({
       name: k.name,

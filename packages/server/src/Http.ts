@@ -46,6 +46,12 @@ const text = (status: number, body: string, contentType: string, headers: Record
 export interface Options {
   readonly maxBodyBytes: number
   readonly adminKey: Redacted.Redacted<string> | undefined
+  /**
+   * True while the server drains before exit: new relay requests and /readyz
+   * get 503, and every response `Connection: close`, so that load balancers
+   * and kept-alive clients go elsewhere.
+   */
+  readonly draining?: (() => boolean) | undefined
 }
 
 // ---------------------------------------------------------------------------

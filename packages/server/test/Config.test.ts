@@ -60,6 +60,11 @@ describe("Config.parse", () => {
     expect(config.server.maxBodyBytes).toBe(10_485_760)
     expect(config.server.logLevel).toBe("Info")
     expect(ms(config.server.shutdownTimeout)).toBe(10_000)
+    expect(ms(config.server.drainGrace)).toBe(2_000)
+    expect(config.server.maxConnections).toBe(10_000)
+    expect(ms(config.server.bodyTimeout)).toBe(30_000)
+    expect(ms(config.server.headersTimeout)).toBe(10_000)
+    expect(ms(config.server.keepAliveTimeout)).toBe(65_000)
 
     expect(config.keys).toHaveLength(1)
     const key = config.keys[0]!
@@ -140,7 +145,12 @@ describe("Config.parse", () => {
       port: 8080,
       maxBodyBytes: 10 * 1024 * 1024,
       logLevel: "Info",
-      shutdownTimeout: Duration.seconds(10)
+      shutdownTimeout: Duration.seconds(10),
+      drainGrace: Duration.seconds(2),
+      maxConnections: 10_000,
+      bodyTimeout: Duration.seconds(30),
+      headersTimeout: Duration.seconds(10),
+      keepAliveTimeout: Duration.seconds(65)
     })
     expect(config.server.adminKey).toBeUndefined()
     expect(config.keys).toEqual([])
@@ -387,6 +397,10 @@ upstreams:
   it("caps every duration at what a timer can hold (2^31-1 ms, about 24.8 days)", () => {
     const durations = [
       "server.shutdownTimeout",
+      "server.drainGrace",
+      "server.bodyTimeout",
+      "server.headersTimeout",
+      "server.keepAliveTimeout",
       "upstreams[0].timeout",
       "upstreams[0].breaker.openDuration",
       "upstreams[0].retry.baseDelay",
@@ -404,7 +418,12 @@ upstreams:
       "healthCheck.timeout"
     ]
     const yamlWith = (value: string) => `
-server: { shutdownTimeout: ${value} }
+server:
+  shutdownTimeout: ${value}
+  drainGrace: ${value}
+  bodyTimeout: ${value}
+  headersTimeout: ${value}
+  keepAliveTimeout: ${value}
 upstreams:
   - name: a
     baseUrl: http://localhost:1/v1

@@ -159,3 +159,150 @@ describe("HEAD on the probes", () => {
     }
   })
 })
+
+/** One kept-alive connection that sends requests one at a time and reads each response. */
+const keptAlive = (port: number) => {
+  const socket = connect({ port, host: "127.0.0.1" })
+  let buffer = ""
+  let closed = false
+  let waiting: (() => void) | undefined
+  socket.setEncoding("utf8")
+  socket.on("data", (chunk: string) => {
+    buffer += chunk
+    waiting?.()
+  })
+  socket.once("close", () => {
+    closed = true
+    waiting?.()
+  })
+  socket.once("error", () => undefined)
+  /** Sends a GET and resolves with the status line, or "closed". */
+  const get = (path: string, timeoutMs = 3_000) =>
+    new Promise<string>((resolve) => {
+      buffer = ""
+      const timer = setTimeout(() => finish("timeout"), timeoutMs)
+      const finish = (result: string) => {
+        clearTimeout(timer)
+        waiting = undefined
+        resolve(result)
+      }
+      waiting = () => {
+        const m = /^HTTP\/1\.1 (\d{3})[^\r]*\r\n[\s\S]*?content-length: (\d+)\r\n[\s\S]*?\r\n\r\n/i.exec(buffer)
+        if (m !== null && buffer.length >= m[0].length + Number(m[2])) finish(m[1]!)
+        else if (closed) finish("closed")
+      }
+      if (closed) finish("closed")
+      else socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    })
+  return { socket, get, isClosed: () => closed }
+}
+
+const metricValue = async (url: string, series: string): Promise<number> => {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
+  return line === undefined ? 0 : Number(line.slice(series.length + 1))
+}
+
+describe("connection limits (server.maxConnections)", { timeout: 10_000 }, () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await serve("maxConnections: 3")
+  })
+
+  it("over maxConnections a new connection is closed at once, while the open ones keep working", async () => {
+    const open = [keptAlive(server.port), keptAlive(server.port), keptAlive(server.port)]
+    try {
+      for (const c of open) expect(await c.get("/healthz")).toBe("200")
+      // The fourth is accepted by the kernel and closed by the server without an answer.
+      const fourth = await raw(server.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 3_000)
+      expect(fourth.closed).toBe(true)
+      expect(fourth.data).toBe("")
+      // The open ones still work.
+      for (const c of open) expect(await c.get("/readyz")).toBe("200")
+      // Once one goes away, a new connection is served again.
+      open[0]!.socket.destroy()
+      let status = "closed"
+      for (let i = 0; i < 50 && status === "closed"; i++) {
+        await new Promise((r) => setTimeout(r, 20))
+        const again = keptAlive(server.port)
+        status = await again.get("/healthz")
+        if (status === "200") {
+          // Counted, over one of the kept-alive connections (the server is full again).
+          expect(await open[1]!.get("/healthz")).toBe("200")
+          again.socket.destroy()
+        }
+      }
+      expect(status).toBe("200")
+    } finally {
+      for (const c of open) c.socket.destroy()
+    }
+    await new Promise((r) => setTimeout(r, 50))
+    expect(await metricValue(server.url, "breakwater_connections_refused_total")).toBeGreaterThanOrEqual(1)
+  })
+})
+
+describe("slow and endless requests (server.bodyTimeout, headersTimeout, keepAliveTimeout)", { timeout: 10_000 }, () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await serve("bodyTimeout: 1s, headersTimeout: 1s, keepAliveTimeout: 1500ms")
+  })
+
+  const post = (auth: string, contentLength: number, sent: string) =>
+    `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${auth}\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${contentLength}\r\n\r\n${sent}`
+
+  it("a body that never ends gets 408 with an OpenAI error after bodyTimeout, and its connection is closed", async () => {
+    const r = await raw(server.port, post(GATEWAY_KEY, 1_000, `{"model":"gpt-4.1",`), 6_000)
+    expect(r.closed).toBe(true)
+    expect(r.ms).toBeGreaterThanOrEqual(900)
+    expect(r.ms).toBeLessThan(2_500)
+    expect(r.data).toMatch(/^HTTP\/1\.1 408 /)
+    expect(r.data.toLowerCase()).toContain("connection: close")
+    const e = openAIError(r.data.slice(r.data.indexOf("\r\n\r\n") + 4))
+    expect(e).toMatchObject({ type: "invalid_request_error", code: "request_timeout" })
+    expect(e.message).toContain("1s")
+    // Nothing is held: no request in flight, and the upstream was never called.
+    expect(server.running.inFlight()).toBe(0)
+    expect(fakes[fakes.length - 1]!.counters().chat).toBe(0)
+    expect(await metricValue(server.url, `breakwater_client_errors_total{status="408"}`)).toBeGreaterThanOrEqual(1)
+  })
+
+  it("a body that never ends after an early answer (a wrong key) is cut after bodyTimeout too", async () => {
+    const r = await raw(server.port, post("gw-key-WRONG", 1_000, "{"), 6_000)
+    expect(r.data).toMatch(/^HTTP\/1\.1 401 /)
+    expect(r.closed).toBe(true)
+    expect(r.ms).toBeLessThan(2_500)
+  })
+
+  it("headers that never end, and a connection that sends nothing, are closed after headersTimeout", async () => {
+    const [partial, silent] = await Promise.all([
+      raw(server.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n", 6_000),
+      raw(server.port, "", 6_000)
+    ])
+    for (const r of [partial, silent]) {
+      expect(r.closed).toBe(true)
+      expect(r.ms).toBeGreaterThanOrEqual(900)
+      expect(r.ms).toBeLessThan(2_500)
+    }
+    expect(partial.data).toMatch(/^HTTP\/1\.1 408 /)
+    expect(openAIError(partial.data.slice(partial.data.indexOf("\r\n\r\n") + 4)).code).toBe("request_timeout")
+    // Nothing is written to a connection that never sent a byte (a client's pre-opened connection).
+    expect(silent.data).toBe("")
+  })
+
+  it("an idle kept-alive connection is closed after keepAliveTimeout, not before", async () => {
+    const c = keptAlive(server.port)
+    const res = await fetch(`${server.url}/healthz`)
+    expect(res.headers.get("keep-alive")).toBe("timeout=1")
+    await res.arrayBuffer()
+    expect(await c.get("/healthz")).toBe("200")
+    const t0 = performance.now()
+    await new Promise((r) => setTimeout(r, 1_400))
+    // Still open after 1.4 s (longer than headersTimeout: an idle connection is not a slow request).
+    expect(c.isClosed()).toBe(false)
+    for (let i = 0; i < 150 && !c.isClosed(); i++) await new Promise((r) => setTimeout(r, 20))
+    expect(c.isClosed()).toBe(true)
+    // Node keeps it 1 s past what it advertises, so that the client, not the server, closes first.
+    expect(performance.now() - t0).toBeLessThan(3_200)
+  })
+})
