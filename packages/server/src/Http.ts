@@ -412,6 +412,20 @@ export const make = (options: Options) =>
       }
     }
 
+    // ----- draining -----------------------------------------------------------
+
+    const draining = options.draining ?? (() => false)
+
+    /** While draining: new relay requests and /readyz are refused; the rest (/healthz, /metrics, admin) is served. */
+    const refusedWhileDraining = (path: string): Reply | undefined =>
+      path === "/readyz"
+        ? json(503, { status: "not ready", reason: "shutting down" })
+        : path.startsWith("/v1/")
+        ? failure(503, "The gateway is shutting down; retry the request.", "server_error", "shutting_down", null, {
+          "retry-after": "1"
+        })
+        : undefined
+
     return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
@@ -429,14 +443,17 @@ export const make = (options: Options) =>
         costUsd: undefined,
         failures: undefined
       }
-      const response = yield* route(request, path, log).pipe(
+      const closing = draining()
+      const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
           Effect.as(
             Effect.logError("unexpected failure", cause),
             failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
           )
         )
-      )
+      ))
+      // Kept-alive clients (and load balancers) reconnect, to another instance.
+      if (closing) response.headers["connection"] = "close"
       log.status = response.status
       if (path.startsWith("/v1/")) {
         const elapsed = performance.now() - started

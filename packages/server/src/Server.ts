@@ -299,23 +299,44 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
   })
 
 /**
- * Stops accepting connections, waits for requests in flight to finish (up to
- * `timeout`), then closes every connection left. Idle keep-alive connections
- * are closed as soon as they go idle.
+ * Drains the server, within `timeout` in all:
+ *
+ * 1. for `grace` (part of `timeout`), it keeps listening but answers new relay
+ *    requests and /readyz with 503 and every response with `Connection:
+ *    close`, so that load balancers take it out and kept-alive clients
+ *    reconnect elsewhere;
+ * 2. then it stops accepting connections and closes idle ones as they go
+ *    idle, while requests in flight (streams included) finish;
+ * 3. at `timeout`, it closes every connection left.
+ *
+ * `drained` says whether every request finished by itself.
  */
-export const drain = (running: Running, timeout: Duration.DurationInput): Promise<{ readonly drained: boolean }> =>
+export const drain = (
+  running: Running,
+  timeout: Duration.DurationInput,
+  grace: Duration.DurationInput = 0
+): Promise<{ readonly drained: boolean }> =>
   new Promise((resolve) => {
-    const deadline = Date.now() + Duration.toMillis(timeout)
-    running.server.close()
+    const started = Date.now()
+    const deadline = started + Duration.toMillis(timeout)
+    const listenUntil = Math.min(started + Duration.toMillis(grace), deadline)
+    running.startDraining()
+    let listening = true
     const tick = () => {
-      running.server.closeIdleConnections()
-      if (running.inFlight() === 0 || Date.now() >= deadline) {
+      const now = Date.now()
+      if (listening && now >= listenUntil) {
+        listening = false
+        running.server.close()
+      }
+      if (!listening) running.server.closeIdleConnections()
+      if ((!listening && running.inFlight() === 0) || now >= deadline) {
         const drained = running.inFlight() === 0
+        if (listening) running.server.close()
         running.server.closeAllConnections()
         resolve({ drained })
         return
       }
-      setTimeout(tick, 25)
+      setTimeout(tick, Math.max(1, Math.min(25, (listening ? listenUntil : deadline) - now)))
     }
     tick()
   })
