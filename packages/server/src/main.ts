@@ -27,6 +27,7 @@ import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
 import * as Server from "./Server.js"
 import * as Simulate from "./simulate/Cli.js"
+import * as UnhandledErrors from "./UnhandledErrors.js"
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
 
@@ -112,6 +113,12 @@ const serve = (args: { readonly config: Option.Option<string>; readonly port: Op
       yield* Console.error("warning: no gateway keys are configured: any caller on this machine is accepted.")
     }
     config = { ...config, server: { ...config.server, host, port } }
+    // From here on no error ends the process: it is logged, counted, and the server keeps serving.
+    const level = config.server.logLevel
+    yield* Effect.acquireRelease(
+      Effect.sync(() => UnhandledErrors.install({ log: level !== "Fatal" && level !== "None" })),
+      (uninstall) => Effect.sync(uninstall)
+    )
     const running = yield* Server.serve(config)
     const ms = Math.round(performance.now() - started)
     if (demo !== undefined) {

@@ -195,3 +195,59 @@ describe("shutdown", { timeout: 30_000 }, () => {
     }
   })
 })
+
+describe("errors nothing else caught", { timeout: 30_000 }, () => {
+  it("an uncaught exception and an unhandled rejection are logged at ERROR with name, message and stack, counted, and the server keeps serving", async () => {
+    // A preload that, on SIGUSR2, throws from a timer and rejects a promise nobody awaits:
+    // the two ways an error escapes everything (as undici's 'error' events without a listener did).
+    const preload = join(dir, "escape.mjs")
+    writeFileSync(
+      preload,
+      `process.on("SIGUSR2", () => {
+  setImmediate(() => {
+    const e = new TypeError("boom from the test preload")
+    e.code = "ERR_TEST_BOOM"
+    throw e
+  })
+  setImmediate(() => {
+    Promise.reject(new RangeError("rejected in the test preload"))
+  })
+})
+`
+    )
+    const upstream = await fake("guarded")
+    const port = await freePort()
+    const p = cli(["--config", configFor(upstream, port, "drainGrace: 0s")], {
+      NODE_OPTIONS: `${process.env["NODE_OPTIONS"] ?? ""} --import ${preload}`.trim()
+    })
+    try {
+      const url = (await p.waitForStdout(/Breakwater on (http:\/\/127\.0\.0\.1:\d+)/, 15_000))[1]!
+      p.child.kill("SIGUSR2")
+      await p.waitForStdout(/"kind":"exception"[\s\S]*"kind":"rejection"|"kind":"rejection"[\s\S]*"kind":"exception"/, 5_000)
+      const lines = p.stdout().split("\n").filter((l) => l.includes(`"msg":"unhandled error"`)).map((l) =>
+        JSON.parse(l) as { level: string; kind: string; error: { name: string; message: string; stack: string; code?: string } }
+      )
+      expect(lines).toHaveLength(2)
+      const exception = lines.find((l) => l.kind === "exception")!
+      expect(exception.level).toBe("ERROR")
+      expect(exception.error).toMatchObject({ name: "TypeError", message: "boom from the test preload", code: "ERR_TEST_BOOM" })
+      expect(exception.error.stack).toContain("escape.mjs")
+      const rejection = lines.find((l) => l.kind === "rejection")!
+      expect(rejection.level).toBe("ERROR")
+      expect(rejection.error).toMatchObject({ name: "RangeError", message: "rejected in the test preload" })
+      expect(rejection.error.stack).toContain("escape.mjs")
+
+      // Still serving, and the errors are in the metrics.
+      expect(p.child.exitCode).toBeNull()
+      expect((await send(url, "/v1/chat/completions", { method: "POST", body: chat(false) })).status).toBe(200)
+      const metrics = (await send(url, "/metrics")).body
+      expect(metrics).toMatch(/^breakwater_unhandled_errors_total\{kind="exception"\} 1$/m)
+      expect(metrics).toMatch(/^breakwater_unhandled_errors_total\{kind="rejection"\} 1$/m)
+
+      p.child.kill("SIGTERM")
+      expect(await exitWithin(p.exited, 5_000)).toEqual({ code: 0, signal: null })
+    } finally {
+      await p.stop(100)
+    }
+  })
+})
