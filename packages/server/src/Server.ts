@@ -110,6 +110,29 @@ const rawFailure = (status: keyof typeof STATUS_TEXT, message: string, code: str
     `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
 }
 
+/**
+ * File descriptors kept for everything but client connections (upstream
+ * sockets, Redis, files) when checking `server.maxConnections` against the
+ * process's limit.
+ */
+export const RESERVED_FDS = 1_024
+
+/**
+ * A warning when `maxConnections` client connections, plus RESERVED_FDS,
+ * would not fit in the process's open-files limit (read from Linux's
+ * `/proc/self/limits`, after Node has raised the soft limit to the hard
+ * one); undefined when they fit or the limit is unknown.
+ */
+export const openFilesWarning = (procSelfLimits: string, maxConnections: number): string | undefined => {
+  const m = /^Max open files\s+(\d+|unlimited)\s/m.exec(procSelfLimits)
+  if (m === null || m[1] === "unlimited") return undefined
+  const limit = Number(m[1])
+  if (maxConnections + RESERVED_FDS <= limit) return undefined
+  return `warning: server.maxConnections (${maxConnections}) + ${RESERVED_FDS} for upstreams and files exceeds this process's ` +
+    `open-files limit (${limit}): past it new connections fail in the kernel, not with the gateway's refusal. ` +
+    `Lower maxConnections to ${Math.max(1, limit - RESERVED_FDS)} or raise the limit (ulimit -n, LimitNOFILE=).`
+}
+
 /** How often Node checks headersTimeout and bodyTimeout: each second, or a quarter of the shorter one. */
 const checkingInterval = (headersMs: number, bodyMs: number): number =>
   Math.max(100, Math.min(1_000, Math.floor(Math.min(headersMs, bodyMs) / 4)))
@@ -220,7 +243,8 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
     const bodyMs = Duration.toMillis(config.server.bodyTimeout)
     const headersMs = Math.min(Duration.toMillis(config.server.headersTimeout), bodyMs)
     const server = createServer({
-      keepAliveTimeout: Duration.toMillis(config.server.keepAliveTimeout),
+      // Node arms the idle timer 1 s past this (so that the client closes first): keep the sum in a timer's range.
+      keepAliveTimeout: Math.min(Duration.toMillis(config.server.keepAliveTimeout), Config.MAX_DURATION_MILLIS - 1_000),
       headersTimeout: headersMs,
       requestTimeout: bodyMs,
       connectionsCheckingInterval: checkingInterval(headersMs, bodyMs)

@@ -22,6 +22,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
+import { readFileSync } from "node:fs"
 import { constants } from "node:os"
 import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
@@ -113,6 +114,15 @@ const serve = (args: { readonly config: Option.Option<string>; readonly port: Op
       yield* Console.error("warning: no gateway keys are configured: any caller on this machine is accepted.")
     }
     config = { ...config, server: { ...config.server, host, port } }
+    const limits = (() => {
+      try {
+        return readFileSync("/proc/self/limits", "utf8")
+      } catch {
+        return "" // not Linux: no check
+      }
+    })()
+    const fds = Server.openFilesWarning(limits, config.server.maxConnections)
+    if (fds !== undefined) yield* Console.error(fds)
     // From here on no error ends the process: it is logged, counted, and the server keeps serving.
     const level = config.server.logLevel
     yield* Effect.acquireRelease(

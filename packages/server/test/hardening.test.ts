@@ -6,6 +6,7 @@
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import { connect } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Server from "../src/Server.js"
 import { captureStdout, openAIError, startServer, type TestServer } from "./helpers/e2e.js"
 
 const UPSTREAM_KEY = "sk-upstream-SECRET-hardening"
@@ -238,6 +239,24 @@ describe("connection limits (server.maxConnections)", { timeout: 10_000 }, () =>
     }
     await new Promise((r) => setTimeout(r, 50))
     expect(await metricValue(server.url, "breakwater_connections_refused_total")).toBeGreaterThanOrEqual(1)
+  })
+})
+
+describe("maxConnections against the open-files limit", () => {
+  const limits = (soft: string) =>
+    `Limit                     Soft Limit           Hard Limit           Units     \n` +
+    `Max processes             63704                63704                processes \n` +
+    `Max open files            ${soft}                ${soft}                files     \n`
+
+  it("warns when maxConnections plus a reserve for upstreams would not fit, naming both numbers", () => {
+    expect(Server.openFilesWarning(limits("20000"), 10_000)).toBeUndefined()
+    expect(Server.openFilesWarning(limits("11024"), 10_000)).toBeUndefined()
+    const warning = Server.openFilesWarning(limits("4096"), 10_000)
+    expect(warning).toContain("server.maxConnections (10000)")
+    expect(warning).toContain("open-files limit (4096)")
+    expect(warning).toContain("Lower maxConnections to 3072")
+    expect(Server.openFilesWarning(limits("unlimited"), 10_000)).toBeUndefined()
+    expect(Server.openFilesWarning("", 10_000)).toBeUndefined() // not Linux
   })
 })
 
