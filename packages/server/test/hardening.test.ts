@@ -309,6 +309,18 @@ describe("slow and endless requests (server.bodyTimeout, headersTimeout, keepAli
     expect(silent.data).toBe("")
   })
 
+  it("what the HTTP parser refuses is answered as an OpenAI error: 400 not HTTP, 431 headers too large", async () => {
+    const garbage = await raw(server.port, "HELLO THERE\r\n\r\n")
+    expect(garbage.data).toMatch(/^HTTP\/1\.1 400 /)
+    expect(openAIError(garbage.data.slice(garbage.data.indexOf("\r\n\r\n") + 4)).code).toBe("bad_request")
+    expect(garbage.closed).toBe(true)
+    const huge = await raw(server.port, `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`)
+    expect(huge.data).toMatch(/^HTTP\/1\.1 431 /)
+    expect(openAIError(huge.data.slice(huge.data.indexOf("\r\n\r\n") + 4)).code).toBe("headers_too_large")
+    expect(await metricValue(server.url, `breakwater_client_errors_total{status="400"}`)).toBeGreaterThanOrEqual(1)
+    expect(await metricValue(server.url, `breakwater_client_errors_total{status="431"}`)).toBeGreaterThanOrEqual(1)
+  })
+
   it("an idle kept-alive connection is closed after keepAliveTimeout, not before", async () => {
     const c = keptAlive(server.port)
     const res = await fetch(`${server.url}/healthz`)
