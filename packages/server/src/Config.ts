@@ -9,7 +9,12 @@
  *   adminKey: ${BREAKWATER_ADMIN_KEY}     # optional
  *   maxBodyBytes: 10485760                # default 10 MiB
  *   logLevel: info                        # trace | debug | info | warning | error | fatal | none
- *   shutdownTimeout: 10s
+ *   shutdownTimeout: 10s                  # exit within this (+1s) after SIGTERM/SIGINT
+ *   drainGrace: 2s                        # new requests get 503 this long before the listener closes
+ *   maxConnections: 10000                 # client connections open at once; more are closed at once
+ *   bodyTimeout: 30s                      # a request must arrive in full within this (else 408)
+ *   headersTimeout: 10s                   # its headers within this
+ *   keepAliveTimeout: 65s                 # an idle kept-alive connection is closed after this
  * keys:                                   # gateway keys; optional
  *   - name: team-a
  *     key: ${TEAM_A_KEY}
@@ -92,6 +97,19 @@ export interface ServerSection {
   readonly logLevel: LogLevel.Literal
   /** How long in-flight requests may take to finish on shutdown. */
   readonly shutdownTimeout: Duration.Duration
+  /**
+   * After SIGTERM/SIGINT, how long new requests (and /readyz) get 503 with
+   * `Connection: close` before the listener closes; part of shutdownTimeout.
+   */
+  readonly drainGrace: Duration.Duration
+  /** Client connections open at once; a new one beyond is closed at once. */
+  readonly maxConnections: number
+  /** A request (headers and body) must be received in full within this, else 408. */
+  readonly bodyTimeout: Duration.Duration
+  /** A request's headers must be received within this (at most bodyTimeout), else 408. */
+  readonly headersTimeout: Duration.Duration
+  /** An idle kept-alive connection is closed after this. */
+  readonly keepAliveTimeout: Duration.Duration
 }
 
 /** A gateway key: who may call the server, and their limits. */
@@ -328,9 +346,22 @@ const Secret = leaf((u) =>
     )
 )
 
+/**
+ * The longest duration a config may hold: a timer (`setTimeout`, and Effect's
+ * clock on top of it) waits at most 2^31-1 ms; beyond that Node fires it at
+ * once and Effect never does, so `timeout: 25d` would fail every request.
+ */
+export const MAX_DURATION_MILLIS = 2 ** 31 - 1
+const MAX_DURATION_TEXT = "24d20h31m23.647s"
+
 const durationLeaf = (positive: boolean) =>
   leaf((u) => {
     const d = typeof u === "string" ? parseDuration(u) : Option.none()
+    if (Option.isSome(d) && Duration.toMillis(d.value) > MAX_DURATION_MILLIS) {
+      return Either.left(
+        `expected a duration of at most ${MAX_DURATION_TEXT} (${MAX_DURATION_MILLIS} ms, the longest a timer can wait), got ${show(u)}`
+      )
+    }
     return Option.isSome(d) && (!positive || Duration.greaterThan(d.value, Duration.zero))
       ? Either.right(d.value)
       : Either.left(`expected a ${positive ? "positive " : ""}duration like "30s", got ${show(u)}`)
@@ -476,7 +507,12 @@ const File = Schema.Struct({
     adminKey: opt(Secret),
     maxBodyBytes: opt(PositiveInt),
     logLevel: opt(LogLevelLeaf),
-    shutdownTimeout: opt(Dur)
+    shutdownTimeout: opt(Dur),
+    drainGrace: opt(Dur),
+    maxConnections: opt(PositiveInt),
+    bodyTimeout: opt(PositiveDur),
+    headersTimeout: opt(PositiveDur),
+    keepAliveTimeout: opt(PositiveDur)
   })),
   keys: opt(Schema.Array(Schema.Struct({
     name: NonEmptyString,
@@ -725,16 +761,30 @@ const parseText = (text: string, file: string): Either.Either<unknown, ConfigUnr
 
 type Env = Record<string, string | undefined>
 
+/** A string value that took text from the environment: the variables, and the value they made. */
+interface FromEnv {
+  readonly names: ReadonlyArray<string>
+  readonly value: string
+}
+
+/** The interpolated file, and which values (by path) came from the environment. */
+interface Interpolated {
+  readonly value: unknown
+  readonly fromEnv: ReadonlyMap<string, FromEnv>
+}
+
 const REFERENCE = /^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$/s
 
 /**
  * Replaces `${NAME}` and `${NAME:-default}` in every string value. Collects
  * unset variables and malformed references rather than stopping at the first.
  */
-const interpolate = (value: unknown, env: Env, file: string): Either.Either<unknown, ConfigUnreadable> => {
+const interpolate = (value: unknown, env: Env, file: string): Either.Either<Interpolated, ConfigUnreadable> => {
   const problems: Array<string> = []
+  const fromEnv = new Map<string, FromEnv>()
   const inString = (s: string, path: Path): string => {
     if (!s.includes("$")) return s
+    const names: Array<string> = []
     let out = ""
     let i = 0
     while (i < s.length) {
@@ -757,8 +807,10 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
         const name = m[1]!
         const fallback = m[2]
         const set = env[name]
-        if (set !== undefined && (fallback === undefined || set !== "")) out += set
-        else if (fallback !== undefined) out += fallback
+        if (set !== undefined && (fallback === undefined || set !== "")) {
+          out += set
+          if (!names.includes(name)) names.push(name)
+        } else if (fallback !== undefined) out += fallback
         else problems.push(`${renderPath(path)} uses \${${name}}, which is not set`)
         i = end + 1
       } else {
@@ -766,6 +818,7 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
         i = j + 1
       }
     }
+    if (names.length > 0) fromEnv.set(renderPath(path), { names, value: out })
     return out
   }
   // Objects on the way down: a recursive YAML alias would otherwise recurse forever.
@@ -790,7 +843,38 @@ const interpolate = (value: unknown, env: Env, file: string): Either.Either<unkn
     }
   }
   const result = go(value, [])
-  return problems.length === 0 ? Either.right(result) : Either.left(new ConfigUnreadable({ file, reason: problems.join("; ") }))
+  return problems.length === 0
+    ? Either.right({ value: result, fromEnv })
+    : Either.left(new ConfigUnreadable({ file, reason: problems.join("; ") }))
+}
+
+/**
+ * Takes out of a problem every value that came from the environment: such a
+ * value may be a secret put in the wrong field (`baseUrl: ${UPSTREAM_KEY}`),
+ * so the message names the variable instead. At the problem's own path the
+ * value is replaced where it is quoted; anywhere else, any value of 4
+ * characters or more that the environment supplied is replaced too.
+ */
+const hideEnv = (fromEnv: ReadonlyMap<string, FromEnv>) => {
+  const refs = (names: ReadonlyArray<string>) => names.map((n) => `\${${n}}`).join(", ")
+  const everywhere = [...fromEnv.values()]
+    .filter((f) => f.value.length >= 4)
+    .sort((a, b) => b.value.length - a.value.length)
+  return (p: Problem): Problem => {
+    let message = p.message
+    const own = fromEnv.get(p.path)
+    if (own !== undefined) {
+      const shown = show(own.value)
+      const what = own.names.length === 1 ? `the value of ${refs(own.names)}` : `a value made from ${refs(own.names)}`
+      message = message.split(`got ${shown}`).join(`got ${what} (not shown)`).split(` ${shown}`).join(
+        ` from ${refs(own.names)}`
+      )
+    }
+    for (const f of everywhere) {
+      if (message.includes(f.value)) message = message.split(f.value).join(`<value from ${refs(f.names)}>`)
+    }
+    return message === p.message ? p : { path: p.path, message }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -846,7 +930,12 @@ const build = (f: File): ServerConfig => {
       ...only("adminKey", s.adminKey),
       maxBodyBytes: s.maxBodyBytes ?? 10 * 1024 * 1024,
       logLevel: s.logLevel ?? "Info",
-      shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10)
+      shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10),
+      drainGrace: s.drainGrace ?? Duration.seconds(2),
+      maxConnections: s.maxConnections ?? 10_000,
+      bodyTimeout: s.bodyTimeout ?? Duration.seconds(30),
+      headersTimeout: s.headersTimeout ?? Duration.seconds(10),
+      keepAliveTimeout: s.keepAliveTimeout ?? Duration.seconds(65)
     },
     keys: (f.keys ?? []).map((k) => ({
       name: k.name,
@@ -915,12 +1004,15 @@ export const parse = (
   const { env, file } = options
   return Either.flatMap(
     Either.flatMap(parseText(text, file), (parsed) => interpolate(parsed, env, file)),
-    (input): Either.Either<ServerConfig, ConfigInvalid> => {
+    ({ fromEnv, value: input }): Either.Either<ServerConfig, ConfigInvalid> => {
       // An empty file is an empty mapping (and then lacks its upstreams).
       const root = input === null || input === undefined ? {} : input
       if (!isRecord(root)) {
         return Either.left(
-          new ConfigInvalid({ file, problems: [{ path: "", message: `expected a mapping of sections, got ${show(root)}` }] })
+          new ConfigInvalid({
+            file,
+            problems: [hideEnv(fromEnv)({ path: "", message: `expected a mapping of sections, got ${show(root)}` })]
+          })
         )
       }
       const { moved, root: normalised } = normalisePricing(root)
@@ -940,7 +1032,9 @@ export const parse = (
           const k = `${p.path}\u0000${p.message}`
           return seen.has(k) ? false : (seen.add(k), true)
         })
-        return Either.left(new ConfigInvalid({ file, problems: distinct.map(scrub(secretsIn(root))) }))
+        const hide = hideEnv(fromEnv)
+        const scrubSecrets = scrub(secretsIn(root))
+        return Either.left(new ConfigInvalid({ file, problems: distinct.map((p) => scrubSecrets(hide(p))) }))
       }
       // No problems means the schema decoded.
       return Either.map(decoded as Either.Either<File, never>, build)

@@ -17,7 +17,7 @@ export interface Demo {
 
 /** The demo's config, in the same YAML an operator would write. */
 export const yaml = (urls: { flaky: string; slow: string; steady: string }, port: number, host: string) => `
-server: { host: ${host}, port: ${port}, adminKey: demo-admin-key }
+server: { host: ${host}, port: ${port}, adminKey: demo-admin-key, drainGrace: 0s }
 upstreams:
   - { name: flaky, baseUrl: "${urls.flaky}", apiKey: sk-demo-flaky, models: "*", priority: 1 }
   - { name: slow, baseUrl: "${urls.slow}", apiKey: sk-demo-slow, models: "*", priority: 2 }

@@ -192,6 +192,18 @@ export const Gateway = Context.GenericTag<Gateway>("@breakwater/server/Gateway")
 
 const digest = (value: string): Buffer => createHash("sha256").update(value).digest()
 
+/**
+ * The token of an `Authorization: Bearer <token>` header, or undefined. The
+ * scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` work too.
+ */
+export const bearerToken = (authorization: string | undefined): string | undefined => {
+  if (authorization === undefined || authorization.length < 8) return undefined
+  const scheme = authorization.slice(0, 7)
+  if (scheme !== "Bearer " && scheme.toLowerCase() !== "bearer ") return undefined
+  const token = authorization.slice(7).trim()
+  return token === "" ? undefined : token
+}
+
 const anonymous: Caller = {
   name: "anonymous",
   requestLimit: undefined,
@@ -237,10 +249,9 @@ export const make = (
 
     const authenticate = (authorization: string | undefined): Effect.Effect<Caller, Unauthorized> => {
       if (callers.length === 0) return Effect.succeed(anonymous)
-      if (authorization === undefined || !authorization.startsWith("Bearer ")) {
-        return Effect.fail(new Unauthorized({ reason: "missing" }))
-      }
-      const presented = digest(authorization.slice(7).trim())
+      const token = bearerToken(authorization)
+      if (token === undefined) return Effect.fail(new Unauthorized({ reason: "missing" }))
+      const presented = digest(token)
       // Compare against every key, without stopping early.
       let found: Caller | undefined
       for (const [d, caller] of callers) {

@@ -19,7 +19,7 @@ import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import { type Admitted, type Caller, type Charged, Gateway } from "./Gateway.js"
+import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
@@ -49,6 +49,12 @@ export interface Options {
   readonly adminKey: Redacted.Redacted<string> | undefined
   /** Model names used as metric labels as they are (configured models and aliases); others are bounded. */
   readonly knownModels?: ReadonlyArray<string> | undefined
+  /**
+   * True while the server drains before exit: new relay requests and /readyz
+   * get 503, and every response `Connection: close`, so that load balancers
+   * and kept-alive clients go elsewhere.
+   */
+  readonly draining?: (() => boolean) | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -335,8 +341,7 @@ export const make = (options: Options) =>
       if (adminDigest === undefined) {
         return failure(403, "The admin API is disabled: set server.adminKey to enable it.", "permission_error", "admin_disabled")
       }
-      const header = request.headers["authorization"]
-      const presented = header?.startsWith("Bearer ") ? header.slice(7).trim() : undefined
+      const presented = bearerToken(request.headers["authorization"])
       if (presented === undefined || !constantTimeEqual(presented, adminDigest)) {
         return failure(401, "Admin routes need 'Authorization: Bearer <server.adminKey>'.", "invalid_request_error", "invalid_api_key")
       }
@@ -404,7 +409,17 @@ export const make = (options: Options) =>
         const m = /^\/admin\/upstreams\/([^/]+)\/(reset|open)$/.exec(path)
         if (m === null) return notFound(path)
         if (request.method !== "POST") return methodNotAllowed(["POST"])
-        const name = decodeURIComponent(m[1]!)
+        let name: string
+        try {
+          name = decodeURIComponent(m[1]!)
+        } catch {
+          return failure(
+            400,
+            "The upstream name in the path has a malformed percent-encoding.",
+            "invalid_request_error",
+            "invalid_path"
+          )
+        }
         const u = relay.upstreams.find((x) => x.name === name)
         if (u === undefined) return failure(404, `No upstream named '${name}'.`, "invalid_request_error", "upstream_not_found")
         if (m[2] === "reset") {
@@ -442,10 +457,13 @@ export const make = (options: Options) =>
                 ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
                 : text(200, modelsBody, JSON_TYPE)
           )
+        // Probes answer HEAD too (Node sends a HEAD reply's headers without its body).
         case "/healthz":
-          return Effect.succeed(request.method === "GET" ? json(200, { status: "ok" }) : methodNotAllowed(["GET"]))
+          return Effect.succeed(
+            request.method === "GET" || request.method === "HEAD" ? json(200, { status: "ok" }) : methodNotAllowed(PROBE_METHODS)
+          )
         case "/readyz":
-          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+          if (request.method !== "GET" && request.method !== "HEAD") return Effect.succeed(methodNotAllowed(PROBE_METHODS))
           return Effect.map(relay.ready, (ready) =>
             ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
         case "/metrics":
@@ -459,6 +477,20 @@ export const make = (options: Options) =>
           return Effect.succeed(notFound(path))
       }
     }
+
+    // ----- draining -----------------------------------------------------------
+
+    const draining = options.draining ?? (() => false)
+
+    /** While draining: new relay requests and /readyz are refused; the rest (/healthz, /metrics, admin) is served. */
+    const refusedWhileDraining = (path: string): Reply | undefined =>
+      path === "/readyz"
+        ? json(503, { status: "not ready", reason: "shutting down" })
+        : path.startsWith("/v1/")
+        ? failure(503, "The gateway is shutting down; retry the request.", "server_error", "shutting_down", null, {
+          "retry-after": "1"
+        })
+        : undefined
 
     return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
@@ -478,14 +510,17 @@ export const make = (options: Options) =>
         costBasis: undefined,
         failures: undefined
       }
-      const response = yield* route(request, path, log).pipe(
+      const closing = draining()
+      const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
           Effect.as(
             Effect.logError("unexpected failure", cause),
             failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
           )
         )
-      )
+      ))
+      // Kept-alive clients (and load balancers) reconnect, to another instance.
+      if (closing) response.headers["connection"] = "close"
       log.status = response.status
       if (path.startsWith("/v1/")) {
         const elapsed = performance.now() - started
@@ -513,6 +548,8 @@ export const make = (options: Options) =>
       return response
     })
   })
+
+const PROBE_METHODS = ["GET", "HEAD"] as const
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 

@@ -2,8 +2,15 @@
  * The server: the relay pipeline and its stores, built from a config, behind
  * a Node HTTP server. One `node:http` server per process; keep-alive on.
  *
- * Shutdown drains: stop accepting, let requests in flight (streams included)
- * finish up to `server.shutdownTimeout`, then close what is left.
+ * Shutdown drains: for `server.drainGrace` new requests get 503 with
+ * `Connection: close`, then the listener closes, requests in flight (streams
+ * included) finish up to `server.shutdownTimeout`, then what is left is closed.
+ *
+ * Connections are bounded: at most `server.maxConnections` open at once, a
+ * request must arrive within `server.headersTimeout` (headers) and
+ * `server.bodyTimeout` (all of it), and an idle kept-alive connection closes
+ * after `server.keepAliveTimeout`. Node's HTTP server enforces all four; this
+ * module sets them and answers its refusals with OpenAI error bodies.
  */
 import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
 import * as Cause from "effect/Cause"
@@ -21,7 +28,9 @@ import * as HashSet from "effect/HashSet"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Metric from "effect/Metric"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
@@ -130,7 +139,65 @@ export interface Running {
   readonly url: string
   /** Requests being answered right now (streams count until they end). */
   readonly inFlight: () => number
+  /** From now on, new relay requests and /readyz get 503, and every response `Connection: close` (see {@link drain}). */
+  readonly startDraining: () => void
 }
+
+// ---------------------------------------------------------------------------
+// connection limits
+
+const connectionsRefused = Metric.counter("breakwater_connections_refused_total", {
+  description: "Connections closed at once because server.maxConnections were open",
+  incremental: true
+})
+const connectionsOpen = Metric.gauge("breakwater_connections_open", {
+  description: "Client connections open now (at most server.maxConnections)"
+})
+const clientErrors = Metric.counter("breakwater_client_errors_total", {
+  description: "Requests the HTTP parser refused, by status: 408 too slow, 400 malformed, 431 headers too large",
+  incremental: true
+})
+const clientErrorsBy = {
+  "408": Metric.tagged(clientErrors, "status", "408"),
+  "400": Metric.tagged(clientErrors, "status", "400"),
+  "431": Metric.tagged(clientErrors, "status", "431")
+}
+
+const STATUS_TEXT = { "408": "Request Timeout", "400": "Bad Request", "431": "Request Header Fields Too Large" } as const
+
+/** A complete HTTP/1.1 response with an OpenAI error body, written straight to a socket. */
+const rawFailure = (status: keyof typeof STATUS_TEXT, message: string, code: string): string => {
+  const body = OpenAI.errorBody(message, "invalid_request_error", null, code)
+  return `HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+}
+
+/**
+ * File descriptors kept for everything but client connections (upstream
+ * sockets, Redis, files) when checking `server.maxConnections` against the
+ * process's limit.
+ */
+export const RESERVED_FDS = 1_024
+
+/**
+ * A warning when `maxConnections` client connections, plus RESERVED_FDS,
+ * would not fit in the process's open-files limit (read from Linux's
+ * `/proc/self/limits`, after Node has raised the soft limit to the hard
+ * one); undefined when they fit or the limit is unknown.
+ */
+export const openFilesWarning = (procSelfLimits: string, maxConnections: number): string | undefined => {
+  const m = /^Max open files\s+(\d+|unlimited)\s/m.exec(procSelfLimits)
+  if (m === null || m[1] === "unlimited") return undefined
+  const limit = Number(m[1])
+  if (maxConnections + RESERVED_FDS <= limit) return undefined
+  return `warning: server.maxConnections (${maxConnections}) + ${RESERVED_FDS} for upstreams and files exceeds this process's ` +
+    `open-files limit (${limit}): past it new connections fail in the kernel, not with the gateway's refusal. ` +
+    `Lower maxConnections to ${Math.max(1, limit - RESERVED_FDS)} or raise the limit (ulimit -n, LimitNOFILE=).`
+}
+
+/** How often Node checks headersTimeout and bodyTimeout: each second, or a quarter of the shorter one. */
+const checkingInterval = (headersMs: number, bodyMs: number): number =>
+  Math.max(100, Math.min(1_000, Math.floor(Math.min(headersMs, bodyMs) / 4)))
 
 /**
  * One JSON object per line on stdout: time, level, message and the log's
@@ -195,11 +262,13 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
       Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
     )
+    let draining = false
     const handler = yield* Effect.provide(
       Http.make({
         maxBodyBytes: config.server.maxBodyBytes,
         adminKey: config.server.adminKey,
-        knownModels: configuredModels(config)
+        knownModels: configuredModels(config),
+        draining: () => draining
       }),
       context
     )
@@ -237,7 +306,69 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       })
     }
 
-    const server = createServer({ keepAliveTimeout: 65_000 }, onRequest)
+    // Node enforces these timeouts (a connection that sends nothing counts
+    // as slow headers); its check runs every `connectionsCheckingInterval`.
+    const bodyMs = Duration.toMillis(config.server.bodyTimeout)
+    const headersMs = Math.min(Duration.toMillis(config.server.headersTimeout), bodyMs)
+    const server = createServer({
+      // Node arms the idle timer 1 s past this (so that the client closes first): keep the sum in a timer's range.
+      keepAliveTimeout: Math.min(Duration.toMillis(config.server.keepAliveTimeout), Config.MAX_DURATION_MILLIS - 1_000),
+      headersTimeout: headersMs,
+      requestTimeout: bodyMs,
+      connectionsCheckingInterval: checkingInterval(headersMs, bodyMs)
+    }, onRequest)
+    server.maxConnections = config.server.maxConnections
+
+    const log = (level: "Info" | "Warning", message: string, annotations: Record<string, unknown>) =>
+      runFork(Effect.logWithLevel(LogLevel.fromLiteral(level), message).pipe(Effect.annotateLogs(annotations)))
+
+    let open = 0
+    server.on("connection", (socket: Socket) => {
+      connectionsOpen.unsafeUpdate(++open, [])
+      socket.once("close", () => connectionsOpen.unsafeUpdate(--open, []))
+    })
+    // Node closes a connection beyond maxConnections at once; say so, at most every 10 s.
+    let refused = 0
+    let refusedLoggedAt = 0
+    server.on("drop", () => {
+      connectionsRefused.unsafeUpdate(1, [])
+      refused++
+      const now = Date.now()
+      if (now - refusedLoggedAt >= 10_000) {
+        log("Warning", "connection refused: server.maxConnections are open", {
+          maxConnections: config.server.maxConnections,
+          refused
+        })
+        refusedLoggedAt = now
+        refused = 0
+      }
+    })
+    // What Node's parser refuses, answered as OpenAI errors (Node's own
+    // answers have no body). A connection that has not sent a byte (a
+    // client's pre-opened one) is closed without an answer.
+    server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+      const response = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
+      if (socket.writable && socket.bytesRead > 0 && (response == null || !response.headersSent)) {
+        let status: keyof typeof STATUS_TEXT
+        let reply: string
+        if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") {
+          status = "408"
+          reply = response == null
+            ? rawFailure(status, `The request headers were not received within ${Duration.format(headersMs)}.`, "request_timeout")
+            : rawFailure(status, `The request body was not received within ${Duration.format(bodyMs)}.`, "request_timeout")
+        } else if (error.code === "HPE_HEADER_OVERFLOW") {
+          status = "431"
+          reply = rawFailure(status, "The request headers are too large.", "headers_too_large")
+        } else {
+          status = "400"
+          reply = rawFailure(status, "The request is not valid HTTP.", "bad_request")
+        }
+        socket.write(reply)
+        clientErrorsBy[status].unsafeUpdate(1, [])
+        log("Info", "client error", { status: Number(status), code: error.code ?? null })
+      }
+      socket.destroy()
+    })
     yield* Effect.acquireRelease(
       Effect.async<void>((resume) => {
         server.listen(config.server.port, config.server.host, () => resume(Effect.void))
@@ -249,27 +380,55 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
     )
     const address = server.address()
     const port = typeof address === "object" && address !== null ? address.port : config.server.port
-    return { server, url: `http://${config.server.host}:${port}`, inFlight: () => inFlight }
+    return {
+      server,
+      url: `http://${config.server.host}:${port}`,
+      inFlight: () => inFlight,
+      startDraining: () => {
+        draining = true
+      }
+    }
   })
 
 /**
- * Stops accepting connections, waits for requests in flight to finish (up to
- * `timeout`), then closes every connection left. Idle keep-alive connections
- * are closed as soon as they go idle.
+ * Drains the server, within `timeout` in all:
+ *
+ * 1. for `grace` (part of `timeout`), it keeps listening but answers new relay
+ *    requests and /readyz with 503 and every response with `Connection:
+ *    close`, so that load balancers take it out and kept-alive clients
+ *    reconnect elsewhere;
+ * 2. then it stops accepting connections and closes idle ones as they go
+ *    idle, while requests in flight (streams included) finish;
+ * 3. at `timeout`, it closes every connection left.
+ *
+ * `drained` says whether every request finished by itself.
  */
-export const drain = (running: Running, timeout: Duration.DurationInput): Promise<{ readonly drained: boolean }> =>
+export const drain = (
+  running: Running,
+  timeout: Duration.DurationInput,
+  grace: Duration.DurationInput = 0
+): Promise<{ readonly drained: boolean }> =>
   new Promise((resolve) => {
-    const deadline = Date.now() + Duration.toMillis(timeout)
-    running.server.close()
+    const started = Date.now()
+    const deadline = started + Duration.toMillis(timeout)
+    const listenUntil = Math.min(started + Duration.toMillis(grace), deadline)
+    running.startDraining()
+    let listening = true
     const tick = () => {
-      running.server.closeIdleConnections()
-      if (running.inFlight() === 0 || Date.now() >= deadline) {
+      const now = Date.now()
+      if (listening && now >= listenUntil) {
+        listening = false
+        running.server.close()
+      }
+      if (!listening) running.server.closeIdleConnections()
+      if ((!listening && running.inFlight() === 0) || now >= deadline) {
         const drained = running.inFlight() === 0
+        if (listening) running.server.close()
         running.server.closeAllConnections()
         resolve({ drained })
         return
       }
-      setTimeout(tick, 25)
+      setTimeout(tick, Math.max(1, Math.min(25, (listening ? listenUntil : deadline) - now)))
     }
     tick()
   })

@@ -7,8 +7,11 @@
  *                                                      run a scenario in simulated time
  *
  * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
- * SIGINT drain: stop accepting, finish what is in flight (streams included)
- * up to `server.shutdownTimeout`, then exit 0.
+ * SIGINT drain (see Server.drain): new requests get 503 for
+ * `server.drainGrace`, then the listener closes and what is in flight
+ * (streams included) finishes up to `server.shutdownTimeout`; exit 0. The
+ * process exits within `shutdownTimeout` + 1 s whatever still hangs (exit 1
+ * then), and a second signal exits at once (128 + its number: 130, 143).
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
@@ -19,24 +22,67 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
+import { readFileSync } from "node:fs"
+import { constants } from "node:os"
 import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
 import * as Server from "./Server.js"
 import * as Simulate from "./simulate/Cli.js"
+import * as UnhandledErrors from "./UnhandledErrors.js"
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
 
+/**
+ * A repeat of the first signal within this is the same signal: a terminal's
+ * Ctrl-C reaches both `npm start` and the server, and npm forwards it too.
+ */
+const REPEAT_WINDOW_MS = 250
+
+/**
+ * Resolves with the first SIGTERM or SIGINT. The handlers stay: a second
+ * signal of either kind (the same one repeated within REPEAT_WINDOW_MS
+ * aside) exits at once with 128 + the signal's number.
+ */
 const waitForSignal = Effect.async<NodeJS.Signals>((resume) => {
-  const on = (signal: NodeJS.Signals) => () => resume(Effect.succeed(signal))
-  const term = on("SIGTERM")
-  const int = on("SIGINT")
-  process.once("SIGTERM", term)
-  process.once("SIGINT", int)
+  let first: { readonly signal: NodeJS.Signals; readonly at: number } | undefined
+  const on = (signal: NodeJS.Signals) => {
+    const now = performance.now()
+    if (first === undefined) {
+      first = { signal, at: now }
+      resume(Effect.succeed(signal))
+    } else if (signal !== first.signal || now - first.at >= REPEAT_WINDOW_MS) {
+      process.stderr.write(`${signal} during shutdown: exiting now\n`)
+      process.exit(128 + constants.signals[signal])
+    }
+  }
+  process.on("SIGTERM", on)
+  process.on("SIGINT", on)
   return Effect.sync(() => {
-    process.off("SIGTERM", term)
-    process.off("SIGINT", int)
+    process.off("SIGTERM", on)
+    process.off("SIGINT", on)
   })
 })
+
+/**
+ * After the drain's deadline, how long closing the rest (upstream clients,
+ * stores) may take before the process exits anyway: the exit comes within
+ * `shutdownTimeout` + 1 s, whatever hangs.
+ */
+const CLOSE_MARGIN_MS = 500
+
+/** Exits the process `shutdownTimeout` + CLOSE_MARGIN_MS from now, unless it has exited by then. */
+const exitDeadline = (shutdownTimeout: Duration.Duration) =>
+  Effect.sync(() => {
+    const ms = Math.min(Duration.toMillis(shutdownTimeout) + CLOSE_MARGIN_MS, Config.MAX_DURATION_MILLIS)
+    setTimeout(() => {
+      process.stderr.write(
+        `shutdown: still closing ${Duration.format(ms)} after the signal (shutdownTimeout ${
+          Duration.format(shutdownTimeout)
+        } + ${CLOSE_MARGIN_MS}ms); exiting now\n`
+      )
+      process.exit(1)
+    }, ms).unref()
+  })
 
 const configFailure = (error: Config.ConfigInvalid | Config.ConfigUnreadable) =>
   Effect.zipRight(Console.error(error.message), Effect.fail(error))
@@ -68,6 +114,21 @@ const serve = (args: { readonly config: Option.Option<string>; readonly port: Op
       yield* Console.error("warning: no gateway keys are configured: any caller on this machine is accepted.")
     }
     config = { ...config, server: { ...config.server, host, port } }
+    const limits = (() => {
+      try {
+        return readFileSync("/proc/self/limits", "utf8")
+      } catch {
+        return "" // not Linux: no check
+      }
+    })()
+    const fds = Server.openFilesWarning(limits, config.server.maxConnections)
+    if (fds !== undefined) yield* Console.error(fds)
+    // From here on no error ends the process: it is logged, counted, and the server keeps serving.
+    const level = config.server.logLevel
+    yield* Effect.acquireRelease(
+      Effect.sync(() => UnhandledErrors.install({ log: level !== "Fatal" && level !== "None" })),
+      (uninstall) => Effect.sync(uninstall)
+    )
     const running = yield* Server.serve(config)
     const ms = Math.round(performance.now() - started)
     if (demo !== undefined) {
@@ -90,8 +151,15 @@ const serve = (args: { readonly config: Option.Option<string>; readonly port: Op
       )
     }
     const signal = yield* waitForSignal
-    yield* Console.error(`${signal}: draining (up to ${Duration.format(config.server.shutdownTimeout)})`)
-    const { drained } = yield* Effect.promise(() => Server.drain(running, config.server.shutdownTimeout))
+    const { drainGrace, shutdownTimeout } = config.server
+    yield* exitDeadline(shutdownTimeout)
+    const grace = Duration.min(drainGrace, shutdownTimeout)
+    yield* Console.error(
+      `${signal}: draining (${
+        Duration.toMillis(grace) > 0 ? `new requests get 503 for ${Duration.format(grace)}, ` : ""
+      }up to ${Duration.format(shutdownTimeout)} in all; a second signal exits at once)`
+    )
+    const { drained } = yield* Effect.promise(() => Server.drain(running, shutdownTimeout, grace))
     yield* Console.error(drained ? "drained; bye" : "shutdown deadline reached; closed remaining connections")
   }))
 

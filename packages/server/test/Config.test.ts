@@ -60,6 +60,11 @@ describe("Config.parse", () => {
     expect(config.server.maxBodyBytes).toBe(10_485_760)
     expect(config.server.logLevel).toBe("Info")
     expect(ms(config.server.shutdownTimeout)).toBe(10_000)
+    expect(ms(config.server.drainGrace)).toBe(2_000)
+    expect(config.server.maxConnections).toBe(10_000)
+    expect(ms(config.server.bodyTimeout)).toBe(30_000)
+    expect(ms(config.server.headersTimeout)).toBe(10_000)
+    expect(ms(config.server.keepAliveTimeout)).toBe(65_000)
 
     expect(config.keys).toHaveLength(1)
     const key = config.keys[0]!
@@ -142,7 +147,12 @@ describe("Config.parse", () => {
       port: 8080,
       maxBodyBytes: 10 * 1024 * 1024,
       logLevel: "Info",
-      shutdownTimeout: Duration.seconds(10)
+      shutdownTimeout: Duration.seconds(10),
+      drainGrace: Duration.seconds(2),
+      maxConnections: 10_000,
+      bodyTimeout: Duration.seconds(30),
+      headersTimeout: Duration.seconds(10),
+      keepAliveTimeout: Duration.seconds(65)
     })
     expect(config.server.adminKey).toBeUndefined()
     expect(config.keys).toEqual([])
@@ -398,6 +408,97 @@ store: { kind: redis, url: "\${REDIS_URL}x" }
     expect(error.problems.find((p) => p.path === "upstreams[1].apiKey")?.message).toBe(
       "expected a string (quote the value)"
     )
+  })
+
+  it("never echoes a value that came from the environment, whatever the field", () => {
+    const env = {
+      UPSTREAM_KEY: "sk-live-not-a-url-0123456789",
+      PORT: "eighty",
+      HOST_PART: "bad host with spaces",
+      NAME: "same-name-from-env",
+      TIMEOUT: "forever-and-a-day"
+    }
+    const text = `
+server: { port: "\${PORT}" }
+upstreams:
+  - { name: "\${NAME}", baseUrl: "\${UPSTREAM_KEY}", apiKey: k, timeout: "\${TIMEOUT}" }
+  - { name: "\${NAME}", baseUrl: "https://\${HOST_PART}/v1", apiKey: k }
+`
+    const error = invalid(parse(text, env))
+    const everything = [error.message, JSON.stringify(error.problems)].join("\n")
+    for (const value of Object.values(env)) expect(everything).not.toContain(value)
+    const problem = (path: string) => error.problems.find((p) => p.path === path)?.message
+    // Each problem still names the field and says where its value came from.
+    expect(problem("upstreams[0].baseUrl")).toBe(
+      `expected an http(s) URL like "https://api.openai.com/v1", got the value of \${UPSTREAM_KEY} (not shown)`
+    )
+    expect(problem("server.port")).toBe("expected a port number from 0 to 65535, got the value of ${PORT} (not shown)")
+    expect(problem("upstreams[0].timeout")).toContain("got the value of ${TIMEOUT} (not shown)")
+    expect(problem("upstreams[1].baseUrl")).toContain("got the value of ${HOST_PART} (not shown)")
+    expect(problem("upstreams[1].name")).toBe("duplicate upstream name from ${NAME} (also upstreams[0])")
+    // A value written in the file (a default included) is still shown: it is in the file anyway.
+    const literal = invalid(parse(`server: { port: "\${UNSET_PORT:-eighty}" }\n${minimal}`, {}))
+    expect(literal.problems).toEqual([
+      { path: "server.port", message: `expected a port number from 0 to 65535, got "eighty"` }
+    ])
+  })
+
+  it("caps every duration at what a timer can hold (2^31-1 ms, about 24.8 days)", () => {
+    const durations = [
+      "server.shutdownTimeout",
+      "server.drainGrace",
+      "server.bodyTimeout",
+      "server.headersTimeout",
+      "server.keepAliveTimeout",
+      "upstreams[0].timeout",
+      "upstreams[0].breaker.openDuration",
+      "upstreams[0].retry.baseDelay",
+      "upstreams[0].retry.maxDelay",
+      "routing.requestTimeout",
+      "breaker.openDuration",
+      "breaker.failureRate.window",
+      "retry.baseDelay",
+      "retry.maxDelay",
+      "retry.maxRetryAfter",
+      "cooldown.rateLimited",
+      "cooldown.quota",
+      "cache.ttl",
+      "healthCheck.interval",
+      "healthCheck.timeout"
+    ]
+    const yamlWith = (value: string) => `
+server:
+  shutdownTimeout: ${value}
+  drainGrace: ${value}
+  bodyTimeout: ${value}
+  headersTimeout: ${value}
+  keepAliveTimeout: ${value}
+upstreams:
+  - name: a
+    baseUrl: http://localhost:1/v1
+    apiKey: k
+    timeout: ${value}
+    breaker: { openDuration: ${value} }
+    retry: { baseDelay: ${value}, maxDelay: ${value} }
+routing: { requestTimeout: ${value} }
+breaker: { openDuration: ${value}, failureRate: { threshold: 0.5, minimumCalls: 10, window: ${value} } }
+retry: { baseDelay: ${value}, maxDelay: ${value}, maxRetryAfter: ${value} }
+cooldown: { rateLimited: ${value}, quota: ${value} }
+cache: { ttl: ${value} }
+healthCheck: { interval: ${value}, timeout: ${value} }
+`
+    const error = invalid(parse(yamlWith("25d")))
+    expect(error.problems.map((p) => p.path).sort()).toEqual([...durations].sort())
+    for (const p of error.problems) {
+      expect(p.message).toBe(
+        `expected a duration of at most 24d20h31m23.647s (2147483647 ms, the longest a timer can wait), got "25d"`
+      )
+    }
+    // The largest a timer holds is fine, and so is 24 days.
+    ok(parse(yamlWith("24d20h31m23.647s")))
+    const config = ok(parse(yamlWith("24d")))
+    expect(ms(config.upstreams[0].timeout)).toBe(24 * 86_400_000)
+    expect(invalid(parse(yamlWith("24d20h31m23.648s"))).problems).toHaveLength(durations.length)
   })
 
   it("a redis store needs a redis URL, kept redacted", () => {

@@ -35,12 +35,12 @@ const configFile = (name: string, yaml: string): string => {
   return file
 }
 
-const validYaml = (upstream: { readonly name: string; readonly url: string }, port: number) => `
+const validYaml = (upstream: { readonly name: string; readonly url: string }, port: number, server = "") => `
 server:
   host: 127.0.0.1
   port: ${port}
   adminKey: "${ADMIN_KEY}"
-  shutdownTimeout: 5s
+  shutdownTimeout: 5s${server}
 keys:
   - { name: cli-team, key: "${GATEWAY_KEY}" }
 upstreams:
@@ -210,7 +210,8 @@ describe("SIGTERM", { timeout: 30_000 }, () => {
   it("drains: in-flight requests (a stream included) complete, new connections are refused, exit code 0", async () => {
     const slow = await fake("slow-upstream", { latencyMs: 800 })
     const port = await freePort()
-    const p = cli(["--config", configFile("drain.yaml", validYaml(slow, port))])
+    // No drain grace: the listener closes at once (lifecycle.test.ts tests the grace).
+    const p = cli(["--config", configFile("drain.yaml", validYaml(slow, port, "\n  drainGrace: 0s"))])
     try {
       const started = await p.waitForStdout(/Breakwater on (http:\/\/127\.0\.0\.1:\d+)/)
       const url = started[1]!
