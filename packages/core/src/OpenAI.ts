@@ -164,6 +164,46 @@ export const EmbeddingsRequest = Schema.Struct({
 })
 export type EmbeddingsRequest = typeof EmbeddingsRequest.Type
 
+/**
+ * How deep a request body may nest objects and arrays. Real requests stay far
+ * below it: a chat request with a JSON schema ten levels deep (OpenAI's own
+ * limit for structured outputs) nests about 30 deep. Bodies nested thousands
+ * deep only serve to exhaust recursive code, so they are refused before parsing.
+ */
+export const MAX_JSON_DEPTH = 128
+
+/**
+ * Whether JSON text nests objects and arrays deeper than `limit`. One linear
+ * pass, no recursion, no parsing: brackets inside strings do not count, and
+ * the scan stops as soon as the limit is passed. String contents are skipped
+ * with `indexOf`, so a long message costs little. Text that is not valid
+ * JSON is left for `JSON.parse` to refuse.
+ */
+export const nestingExceeds = (text: string, limit: number = MAX_JSON_DEPTH): boolean => {
+  let depth = 0
+  const n = text.length
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 34 /* " */) {
+      // Jump to the closing quote: the next one not escaped by an odd run of backslashes.
+      let end = text.indexOf("\"", i + 1)
+      for (;;) {
+        if (end === -1) return false
+        let slashes = 0
+        while (text.charCodeAt(end - 1 - slashes) === 92 /* \ */) slashes++
+        if ((slashes & 1) === 0) break
+        end = text.indexOf("\"", end + 1)
+      }
+      i = end
+    } else if (c === 123 /* { */ || c === 91 /* [ */) {
+      if (++depth > limit) return true
+    } else if (c === 125 /* } */ || c === 93 /* ] */) {
+      depth--
+    }
+  }
+  return false
+}
+
 /** A request the relay refuses before any upstream sees it (HTTP 400). */
 export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
   readonly message: string
@@ -187,6 +227,11 @@ const sentence = (text: string): string => {
 }
 
 const toInvalidRequest = (error: ParseResult.ParseError): InvalidRequest => {
+  // Not an object at all: said without formatting the value, which may be
+  // nested deeper than a recursive formatter can go.
+  if (error.issue._tag === "Type") {
+    return new InvalidRequest({ message: "Invalid request body: expected a JSON object.", param: null })
+  }
   const first = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
   if (first === undefined) return new InvalidRequest({ message: "Invalid request body.", param: null })
   const param = formatPath(first.path)

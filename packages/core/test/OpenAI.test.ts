@@ -181,12 +181,46 @@ describe("OpenAI", () => {
         .toMatch(/^Invalid value for 'messages\[1\]\.role': expected .*"user".*actual "robot"\.$/)
     })
 
+    it("refuses a top-level array nested 10,000 deep without a stack overflow", () => {
+      let deep: unknown = []
+      for (let i = 0; i < 10_000; i++) deep = [deep]
+      const error = decodeErr(deep)
+      expect(error.param).toBeNull()
+      expect(error.message).toBe("Invalid request body: expected a JSON object.")
+    })
+
     it("refuses a body that is not an object, naming no param", () => {
       for (const body of [null, "hi", 42, [base]]) {
         const error = decodeErr(body)
         expect(error.param).toBeNull()
         expect(error.message).toBe("Invalid request body: expected a JSON object.")
       }
+    })
+  })
+
+  describe("nestingExceeds", () => {
+    const arrays = (depth: number) => "[".repeat(depth) + "]".repeat(depth)
+
+    it("counts objects and arrays, and stops at the limit", () => {
+      expect(OpenAI.MAX_JSON_DEPTH).toBe(128)
+      expect(OpenAI.nestingExceeds(arrays(128), 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(arrays(129), 128)).toBe(true)
+      expect(OpenAI.nestingExceeds(`{"a":`.repeat(64) + `[`.repeat(64) + "1" + "]".repeat(64) + "}".repeat(64), 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(`{"a":`.repeat(65) + `[`.repeat(64) + "1" + "]".repeat(64) + "}".repeat(65), 128)).toBe(true)
+      // Siblings do not add up.
+      expect(OpenAI.nestingExceeds(`[${Array.from({ length: 1000 }, () => arrays(100)).join(",")}]`, 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(arrays(1_000_000), 128)).toBe(true)
+    })
+
+    it("ignores brackets inside strings, escaped quotes included", () => {
+      const text = JSON.stringify({ a: "[".repeat(1000), b: "\\\"{{{{".repeat(500), c: ["\\", "{"] })
+      expect(OpenAI.nestingExceeds(text, 2)).toBe(false)
+      expect(OpenAI.nestingExceeds(JSON.stringify({ a: { b: "}}}}" } }), 1)).toBe(true)
+    })
+
+    it("says nothing of text that is not JSON (JSON.parse will)", () => {
+      expect(OpenAI.nestingExceeds(`{"a": "never closed [[[[`, 1)).toBe(false)
+      expect(OpenAI.nestingExceeds("", 1)).toBe(false)
     })
   })
 

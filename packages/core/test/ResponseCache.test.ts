@@ -114,6 +114,24 @@ describe("ResponseCache", () => {
       expect(ResponseCache.canonicalJson(null)).toBe("null")
       expect(ResponseCache.canonicalJson(true)).toBe("true")
     })
+
+    it("renders what JSON.stringify renders for arrays, holes and non-JSON values", () => {
+      const value = { a: [1, undefined, () => 1, "x", null, { c: undefined }], b: { e: 2, d: [[], {}] } }
+      expect(ResponseCache.canonicalJson(value)).toBe("{\"a\":[1,null,null,\"x\",null,{}],\"b\":{\"d\":[[],{}],\"e\":2}}")
+      expect(ResponseCache.canonicalJson(value)).toBe(JSON.stringify(JSON.parse(ResponseCache.canonicalJson(value))))
+    })
+
+    it("does not recurse: a value nested 100,000 deep renders (no stack overflow)", () => {
+      const depth = 100_000
+      let arrays: unknown = []
+      for (let i = 1; i < depth; i++) arrays = [arrays]
+      expect(ResponseCache.canonicalJson(arrays)).toBe("[".repeat(depth) + "]".repeat(depth))
+      let objects: unknown = 1
+      for (let i = 0; i < depth; i++) objects = { b: objects, a: i === depth - 1 ? 0 : undefined }
+      const text = ResponseCache.canonicalJson(objects)
+      expect(text.startsWith(`{"a":0,"b":{"b":{"b":`)).toBe(true)
+      expect(text.length).toBe(`{"a":0,"b":`.length + (depth - 1) * `{"b":`.length + 1 + depth)
+    })
   })
 
   describe("key", () => {
@@ -140,6 +158,14 @@ describe("ResponseCache", () => {
             : { parameters: { properties: { b: { type: "number" }, a: { type: "string" } }, type: "object" }, name: "f" }
         }]
         expect(cache.key({ ...request, tools: tools("ab") })).toBe(cache.key({ ...request, tools: tools("ba") }))
+      }).pipe(Effect.provide(ResponseCache.layerMemory())))
+
+    it.effect("a request nested 100,000 deep gets a key (no stack overflow)", () =>
+      Effect.gen(function*() {
+        const cache = yield* ResponseCache.ResponseCache
+        let deep: unknown = []
+        for (let i = 0; i < 100_000; i++) deep = [deep]
+        expect(cache.key({ ...request, extra: deep })).toMatch(/^[0-9a-f]{64}$/)
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
     it.effect("treats an undefined field as absent", () =>

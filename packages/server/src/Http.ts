@@ -131,6 +131,17 @@ export const make = (options: Options) =>
       if (text.trim() === "") {
         return Either.left(failure(400, "The request body is empty; expected a JSON object.", "invalid_request_error", null))
       }
+      // Before parsing: nothing recursive may ever see a body nested deeper.
+      if (OpenAI.nestingExceeds(text)) {
+        return Either.left(
+          failure(
+            400,
+            `The JSON body nests objects and arrays deeper than ${OpenAI.MAX_JSON_DEPTH} levels, the gateway's limit.`,
+            "invalid_request_error",
+            "json_too_deep"
+          )
+        )
+      }
       try {
         return Either.right(JSON.parse(text))
       } catch {
