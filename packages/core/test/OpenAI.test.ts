@@ -178,7 +178,49 @@ describe("OpenAI", () => {
       expect(decodeErr({ ...base, messages: [] }).message)
         .toBe("Invalid value for 'messages': expected a non-empty array of messages.")
       expect(decodeErr({ ...base, messages: [user("hi"), { role: "robot", content: "x" }] }).message)
-        .toMatch(/^Invalid value for 'messages\[1\]\.role': expected .*"user".*actual "robot"\.$/)
+        .toMatch(/^Invalid value for 'messages\[1\]\.role': expected .*"user".* got "robot"\.$/)
+    })
+
+    it.each([
+      ["messages a string", { ...base, messages: "hi" }, "messages", "expected an array of messages, got \"hi\""],
+      ["messages an object", { ...base, messages: { role: "user", content: "hi" } }, "messages", "expected an array of messages, got an object"],
+      ["messages a number", { ...base, messages: 42 }, "messages", "expected an array of messages, got 42"],
+      ["a message a number", { ...base, messages: [42] }, "messages[0]", "expected a message object with a role, got 42"],
+      ["content an object", { ...base, messages: [{ role: "user", content: { text: "x" } }] }, "messages[0].content", "expected a string or an array of content parts, got an object"],
+      ["a content part a string", { ...base, messages: [{ role: "user", content: ["x"] }] }, "messages[0].content[0]", "expected a content part (an object with a type), got \"x\""],
+      ["response_format a string", { ...base, response_format: "json" }, "response_format", "expected an object with a type of \"text\", \"json_object\" or \"json_schema\", got \"json\""],
+      ["tools a string", { ...base, tools: "search" }, "tools", "expected an array of tools, got \"search\""],
+      ["tool_calls a number", { ...base, messages: [{ role: "assistant", tool_calls: 5 }] }, "messages[0].tool_calls", "expected an array of tool calls, got 5"],
+      ["stream_options a number", { ...base, stream_options: 1 }, "stream_options", "expected an object or null, got 1"],
+      ["user a number", { ...base, user: 5 }, "user", "expected a string, got 5"]
+    ])("a field of the wrong kind (%s): one short line naming what it takes", (_name, body, param, what) => {
+      const error = decodeErr(body)
+      expect(error.param).toBe(param)
+      expect(error.message).toBe(`Invalid value for '${param}': ${what}.`)
+    })
+
+    it("a content part without type: the part's missing field, not a mismatch with the string form", () => {
+      const error = decodeErr({ ...base, messages: [{ role: "user", content: [{ text: "hi" }] }] })
+      expect(error.param).toBe("messages[0].content[0].type")
+      expect(error.message).toBe("Missing required parameter: 'messages[0].content[0].type'.")
+    })
+
+    it("never echoes a long or structured value, and never prints a schema", () => {
+      const long = "x".repeat(10_000)
+      for (
+        const body of [
+          { ...base, messages: long },
+          { ...base, messages: [{ role: "user", content: { text: long } }] },
+          { ...base, messages: [{ role: long, content: "x" }] },
+          { ...base, logit_bias: { [long]: "high" } },
+          { ...base, tools: [{ type: "function", function: { name: 5 } }] },
+          { ...base, response_format: { type: "json_schema", json_schema: { name: "x", schema: 5 } } }
+        ]
+      ) {
+        const error = decodeErr(body)
+        expect(error.message.length).toBeLessThan(200)
+        expect(error.message).not.toMatch(/readonly|ReadonlyArray|xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx|\n/)
+      }
     })
 
     it("refuses a top-level array nested 10,000 deep without a stack overflow", () => {
