@@ -362,7 +362,7 @@ const firstProblem = (root: ParseResult.ParseIssue): Problem => {
         issue = issue.issue
         continue
       case "Composite": {
-        const issues: ReadonlyArray<ParseResult.ParseIssue> = Array.isArray(issue.issues) ? issue.issues : [issue.issues]
+        const issues = (Array.isArray(issue.issues) ? issue.issues : [issue.issues]) as ReadonlyArray<ParseResult.ParseIssue>
         if (issue.ast._tag === "Union") {
           const deeper = issues.find((i) => !isShallow(i))
           if (deeper === undefined) return expected(path, issue.ast, issue.actual)

@@ -188,11 +188,18 @@ export interface Options {
   /** Steer away when `x-ratelimit-remaining-*` is at or below this. Default 0. */
   readonly headroomWatermark?: number
   /**
-   * Which non-streaming chat requests are cached: `all` (every exact match,
-   * the default, as in the reference article), `deterministic` (only
-   * `temperature: 0`), or `none`.
+   * Which non-streaming chat requests are cached: `deterministic` (the
+   * default: `temperature: 0`, or a `seed` given; a sampled answer is not
+   * replayed), `all` (every exact match), or `none`.
    */
   readonly cacheMode?: "all" | "deterministic" | "none"
+  /**
+   * Who shares cache entries: `key` (the default: entries are scoped per
+   * caller, `CallOptions.key`, so one tenant never receives another's
+   * answer) or `shared` (one cache for all callers). Either way a request's
+   * `user` is part of its key.
+   */
+  readonly cacheScope?: "key" | "shared"
 }
 
 const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
@@ -250,7 +257,8 @@ export const make = (
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const watermark = options.headroomWatermark ?? 0
-    const cacheMode = options.cacheMode ?? "all"
+    const cacheMode = options.cacheMode ?? "deterministic"
+    const sharedCache = options.cacheScope === "shared"
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
@@ -577,7 +585,8 @@ export const make = (
       })
 
     const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
-      cacheMode === "all" || (cacheMode === "deterministic" && request.temperature === 0)
+      cacheMode === "all" ||
+      (cacheMode === "deterministic" && (request.temperature === 0 || (request.seed !== undefined && request.seed !== null)))
 
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
       Effect.flatMap(
@@ -598,7 +607,8 @@ export const make = (
       })
       return Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
-        return Effect.map(cache.getOrCompute(cache.key(request), compute, options?.cache), (lookup): Result => {
+        const k = cache.key(request, sharedCache ? undefined : options?.key ?? "anonymous")
+        return Effect.map(cache.getOrCompute(k, compute, options?.cache), (lookup): Result => {
           if (lookup.status !== "hit" && fresh !== undefined) return { ...fresh, metadata: { ...fresh.metadata, cache: lookup.status } }
           const nl = lookup.value.indexOf("\n")
           return {

@@ -65,14 +65,20 @@ export interface Options {
   readonly isCacheable?: ((value: string) => boolean) | undefined
   /**
    * Top-level request fields that do not change the output and so stay out
-   * of the key. Default: `stream`, `stream_options`, `user`, `metadata`, `store`.
+   * of the key. Default: `stream`, `stream_options`, `metadata`, `store`.
+   * `user` is kept on purpose: an answer given to one end user is never
+   * served to another.
    */
   readonly ignoredFields?: ReadonlyArray<string> | undefined
 }
 
 export interface ResponseCache {
-  /** The key of a request: SHA-256 of its canonical JSON, less ignored fields. */
-  readonly key: (request: unknown) => string
+  /**
+   * The key of a request: SHA-256 of its canonical JSON, less ignored fields.
+   * `scope` (e.g. a gateway key's name) separates tenants: the same request
+   * in two scopes has two keys. Without a scope, the key is the request's alone.
+   */
+  readonly key: (request: unknown, scope?: string) => string
   /**
    * The cached value of `key`, or the value of `compute`, stored if
    * cacheable. Concurrent misses of one key share one `compute`.
@@ -164,7 +170,7 @@ export const canonicalJson = (value: unknown): string => {
   }
 }
 
-const defaultIgnored = ["stream", "stream_options", "user", "metadata", "store"]
+const defaultIgnored = ["stream", "stream_options", "metadata", "store"]
 
 export const make = (options: Options = {}): Effect.Effect<ResponseCache, never, ResponseCacheStore> =>
   Effect.map(ResponseCacheStore, (store) => {
@@ -173,14 +179,17 @@ export const make = (options: Options = {}): Effect.Effect<ResponseCache, never,
     const ignored = new Set(options.ignoredFields ?? defaultIgnored)
     const flights = new Map<string, Deferred.Deferred<string, unknown>>()
 
-    const key = (request: unknown): string => {
+    const key = (request: unknown, scope?: string): string => {
       let subject = request
       if (request !== null && typeof request === "object" && !Array.isArray(request)) {
         const kept: Record<string, unknown> = {}
         for (const [k, v] of Object.entries(request)) if (!ignored.has(k)) kept[k] = v
         subject = kept
       }
-      return createHash("sha256").update(canonicalJson(subject)).digest("hex")
+      const hash = createHash("sha256")
+      // Length-prefixed, so no scope can run into the JSON that follows it.
+      if (scope !== undefined) hash.update(`${scope.length}:${scope}`)
+      return hash.update(canonicalJson(subject)).digest("hex")
     }
 
     // A store failure costs a cache miss, never a request.

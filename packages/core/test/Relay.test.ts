@@ -925,11 +925,62 @@ describe("cache", () => {
       expect(r2.body).toBe(r1.body)
     }))
 
-  it.scoped("the default cacheMode is \"all\"", () =>
+  it.scoped("the default cacheMode is \"deterministic\": temperature 0 or a seed is cached, a sampled answer is not", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ upstreams: [upstream("a")] }, { keepDefaults: true })
-      yield* relay.chat(request())
-      expect((yield* relay.chat(request())).metadata.cache).toBe("hit")
+      const hot = request("x", { temperature: 1.2 })
+      expect((yield* relay.chat(hot)).metadata.cache).toBe("bypass")
+      expect((yield* relay.chat(hot)).metadata.cache).toBe("bypass")
+      const unset = request("x")
+      expect((yield* relay.chat(unset)).metadata.cache).toBe("bypass")
+      expect(client.calls).toHaveLength(3)
+      const t0 = request("x", { temperature: 0 })
+      expect((yield* relay.chat(t0)).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(t0)).metadata.cache).toBe("hit")
+      const seeded = request("x", { temperature: 0.7, seed: 42 })
+      expect((yield* relay.chat(seeded)).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(seeded)).metadata.cache).toBe("hit")
+      expect(client.calls).toHaveLength(5)
+    }))
+
+  it.scoped("entries are scoped per gateway key by default: key B never gets key A's answer", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] }, { keepDefaults: true })
+      client.script("a", Scripted.ok("for team-a"), Scripted.ok("for team-b"))
+      const t0 = request("same prompt", { temperature: 0 })
+      const a1 = yield* relay.chat(t0, { key: "team-a" })
+      const b1 = yield* relay.chat(t0, { key: "team-b" })
+      expect(a1.metadata.cache).toBe("miss")
+      expect(b1.metadata.cache).toBe("miss")
+      expect(b1.body).toContain("for team-b")
+      // Each key hits its own entry.
+      expect((yield* relay.chat(t0, { key: "team-a" })).body).toContain("for team-a")
+      expect((yield* relay.chat(t0, { key: "team-b" })).body).toContain("for team-b")
+      expect(client.calls).toHaveLength(2)
+    }))
+
+  it.scoped("and per request user: one user never gets another's answer, even with cacheScope shared", () =>
+    Effect.gen(function*() {
+      for (const cacheScope of ["key", "shared"] as const) {
+        const { client, relay } = yield* setup({ upstreams: [upstream("a")], cacheMode: "all", cacheScope })
+        client.script("a", Scripted.ok("for alice"), Scripted.ok("for bob"))
+        const alice = request("same prompt", { user: "alice" })
+        const bob = request("same prompt", { user: "bob" })
+        expect((yield* relay.chat(alice, { key: "team-a" })).metadata.cache).toBe("miss")
+        const b = yield* relay.chat(bob, { key: "team-a" })
+        expect(b.metadata.cache).toBe("miss")
+        expect(b.body).toContain("for bob")
+        expect((yield* relay.chat(alice, { key: "team-a" })).body).toContain("for alice")
+        expect(client.calls).toHaveLength(2)
+      }
+    }))
+
+  it.scoped("cacheScope shared shares entries across keys", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], cacheScope: "shared" }, { keepDefaults: true })
+      const t0 = request("same prompt", { temperature: 0 })
+      expect((yield* relay.chat(t0, { key: "team-a" })).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(t0, { key: "team-b" })).metadata.cache).toBe("hit")
       expect(client.calls).toHaveLength(1)
     }))
 

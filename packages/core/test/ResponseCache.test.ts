@@ -187,7 +187,7 @@ describe("ResponseCache", () => {
           { ...request, tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] },
           { ...request, response_format: { type: "json_object" } }
         ]
-        const keys = variants.map(cache.key)
+        const keys = variants.map((v) => cache.key(v))
         for (const vk of keys) expect(vk).not.toBe(k)
         expect(new Set(keys).size).toBe(keys.length)
         // Message order matters.
@@ -197,15 +197,26 @@ describe("ResponseCache", () => {
         )
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
-    it.effect("ignores stream, stream_options and user by default", () =>
+    it.effect("ignores stream and stream_options by default, but not user: one end user's answer is not another's", () =>
       Effect.gen(function*() {
         const cache = yield* ResponseCache.ResponseCache
         const k = cache.key(request)
         expect(cache.key({ ...request, stream: true })).toBe(k)
         expect(cache.key({ ...request, stream: false })).toBe(k)
         expect(cache.key({ ...request, stream: true, stream_options: { include_usage: true } })).toBe(k)
-        expect(cache.key({ ...request, user: "alice" })).toBe(k)
-        expect(cache.key({ ...request, user: "bob" })).toBe(k)
+        expect(cache.key({ ...request, user: "alice" })).not.toBe(k)
+        expect(cache.key({ ...request, user: "alice" })).not.toBe(cache.key({ ...request, user: "bob" }))
+      }).pipe(Effect.provide(ResponseCache.layerMemory())))
+
+    it.effect("a scope separates tenants: the same request in two scopes has two keys", () =>
+      Effect.gen(function*() {
+        const cache = yield* ResponseCache.ResponseCache
+        const k = cache.key(request)
+        const a = cache.key(request, "team-a")
+        expect(a).not.toBe(k)
+        expect(cache.key(request, "team-b")).not.toBe(a)
+        expect(cache.key(structuredClone(request), "team-a")).toBe(a)
+        expect(cache.key(request, "")).not.toBe(k)
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
     it.effect("ignoredFields replaces the default set", () =>

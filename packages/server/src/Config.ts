@@ -34,7 +34,9 @@
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
  * cooldown: { rateLimited: 1s, quota: 1h, headroomWatermark: 0 }
- * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: all }   # mode: all | deterministic
+ * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
+ *                                       # mode: deterministic (temperature 0 or a seed) | all
+ *                                       # scope: key (per gateway key and user) | shared
  * healthCheck: { interval: 10s, timeout: 5s }
  * pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }               # USD per million tokens
  * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:" }
@@ -155,7 +157,10 @@ export interface CacheConfig {
   readonly enabled: boolean
   readonly ttl: Duration.Duration
   readonly maxEntries: number
+  /** `deterministic`: only `temperature: 0` or a `seed`; `all`: every exact match. */
   readonly mode: "all" | "deterministic"
+  /** `key`: entries per gateway key (and `user`); `shared`: across keys (still per `user`). */
+  readonly scope: "key" | "shared"
 }
 
 export interface HealthCheckConfig {
@@ -462,7 +467,8 @@ const File = Schema.Struct({
     enabled: opt(Bool),
     ttl: opt(PositiveDur),
     maxEntries: opt(PositiveInt),
-    mode: opt(oneOf(["all", "deterministic"] as const))
+    mode: opt(oneOf(["all", "deterministic"] as const)),
+    scope: opt(oneOf(["key", "shared"] as const))
   })),
   healthCheck: opt(Schema.Struct({ interval: opt(PositiveDur), timeout: opt(PositiveDur) })),
   pricing: opt(Schema.Record({
@@ -823,7 +829,8 @@ const build = (f: File): ServerConfig => {
       enabled: cache.enabled ?? true,
       ttl: cache.ttl ?? Duration.minutes(5),
       maxEntries: cache.maxEntries ?? 10_000,
-      mode: cache.mode ?? "all"
+      mode: cache.mode ?? "deterministic",
+      scope: cache.scope ?? "key"
     },
     healthCheck: {
       interval: health.interval ?? Duration.seconds(10),
@@ -938,5 +945,6 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,
   headroomWatermark: config.cooldown.headroomWatermark,
-  cacheMode: config.cache.enabled ? config.cache.mode : "none"
+  cacheMode: config.cache.enabled ? config.cache.mode : "none",
+  cacheScope: config.cache.scope
 })

@@ -2,7 +2,9 @@
  * Demo mode: what `npm start` runs without a config. Three in-process fake
  * upstreams — one flaky with 429s, one slow, one steady — behind the real
  * gateway, so that a newcomer sees failover, cooldowns, the breaker and the
- * cache at work with curl or the OpenAI SDK.
+ * cache at work with curl or the OpenAI SDK. The demo caches every exact
+ * match (`mode: all`), so a repeated curl shows a hit; the default caches
+ * only deterministic requests.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import * as Effect from "effect/Effect"
@@ -25,7 +27,7 @@ upstreams:
 routing: { strategy: priority, maxAttempts: 3 }
 breaker: { failureThreshold: 5, openDuration: 30s }
 retry: { maxRetryAfter: 10s }
-cache: { enabled: true, ttl: 5m }
+cache: { enabled: true, ttl: 5m, mode: all }
 healthCheck: { interval: 10s }
 `
 

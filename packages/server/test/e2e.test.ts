@@ -135,7 +135,8 @@ pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }
   describe("through the OpenAI SDK", () => {
     it("chat completion: the fake's content, x-breakwater-* headers, cache miss then hit", async () => {
       const client = sdk(server)
-      const request = chatOf("cache me")
+      // Deterministic, so cacheable under the default cache.mode.
+      const request = { ...chatOf("cache me"), temperature: 0 }
       const first = await client.chat.completions.create(request).withResponse()
       expect(first.data.choices[0]?.message.content).toBe("Hello from primary")
       const h1 = first.response.headers

@@ -263,7 +263,9 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       // Breakwater: the same request through the relay.
       const request = {
         model: p.model,
-        user: `r${i}`,
+        // The request's index, for the simulated upstreams; in `metadata`,
+        // which the cache key leaves out (a `user` would scope the cache).
+        metadata: { sim: `r${i}` },
         max_tokens: wl.completionTokens,
         messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
       } satisfies OpenAI.ChatCompletionRequest
