@@ -11,6 +11,11 @@
  * what the relay already knows (cooldowns, the breaker), the strongest
  * signal first.
  *
+ * A probe is made with the upstream's own key, so it also watches that key: a
+ * 401/403 starts (or keeps up) an `auth-failed` cooldown, and a probe that
+ * succeeds ends one at once: a rotated key takes the upstream out before
+ * clients meet it, and a replaced key brings it back within an interval.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -27,8 +32,11 @@ import * as Cooldown from "./Cooldown.js"
 import * as Timeout from "./Timeout.js"
 import type * as Upstream from "./Upstream.js"
 import { UpstreamClient } from "./UpstreamClient.js"
+import { isAuthError } from "./UpstreamError.js"
 
 /**
+ * - `auth-failed`: it refused the API key the gateway holds for it (401/403);
+ *   out of rotation until a probe succeeds with that key or the cooldown ends.
  * - `exhausted`: its quota is spent (a quota cooldown is active).
  * - `cooling-down`: it asked us to wait (a 429 or low headroom).
  * - `open`: its breaker refuses calls (tripped, or forced open by an operator).
@@ -36,7 +44,7 @@ import { UpstreamClient } from "./UpstreamClient.js"
  * - `degraded`: its breaker admits calls, but the last health probes failed.
  * - `healthy`: none of the above.
  */
-export type State = "healthy" | "degraded" | "open" | "recovering" | "cooling-down" | "exhausted"
+export type State = "healthy" | "degraded" | "open" | "recovering" | "cooling-down" | "exhausted" | "auth-failed"
 
 export interface Status {
   readonly upstream: string
@@ -66,6 +74,8 @@ export interface Options {
   readonly timeout?: Duration.DurationInput | undefined
   /** Consecutive failed probes that make an upstream `degraded`. Default 1. */
   readonly degradedAfter?: number | undefined
+  /** The `auth-failed` cooldown a probe answered 401/403 starts. Default 5 minutes (as the relay's). */
+  readonly authFailedCooldown?: Duration.DurationInput | undefined
 }
 
 export interface Health {
@@ -110,7 +120,13 @@ export const deriveState = (
   consecutiveProbeFailures: number,
   degradedAfter: number
 ): State => {
-  if (cooldown !== undefined) return cooldown.reason === "quota-exhausted" ? "exhausted" : "cooling-down"
+  if (cooldown !== undefined) {
+    return cooldown.reason === "quota-exhausted"
+      ? "exhausted"
+      : cooldown.reason === "auth-failed"
+      ? "auth-failed"
+      : "cooling-down"
+  }
   if (breaker === "Open" || breaker === "ForcedOpen") return "open"
   if (breaker === "HalfOpen") return "recovering"
   return consecutiveProbeFailures >= degradedAfter ? "degraded" : "healthy"
@@ -130,6 +146,7 @@ export const make = (
     const interval = Duration.decode(options.interval ?? Duration.seconds(10))
     const timeout = Duration.decode(options.timeout ?? Duration.seconds(5))
     const degradedAfter = options.degradedAfter ?? 1
+    const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
 
     const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => ({
       upstream,
@@ -173,6 +190,35 @@ export const make = (
       return e === undefined ? Effect.succeed(undefined) : statusOfEntry(e)
     }
 
+    /** The upstream's key works again: end an `auth-failed` cooldown (and only that kind). */
+    const keyAccepted = (e: Entry, now: number): Effect.Effect<void> =>
+      Effect.flatMap(cooldowns.active(now), (active) => {
+        if (active.get(e.upstream.name)?.reason !== "auth-failed") return Effect.void
+        return Effect.zipRight(
+          cooldowns.clear(e.upstream.name),
+          Effect.logInfo(`upstream '${e.upstream.name}' accepts its API key again (health probe): back in rotation`)
+            .pipe(Effect.annotateLogs({ upstream: e.upstream.name }))
+        )
+      })
+
+    /** The upstream refused its key to a probe: keep it out, and say so once per incident. */
+    const keyRefused = (e: Entry, status: number, now: number): Effect.Effect<void> =>
+      Effect.flatMap(cooldowns.active(now), (active) => {
+        const start = Effect.provideService(
+          Cooldown.start(e.upstream.name, authFailedCooldown, "auth-failed"),
+          Cooldown.CooldownStore,
+          cooldowns
+        )
+        if (active.get(e.upstream.name)?.reason === "auth-failed") return start
+        return Effect.zipRight(
+          start,
+          Effect.logError(
+            `upstream '${e.upstream.name}' rejected its API key (${status}) to a health probe: out of rotation ` +
+              `until a probe succeeds with its key; replace its key`
+          ).pipe(Effect.annotateLogs({ upstream: e.upstream.name, status, cooldown: "auth-failed" }))
+        )
+      })
+
     // A probe's outcome is read from its Exit, so a failure, a timeout or
     // even a defect of the client counts as a failed probe and never ends
     // the probing fiber.
@@ -181,7 +227,8 @@ export const make = (
         const start = yield* Clock.currentTimeMillis
         const exit = yield* Effect.exit(Timeout.attempt(client.get(e.upstream, PROBE_PATH), timeout))
         const now = yield* Clock.currentTimeMillis
-        const ok = Exit.isSuccess(exit) && exit.value.status === 200
+        const status = Exit.isSuccess(exit) ? exit.value.status : undefined
+        const ok = status === 200
         const p = e.probe
         p.lastAt = now
         p.lastOk = ok
@@ -193,8 +240,10 @@ export const make = (
           // half-open trials now rather than at the end of its open period.
           // Closing it is left to real traffic passing those trials.
           if ((yield* e.upstream.breaker.state) === "Open") yield* e.upstream.breaker.tryHalfOpen
+          yield* keyAccepted(e, now)
         } else {
           p.consecutiveFailures++
+          if (status !== undefined && isAuthError(status)) yield* keyRefused(e, status, now)
         }
         const s = yield* statusOfEntry(e)
         yield* Metric.set(e.gauge, s.state === "healthy" ? 1 : 0)

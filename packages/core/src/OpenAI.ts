@@ -497,6 +497,25 @@ export const quotaInErrorBody = (text: string): QuotaProblem | undefined => {
   }
 }
 
+/**
+ * Whether a 404 body says the model is unknown to that upstream: OpenAI's
+ * `code: "model_not_found"`, or an error message about a model (as other
+ * providers' compatible APIs put it). A 404 about anything else is the
+ * caller's.
+ */
+export const isModelNotFound = (text: string): boolean => {
+  if (text.includes("model_not_found")) return true
+  if (!/model/i.test(text)) return false
+  try {
+    const json: unknown = JSON.parse(text)
+    const body = Array.isArray(json) ? json[0] : json
+    const error = isRecord(body) ? body["error"] : undefined
+    return isRecord(error) && typeof error["message"] === "string" && /\bmodels?\b/i.test(error["message"])
+  } catch {
+    return false
+  }
+}
+
 /** Whether JSON text ends inside a string or an open object/array: cut off rather than garbled. */
 const unbalanced = (text: string): boolean => {
   let depth = 0

@@ -613,12 +613,54 @@ describe("Health", () => {
       ))
   })
 
+  describe("the upstream's key", () => {
+    const keyScript = () => {
+      let status = 401
+      const client = UpstreamClient.of({
+        get: () => Effect.sync((): Reply => ({ status, headers: {}, text: status === 200 ? `{"data":[]}` : "" })),
+        post: () => Effect.die("post is not scripted"),
+        postStream: () => Effect.die("postStream is not scripted")
+      })
+      return { layer: Layer.succeed(UpstreamClient, client), set: (s: number) => (status = s) }
+    }
+
+    it.scoped("a 401/403 probe starts an auth-failed cooldown (state auth-failed); a 200 probe ends it", () => {
+      const key = keyScript()
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], { interval: "10 seconds", authFailedCooldown: "1 hour" })
+        const store = yield* Cooldown.CooldownStore
+        expect((yield* store.active(0)).get("a")).toEqual({ until: 3_600_000, reason: "auth-failed" })
+        expect(yield* stateOf(health, "a")).toBe("auth-failed")
+        key.set(403)
+        yield* TestClock.adjust("10 seconds")
+        // Kept up while the key is refused.
+        expect((yield* store.active(10_000)).get("a")).toEqual({ until: 3_610_000, reason: "auth-failed" })
+        key.set(200)
+        yield* TestClock.adjust("10 seconds")
+        expect((yield* store.active(20_000)).get("a")).toBeUndefined()
+        expect(yield* stateOf(health, "a")).toBe("healthy")
+      }).pipe(Effect.provide(Layer.mergeAll(key.layer, RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+
+    it.scoped("a successful probe leaves other cooldowns alone", () => {
+      const key = keyScript()
+      key.set(200)
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], { interval: "10 seconds" })
+        yield* Cooldown.start("a", "1 minute", "quota-exhausted")
+        yield* TestClock.adjust("10 seconds")
+        expect(yield* stateOf(health, "a")).toBe("exhausted")
+      }).pipe(Effect.provide(Layer.mergeAll(key.layer, RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+  })
+
   describe("deriveState", () => {
     it("first match wins", () => {
       const quota: Cooldown.Cooldown = { until: 1, reason: "quota-exhausted" }
       const limited: Cooldown.Cooldown = { until: 1, reason: "rate-limited" }
       expect(Health.deriveState(quota, "Open", 9, 1)).toBe("exhausted")
       expect(Health.deriveState(limited, "Open", 9, 1)).toBe("cooling-down")
+      expect(Health.deriveState({ until: 1, reason: "auth-failed" }, "Closed", 0, 1)).toBe("auth-failed")
       expect(Health.deriveState(undefined, "Open", 9, 1)).toBe("open")
       expect(Health.deriveState(undefined, "ForcedOpen", 0, 1)).toBe("open")
       expect(Health.deriveState(undefined, "HalfOpen", 9, 1)).toBe("recovering")

@@ -33,7 +33,7 @@
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s }
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
- * cooldown: { rateLimited: 1s, quota: 1h, headroomWatermark: 0 }
+ * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
  * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
  *                                       # mode: deterministic (temperature 0 or a seed) | all
  *                                       # scope: key (per gateway key and user) | shared
@@ -150,6 +150,8 @@ export interface RoutingConfig {
 export interface CooldownConfig {
   readonly rateLimited: Duration.Duration
   readonly quota: Duration.Duration
+  /** After an upstream refused its own key (401/403); a successful health probe ends it early. */
+  readonly authFailed: Duration.Duration
   readonly headroomWatermark: number
 }
 
@@ -461,6 +463,7 @@ const File = Schema.Struct({
   cooldown: opt(Schema.Struct({
     rateLimited: opt(Dur),
     quota: opt(Dur),
+    authFailed: opt(PositiveDur),
     headroomWatermark: opt(NonNegativeNumber)
   })),
   cache: opt(Schema.Struct({
@@ -823,6 +826,7 @@ const build = (f: File): ServerConfig => {
     cooldown: {
       rateLimited: cooldown.rateLimited ?? Duration.seconds(1),
       quota: cooldown.quota ?? Duration.hours(1),
+      authFailed: cooldown.authFailed ?? Duration.minutes(5),
       headroomWatermark: cooldown.headroomWatermark ?? 0
     },
     cache: {
@@ -944,6 +948,7 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   retry: { ...config.retry },
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,
+  authFailedCooldown: config.cooldown.authFailed,
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
   cacheScope: config.cache.scope

@@ -67,20 +67,39 @@ const json = (status: number, body: unknown): Reply => text(status, JSON.stringi
 const retryAfterHeader = (d: Duration.Duration | undefined): Record<string, string> =>
   d === undefined ? {} : { "retry-after": String(Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))) }
 
-/** The relay's failures, as the OpenAI API would answer them. */
+/**
+ * The relay's failures, as the OpenAI API would answer them. Each one that
+ * involved an upstream says which in `x-breakwater-upstream` (the one that
+ * answered, or the last one tried), like a success does.
+ */
 const relayFailure = (error: Relay.RelayError): Reply => {
+  const upstream = Relay.upstreamOf(error)
+  const headers: Record<string, string> = upstream === undefined ? {} : { "x-breakwater-upstream": upstream }
   switch (error._tag) {
     case "UnknownModel":
       return failure(404, error.message, "invalid_request_error", "model_not_found", "model")
     case "UpstreamRejected":
       // The caller's own mistake, as the upstream put it.
-      return text(error.status, error.body, error.contentType ?? JSON_TYPE)
+      return text(error.status, error.body, error.contentType ?? JSON_TYPE, headers)
     case "NoUpstreamAvailable":
-      return failure(503, error.message, "upstream_error", "no_upstream_available", null, retryAfterHeader(error.retryAfter))
+      return failure(503, error.message, "upstream_error", "no_upstream_available", null, {
+        ...headers,
+        ...retryAfterHeader(error.retryAfter)
+      })
     case "AllUpstreamsFailed":
-      return failure(502, error.message, "upstream_error", "upstream_failed")
+      return failure(502, error.message, "upstream_error", "upstream_failed", null, headers)
+    case "UpstreamKeysRejected":
+      // The operator's problem: not a 401, which the caller would take for its own key.
+      return failure(502, error.message, "upstream_error", "upstream_auth_failed", null, headers)
     case "DeadlineExceeded":
-      return failure(504, `The request did not complete within ${Duration.format(error.budget)}.`, "upstream_error", "timeout")
+      return failure(
+        504,
+        `The request did not complete within ${Duration.format(error.budget)}.`,
+        "upstream_error",
+        "timeout",
+        null,
+        headers
+      )
   }
 }
 
@@ -238,7 +257,7 @@ export const make = (options: Options) =>
 
     /** A failed relay, logged with the upstream calls it made. */
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
-      if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable") {
+      if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable" || error._tag === "UpstreamKeysRejected") {
         log.failures = error.failures.map((f) => `${f.upstream}: ${f.reason}`)
       } else if (error._tag === "UpstreamRejected") {
         log.upstream = error.upstream

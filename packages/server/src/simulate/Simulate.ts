@@ -143,6 +143,7 @@ const statusOf = (error: Relay.RelayError): string => {
     case "NoUpstreamAvailable":
       return "503"
     case "AllUpstreamsFailed":
+    case "UpstreamKeysRejected":
       return "502"
     case "DeadlineExceeded":
       return "504"
