@@ -392,6 +392,24 @@ describe("OpenAI", () => {
     })
   })
 
+  describe("isModelNotFound", () => {
+    it("OpenAI's model_not_found, and other providers' 404s about a model", () => {
+      const error = (message: string, extra: Record<string, unknown> = {}) => JSON.stringify({ error: { message, ...extra } })
+      expect(OpenAI.isModelNotFound(error("The model `gpt-5` does not exist", { code: "model_not_found" }))).toBe(true)
+      expect(OpenAI.isModelNotFound(JSON.stringify({ type: "error", error: { type: "not_found_error", message: "model: claude-x" } })))
+        .toBe(true)
+      expect(OpenAI.isModelNotFound(JSON.stringify([{ error: { code: 404, message: "models/gemini-x is not found", status: "NOT_FOUND" } }])))
+        .toBe(true)
+    })
+
+    it("a 404 about anything else is not", () => {
+      expect(OpenAI.isModelNotFound(JSON.stringify({ error: { message: "No such file: file-123" } }))).toBe(false)
+      expect(OpenAI.isModelNotFound(JSON.stringify({ error: { message: "Unknown request URL: POST /v1/chat" } }))).toBe(false)
+      expect(OpenAI.isModelNotFound("<html>Not Found: /models-gateway</html>")).toBe(false)
+      expect(OpenAI.isModelNotFound("")).toBe(false)
+    })
+  })
+
   describe("quotaInErrorBody", () => {
     it("finds insufficient_quota in a 429 body's code", () => {
       const body = JSON.stringify({
