@@ -16,6 +16,10 @@
  * succeeds ends one at once: a rotated key takes the upstream out before
  * clients meet it, and a replaced key brings it back within an interval.
  *
+ * A successful probe's answer is the upstream's model list: it is kept (at
+ * most {@link MAX_REPORTED_MODELS} per upstream) so that a gateway whose
+ * upstreams serve any model (`"*"`) can still tell a model picker what exists.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -78,6 +82,53 @@ export interface Options {
   readonly authFailedCooldown?: Duration.DurationInput | undefined
 }
 
+/** A model an upstream's `GET /models` listed, as OpenAI describes one. */
+export interface ReportedModel {
+  readonly id: string
+  readonly created: number
+  readonly owned_by: string
+}
+
+/** Models kept per upstream (the first ones listed); ids longer than 256 characters are dropped. */
+export const MAX_REPORTED_MODELS = 1000
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * The models of a `GET /models` answer (`{"data":[{"id",...}]}`), bounded and
+ * checked: at most {@link MAX_REPORTED_MODELS}, each id a non-empty string of
+ * at most 256 characters, duplicates dropped. Undefined when the body is not
+ * such a list (it is then ignored, and the last good list kept).
+ */
+export const parseModelList = (text: string): ReadonlyArray<ReportedModel> | undefined => {
+  if (text.length > 4_000_000) return undefined
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    return undefined
+  }
+  const data = isRecord(json) ? json["data"] : undefined
+  if (!Array.isArray(data)) return undefined
+  const models: Array<ReportedModel> = []
+  const seen = new Set<string>()
+  for (const item of data) {
+    if (models.length >= MAX_REPORTED_MODELS) break
+    if (!isRecord(item)) continue
+    const id = item["id"]
+    if (typeof id !== "string" || id === "" || id.length > 256 || seen.has(id)) continue
+    seen.add(id)
+    const created = item["created"]
+    const owner = item["owned_by"]
+    models.push({
+      id,
+      created: typeof created === "number" && Number.isFinite(created) ? created : 0,
+      owned_by: typeof owner === "string" && owner !== "" && owner.length <= 256 ? owner : "breakwater"
+    })
+  }
+  return models
+}
+
 export interface Health {
   /** Every upstream's status, in the order the upstreams were given. */
   readonly status: Effect.Effect<ReadonlyArray<Status>>
@@ -85,6 +136,12 @@ export interface Health {
   readonly statusOf: (upstream: string) => Effect.Effect<Status | undefined>
   /** Probe every upstream now (also what the background fibers do each interval). */
   readonly probeAll: Effect.Effect<void>
+  /**
+   * The models each upstream listed at its last successful probe, by
+   * upstream name. An upstream not yet probed successfully, or whose answer
+   * was not a model list, is absent.
+   */
+  readonly models: Effect.Effect<ReadonlyMap<string, ReadonlyArray<ReportedModel>>>
 }
 
 export const Health = Context.GenericTag<Health>("@breakwater/core/Health")
@@ -105,6 +162,8 @@ interface ProbeState {
   lastAt: number | undefined
   lastOk: boolean | undefined
   consecutiveFailures: number
+  /** From the last successful probe that listed models. */
+  models: ReadonlyArray<ReportedModel> | undefined
 }
 
 interface Entry {
@@ -150,7 +209,7 @@ export const make = (
 
     const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => ({
       upstream,
-      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0 },
+      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0, models: undefined },
       gauge: Metric.tagged(healthyGauge, "upstream", upstream.name)
     }))
     const byName = new Map<string, Entry>()
@@ -241,6 +300,7 @@ export const make = (
           // Closing it is left to real traffic passing those trials.
           if ((yield* e.upstream.breaker.state) === "Open") yield* e.upstream.breaker.tryHalfOpen
           yield* keyAccepted(e, now)
+          if (Exit.isSuccess(exit)) p.models = parseModelList(exit.value.text) ?? p.models
         } else {
           p.consecutiveFailures++
           if (status !== undefined && isAuthError(status)) yield* keyRefused(e, status, now)
@@ -258,7 +318,13 @@ export const make = (
       { discard: true }
     )
 
-    return Health.of({ status, statusOf, probeAll })
+    const models = Effect.sync(() => {
+      const out = new Map<string, ReadonlyArray<ReportedModel>>()
+      for (const e of entries) if (e.probe.models !== undefined && !out.has(e.upstream.name)) out.set(e.upstream.name, e.probe.models)
+      return out
+    })
+
+    return Health.of({ status, statusOf, probeAll, models })
   })
 
 /** Health checks of `upstreams` in the context, probing while the layer lives. */

@@ -220,7 +220,7 @@ export interface Relay {
   ) => Effect.Effect<StreamResult, RelayError>
   readonly embeddings: (request: OpenAI.EmbeddingsRequest, options?: CallOptions) => Effect.Effect<Result, RelayError>
   readonly upstreams: ReadonlyArray<Upstream.Upstream>
-  /** Client-visible model names (aliases included); `"*"` when an upstream serves any. */
+  /** Client-visible model names (aliases included, of `"*"` upstreams too); `"*"` when an upstream serves any. */
   readonly models: ReadonlyArray<string>
   /** Whether at least one upstream could serve now. */
   readonly ready: Effect.Effect<boolean>
@@ -340,7 +340,10 @@ export const make = (
       return found
     }
 
-    const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*"] : u.models))]
+    // An upstream serving "*" still names its aliases.
+    const models = [
+      ...new Set(upstreams.flatMap((u, i) => u.models === "*" ? ["*", ...Object.keys(options.upstreams[i]?.aliases ?? {})] : u.models))
+    ]
 
     // ----- one attempt ------------------------------------------------------
 

@@ -654,6 +654,54 @@ describe("Health", () => {
     })
   })
 
+  describe("reported models", () => {
+    it("parseModelList keeps valid ids (bounded, deduplicated) and refuses what is not a list", () => {
+      const list = (data: unknown) => JSON.stringify({ object: "list", data })
+      expect(Health.parseModelList(list([
+        { id: "gpt-4.1", object: "model", created: 1700000000, owned_by: "openai" },
+        { id: "gpt-4.1" },
+        { id: "" },
+        { id: 5 },
+        "junk",
+        { id: "x".repeat(257) },
+        { id: "o3", created: "yesterday", owned_by: 7 }
+      ]))).toEqual([
+        { id: "gpt-4.1", created: 1700000000, owned_by: "openai" },
+        { id: "o3", created: 0, owned_by: "breakwater" }
+      ])
+      expect(Health.parseModelList(list(Array.from({ length: 5000 }, (_, i) => ({ id: `m${i}` })))))
+        .toHaveLength(Health.MAX_REPORTED_MODELS)
+      expect(Health.parseModelList("not json")).toBeUndefined()
+      expect(Health.parseModelList(`{"data":"nope"}`)).toBeUndefined()
+      expect(Health.parseModelList(`[]`)).toBeUndefined()
+    })
+
+    it.scoped("each upstream's last good list; a failed or unreadable probe keeps it", () => {
+      let text = JSON.stringify({ data: [{ id: "m1" }] })
+      let status = 200
+      const client = UpstreamClient.of({
+        get: () => Effect.sync((): Reply => ({ status, headers: {}, text })),
+        post: () => Effect.die("post is not scripted"),
+        postStream: () => Effect.die("postStream is not scripted")
+      })
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], manual)
+        const ids = Effect.map(health.models, (m) => m.get("a")?.map((x) => x.id))
+        expect(yield* ids).toEqual(["m1"])
+        text = JSON.stringify({ data: [{ id: "m1" }, { id: "m2" }] })
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+        status = 503
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+        status = 200
+        text = "<html>maintenance</html>"
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+      }).pipe(Effect.provide(Layer.mergeAll(Layer.succeed(UpstreamClient, client), RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+  })
+
   describe("deriveState", () => {
     it("first match wins", () => {
       const quota: Cooldown.Cooldown = { until: 1, reason: "quota-exhausted" }

@@ -140,10 +140,70 @@ export const make = (options: Options) =>
     const cooldowns = yield* Cooldown.CooldownStore
     const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
     const knownModels = new Set(relay.models)
-    const modelsBody = JSON.stringify({
-      object: "list",
-      data: relay.models.filter((m) => m !== "*").map((id) => ({ id, object: "model", created: 0, owned_by: "breakwater" }))
-    })
+    const configuredModels = relay.models.filter((m) => m !== "*")
+    /** Upstreams whose models come from their `/models` probes: those serving any model. */
+    const listing = new Set(relay.upstreams.filter((u) => u.models === "*").map((u) => u.name))
+
+    /**
+     * The models callers may ask for: the configured ones and aliases first,
+     * in config order, then what the `"*"` upstreams' health probes found,
+     * sorted. A configured model an upstream also lists takes that listing's
+     * `created` and `owned_by`.
+     */
+    const modelList: Effect.Effect<ReadonlyArray<Health.ReportedModel>> = Effect.map(
+      Option.isSome(health) ? health.value.models : Effect.succeed(new Map<string, ReadonlyArray<Health.ReportedModel>>()),
+      (reported) => {
+        const known = new Map<string, Health.ReportedModel>()
+        for (const models of reported.values()) for (const m of models) if (!known.has(m.id)) known.set(m.id, m)
+        const out: Array<Health.ReportedModel> = configuredModels.map((id) =>
+          known.get(id) ?? { id, created: 0, owned_by: "breakwater" }
+        )
+        const seen = new Set(configuredModels)
+        const found: Array<Health.ReportedModel> = []
+        for (const [upstream, models] of reported) {
+          if (!listing.has(upstream)) continue
+          for (const m of models) {
+            if (seen.has(m.id)) continue
+            seen.add(m.id)
+            found.push(m)
+          }
+        }
+        found.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+        return out.concat(found)
+      }
+    )
+
+    const modelObject = (m: Health.ReportedModel) => ({ id: m.id, object: "model", created: m.created, owned_by: m.owned_by })
+
+    /** `GET /v1/models` and `GET /v1/models/{id}`, for callers with a gateway key. */
+    const models = (request: Incoming, path: string): Effect.Effect<Reply> => {
+      if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+      return Effect.flatMap(Effect.either(gateway.authenticate(request.headers["authorization"])), (caller) => {
+        if (Either.isLeft(caller)) return Effect.succeed(failure(401, caller.left.message, "invalid_request_error", "invalid_api_key"))
+        if (path === "/v1/models") {
+          return Effect.map(modelList, (list) => json(200, { object: "list", data: list.map(modelObject) }))
+        }
+        // The rest of the path is the id, slashes included (`org/model`, or `org%2Fmodel` as the SDK sends it).
+        let id: string
+        try {
+          id = decodeURIComponent(path.slice("/v1/models/".length))
+        } catch {
+          return Effect.succeed(failure(400, "The model id in the URL is not valid percent-encoding.", "invalid_request_error", null, "model"))
+        }
+        return Effect.map(modelList, (list) => {
+          const found = list.find((m) => m.id === id)
+          if (found !== undefined) return json(200, modelObject(found))
+          const shown = id.length > 200 ? `${id.slice(0, 197)}...` : id
+          return failure(
+            404,
+            `The model '${shown}' does not exist or is not served by this gateway.`,
+            "invalid_request_error",
+            "model_not_found",
+            "model"
+          )
+        })
+      })
+    }
 
 
     const parseJson = (text: string): Either.Either<unknown, Reply> => {
@@ -398,14 +458,7 @@ export const make = (options: Options) =>
         case "/v1/embeddings":
           return request.method === "POST" ? relayed(request, log, "embeddings") : Effect.succeed(methodNotAllowed(["POST"]))
         case "/v1/models":
-          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
-          return Effect.map(
-            Effect.either(gateway.authenticate(request.headers["authorization"])),
-            (caller) =>
-              Either.isLeft(caller)
-                ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
-                : text(200, modelsBody, JSON_TYPE)
-          )
+          return models(request, path)
         case "/healthz":
           return Effect.succeed(request.method === "GET" ? json(200, { status: "ok" }) : methodNotAllowed(["GET"]))
         case "/readyz":
@@ -419,6 +472,7 @@ export const make = (options: Options) =>
             Effect.map(Prometheus.render, (body) => text(200, body, Prometheus.contentType))
           )
         default:
+          if (path.startsWith("/v1/models/") && path.length > "/v1/models/".length) return models(request, path)
           if (path.startsWith("/admin/")) return admin(request, path)
           return Effect.succeed(notFound(path))
       }

@@ -6,8 +6,13 @@
  * upstream it came from.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import OpenAI, { APIError, BadRequestError, InternalServerError, NotFoundError } from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Demo from "../src/Demo.js"
+import * as Server from "../src/Server.js"
 import { captured, captureStdout, openAIError, recordingFetch, startServer, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-UPSTREAMS-SECRET-1"
@@ -228,5 +233,78 @@ describe("x-breakwater-upstream on every relayed upstream error", () => {
     const e = await thrown(() => sdk(server).chat.completions.create(chat("x", "no-such-model")))
     expect(e.status).toBe(404)
     expect(e.headers?.get("x-breakwater-upstream")).toBeNull()
+  })
+})
+
+describe("GET /v1/models and /v1/models/{id}", () => {
+  it("demo mode (every upstream \"*\"): lists the models the fake upstreams report, not nothing", async () => {
+    const scope = Effect.runSync(Scope.make())
+    try {
+      const demo = await Effect.runPromise(Demo.make({ port: 0, host: "127.0.0.1" }).pipe(Scope.extend(scope)))
+      const running = await Effect.runPromise(Server.serve(demo.config).pipe(Scope.extend(scope)))
+      const client = new OpenAI({ baseURL: `${running.url}/v1`, apiKey: "demo", maxRetries: 0, fetch: recordingFetch })
+      const ids = async () => (await client.models.list()).data.map((m) => m.id)
+      expect(await eventually(4_000, async () => (await ids()).length > 0)).toBe(true)
+      expect(await ids()).toEqual([...Demo.DEMO_MODELS].sort())
+      expect((await client.models.retrieve("gpt-4.1-mini")).id).toBe("gpt-4.1-mini")
+      await Server.drain(running, "200 millis")
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
+  }, 15_000)
+
+  it("demo-style \"*\" upstreams: the models their /models probes report, plus configured models and aliases", async () => {
+    const a = await fake("models-a", {}, { models: ["gpt-4.1", "gpt-4.1-mini", "o3"] })
+    const b = await fake("models-b", {}, { models: ["gpt-4.1", "deepseek/deepseek-v3.2"] })
+    const server = await startServer(`
+keys:
+  - { name: team, key: "${GATEWAY_KEY}" }
+upstreams:
+  - { name: models-a, baseUrl: "${a.url}", apiKey: "${upstreamKey("models-a")}", models: "*", aliases: { smart: o3 } }
+  - { name: models-b, baseUrl: "${b.url}", apiKey: "${upstreamKey("models-b")}", models: "*" }
+healthCheck: { interval: 200ms }
+`)
+    servers.push(server)
+    const client = sdk(server)
+    const ids = async () => (await client.models.list()).data.map((m) => m.id)
+    // The first probes run at start; poll briefly rather than guess.
+    expect(await eventually(4_000, async () => (await ids()).includes("deepseek/deepseek-v3.2"))).toBe(true)
+    expect(await ids()).toEqual(["smart", "deepseek/deepseek-v3.2", "gpt-4.1", "gpt-4.1-mini", "o3"])
+    const page = await client.models.list()
+    for (const m of page.data) expect(Object.keys(m).sort()).toEqual(["created", "id", "object", "owned_by"])
+    expect(page.data.find((m) => m.id === "o3")).toMatchObject({ object: "model", owned_by: "fake" })
+
+    const one = await client.models.retrieve("gpt-4.1-mini")
+    expect(one).toMatchObject({ id: "gpt-4.1-mini", object: "model" })
+    // An id with a slash, as the SDK encodes it.
+    expect((await client.models.retrieve("deepseek/deepseek-v3.2")).id).toBe("deepseek/deepseek-v3.2")
+    expect((await client.models.retrieve("smart")).id).toBe("smart")
+
+    const missing = await thrown(() => client.models.retrieve("no-such-model"))
+    expect(missing).toBeInstanceOf(NotFoundError)
+    expect(openAIError(JSON.stringify({ error: missing.error }))).toEqual({
+      message: "The model 'no-such-model' does not exist or is not served by this gateway.",
+      type: "invalid_request_error",
+      param: "model",
+      code: "model_not_found"
+    })
+  }, 15_000)
+
+  it("configured models are listed before any probe, and a model retrieves without a key only with 401", async () => {
+    const a = await fake("models-c", {}, { models: ["not-configured"] })
+    const server = await serve([a], "", "[gpt-4.1, text-embedding-3-small]")
+    expect((await sdk(server).models.list()).data.map((m) => m.id)).toEqual(["gpt-4.1", "text-embedding-3-small"])
+    expect((await sdk(server).models.retrieve("gpt-4.1")).id).toBe("gpt-4.1")
+    // What a listed upstream reports beyond its configured models is not served, so not listed.
+    expect((await thrown(() => sdk(server).models.retrieve("not-configured"))).status).toBe(404)
+    const anonymous = await recordingFetch(`${server.url}/v1/models/gpt-4.1`)
+    expect(anonymous.status).toBe(401)
+    const post = await recordingFetch(`${server.url}/v1/models/gpt-4.1`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${GATEWAY_KEY}` }
+    })
+    expect(post.status).toBe(405)
+    const bad = await recordingFetch(`${server.url}/v1/models/%E0%A4%A`, { headers: { authorization: `Bearer ${GATEWAY_KEY}` } })
+    expect(bad.status).toBe(400)
   })
 })
