@@ -535,7 +535,8 @@ export const make = (
                       if (error._tag === "UpstreamRejected") return Effect.fail(error)
                       if (error._tag === "UpstreamModelNotFound") {
                         progress.notFound = error
-                        ;(progress.lacking ??= new Set()).add(u.name)
+                        progress.lacking ??= new Set()
+                        progress.lacking.add(u.name)
                         return tryAt(i + 1)
                       }
                       // An upstream may ask for retries on itself (transient
