@@ -415,19 +415,25 @@ export const make = (
             Cooldown.CooldownStore,
             cooldowns
           )
-        case "UpstreamAuthFailed":
-          // The operator must act: said at ERROR, naming the upstream (never its key).
-          return Effect.zipRight(
-            Effect.provideService(
-              Cooldown.start(error.upstream, authFailedCooldown, "auth-failed"),
-              Cooldown.CooldownStore,
-              cooldowns
-            ),
-            Effect.logError(
-              `upstream '${error.upstream}' rejected its API key (${error.status}): out of rotation for ` +
-                `${Duration.format(authFailedCooldown)} or until a health probe succeeds with its key; replace its key`
-            ).pipe(Effect.annotateLogs({ upstream: error.upstream, status: error.status, cooldown: "auth-failed" }))
+        case "UpstreamAuthFailed": {
+          const start = Effect.provideService(
+            Cooldown.start(error.upstream, authFailedCooldown, "auth-failed"),
+            Cooldown.CooldownStore,
+            cooldowns
           )
+          // The operator must act: said at ERROR, naming the upstream (never
+          // its key), once per incident (not by every request in flight then).
+          return Effect.clockWith((clock) =>
+            Effect.flatMap(cooldowns.active(clock.unsafeCurrentTimeMillis()), (active) =>
+              active.get(error.upstream)?.reason === "auth-failed" ? start : Effect.zipRight(
+                start,
+                Effect.logError(
+                  `upstream '${error.upstream}' rejected its API key (${error.status}): out of rotation for ` +
+                    `${Duration.format(authFailedCooldown)} or until a health probe succeeds with its key; replace its key`
+                ).pipe(Effect.annotateLogs({ upstream: error.upstream, status: error.status, cooldown: "auth-failed" }))
+              ))
+          )
+        }
         default:
           return Effect.void
       }

@@ -11,7 +11,9 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
@@ -232,6 +234,30 @@ describe("an upstream rejecting its own key (401/403)", () => {
         yield* expectCooldown(h, 5 * 60_000)
       }))
   }
+
+  it.scoped("one ERROR log line per incident, naming the upstream and never its key", () =>
+    Effect.gen(function*() {
+      const lines: Array<{ readonly level: string; readonly message: string; readonly upstream: unknown }> = []
+      const logger = Logger.make(({ annotations, logLevel, message }) => {
+        lines.push({ level: logLevel.label, message: String(message), upstream: HashMap.get(annotations, "upstream") })
+      })
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.fallback("a", Scripted.delayed("10 millis", revoked(401)))
+      const fiber = yield* Effect.fork(
+        Effect.all(Array.from({ length: 5 }, (_, i) => h.relay.chat(request(`${i}`))), { concurrency: "unbounded" }).pipe(
+          Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+        )
+      )
+      yield* TestClock.adjust("10 millis")
+      const results = yield* Fiber.join(fiber)
+      expect(results.map((r) => r.metadata.upstream)).toEqual(["b", "b", "b", "b", "b"])
+      expect(h.client.callsTo("a")).toHaveLength(5)
+      const errors = lines.filter((l) => l.level === "ERROR")
+      expect(errors).toHaveLength(1)
+      expect(errors[0]!.message).toContain("upstream 'a' rejected its API key (401)")
+      expect(errors[0]!.upstream).toEqual(Option.some("a"))
+      expect(JSON.stringify(lines)).not.toContain("sk-secret")
+    }))
 
   it.scoped("authFailedCooldown sets the length", () =>
     Effect.gen(function*() {
