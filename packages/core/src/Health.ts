@@ -11,6 +11,15 @@
  * what the relay already knows (cooldowns, the breaker), the strongest
  * signal first.
  *
+ * A probe is made with the upstream's own key, so it also watches that key: a
+ * 401/403 starts (or keeps up) an `auth-failed` cooldown, and a probe that
+ * succeeds ends one at once: a rotated key takes the upstream out before
+ * clients meet it, and a replaced key brings it back within an interval.
+ *
+ * A successful probe's answer is the upstream's model list: it is kept (at
+ * most {@link MAX_REPORTED_MODELS} per upstream) so that a gateway whose
+ * upstreams serve any model (`"*"`) can still tell a model picker what exists.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -27,8 +36,11 @@ import * as Cooldown from "./Cooldown.js"
 import * as Timeout from "./Timeout.js"
 import type * as Upstream from "./Upstream.js"
 import { UpstreamClient } from "./UpstreamClient.js"
+import { isAuthError } from "./UpstreamError.js"
 
 /**
+ * - `auth-failed`: it refused the API key the gateway holds for it (401/403);
+ *   out of rotation until a probe succeeds with that key or the cooldown ends.
  * - `exhausted`: its quota is spent (a quota cooldown is active).
  * - `cooling-down`: it asked us to wait (a 429 or low headroom).
  * - `open`: its breaker refuses calls (tripped, or forced open by an operator).
@@ -36,7 +48,7 @@ import { UpstreamClient } from "./UpstreamClient.js"
  * - `degraded`: its breaker admits calls, but the last health probes failed.
  * - `healthy`: none of the above.
  */
-export type State = "healthy" | "degraded" | "open" | "recovering" | "cooling-down" | "exhausted"
+export type State = "healthy" | "degraded" | "open" | "recovering" | "cooling-down" | "exhausted" | "auth-failed"
 
 export interface Status {
   readonly upstream: string
@@ -66,6 +78,55 @@ export interface Options {
   readonly timeout?: Duration.DurationInput | undefined
   /** Consecutive failed probes that make an upstream `degraded`. Default 1. */
   readonly degradedAfter?: number | undefined
+  /** The `auth-failed` cooldown a probe answered 401/403 starts. Default 5 minutes (as the relay's). */
+  readonly authFailedCooldown?: Duration.DurationInput | undefined
+}
+
+/** A model an upstream's `GET /models` listed, as OpenAI describes one. */
+export interface ReportedModel {
+  readonly id: string
+  readonly created: number
+  readonly owned_by: string
+}
+
+/** Models kept per upstream (the first ones listed); ids longer than 256 characters are dropped. */
+export const MAX_REPORTED_MODELS = 1000
+
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * The models of a `GET /models` answer (`{"data":[{"id",...}]}`), bounded and
+ * checked: at most {@link MAX_REPORTED_MODELS}, each id a non-empty string of
+ * at most 256 characters, duplicates dropped. Undefined when the body is not
+ * such a list (it is then ignored, and the last good list kept).
+ */
+export const parseModelList = (text: string): ReadonlyArray<ReportedModel> | undefined => {
+  if (text.length > 4_000_000) return undefined
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    return undefined
+  }
+  const data = isRecord(json) ? json["data"] : undefined
+  if (!Array.isArray(data)) return undefined
+  const models: Array<ReportedModel> = []
+  const seen = new Set<string>()
+  for (const item of data) {
+    if (models.length >= MAX_REPORTED_MODELS) break
+    if (!isRecord(item)) continue
+    const id = item["id"]
+    if (typeof id !== "string" || id === "" || id.length > 256 || seen.has(id)) continue
+    seen.add(id)
+    const created = item["created"]
+    const owner = item["owned_by"]
+    models.push({
+      id,
+      created: typeof created === "number" && Number.isFinite(created) ? created : 0,
+      owned_by: typeof owner === "string" && owner !== "" && owner.length <= 256 ? owner : "breakwater"
+    })
+  }
+  return models
 }
 
 export interface Health {
@@ -75,6 +136,12 @@ export interface Health {
   readonly statusOf: (upstream: string) => Effect.Effect<Status | undefined>
   /** Probe every upstream now (also what the background fibers do each interval). */
   readonly probeAll: Effect.Effect<void>
+  /**
+   * The models each upstream listed at its last successful probe, by
+   * upstream name. An upstream not yet probed successfully, or whose answer
+   * was not a model list, is absent.
+   */
+  readonly models: Effect.Effect<ReadonlyMap<string, ReadonlyArray<ReportedModel>>>
 }
 
 export const Health = Context.GenericTag<Health>("@breakwater/core/Health")
@@ -95,6 +162,8 @@ interface ProbeState {
   lastAt: number | undefined
   lastOk: boolean | undefined
   consecutiveFailures: number
+  /** From the last successful probe that listed models. */
+  models: ReadonlyArray<ReportedModel> | undefined
 }
 
 interface Entry {
@@ -110,7 +179,13 @@ export const deriveState = (
   consecutiveProbeFailures: number,
   degradedAfter: number
 ): State => {
-  if (cooldown !== undefined) return cooldown.reason === "quota-exhausted" ? "exhausted" : "cooling-down"
+  if (cooldown !== undefined) {
+    return cooldown.reason === "quota-exhausted"
+      ? "exhausted"
+      : cooldown.reason === "auth-failed"
+      ? "auth-failed"
+      : "cooling-down"
+  }
   if (breaker === "Open" || breaker === "ForcedOpen") return "open"
   if (breaker === "HalfOpen") return "recovering"
   return consecutiveProbeFailures >= degradedAfter ? "degraded" : "healthy"
@@ -130,10 +205,11 @@ export const make = (
     const interval = Duration.decode(options.interval ?? Duration.seconds(10))
     const timeout = Duration.decode(options.timeout ?? Duration.seconds(5))
     const degradedAfter = options.degradedAfter ?? 1
+    const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
 
     const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => ({
       upstream,
-      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0 },
+      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0, models: undefined },
       gauge: Metric.tagged(healthyGauge, "upstream", upstream.name)
     }))
     const byName = new Map<string, Entry>()
@@ -173,6 +249,35 @@ export const make = (
       return e === undefined ? Effect.succeed(undefined) : statusOfEntry(e)
     }
 
+    /** The upstream's key works again: end an `auth-failed` cooldown (and only that kind). */
+    const keyAccepted = (e: Entry, now: number): Effect.Effect<void> =>
+      Effect.flatMap(cooldowns.active(now), (active) => {
+        if (active.get(e.upstream.name)?.reason !== "auth-failed") return Effect.void
+        return Effect.zipRight(
+          cooldowns.clear(e.upstream.name),
+          Effect.logInfo(`upstream '${e.upstream.name}' accepts its API key again (health probe): back in rotation`)
+            .pipe(Effect.annotateLogs({ upstream: e.upstream.name }))
+        )
+      })
+
+    /** The upstream refused its key to a probe: keep it out, and say so once per incident. */
+    const keyRefused = (e: Entry, status: number, now: number): Effect.Effect<void> =>
+      Effect.flatMap(cooldowns.active(now), (active) => {
+        const start = Effect.provideService(
+          Cooldown.start(e.upstream.name, authFailedCooldown, "auth-failed"),
+          Cooldown.CooldownStore,
+          cooldowns
+        )
+        if (active.get(e.upstream.name)?.reason === "auth-failed") return start
+        return Effect.zipRight(
+          start,
+          Effect.logError(
+            `upstream '${e.upstream.name}' rejected its API key (${status}) to a health probe: out of rotation ` +
+              `until a probe succeeds with its key; replace its key`
+          ).pipe(Effect.annotateLogs({ upstream: e.upstream.name, status, cooldown: "auth-failed" }))
+        )
+      })
+
     // A probe's outcome is read from its Exit, so a failure, a timeout or
     // even a defect of the client counts as a failed probe and never ends
     // the probing fiber.
@@ -181,7 +286,8 @@ export const make = (
         const start = yield* Clock.currentTimeMillis
         const exit = yield* Effect.exit(Timeout.attempt(client.get(e.upstream, PROBE_PATH), timeout))
         const now = yield* Clock.currentTimeMillis
-        const ok = Exit.isSuccess(exit) && exit.value.status === 200
+        const status = Exit.isSuccess(exit) ? exit.value.status : undefined
+        const ok = status === 200
         const p = e.probe
         p.lastAt = now
         p.lastOk = ok
@@ -193,8 +299,11 @@ export const make = (
           // half-open trials now rather than at the end of its open period.
           // Closing it is left to real traffic passing those trials.
           if ((yield* e.upstream.breaker.state) === "Open") yield* e.upstream.breaker.tryHalfOpen
+          yield* keyAccepted(e, now)
+          if (Exit.isSuccess(exit)) p.models = parseModelList(exit.value.text) ?? p.models
         } else {
           p.consecutiveFailures++
+          if (status !== undefined && isAuthError(status)) yield* keyRefused(e, status, now)
         }
         const s = yield* statusOfEntry(e)
         yield* Metric.set(e.gauge, s.state === "healthy" ? 1 : 0)
@@ -209,7 +318,13 @@ export const make = (
       { discard: true }
     )
 
-    return Health.of({ status, statusOf, probeAll })
+    const models = Effect.sync(() => {
+      const out = new Map<string, ReadonlyArray<ReportedModel>>()
+      for (const e of entries) if (e.probe.models !== undefined && !out.has(e.upstream.name)) out.set(e.upstream.name, e.probe.models)
+      return out
+    })
+
+    return Health.of({ status, statusOf, probeAll, models })
   })
 
 /** Health checks of `upstreams` in the context, probing while the layer lives. */

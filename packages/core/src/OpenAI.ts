@@ -12,14 +12,24 @@
  */
 import * as Data from "effect/Data"
 import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
+import * as AST from "effect/SchemaAST"
 
 // ---------------------------------------------------------------------------
 // Requests
 
 /** A message annotation that replaces whatever the schema would have said. */
 const expecting = (message: string) => ({ message: () => ({ message, override: true }) })
+
+/**
+ * What a composite schema takes, in a few words, for messages about a value
+ * of the wrong kind ("expected an array of messages, got \"hi\""). Unlike
+ * `expecting`, problems inside a value of the right kind keep their own path
+ * and message.
+ */
+const describing = (description: string) => ({ description })
 
 /** An optional field that may also be `null`, as the API reference allows for most parameters. */
 const nullable = <S extends Schema.Schema.Any>(schema: S, expectation?: string) =>
@@ -30,10 +40,14 @@ const nullable = <S extends Schema.Schema.Any>(schema: S, expectation?: string) 
 const LooseObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
 
 /** A content part (text, image_url, input_audio, file, ...): only its `type` is checked. */
-export const ContentPart = Schema.Struct({ type: Schema.String }, LooseObject)
+export const ContentPart = Schema.Struct({ type: Schema.String }, LooseObject).annotations(
+  describing("a content part (an object with a type)")
+)
 export type ContentPart = typeof ContentPart.Type
 
-const Content = Schema.Union(Schema.String, Schema.Array(ContentPart))
+const Content = Schema.Union(Schema.String, Schema.Array(ContentPart)).annotations(
+  describing("a string or an array of content parts")
+)
 
 export const ToolCall = Schema.Struct({
   id: Schema.String,
@@ -63,7 +77,7 @@ const AssistantMessage = Schema.Struct({
   content: nullable(Content),
   name: Schema.optional(Schema.String),
   refusal: nullable(Schema.String),
-  tool_calls: Schema.optional(Schema.Array(ToolCall)),
+  tool_calls: Schema.optional(Schema.Array(ToolCall).annotations(describing("an array of tool calls"))),
   function_call: nullable(LooseObject),
   audio: nullable(LooseObject)
 })
@@ -74,6 +88,7 @@ const ToolMessage = Schema.Struct({
 })
 
 export const ChatMessage = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage)
+  .annotations(describing("a message object with a role"))
 export type ChatMessage = typeof ChatMessage.Type
 
 export const Tool = Schema.Struct({
@@ -99,7 +114,7 @@ export const ResponseFormat = Schema.Union(
       strict: nullable(Schema.Boolean)
     })
   })
-)
+).annotations(describing(`an object with a type of "text", "json_object" or "json_schema"`))
 export type ResponseFormat = typeof ResponseFormat.Type
 
 const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
@@ -112,7 +127,7 @@ const Penalty = Schema.Number.pipe(Schema.between(-2, 2))
  */
 export const ChatCompletionRequest = Schema.Struct({
   model: Schema.String.pipe(Schema.minLength(1)).annotations(expecting("expected a non-empty string")),
-  messages: Schema.Array(ChatMessage).pipe(Schema.minItems(1, {
+  messages: Schema.Array(ChatMessage).annotations(describing("an array of messages")).pipe(Schema.minItems(1, {
     message: () => "expected a non-empty array of messages"
   })),
   temperature: nullable(Schema.Number.pipe(Schema.between(0, 2)), "expected a number between 0 and 2"),
@@ -128,7 +143,7 @@ export const ChatCompletionRequest = Schema.Struct({
   logit_bias: nullable(Schema.Record({ key: Schema.String, value: Schema.Number }), "expected an object of numbers"),
   user: Schema.optional(Schema.String),
   seed: nullable(Schema.Int, "expected an integer"),
-  tools: Schema.optional(Schema.Array(Tool)),
+  tools: Schema.optional(Schema.Array(Tool).annotations(describing("an array of tools"))),
   tool_choice: Schema.optional(
     Schema.Union(Schema.Literal("none", "auto", "required"), Schema.Struct({ type: Schema.String }, LooseObject))
       .annotations(expecting("expected 'none', 'auto', 'required' or an object naming a tool"))
@@ -164,6 +179,46 @@ export const EmbeddingsRequest = Schema.Struct({
 })
 export type EmbeddingsRequest = typeof EmbeddingsRequest.Type
 
+/**
+ * How deep a request body may nest objects and arrays. Real requests stay far
+ * below it: a chat request with a JSON schema ten levels deep (OpenAI's own
+ * limit for structured outputs) nests about 30 deep. Bodies nested thousands
+ * deep only serve to exhaust recursive code, so they are refused before parsing.
+ */
+export const MAX_JSON_DEPTH = 128
+
+/**
+ * Whether JSON text nests objects and arrays deeper than `limit`. One linear
+ * pass, no recursion, no parsing: brackets inside strings do not count, and
+ * the scan stops as soon as the limit is passed. String contents are skipped
+ * with `indexOf`, so a long message costs little. Text that is not valid
+ * JSON is left for `JSON.parse` to refuse.
+ */
+export const nestingExceeds = (text: string, limit: number = MAX_JSON_DEPTH): boolean => {
+  let depth = 0
+  const n = text.length
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 34 /* " */) {
+      // Jump to the closing quote: the next one not escaped by an odd run of backslashes.
+      let end = text.indexOf("\"", i + 1)
+      for (;;) {
+        if (end === -1) return false
+        let slashes = 0
+        while (text.charCodeAt(end - 1 - slashes) === 92 /* \ */) slashes++
+        if ((slashes & 1) === 0) break
+        end = text.indexOf("\"", end + 1)
+      }
+      i = end
+    } else if (c === 123 /* { */ || c === 91 /* [ */) {
+      if (++depth > limit) return true
+    } else if (c === 125 /* } */ || c === 93 /* ] */) {
+      depth--
+    }
+  }
+  return false
+}
+
 /** A request the relay refuses before any upstream sees it (HTTP 400). */
 export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
   readonly message: string
@@ -171,12 +226,16 @@ export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
   readonly param: string | null
 }> {}
 
-/** `["messages", 0, "role"]` → `messages[0].role`. */
+/** `["messages", 0, "role"]` → `messages[0].role`; an overlong key (a caller's own) is cut. */
 const formatPath = (path: ReadonlyArray<PropertyKey>): string | null => {
   let out = ""
   for (const segment of path) {
     if (typeof segment === "number") out += `[${segment}]`
-    else out += out === "" ? String(segment) : `.${String(segment)}`
+    else {
+      const name = String(segment)
+      const short = name.length > 64 ? `${name.slice(0, 61)}...` : name
+      out += out === "" ? short : `.${short}`
+    }
   }
   return out === "" ? null : out
 }
@@ -186,17 +245,148 @@ const sentence = (text: string): string => {
   return s.endsWith(".") ? s : `${s}.`
 }
 
+/** A value as a message shows it: short scalars as they are, anything else by its kind only. */
+const shown = (u: unknown): string => {
+  if (u === undefined) return "nothing"
+  if (typeof u === "string") return u.length <= 40 ? JSON.stringify(u) : `a string of ${u.length} characters`
+  if (u === null || typeof u === "number" || typeof u === "boolean") return String(u)
+  return Array.isArray(u) ? "an array" : typeof u === "object" ? "an object" : typeof u
+}
+
+/**
+ * What a schema expects, in a few words: its `description` annotation, or its
+ * shape (`an array`, `an object`, literals quoted). Never the schema printed
+ * out: for a union of message types that is 1.4 KB of TypeScript.
+ */
+const describeAst = (ast: AST.AST): string => {
+  const description = AST.getDescriptionAnnotation(ast)
+  if (Option.isSome(description)) return description.value
+  switch (ast._tag) {
+    case "Literal":
+      return ast.literal === null ? "null" : JSON.stringify(ast.literal) ?? String(ast.literal)
+    case "StringKeyword":
+      return "a string"
+    case "NumberKeyword":
+      return "a number"
+    case "BooleanKeyword":
+      return "a boolean"
+    case "TupleType":
+      return "an array"
+    case "TypeLiteral":
+      return "an object"
+    case "Refinement":
+      return describeAst(ast.from)
+    case "Transformation":
+      return describeAst(ast.to)
+    case "Union": {
+      // An optional field decodes as `X | undefined`: "absent" needs no words.
+      const parts = [...new Set(ast.types.filter((t) => t._tag !== "UndefinedKeyword").map(describeAst))]
+      return parts.length === 1 ? parts[0]! : `${parts.slice(0, -1).join(", ")} or ${parts[parts.length - 1]}`
+    }
+    default:
+      return "a valid value"
+  }
+}
+
+/** The message annotation an issue's schema carries, following Effect's rules for when it applies. */
+const annotatedMessage = (issue: ParseResult.ParseIssue): string | undefined => {
+  if (!("ast" in issue)) return undefined
+  const annotation = AST.getMessageAnnotation(issue.ast)
+  if (Option.isNone(annotation)) return undefined
+  const result = annotation.value(issue)
+  const own = typeof result === "string"
+    ? { message: result, override: false }
+    : "message" in result && typeof result.message === "string"
+    ? { message: result.message, override: result.override === true }
+    : undefined
+  if (own === undefined) return undefined
+  // Without `override`, a container's message is for the container's own failure only.
+  const inner = !own.override && (
+    issue._tag === "Composite" ||
+    (issue._tag === "Refinement" && issue.kind === "From") ||
+    (issue._tag === "Transformation" && issue.kind !== "Transformation")
+  )
+  if (!inner) return own.message
+  return issue._tag === "Refinement" || issue._tag === "Transformation" ? annotatedMessage(issue.issue) : undefined
+}
+
+/** An issue that says only "not this type" (nothing about the value's insides). */
+const isShallow = (issue: ParseResult.ParseIssue): boolean =>
+  issue._tag === "Type" ||
+  (issue._tag === "Refinement" && issue.kind === "From" && isShallow(issue.issue)) ||
+  (issue._tag === "Transformation" && issue.kind === "Encoded" && isShallow(issue.issue))
+
+interface Problem {
+  readonly path: ReadonlyArray<PropertyKey>
+  /** Undefined: a required field is missing. */
+  readonly message: string | undefined
+}
+
+const expected = (path: ReadonlyArray<PropertyKey>, ast: AST.AST, actual: unknown): Problem => ({
+  path,
+  message: `expected ${describeAst(ast)}, got ${shown(actual)}`
+})
+
+/**
+ * The first problem of a decoding failure, as one short line. Iterative
+ * descent (no recursion on the value), and the value itself is shown only
+ * when it is a short scalar. A union that nothing matched says what any of
+ * its members would take; a union where one member got further reports that
+ * member's deeper problem (`messages[0].content[0].type` is missing), not a
+ * mismatch with the first member.
+ */
+const firstProblem = (root: ParseResult.ParseIssue): Problem => {
+  let issue = root
+  let path: ReadonlyArray<PropertyKey> = []
+  for (;;) {
+    const message = annotatedMessage(issue)
+    if (message !== undefined) return { path, message }
+    switch (issue._tag) {
+      case "Pointer":
+        path = path.concat(issue.path)
+        issue = issue.issue
+        continue
+      case "Missing":
+        return { path, message: undefined }
+      case "Unexpected":
+        return { path, message: "this field is not allowed" }
+      case "Forbidden":
+        return { path, message: "this value could not be checked" }
+      case "Type":
+        return issue.message !== undefined ? { path, message: issue.message } : expected(path, issue.ast, issue.actual)
+      case "Refinement":
+        if (issue.kind === "Predicate") return expected(path, issue.ast, issue.actual)
+        issue = issue.issue
+        continue
+      case "Transformation":
+        issue = issue.issue
+        continue
+      case "Composite": {
+        const issues = (Array.isArray(issue.issues) ? issue.issues : [issue.issues]) as ReadonlyArray<ParseResult.ParseIssue>
+        if (issue.ast._tag === "Union") {
+          const deeper = issues.find((i) => !isShallow(i))
+          if (deeper === undefined) return expected(path, issue.ast, issue.actual)
+          issue = deeper
+          continue
+        }
+        if (issues.length === 0) return expected(path, issue.ast, issue.actual)
+        issue = issues[0]!
+        continue
+      }
+    }
+  }
+}
+
 const toInvalidRequest = (error: ParseResult.ParseError): InvalidRequest => {
-  const first = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
-  if (first === undefined) return new InvalidRequest({ message: "Invalid request body.", param: null })
-  const param = formatPath(first.path)
+  const problem = firstProblem(error.issue)
+  const param = formatPath(problem.path)
   if (param === null) {
     return new InvalidRequest({ message: "Invalid request body: expected a JSON object.", param: null })
   }
-  if (first._tag === "Missing") {
+  if (problem.message === undefined) {
     return new InvalidRequest({ message: `Missing required parameter: '${param}'.`, param })
   }
-  return new InvalidRequest({ message: `Invalid value for '${param}': ${sentence(first.message)}`, param })
+  return new InvalidRequest({ message: `Invalid value for '${param}': ${sentence(problem.message)}`, param })
 }
 
 const parseOptions = { onExcessProperty: "preserve", errors: "first" } as const
@@ -311,6 +501,25 @@ export const quotaInErrorBody = (text: string): QuotaProblem | undefined => {
     return quotaOf(JSON.parse(text))
   } catch {
     return undefined
+  }
+}
+
+/**
+ * Whether a 404 body says the model is unknown to that upstream: OpenAI's
+ * `code: "model_not_found"`, or an error message about a model (as other
+ * providers' compatible APIs put it). A 404 about anything else is the
+ * caller's.
+ */
+export const isModelNotFound = (text: string): boolean => {
+  if (text.includes("model_not_found")) return true
+  if (!/model/i.test(text)) return false
+  try {
+    const json: unknown = JSON.parse(text)
+    const body = Array.isArray(json) ? json[0] : json
+    const error = isRecord(body) ? body["error"] : undefined
+    return isRecord(error) && typeof error["message"] === "string" && /\bmodels?\b/i.test(error["message"])
+  } catch {
+    return false
   }
 }
 

@@ -7,8 +7,10 @@
  * A retryable failure (429, quota, 5xx, connection, timeout, invalid body)
  * moves the request to the next upstream the router offers, up to
  * `maxAttempts` calls in all and within the request's deadline; the caller's
- * own bad request comes straight back. A 429's `Retry-After` and an exhausted
- * quota put the upstream in a cooldown shared by all requests. When no
+ * own bad request comes straight back. An upstream refusing its own key
+ * (401/403) or not having the model (404 `model_not_found`) fails over too:
+ * neither is the caller's doing. A 429's `Retry-After`, an exhausted quota
+ * and a refused key put the upstream in a cooldown shared by all requests. When no
  * upstream is available, the relay waits for the first to come back if that
  * is within `maxRetryAfter`, and otherwise says so at once.
  *
@@ -50,9 +52,12 @@ import * as Upstream from "./Upstream.js"
 import { UpstreamClient } from "./UpstreamClient.js"
 import {
   InvalidResponse,
+  isAuthError,
   isCallerError,
   QuotaExhausted,
+  UpstreamAuthFailed,
   type UpstreamError,
+  UpstreamModelNotFound,
   UpstreamRateLimited,
   UpstreamRejected,
   UpstreamServerError,
@@ -101,6 +106,8 @@ export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly mo
 export interface Failure {
   readonly upstream: string
   readonly reason: string
+  /** Set when the upstream refused its key (now, or lately: its cooldown) or lacks the model. */
+  readonly kind?: "auth-failed" | "model-not-found"
 }
 
 /** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
@@ -109,6 +116,8 @@ export class NoUpstreamAvailable extends Data.TaggedError("NoUpstreamAvailable")
   readonly failures: ReadonlyArray<Failure>
   /** When the first of them is expected back, if known. */
   readonly retryAfter: Duration.Duration | undefined
+  /** The last upstream considered, for `x-breakwater-upstream`. */
+  readonly upstream?: string | undefined
 }> {
   override get message(): string {
     return `No upstream available for '${this.model}': ${describe(this.failures)}`
@@ -119,9 +128,39 @@ export class NoUpstreamAvailable extends Data.TaggedError("NoUpstreamAvailable")
 export class AllUpstreamsFailed extends Data.TaggedError("AllUpstreamsFailed")<{
   readonly model: string
   readonly failures: ReadonlyArray<Failure>
+  /** The last upstream called, for `x-breakwater-upstream`. */
+  readonly upstream?: string | undefined
 }> {
   override get message(): string {
     return `All upstreams failed for '${this.model}': ${describe(this.failures)}`
+  }
+}
+
+/**
+ * Every upstream that could serve the model refused the API key the gateway
+ * holds for it (401/403), now or lately (it is in an `auth-failed`
+ * cooldown). The caller can do nothing about it; the operator must.
+ */
+export class UpstreamKeysRejected extends Data.TaggedError("UpstreamKeysRejected")<{
+  readonly model: string
+  /** The upstreams that refused their keys, in the order they were met. */
+  readonly upstreams: ReadonlyArray<string>
+  readonly failures: ReadonlyArray<Failure>
+}> {
+  override get message(): string {
+    const names = this.upstreams.map((u) => `'${u}'`)
+    return names.length === 1
+      ? `Upstream ${names[0]} rejected the API key the gateway holds for it, and no other upstream can serve ` +
+        `'${this.model}'; the gateway's operator must replace that key.`
+      : `Upstreams ${names.slice(0, -1).join(", ")} and ${names[names.length - 1]} rejected the API keys the gateway ` +
+        `holds for them, and no other upstream can serve '${this.model}'; the gateway's operator must replace those keys.`
+  }
+}
+
+/** The request's deadline passed while `upstream` was being called. */
+export class DeadlineExceededOn extends Timeout.DeadlineExceeded {
+  constructor(budget: Duration.Duration, readonly upstream: string) {
+    super({ budget })
   }
 }
 
@@ -132,8 +171,31 @@ export type RelayError =
   | UnknownModel
   | NoUpstreamAvailable
   | AllUpstreamsFailed
+  | UpstreamKeysRejected
   | UpstreamRejected
   | Timeout.DeadlineExceeded
+
+/**
+ * The upstream a failed request ended on, for `x-breakwater-upstream`: the
+ * one whose error is relayed, the last one called (or, when none could be
+ * called, the last one considered), the one being called when the deadline
+ * passed. Undefined when no upstream was involved (an unknown model).
+ */
+export const upstreamOf = (error: RelayError): string | undefined => {
+  switch (error._tag) {
+    case "UnknownModel":
+      return undefined
+    case "UpstreamRejected":
+      return error.upstream
+    case "UpstreamKeysRejected":
+      return error.upstreams[error.upstreams.length - 1]
+    case "AllUpstreamsFailed":
+    case "NoUpstreamAvailable":
+      return error.upstream ?? error.failures[error.failures.length - 1]?.upstream
+    case "DeadlineExceeded":
+      return error instanceof DeadlineExceededOn ? error.upstream : undefined
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Service
@@ -158,7 +220,7 @@ export interface Relay {
   ) => Effect.Effect<StreamResult, RelayError>
   readonly embeddings: (request: OpenAI.EmbeddingsRequest, options?: CallOptions) => Effect.Effect<Result, RelayError>
   readonly upstreams: ReadonlyArray<Upstream.Upstream>
-  /** Client-visible model names (aliases included); `"*"` when an upstream serves any. */
+  /** Client-visible model names (aliases included, of `"*"` upstreams too); `"*"` when an upstream serves any. */
   readonly models: ReadonlyArray<string>
   /** Whether at least one upstream could serve now. */
   readonly ready: Effect.Effect<boolean>
@@ -185,14 +247,27 @@ export interface Options {
   readonly rateLimitCooldown?: Duration.DurationInput
   /** Cooldown after quota exhaustion. Default 1 hour. */
   readonly quotaCooldown?: Duration.DurationInput
+  /**
+   * Cooldown after an upstream refused its own API key (401/403). Default 5
+   * minutes; a health probe that succeeds with that key ends it early
+   * (`Health`), so a replaced key is back within a probe interval.
+   */
+  readonly authFailedCooldown?: Duration.DurationInput
   /** Steer away when `x-ratelimit-remaining-*` is at or below this. Default 0. */
   readonly headroomWatermark?: number
   /**
-   * Which non-streaming chat requests are cached: `all` (every exact match,
-   * the default, as in the reference article), `deterministic` (only
-   * `temperature: 0`), or `none`.
+   * Which non-streaming chat requests are cached: `deterministic` (the
+   * default: `temperature: 0`, or a `seed` given; a sampled answer is not
+   * replayed), `all` (every exact match), or `none`.
    */
   readonly cacheMode?: "all" | "deterministic" | "none"
+  /**
+   * Who shares cache entries: `key` (the default: entries are scoped per
+   * caller, `CallOptions.key`, so one tenant never receives another's
+   * answer) or `shared` (one cache for all callers). Either way a request's
+   * `user` is part of its key.
+   */
+  readonly cacheScope?: "key" | "shared"
 }
 
 const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
@@ -249,8 +324,10 @@ export const make = (
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
+    const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
-    const cacheMode = options.cacheMode ?? "all"
+    const cacheMode = options.cacheMode ?? "deterministic"
+    const sharedCache = options.cacheScope === "shared"
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
@@ -263,7 +340,10 @@ export const make = (
       return found
     }
 
-    const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*"] : u.models))]
+    // An upstream serving "*" still names its aliases.
+    const models = [
+      ...new Set(upstreams.flatMap((u, i) => u.models === "*" ? ["*", ...Object.keys(options.upstreams[i]?.aliases ?? {})] : u.models))
+    ]
 
     // ----- one attempt ------------------------------------------------------
 
@@ -290,6 +370,12 @@ export const make = (
         if (quota !== undefined) return Effect.succeed(new QuotaExhausted({ upstream: u.name, code: quota.code }))
         return Effect.map(Retry.retryAfterFromHeaders(headers), (retryAfter) =>
           new UpstreamRateLimited({ upstream: u.name, retryAfter: Option.getOrUndefined(retryAfter) }))
+      }
+      if (isAuthError(status)) return Effect.succeed(new UpstreamAuthFailed({ upstream: u.name, status }))
+      if (status === 404 && OpenAI.isModelNotFound(text)) {
+        return Effect.succeed(
+          new UpstreamModelNotFound({ upstream: u.name, status, body: text, contentType: headers["content-type"] })
+        )
       }
       if (isCallerError(status)) {
         return Effect.succeed(
@@ -329,6 +415,25 @@ export const make = (
             Cooldown.CooldownStore,
             cooldowns
           )
+        case "UpstreamAuthFailed": {
+          const start = Effect.provideService(
+            Cooldown.start(error.upstream, authFailedCooldown, "auth-failed"),
+            Cooldown.CooldownStore,
+            cooldowns
+          )
+          // The operator must act: said at ERROR, naming the upstream (never
+          // its key), once per incident (not by every request in flight then).
+          return Effect.clockWith((clock) =>
+            Effect.flatMap(cooldowns.active(clock.unsafeCurrentTimeMillis()), (active) =>
+              active.get(error.upstream)?.reason === "auth-failed" ? start : Effect.zipRight(
+                start,
+                Effect.logError(
+                  `upstream '${error.upstream}' rejected its API key (${error.status}): out of rotation for ` +
+                    `${Duration.format(authFailedCooldown)} or until a health probe succeeds with its key; replace its key`
+                ).pipe(Effect.annotateLogs({ upstream: error.upstream, status: error.status, cooldown: "auth-failed" }))
+              ))
+          )
+        }
         default:
           return Effect.void
       }
@@ -356,7 +461,7 @@ export const make = (
         : broken
       if (u.tokenLimit !== undefined) protectedCall = Effect.zipRight(u.tokenLimit.acquire("account", tokens), protectedCall)
       if (u.requestLimit !== undefined) protectedCall = Effect.zipRight(u.requestLimit.acquire("account"), protectedCall)
-      return classifyOutcome(protectedCall)
+      return classifyOutcome(protectedCall, u.name)
     }
 
     /** A non-streaming call: POST, read, classify, validate. */
@@ -384,7 +489,20 @@ export const make = (
     interface Progress {
       attempts: number
       readonly failures: Array<Failure>
+      /** The last upstream called. */
+      last: string | undefined
+      /** The last 404 `model_not_found`: relayed if every upstream says so. */
+      notFound: UpstreamModelNotFound | undefined
+      /** Upstreams that said they lack the model: not asked again in this request. */
+      lacking: Set<string> | undefined
     }
+
+    const failureOf = (error: UpstreamError): Failure =>
+      error._tag === "UpstreamAuthFailed"
+        ? { upstream: error.upstream, reason: reasonOf(error), kind: "auth-failed" }
+        : error._tag === "UpstreamModelNotFound"
+        ? { upstream: error.upstream, reason: reasonOf(error), kind: "model-not-found" }
+        : { upstream: error.upstream, reason: reasonOf(error) }
 
     /**
      * Tries upstreams in the router's order until `attempt` succeeds, the
@@ -396,7 +514,7 @@ export const make = (
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
       const servers = serving(model)
       if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
-      const progress: Progress = { attempts: 0, failures: [] }
+      const progress: Progress = { attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined }
 
       const round = (n: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
         Effect.clockWith((clock) => {
@@ -405,11 +523,10 @@ export const make = (
             Effect.flatMap(router.plan(servers, now, active), (plan) => {
               const attemptsBefore = progress.attempts
               const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-                if (progress.attempts >= maxAttempts) {
-                  return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
-                }
+                if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
                 if (i >= plan.order.length) return nextRound(n, plan, now, active, progress.attempts > attemptsBefore)
                 const u = plan.order[i]!
+                if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
                 return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => {
                   switch (outcome._tag) {
                     case "Ok":
@@ -419,8 +536,15 @@ export const make = (
                       return tryAt(i + 1)
                     case "Failed": {
                       const error = outcome.error
-                      progress.failures.push({ upstream: u.name, reason: reasonOf(error) })
+                      progress.last = u.name
+                      progress.failures.push(failureOf(error))
                       if (error._tag === "UpstreamRejected") return Effect.fail(error)
+                      if (error._tag === "UpstreamModelNotFound") {
+                        progress.notFound = error
+                        progress.lacking ??= new Set()
+                        progress.lacking.add(u.name)
+                        return tryAt(i + 1)
+                      }
                       // An upstream may ask for retries on itself (transient
                       // errors only) before the request moves on.
                       const sameUpstream = u.retry?.maxRetries ?? 0
@@ -446,7 +570,7 @@ export const make = (
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
         Effect.flatMap(
           Effect.forEach(plan.excluded, ([u, why]) =>
-            why === "cooling-down"
+            why === "cooling-down" || why === "auth-failed"
               ? Effect.succeed(active.get(u.name)?.until)
               : why === "circuit-open"
               ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
@@ -467,7 +591,9 @@ export const make = (
         called: boolean,
         comebacks: ReadonlyArray<number | undefined>
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-        const excluded = plan.excluded.map(([u, why]) => ({ upstream: u.name, reason: why }))
+        const excluded = plan.excluded.map(([u, why]): Failure =>
+          why === "auth-failed" ? { upstream: u.name, reason: why, kind: why } : { upstream: u.name, reason: why }
+        )
         let soonest: number | undefined
         for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
         if (!called) {
@@ -480,10 +606,12 @@ export const make = (
           }
           return Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
         }
-        if (n >= maxRounds) return Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures }))
+        // Another round cannot help when every upstream refused its key or lacks the model.
+        if (n >= maxRounds || conclusive(model, progress.failures, progress) !== undefined) {
+          return Effect.fail(allFailed(model, progress, []))
+        }
         // Back off with full jitter before the next round, unless the deadline forbids.
-        return Effect.flatMap(backoff(undefined, n), (ok) =>
-          ok ? round(n + 1) : Effect.fail(new AllUpstreamsFailed({ model, failures: progress.failures })))
+        return Effect.flatMap(backoff(undefined, n), (ok) => ok ? round(n + 1) : Effect.fail(allFailed(model, progress, [])))
       }
 
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
@@ -502,19 +630,49 @@ export const make = (
             : Effect.as(Effect.sleep(Duration.millis(Math.floor(delay))), true)))
     }
 
+    /**
+     * The failure that says it all, when the upstreams' own answers do: every
+     * one lacks the model (the caller gets the last 404 as it came), or every
+     * one refused its key, now or lately (the operator must act).
+     */
+    const conclusive = (model: string, failures: ReadonlyArray<Failure>, progress: Progress): RelayError | undefined => {
+      if (failures.length === 0) return undefined
+      let auth = 0
+      let missing = 0
+      for (const f of failures) {
+        if (f.kind === "auth-failed") auth++
+        else if (f.kind === "model-not-found") missing++
+      }
+      if (missing === failures.length && progress.notFound !== undefined) {
+        const { body, contentType, status, upstream } = progress.notFound
+        return new UpstreamRejected({ upstream, status, body, contentType })
+      }
+      if (auth === failures.length) {
+        return new UpstreamKeysRejected({ model, upstreams: [...new Set(failures.map((f) => f.upstream))], failures })
+      }
+      return undefined
+    }
+
+    /** Upstreams were called and none answered: `excluded` adds those left out in the last round. */
+    const allFailed = (model: string, progress: Progress, excluded: ReadonlyArray<Failure>): RelayError => {
+      const failures = excluded.length === 0 ? progress.failures : [...progress.failures, ...excluded]
+      return conclusive(model, failures, progress) ?? new AllUpstreamsFailed({ model, failures, upstream: progress.last })
+    }
+
     const noneAvailable = (
       model: string,
       excluded: ReadonlyArray<Failure>,
       progress: Progress,
       waitMillis: number | undefined
-    ): RelayError =>
-      progress.attempts > 0
-        ? new AllUpstreamsFailed({ model, failures: [...progress.failures, ...excluded] })
-        : new NoUpstreamAvailable({
-          model,
-          failures: [...progress.failures, ...excluded],
-          retryAfter: waitMillis === undefined ? undefined : Duration.millis(Math.max(0, waitMillis))
-        })
+    ): RelayError => {
+      if (progress.attempts > 0) return allFailed(model, progress, excluded)
+      const failures = [...progress.failures, ...excluded]
+      return conclusive(model, failures, progress) ?? new NoUpstreamAvailable({
+        model,
+        failures,
+        retryAfter: waitMillis === undefined ? undefined : Duration.millis(Math.max(0, waitMillis))
+      })
+    }
 
     const reasonOf = (error: UpstreamError): string => {
       const own = `${error.upstream}: `
@@ -577,7 +735,8 @@ export const make = (
       })
 
     const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
-      cacheMode === "all" || (cacheMode === "deterministic" && request.temperature === 0)
+      cacheMode === "all" ||
+      (cacheMode === "deterministic" && (request.temperature === 0 || (request.seed !== undefined && request.seed !== null)))
 
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
       Effect.flatMap(
@@ -598,7 +757,8 @@ export const make = (
       })
       return Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
-        return Effect.map(cache.getOrCompute(cache.key(request), compute, options?.cache), (lookup): Result => {
+        const k = cache.key(request, sharedCache ? undefined : options?.key ?? "anonymous")
+        return Effect.map(cache.getOrCompute(k, compute, options?.cache), (lookup): Result => {
           if (lookup.status !== "hit" && fresh !== undefined) return { ...fresh, metadata: { ...fresh.metadata, cache: lookup.status } }
           const nl = lookup.value.indexOf("\n")
           return {
@@ -787,14 +947,15 @@ type Refusal =
   | CircuitBreaker.CircuitOpen
 
 const classifyOutcome = <A>(
-  effect: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded>
+  effect: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded>,
+  upstream: string
 ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> =>
   effect.pipe(
     Effect.map((value): Attempted<A> => ({ _tag: "Ok", value })),
     Effect.catchAll((e): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
       switch (e._tag) {
         case "DeadlineExceeded":
-          return Effect.fail(e)
+          return Effect.fail(new DeadlineExceededOn(e.budget, upstream))
         case "RateLimited":
           return Effect.succeed({ _tag: "Skipped", reason: "local rate limit reached" })
         case "RateLimiterStoreError":

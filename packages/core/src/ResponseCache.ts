@@ -65,14 +65,20 @@ export interface Options {
   readonly isCacheable?: ((value: string) => boolean) | undefined
   /**
    * Top-level request fields that do not change the output and so stay out
-   * of the key. Default: `stream`, `stream_options`, `user`, `metadata`, `store`.
+   * of the key. Default: `stream`, `stream_options`, `metadata`, `store`.
+   * `user` is kept on purpose: an answer given to one end user is never
+   * served to another.
    */
   readonly ignoredFields?: ReadonlyArray<string> | undefined
 }
 
 export interface ResponseCache {
-  /** The key of a request: SHA-256 of its canonical JSON, less ignored fields. */
-  readonly key: (request: unknown) => string
+  /**
+   * The key of a request: SHA-256 of its canonical JSON, less ignored fields.
+   * `scope` (e.g. a gateway key's name) separates tenants: the same request
+   * in two scopes has two keys. Without a scope, the key is the request's alone.
+   */
+  readonly key: (request: unknown, scope?: string) => string
   /**
    * The cached value of `key`, or the value of `compute`, stored if
    * cacheable. Concurrent misses of one key share one `compute`.
@@ -103,16 +109,68 @@ const counted = {
   bypass: Metric.tagged(lookupsCounter, "result", "bypass")
 } as const
 
-/** JSON with object keys sorted at every depth, so field order never changes a key. */
+/**
+ * JSON with object keys sorted at every depth, so field order never changes a
+ * key. Iterative, with its own stack (three parallel arrays: the open
+ * containers, their sorted keys, the next index), so that a request nested
+ * thousands deep, which `JSON.parse` accepts, cannot overflow the call stack.
+ */
 export const canonicalJson = (value: unknown): string => {
-  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null"
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`
-  const record = value as Record<string, unknown>
-  const keys = Object.keys(record).filter((k) => record[k] !== undefined).sort()
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(record[k])}`).join(",")}}`
+  let out = ""
+  const open: Array<ReadonlyArray<unknown> | Record<string, unknown>> = []
+  const keysOf: Array<ReadonlyArray<string> | undefined> = []
+  const next: Array<number> = []
+  let v = value
+  for (;;) {
+    // Write `v`: a scalar, or the start of an array or object.
+    if (v === null || typeof v !== "object") out += JSON.stringify(v) ?? "null"
+    else if (Array.isArray(v)) {
+      out += "["
+      open.push(v)
+      keysOf.push(undefined)
+      next.push(0)
+    } else {
+      const record = v as Record<string, unknown>
+      const keys: Array<string> = []
+      for (const k of Object.keys(record)) if (record[k] !== undefined) keys.push(k)
+      out += "{"
+      open.push(record)
+      keysOf.push(keys.sort())
+      next.push(0)
+    }
+    // Find the next value to write, closing finished containers.
+    for (;;) {
+      const d = open.length - 1
+      if (d < 0) return out
+      const keys = keysOf[d]
+      const i = next[d]!
+      if (keys === undefined) {
+        const array = open[d] as ReadonlyArray<unknown>
+        if (i === array.length) {
+          out += "]"
+        } else {
+          if (i > 0) out += ","
+          next[d] = i + 1
+          v = array[i]
+          break
+        }
+      } else if (i === keys.length) {
+        out += "}"
+      } else {
+        const k = keys[i]!
+        out += (i > 0 ? "," : "") + JSON.stringify(k) + ":"
+        next[d] = i + 1
+        v = (open[d] as Record<string, unknown>)[k]
+        break
+      }
+      open.pop()
+      keysOf.pop()
+      next.pop()
+    }
+  }
 }
 
-const defaultIgnored = ["stream", "stream_options", "user", "metadata", "store"]
+const defaultIgnored = ["stream", "stream_options", "metadata", "store"]
 
 export const make = (options: Options = {}): Effect.Effect<ResponseCache, never, ResponseCacheStore> =>
   Effect.map(ResponseCacheStore, (store) => {
@@ -121,14 +179,17 @@ export const make = (options: Options = {}): Effect.Effect<ResponseCache, never,
     const ignored = new Set(options.ignoredFields ?? defaultIgnored)
     const flights = new Map<string, Deferred.Deferred<string, unknown>>()
 
-    const key = (request: unknown): string => {
+    const key = (request: unknown, scope?: string): string => {
       let subject = request
       if (request !== null && typeof request === "object" && !Array.isArray(request)) {
         const kept: Record<string, unknown> = {}
         for (const [k, v] of Object.entries(request)) if (!ignored.has(k)) kept[k] = v
         subject = kept
       }
-      return createHash("sha256").update(canonicalJson(subject)).digest("hex")
+      const hash = createHash("sha256")
+      // Length-prefixed, so no scope can run into the JSON that follows it.
+      if (scope !== undefined) hash.update(`${scope.length}:${scope}`)
+      return hash.update(canonicalJson(subject)).digest("hex")
     }
 
     // A store failure costs a cache miss, never a request.

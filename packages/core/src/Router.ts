@@ -41,8 +41,11 @@ export interface Options {
   readonly panic?: boolean
 }
 
-/** Why an upstream was left out, for error messages and the admin view. */
-export type Exclusion = "circuit-open" | "cooling-down" | "bulkhead-full"
+/**
+ * Why an upstream was left out, for error messages and the admin view.
+ * `auth-failed`: cooling down because it refused its own API key.
+ */
+export type Exclusion = "circuit-open" | "cooling-down" | "auth-failed" | "bulkhead-full"
 
 export interface Plan {
   /** Upstreams to try, in order. */
@@ -122,7 +125,9 @@ export const make = (options: Options = {}): Router => {
         for (const u of servers) {
           const cooldown = cooldowns.get(u.name)
           if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
-          else if (cooldown !== undefined && cooldown.until > now) excluded.push([u, "cooling-down"])
+          else if (cooldown !== undefined && cooldown.until > now) {
+            excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
+          }
           else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
           else ready.push(u)
         }

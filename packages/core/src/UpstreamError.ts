@@ -1,9 +1,11 @@
 /**
  * How one attempt on one upstream can fail. Each error says what happened and
  * whether another upstream could do better (`retryable`): a 429, a 5xx, a
- * broken connection, a timeout or an invalid body move the request on; the
- * caller's own bad request (400, 401, 403, 404, 422) goes straight back,
- * unchanged, because no other upstream would answer it differently.
+ * broken connection, a timeout, an invalid body, the upstream refusing its own
+ * API key (401, 403) or not having the model (404 `model_not_found`) move the
+ * request on; the caller's own bad request (400, 422, another 404) goes
+ * straight back, unchanged, because no other upstream would answer it
+ * differently.
  *
  * Messages never contain secrets: they name the upstream, never its URL
  * credentials or key.
@@ -82,8 +84,42 @@ export class InvalidResponse extends Data.TaggedError("InvalidResponse")<{
 }
 
 /**
- * The upstream refused the request itself (400, 401, 403, 404, 422): the
- * status and body are relayed to the caller as they came.
+ * 401 or 403: the upstream refused the API key the gateway holds for it
+ * (rotated, revoked, lacking a permission). The operator's problem, not the
+ * caller's, whose own key the gateway already accepted: another upstream may
+ * serve, and this one stays out (an `auth-failed` cooldown) until its key
+ * works again.
+ */
+export class UpstreamAuthFailed extends Data.TaggedError("UpstreamAuthFailed")<{
+  readonly upstream: string
+  readonly status: number
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: rejected its API key (${this.status})`
+  }
+}
+
+/**
+ * 404 about the model (`model_not_found`): this upstream does not serve it,
+ * another configured for it may. Kept as it came, so that when every upstream
+ * says so the caller gets the upstream's own 404.
+ */
+export class UpstreamModelNotFound extends Data.TaggedError("UpstreamModelNotFound")<{
+  readonly upstream: string
+  readonly status: number
+  readonly body: string
+  readonly contentType: string | undefined
+}> {
+  readonly retryable = true
+  override get message(): string {
+    return `${this.upstream}: model not found (${this.status})`
+  }
+}
+
+/**
+ * The upstream refused the request itself (400, 422, a 404 not about the
+ * model): the status and body are relayed to the caller as they came.
  */
 export class UpstreamRejected extends Data.TaggedError("UpstreamRejected")<{
   readonly upstream: string
@@ -104,8 +140,15 @@ export type UpstreamError =
   | UpstreamUnreachable
   | UpstreamTimeout
   | InvalidResponse
+  | UpstreamAuthFailed
+  | UpstreamModelNotFound
   | UpstreamRejected
 
-/** Statuses that are the caller's fault: relayed, never failed over. */
-export const isCallerError = (status: number): boolean =>
-  status === 400 || status === 401 || status === 403 || status === 404 || status === 422
+/**
+ * Statuses that are the caller's fault: relayed, never failed over. (A 404
+ * about the model is the upstream's, see {@link UpstreamModelNotFound}.)
+ */
+export const isCallerError = (status: number): boolean => status === 400 || status === 404 || status === 422
+
+/** Statuses by which an upstream refuses the gateway's key for it. */
+export const isAuthError = (status: number): boolean => status === 401 || status === 403

@@ -175,6 +175,8 @@ describe("FakeUpstream endpoints", () => {
     expect(down.status).toBe(503)
     expect(((await down.json()) as any).error.type).toBe("server_error")
     expect(u.counters().models).toBe(2)
+    const several = await fake({ models: ["a", "b/c"] })
+    expect(((await (await fetch(`${several.url}/models`)).json()) as any).data.map((m: any) => m.id)).toEqual(["a", "b/c"])
   })
 
   it("answers 404 for unknown paths and 400 for invalid JSON", async () => {

@@ -613,12 +613,102 @@ describe("Health", () => {
       ))
   })
 
+  describe("the upstream's key", () => {
+    const keyScript = () => {
+      let status = 401
+      const client = UpstreamClient.of({
+        get: () => Effect.sync((): Reply => ({ status, headers: {}, text: status === 200 ? `{"data":[]}` : "" })),
+        post: () => Effect.die("post is not scripted"),
+        postStream: () => Effect.die("postStream is not scripted")
+      })
+      return { layer: Layer.succeed(UpstreamClient, client), set: (s: number) => (status = s) }
+    }
+
+    it.scoped("a 401/403 probe starts an auth-failed cooldown (state auth-failed); a 200 probe ends it", () => {
+      const key = keyScript()
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], { interval: "10 seconds", authFailedCooldown: "1 hour" })
+        const store = yield* Cooldown.CooldownStore
+        expect((yield* store.active(0)).get("a")).toEqual({ until: 3_600_000, reason: "auth-failed" })
+        expect(yield* stateOf(health, "a")).toBe("auth-failed")
+        key.set(403)
+        yield* TestClock.adjust("10 seconds")
+        // Kept up while the key is refused.
+        expect((yield* store.active(10_000)).get("a")).toEqual({ until: 3_610_000, reason: "auth-failed" })
+        key.set(200)
+        yield* TestClock.adjust("10 seconds")
+        expect((yield* store.active(20_000)).get("a")).toBeUndefined()
+        expect(yield* stateOf(health, "a")).toBe("healthy")
+      }).pipe(Effect.provide(Layer.mergeAll(key.layer, RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+
+    it.scoped("a successful probe leaves other cooldowns alone", () => {
+      const key = keyScript()
+      key.set(200)
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], { interval: "10 seconds" })
+        yield* Cooldown.start("a", "1 minute", "quota-exhausted")
+        yield* TestClock.adjust("10 seconds")
+        expect(yield* stateOf(health, "a")).toBe("exhausted")
+      }).pipe(Effect.provide(Layer.mergeAll(key.layer, RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+  })
+
+  describe("reported models", () => {
+    it("parseModelList keeps valid ids (bounded, deduplicated) and refuses what is not a list", () => {
+      const list = (data: unknown) => JSON.stringify({ object: "list", data })
+      expect(Health.parseModelList(list([
+        { id: "gpt-4.1", object: "model", created: 1700000000, owned_by: "openai" },
+        { id: "gpt-4.1" },
+        { id: "" },
+        { id: 5 },
+        "junk",
+        { id: "x".repeat(257) },
+        { id: "o3", created: "yesterday", owned_by: 7 }
+      ]))).toEqual([
+        { id: "gpt-4.1", created: 1700000000, owned_by: "openai" },
+        { id: "o3", created: 0, owned_by: "breakwater" }
+      ])
+      expect(Health.parseModelList(list(Array.from({ length: 5000 }, (_, i) => ({ id: `m${i}` })))))
+        .toHaveLength(Health.MAX_REPORTED_MODELS)
+      expect(Health.parseModelList("not json")).toBeUndefined()
+      expect(Health.parseModelList(`{"data":"nope"}`)).toBeUndefined()
+      expect(Health.parseModelList(`[]`)).toBeUndefined()
+    })
+
+    it.scoped("each upstream's last good list; a failed or unreadable probe keeps it", () => {
+      let text = JSON.stringify({ data: [{ id: "m1" }] })
+      let status = 200
+      const client = UpstreamClient.of({
+        get: () => Effect.sync((): Reply => ({ status, headers: {}, text })),
+        post: () => Effect.die("post is not scripted"),
+        postStream: () => Effect.die("postStream is not scripted")
+      })
+      return Effect.gen(function*() {
+        const { health } = yield* setup([upstreamConfig("a")], manual)
+        const ids = Effect.map(health.models, (m) => m.get("a")?.map((x) => x.id))
+        expect(yield* ids).toEqual(["m1"])
+        text = JSON.stringify({ data: [{ id: "m1" }, { id: "m2" }] })
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+        status = 503
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+        status = 200
+        text = "<html>maintenance</html>"
+        yield* health.probeAll
+        expect(yield* ids).toEqual(["m1", "m2"])
+      }).pipe(Effect.provide(Layer.mergeAll(Layer.succeed(UpstreamClient, client), RateLimiter.layerStoreMemory, Cooldown.layerStoreMemory)))
+    })
+  })
+
   describe("deriveState", () => {
     it("first match wins", () => {
       const quota: Cooldown.Cooldown = { until: 1, reason: "quota-exhausted" }
       const limited: Cooldown.Cooldown = { until: 1, reason: "rate-limited" }
       expect(Health.deriveState(quota, "Open", 9, 1)).toBe("exhausted")
       expect(Health.deriveState(limited, "Open", 9, 1)).toBe("cooling-down")
+      expect(Health.deriveState({ until: 1, reason: "auth-failed" }, "Closed", 0, 1)).toBe("auth-failed")
       expect(Health.deriveState(undefined, "Open", 9, 1)).toBe("open")
       expect(Health.deriveState(undefined, "ForcedOpen", 0, 1)).toBe("open")
       expect(Health.deriveState(undefined, "HalfOpen", 9, 1)).toBe("recovering")

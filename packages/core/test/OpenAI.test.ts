@@ -178,7 +178,57 @@ describe("OpenAI", () => {
       expect(decodeErr({ ...base, messages: [] }).message)
         .toBe("Invalid value for 'messages': expected a non-empty array of messages.")
       expect(decodeErr({ ...base, messages: [user("hi"), { role: "robot", content: "x" }] }).message)
-        .toMatch(/^Invalid value for 'messages\[1\]\.role': expected .*"user".*actual "robot"\.$/)
+        .toMatch(/^Invalid value for 'messages\[1\]\.role': expected .*"user".* got "robot"\.$/)
+    })
+
+    it.each([
+      ["messages a string", { ...base, messages: "hi" }, "messages", "expected an array of messages, got \"hi\""],
+      ["messages an object", { ...base, messages: { role: "user", content: "hi" } }, "messages", "expected an array of messages, got an object"],
+      ["messages a number", { ...base, messages: 42 }, "messages", "expected an array of messages, got 42"],
+      ["a message a number", { ...base, messages: [42] }, "messages[0]", "expected a message object with a role, got 42"],
+      ["content an object", { ...base, messages: [{ role: "user", content: { text: "x" } }] }, "messages[0].content", "expected a string or an array of content parts, got an object"],
+      ["a content part a string", { ...base, messages: [{ role: "user", content: ["x"] }] }, "messages[0].content[0]", "expected a content part (an object with a type), got \"x\""],
+      ["response_format a string", { ...base, response_format: "json" }, "response_format", "expected an object with a type of \"text\", \"json_object\" or \"json_schema\", got \"json\""],
+      ["tools a string", { ...base, tools: "search" }, "tools", "expected an array of tools, got \"search\""],
+      ["tool_calls a number", { ...base, messages: [{ role: "assistant", tool_calls: 5 }] }, "messages[0].tool_calls", "expected an array of tool calls, got 5"],
+      ["stream_options a number", { ...base, stream_options: 1 }, "stream_options", "expected an object or null, got 1"],
+      ["user a number", { ...base, user: 5 }, "user", "expected a string, got 5"]
+    ])("a field of the wrong kind (%s): one short line naming what it takes", (_name, body, param, what) => {
+      const error = decodeErr(body)
+      expect(error.param).toBe(param)
+      expect(error.message).toBe(`Invalid value for '${param}': ${what}.`)
+    })
+
+    it("a content part without type: the part's missing field, not a mismatch with the string form", () => {
+      const error = decodeErr({ ...base, messages: [{ role: "user", content: [{ text: "hi" }] }] })
+      expect(error.param).toBe("messages[0].content[0].type")
+      expect(error.message).toBe("Missing required parameter: 'messages[0].content[0].type'.")
+    })
+
+    it("never echoes a long or structured value, and never prints a schema", () => {
+      const long = "x".repeat(10_000)
+      for (
+        const body of [
+          { ...base, messages: long },
+          { ...base, messages: [{ role: "user", content: { text: long } }] },
+          { ...base, messages: [{ role: long, content: "x" }] },
+          { ...base, logit_bias: { [long]: "high" } },
+          { ...base, tools: [{ type: "function", function: { name: 5 } }] },
+          { ...base, response_format: { type: "json_schema", json_schema: { name: "x", schema: 5 } } }
+        ]
+      ) {
+        const error = decodeErr(body)
+        expect(error.message.length).toBeLessThan(200)
+        expect(error.message).not.toMatch(/readonly|ReadonlyArray|xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx|\n/)
+      }
+    })
+
+    it("refuses a top-level array nested 10,000 deep without a stack overflow", () => {
+      let deep: unknown = []
+      for (let i = 0; i < 10_000; i++) deep = [deep]
+      const error = decodeErr(deep)
+      expect(error.param).toBeNull()
+      expect(error.message).toBe("Invalid request body: expected a JSON object.")
     })
 
     it("refuses a body that is not an object, naming no param", () => {
@@ -187,6 +237,32 @@ describe("OpenAI", () => {
         expect(error.param).toBeNull()
         expect(error.message).toBe("Invalid request body: expected a JSON object.")
       }
+    })
+  })
+
+  describe("nestingExceeds", () => {
+    const arrays = (depth: number) => "[".repeat(depth) + "]".repeat(depth)
+
+    it("counts objects and arrays, and stops at the limit", () => {
+      expect(OpenAI.MAX_JSON_DEPTH).toBe(128)
+      expect(OpenAI.nestingExceeds(arrays(128), 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(arrays(129), 128)).toBe(true)
+      expect(OpenAI.nestingExceeds(`{"a":`.repeat(64) + `[`.repeat(64) + "1" + "]".repeat(64) + "}".repeat(64), 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(`{"a":`.repeat(65) + `[`.repeat(64) + "1" + "]".repeat(64) + "}".repeat(65), 128)).toBe(true)
+      // Siblings do not add up.
+      expect(OpenAI.nestingExceeds(`[${Array.from({ length: 1000 }, () => arrays(100)).join(",")}]`, 128)).toBe(false)
+      expect(OpenAI.nestingExceeds(arrays(1_000_000), 128)).toBe(true)
+    })
+
+    it("ignores brackets inside strings, escaped quotes included", () => {
+      const text = JSON.stringify({ a: "[".repeat(1000), b: "\\\"{{{{".repeat(500), c: ["\\", "{"] })
+      expect(OpenAI.nestingExceeds(text, 2)).toBe(false)
+      expect(OpenAI.nestingExceeds(JSON.stringify({ a: { b: "}}}}" } }), 1)).toBe(true)
+    })
+
+    it("says nothing of text that is not JSON (JSON.parse will)", () => {
+      expect(OpenAI.nestingExceeds(`{"a": "never closed [[[[`, 1)).toBe(false)
+      expect(OpenAI.nestingExceeds("", 1)).toBe(false)
     })
   })
 
@@ -322,6 +398,24 @@ describe("OpenAI", () => {
       })
       const tokens = JSON.stringify({ error: { message: "Tokens limit exceeded", type: "tokens_limit_exceeded" } })
       expect(OpenAI.inspectChatCompletion(tokens)).toMatchObject({ _tag: "Quota", problem: { code: "tokens_limit_exceeded" } })
+    })
+  })
+
+  describe("isModelNotFound", () => {
+    it("OpenAI's model_not_found, and other providers' 404s about a model", () => {
+      const error = (message: string, extra: Record<string, unknown> = {}) => JSON.stringify({ error: { message, ...extra } })
+      expect(OpenAI.isModelNotFound(error("The model `gpt-5` does not exist", { code: "model_not_found" }))).toBe(true)
+      expect(OpenAI.isModelNotFound(JSON.stringify({ type: "error", error: { type: "not_found_error", message: "model: claude-x" } })))
+        .toBe(true)
+      expect(OpenAI.isModelNotFound(JSON.stringify([{ error: { code: 404, message: "models/gemini-x is not found", status: "NOT_FOUND" } }])))
+        .toBe(true)
+    })
+
+    it("a 404 about anything else is not", () => {
+      expect(OpenAI.isModelNotFound(JSON.stringify({ error: { message: "No such file: file-123" } }))).toBe(false)
+      expect(OpenAI.isModelNotFound(JSON.stringify({ error: { message: "Unknown request URL: POST /v1/chat" } }))).toBe(false)
+      expect(OpenAI.isModelNotFound("<html>Not Found: /models-gateway</html>")).toBe(false)
+      expect(OpenAI.isModelNotFound("")).toBe(false)
     })
   })
 

@@ -392,6 +392,15 @@ describe.skipIf(!available)("Redis stores", () => {
       )
       expect((yield* r1.cooldown.active(Date.now())).get("openai")?.reason).toBe("quota-exhausted")
 
+      // An upstream refusing its key is out on every replica too.
+      yield* r1.cooldown.start("revoked", { until: now + 60_000, reason: "auth-failed" })
+      yield* eventually(
+        Effect.suspend(() => r2.cooldown.active(Date.now())),
+        (m) => m.get("revoked")?.reason === "auth-failed",
+        300
+      )
+      expect((yield* r2.cooldown.active(Date.now())).get("revoked")).toEqual({ until: now + 60_000, reason: "auth-failed" })
+
       // Expired cooldowns are left out.
       yield* r1.cooldown.start("short", { until: Date.now() + 100, reason: "rate-limited" })
       yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => m.has("short"), 300)

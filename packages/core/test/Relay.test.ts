@@ -11,7 +11,9 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
@@ -19,6 +21,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Cooldown from "../src/Cooldown.js"
+import * as Health from "../src/Health.js"
 import type * as OpenAI from "../src/OpenAI.js"
 import * as Pricing from "../src/Pricing.js"
 import * as RateLimiter from "../src/RateLimiter.js"
@@ -189,7 +192,7 @@ describe("failover", () => {
 // 2. The caller's own bad request
 
 describe("non-retryable statuses", () => {
-  for (const code of [400, 401, 403, 404, 422]) {
+  for (const code of [400, 404, 422]) {
     it.scoped(`${code} from the first upstream comes back as UpstreamRejected; the second is not called`, () =>
       Effect.gen(function*() {
         const { client, relay } = yield* setup({ upstreams: ordered("a", "b") })
@@ -206,6 +209,246 @@ describe("non-retryable statuses", () => {
         expectNoSecrets(error)
       }))
   }
+})
+
+// ---------------------------------------------------------------------------
+// 2b. An upstream's own 401/403 (its key) and 404 model_not_found fail over
+
+describe("an upstream rejecting its own key (401/403)", () => {
+  const revoked = (code: number) =>
+    Scripted.status(code, {}, Scripted.errorJson("Incorrect API key provided: sk-secr**********", "invalid_request_error", "invalid_api_key"))
+
+  for (const code of [401, 403]) {
+    it.scoped(`${code}: fails over; the upstream is out for authFailedCooldown (default 5 min), then used again`, () =>
+      Effect.gen(function*() {
+        const h = yield* setup({ upstreams: ordered("a", "b") })
+        h.client.script("a", revoked(code))
+        const r1 = yield* h.relay.chat(request())
+        expect(r1.metadata.upstream).toBe("b")
+        expect(r1.metadata.attempts).toBe(2)
+        expect(r1.metadata.failures).toEqual([`a: rejected its API key (${code})`])
+        const active = yield* h.cooldowns.active(0)
+        expect(active.get("a")).toEqual({ until: 5 * 60_000, reason: "auth-failed" })
+        // Not the breaker's business: it stays closed.
+        expect(yield* h.relay.upstreams[0]!.breaker.state).toBe("Closed")
+        yield* expectCooldown(h, 5 * 60_000)
+      }))
+  }
+
+  it.scoped("one ERROR log line per incident, naming the upstream and never its key", () =>
+    Effect.gen(function*() {
+      const lines: Array<{ readonly level: string; readonly message: string; readonly upstream: unknown }> = []
+      const logger = Logger.make(({ annotations, logLevel, message }) => {
+        lines.push({ level: logLevel.label, message: String(message), upstream: HashMap.get(annotations, "upstream") })
+      })
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.fallback("a", Scripted.delayed("10 millis", revoked(401)))
+      const fiber = yield* Effect.fork(
+        Effect.all(Array.from({ length: 5 }, (_, i) => h.relay.chat(request(`${i}`))), { concurrency: "unbounded" }).pipe(
+          Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+        )
+      )
+      yield* TestClock.adjust("10 millis")
+      const results = yield* Fiber.join(fiber)
+      expect(results.map((r) => r.metadata.upstream)).toEqual(["b", "b", "b", "b", "b"])
+      expect(h.client.callsTo("a")).toHaveLength(5)
+      const errors = lines.filter((l) => l.level === "ERROR")
+      expect(errors).toHaveLength(1)
+      expect(errors[0]!.message).toContain("upstream 'a' rejected its API key (401)")
+      expect(errors[0]!.upstream).toEqual(Option.some("a"))
+      expect(JSON.stringify(lines)).not.toContain("sk-secret")
+    }))
+
+  it.scoped("authFailedCooldown sets the length", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), authFailedCooldown: "30 seconds" })
+      h.client.script("a", revoked(401))
+      expect((yield* h.relay.chat(request())).metadata.upstream).toBe("b")
+      yield* expectCooldown(h, 30_000)
+    }))
+
+  it.scoped("no other upstream: UpstreamKeysRejected naming the upstream, now and while it cools down", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a") })
+      h.client.fallback("a", revoked(401))
+      const first = yield* Effect.flip(h.relay.chat(request()))
+      expect(first._tag).toBe("UpstreamKeysRejected")
+      expect(first.message).toBe(
+        "Upstream 'a' rejected the API key the gateway holds for it, and no other upstream can serve 'gpt-4.1'; " +
+          "the gateway's operator must replace that key."
+      )
+      expect(Relay.upstreamOf(first)).toBe("a")
+      expectNoSecrets(first)
+      // One call: no rounds of retries against a rejected key.
+      expect(h.client.callsTo("a")).toHaveLength(1)
+      const second = yield* Effect.flip(h.relay.chat(request("again")))
+      expect(second._tag).toBe("UpstreamKeysRejected")
+      expect(h.client.callsTo("a")).toHaveLength(1)
+    }))
+
+  it.scoped("two upstreams, both rejecting their keys: both named", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.fallback("a", revoked(401))
+      h.client.fallback("b", revoked(403))
+      const error = yield* Effect.flip(h.relay.chat(request()))
+      expect(error._tag).toBe("UpstreamKeysRejected")
+      expect(error.message).toMatch(/^Upstreams 'a' and 'b' rejected the API keys the gateway holds for them/)
+    }))
+
+  it.scoped("one rejecting its key, the other failing otherwise: AllUpstreamsFailed saying which rejected its key", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), retry: { maxRetries: 0 } })
+      h.client.fallback("a", revoked(401))
+      h.client.fallback("b", Scripted.status(503))
+      const error = yield* Effect.flip(h.relay.chat(request()))
+      expect(error._tag).toBe("AllUpstreamsFailed")
+      expect(error.message).toContain("a: rejected its API key (401)")
+    }))
+
+  it.scoped("streams fail over the same way", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.scriptStream("a", Scripted.streamStatus(401))
+      const s = yield* h.relay.chatStream(request("hi", { stream: true }))
+      expect(s.upstream).toBe("b")
+      expect((yield* h.cooldowns.active(0)).get("a")?.reason).toBe("auth-failed")
+    }))
+
+  it.scoped("a health probe that succeeds with the upstream's key ends the cooldown early", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      yield* Health.make(h.relay.upstreams, { interval: "10 seconds" }).pipe(
+        Effect.provide(Layer.merge(h.client.layer, Layer.succeed(Cooldown.CooldownStore, h.cooldowns)))
+      )
+      yield* TestClock.adjust(0)
+      // The key is revoked: chat and probes get 401.
+      h.client.fallback("a", revoked(401))
+      expect((yield* h.relay.chat(request("1"))).metadata.upstream).toBe("b")
+      expect((yield* h.cooldowns.active(0)).get("a")?.reason).toBe("auth-failed")
+      // A probe with the revoked key keeps it out.
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* h.cooldowns.active(10_000)).get("a")?.reason).toBe("auth-failed")
+      expect((yield* h.relay.chat(request("2"))).metadata.upstream).toBe("b")
+      // The operator replaces the key: the next probe succeeds and a is back, long before 5 min.
+      h.client.fallback("a", Scripted.ok())
+      yield* TestClock.adjust("9999 millis")
+      expect((yield* h.relay.chat(request("3"))).metadata.upstream).toBe("b")
+      yield* TestClock.adjust("1 millis")
+      expect((yield* h.cooldowns.active(20_000)).get("a")).toBeUndefined()
+      expect((yield* h.relay.chat(request("4"))).metadata.upstream).toBe("a")
+    }))
+
+  it.scoped("a probe answering 401 takes the upstream out before any request meets it", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.fallback("a", revoked(401))
+      yield* Health.make(h.relay.upstreams, { interval: "10 seconds" }).pipe(
+        Effect.provide(Layer.merge(h.client.layer, Layer.succeed(Cooldown.CooldownStore, h.cooldowns)))
+      )
+      yield* TestClock.adjust(0)
+      expect((yield* h.cooldowns.active(0)).get("a")).toEqual({ until: 5 * 60_000, reason: "auth-failed" })
+      const r = yield* h.relay.chat(request())
+      expect(r.metadata.upstream).toBe("b")
+      expect(r.metadata.attempts).toBe(1)
+      expect(h.client.calls.filter((c) => c.kind === "post").map((c) => c.upstream)).toEqual(["b"])
+    }))
+})
+
+describe("an upstream without the model (404 model_not_found)", () => {
+  const notFound = Scripted.status(
+    404,
+    {},
+    Scripted.errorJson("The model `gpt-4.1` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found")
+  )
+
+  it.scoped("fails over to the next upstream serving the model; no cooldown, breaker closed", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.script("a", notFound)
+      const r = yield* h.relay.chat(request())
+      expect(r.metadata.upstream).toBe("b")
+      expect(r.metadata.failures).toEqual(["a: model not found (404)"])
+      expect((yield* h.cooldowns.active(0)).size).toBe(0)
+      expect(yield* h.relay.upstreams[0]!.breaker.state).toBe("Closed")
+      expect((yield* h.relay.chat(request("next"))).metadata.upstream).toBe("a")
+    }))
+
+  it.scoped("every upstream says not found: the caller gets the last 404 as it came, with no retry rounds", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), retry: { maxRetries: 2 } })
+      h.client.fallback("a", notFound)
+      h.client.fallback("b", notFound)
+      const error = yield* Effect.flip(h.relay.chat(request()))
+      expect(error._tag).toBe("UpstreamRejected")
+      const rejected = error as UpstreamRejected
+      expect(rejected.status).toBe(404)
+      expect(rejected.upstream).toBe("b")
+      expect(JSON.parse(rejected.body).error.code).toBe("model_not_found")
+      expect(names(h.client.calls)).toEqual(["a", "b"])
+    }))
+
+  it.scoped("not found on one, 503 on the other: the next round skips the one without the model", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), maxAttempts: 5, retry: { maxRetries: 1 } })
+      h.client.fallback("a", notFound)
+      h.client.script("b", Scripted.status(503))
+      const fiber = yield* Effect.fork(h.relay.chat(request()))
+      yield* TestClock.adjust("10 seconds")
+      const r = yield* Fiber.join(fiber)
+      expect(r.metadata.upstream).toBe("b")
+      expect(names(h.client.calls)).toEqual(["a", "b", "b"])
+    }))
+
+  it.scoped("a 404 that is not about a model is the caller's, relayed at once", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b") })
+      h.client.script("a", Scripted.status(404, {}, Scripted.errorJson("No such file: file-123", "invalid_request_error")))
+      const error = yield* Effect.flip(h.relay.chat(request()))
+      expect(error._tag).toBe("UpstreamRejected")
+      expect(names(h.client.calls)).toEqual(["a"])
+    }))
+})
+
+describe("upstreamOf: which upstream a failed request ended on", () => {
+  it.scoped("the upstream that answered a relayed error, or the last one tried", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), retry: { maxRetries: 0 } })
+      h.client.script("a", Scripted.status(400))
+      expect(Relay.upstreamOf(yield* Effect.flip(h.relay.chat(request("1"))))).toBe("a")
+      h.client.script("a", Scripted.status(500))
+      h.client.script("b", Scripted.status(500))
+      const failed = yield* Effect.flip(h.relay.chat(request("2")))
+      expect(failed._tag).toBe("AllUpstreamsFailed")
+      expect(Relay.upstreamOf(failed)).toBe("b")
+      expect(Relay.upstreamOf(new Relay.UnknownModel({ model: "x" }))).toBeUndefined()
+    }))
+
+  it.scoped("none available: the last upstream considered", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({ upstreams: ordered("a", "b"), retry: { maxRetries: 0 } })
+      h.client.script("a", Scripted.status(429, { "retry-after": "60" }))
+      h.client.script("b", Scripted.status(429, { "retry-after": "60" }))
+      yield* Effect.flip(h.relay.chat(request("1")))
+      const none = yield* Effect.flip(h.relay.chat(request("2")))
+      expect(none._tag).toBe("NoUpstreamAvailable")
+      expect(Relay.upstreamOf(none)).toBe("b")
+    }))
+
+  it.scoped("the deadline: the upstream being called when it passed", () =>
+    Effect.gen(function*() {
+      const h = yield* setup({
+        requestTimeout: "5 seconds",
+        upstreams: [upstream("a", { priority: 1, timeout: "2 seconds" }), upstream("b", { priority: 2, timeout: "10 seconds" })]
+      })
+      h.client.fallback("a", Scripted.hang)
+      h.client.fallback("b", Scripted.hang)
+      const fiber = yield* Effect.fork(h.relay.chat(request()))
+      yield* TestClock.adjust("5 seconds")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      expect(error._tag).toBe("DeadlineExceeded")
+      expect(Relay.upstreamOf(error)).toBe("b")
+    }))
 })
 
 // ---------------------------------------------------------------------------
@@ -477,10 +720,12 @@ describe("maxAttempts", () => {
       const ok = yield* relay.chat(request())
       expect(ok.metadata.upstream).toBe("c")
       expectNoSecrets(ok.metadata)
-      // b is cooling down now; a answers the next request with a 401.
+      // b is cooling down now; a answers the next request with a 401 (its key), c with a 400.
       client.script("a", Scripted.status(401, {}, Scripted.errorJson("Incorrect API key provided", "invalid_request_error")))
+      client.script("c", Scripted.status(400, {}, Scripted.errorJson("Bad request", "invalid_request_error")))
       const rejected = yield* Effect.flip(relay.chat(request("again")))
       expect(rejected._tag).toBe("UpstreamRejected")
+      expect(names(client.calls).slice(-2)).toEqual(["a", "c"])
       expectNoSecrets(rejected)
     }))
 })
@@ -925,11 +1170,62 @@ describe("cache", () => {
       expect(r2.body).toBe(r1.body)
     }))
 
-  it.scoped("the default cacheMode is \"all\"", () =>
+  it.scoped("the default cacheMode is \"deterministic\": temperature 0 or a seed is cached, a sampled answer is not", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ upstreams: [upstream("a")] }, { keepDefaults: true })
-      yield* relay.chat(request())
-      expect((yield* relay.chat(request())).metadata.cache).toBe("hit")
+      const hot = request("x", { temperature: 1.2 })
+      expect((yield* relay.chat(hot)).metadata.cache).toBe("bypass")
+      expect((yield* relay.chat(hot)).metadata.cache).toBe("bypass")
+      const unset = request("x")
+      expect((yield* relay.chat(unset)).metadata.cache).toBe("bypass")
+      expect(client.calls).toHaveLength(3)
+      const t0 = request("x", { temperature: 0 })
+      expect((yield* relay.chat(t0)).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(t0)).metadata.cache).toBe("hit")
+      const seeded = request("x", { temperature: 0.7, seed: 42 })
+      expect((yield* relay.chat(seeded)).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(seeded)).metadata.cache).toBe("hit")
+      expect(client.calls).toHaveLength(5)
+    }))
+
+  it.scoped("entries are scoped per gateway key by default: key B never gets key A's answer", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] }, { keepDefaults: true })
+      client.script("a", Scripted.ok("for team-a"), Scripted.ok("for team-b"))
+      const t0 = request("same prompt", { temperature: 0 })
+      const a1 = yield* relay.chat(t0, { key: "team-a" })
+      const b1 = yield* relay.chat(t0, { key: "team-b" })
+      expect(a1.metadata.cache).toBe("miss")
+      expect(b1.metadata.cache).toBe("miss")
+      expect(b1.body).toContain("for team-b")
+      // Each key hits its own entry.
+      expect((yield* relay.chat(t0, { key: "team-a" })).body).toContain("for team-a")
+      expect((yield* relay.chat(t0, { key: "team-b" })).body).toContain("for team-b")
+      expect(client.calls).toHaveLength(2)
+    }))
+
+  it.scoped("and per request user: one user never gets another's answer, even with cacheScope shared", () =>
+    Effect.gen(function*() {
+      for (const cacheScope of ["key", "shared"] as const) {
+        const { client, relay } = yield* setup({ upstreams: [upstream("a")], cacheMode: "all", cacheScope })
+        client.script("a", Scripted.ok("for alice"), Scripted.ok("for bob"))
+        const alice = request("same prompt", { user: "alice" })
+        const bob = request("same prompt", { user: "bob" })
+        expect((yield* relay.chat(alice, { key: "team-a" })).metadata.cache).toBe("miss")
+        const b = yield* relay.chat(bob, { key: "team-a" })
+        expect(b.metadata.cache).toBe("miss")
+        expect(b.body).toContain("for bob")
+        expect((yield* relay.chat(alice, { key: "team-a" })).body).toContain("for alice")
+        expect(client.calls).toHaveLength(2)
+      }
+    }))
+
+  it.scoped("cacheScope shared shares entries across keys", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], cacheScope: "shared" }, { keepDefaults: true })
+      const t0 = request("same prompt", { temperature: 0 })
+      expect((yield* relay.chat(t0, { key: "team-a" })).metadata.cache).toBe("miss")
+      expect((yield* relay.chat(t0, { key: "team-b" })).metadata.cache).toBe("hit")
       expect(client.calls).toHaveLength(1)
     }))
 

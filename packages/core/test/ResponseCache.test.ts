@@ -114,6 +114,24 @@ describe("ResponseCache", () => {
       expect(ResponseCache.canonicalJson(null)).toBe("null")
       expect(ResponseCache.canonicalJson(true)).toBe("true")
     })
+
+    it("renders what JSON.stringify renders for arrays, holes and non-JSON values", () => {
+      const value = { a: [1, undefined, () => 1, "x", null, { c: undefined }], b: { e: 2, d: [[], {}] } }
+      expect(ResponseCache.canonicalJson(value)).toBe("{\"a\":[1,null,null,\"x\",null,{}],\"b\":{\"d\":[[],{}],\"e\":2}}")
+      expect(ResponseCache.canonicalJson(value)).toBe(JSON.stringify(JSON.parse(ResponseCache.canonicalJson(value))))
+    })
+
+    it("does not recurse: a value nested 100,000 deep renders (no stack overflow)", () => {
+      const depth = 100_000
+      let arrays: unknown = []
+      for (let i = 1; i < depth; i++) arrays = [arrays]
+      expect(ResponseCache.canonicalJson(arrays)).toBe("[".repeat(depth) + "]".repeat(depth))
+      let objects: unknown = 1
+      for (let i = 0; i < depth; i++) objects = { b: objects, a: i === depth - 1 ? 0 : undefined }
+      const text = ResponseCache.canonicalJson(objects)
+      expect(text.startsWith(`{"a":0,"b":{"b":{"b":`)).toBe(true)
+      expect(text.length).toBe(`{"a":0,"b":`.length + (depth - 1) * `{"b":`.length + 1 + depth)
+    })
   })
 
   describe("key", () => {
@@ -142,6 +160,14 @@ describe("ResponseCache", () => {
         expect(cache.key({ ...request, tools: tools("ab") })).toBe(cache.key({ ...request, tools: tools("ba") }))
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
+    it.effect("a request nested 100,000 deep gets a key (no stack overflow)", () =>
+      Effect.gen(function*() {
+        const cache = yield* ResponseCache.ResponseCache
+        let deep: unknown = []
+        for (let i = 0; i < 100_000; i++) deep = [deep]
+        expect(cache.key({ ...request, extra: deep })).toMatch(/^[0-9a-f]{64}$/)
+      }).pipe(Effect.provide(ResponseCache.layerMemory())))
+
     it.effect("treats an undefined field as absent", () =>
       Effect.gen(function*() {
         const cache = yield* ResponseCache.ResponseCache
@@ -161,7 +187,7 @@ describe("ResponseCache", () => {
           { ...request, tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] },
           { ...request, response_format: { type: "json_object" } }
         ]
-        const keys = variants.map(cache.key)
+        const keys = variants.map((v) => cache.key(v))
         for (const vk of keys) expect(vk).not.toBe(k)
         expect(new Set(keys).size).toBe(keys.length)
         // Message order matters.
@@ -171,15 +197,26 @@ describe("ResponseCache", () => {
         )
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
-    it.effect("ignores stream, stream_options and user by default", () =>
+    it.effect("ignores stream and stream_options by default, but not user: one end user's answer is not another's", () =>
       Effect.gen(function*() {
         const cache = yield* ResponseCache.ResponseCache
         const k = cache.key(request)
         expect(cache.key({ ...request, stream: true })).toBe(k)
         expect(cache.key({ ...request, stream: false })).toBe(k)
         expect(cache.key({ ...request, stream: true, stream_options: { include_usage: true } })).toBe(k)
-        expect(cache.key({ ...request, user: "alice" })).toBe(k)
-        expect(cache.key({ ...request, user: "bob" })).toBe(k)
+        expect(cache.key({ ...request, user: "alice" })).not.toBe(k)
+        expect(cache.key({ ...request, user: "alice" })).not.toBe(cache.key({ ...request, user: "bob" }))
+      }).pipe(Effect.provide(ResponseCache.layerMemory())))
+
+    it.effect("a scope separates tenants: the same request in two scopes has two keys", () =>
+      Effect.gen(function*() {
+        const cache = yield* ResponseCache.ResponseCache
+        const k = cache.key(request)
+        const a = cache.key(request, "team-a")
+        expect(a).not.toBe(k)
+        expect(cache.key(request, "team-b")).not.toBe(a)
+        expect(cache.key(structuredClone(request), "team-a")).toBe(a)
+        expect(cache.key(request, "")).not.toBe(k)
       }).pipe(Effect.provide(ResponseCache.layerMemory())))
 
     it.effect("ignoredFields replaces the default set", () =>

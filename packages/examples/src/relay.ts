@@ -50,6 +50,8 @@ export const ask = (question: string) =>
     const relay = yield* Relay.Relay
     const result = yield* relay.chat({
       model: "gpt-4.1",
+      // Deterministic, so the answer may be cached (sampled answers are not, by default).
+      temperature: 0,
       messages: [
         { role: "system", content: "You are a helpful assistant." },
         { role: "user", content: question }

@@ -39,8 +39,10 @@
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s }
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
- * cooldown: { rateLimited: 1s, quota: 1h, headroomWatermark: 0 }
- * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: all }   # mode: all | deterministic
+ * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
+ * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
+ *                                       # mode: deterministic (temperature 0 or a seed) | all
+ *                                       # scope: key (per gateway key and user) | shared
  * healthCheck: { interval: 10s, timeout: 5s }
  * pricing:                               # over the shipped table (core's prices.json)
  *   models: { gpt-4.1: { input: 2.00, output: 8.00, cachedInput: 0.50 } }   # USD per million tokens
@@ -175,6 +177,8 @@ export interface RoutingConfig {
 export interface CooldownConfig {
   readonly rateLimited: Duration.Duration
   readonly quota: Duration.Duration
+  /** After an upstream refused its own key (401/403); a successful health probe ends it early. */
+  readonly authFailed: Duration.Duration
   readonly headroomWatermark: number
 }
 
@@ -182,7 +186,10 @@ export interface CacheConfig {
   readonly enabled: boolean
   readonly ttl: Duration.Duration
   readonly maxEntries: number
+  /** `deterministic`: only `temperature: 0` or a `seed`; `all`: every exact match. */
   readonly mode: "all" | "deterministic"
+  /** `key`: entries per gateway key (and `user`); `shared`: across keys (still per `user`). */
+  readonly scope: "key" | "shared"
 }
 
 export interface HealthCheckConfig {
@@ -553,13 +560,15 @@ const File = Schema.Struct({
   cooldown: opt(Schema.Struct({
     rateLimited: opt(Dur),
     quota: opt(Dur),
+    authFailed: opt(PositiveDur),
     headroomWatermark: opt(NonNegativeNumber)
   })),
   cache: opt(Schema.Struct({
     enabled: opt(Bool),
     ttl: opt(PositiveDur),
     maxEntries: opt(PositiveInt),
-    mode: opt(oneOf(["all", "deterministic"] as const))
+    mode: opt(oneOf(["all", "deterministic"] as const)),
+    scope: opt(oneOf(["key", "shared"] as const))
   })),
   healthCheck: opt(Schema.Struct({ interval: opt(PositiveDur), timeout: opt(PositiveDur) })),
   pricing: opt(Schema.Struct({
@@ -969,13 +978,15 @@ const build = (f: File): ServerConfig => {
     cooldown: {
       rateLimited: cooldown.rateLimited ?? Duration.seconds(1),
       quota: cooldown.quota ?? Duration.hours(1),
+      authFailed: cooldown.authFailed ?? Duration.minutes(5),
       headroomWatermark: cooldown.headroomWatermark ?? 0
     },
     cache: {
       enabled: cache.enabled ?? true,
       ttl: cache.ttl ?? Duration.minutes(5),
       maxEntries: cache.maxEntries ?? 10_000,
-      mode: cache.mode ?? "all"
+      mode: cache.mode ?? "deterministic",
+      scope: cache.scope ?? "key"
     },
     healthCheck: {
       interval: health.interval ?? Duration.seconds(10),
@@ -1105,6 +1116,8 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   retry: { ...config.retry },
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,
+  authFailedCooldown: config.cooldown.authFailed,
   headroomWatermark: config.cooldown.headroomWatermark,
-  cacheMode: config.cache.enabled ? config.cache.mode : "none"
+  cacheMode: config.cache.enabled ? config.cache.mode : "none",
+  cacheScope: config.cache.scope
 })

@@ -76,20 +76,39 @@ const json = (status: number, body: unknown): Reply => text(status, JSON.stringi
 const retryAfterHeader = (d: Duration.Duration | undefined): Record<string, string> =>
   d === undefined ? {} : { "retry-after": String(Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))) }
 
-/** The relay's failures, as the OpenAI API would answer them. */
+/**
+ * The relay's failures, as the OpenAI API would answer them. Each one that
+ * involved an upstream says which in `x-breakwater-upstream` (the one that
+ * answered, or the last one tried), like a success does.
+ */
 const relayFailure = (error: Relay.RelayError): Reply => {
+  const upstream = Relay.upstreamOf(error)
+  const headers: Record<string, string> = upstream === undefined ? {} : { "x-breakwater-upstream": upstream }
   switch (error._tag) {
     case "UnknownModel":
       return failure(404, error.message, "invalid_request_error", "model_not_found", "model")
     case "UpstreamRejected":
       // The caller's own mistake, as the upstream put it.
-      return text(error.status, error.body, error.contentType ?? JSON_TYPE)
+      return text(error.status, error.body, error.contentType ?? JSON_TYPE, headers)
     case "NoUpstreamAvailable":
-      return failure(503, error.message, "upstream_error", "no_upstream_available", null, retryAfterHeader(error.retryAfter))
+      return failure(503, error.message, "upstream_error", "no_upstream_available", null, {
+        ...headers,
+        ...retryAfterHeader(error.retryAfter)
+      })
     case "AllUpstreamsFailed":
-      return failure(502, error.message, "upstream_error", "upstream_failed")
+      return failure(502, error.message, "upstream_error", "upstream_failed", null, headers)
+    case "UpstreamKeysRejected":
+      // The operator's problem: not a 401, which the caller would take for its own key.
+      return failure(502, error.message, "upstream_error", "upstream_auth_failed", null, headers)
     case "DeadlineExceeded":
-      return failure(504, `The request did not complete within ${Duration.format(error.budget)}.`, "upstream_error", "timeout")
+      return failure(
+        504,
+        `The request did not complete within ${Duration.format(error.budget)}.`,
+        "upstream_error",
+        "timeout",
+        null,
+        headers
+      )
   }
 }
 
@@ -143,15 +162,86 @@ export const make = (options: Options) =>
         : knownModels.has("*")
         ? otherModel(model)
         : "unknown"
-    const modelsBody = JSON.stringify({
-      object: "list",
-      data: relay.models.filter((m) => m !== "*").map((id) => ({ id, object: "model", created: 0, owned_by: "breakwater" }))
-    })
+    const configuredModels = relay.models.filter((m) => m !== "*")
+    /** Upstreams whose models come from their `/models` probes: those serving any model. */
+    const listing = new Set(relay.upstreams.filter((u) => u.models === "*").map((u) => u.name))
+
+    /**
+     * The models callers may ask for: the configured ones and aliases first,
+     * in config order, then what the `"*"` upstreams' health probes found,
+     * sorted. A configured model an upstream also lists takes that listing's
+     * `created` and `owned_by`.
+     */
+    const modelList: Effect.Effect<ReadonlyArray<Health.ReportedModel>> = Effect.map(
+      Option.isSome(health) ? health.value.models : Effect.succeed(new Map<string, ReadonlyArray<Health.ReportedModel>>()),
+      (reported) => {
+        const known = new Map<string, Health.ReportedModel>()
+        for (const models of reported.values()) for (const m of models) if (!known.has(m.id)) known.set(m.id, m)
+        const out: Array<Health.ReportedModel> = configuredModels.map((id) =>
+          known.get(id) ?? { id, created: 0, owned_by: "breakwater" }
+        )
+        const seen = new Set(configuredModels)
+        const found: Array<Health.ReportedModel> = []
+        for (const [upstream, models] of reported) {
+          if (!listing.has(upstream)) continue
+          for (const m of models) {
+            if (seen.has(m.id)) continue
+            seen.add(m.id)
+            found.push(m)
+          }
+        }
+        found.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+        return out.concat(found)
+      }
+    )
+
+    const modelObject = (m: Health.ReportedModel) => ({ id: m.id, object: "model", created: m.created, owned_by: m.owned_by })
+
+    /** `GET /v1/models` and `GET /v1/models/{id}`, for callers with a gateway key. */
+    const models = (request: Incoming, path: string): Effect.Effect<Reply> => {
+      if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
+      return Effect.flatMap(Effect.either(gateway.authenticate(request.headers["authorization"])), (caller) => {
+        if (Either.isLeft(caller)) return Effect.succeed(failure(401, caller.left.message, "invalid_request_error", "invalid_api_key"))
+        if (path === "/v1/models") {
+          return Effect.map(modelList, (list) => json(200, { object: "list", data: list.map(modelObject) }))
+        }
+        // The rest of the path is the id, slashes included (`org/model`, or `org%2Fmodel` as the SDK sends it).
+        let id: string
+        try {
+          id = decodeURIComponent(path.slice("/v1/models/".length))
+        } catch {
+          return Effect.succeed(failure(400, "The model id in the URL is not valid percent-encoding.", "invalid_request_error", null, "model"))
+        }
+        return Effect.map(modelList, (list) => {
+          const found = list.find((m) => m.id === id)
+          if (found !== undefined) return json(200, modelObject(found))
+          const shown = id.length > 200 ? `${id.slice(0, 197)}...` : id
+          return failure(
+            404,
+            `The model '${shown}' does not exist or is not served by this gateway.`,
+            "invalid_request_error",
+            "model_not_found",
+            "model"
+          )
+        })
+      })
+    }
 
 
     const parseJson = (text: string): Either.Either<unknown, Reply> => {
       if (text.trim() === "") {
         return Either.left(failure(400, "The request body is empty; expected a JSON object.", "invalid_request_error", null))
+      }
+      // Before parsing: nothing recursive may ever see a body nested deeper.
+      if (OpenAI.nestingExceeds(text)) {
+        return Either.left(
+          failure(
+            400,
+            `The JSON body nests objects and arrays deeper than ${OpenAI.MAX_JSON_DEPTH} levels, the gateway's limit.`,
+            "invalid_request_error",
+            "json_too_deep"
+          )
+        )
       }
       try {
         return Either.right(JSON.parse(text))
@@ -270,7 +360,7 @@ export const make = (options: Options) =>
 
     /** A failed relay, logged with the upstream calls it made. */
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
-      if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable") {
+      if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable" || error._tag === "UpstreamKeysRejected") {
         log.failures = error.failures.map((f) => `${f.upstream}: ${f.reason}`)
       } else if (error._tag === "UpstreamRejected") {
         log.upstream = error.upstream
@@ -449,14 +539,7 @@ export const make = (options: Options) =>
         case "/v1/embeddings":
           return request.method === "POST" ? relayed(request, log, "embeddings") : Effect.succeed(methodNotAllowed(["POST"]))
         case "/v1/models":
-          if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
-          return Effect.map(
-            Effect.either(gateway.authenticate(request.headers["authorization"])),
-            (caller) =>
-              Either.isLeft(caller)
-                ? failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
-                : text(200, modelsBody, JSON_TYPE)
-          )
+          return models(request, path)
         // Probes answer HEAD too (Node sends a HEAD reply's headers without its body).
         case "/healthz":
           return Effect.succeed(
@@ -473,6 +556,7 @@ export const make = (options: Options) =>
             Effect.map(Prometheus.render, (body) => text(200, body, Prometheus.contentType))
           )
         default:
+          if (path.startsWith("/v1/models/") && path.length > "/v1/models/".length) return models(request, path)
           if (path.startsWith("/admin/")) return admin(request, path)
           return Effect.succeed(notFound(path))
       }

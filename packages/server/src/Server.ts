@@ -68,7 +68,11 @@ export const servicesLayer = (config: ServerConfig) => {
   const health = Layer.scoped(
     Health.Health,
     Effect.flatMap(Relay.Relay, (r) =>
-      Health.make(r.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }))
+      Health.make(r.upstreams, {
+        interval: config.healthCheck.interval,
+        timeout: config.healthCheck.timeout,
+        authFailedCooldown: config.cooldown.authFailed
+      }))
   ).pipe(Layer.provide(Layer.mergeAll(UpstreamClient.layerUndici, stores)))
   const gateway = Layer.effect(
     Gateway.Gateway,
@@ -255,7 +259,12 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
  */
 export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(servicesLayer(config))
+    // Background fibers forked while building (health probes, Redis) log as
+    // request fibers do: JSON lines at the configured level.
+    const context = yield* Layer.build(servicesLayer(config)).pipe(
+      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
+      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
+    )
     yield* warnUnpriced(config, Context.get(context, Pricing.Pricing))
     // Request fibers run with JSON logs at the configured level.
     const runtime = yield* Effect.runtime<never>().pipe(

@@ -104,8 +104,9 @@ describe("Config.parse", () => {
     ])
     expect(ms(config.cooldown.rateLimited)).toBe(1_000)
     expect(ms(config.cooldown.quota)).toBe(3_600_000)
+    expect(ms(config.cooldown.authFailed)).toBe(300_000)
     expect(config.cooldown.headroomWatermark).toBe(0)
-    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "all" })
+    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "deterministic", scope: "key" })
     expect(ms(config.cache.ttl)).toBe(300_000)
     expect(ms(config.healthCheck.interval)).toBe(10_000)
     expect(ms(config.healthCheck.timeout)).toBe(5_000)
@@ -169,7 +170,7 @@ describe("Config.parse", () => {
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
     expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
     expect(config.retry.maxRetries).toBe(2)
-    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "all" })
+    expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "deterministic", scope: "key" })
     expect(config.pricing).toEqual({})
     expect(config.store).toEqual({ kind: "memory" })
   })
@@ -554,8 +555,10 @@ describe("Config.toRelayOptions", () => {
     })
     expect(options.rateLimitCooldown).toEqual(Duration.seconds(1))
     expect(options.quotaCooldown).toEqual(Duration.hours(1))
+    expect(options.authFailedCooldown).toEqual(Duration.minutes(5))
     expect(options.headroomWatermark).toBe(0)
-    expect(options.cacheMode).toBe("all")
+    expect(options.cacheMode).toBe("deterministic")
+    expect(options.cacheScope).toBe("key")
 
     expect(options.upstreams).toHaveLength(1)
     const up = options.upstreams[0]!
@@ -582,6 +585,13 @@ describe("Config.toRelayOptions", () => {
     expect(Config.toRelayOptions(off).cacheMode).toBe("none")
     const deterministic = ok(parse(`${minimal}\ncache: { mode: deterministic }\nrouting: { strategy: latency }\n`))
     expect(Config.toRelayOptions(deterministic).cacheMode).toBe("deterministic")
+    const all = ok(parse(`${minimal}\ncache: { mode: all, scope: shared }\n`))
+    expect(Config.toRelayOptions(all).cacheMode).toBe("all")
+    expect(Config.toRelayOptions(all).cacheScope).toBe("shared")
+    expect(Config.parse(`${minimal}\ncache: { scope: global }\n`, { file: "x.yaml", env: {} })).toMatchObject({
+      _tag: "Left",
+      left: { problems: [{ path: "cache.scope", message: `expected one of "key", "shared", got "global"` }] }
+    })
     expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency", panic: false })
     const rated = ok(parse(`${minimal}\nbreaker: { failureRate: { threshold: 0.5, minimumCalls: 20, window: 30s } }\n`))
     expect(Config.toRelayOptions(rated).breaker?.failureRate).toEqual({

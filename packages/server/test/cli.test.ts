@@ -194,7 +194,7 @@ describe("--config FILE", { timeout: 30_000 }, () => {
       upstream: "cli-upstream",
       attempts: 1,
       status: 200,
-      cache: "miss"
+      cache: "bypass"
     })
     expect(typeof fields["latencyMs"]).toBe("number")
     expect(typeof fields["costUsd"]).toBe("number")

@@ -41,7 +41,7 @@ keys:
 upstreams:
   - { name: a, baseUrl: "${a.url}", apiKey: sk-upstream-a, priority: 1 }
   - { name: b, baseUrl: "${b.url}", apiKey: sk-upstream-b, priority: 2 }
-cache: { enabled: true, ttl: 5m }
+cache: { enabled: true, ttl: 5m, mode: all }
 store: { kind: redis, url: "${redis.url}", prefix: "replica-test:" }
 `
     )

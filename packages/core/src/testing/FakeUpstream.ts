@@ -122,6 +122,8 @@ export interface Options {
   seed?: number | undefined
   /** Model name echoed when the request has none (and listed by /v1/models); default "fake-model". */
   model?: string | undefined
+  /** The models `GET /v1/models` lists; default `[model]`. */
+  models?: ReadonlyArray<string> | undefined
   /** Content of the assistant message; default `Hello from ${name}`. */
   reply?: ((request: any) => string) | undefined
 }
@@ -252,6 +254,10 @@ type Kind = "chat" | "embeddings"
 export const start = (options: Options = {}): Promise<FakeUpstream> => {
   const name = options.name ?? "fake"
   const defaultModel = options.model ?? "fake-model"
+  const modelList = JSON.stringify({
+    object: "list",
+    data: (options.models ?? [defaultModel]).map((id) => ({ id, object: "model", created: 0, owned_by: "fake" }))
+  })
   const fingerprint = JSON.stringify(`fake-${name}`)
   const defaultReply = `Hello from ${name}`
   const replyFn = options.reply
@@ -547,13 +553,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       c.models++
       const status = faults.modelsStatus ?? 200
       if (status === 200) {
-        return sendJson(
-          res,
-          200,
-          `{"object":"list","data":[{"id":${
-            JSON.stringify(defaultModel)
-          },"object":"model","created":0,"owned_by":"fake"}]}`
-        )
+        return sendJson(res, 200, modelList)
       }
       return sendJson(res, status, statusBody(status))
     }

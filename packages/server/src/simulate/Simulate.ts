@@ -143,6 +143,7 @@ const statusOf = (error: Relay.RelayError): string => {
     case "NoUpstreamAvailable":
       return "503"
     case "AllUpstreamsFailed":
+    case "UpstreamKeysRejected":
       return "502"
     case "DeadlineExceeded":
       return "504"
@@ -263,7 +264,9 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       // Breakwater: the same request through the relay.
       const request = {
         model: p.model,
-        user: `r${i}`,
+        // The request's index, for the simulated upstreams; in `metadata`,
+        // which the cache key leaves out (a `user` would scope the cache).
+        metadata: { sim: `r${i}` },
         max_tokens: wl.completionTokens,
         messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
       } satisfies OpenAI.ChatCompletionRequest

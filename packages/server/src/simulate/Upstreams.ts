@@ -170,12 +170,12 @@ export interface ClientOptions {
 
 const decoder = new TextDecoder()
 
-/** The request index and model from a body the simulator wrote (`{"model":"...","user":"r<i>",...}`). */
+/** The request index and model from a body the simulator wrote (`{"model":"...","metadata":{"sim":"r<i>"},...}`). */
 const readBody = (text: string): { readonly request: number; readonly model: string } => {
   const m = text.indexOf("\"model\":\"")
   const model = m < 0 ? "" : text.slice(m + 9, text.indexOf("\"", m + 9))
-  const r = text.indexOf("\"user\":\"r")
-  const request = r < 0 ? -1 : Number.parseInt(text.slice(r + 9, text.indexOf("\"", r + 9)), 10)
+  const r = text.indexOf("\"sim\":\"r")
+  const request = r < 0 ? -1 : Number.parseInt(text.slice(r + 8, text.indexOf("\"", r + 8)), 10)
   return { request, model }
 }
 
