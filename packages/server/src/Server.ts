@@ -21,7 +21,8 @@ import * as HashSet from "effect/HashSet"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
+import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse, STATUS_CODES } from "node:http"
+import type { Duplex } from "node:stream"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
@@ -107,6 +108,22 @@ const readBody = (req: IncomingMessage, max: number): Effect.Effect<string | und
     req.once("error", () => resume(Effect.succeed(undefined)))
   })
 
+const ignore = (): void => {}
+
+/**
+ * A connection's error outside any request (a malformed request, a reset
+ * while headers arrive): answer as Node would (400, 408 or 431) when nothing
+ * was written yet, then close it. Never thrown, never logged per connection.
+ */
+const onClientError = (error: NodeJS.ErrnoException, socket: Duplex): void => {
+  socket.on("error", ignore)
+  if (socket.writable && (socket as Duplex & { bytesWritten?: number }).bytesWritten === 0 && error.code !== "ECONNRESET") {
+    const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : error.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`)
+  }
+  socket.destroy()
+}
+
 /** Writes a stream of text to `res`, respecting backpressure. */
 const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Effect<void> =>
   Stream.runForEach(body, (chunk) =>
@@ -142,6 +159,10 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
 
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
       inFlight++
+      // A caller that resets its connection makes these emit 'error'; unheard,
+      // that would end the process. The 'close' below handles the hang-up.
+      req.on("error", ignore)
+      res.on("error", ignore)
       res.once("close", () => inFlight--)
       const incoming: Http.Incoming = {
         method: req.method ?? "GET",
@@ -171,6 +192,7 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
     }
 
     const server = createServer({ keepAliveTimeout: 65_000 }, onRequest)
+    server.on("clientError", onClientError)
     yield* Effect.acquireRelease(
       Effect.async<void>((resume) => {
         server.listen(config.server.port, config.server.host, () => resume(Effect.void))
