@@ -35,6 +35,13 @@ export interface Reply {
   readonly status: number
   readonly headers: Record<string, string>
   readonly body: string | Stream.Stream<string>
+  /**
+   * For a streamed body: run it when the request ends without the body having
+   * been written to its end (the caller left). It releases what the stream
+   * holds and writes its log line if the body's own end did not; running it
+   * more than once, or after the body ended, does nothing.
+   */
+  readonly release?: Effect.Effect<void> | undefined
 }
 
 const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
@@ -102,6 +109,14 @@ const durationHistogram = Metric.histogram(
 
 interface Log {
   requestId: string
+  readonly method: string
+  readonly path: string
+  /** performance.now() at the start. */
+  readonly started: number
+  /** The line is written once: at the answer, or for a stream when it ends, or at a hang-up. */
+  written: boolean
+  /** A stream's line is written when the stream ends, not when its headers go out. */
+  deferred: boolean
   key: string
   model: string | undefined
   upstream: string | undefined
@@ -111,6 +126,11 @@ interface Log {
   costUsd: number | undefined
   /** Why each upstream failed or was left out, when the relay failed. */
   failures: ReadonlyArray<string> | undefined
+  /** A stream's end: completed, failed or abandoned. */
+  outcome: Relay.StreamOutcome | undefined
+  /** What ended a failed stream. */
+  error: string | undefined
+  usageEstimated: boolean | undefined
 }
 
 export const make = (options: Options) =>
@@ -229,6 +249,9 @@ export const make = (options: Options) =>
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
       if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable") {
         log.failures = error.failures.map((f) => `${f.upstream}: ${f.reason}`)
+        log.attempts = error.attempts
+      } else if (error._tag === "DeadlineExceeded") {
+        log.attempts = error.attempts ?? 0
       } else if (error._tag === "UpstreamRejected") {
         log.upstream = error.upstream
         log.attempts = 1
@@ -257,20 +280,33 @@ export const make = (options: Options) =>
         const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
         if (body.stream === true) {
           return yield* relay.chatStream(body, options).pipe(
-            Effect.map((result) => {
+            Effect.map((result): Reply => {
               log.upstream = result.upstream
               log.attempts = result.attempts
               log.cache = "bypass"
-              const events = result.events.pipe(
-                Stream.ensuring(Effect.flatMap(result.done, (m) => {
+              log.deferred = true
+              // When the stream ends (or is never read): its real outcome,
+              // cost and charge, then the request's log line. Once.
+              let finished = false
+              const finish = Effect.suspend(() => {
+                if (finished) return Effect.void
+                finished = true
+                return Effect.flatMap(result.done, (m) => {
                   noteResult(log, m)
-                  return gateway.charge(caller, m.costUsd)
-                }))
-              )
+                  log.outcome = m.streamOutcome
+                  log.error = m.streamError
+                  log.usageEstimated = m.usageEstimated
+                  return Effect.zipRight(
+                    gateway.charge(caller, m.costUsd),
+                    writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
+                  )
+                })
+              })
               return {
                 status: 200,
                 headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
-                body: events
+                body: Stream.ensuring(result.events, finish),
+                release: finish
               }
             }),
             Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
@@ -341,12 +377,16 @@ export const make = (options: Options) =>
         const name = decodeURIComponent(m[1]!)
         const u = relay.upstreams.find((x) => x.name === name)
         if (u === undefined) return failure(404, `No upstream named '${name}'.`, "invalid_request_error", "upstream_not_found")
-        if (m[2] === "reset") {
+        const action = m[2] === "reset" ? "reset" : "open"
+        if (action === "reset") {
           yield* u.breaker.reset
           yield* cooldowns.clear(u.name)
         } else {
           yield* u.breaker.forceOpen
         }
+        yield* Effect.logInfo("admin action").pipe(
+          Effect.annotateLogs({ action, upstream: u.name, path, method: request.method })
+        )
         const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
         return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
       })
@@ -394,6 +434,47 @@ export const make = (options: Options) =>
       }
     }
 
+    /**
+     * The request's metric and log line, written once: at the answer; for a
+     * stream when it ends, with its outcome; for a caller that hung up, as
+     * 499. Failed relays (5xx) and failed streams are warnings.
+     */
+    const writeLog = (log: Log, status: number): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (log.written) return Effect.void
+        log.written = true
+        log.status = status
+        const elapsed = performance.now() - log.started
+        const model = log.model !== undefined && (knownModels.has(log.model) || knownModels.has("*")) ? log.model : "unknown"
+        const annotations: Record<string, unknown> = {
+          requestId: log.requestId,
+          method: log.method,
+          path: log.path,
+          key: log.key,
+          model: log.model ?? null,
+          upstream: log.upstream ?? null,
+          attempts: log.attempts ?? 0,
+          status,
+          latencyMs: Math.round(elapsed * 10) / 10,
+          cache: log.cache ?? null,
+          costUsd: log.costUsd ?? 0
+        }
+        if (log.failures !== undefined) annotations["failures"] = log.failures
+        if (log.outcome !== undefined) {
+          annotations["outcome"] = log.outcome
+          annotations["usageEstimated"] = log.usageEstimated ?? false
+          if (log.error !== undefined) annotations["error"] = log.error
+        }
+        const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
+        return Effect.zipRight(
+          Effect.zipRight(
+            Metric.increment(requestsBy(log.upstream ?? "none", model, log.key, String(status))),
+            Metric.update(durationHistogram, elapsed)
+          ),
+          Effect.annotateLogs(line, annotations)
+        )
+      })
+
     return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
@@ -402,6 +483,11 @@ export const make = (options: Options) =>
       const path = q === -1 ? request.url : request.url.slice(0, q)
       const log: Log = {
         requestId,
+        method: request.method,
+        path,
+        started,
+        written: false,
+        deferred: false,
         key: "anonymous",
         model: undefined,
         upstream: undefined,
@@ -409,9 +495,13 @@ export const make = (options: Options) =>
         status: 0,
         cache: undefined,
         costUsd: undefined,
-        failures: undefined
+        failures: undefined,
+        outcome: undefined,
+        error: undefined,
+        usageEstimated: undefined
       }
-      const response = yield* route(request, path, log).pipe(
+      const logged = path.startsWith("/v1/")
+      const routed = route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
           Effect.as(
             Effect.logError("unexpected failure", cause),
@@ -419,29 +509,10 @@ export const make = (options: Options) =>
           )
         )
       )
+      // A caller that hangs up interrupts the request: logged (and counted) as 499.
+      const response = yield* (logged ? Effect.onInterrupt(routed, () => writeLog(log, 499)) : routed)
       log.status = response.status
-      if (path.startsWith("/v1/")) {
-        const elapsed = performance.now() - started
-        const model = log.model !== undefined && (knownModels.has(log.model) || knownModels.has("*")) ? log.model : "unknown"
-        yield* Metric.increment(requestsBy(log.upstream ?? "none", model, log.key, String(response.status)))
-        yield* Metric.update(durationHistogram, elapsed)
-        yield* Effect.logInfo("request").pipe(
-          Effect.annotateLogs({
-            requestId,
-            method: request.method,
-            path,
-            key: log.key,
-            model: log.model ?? null,
-            upstream: log.upstream ?? null,
-            attempts: log.attempts ?? 0,
-            status: response.status,
-            latencyMs: Math.round(elapsed * 10) / 10,
-            cache: log.cache ?? null,
-            costUsd: log.costUsd ?? 0,
-            ...(log.failures === undefined ? {} : { failures: log.failures })
-          })
-        )
-      }
+      if (logged && !log.deferred) yield* writeLog(log, response.status)
       response.headers["x-request-id"] = requestId
       return response
     })

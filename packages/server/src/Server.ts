@@ -52,14 +52,16 @@ export const servicesLayer = (config: ServerConfig) => {
       Spend.layerStoreMemory,
       ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
     )
+  // One client (one connection pool) for the relay and the health probes.
+  const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
   const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, UpstreamClient.layerUndici, Pricing.layer(config.pricing)))
+    Layer.provide(Layer.mergeAll(stores, upstreamClient, Pricing.layer(config.pricing)))
   )
   const health = Layer.scoped(
     Health.Health,
     Effect.flatMap(Relay.Relay, (r) =>
       Health.make(r.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }))
-  ).pipe(Layer.provide(Layer.mergeAll(UpstreamClient.layerUndici, stores)))
+  ).pipe(Layer.provide(Layer.mergeAll(upstreamClient, stores)))
   const gateway = Gateway.layer(config.keys)
   return Layer.mergeAll(health, gateway).pipe(Layer.provideMerge(relay), Layer.provideMerge(stores))
 }
@@ -170,12 +172,15 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
         headers: req.headers as Record<string, string | undefined>,
         body: readBody(req, maxBody)
       }
+      // A streamed reply's release, for a request that ends before its body was written.
+      let release: Effect.Effect<void> | undefined
       const fiber = runFork(Effect.flatMap(handler(incoming), (reply) => {
         if (typeof reply.body === "string") {
           res.writeHead(reply.status, { ...reply.headers, "content-length": Buffer.byteLength(reply.body) })
           res.end(reply.body)
           return Effect.void
         }
+        release = reply.release
         res.writeHead(reply.status, reply.headers)
         return Effect.ensuring(pipeStream(res, reply.body), Effect.sync(() => res.end()))
       }))
@@ -184,6 +189,9 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
           res.writeHead(500, { "content-type": "application/json" })
           res.end(OpenAI.errorBody("The gateway failed unexpectedly.", "server_error", null, "internal_error"))
         }
+        // Interrupted between the reply and its body: the stream never ran,
+        // so nothing else releases its upstream connection and slot.
+        if (exit._tag === "Failure" && release !== undefined) runFork(release)
       })
       // A caller that goes away stops its request (and its upstream stream).
       res.once("close", () => {

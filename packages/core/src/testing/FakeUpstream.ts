@@ -64,6 +64,8 @@ export interface Faults {
   emptyChoices?: number | undefined
   /** For `stream: true`, probability of ending after about half the events, without `[DONE]`. */
   streamCut?: number | undefined
+  /** Report no `usage` in chat answers and streams, even when asked (as some OpenAI-compatible servers do). */
+  omitUsage?: boolean | undefined
   /** For `stream: true`: milliseconds between two events (the headers and first event go at once). Default 0. */
   streamDelayMs?: number | undefined
   /**
@@ -383,7 +385,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       const cut = hit(f.streamCut)
       const streamOptions = request["stream_options"] as { include_usage?: unknown } | null | undefined
       const includeUsage = typeof streamOptions === "object" && streamOptions !== null &&
-        streamOptions.include_usage === true
+        streamOptions.include_usage === true && f.omitUsage !== true
       const head = `data: {"id":${id},"object":"chat.completion.chunk","created":${created},"model":${model},` +
         `"system_fingerprint":${fingerprint},`
       const tail = includeUsage ? `,"usage":null}\n\n` : `}\n\n`
@@ -416,7 +418,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
         JSON.stringify(reply)
       }},"finish_reason":"stop","logprobs":null}]`
     let body = `{"id":${id},"object":"chat.completion","created":${created},"model":${model},` +
-      `"system_fingerprint":${fingerprint},"choices":${choices},"usage":${usage}}`
+      `"system_fingerprint":${fingerprint},"choices":${choices}${f.omitUsage === true ? "" : `,"usage":${usage}`}}`
     if (truncated) body = body.slice(0, body.length >> 1)
     sendJson(res, 200, body, extra)
   }
