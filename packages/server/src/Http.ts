@@ -28,6 +28,8 @@ export interface Incoming {
   readonly headers: Readonly<Record<string, string | undefined>>
   /** The body as text, or undefined when it is larger than `maxBodyBytes`. */
   readonly body: Effect.Effect<string | undefined>
+  /** The handler's own record of the request, for {@link Handler.hungUp}; adapters leave it alone. */
+  state?: unknown
 }
 
 /** A response: a complete text body, or a stream of text (server-sent events). */
@@ -35,13 +37,18 @@ export interface Reply {
   readonly status: number
   readonly headers: Record<string, string>
   readonly body: string | Stream.Stream<string>
+}
+
+/** The HTTP handler, and what the adapter tells it about callers that leave. */
+export interface Handler {
+  (request: Incoming): Effect.Effect<Reply>
   /**
-   * For a streamed body: run it when the request ends without the body having
-   * been written to its end (the caller left). It releases what the stream
-   * holds and writes its log line if the body's own end did not; running it
-   * more than once, or after the body ended, does nothing.
+   * The caller hung up before the answer was complete, and the adapter has
+   * interrupted the request: the request is logged and counted as 499, and a
+   * stream whose body was never written is released. Does nothing for a
+   * request already logged, so it may run after any interruption.
    */
-  readonly release?: Effect.Effect<void> | undefined
+  readonly hungUp: (request: Incoming) => Effect.Effect<void>
 }
 
 const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
@@ -126,6 +133,8 @@ interface Log {
   costUsd: number | undefined
   /** Why each upstream failed or was left out, when the relay failed. */
   failures: ReadonlyArray<string> | undefined
+  /** For a stream: its end, once (it writes the line); also run if the caller leaves before the body is read. */
+  finish: Effect.Effect<void> | undefined
   /** A stream's end: completed, failed or abandoned. */
   outcome: Relay.StreamOutcome | undefined
   /** What ended a failed stream. */
@@ -285,8 +294,9 @@ export const make = (options: Options) =>
               log.attempts = result.attempts
               log.cache = "bypass"
               log.deferred = true
-              // When the stream ends (or is never read): its real outcome,
-              // cost and charge, then the request's log line. Once.
+              // When the stream ends (or, through hungUp, if it is never
+              // read): its real outcome, cost and charge, then the request's
+              // log line. Once.
               let finished = false
               const finish = Effect.suspend(() => {
                 if (finished) return Effect.void
@@ -302,11 +312,11 @@ export const make = (options: Options) =>
                   )
                 })
               })
+              log.finish = finish
               return {
                 status: 200,
                 headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
-                body: Stream.ensuring(result.events, finish),
-                release: finish
+                body: Stream.ensuring(result.events, finish)
               }
             }),
             Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
@@ -475,7 +485,7 @@ export const make = (options: Options) =>
         )
       })
 
-    return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
+    const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : randomUUID()
@@ -496,12 +506,14 @@ export const make = (options: Options) =>
         cache: undefined,
         costUsd: undefined,
         failures: undefined,
+        finish: undefined,
         outcome: undefined,
         error: undefined,
         usageEstimated: undefined
       }
       const logged = path.startsWith("/v1/")
-      const routed = route(request, path, log).pipe(
+      if (logged) request.state = log
+      const response = yield* route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
           Effect.as(
             Effect.logError("unexpected failure", cause),
@@ -509,13 +521,22 @@ export const make = (options: Options) =>
           )
         )
       )
-      // A caller that hangs up interrupts the request: logged (and counted) as 499.
-      const response = yield* (logged ? Effect.onInterrupt(routed, () => writeLog(log, 499)) : routed)
       log.status = response.status
       if (logged && !log.deferred) yield* writeLog(log, response.status)
       response.headers["x-request-id"] = requestId
       return response
     })
+
+    // Run by the adapter after it interrupted the request: nothing per
+    // request on the way in, only for callers that leave.
+    const hungUp = (request: Incoming): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const log = request.state as Log | undefined
+        if (log === undefined || log.written) return Effect.void
+        return log.finish ?? writeLog(log, 499)
+      })
+
+    return Object.assign(handle, { hungUp }) satisfies Handler
   })
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])

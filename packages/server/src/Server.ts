@@ -170,17 +170,16 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
         method: req.method ?? "GET",
         url: req.url ?? "/",
         headers: req.headers as Record<string, string | undefined>,
-        body: readBody(req, maxBody)
+        body: readBody(req, maxBody),
+        state: undefined
       }
-      // A streamed reply's release, for a request that ends before its body was written.
-      let release: Effect.Effect<void> | undefined
+      let hungUp = false
       const fiber = runFork(Effect.flatMap(handler(incoming), (reply) => {
         if (typeof reply.body === "string") {
           res.writeHead(reply.status, { ...reply.headers, "content-length": Buffer.byteLength(reply.body) })
           res.end(reply.body)
           return Effect.void
         }
-        release = reply.release
         res.writeHead(reply.status, reply.headers)
         return Effect.ensuring(pipeStream(res, reply.body), Effect.sync(() => res.end()))
       }))
@@ -189,13 +188,16 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
           res.writeHead(500, { "content-type": "application/json" })
           res.end(OpenAI.errorBody("The gateway failed unexpectedly.", "server_error", null, "internal_error"))
         }
-        // Interrupted between the reply and its body: the stream never ran,
-        // so nothing else releases its upstream connection and slot.
-        if (exit._tag === "Failure" && release !== undefined) runFork(release)
+        // The caller left: the request is logged as such (499), and a stream
+        // interrupted before its body was written is released.
+        if (hungUp) runFork(handler.hungUp(incoming))
       })
       // A caller that goes away stops its request (and its upstream stream).
       res.once("close", () => {
-        if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
+        if (!res.writableFinished) {
+          hungUp = true
+          fiber.unsafeInterruptAsFork(FiberId.none)
+        }
       })
     }
 

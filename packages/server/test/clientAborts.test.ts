@@ -108,6 +108,11 @@ upstreams:
         throw new Error(`the server died (${p.child.exitCode ?? p.child.signalCode}) after ${JSON.stringify(outcomes)}:\n${p.stderr()}`)
       }
       expect(outcomes.destroyed).toBeGreaterThan(500)
+      // Nothing is left open upstream: every abandoned stream was released.
+      for (let i = 0; i < 100 && upstream.counters().inFlight > 0; i++) await new Promise((r) => setTimeout(r, 20))
+      expect(upstream.counters().inFlight).toBe(0)
+      // Each caller that left is in the log as a 499.
+      expect((p.stdout().match(/"status":499/g) ?? []).length).toBeGreaterThan(0)
 
       const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
         method: "POST",
