@@ -601,11 +601,19 @@ export const make = (
       value: readonly [Classified, number],
       u: Upstream.Upstream,
       progress: Progress,
-      status: ResponseCache.Status
+      status: ResponseCache.Status,
+      chatRequest?: OpenAI.ChatCompletionRequest
     ): Effect.Effect<Result> =>
       Effect.clockWith((clock) => {
         const [classified, started] = value
-        const usage = classified.usage
+        let usage = classified.usage
+        // A chat answer without usage is priced on an estimate, as a stream's is.
+        const usageEstimated = usage === undefined && chatRequest !== undefined
+        if (usageEstimated) {
+          const prompt = OpenAI.estimatePromptTokens(chatRequest)
+          const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
+          usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        }
         const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
         const metadata: Metadata = {
           upstream: u.name,
@@ -614,7 +622,7 @@ export const make = (
           cache: status,
           usage,
           costUsd,
-          usageEstimated: false,
+          usageEstimated,
           failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
         }
         return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
@@ -627,7 +635,7 @@ export const make = (
       Effect.flatMap(
         failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
         ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status)
+          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, request)
       )
 
     const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {

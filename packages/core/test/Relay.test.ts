@@ -1025,6 +1025,26 @@ describe("cost", () => {
       expect(result.metadata.costUsd).toBeCloseTo(COST, 15)
     }))
 
+  it.scoped("an answer without usage is priced on an estimate (prompt and answer text, 4 characters a token)", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      const body = JSON.stringify({
+        id: "x",
+        object: "chat.completion",
+        created: 0,
+        model: MODEL,
+        choices: [{ index: 0, message: { role: "assistant", content: "twelve chars" }, finish_reason: "stop" }]
+      })
+      client.script("a", Scripted.reply(200, body))
+      const result = yield* relay.chat(request("abcdefgh"))
+      expect(result.metadata.usage).toEqual({ prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 })
+      expect(result.metadata.usageEstimated).toBe(true)
+      expect(result.metadata.costUsd).toBeCloseTo((2 * 2 + 3 * 8) / 1_000_000, 15)
+      const reported = yield* relay.chat(request("again"))
+      expect(reported.metadata.usageEstimated).toBe(false)
+      expect(reported.metadata.usage).toEqual(Scripted.usage)
+    }))
+
   it.scoped("a model without a price has no cost", () =>
     Effect.gen(function*() {
       const { relay } = yield* setup({ upstreams: [upstream("a", { models: "*" })] })

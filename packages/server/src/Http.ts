@@ -273,6 +273,7 @@ export const make = (options: Options) =>
       log.attempts = m.attempts
       log.cache = m.cache
       log.costUsd = m.costUsd
+      log.usageEstimated = m.usageEstimated
     }
 
     const chat = (
@@ -472,9 +473,9 @@ export const make = (options: Options) =>
         if (log.failures !== undefined) annotations["failures"] = log.failures
         if (log.outcome !== undefined) {
           annotations["outcome"] = log.outcome
-          annotations["usageEstimated"] = log.usageEstimated ?? false
           if (log.error !== undefined) annotations["error"] = log.error
         }
+        if (log.outcome !== undefined || log.usageEstimated === true) annotations["usageEstimated"] = log.usageEstimated ?? false
         const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
         return Effect.zipRight(
           Effect.zipRight(

@@ -294,6 +294,13 @@ ${upstreamYaml(up)}
     const line = await logLine(firstId!)
     expect(line).toMatchObject({ status: 200, outcome: "completed", usageEstimated: true })
     expect(line["costUsd"]).toBeGreaterThan(0)
+    // The same for an answer that is not streamed.
+    const plainId = nextId("estimate-plain")
+    const plain = await chat(server, chatBody(false), plainId)
+    expect(plain.status).toBe(200)
+    expect(Number(plain.headers.get("x-breakwater-cost-usd"))).toBeGreaterThan(0)
+    await plain.text()
+    expect(await logLine(plainId)).toMatchObject({ status: 200, usageEstimated: true })
   })
 })
 
