@@ -6,9 +6,18 @@
  * leave.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as HashMap from "effect/HashMap"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Scope from "effect/Scope"
 import * as http from "node:http"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { captured, captureStdout, startServer, type TestServer } from "./helpers/e2e.js"
+import * as Http from "../src/Http.js"
+import * as Server from "../src/Server.js"
+import { captured, captureStdout, configOf, startServer, type TestServer } from "./helpers/e2e.js"
 
 const KEY = "gw-key-STREAMS-SECRET-1"
 const BUDGET_KEY = "gw-key-STREAMS-BUDGET-2"
@@ -429,5 +438,47 @@ ${upstreamYaml(b, ", priority: 2")}
     const lines = captured.logs.filter((l) => l.includes(`"msg":"admin action"`)).map((l) => JSON.parse(l) as Record<string, unknown>)
     expect(lines.every((l) => l["level"] === "INFO")).toBe(true)
     expect(captured.logs.join("\n")).not.toContain(ADMIN_KEY)
+  })
+})
+
+describe("a stream reply whose body is never written (point 2, the hand-off)", { timeout: 20_000 }, () => {
+  it("Handler.hungUp releases the upstream stream and logs 499 once", async () => {
+    const stalls = await fake("handoff", { streamStallAfter: 1 })
+    const config = configOf(`${keysYaml}
+upstreams:
+${upstreamYaml(stalls)}
+`)
+    const lines: Array<{ message: unknown; annotations: Record<string, unknown> }> = []
+    const logger = Logger.make(({ annotations, message }) => {
+      lines.push({ message, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+    })
+    const scope = Effect.runSync(Scope.make())
+    try {
+      const context = await Effect.runPromise(Layer.buildWithScope(Server.servicesLayer(config), scope))
+      const handler = await Effect.runPromise(
+        Effect.provide(Http.make({ maxBodyBytes: 1_000_000, adminKey: undefined }), context)
+      )
+      const incoming: Http.Incoming = {
+        method: "POST",
+        url: "/v1/chat/completions",
+        headers: { authorization: `Bearer ${KEY}`, "x-request-id": "handoff-1" },
+        body: Effect.succeed(chatBody(true)),
+        state: undefined
+      }
+      const run = <A>(e: Effect.Effect<A>) => Effect.runPromise(e.pipe(Logger.withMinimumLogLevel(LogLevel.Info), Effect.provide(Logger.replace(Logger.defaultLogger, logger))))
+      const reply = await run(handler(incoming))
+      expect(reply.status).toBe(200)
+      expect(typeof reply.body).not.toBe("string")
+      await within("the upstream holds the stream", 2_000, () => stalls.counters().streamsOpen === 1)
+      // Nothing reads the body: the caller left between the reply and its body.
+      await run(handler.hungUp(incoming))
+      await within("the upstream socket closed", 1_000, () => stalls.counters().inFlight === 0)
+      await run(handler.hungUp(incoming))
+      const logged = lines.filter((l) => l.annotations["requestId"] === "handoff-1")
+      expect(logged).toHaveLength(1)
+      expect(logged[0]!.annotations).toMatchObject({ status: 499, outcome: "abandoned", upstream: "handoff" })
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
   })
 })
