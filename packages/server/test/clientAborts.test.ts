@@ -10,8 +10,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import * as http from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { connect } from "node:net"
 import { afterAll, describe, expect, it } from "vitest"
-import { freePort } from "./helpers/e2e.js"
+import { freePort, startServer } from "./helpers/e2e.js"
 import { cli } from "./helpers/process.js"
 
 const GATEWAY_KEY = "gw-key-ABORTS-SECRET-1"
@@ -128,6 +129,52 @@ upstreams:
       expect(p.stderr()).toBe("")
     } finally {
       await p.stop()
+    }
+  })
+})
+
+/** Sends raw bytes on a fresh connection; resolves with what came back before the server closed it. */
+const raw = (port: number, bytes: string, destroyAfterWrite = false): Promise<string> =>
+  new Promise((resolve) => {
+    let received = ""
+    const socket = connect({ port, host: "127.0.0.1" }, () => {
+      socket.write(bytes)
+      if (destroyAfterWrite) {
+        socket.destroy()
+        resolve("")
+      }
+    })
+    socket.setEncoding("utf8")
+    socket.on("data", (d: string) => {
+      received += d
+    })
+    socket.on("error", () => {})
+    socket.on("close", () => resolve(received))
+    socket.setTimeout(3_000, () => socket.destroy())
+  })
+
+describe("malformed connections", { timeout: 20_000 }, () => {
+  it("a malformed request gets a 400 and is closed; a connection reset mid-headers is dropped quietly; the server answers on", async () => {
+    const server = await startServer(`
+upstreams:
+  - { name: nowhere, baseUrl: "http://127.0.0.1:9/v1", apiKey: "sk-nowhere" }
+healthCheck: { interval: 1h }
+`)
+    try {
+      const port = server.port
+      expect(await raw(port, "THIS IS NOT HTTP\r\n\r\n")).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
+      const huge = `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`
+      expect(await raw(port, huge)).toMatch(/^HTTP\/1\.1 431 /)
+      for (let i = 0; i < 20; i++) await raw(port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le", true)
+      // A body cut off by a reset.
+      for (let i = 0; i < 20; i++) {
+        await raw(port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"model\":", true)
+      }
+      const res = await fetch(`${server.url}/healthz`)
+      expect(res.status).toBe(200)
+      expect(await res.json()).toEqual({ status: "ok" })
+    } finally {
+      await server.close()
     }
   })
 })
