@@ -296,6 +296,8 @@ export interface Usage {
   readonly prompt_tokens: number
   readonly completion_tokens: number
   readonly total_tokens: number
+  /** Prompt tokens the provider served from its prompt cache (priced at `cachedInput`). */
+  readonly prompt_tokens_details?: { readonly cached_tokens: number }
 }
 
 /** Why a response body is not a usable answer: counted against the upstream. */
@@ -337,6 +339,11 @@ export const usageOf = (json: unknown): Usage | undefined => {
   const prompt_tokens = usage["prompt_tokens"]
   const completion_tokens = isCount(usage["completion_tokens"]) ? usage["completion_tokens"] : 0
   const total_tokens = isCount(usage["total_tokens"]) ? usage["total_tokens"] : prompt_tokens + completion_tokens
+  const details = usage["prompt_tokens_details"]
+  if (isRecord(details) && isCount(details["cached_tokens"]) && details["cached_tokens"] > 0) {
+    const cached_tokens = Math.min(details["cached_tokens"], prompt_tokens)
+    return { prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details: { cached_tokens } }
+  }
   return { prompt_tokens, completion_tokens, total_tokens }
 }
 

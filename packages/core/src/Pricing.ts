@@ -3,11 +3,17 @@
  * metrics that add up tokens and dollars per upstream, model and key, so that
  * spending can be watched and budgeted.
  *
- * A model is priced by its exact name, else by the longest priced name it
- * starts with (at a word boundary), so that dated snapshots such as
- * `gpt-4.1-2025-04-14` price as `gpt-4.1`. A variant that is not in the table
- * (`gpt-4.1-mini`) therefore prices as its base model: add it to the table
- * when that overestimate matters.
+ * The default prices are data: `prices.json`, dated, for the current models
+ * of OpenAI, Anthropic, Google and DeepSeek; a table given to {@link make}
+ * overrides and extends it. A model is priced by its exact name, else by its
+ * name without a date suffix (`gpt-4.1-2025-04-14`, `claude-sonnet-4-5-20250929`,
+ * `claude-sonnet-4-5@20250929`), and never by a prefix: `gpt-4.1-mini` is not
+ * `gpt-4.1` (it costs a fifth), so a variant missing from the table has no
+ * price rather than a wrong one.
+ *
+ * Metric labels are bounded: model and key values are the known ones
+ * ({@link Options}) plus at most `maxOtherLabels` others first seen, then
+ * `other`, so that caller-chosen model names cannot grow the registry.
  *
  * @since 0.1.0
  */
@@ -15,22 +21,24 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import type { Usage } from "./OpenAI.js"
+import table from "./prices.json" with { type: "json" }
 
 /** USD per million tokens. */
 export interface Price {
   readonly input: number
   readonly output: number
+  /** Prompt tokens served from the provider's cache; `input` when absent. */
+  readonly cachedInput?: number | undefined
 }
 
-/** Output prices as published; input prices are defaults to override per deployment. */
-export const defaults: Record<string, Price> = {
-  "deepseek-v3.2": { input: 0.28, output: 0.42 },
-  "gemini-2.5-flash": { input: 0.30, output: 2.50 },
-  "gpt-4.1": { input: 2.00, output: 8.00 },
-  "claude-sonnet-4.5": { input: 3.00, output: 15.00 }
-}
+/** The shipped price table (`prices.json`), as published on {@link pricesDate}. */
+export const defaults: Readonly<Record<string, Price>> = table.models
+
+/** When the shipped prices were compiled (YYYY-MM-DD). */
+export const pricesDate: string = table.date
 
 export interface Labels {
   readonly upstream: string
@@ -38,10 +46,22 @@ export interface Labels {
   readonly key: string
 }
 
+export interface Options {
+  /** Model names used as metric labels as they are (configured models, aliases and their targets). */
+  readonly models?: Iterable<string> | undefined
+  /** Key names used as metric labels as they are; "anonymous" always is. */
+  readonly keys?: Iterable<string> | undefined
+  /** Other model (and key) names labelled as themselves, first seen first; the rest are `other`. Default 50. */
+  readonly maxOtherLabels?: number | undefined
+}
+
 export interface Pricing {
+  /** The price of `model`: exact name, else the name without a date suffix. */
   readonly price: (model: string) => Price | undefined
   /** USD for `usage` of `model`; undefined when the model has no price. */
   readonly cost: (model: string, usage: Usage) => number | undefined
+  /** The highest input and the highest output price in the table (for models without a price). */
+  readonly highest: Price
   /** Adds the tokens and the cost of one result to the metrics. */
   readonly record: (labels: Labels, usage: Usage | undefined, costUsd: number | undefined) => Effect.Effect<void>
 }
@@ -57,51 +77,73 @@ export const costTotal = Metric.counter("breakwater_cost_usd_total", {
   incremental: true
 })
 
-/** A character that may follow a priced name in a longer model name (not a letter or digit). */
-const isBoundary = (c: string | undefined): boolean => c === undefined || !/[A-Za-z0-9]/.test(c)
+/** `-2025-04-14`, `-20250514`, `@20250514`, `@2025-05-14` at the end of a name. */
+const DATE_SUFFIX = /[-@]20\d\d(?:-\d\d-\d\d|\d{4})$/
 
-export const make = (table: Record<string, Price> = {}): Pricing => {
-  const prices = new Map<string, Price>(Object.entries({ ...defaults, ...table }))
-  // Longest first, so the first prefix found is the most specific.
-  const names = [...prices.keys()].sort((a, b) => b.length - a.length)
+/** The name without its date suffix, or undefined when it has none. */
+export const undated = (model: string): string | undefined => {
+  const m = DATE_SUFFIX.exec(model)
+  return m === null || m.index === 0 ? undefined : model.slice(0, m.index)
+}
+
+/** USD for `usage` at `price`; cached prompt tokens at `cachedInput` when the price has one. */
+export const costAt = (price: Price, usage: Usage): number => {
+  const cached = usage.prompt_tokens_details?.cached_tokens ?? 0
+  const input = price.cachedInput === undefined || cached === 0
+    ? usage.prompt_tokens * price.input
+    : (usage.prompt_tokens - cached) * price.input + cached * price.cachedInput
+  return (input + usage.completion_tokens * price.output) / 1_000_000
+}
+
+export const make = (overrides: Readonly<Record<string, Price>> = {}, options: Options = {}): Pricing => {
+  const prices = new Map<string, Price>(Object.entries({ ...defaults, ...overrides }))
 
   const price = (model: string): Price | undefined => {
     const exact = prices.get(model)
     if (exact !== undefined) return exact
-    for (const name of names) {
-      if (model.startsWith(name) && isBoundary(model[name.length])) return prices.get(name)
-    }
-    return undefined
+    const base = undated(model)
+    return base === undefined ? undefined : prices.get(base)
   }
+
+  let maxInput = 0
+  let maxOutput = 0
+  for (const p of prices.values()) {
+    if (p.input > maxInput) maxInput = p.input
+    if (p.output > maxOutput) maxOutput = p.output
+  }
+  const highest: Price = { input: maxInput, output: maxOutput }
 
   const cost = (model: string, usage: Usage): number | undefined => {
     const p = price(model)
-    if (p === undefined) return undefined
-    return (usage.prompt_tokens * p.input + usage.completion_tokens * p.output) / 1_000_000
+    return p === undefined ? undefined : costAt(p, usage)
   }
 
+  const maxOthers = options.maxOtherLabels ?? 50
+  const modelLabel = boundedLabel(options.models ?? [], maxOthers)
+  const keyLabel = boundedLabel(["anonymous", ...(options.keys ?? [])], maxOthers)
   const tokensBy = taggedBy(tokensTotal, ["upstream", "model", "key", "kind"])
   const costBy = taggedBy(costTotal, ["upstream", "model", "key"])
 
   const record = (labels: Labels, usage: Usage | undefined, costUsd: number | undefined): Effect.Effect<void> =>
     Effect.suspend(() => {
       const effects: Array<Effect.Effect<void>> = []
+      const model = modelLabel(labels.model)
+      const key = keyLabel(labels.key)
       // Counters only go up: zero, negative and NaN amounts are skipped.
       if (usage !== undefined && usage.prompt_tokens > 0) {
-        effects.push(Metric.incrementBy(tokensBy(labels.upstream, labels.model, labels.key, "prompt"), usage.prompt_tokens))
+        effects.push(Metric.incrementBy(tokensBy(labels.upstream, model, key, "prompt"), usage.prompt_tokens))
       }
       if (usage !== undefined && usage.completion_tokens > 0) {
-        effects.push(
-          Metric.incrementBy(tokensBy(labels.upstream, labels.model, labels.key, "completion"), usage.completion_tokens)
-        )
+        effects.push(Metric.incrementBy(tokensBy(labels.upstream, model, key, "completion"), usage.completion_tokens))
       }
       if (costUsd !== undefined && costUsd > 0) {
-        effects.push(Metric.incrementBy(costBy(labels.upstream, labels.model, labels.key), costUsd))
+        effects.push(Metric.incrementBy(costBy(labels.upstream, model, key), costUsd))
       }
       return Effect.all(effects, { discard: true })
     })
 
-  return Pricing.of({ price, cost, record })
+  return Pricing.of({ price, cost, highest, record })
 }
 
-export const layer = (table?: Record<string, Price>): Layer.Layer<Pricing> => Layer.succeed(Pricing, make(table))
+export const layer = (overrides?: Readonly<Record<string, Price>>, options?: Options): Layer.Layer<Pricing> =>
+  Layer.succeed(Pricing, make(overrides, options))

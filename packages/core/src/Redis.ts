@@ -21,7 +21,11 @@
  *   fresh key.
  * - `cooldowns`: a hash, upstream -> `until|reason`.
  * - `cache:<key>`: a cached response, with `PX` = the entry's TTL.
- * - `spend:<key>`: a running total in USD (`INCRBYFLOAT`).
+ * - `spend:<key>`: a running total in USD (`INCRBYFLOAT`); `spend@<period>:<key>`
+ *   for a budget period (`day:2026-11-30`), expiring a day after the period.
+ * - `held:<key>` (`held@<period>:<key>`): the sum of the reservations in
+ *   flight, and `holds:<key>` a sorted set of them (`<id>|<usd>`, scored by
+ *   expiry), so that a reservation never settled (its replica died) expires.
  *
  * @since 0.1.0
  */
@@ -40,6 +44,7 @@ import { Redis as IORedis } from "ioredis"
 import { type Cooldown, CooldownStore, type Reason } from "./Cooldown.js"
 import * as RateLimiter from "./RateLimiter.js"
 import * as ResponseCache from "./ResponseCache.js"
+import * as Spend from "./Spend.js"
 import { SpendStore } from "./Spend.js"
 
 export interface Options {
@@ -53,6 +58,8 @@ export interface Options {
   readonly maxCacheEntryBytes?: number
   /** How often active cooldowns are re-read from Redis. Default 250 ms. */
   readonly cooldownRefresh?: Duration.DurationInput
+  /** How long an unsettled budget reservation is held at most. Default 15 minutes. */
+  readonly holdTimeout?: Duration.DurationInput
 }
 
 /** The four stores, as made by {@link make}. */
@@ -302,7 +309,84 @@ end
 return stored
 `
 
+/**
+ * Spend `reserve`, atomically: drops expired holds, then holds `usd` if the
+ * settled spend is below the budget and spend + holds + `usd` stay within it
+ * (`Spend.fits`).
+ * KEYS: spend, held, holds. ARGV: member (`<id>|<usd>`), usd, budget, now,
+ * expires (now + hold timeout), the hold keys' TTL in millis.
+ * Returns `{ granted, spent, held }`, numbers as strings.
+ */
+export const reserveLua = `
+local function num(x) return string.format("%.17g", x) end
+local now = tonumber(ARGV[4])
+local held = tonumber(redis.call("GET", KEYS[2]) or "0")
+local expired = redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 1000)
+for i = 1, #expired do
+  local m = expired[i]
+  held = held - tonumber(string.sub(m, string.find(m, "|", 1, true) + 1))
+end
+if #expired > 0 then redis.call("ZREM", KEYS[3], unpack(expired)) end
+local spent = tonumber(redis.call("GET", KEYS[1]) or "0")
+local usd = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local granted = 0
+if spent < budget and spent + held + usd <= budget + 1e-12 then
+  granted = 1
+  held = held + usd
+  redis.call("ZADD", KEYS[3], ARGV[5], ARGV[1])
+  redis.call("PEXPIRE", KEYS[3], ARGV[6])
+end
+if redis.call("ZCARD", KEYS[3]) == 0 then
+  held = 0
+  redis.call("DEL", KEYS[2])
+elseif granted == 1 or #expired > 0 then
+  redis.call("SET", KEYS[2], num(held), "PX", ARGV[6])
+end
+return { granted, num(spent), num(held) }
+`
+
+/**
+ * Spend `settle`: releases the hold (if Redis still has it) and adds the real
+ * cost. KEYS: spend, held, holds. ARGV: member (or ""), usd, the spend key's
+ * expiry (epoch millis, or ""). Returns the new total.
+ */
+const settleLua = `
+local function num(x) return string.format("%.17g", x) end
+local member = ARGV[1]
+if member ~= "" and redis.call("ZREM", KEYS[3], member) == 1 then
+  if redis.call("ZCARD", KEYS[3]) == 0 then
+    redis.call("DEL", KEYS[2])
+  else
+    local usd = tonumber(string.sub(member, string.find(member, "|", 1, true) + 1))
+    local held = tonumber(redis.call("GET", KEYS[2]) or "0") - usd
+    if held < 0 then held = 0 end
+    redis.call("SET", KEYS[2], num(held), "KEEPTTL")
+  end
+end
+local total
+if tonumber(ARGV[2]) ~= 0 then
+  total = redis.call("INCRBYFLOAT", KEYS[1], ARGV[2])
+  if ARGV[3] ~= "" then redis.call("PEXPIREAT", KEYS[1], ARGV[3]) end
+else
+  total = redis.call("GET", KEYS[1]) or "0"
+end
+return total
+`
+
 interface Client extends IORedis {
+  breakwaterReserve(
+    spent: string,
+    held: string,
+    holds: string,
+    member: string,
+    usd: string,
+    budget: string,
+    now: string,
+    expires: string,
+    ttl: string
+  ): Promise<[number, string, string]>
+  breakwaterSettle(spent: string, held: string, holds: string, member: string, usd: string, expireAt: string): Promise<string>
   breakwaterAcquire(
     key: string,
     algorithm: string,
@@ -403,6 +487,8 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         client.on("error", () => {})
         client.defineCommand("breakwaterAcquire", { numberOfKeys: 1, lua: acquireLua })
         client.defineCommand("breakwaterCooldownStart", { numberOfKeys: 1, lua: cooldownStartLua })
+        client.defineCommand("breakwaterReserve", { numberOfKeys: 3, lua: reserveLua })
+        client.defineCommand("breakwaterSettle", { numberOfKeys: 3, lua: settleLua })
         return client
       }),
       (client) =>
@@ -686,50 +772,148 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     // -- spend
 
     // Spend added while Redis was away (certainly not written), added to
-    // Redis by the key's next successful call; and the last total Redis
-    // reported per key, so that a fallback answers shared + local.
+    // Redis by the account's next successful call; and the last total Redis
+    // reported per account, so that a fallback answers shared + local.
+    // Reservations made while Redis is away are held in memory (`holds`),
+    // against that local view.
+    const holdTimeout = Duration.toMillis(Duration.decode(options.holdTimeout ?? Duration.minutes(15)))
+    const holds = Spend.makeHolds(holdTimeout)
     const owed = new Map<string, number>()
     const lastShared = new Map<string, number>()
-    const local = (key: string) => (lastShared.get(key) ?? 0) + (owed.get(key) ?? 0)
+    const local = (id: string) => (lastShared.get(id) ?? 0) + (owed.get(id) ?? 0)
+    // A day after the period ends, so that replicas whose clocks differ a little agree.
+    const GRACE = 86_400_000
+    const keysOf = (a: Spend.Account) => {
+      const scope = a.period === undefined ? `:${a.key}` : `@${a.period}:${a.key}`
+      return [`${prefix}spend${scope}`, `${prefix}held${scope}`, `${prefix}holds${scope}`] as const
+    }
+    const expiryOf = (a: Spend.Account) => a.end === undefined ? "" : numberArg(a.end + GRACE)
+    let holdSeq = 0
+    // Hold ids: unique across replicas (a random prefix per process) and short.
+    const holdPrefix = Math.random().toString(36).slice(2, 10)
 
+    /** Adds `usd` (plus what is owed) and releases `member`'s hold, in Redis or, while it is away, here. */
     const spendCall = (
-      key: string,
-      usd: number
+      acc: Spend.Account,
+      usd: number,
+      member: string
     ): Effect.Effect<number> =>
       Effect.suspend(() => {
-      let taken = 0
-      return orFallback(
-        "spend",
-        Effect.map(
-          command((c) => {
-            taken = owed.get(key) ?? 0
-            owed.delete(key)
-            const amount = usd + taken
-            return amount === 0 ? c.get(`${prefix}spend:${key}`) : c.incrbyfloat(`${prefix}spend:${key}`, amount)
-          }),
-          (reply) => {
-            const total = reply === null ? 0 : Number(reply)
-            lastShared.set(key, total)
-            return total + (owed.get(key) ?? 0)
-          }
-        ),
-        (cause) =>
-          Effect.sync(() => {
-            const amount = usd + taken
-            if (notSent(cause)) {
-              if (amount !== 0) owed.set(key, (owed.get(key) ?? 0) + amount)
-            } else {
-              // Sent but unanswered (a timeout): Redis most likely applied it.
-              lastShared.set(key, (lastShared.get(key) ?? 0) + amount)
+        const id = Spend.accountId(acc)
+        let taken = 0
+        return orFallback(
+          "spend",
+          Effect.map(
+            command((c) => {
+              taken = owed.get(id) ?? 0
+              owed.delete(id)
+              const amount = usd + taken
+              const [spent, held, holdsKey] = keysOf(acc)
+              return amount === 0 && member === ""
+                ? c.get(spent)
+                : c.breakwaterSettle(spent, held, holdsKey, member, numberArg(amount), expiryOf(acc))
+            }),
+            (reply) => {
+              const total = reply === null ? 0 : Number(reply)
+              lastShared.set(id, total)
+              return total + (owed.get(id) ?? 0)
             }
-            return local(key)
-          })
-      )
-    })
+          ),
+          (cause) =>
+            Effect.sync(() => {
+              const amount = usd + taken
+              if (notSent(cause)) {
+                if (amount !== 0) owed.set(id, (owed.get(id) ?? 0) + amount)
+              } else {
+                // Sent but unanswered (a timeout): Redis most likely applied it.
+                lastShared.set(id, (lastShared.get(id) ?? 0) + amount)
+              }
+              // A hold Redis still has expires there after holdTimeout.
+              return local(id)
+            })
+        )
+      })
 
     const spend: Stores["spend"] = {
-      add: (key, usd) => spendCall(key, usd),
-      total: (key) => spendCall(key, 0)
+      add: (a, usd) => spendCall(Spend.account(a), usd, ""),
+      total: (a) => spendCall(Spend.account(a), 0, ""),
+      reserve: (a, usd, budget) =>
+        Effect.clockWith((clock) => {
+          const acc = Spend.account(a)
+          const id = Spend.accountId(acc)
+          const now = clock.unsafeCurrentTimeMillis()
+          const holdId = `${holdPrefix}${(++holdSeq).toString(36)}`
+          const member = `${holdId}|${numberArg(usd)}`
+          return orFallback(
+            "spend",
+            Effect.map(
+              command((c) => {
+                const [spent, held, holdsKey] = keysOf(acc)
+                return c.breakwaterReserve(
+                  spent,
+                  held,
+                  holdsKey,
+                  member,
+                  numberArg(usd),
+                  numberArg(budget),
+                  numberArg(now),
+                  numberArg(now + holdTimeout),
+                  numberArg(holdTimeout + 60_000)
+                )
+              }),
+              ([granted, spentText, heldText]): Spend.Reservation => {
+                const shared = Number(spentText)
+                lastShared.set(id, shared)
+                // Spend owed from an outage counts too (it reaches Redis with the next settle).
+                const spent = shared + (owed.get(id) ?? 0)
+                const held = Number(heldText) + holds.held(acc, now)
+                if (granted !== 1) return { granted: false, spent, held }
+                return { granted: true, hold: { account: acc, id: member, usd }, spent, held }
+              }
+            ),
+            // Redis is away: hold here, against what this replica knows.
+            () => Effect.sync(() => holds.reserve(acc, usd, budget, local(id), now, true))
+          )
+        }),
+      settle: (hold, usd) => {
+        if (hold.local === true) {
+          holds.release(hold)
+          return spendCall(hold.account, usd, "")
+        }
+        return spendCall(hold.account, usd, hold.id)
+      },
+      usage: (a) =>
+        Effect.clockWith((clock) => {
+          const acc = Spend.account(a)
+          const id = Spend.accountId(acc)
+          const now = clock.unsafeCurrentTimeMillis()
+          const [spentKey, heldKey] = keysOf(acc)
+          return orFallback(
+            "spend",
+            Effect.map(command((c) => c.mget(spentKey, heldKey)), ([spent, held]): Spend.Usage => {
+              const shared = spent === null || spent === undefined ? 0 : Number(spent)
+              lastShared.set(id, shared)
+              return {
+                spent: shared + (owed.get(id) ?? 0),
+                held: (held === null || held === undefined ? 0 : Number(held)) + holds.held(acc, now)
+              }
+            }),
+            () => Effect.succeed({ spent: local(id), held: holds.held(acc, now) })
+          )
+        }),
+      reset: (a) =>
+        Effect.suspend(() => {
+          const acc = Spend.account(a)
+          const id = Spend.accountId(acc)
+          owed.delete(id)
+          lastShared.delete(id)
+          return orFallback(
+            "spend",
+            Effect.as(command((c) => c.del(keysOf(acc)[0])), true),
+            // Not written: Redis keeps the total.
+            () => Effect.succeed(false)
+          )
+        })
     }
 
     return { rateLimiter, cooldown, cache, spend }

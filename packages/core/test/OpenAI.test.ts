@@ -257,6 +257,15 @@ describe("OpenAI", () => {
       expect(result).toMatchObject({ _tag: "Ok", usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } })
     })
 
+    it("keeps the cached prompt tokens of the usage (for cachedInput prices)", () => {
+      const result = OpenAI.inspectChatCompletion(
+        completion({ content: "hi" }, {
+          usage: { prompt_tokens: 30, completion_tokens: 2, total_tokens: 32, prompt_tokens_details: { cached_tokens: 20 } }
+        })
+      )
+      expect(result).toMatchObject({ _tag: "Ok", usage: { prompt_tokens: 30, prompt_tokens_details: { cached_tokens: 20 } } })
+    })
+
     const invalid = (text: string) => {
       const result = OpenAI.inspectChatCompletion(text)
       if (result._tag !== "Invalid") throw new Error(`expected Invalid, got ${result._tag}`)

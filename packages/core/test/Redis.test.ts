@@ -454,6 +454,63 @@ describe.skipIf(!available)("Redis stores", () => {
       expect(yield* r2.spend.total("bob")).toBe(0)
     }))
 
+  it.scopedLive("budget reservations are atomic across replicas: 100 concurrent holds of $0.05 on a $1 budget, exactly 20 granted", () =>
+    Effect.gen(function*() {
+      const prefix = uniquePrefix()
+      const r1 = yield* replica({ prefix })
+      const r2 = yield* replica({ prefix })
+      const account = { key: "alice", period: "day:2026-11-30", end: Date.now() + 60_000 }
+      const reservations = yield* Effect.forEach(
+        Array.from({ length: 100 }),
+        (_, i) => (i % 2 === 0 ? r1 : r2).spend.reserve(account, 0.05, 1),
+        { concurrency: "unbounded" }
+      )
+      const granted = reservations.flatMap((r) => r.granted ? [r.hold] : [])
+      expect(granted).toHaveLength(20)
+      expect(yield* r2.spend.usage(account)).toEqual({ spent: 0, held: expect.closeTo(1, 9) })
+      // Settling to the real cost (less than held) frees the difference for others.
+      yield* Effect.forEach(granted.slice(0, 10), (h, i) => (i % 2 === 0 ? r2 : r1).spend.settle(h, 0.01), {
+        concurrency: "unbounded"
+      })
+      const usage = yield* r1.spend.usage(account)
+      expect(usage.spent).toBeCloseTo(0.1, 9)
+      expect(usage.held).toBeCloseTo(0.5, 9)
+      // 1 - 0.1 - 0.5 = 0.4 left: 8 more holds of 0.05.
+      const more = yield* Effect.forEach(Array.from({ length: 12 }), (_, i) => (i % 2 === 0 ? r1 : r2).spend.reserve(account, 0.05, 1), {
+        concurrency: "unbounded"
+      })
+      expect(more.filter((r) => r.granted)).toHaveLength(8)
+      // The lifetime total and other periods are separate accounts.
+      expect(yield* r1.spend.total("alice")).toBe(0)
+      expect((yield* r1.spend.reserve({ key: "alice", period: "day:2026-12-01" }, 0.5, 1)).granted).toBe(true)
+      // A period's total expires a day after the period ends.
+      const client = yield* admin()
+      expect(yield* call(() => client.ttl(`${prefix}spend@day:2026-11-30:alice`))).toBeGreaterThan(86_000)
+    }))
+
+  it.scopedLive("an unsettled reservation expires after holdTimeout, in Redis and while Redis is away", () =>
+    Effect.gen(function*() {
+      const port = yield* call(freePort)
+      const shared = yield* replica({ prefix: uniquePrefix(), holdTimeout: Duration.millis(200) })
+      const away = yield* replica({ url: `redis://127.0.0.1:${port}/0`, prefix: uniquePrefix(), holdTimeout: Duration.millis(200) })
+        .pipe(Effect.provide(quiet))
+      for (const r of [shared, away]) {
+        expect((yield* r.spend.reserve("bob", 0.8, 1)).granted).toBe(true)
+        expect((yield* r.spend.reserve("bob", 0.8, 1)).granted).toBe(false)
+      }
+      yield* Effect.sleep(Duration.millis(300))
+      // The first holds (never settled: as if their replica had died) have expired.
+      for (const r of [shared, away]) {
+        const again = yield* r.spend.reserve("bob", 0.8, 1)
+        expect(again.granted).toBe(true)
+        if (again.granted) expect(yield* r.spend.settle(again.hold, 0.5)).toBeCloseTo(0.5, 12)
+        expect(yield* r.spend.usage("bob")).toEqual({ spent: 0.5, held: 0 })
+        // 0.5 spent: 0.5 more fits, 0.6 does not.
+        expect((yield* r.spend.reserve("bob", 0.6, 1)).granted).toBe(false)
+        expect((yield* r.spend.reserve("bob", 0.5, 1)).granted).toBe(true)
+      }
+    }).pipe(Logger.withMinimumLogLevel(LogLevel.None)))
+
   it.scopedLive("prefixes isolate gateways, and every key starts with one", () =>
     Effect.gen(function*() {
       const url = `${server.url}/5`

@@ -16,6 +16,7 @@
  *     requestsPerMinute: 600
  *     tokensPerMinute: 200000
  *     budgetUsd: 50
+ *     budgetPeriod: month                 # day | week | month (UTC calendar) | total (default)
  * upstreams:                              # required, at least one
  *   - name: primary
  *     baseUrl: https://relay.example.com/v1
@@ -37,7 +38,10 @@
  * cooldown: { rateLimited: 1s, quota: 1h, headroomWatermark: 0 }
  * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: all }   # mode: all | deterministic
  * healthCheck: { interval: 10s, timeout: 5s }
- * pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }               # USD per million tokens
+ * pricing:                               # over the shipped table (core's prices.json)
+ *   models: { gpt-4.1: { input: 2.00, output: 8.00, cachedInput: 0.50 } }   # USD per million tokens
+ *   unknown: highest                      # highest | reject | { input, output }: unpriced models, keys with a budget
+ *   estimatedOutputTokens: 1024           # budget reservations, for requests without max_tokens
  * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:" }
  * ```
  *
@@ -52,6 +56,9 @@
  *   `1.5s`, `1m30s`. A plain number is not a duration.
  * - Numbers and booleans may also be given as strings (`port: ${PORT:-8080}`).
  * - Unknown fields are errors, so that a misspelt setting is not ignored.
+ * - `pricing` may also list prices directly (`pricing: { gpt-4.1: {...} }`,
+ *   the form of earlier versions): every field but `models`, `unknown` and
+ *   `estimatedOutputTokens` is then a model's price.
  * - Every problem is reported at once, each with its path
  *   (`upstreams[0].timeout`). Secrets (`server.adminKey`, `keys[].key`,
  *   `upstreams[].apiKey`, `store.url`) are never shown in messages.
@@ -60,7 +67,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, Relay, Router, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Pricing, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -95,6 +102,8 @@ export interface KeyConfig {
   readonly requestsPerMinute?: number | undefined
   readonly tokensPerMinute?: number | undefined
   readonly budgetUsd?: number | undefined
+  /** The budget's period (UTC calendar); `total` (the default) never resets. */
+  readonly budgetPeriod?: Spend.Period | undefined
 }
 
 /** A failure-rate rule, as in core's CircuitBreaker.FailureRate. */
@@ -168,6 +177,13 @@ export interface HealthCheckConfig {
   readonly timeout: Duration.Duration
 }
 
+export interface PricingPolicy {
+  /** Keys with a budget and a model without a price: charge the highest price, refuse, or charge this price. */
+  readonly unknown: "highest" | "reject" | Pricing.Price
+  /** Output tokens a budget reserves for a request without `max_tokens`. */
+  readonly estimatedOutputTokens: number
+}
+
 export type StoreConfig =
   | { readonly kind: "memory" }
   | {
@@ -190,6 +206,8 @@ export interface ServerConfig {
   readonly healthCheck: HealthCheckConfig
   /** Prices from the file only; `Pricing.make` adds its defaults. */
   readonly pricing: Readonly<Record<string, Pricing.Price>>
+  /** The rest of the `pricing` section: how budgets price what they cannot look up. */
+  readonly pricingPolicy: PricingPolicy
   readonly store: StoreConfig
 }
 
@@ -414,6 +432,48 @@ const BreakerFields = {
   halfOpenMaxCalls: opt(PositiveInt)
 }
 
+const PriceFields = Schema.Struct({
+  input: NonNegativeNumber,
+  output: NonNegativeNumber,
+  cachedInput: opt(NonNegativeNumber)
+})
+
+const UnknownPrice = leaf((u): Either.Either<"highest" | "reject" | Pricing.Price, string> => {
+  if (u === "highest" || u === "reject") return Either.right(u)
+  if (isRecord(u) && Object.keys(u).every((k) => k === "input" || k === "output")) {
+    const input = asNumber(u["input"])
+    const output = asNumber(u["output"])
+    if (input !== undefined && output !== undefined && input >= 0 && output >= 0) return Either.right({ input, output })
+  }
+  return Either.left(`expected "highest", "reject" or a price { input, output } in USD per million tokens, got ${show(u)}`)
+})
+
+/** The fields of `pricing` that are not model names. */
+const PRICING_FIELDS = new Set(["models", "unknown", "estimatedOutputTokens"])
+
+/**
+ * `pricing: { gpt-4.1: {...} }` (prices listed directly, as earlier versions
+ * read them) as `pricing: { models: { gpt-4.1: {...} } }`. Returns the moved
+ * names, so that problems can be reported at the paths the file uses.
+ */
+const normalisePricing = (root: Record<string, unknown>): { root: Record<string, unknown>; moved: ReadonlySet<string> } => {
+  const pricing = root["pricing"]
+  if (!isRecord(pricing)) return { root, moved: new Set() }
+  const moved = Object.keys(pricing).filter((k) => !PRICING_FIELDS.has(k))
+  if (moved.length === 0) return { root, moved: new Set() }
+  const models: Record<string, unknown> = isRecord(pricing["models"]) ? { ...pricing["models"] } : {}
+  const next: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(pricing)) {
+    if (PRICING_FIELDS.has(k)) {
+      if (k !== "models") next[k] = v
+    } else {
+      Object.defineProperty(models, k, { value: v, enumerable: true, writable: true, configurable: true })
+    }
+  }
+  next["models"] = models
+  return { root: { ...root, pricing: next }, moved: new Set(moved) }
+}
+
 const File = Schema.Struct({
   server: opt(Schema.Struct({
     host: opt(NonEmptyString),
@@ -428,7 +488,8 @@ const File = Schema.Struct({
     key: Secret,
     requestsPerMinute: opt(PositiveInt),
     tokensPerMinute: opt(PositiveInt),
-    budgetUsd: opt(PositiveNumber)
+    budgetUsd: opt(PositiveNumber),
+    budgetPeriod: opt(oneOf(["day", "week", "month", "total"] as const))
   }))),
   upstreams: Schema.Array(Schema.Struct({
     name: NonEmptyString,
@@ -472,9 +533,10 @@ const File = Schema.Struct({
     mode: opt(oneOf(["all", "deterministic"] as const))
   })),
   healthCheck: opt(Schema.Struct({ interval: opt(PositiveDur), timeout: opt(PositiveDur) })),
-  pricing: opt(Schema.Record({
-    key: Schema.String,
-    value: Schema.Struct({ input: NonNegativeNumber, output: NonNegativeNumber })
+  pricing: opt(Schema.Struct({
+    models: opt(Schema.Record({ key: Schema.String, value: PriceFields })),
+    unknown: opt(UnknownPrice),
+    estimatedOutputTokens: opt(PositiveInt)
   })),
   store: opt(Schema.Struct({
     kind: opt(oneOf(["memory", "redis"] as const)),
@@ -799,7 +861,8 @@ const build = (f: File): ServerConfig => {
       key: k.key,
       ...only("requestsPerMinute", k.requestsPerMinute),
       ...only("tokensPerMinute", k.tokensPerMinute),
-      ...only("budgetUsd", k.budgetUsd)
+      ...only("budgetUsd", k.budgetUsd),
+      ...only("budgetPeriod", k.budgetPeriod)
     })),
     // Non-empty: checked by the schema.
     upstreams: upstreams as unknown as ServerConfig["upstreams"],
@@ -838,7 +901,11 @@ const build = (f: File): ServerConfig => {
       interval: health.interval ?? Duration.seconds(10),
       timeout: health.timeout ?? Duration.seconds(5)
     },
-    pricing: f.pricing ?? {},
+    pricing: f.pricing?.models ?? {},
+    pricingPolicy: {
+      unknown: f.pricing?.unknown ?? "highest",
+      estimatedOutputTokens: f.pricing?.estimatedOutputTokens ?? 1024
+    },
     // A redis store without a url is refused by the cross-field checks.
     store: store.kind === "redis" && store.url !== undefined
       ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:" }
@@ -865,10 +932,17 @@ export const parse = (
           new ConfigInvalid({ file, problems: [{ path: "", message: `expected a mapping of sections, got ${show(root)}` }] })
         )
       }
-      const decoded = decodeFile(root)
+      const { moved, root: normalised } = normalisePricing(root)
+      const decoded = decodeFile(normalised)
       const problems: Array<Problem> = []
       if (Either.isLeft(decoded)) collect(decoded.left.issue, [], [], problems)
       problems.push(...crossChecks(root))
+      // A price listed directly under `pricing` is reported where the file has it.
+      for (let i = 0; i < problems.length; i++) {
+        const p = problems[i]!
+        const m = /^pricing\.models\.(.+?)(\.(?:input|output|cachedInput))?$/.exec(p.path)
+        if (m !== null && moved.has(m[1]!)) problems[i] = { ...p, path: `pricing.${m[1]}${m[2] ?? ""}` }
+      }
       if (problems.length > 0) {
         const seen = new Set<string>()
         const distinct = problems.filter((p) => {

@@ -1,14 +1,23 @@
 /**
  * Who may call the gateway, and how much: gateway keys with optional
- * requests-per-minute, tokens-per-minute and a USD budget each. Keys are
- * compared in constant time (SHA-256 digests through `timingSafeEqual`,
- * against every configured key), so response timing says nothing about how
- * much of a guess was right.
+ * requests-per-minute, tokens-per-minute and a USD budget per period each.
+ * Keys are compared in constant time (SHA-256 digests through
+ * `timingSafeEqual`, against every configured key), so response timing says
+ * nothing about how much of a guess was right.
+ *
+ * Budgets hold under concurrency: before the call a request reserves an
+ * estimate of its cost (prompt tokens estimated from the text, output tokens
+ * from `max_completion_tokens` / `max_tokens` or `estimatedOutputTokens`, at
+ * the model's price) and is refused when spend + reservations in flight + its
+ * estimate would pass the budget; after the call it settles to the real cost
+ * (or, when the upstream reported no usage, to the estimate). So the
+ * overshoot is bounded by the estimate error of the requests in flight.
  *
  * With no keys configured the gateway is open: any caller is accepted as
  * "anonymous" (the server then binds to loopback only, and says so).
  */
-import { RateLimiter, Spend } from "@breakwater/core"
+import { Pricing, RateLimiter, Spend } from "@breakwater/core"
+import type { Usage } from "@breakwater/core/OpenAI"
 import { createHash, timingSafeEqual } from "node:crypto"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -25,6 +34,7 @@ export interface Caller {
   readonly requestLimit: RateLimiter.RateLimiter | undefined
   readonly tokenLimit: RateLimiter.RateLimiter | undefined
   readonly budgetUsd: number | undefined
+  readonly budgetPeriod: Spend.Period
 }
 
 export class Unauthorized extends Data.TaggedError("Unauthorized")<{ readonly reason: "missing" | "invalid" }> {
@@ -47,37 +57,160 @@ export class KeyRateLimited extends Data.TaggedError("KeyRateLimited")<{
   }
 }
 
+/** USD with enough digits for small budgets: `$0.0001`, `$0.00015`, `$12.50`. */
+export const formatUsd = (usd: number): string => {
+  if (!Number.isFinite(usd)) return String(usd)
+  if (usd === 0) return "0.00"
+  const decimals = Math.min(10, Math.max(2, Math.ceil(-Math.log10(Math.abs(usd))) + 3))
+  const fixed = usd.toFixed(decimals)
+  // Trailing zeros beyond the cents say nothing.
+  return fixed.replace(/(\.\d\d\d*?)0+$/, "$1")
+}
+
 export class BudgetExceeded extends Data.TaggedError("BudgetExceeded")<{
   readonly key: string
   readonly budgetUsd: number
+  readonly period: Spend.Period
+  /** Settled spend in the period. */
   readonly spentUsd: number
+  /** Reserved by this key's requests in flight. */
+  readonly heldUsd: number
+  /** What this request might cost (its reservation). */
+  readonly estimateUsd: number
+  /** When the period's spend resets (epoch millis); undefined for `total`. */
+  readonly resetsAt: number | undefined
 }> {
   override get message(): string {
-    return `Budget of $${this.budgetUsd.toFixed(2)} for key '${this.key}' is spent ($${this.spentUsd.toFixed(4)}).`
+    const per = this.period === "total" ? "" : ` per ${this.period}`
+    const reset = this.resetsAt === undefined ? "" : ` It resets at ${new Date(this.resetsAt).toISOString()}.`
+    if (this.spentUsd >= this.budgetUsd) {
+      return `Budget of $${formatUsd(this.budgetUsd)}${per} for key '${this.key}' is spent ($${
+        formatUsd(this.spentUsd)
+      } used).${reset}`
+    }
+    const left = Math.max(0, this.budgetUsd - this.spentUsd - this.heldUsd)
+    return `This request may cost up to $${formatUsd(this.estimateUsd)} (estimated), more than the $${
+      formatUsd(left)
+    } left of the $${formatUsd(this.budgetUsd)}${per} budget of key '${this.key}' ($${formatUsd(this.spentUsd)} spent, $${
+      formatUsd(this.heldUsd)
+    } held by requests in flight). Lower max_tokens, or retry when requests in flight have finished.${reset}`
   }
+}
+
+/** `pricing.unknown: reject`: a key with a budget asked for a model without a price. */
+export class ModelNotPriced extends Data.TaggedError("ModelNotPriced")<{
+  readonly key: string
+  readonly model: string
+}> {
+  override get message(): string {
+    return `The model '${this.model}' has no price on this gateway, so key '${this.key}', which has a budget, may not use it. Ask the gateway's operator to add its price.`
+  }
+}
+
+/** What the caller asks for, for the budget's estimate. */
+export interface Admission {
+  readonly model: string
+  /** Estimated prompt tokens. */
+  readonly promptTokens: number
+  /** `max_completion_tokens` or `max_tokens`, when the request set one. */
+  readonly maxOutputTokens: number | undefined
+}
+
+/** An admitted request: settle it, or release it, once. */
+export interface Admitted {
+  readonly caller: Caller
+  readonly model: string
+  /** The reservation; undefined for keys without a budget. */
+  readonly hold: Spend.Hold | undefined
+  /** Settled or released already. */
+  done: boolean
+}
+
+/**
+ * How a charge was priced: `table` (the model's price), `unpriced` (a model
+ * without a price, at the `pricing.unknown` price), `estimate` (no usage came
+ * back: the reservation is charged).
+ */
+export type CostBasis = "table" | "unpriced" | "estimate"
+
+export interface Charged {
+  readonly usd: number | undefined
+  readonly basis: CostBasis
+}
+
+/** A key as `GET /admin/keys` shows it (never the key itself). */
+export interface KeyView {
+  readonly name: string
+  readonly budgetUsd: number | null
+  readonly budgetPeriod: Spend.Period
+  /** Spend in the current period; null for a key without a budget (not tracked). */
+  readonly spentUsd: number | null
+  readonly heldUsd: number | null
+  readonly remainingUsd: number | null
+  readonly periodStart: string | null
+  readonly resetsAt: string | null
+  readonly requestsPerMinute: number | null
+  readonly tokensPerMinute: number | null
+}
+
+export interface Options {
+  /**
+   * The names a request for `model` may be sent as (one per upstream that
+   * serves it, aliases resolved); empty when no upstream serves it. Default:
+   * the model itself.
+   */
+  readonly targets?: ((model: string) => ReadonlyArray<string>) | undefined
+  /** How keys with a budget pay for models without a price: the highest price (default), refusal, or this price. */
+  readonly unknown?: "highest" | "reject" | Pricing.Price | undefined
+  /** Output tokens assumed for a request without `max_tokens`. Default 1024. */
+  readonly estimatedOutputTokens?: number | undefined
 }
 
 export interface Gateway {
   /** True when no keys are configured: every caller is "anonymous". */
   readonly open: boolean
   readonly authenticate: (authorization: string | undefined) => Effect.Effect<Caller, Unauthorized>
-  /** Checks the caller's budget and takes from its limits before a request. */
-  readonly admit: (caller: Caller, estimatedTokens: number) => Effect.Effect<void, KeyRateLimited | BudgetExceeded>
-  /** Adds a request's cost to the caller's spend. */
-  readonly charge: (caller: Caller, usd: number | undefined) => Effect.Effect<void>
+  /** Reserves the request's estimated cost against the caller's budget, then takes from its limits. */
+  readonly admit: (
+    caller: Caller,
+    admission: Admission,
+    estimatedTokens: number
+  ) => Effect.Effect<Admitted, KeyRateLimited | BudgetExceeded | ModelNotPriced>
+  /** Settles a request to its real cost (the reservation is released). Once; later calls do nothing. */
+  readonly settle: (
+    admitted: Admitted,
+    result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
+  ) => Effect.Effect<Charged>
+  /** Releases the reservation of a request that failed or was interrupted. Once; nothing after a settle. */
+  readonly release: (admitted: Admitted) => Effect.Effect<void>
+  readonly keys: Effect.Effect<ReadonlyArray<KeyView>>
+  /** Resets the current period's spend of key `name`: undefined when there is no such key, false when the store could not be reached. */
+  readonly resetSpend: (name: string) => Effect.Effect<{ readonly view: KeyView; readonly reset: boolean } | undefined>
 }
 
 export const Gateway = Context.GenericTag<Gateway>("@breakwater/server/Gateway")
 
 const digest = (value: string): Buffer => createHash("sha256").update(value).digest()
 
-const anonymous: Caller = { name: "anonymous", requestLimit: undefined, tokenLimit: undefined, budgetUsd: undefined }
+const anonymous: Caller = {
+  name: "anonymous",
+  requestLimit: undefined,
+  tokenLimit: undefined,
+  budgetUsd: undefined,
+  budgetPeriod: "total"
+}
 
 export const make = (
-  keys: ReadonlyArray<KeyConfig>
-): Effect.Effect<Gateway, never, RateLimiter.RateLimiterStore | Spend.SpendStore> =>
+  keys: ReadonlyArray<KeyConfig>,
+  options: Options = {}
+): Effect.Effect<Gateway, never, RateLimiter.RateLimiterStore | Spend.SpendStore | Pricing.Pricing> =>
   Effect.gen(function*() {
     const spend = yield* Spend.SpendStore
+    const pricing = yield* Pricing.Pricing
+    const targets = options.targets ?? ((model: string) => [model])
+    const unknown = options.unknown ?? "highest"
+    const fallback: Pricing.Price = typeof unknown === "object" ? unknown : pricing.highest
+    const outputTokens = options.estimatedOutputTokens ?? 1024
     const callers = yield* Effect.forEach(keys, (k) =>
       Effect.gen(function*() {
         const requestLimit = k.requestsPerMinute === undefined ? undefined : yield* RateLimiter.make({
@@ -92,7 +225,13 @@ export const make = (
           window: Duration.minutes(1),
           algorithm: "sliding-window"
         })
-        const caller: Caller = { name: k.name, requestLimit, tokenLimit, budgetUsd: k.budgetUsd }
+        const caller: Caller = {
+          name: k.name,
+          requestLimit,
+          tokenLimit,
+          budgetUsd: k.budgetUsd,
+          budgetPeriod: k.budgetPeriod ?? "total"
+        }
         return [digest(Redacted.value(k.key)), caller] as const
       }))
 
@@ -115,15 +254,44 @@ export const make = (
         ? Effect.fail(new KeyRateLimited({ key: caller.name, limit, retryAfter: e.retryAfter }))
         : Effect.void // a failing store must not refuse traffic
 
-    const admit = (caller: Caller, estimatedTokens: number): Effect.Effect<void, KeyRateLimited | BudgetExceeded> => {
-      let check: Effect.Effect<void, KeyRateLimited | BudgetExceeded> = Effect.void
-      if (caller.budgetUsd !== undefined) {
-        const budget = caller.budgetUsd
-        check = Effect.flatMap(spend.total(caller.name), (spent) =>
-          spent >= budget ? Effect.fail(new BudgetExceeded({ key: caller.name, budgetUsd: budget, spentUsd: spent })) : Effect.void)
+    /** The account a budget is charged to now: the key's current period. */
+    const accountAt = (caller: Caller, now: number): { account: Spend.Account; window: Spend.PeriodWindow } => {
+      const window = Spend.periodAt(caller.budgetPeriod, now)
+      return {
+        account: window.id === undefined ? { key: caller.name } : { key: caller.name, period: window.id, end: window.end },
+        window
       }
+    }
+
+    /**
+     * The price to reserve at: the highest of the names the request may be
+     * sent as; undefined when some has no price (then the fallback applies).
+     */
+    const priceOf = (model: string): { readonly price: Pricing.Price; readonly unpriced: boolean } | undefined => {
+      const names = targets(model)
+      if (names.length === 0) return undefined // no upstream serves it: the relay says so, at no cost
+      let input = 0
+      let output = 0
+      let unpriced = false
+      for (const name of names) {
+        const p = pricing.price(name)
+        if (p === undefined) unpriced = true
+        else {
+          if (p.input > input) input = p.input
+          if (p.output > output) output = p.output
+        }
+      }
+      if (unpriced) {
+        input = Math.max(input, fallback.input)
+        output = Math.max(output, fallback.output)
+      }
+      return { price: { input, output }, unpriced }
+    }
+
+    const limits = (caller: Caller, estimatedTokens: number): Effect.Effect<void, KeyRateLimited> => {
+      let check: Effect.Effect<void, KeyRateLimited> = Effect.void
       if (caller.requestLimit !== undefined) {
-        check = Effect.zipRight(check, Effect.catchAll(Effect.asVoid(caller.requestLimit.acquire(caller.name)), limited(caller, "requests")))
+        check = Effect.catchAll(Effect.asVoid(caller.requestLimit.acquire(caller.name)), limited(caller, "requests"))
       }
       if (caller.tokenLimit !== undefined) {
         check = Effect.zipRight(
@@ -134,12 +302,152 @@ export const make = (
       return check
     }
 
-    const charge = (caller: Caller, usd: number | undefined): Effect.Effect<void> =>
-      usd === undefined || usd <= 0 || caller.budgetUsd === undefined ? Effect.void : Effect.asVoid(spend.add(caller.name, usd))
+    const free = (caller: Caller, model: string): Admitted => ({ caller, model, hold: undefined, done: false })
 
-    return Gateway.of({ open: callers.length === 0, authenticate, admit, charge })
+    const admit = (
+      caller: Caller,
+      admission: Admission,
+      estimatedTokens: number
+    ): Effect.Effect<Admitted, KeyRateLimited | BudgetExceeded | ModelNotPriced> => {
+      if (caller.budgetUsd === undefined) {
+        return Effect.as(limits(caller, estimatedTokens), free(caller, admission.model))
+      }
+      const budget = caller.budgetUsd
+      const priced = priceOf(admission.model)
+      if (priced?.unpriced === true && unknown === "reject") {
+        return Effect.fail(new ModelNotPriced({ key: caller.name, model: admission.model }))
+      }
+      const estimate = priced === undefined
+        ? 0
+        : (admission.promptTokens * priced.price.input + (admission.maxOutputTokens ?? outputTokens) * priced.price.output) /
+          1_000_000
+      return Effect.clockWith((clock) => {
+        const { account, window } = accountAt(caller, clock.unsafeCurrentTimeMillis())
+        return Effect.flatMap(spend.reserve(account, estimate, budget), (r): Effect.Effect<Admitted, KeyRateLimited | BudgetExceeded> => {
+          if (!r.granted) {
+            return Effect.fail(
+              new BudgetExceeded({
+                key: caller.name,
+                budgetUsd: budget,
+                period: caller.budgetPeriod,
+                spentUsd: r.spent,
+                heldUsd: r.held,
+                estimateUsd: estimate,
+                resetsAt: window.end
+              })
+            )
+          }
+          const admitted: Admitted = { caller, model: admission.model, hold: r.hold, done: false }
+          // Refused by a rate limit after all: give the reservation back.
+          return Effect.as(Effect.tapError(limits(caller, estimatedTokens), () => release(admitted)), admitted)
+        })
+      })
+    }
+
+    // One warning per unpriced model (at most 100 names), not one per request.
+    const warned = new Set<string>()
+    const warnUnpriced = (admitted: Admitted): Effect.Effect<void> => {
+      if (warned.has(admitted.model) || warned.size >= 100) return Effect.void
+      warned.add(admitted.model)
+      return Effect.logWarning(
+        `model '${admitted.model}' has no price: keys with a budget are charged at $${fallback.input}/$${fallback.output} per million tokens (pricing.unknown)`
+      ).pipe(Effect.annotateLogs({ key: admitted.caller.name, model: admitted.model }))
+    }
+
+    // Both are lazy: `Effect.ensuring(x, release(a))` must not release before x has run.
+    const settle = (
+      admitted: Admitted,
+      result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
+    ): Effect.Effect<Charged> =>
+      admitted.hold === undefined
+        ? Effect.succeed({ usd: result.costUsd, basis: "table" })
+        : Effect.suspend(() => settleNow(admitted, result))
+
+    const settleNow = (
+      admitted: Admitted,
+      result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
+    ): Effect.Effect<Charged> => {
+      const hold = admitted.hold
+      if (hold === undefined) return Effect.succeed({ usd: result.costUsd, basis: "table" })
+      if (admitted.done) return Effect.succeed({ usd: undefined, basis: "table" })
+      admitted.done = true
+      let usd = result.costUsd
+      let basis: CostBasis = "table"
+      if (usd === undefined) {
+        if (result.usage !== undefined) {
+          // Usage but no cost: the model has no price.
+          usd = Pricing.costAt(fallback, result.usage)
+          basis = "unpriced"
+        } else {
+          // No usage came back: charge what was reserved, never nothing.
+          usd = hold.usd
+          basis = "estimate"
+        }
+      }
+      const charged: Charged = { usd, basis }
+      const settled = Effect.as(spend.settle(hold, Math.max(0, usd)), charged)
+      return basis === "unpriced" ? Effect.zipLeft(settled, warnUnpriced(admitted)) : settled
+    }
+
+    const release = (admitted: Admitted): Effect.Effect<void> =>
+      admitted.hold === undefined ? Effect.void : Effect.suspend(() => {
+        if (admitted.hold === undefined || admitted.done) return Effect.void
+        admitted.done = true
+        return Effect.asVoid(spend.settle(admitted.hold, 0))
+      })
+
+    const configured = keys.map((k, i) => [k, callers[i]![1]] as const)
+
+    const viewOf = (k: KeyConfig, caller: Caller, now: number): Effect.Effect<KeyView> => {
+      const base = {
+        name: k.name,
+        budgetUsd: caller.budgetUsd ?? null,
+        budgetPeriod: caller.budgetPeriod,
+        requestsPerMinute: k.requestsPerMinute ?? null,
+        tokensPerMinute: k.tokensPerMinute ?? null
+      }
+      if (caller.budgetUsd === undefined) {
+        return Effect.succeed({ ...base, spentUsd: null, heldUsd: null, remainingUsd: null, periodStart: null, resetsAt: null })
+      }
+      const budget = caller.budgetUsd
+      const { account, window } = accountAt(caller, now)
+      return Effect.map(spend.usage(account), (u): KeyView => ({
+        ...base,
+        spentUsd: u.spent,
+        heldUsd: u.held,
+        remainingUsd: Math.max(0, budget - u.spent - u.held),
+        periodStart: window.start === undefined ? null : new Date(window.start).toISOString(),
+        resetsAt: window.end === undefined ? null : new Date(window.end).toISOString()
+      }))
+    }
+
+    const now = Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
+
+    const keysView = Effect.flatMap(now, (t) => Effect.forEach(configured, ([k, caller]) => viewOf(k, caller, t)))
+
+    const resetSpend = (name: string) =>
+      Effect.gen(function*() {
+        const found = configured.find(([k]) => k.name === name)
+        if (found === undefined) return undefined
+        const [k, caller] = found
+        const t = yield* now
+        const reset = caller.budgetUsd === undefined ? true : yield* spend.reset(accountAt(caller, t).account)
+        return { view: yield* viewOf(k, caller, t), reset }
+      })
+
+    return Gateway.of({
+      open: callers.length === 0,
+      authenticate,
+      admit,
+      settle,
+      release,
+      keys: keysView,
+      resetSpend
+    })
   })
 
 export const layer = (
-  keys: ReadonlyArray<KeyConfig>
-): Layer.Layer<Gateway, never, RateLimiter.RateLimiterStore | Spend.SpendStore> => Layer.effect(Gateway, make(keys))
+  keys: ReadonlyArray<KeyConfig>,
+  options?: Options
+): Layer.Layer<Gateway, never, RateLimiter.RateLimiterStore | Spend.SpendStore | Pricing.Pricing> =>
+  Layer.effect(Gateway, make(keys, options))

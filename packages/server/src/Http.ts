@@ -8,6 +8,7 @@
  * status the official SDK maps to its error classes.
  */
 import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
+import { boundedLabel } from "@breakwater/core/internal/labels"
 import { taggedBy } from "@breakwater/core/internal/taggedMetrics"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
 import * as Duration from "effect/Duration"
@@ -18,7 +19,7 @@ import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import { type Caller, Gateway } from "./Gateway.js"
+import { type Admitted, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
@@ -60,6 +61,8 @@ const text = (status: number, body: string, contentType: string, headers: Record
 export interface Options {
   readonly maxBodyBytes: number
   readonly adminKey: Redacted.Redacted<string> | undefined
+  /** Model names used as metric labels as they are (configured models and aliases); others are bounded. */
+  readonly knownModels?: ReadonlyArray<string> | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -131,6 +134,8 @@ interface Log {
   status: number
   cache: string | undefined
   costUsd: number | undefined
+  /** How the cost was priced, when not by the model's price (Gateway.CostBasis). */
+  costBasis: string | undefined
   /** Why each upstream failed or was left out, when the relay failed. */
   failures: ReadonlyArray<string> | undefined
   /** For a stream: its end, once (it writes the line); also run if the caller leaves before the body is read. */
@@ -149,7 +154,18 @@ export const make = (options: Options) =>
     const health = yield* Effect.serviceOption(Health.Health)
     const cooldowns = yield* Cooldown.CooldownStore
     const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
-    const knownModels = new Set(relay.models)
+    const knownModels = new Set([...relay.models, ...(options.knownModels ?? [])])
+    // Model labels: configured models and aliases as they are, at most 50
+    // other names (through a "*" upstream) first seen, then "other".
+    const otherModel = boundedLabel([], 50)
+    const modelLabel = (model: string | undefined): string =>
+      model === undefined
+        ? "unknown"
+        : knownModels.has(model)
+        ? model
+        : knownModels.has("*")
+        ? otherModel(model)
+        : "unknown"
     const modelsBody = JSON.stringify({
       object: "list",
       data: relay.models.filter((m) => m !== "*").map((id) => ({ id, object: "model", created: 0, owned_by: "breakwater" }))
@@ -182,7 +198,10 @@ export const make = (options: Options) =>
     }
 
     /** The relay's headers; a stream's cost and latency are not known when its headers go out. */
-    const relayedHeaders = (m: Relay.Metadata | { readonly upstream: string; readonly attempts: number }) => {
+    const relayedHeaders = (
+      m: Relay.Metadata | { readonly upstream: string; readonly attempts: number },
+      charged?: Charged
+    ) => {
       const h: Record<string, string> = {
         "x-breakwater-upstream": m.upstream,
         "x-breakwater-attempts": String(m.attempts)
@@ -190,7 +209,8 @@ export const make = (options: Options) =>
       if ("cache" in m) {
         h["x-breakwater-cache"] = m.cache
         h["x-breakwater-latency-ms"] = String(m.latencyMs)
-        h["x-breakwater-cost-usd"] = (m.costUsd ?? 0).toFixed(8)
+        h["x-breakwater-cost-usd"] = (charged?.usd ?? m.costUsd ?? 0).toFixed(8)
+        if (charged !== undefined && charged.basis !== "table") h["x-breakwater-cost-basis"] = charged.basis
       }
       return h
     }
@@ -230,29 +250,46 @@ export const make = (options: Options) =>
           return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
         }
         log.model = decoded.right.model
-        const admitted = yield* admit(caller.right, 1)
-        if (admitted !== undefined) return admitted
+        const promptTokens = embeddingTokens(decoded.right.input)
+        const admitted = yield* admit(caller.right, { model: decoded.right.model, promptTokens, maxOutputTokens: 0 }, 1)
+        if (isReply(admitted)) return admitted
         return yield* relay.embeddings(decoded.right, { key: caller.right.name, rawBody: body }).pipe(
-          Effect.tap((result) => gateway.charge(caller.right, result.metadata.costUsd)),
-          Effect.map((result) => {
-            noteResult(log, result.metadata)
-            return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata))
-          }),
-          Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
+          Effect.flatMap((result) => answered(log, admitted, result)),
+          Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
+          releasing(admitted)
         )
       })
 
-    const admit = (caller: Caller, tokens: number) =>
-      gateway.admit(caller, tokens).pipe(
-        Effect.as(undefined),
+    const isReply = (x: Admitted | Reply): x is Reply => "status" in x
+
+    const admit = (caller: Caller, admission: Parameters<typeof gateway.admit>[1], tokens: number) =>
+      gateway.admit(caller, admission, tokens).pipe(
         Effect.catchTags({
-          KeyRateLimited: (e) =>
+          KeyRateLimited: (e): Effect.Effect<Admitted | Reply> =>
             Effect.succeed(
               failure(429, e.message, "rate_limit_exceeded", "rate_limit_exceeded", null, retryAfterHeader(e.retryAfter))
             ),
-          BudgetExceeded: (e) => Effect.succeed(failure(429, e.message, "insufficient_quota", "budget_exceeded"))
+          BudgetExceeded: (e): Effect.Effect<Admitted | Reply> =>
+            Effect.succeed(failure(429, e.message, "insufficient_quota", "budget_exceeded")),
+          // A policy on this key, not a malformed request: 403, as OpenAI answers a model a project may not use.
+          ModelNotPriced: (e): Effect.Effect<Admitted | Reply> =>
+            Effect.succeed(failure(403, e.message, "permission_error", "model_not_priced", "model"))
         })
       )
+
+    /**
+     * Gives the reservation back if the request ends without settling
+     * (interrupted: the caller left). Nothing to do for keys without a budget.
+     */
+    const releasing = (admitted: Admitted) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      admitted.hold === undefined ? effect : Effect.ensuring(effect, gateway.release(admitted))
+
+    /** A relayed JSON answer: settle its cost, then the reply. */
+    const answered = (log: Log, admitted: Admitted, result: Relay.Result) =>
+      Effect.map(gateway.settle(admitted, result.metadata), (charged) => {
+        noteResult(log, result.metadata, charged)
+        return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata, charged))
+      })
 
     /** A failed relay, logged with the upstream calls it made. */
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
@@ -268,11 +305,12 @@ export const make = (options: Options) =>
       return relayFailure(error)
     }
 
-    const noteResult = (log: Log, m: Relay.Metadata) => {
+    const noteResult = (log: Log, m: Relay.Metadata, charged?: Charged) => {
       log.upstream = m.upstream
       log.attempts = m.attempts
       log.cache = m.cache
-      log.costUsd = m.costUsd
+      log.costUsd = charged?.usd ?? m.costUsd
+      if (charged !== undefined && charged.basis !== "table") log.costBasis = charged.basis
       log.usageEstimated = m.usageEstimated
     }
 
@@ -285,8 +323,14 @@ export const make = (options: Options) =>
     ): Effect.Effect<Reply> =>
       Effect.gen(function*() {
         log.model = body.model
-        const admitted = yield* admit(caller, OpenAI.estimateTokens(body))
-        if (admitted !== undefined) return admitted
+        const tokens = OpenAI.estimateTokens(body)
+        const maxOutputTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
+        const admitted = yield* admit(
+          caller,
+          { model: body.model, promptTokens: tokens - (maxOutputTokens ?? 0), maxOutputTokens },
+          tokens
+        )
+        if (isReply(admitted)) return admitted
         const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
         if (body.stream === true) {
           return yield* relay.chatStream(body, options).pipe(
@@ -295,22 +339,20 @@ export const make = (options: Options) =>
               log.attempts = result.attempts
               log.cache = "bypass"
               log.deferred = true
-              // When the stream ends (or, through hungUp, if it is never
-              // read): its real outcome, cost and charge, then the request's
-              // log line. Once.
+              // From here the stream settles when it ends, however it ends
+              // (or, through hungUp, if it is never read): its real outcome,
+              // cost and charge, then the request's log line. Once.
               let finished = false
               const finish = Effect.suspend(() => {
                 if (finished) return Effect.void
                 finished = true
                 return Effect.flatMap(result.done, (m) => {
-                  noteResult(log, m)
                   log.outcome = m.streamOutcome
                   log.error = m.streamError
-                  log.usageEstimated = m.usageEstimated
-                  return Effect.zipRight(
-                    gateway.charge(caller, m.costUsd),
-                    writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
-                  )
+                  return Effect.flatMap(gateway.settle(admitted, m), (charged) => {
+                    noteResult(log, m, charged)
+                    return writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
+                  })
                 })
               })
               log.finish = finish
@@ -320,16 +362,14 @@ export const make = (options: Options) =>
                 body: Stream.ensuring(result.events, finish)
               }
             }),
-            Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
+            Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
+            (effect) => admitted.hold === undefined ? effect : Effect.onInterrupt(effect, () => gateway.release(admitted))
           )
         }
         return yield* relay.chat(body, options).pipe(
-          Effect.tap((result) => gateway.charge(caller, result.metadata.costUsd)),
-          Effect.map((result) => {
-            noteResult(log, result.metadata)
-            return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata))
-          }),
-          Effect.catchAll((e) => Effect.succeed(relayFailed(log, e)))
+          Effect.flatMap((result) => answered(log, admitted, result)),
+          Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
+          releasing(admitted)
         )
       })
 
@@ -381,6 +421,29 @@ export const make = (options: Options) =>
           const active = yield* cooldowns.active(now)
           const upstreams = yield* Effect.forEach(relay.upstreams, (u) => upstreamView(u, now, active))
           return json(200, { object: "list", data: upstreams })
+        }
+        if (path === "/admin/keys") {
+          if (request.method !== "GET") return methodNotAllowed(["GET"])
+          return json(200, { object: "list", data: yield* gateway.keys })
+        }
+        const k = /^\/admin\/keys\/([^/]+)\/reset-spend$/.exec(path)
+        if (k !== null) {
+          if (request.method !== "POST") return methodNotAllowed(["POST"])
+          let name: string
+          try {
+            name = decodeURIComponent(k[1]!)
+          } catch {
+            return failure(400, "The key name in the path is not valid percent-encoding.", "invalid_request_error", "invalid_path")
+          }
+          const reset = yield* gateway.resetSpend(name)
+          if (reset === undefined) {
+            return failure(404, `No key named '${name.slice(0, 200)}'.`, "invalid_request_error", "key_not_found")
+          }
+          if (!reset.reset) {
+            return failure(503, "The spend store is unavailable: nothing was reset. Retry.", "server_error", "store_unavailable")
+          }
+          yield* Effect.logInfo("admin: spend reset").pipe(Effect.annotateLogs({ action: "reset-spend", key: name }))
+          return json(200, reset.view)
         }
         const m = /^\/admin\/upstreams\/([^/]+)\/(reset|open)$/.exec(path)
         if (m === null) return notFound(path)
@@ -456,7 +519,6 @@ export const make = (options: Options) =>
         log.written = true
         log.status = status
         const elapsed = performance.now() - log.started
-        const model = log.model !== undefined && (knownModels.has(log.model) || knownModels.has("*")) ? log.model : "unknown"
         const annotations: Record<string, unknown> = {
           requestId: log.requestId,
           method: log.method,
@@ -470,6 +532,7 @@ export const make = (options: Options) =>
           cache: log.cache ?? null,
           costUsd: log.costUsd ?? 0
         }
+        if (log.costBasis !== undefined) annotations["costBasis"] = log.costBasis
         if (log.failures !== undefined) annotations["failures"] = log.failures
         if (log.outcome !== undefined) {
           annotations["outcome"] = log.outcome
@@ -479,7 +542,7 @@ export const make = (options: Options) =>
         const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
         return Effect.zipRight(
           Effect.zipRight(
-            Metric.increment(requestsBy(log.upstream ?? "none", model, log.key, String(status))),
+            Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status))),
             Metric.update(durationHistogram, elapsed)
           ),
           Effect.annotateLogs(line, annotations)
@@ -506,6 +569,7 @@ export const make = (options: Options) =>
         status: 0,
         cache: undefined,
         costUsd: undefined,
+        costBasis: undefined,
         failures: undefined,
         finish: undefined,
         outcome: undefined,
@@ -541,6 +605,16 @@ export const make = (options: Options) =>
   })
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
+
+/** Prompt tokens of an embeddings input, estimated as the chat estimate does (4 characters a token). */
+const embeddingTokens = (input: OpenAI.EmbeddingsRequest["input"]): number => {
+  if (typeof input === "string") return Math.ceil(input.length / 4)
+  let tokens = 0
+  for (const x of input as ReadonlyArray<unknown>) {
+    tokens += typeof x === "string" ? Math.ceil(x.length / 4) : Array.isArray(x) ? x.length : 1
+  }
+  return tokens
+}
 
 const constantTimeEqual = (a: string, b: string): boolean =>
   timingSafeEqual(createHash("sha256").update(a).digest(), createHash("sha256").update(b).digest())

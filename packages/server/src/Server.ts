@@ -54,16 +54,78 @@ export const servicesLayer = (config: ServerConfig) => {
     )
   // One client (one connection pool) for the relay and the health probes.
   const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
+  // Metric labels: configured models, aliases and their targets, and key names, as they are.
+  const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
   const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, upstreamClient, Pricing.layer(config.pricing)))
+    Layer.provide(Layer.mergeAll(stores, upstreamClient, pricing))
   )
   const health = Layer.scoped(
     Health.Health,
     Effect.flatMap(Relay.Relay, (r) =>
       Health.make(r.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }))
   ).pipe(Layer.provide(Layer.mergeAll(upstreamClient, stores)))
-  const gateway = Gateway.layer(config.keys)
-  return Layer.mergeAll(health, gateway).pipe(Layer.provideMerge(relay), Layer.provideMerge(stores))
+  const gateway = Layer.effect(
+    Gateway.Gateway,
+    Effect.flatMap(Relay.Relay, (r) =>
+      Gateway.make(config.keys, {
+        // What a request for `model` may be sent as: one name per upstream that serves it.
+        targets: (model) => r.upstreams.flatMap((u) => {
+          const target = u.modelFor(model)
+          return target === undefined ? [] : [target]
+        }),
+        unknown: config.pricingPolicy.unknown,
+        estimatedOutputTokens: config.pricingPolicy.estimatedOutputTokens
+      }))
+  )
+  return Layer.mergeAll(health, gateway).pipe(
+    Layer.provideMerge(relay),
+    Layer.provideMerge(Layer.merge(stores, pricing))
+  )
+}
+
+/** Every model name the config mentions: upstreams' models, aliases and their targets. */
+export const configuredModels = (config: ServerConfig): ReadonlyArray<string> => [
+  ...new Set(config.upstreams.flatMap((u) => [
+    ...(u.models === "*" ? [] : u.models),
+    ...Object.keys(u.aliases),
+    ...Object.values(u.aliases)
+  ]))
+]
+
+/**
+ * Names the configured models (and alias targets) without a price, once at
+ * start: their calls cost $0 for keys without a budget, and what
+ * `pricing.unknown` says for keys with one.
+ */
+export const unpricedModels = (config: ServerConfig, pricing: Pricing.Pricing): ReadonlyArray<string> => {
+  const names = new Set<string>()
+  for (const u of config.upstreams) {
+    if (u.models !== "*") for (const m of u.models) if (u.aliases[m] === undefined) names.add(m)
+    for (const target of Object.values(u.aliases)) names.add(target)
+  }
+  return [...names].filter((m) => pricing.price(m) === undefined).sort()
+}
+
+const warnUnpriced = (config: ServerConfig, pricing: Pricing.Pricing): Effect.Effect<void> => {
+  const missing = unpricedModels(config, pricing)
+  const budgets = config.keys.some((k) => k.budgetUsd !== undefined)
+  const unknown = config.pricingPolicy.unknown
+  const rule = !budgets
+    ? "they cost $0 in metrics"
+    : unknown === "reject"
+    ? "keys with a budget are refused them (pricing.unknown: reject)"
+    : unknown === "highest"
+    ? `keys with a budget are charged the highest price, $${pricing.highest.input}/$${pricing.highest.output} per million tokens (pricing.unknown)`
+    : `keys with a budget are charged $${unknown.input}/$${unknown.output} per million tokens (pricing.unknown)`
+  const any = config.upstreams.filter((u) => u.models === "*").map((u) => u.name)
+  const lines: Array<string> = []
+  if (missing.length > 0) {
+    lines.push(`no price for ${missing.map((m) => `'${m}'`).join(", ")}: ${rule}. Add them under pricing.models.`)
+  }
+  if (any.length > 0) {
+    lines.push(`upstream(s) ${any.map((n) => `'${n}'`).join(", ")} serve any model: models not in the price table (dated ${Pricing.pricesDate}): ${rule}.`)
+  }
+  return Effect.forEach(lines, (line) => Effect.logWarning(line), { discard: true })
 }
 
 export interface Running {
@@ -146,13 +208,18 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
 export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
     const context = yield* Layer.build(servicesLayer(config))
+    yield* warnUnpriced(config, Context.get(context, Pricing.Pricing))
     // Request fibers run with JSON logs at the configured level.
     const runtime = yield* Effect.runtime<never>().pipe(
       Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
       Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
     )
     const handler = yield* Effect.provide(
-      Http.make({ maxBodyBytes: config.server.maxBodyBytes, adminKey: config.server.adminKey }),
+      Http.make({
+        maxBodyBytes: config.server.maxBodyBytes,
+        adminKey: config.server.adminKey,
+        knownModels: configuredModels(config)
+      }),
       context
     )
     const runFork = Runtime.runFork(Runtime.make({ ...runtime, context: Context.merge(runtime.context, context) }))

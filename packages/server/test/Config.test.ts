@@ -106,7 +106,9 @@ describe("Config.parse", () => {
     expect(ms(config.cache.ttl)).toBe(300_000)
     expect(ms(config.healthCheck.interval)).toBe(10_000)
     expect(ms(config.healthCheck.timeout)).toBe(5_000)
-    expect(config.pricing).toEqual({ "gpt-4.1": { input: 2, output: 8 } })
+    expect(config.pricing).toEqual({ "gpt-4.1": { input: 2, output: 8, cachedInput: 0.5 } })
+    expect(config.pricingPolicy).toEqual({ unknown: "highest", estimatedOutputTokens: 1024 })
+    expect(config.keys[0]?.budgetPeriod).toBe("month")
     expect(config.store).toEqual({ kind: "memory" })
   })
 
@@ -308,6 +310,53 @@ upstreams:
     ]))
     expect(error.problems).toHaveLength(6)
     expect(error.message).not.toContain("sk-shared-gateway-key")
+  })
+
+  it("reads budget periods and the pricing section (models, unknown, estimatedOutputTokens), defaults filled in", () => {
+    const base = ok(parse(`${minimal}\nkeys:\n  - { name: a, key: k1, budgetUsd: 5 }\n`))
+    expect(base.keys[0]?.budgetPeriod).toBeUndefined()
+    expect(base.pricingPolicy).toEqual({ unknown: "highest", estimatedOutputTokens: 1024 })
+    const config = ok(parse(`${minimal}
+keys:
+  - { name: a, key: k1, budgetUsd: 5, budgetPeriod: month }
+  - { name: b, key: k2, budgetUsd: 1, budgetPeriod: day }
+pricing:
+  models: { my-model: { input: 1, output: 2, cachedInput: 0.25 } }
+  unknown: reject
+  estimatedOutputTokens: 300
+`))
+    expect(config.keys.map((k) => k.budgetPeriod)).toEqual(["month", "day"])
+    expect(config.pricing).toEqual({ "my-model": { input: 1, output: 2, cachedInput: 0.25 } })
+    expect(config.pricingPolicy).toEqual({ unknown: "reject", estimatedOutputTokens: 300 })
+    const explicit = ok(parse(`${minimal}\npricing: { unknown: { input: 10, output: 40 } }\n`))
+    expect(explicit.pricingPolicy.unknown).toEqual({ input: 10, output: 40 })
+    // Prices listed directly under pricing (the earlier form) still work, next to the new fields.
+    const flat = ok(parse(`${minimal}\npricing: { gpt-4.1: { input: 1, output: 4 }, unknown: reject }\n`))
+    expect(flat.pricing).toEqual({ "gpt-4.1": { input: 1, output: 4 } })
+    expect(flat.pricingPolicy.unknown).toBe("reject")
+  })
+
+  it("names the bad pricing and budget fields where the file has them", () => {
+    const error = invalid(parse(`${minimal}
+keys:
+  - { name: a, key: k1, budgetUsd: 5, budgetPeriod: yearly }
+pricing:
+  gpt-4.1: { input: cheap, output: 4 }
+  models: { m: { input: 1 } }
+  unknown: sometimes
+  estimatedOutputTokens: 0
+`))
+    expect(error.problems).toEqual(expect.arrayContaining([
+      { path: "keys[0].budgetPeriod", message: `expected one of "day", "week", "month", "total", got "yearly"` },
+      { path: "pricing.gpt-4.1.input", message: `expected a number of 0 or more, got "cheap"` },
+      { path: "pricing.models.m.output", message: "is required" },
+      {
+        path: "pricing.unknown",
+        message: `expected "highest", "reject" or a price { input, output } in USD per million tokens, got "sometimes"`
+      },
+      { path: "pricing.estimatedOutputTokens", message: "expected a positive integer, got 0" }
+    ]))
+    expect(error.problems).toHaveLength(5)
   })
 
   it("never shows a secret value in any error message", () => {

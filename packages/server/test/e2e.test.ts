@@ -33,7 +33,7 @@ keys:
   - { name: alpha, key: "${GATEWAY_KEYS.alpha}" }
   - { name: bravo, key: "${GATEWAY_KEYS.bravo}", requestsPerMinute: 2 }
   - { name: delta, key: "${GATEWAY_KEYS.delta}", requestsPerMinute: 2 }
-  - { name: charlie, key: "${GATEWAY_KEYS.charlie}", budgetUsd: 0.00001 }
+  - { name: charlie, key: "${GATEWAY_KEYS.charlie}", budgetUsd: 0.0003 }
 `
 
 const sdk = (server: TestServer, apiKey: string = GATEWAY_KEYS.alpha) =>
@@ -324,9 +324,11 @@ pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }
       const charlie = sdk(server, GATEWAY_KEYS.charlie)
       let successes = 0
       let refusal: unknown
-      for (let i = 0; i < 5 && refusal === undefined; i++) {
+      // Each request reserves its estimate first (2 prompt tokens + max_tokens 16 at $2/$8 per
+      // million: $0.000132) and costs $0.000044: the fifth no longer fits in $0.0003.
+      for (let i = 0; i < 6 && refusal === undefined; i++) {
         try {
-          await charlie.chat.completions.create(chatOf(`spend ${i}`))
+          await charlie.chat.completions.create({ ...chatOf(`spend ${i}`), max_tokens: 16 })
           successes++
         } catch (e) {
           refusal = e
@@ -336,7 +338,9 @@ pricing: { gpt-4.1: { input: 2.00, output: 8.00 } }
       expect(refusal).toBeInstanceOf(RateLimitError)
       expect(shapeOf(refusal)).toMatchObject({ code: "budget_exceeded", type: "insufficient_quota" })
       // The budget holds for cached answers too.
-      expect(await thrown(() => charlie.chat.completions.create(chatOf("spend 0")))).toBeInstanceOf(RateLimitError)
+      expect(await thrown(() => charlie.chat.completions.create({ ...chatOf("spend 0"), max_tokens: 16 }))).toBeInstanceOf(
+        RateLimitError
+      )
     })
 
     it("wrong method -> 405 with Allow; unknown path -> 404", async () => {

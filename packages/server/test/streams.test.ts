@@ -249,8 +249,9 @@ upstreams:
 ${upstreamYaml(up)}
 `)
     const statuses: Array<number> = []
+    // A small max_tokens, so that a budget that reserves an estimate first admits the first one.
     for (let i = 0; i < 10; i++) {
-      const res = await chat(server, chatBody(true), nextId("budget"), BUDGET_KEY)
+      const res = await chat(server, chatBody(true, { max_tokens: 10 }), nextId("budget"), BUDGET_KEY)
       const text = await res.text()
       statuses.push(res.status)
       if (res.status === 200) {
@@ -295,7 +296,7 @@ ${upstreamYaml(up)}
     for (let i = 0; i < 10; i++) {
       const id = nextId("estimate")
       firstId ??= id
-      const res = await chat(server, chatBody(true), id, BUDGET_KEY)
+      const res = await chat(server, chatBody(true, { max_tokens: 10 }), id, BUDGET_KEY)
       await res.text()
       statuses.push(res.status)
     }
