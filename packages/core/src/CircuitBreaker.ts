@@ -20,6 +20,7 @@ import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as PubSub from "effect/PubSub"
@@ -105,10 +106,40 @@ export interface Snapshot {
   readonly halfOpenInFlight: number
 }
 
+/**
+ * One admitted call whose outcome is reported later, once: for calls whose
+ * end is not the end of an effect (a stream succeeds or fails when it ends,
+ * not when its first event arrives). The first report counts; later ones are
+ * ignored, so `release` can sit in a finalizer as a safety net.
+ */
+export interface Permit {
+  /**
+   * The call succeeded. `durationMs` is what the slow-call rule judges
+   * (for a stream: the time to its first event); by default the time since
+   * the permit was acquired.
+   */
+  readonly onSuccess: (durationMs?: number) => Effect.Effect<void>
+  /** The call failed with `error` (counted if `isFailure(error)`, neutral otherwise). */
+  readonly onError: (error: unknown) => Effect.Effect<void>
+  /** Nothing was learnt (the caller gave up): neutral, frees a half-open probe slot. */
+  readonly release: Effect.Effect<void>
+}
+
+/** The public permit, under a name that the breaker's internals do not shadow. */
+type OutcomePermit = Permit
+
 export interface CircuitBreaker {
   readonly name: string
   /** Runs `self` if the breaker admits it, and records how it ended. */
   readonly protect: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /**
+   * Admits one call now, or fails `CircuitOpen`, as `protect` would; the
+   * caller reports its outcome on the {@link Permit} (as resilience4j's
+   * `tryAcquirePermission` / `onSuccess` / `onError` / `releasePermission`).
+   * Run it where interruption cannot lose the permit (an `acquireRelease`
+   * whose release is `permit.release`).
+   */
+  readonly tryAcquirePermission: Effect.Effect<Permit, CircuitOpen>
   /** The current state (an elapsed open period reads as HalfOpen). */
   readonly state: Effect.Effect<State>
   /** Whether a call made now would be admitted, without taking a probe slot. */
@@ -426,6 +457,35 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         })
       })
 
+    const settled: OutcomePermit = { onSuccess: () => Effect.void, onError: () => Effect.void, release: Effect.void }
+
+    const tryAcquirePermission: Effect.Effect<OutcomePermit, CircuitOpen> = Effect.clockWith((clock) =>
+      Effect.flatMap(admit, ([permit, event]): Effect.Effect<OutcomePermit, CircuitOpen> => {
+        let result: Effect.Effect<OutcomePermit, CircuitOpen>
+        if (permit[0] === Admission.Refused) result = refuse(permit)
+        else if (permit[0] === Admission.Unrecorded) result = Effect.succeed(settled)
+        else {
+          const startedAt = clock.unsafeCurrentTimeMillis()
+          let done = false
+          const report = (exit: Exit.Exit<unknown, unknown>, from: number) =>
+            Effect.suspend(() => {
+              if (done) return Effect.void
+              done = true
+              return record(permit, exit, from)
+            })
+          result = Effect.succeed<OutcomePermit>({
+            onSuccess: (durationMs?: number) =>
+              Effect.suspend(() =>
+                report(Exit.void, durationMs === undefined ? startedAt : clock.unsafeCurrentTimeMillis() - durationMs)
+              ),
+            onError: (error: unknown) => report(Exit.fail(error), startedAt),
+            release: report(Exit.interrupt(FiberId.none), startedAt)
+          })
+        }
+        return event === undefined ? result : Effect.zipRight(announce([event]), result)
+      })
+    )
+
     const withNow = <A>(f: (m: Machine, now: number) => [A, Transition | undefined]) =>
       Effect.clockWith((clock) => {
         const [a, event] = f(m, clock.unsafeCurrentTimeMillis())
@@ -478,6 +538,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
     return CircuitBreaker.of({
       name,
       protect,
+      tryAcquirePermission,
       state: Effect.map(snapshot, (s) => s.state),
       isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
       unsafeIsAvailable,

@@ -405,7 +405,11 @@ export const decodeEmbeddingsRequest = (body: unknown): Either.Either<Embeddings
  * A cheap pre-flight token estimate for tokens-per-minute limits: about four
  * characters a token for the text sent, plus the most the answer may use.
  */
-export const estimateTokens = (request: ChatCompletionRequest): number => {
+export const estimateTokens = (request: ChatCompletionRequest): number =>
+  estimatePromptTokens(request) + (request.max_completion_tokens ?? request.max_tokens ?? 0)
+
+/** The prompt part of {@link estimateTokens}: about four characters a token of the messages' text. */
+export const estimatePromptTokens = (request: ChatCompletionRequest): number => {
   let chars = 0
   for (const message of request.messages) {
     const content = message.content
@@ -416,7 +420,63 @@ export const estimateTokens = (request: ChatCompletionRequest): number => {
       }
     }
   }
-  return Math.ceil(chars / 4) + (request.max_completion_tokens ?? request.max_tokens ?? 0)
+  return Math.ceil(chars / 4)
+}
+
+/** Tokens for `chars` characters of generated text, at the same four characters a token. */
+export const estimateCompletionTokens = (chars: number): number => Math.ceil(chars / 4)
+
+const GENERATED_KEYS = ["\"content\"", "\"arguments\"", "\"reasoning_content\"", "\"reasoning\"", "\"refusal\""] as const
+
+/**
+ * Characters of generated text in one stream chunk's JSON (`content`, tool
+ * call `arguments`, `reasoning_content`/`reasoning`, `refusal`), found by a
+ * scan rather than a parse: it runs on every chunk of every stream, so that a
+ * stream whose upstream reports no usage can still be priced. Escapes count
+ * as one character.
+ */
+export const generatedChars = (data: string): number => {
+  let n = 0
+  for (const key of GENERATED_KEYS) {
+    let at = data.indexOf(key)
+    while (at >= 0) {
+      let i = at + key.length
+      while (data.charCodeAt(i) === 32) i++
+      if (data.charCodeAt(i) === 58 /* : */) {
+        i++
+        while (data.charCodeAt(i) === 32) i++
+        if (data.charCodeAt(i) === 34 /* " */) {
+          const start = ++i
+          let escapes = 0
+          while (i < data.length) {
+            const c = data.charCodeAt(i)
+            if (c === 34) break
+            if (c === 92 /* backslash */) {
+              const next = data.charCodeAt(i + 1)
+              const width = next === 117 /* u */ ? 6 : 2
+              escapes += width - 1
+              i += width
+            } else i++
+          }
+          n += Math.max(0, Math.min(i, data.length) - start - escapes)
+        }
+      }
+      at = data.indexOf(key, i)
+    }
+  }
+  return n
+}
+
+/** Whether a stream chunk carries a `usage` object (not `"usage": null`), without parsing it. */
+export const hasUsageObject = (data: string): boolean => {
+  const at = data.indexOf("\"usage\"")
+  if (at < 0) return false
+  let i = at + 7
+  while (data.charCodeAt(i) === 32) i++
+  if (data.charCodeAt(i) !== 58 /* : */) return false
+  i++
+  while (data.charCodeAt(i) === 32) i++
+  return data.charCodeAt(i) === 123 /* { */
 }
 
 // ---------------------------------------------------------------------------

@@ -76,9 +76,27 @@ export interface Metadata {
   readonly cache: ResponseCache.Status
   readonly usage: OpenAI.Usage | undefined
   readonly costUsd: number | undefined
+  /**
+   * Whether `usage` (and so `costUsd`) is the relay's own estimate because the
+   * upstream reported none: the prompt's characters and the streamed text's,
+   * about four a token.
+   */
+  readonly usageEstimated: boolean
   /** What went wrong on the way, one line per failed attempt. */
   readonly failures: ReadonlyArray<string>
+  /** For a stream, how it ended (see {@link StreamOutcome}); absent for other results. */
+  readonly streamOutcome?: StreamOutcome | undefined
+  /** For a failed stream: what ended it, e.g. "no data for 1m" or "connection failed (ECONNRESET)". */
+  readonly streamError?: string | undefined
 }
+
+/**
+ * How a stream ended: `completed` (the upstream's `[DONE]` was relayed),
+ * `failed` (the upstream failed after the first event, and an error event
+ * ended the stream; a failure of that upstream), or `abandoned` (the caller
+ * stopped reading first; says nothing about the upstream).
+ */
+export type StreamOutcome = "completed" | "failed" | "abandoned"
 
 export interface Result {
   /** The upstream's JSON body, as it came. */
@@ -92,7 +110,13 @@ export interface StreamResult {
   /** The upstream that is streaming and the attempts it took. */
   readonly upstream: string
   readonly attempts: number
-  /** Completes when the stream ends, with the final metadata (usage, cost). */
+  /**
+   * The final metadata (outcome, usage, cost), once `events` has ended. The
+   * stream's outcome is recorded (breaker, upstream stats, metrics, cost)
+   * when `events` ends, whether or not this is run. Run before `events` has
+   * ended (or if it is never run), it releases the stream (its connection
+   * and bulkhead slot) as abandoned.
+   */
   readonly done: Effect.Effect<Metadata>
 }
 
@@ -113,6 +137,8 @@ export interface Failure {
 /** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
 export class NoUpstreamAvailable extends Data.TaggedError("NoUpstreamAvailable")<{
   readonly model: string
+  /** Upstream calls made (0 unless calls failed before all were left out). */
+  readonly attempts: number
   readonly failures: ReadonlyArray<Failure>
   /** When the first of them is expected back, if known. */
   readonly retryAfter: Duration.Duration | undefined
@@ -127,6 +153,8 @@ export class NoUpstreamAvailable extends Data.TaggedError("NoUpstreamAvailable")
 /** Upstreams were tried and all failed. */
 export class AllUpstreamsFailed extends Data.TaggedError("AllUpstreamsFailed")<{
   readonly model: string
+  /** Upstream calls made. */
+  readonly attempts: number
   readonly failures: ReadonlyArray<Failure>
   /** The last upstream called, for `x-breakwater-upstream`. */
   readonly upstream?: string | undefined
@@ -143,6 +171,8 @@ export class AllUpstreamsFailed extends Data.TaggedError("AllUpstreamsFailed")<{
  */
 export class UpstreamKeysRejected extends Data.TaggedError("UpstreamKeysRejected")<{
   readonly model: string
+  /** Upstream calls made. */
+  readonly attempts: number
   /** The upstreams that refused their keys, in the order they were met. */
   readonly upstreams: ReadonlyArray<string>
   readonly failures: ReadonlyArray<Failure>
@@ -159,8 +189,8 @@ export class UpstreamKeysRejected extends Data.TaggedError("UpstreamKeysRejected
 
 /** The request's deadline passed while `upstream` was being called. */
 export class DeadlineExceededOn extends Timeout.DeadlineExceeded {
-  constructor(budget: Duration.Duration, readonly upstream: string) {
-    super({ budget })
+  constructor(budget: Duration.Duration, readonly upstream: string, attempts?: number) {
+    super({ budget, attempts })
   }
 }
 
@@ -268,6 +298,12 @@ export interface Options {
    * `user` is part of its key.
    */
   readonly cacheScope?: "key" | "shared"
+  /**
+   * A stream that has sent its first event and then gets no data from its
+   * upstream for this long is ended with an error event, and counts as a
+   * failure of that upstream. Upstreams may override it. Default 60 s.
+   */
+  readonly streamIdleTimeout?: Duration.DurationInput
 }
 
 const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
@@ -328,6 +364,7 @@ export const make = (
     const watermark = options.headroomWatermark ?? 0
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
+    const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
@@ -449,19 +486,22 @@ export const make = (
       tokens: number,
       call: Effect.Effect<A, UpstreamError>,
       bulkhead: "run" | "held",
-      panic: boolean
+      panic: boolean,
+      progress: Progress,
+      breaker: "protect" | "held" = "protect"
     ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
       const timed = Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
       // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
-      const broken = panic ? timed : u.breaker.protect(timed)
+      // "held": the caller holds a breaker permit and reports the outcome itself (streams).
+      const broken = panic || breaker === "held" ? timed : u.breaker.protect(timed)
       let protectedCall: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run"
         ? u.bulkhead.run(broken)
         : broken
       if (u.tokenLimit !== undefined) protectedCall = Effect.zipRight(u.tokenLimit.acquire("account", tokens), protectedCall)
       if (u.requestLimit !== undefined) protectedCall = Effect.zipRight(u.requestLimit.acquire("account"), protectedCall)
-      return classifyOutcome(protectedCall, u.name)
+      return classifyOutcome(protectedCall, u.name, progress)
     }
 
     /** A non-streaming call: POST, read, classify, validate. */
@@ -648,7 +688,7 @@ export const make = (
         return new UpstreamRejected({ upstream, status, body, contentType })
       }
       if (auth === failures.length) {
-        return new UpstreamKeysRejected({ model, upstreams: [...new Set(failures.map((f) => f.upstream))], failures })
+        return new UpstreamKeysRejected({ model, attempts: progress.attempts, upstreams: [...new Set(failures.map((f) => f.upstream))], failures })
       }
       return undefined
     }
@@ -656,7 +696,8 @@ export const make = (
     /** Upstreams were called and none answered: `excluded` adds those left out in the last round. */
     const allFailed = (model: string, progress: Progress, excluded: ReadonlyArray<Failure>): RelayError => {
       const failures = excluded.length === 0 ? progress.failures : [...progress.failures, ...excluded]
-      return conclusive(model, failures, progress) ?? new AllUpstreamsFailed({ model, failures, upstream: progress.last })
+      return conclusive(model, failures, progress) ??
+        new AllUpstreamsFailed({ model, attempts: progress.attempts, failures, upstream: progress.last })
     }
 
     const noneAvailable = (
@@ -669,6 +710,7 @@ export const make = (
       const failures = [...progress.failures, ...excluded]
       return conclusive(model, failures, progress) ?? new NoUpstreamAvailable({
         model,
+        attempts: progress.attempts,
         failures,
         retryAfter: waitMillis === undefined ? undefined : Duration.millis(Math.max(0, waitMillis))
       })
@@ -694,7 +736,7 @@ export const make = (
           progress.attempts++
           return callJson(u, path, bodyFor(u, request, raw), inspect)
         })
-        return Effect.tap(guarded(u, tokens, call, "run", panic), (outcome) => {
+        return Effect.tap(guarded(u, tokens, call, "run", panic, progress), (outcome) => {
           if (outcome._tag === "Skipped") return Effect.void
           const now = clock.unsafeCurrentTimeMillis()
           const latency = now - started
@@ -716,11 +758,19 @@ export const make = (
       value: readonly [Classified, number],
       u: Upstream.Upstream,
       progress: Progress,
-      status: ResponseCache.Status
+      status: ResponseCache.Status,
+      chatRequest?: OpenAI.ChatCompletionRequest
     ): Effect.Effect<Result> =>
       Effect.clockWith((clock) => {
         const [classified, started] = value
-        const usage = classified.usage
+        let usage = classified.usage
+        // A chat answer without usage is priced on an estimate, as a stream's is.
+        const usageEstimated = usage === undefined && chatRequest !== undefined
+        if (usageEstimated) {
+          const prompt = OpenAI.estimatePromptTokens(chatRequest)
+          const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
+          usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        }
         const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
         const metadata: Metadata = {
           upstream: u.name,
@@ -729,6 +779,7 @@ export const make = (
           cache: status,
           usage,
           costUsd,
+          usageEstimated,
           failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
         }
         return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
@@ -742,7 +793,7 @@ export const make = (
       Effect.flatMap(
         failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
         ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status)
+          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, request)
       )
 
     const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {
@@ -770,6 +821,7 @@ export const make = (
               cache: "hit",
               usage: undefined,
               costUsd: 0,
+              usageEstimated: false,
               failures: []
             }
           }
@@ -792,7 +844,16 @@ export const make = (
     interface Opened {
       readonly first: Chunk.Chunk<Sse.Event>
       readonly pull: Effect.Effect<Chunk.Chunk<Sse.Event>, Option.Option<UpstreamError>>
+      /** Ends the upstream's body now; a read waiting on it fails. */
+      readonly cut: Effect.Effect<void>
+    }
+
+    interface Streaming extends Opened {
+      /** The attempt's breaker permit (none in panic mode), settled when the stream ends. */
+      readonly permit: CircuitBreaker.Permit | undefined
       readonly started: number
+      /** From the attempt's start to its first event. */
+      readonly firstEventMs: number
     }
 
     /**
@@ -805,8 +866,11 @@ export const make = (
       scope: Scope.Scope
     ): Effect.Effect<Opened, UpstreamError> =>
       Effect.gen(function*() {
-        const started = yield* Effect.clockWith((clock) => Effect.succeed(clock.unsafeCurrentTimeMillis()))
-        const reply = yield* Scope.extend(client.postStream(u, CHAT, body), scope)
+        // The body has a scope of its own inside the attempt's, so that the
+        // idle timeout can end it under a waiting read without closing the
+        // pull that read runs in.
+        const bodyScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+        const reply = yield* Scope.extend(client.postStream(u, CHAT, body), bodyScope)
         if (reply.status !== 200) {
           const text = yield* Stream.runFold(Stream.decodeText(reply.body), "", (a, b) => a + b).pipe(
             Effect.catchAll(() => Effect.succeed(""))
@@ -839,94 +903,239 @@ export const make = (
         if (inspected._tag === "Error") {
           return yield* Effect.fail(new InvalidResponse({ upstream: u.name, reason: inspected.problem.detail }))
         }
-        return { first, pull, started }
+        return { first, pull, cut: Scope.close(bodyScope, Exit.void) }
       })
 
+    /**
+     * The body sent for a stream. Usage is asked for on every stream, so
+     * that every stream can be priced and charged: when the caller did not
+     * ask, `stream_options.include_usage` is added (and the usage-only chunk
+     * it brings is not passed on).
+     */
+    const streamBodyFor = (
+      u: Upstream.Upstream,
+      request: OpenAI.ChatCompletionRequest,
+      raw: string | Uint8Array | undefined,
+      callerAsked: boolean
+    ): string | Uint8Array => {
+      if (callerAsked) return bodyFor(u, request, raw)
+      const target = u.modelFor(request.model)!
+      // Usually the caller sent no stream_options: the field is added to the
+      // caller's bytes, which are otherwise forwarded as they came.
+      if (target === request.model && raw !== undefined && request.stream_options === undefined) {
+        return withUsageOption(raw)
+      }
+      return JSON.stringify({
+        ...request,
+        model: target,
+        stream_options: { ...request.stream_options, include_usage: true }
+      })
+    }
+
+    /**
+     * A stream: failover up to the first event (each attempt under the
+     * upstream's `timeout`), then the upstream's events as they come. The
+     * attempt's bulkhead slot, breaker permit and connection are held until
+     * the stream ends; its outcome (completed, failed, abandoned) is recorded
+     * once, when it ends: breaker, upstream stats, metrics, cost.
+     */
     const chatStream = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<StreamResult, RelayError> =>
       Effect.gen(function*() {
         // The stream outlives this effect: its connection, bulkhead slot and
-        // pull live in a scope closed when the caller finishes reading.
+        // pull live in a scope closed when the stream ends.
         const scope = yield* Scope.make()
         const tokens = OpenAI.estimateTokens(request)
+        const callerAsked = request.stream_options?.include_usage === true
         const attempt = (u: Upstream.Upstream, progress: Progress, panic: boolean) =>
-          Effect.clockWith((clock) => {
+          Effect.gen(function*() {
+            const clock = yield* Effect.clock
             const started = clock.unsafeCurrentTimeMillis()
             // Each attempt gets its own scope inside the stream's: a failed
-            // attempt gives its bulkhead slot and connection back at once.
-            return Effect.flatMap(Scope.fork(scope, ExecutionStrategy.sequential), (attemptScope) => {
-              const release = Scope.close(attemptScope, Exit.void)
-              const call = Effect.suspend(() => {
-                progress.attempts++
-                return openStream(u, bodyFor(u, request, options?.rawBody), attemptScope)
-              })
-              return Effect.flatMap(Effect.either(Scope.extend(u.bulkhead.acquire, attemptScope)), (slot) =>
-                Either.isLeft(slot)
-                  ? Effect.as(release, { _tag: "Skipped", reason: "bulkhead full" } as Attempted<Opened>)
-                  : guarded(u, tokens, call, "held", panic).pipe(
-                    Effect.tap((outcome) => outcome._tag === "Ok" ? Effect.void : release),
-                    Effect.onError(() => release)
-                  )).pipe(Effect.tap((outcome) => {
-                    if (outcome._tag !== "Failed") return Effect.void
-                    const now = clock.unsafeCurrentTimeMillis()
-                    Upstream.record(u, now, now - started, outcome.error)
-                    return Metric.increment(requestsBy(u.name, outcome.error._tag))
-                  }))
+            // attempt gives its slot, permit and connection back at once.
+            const attemptScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+            const release = Scope.close(attemptScope, Exit.void)
+            const slot = yield* Effect.either(Scope.extend(u.bulkhead.acquire, attemptScope))
+            if (Either.isLeft(slot)) {
+              yield* release
+              return { _tag: "Skipped", reason: "bulkhead full" } as Attempted<Streaming>
+            }
+            // The breaker hears the outcome when the stream ends, not when it
+            // starts: a permit held for the stream (none in panic mode, where
+            // the breaker is bypassed on purpose).
+            let permit: CircuitBreaker.Permit | undefined
+            if (!panic) {
+              const admitted = yield* Effect.either(
+                Scope.extend(Effect.acquireRelease(u.breaker.tryAcquirePermission, (p) => p.release), attemptScope)
+              )
+              if (Either.isLeft(admitted)) {
+                yield* release
+                return { _tag: "Skipped", reason: `circuit ${admitted.left.state}` } as Attempted<Streaming>
+              }
+              permit = admitted.right
+            }
+            const call = Effect.suspend(() => {
+              progress.attempts++
+              return openStream(u, streamBodyFor(u, request, options?.rawBody, callerAsked), attemptScope)
             })
+            const outcome = yield* guarded(u, tokens, call, "held", panic, progress, "held").pipe(
+              Effect.onError(() => release)
+            )
+            if (outcome._tag === "Ok") {
+              const firstEventMs = clock.unsafeCurrentTimeMillis() - started
+              return { _tag: "Ok", value: { ...outcome.value, permit, started, firstEventMs } } as Attempted<Streaming>
+            }
+            if (outcome._tag === "Failed") {
+              const now = clock.unsafeCurrentTimeMillis()
+              Upstream.record(u, now, now - started, outcome.error)
+              yield* Metric.increment(requestsBy(u.name, outcome.error._tag))
+              if (permit !== undefined) yield* permit.onError(outcome.error)
+            }
+            yield* release
+            return outcome
           })
         const [opened, u, progress] = yield* failover(request.model, attempt).pipe(
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
+        const clock = yield* Effect.clock
         const key = options?.key ?? "anonymous"
+        const priced = u.modelFor(request.model) ?? request.model
+        const idle = u.streamIdleTimeout ?? streamIdleTimeout
+        const idleMillis = Duration.toMillis(idle)
+
         let usage: OpenAI.Usage | undefined
+        let usageEstimated = false
+        let costUsd: number | undefined
+        /** Characters of generated text seen, for an estimate when no usage comes. */
+        let generated = 0
         let sawDone = false
-        let streamError: string | undefined
-        const toText = (event: Sse.Event): string => {
-          if (event.data === "[DONE]") {
+        let reachedEnd = false
+        let idled = false
+        let streamError: UpstreamError | undefined
+        let ended: StreamOutcome | undefined
+        let latencyMs = 0
+        /** Clock time since which a read waits on the upstream; undefined while none does. */
+        let waitingSince: number | undefined
+
+        const relayEvent = (event: Sse.Event): string | undefined => {
+          const data = event.data
+          if (data === "[DONE]") {
             sawDone = true
             return "data: [DONE]\n\n"
           }
-          // Most chunks are relayed untouched; only those that may carry usage
-          // or an error are parsed.
-          if (event.data.includes("\"usage\"") || event.data.includes("\"error\"")) {
-            const inspected = OpenAI.inspectStreamChunk(event.data)
-            if (inspected._tag === "Chunk" && inspected.usage !== undefined) usage = inspected.usage
-            else if (inspected._tag === "Quota") streamError = `quota exhausted (${inspected.problem.code})`
-            else if (inspected._tag === "Error") streamError = inspected.problem.detail
+          generated += OpenAI.generatedChars(data)
+          // Most chunks are relayed untouched; only those that carry a usage
+          // object or an error are parsed.
+          if (OpenAI.hasUsageObject(data) || data.includes("\"error\"")) {
+            const inspected = OpenAI.inspectStreamChunk(data)
+            if (inspected._tag === "Chunk" && inspected.usage !== undefined) {
+              usage = inspected.usage
+              const choices = inspected.json.choices
+              // The usage-only chunk the caller did not ask for stays here.
+              if (!callerAsked && Array.isArray(choices) && choices.length === 0) return undefined
+            } else if (inspected._tag === "Quota") {
+              streamError ??= new QuotaExhausted({ upstream: u.name, code: inspected.problem.code })
+            } else if (inspected._tag === "Error") {
+              streamError ??= new InvalidResponse({ upstream: u.name, reason: inspected.problem.detail })
+            }
           }
-          return `data: ${event.data}\n\n`
+          return `data: ${data}\n\n`
         }
-        const events: Stream.Stream<string> = Stream.fromChunk(Chunk.map(opened.first, toText)).pipe(
-          Stream.concat(Stream.map(Stream.repeatEffectChunkOption(opened.pull), toText)),
+        const relayChunk = (events: Chunk.Chunk<Sse.Event>): Chunk.Chunk<string> => {
+          const out: Array<string> = []
+          for (const event of events) {
+            const text = relayEvent(event)
+            if (text !== undefined) out.push(text)
+          }
+          return Chunk.unsafeFromArray(out)
+        }
+
+        const pull = Effect.suspend(() => {
+          waitingSince = clock.unsafeCurrentTimeMillis()
+          return Effect.map(opened.pull, (events) => {
+            waitingSince = undefined
+            return events
+          })
+        })
+
+        // One watchdog per stream, not a timer per read: it wakes when the
+        // read in progress would reach the idle limit and cuts the upstream's
+        // body if it has. A caller that reads slowly is not idleness.
+        const watchdog: Effect.Effect<void> = Effect.suspend(() => {
+          if (ended !== undefined) return Effect.void
+          const now = clock.unsafeCurrentTimeMillis()
+          if (waitingSince !== undefined && now - waitingSince >= idleMillis) {
+            idled = true
+            return opened.cut
+          }
+          const wait = waitingSince === undefined ? idleMillis : waitingSince + idleMillis - now
+          return Effect.zipRight(Effect.sleep(Duration.millis(wait)), watchdog)
+        })
+        yield* Effect.forkIn(watchdog, scope)
+
+        /** Records the stream's outcome, once, and releases what it holds. */
+        const end: Effect.Effect<void> = Effect.suspend(() => {
+          if (ended !== undefined) return Effect.void
+          const outcome: StreamOutcome = streamError !== undefined ? "failed" : reachedEnd ? "completed" : "abandoned"
+          ended = outcome
+          const now = clock.unsafeCurrentTimeMillis()
+          latencyMs = now - opened.started
+          if (usage === undefined) {
+            usageEstimated = true
+            const prompt = OpenAI.estimatePromptTokens(request)
+            const completion = OpenAI.estimateCompletionTokens(generated)
+            usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+          }
+          costUsd = pricing.cost(priced, usage)
+          const effects: Array<Effect.Effect<void>> = [pricing.record({ upstream: u.name, model: priced, key }, usage, costUsd)]
+          if (outcome === "completed") {
+            Upstream.record(u, now, opened.firstEventMs, undefined)
+            effects.push(
+              Metric.increment(requestsBy(u.name, "ok")),
+              Metric.update(latencyBy(u.name), opened.firstEventMs)
+            )
+            if (opened.permit !== undefined) effects.push(opened.permit.onSuccess(opened.firstEventMs))
+          } else if (outcome === "failed") {
+            const error = streamError!
+            Upstream.record(u, now, opened.firstEventMs, error)
+            effects.push(Metric.increment(requestsBy(u.name, error._tag)), coolDown(error))
+            if (opened.permit !== undefined) effects.push(opened.permit.onError(error))
+          } else {
+            // The caller left: nothing learnt about the upstream (the permit
+            // is released, neutral, with the scope).
+            effects.push(Metric.increment(requestsBy(u.name, "abandoned")))
+          }
+          effects.push(Scope.close(scope, Exit.void))
+          return Effect.all(effects, { discard: true })
+        })
+
+        const events: Stream.Stream<string> = Stream.suspend(() => Stream.fromChunk(relayChunk(opened.first))).pipe(
+          Stream.concat(Stream.mapChunks(Stream.repeatEffectChunkOption(pull), relayChunk)),
           // After the first event there is no failing over: a failure becomes
           // an error event, and an end without [DONE] is reported, not hidden.
           Stream.catchAll((error) => {
-            streamError = reasonOf(error)
-            return Stream.make(errorEvent(`upstream stream failed: ${streamError}`))
+            streamError ??= idled ? new UpstreamTimeout({ upstream: u.name, timeout: idle, idle: true }) : error
+            return Stream.make(errorEvent(`upstream stream failed: ${reasonOf(streamError)}`))
           }),
           Stream.concat(Stream.suspend(() => {
+            reachedEnd = true
             if (sawDone || streamError !== undefined) return Stream.empty
-            streamError = "stream ended before [DONE]"
-            return Stream.make(errorEvent(`upstream ${streamError}`))
+            streamError = new InvalidResponse({ upstream: u.name, reason: "stream ended before [DONE]" })
+            return Stream.make(errorEvent("upstream stream ended before [DONE]"))
           })),
-          Stream.ensuring(Scope.close(scope, Exit.void))
+          Stream.ensuring(end)
         )
-        const done: Effect.Effect<Metadata> = Effect.clockWith((clock) => {
-          const priced = u.modelFor(request.model) ?? request.model
-          const costUsd = usage === undefined ? undefined : pricing.cost(priced, usage)
-          const now = clock.unsafeCurrentTimeMillis()
-          const failed = streamError === undefined ? undefined : new InvalidResponse({ upstream: u.name, reason: streamError })
-          Upstream.record(u, now, now - opened.started, failed)
-          const metadata: Metadata = {
-            upstream: u.name,
-            attempts: progress.attempts,
-            latencyMs: now - opened.started,
-            cache: "bypass",
-            usage,
-            costUsd,
-            failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
-          }
-          return Effect.as(pricing.record({ upstream: u.name, model: priced, key }, usage, costUsd), metadata)
-        })
+        const done: Effect.Effect<Metadata> = Effect.map(end, (): Metadata => ({
+          upstream: u.name,
+          attempts: progress.attempts,
+          latencyMs,
+          cache: "bypass",
+          usage,
+          costUsd,
+          usageEstimated,
+          failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`),
+          streamOutcome: ended,
+          ...(streamError === undefined ? {} : { streamError: reasonOf(streamError) })
+        }))
         return { events, upstream: u.name, attempts: progress.attempts, done }
       })
 
@@ -939,6 +1148,24 @@ export const make = (
     return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready })
   })
 
+const USAGE_OPTION = `,"stream_options":{"include_usage":true}`
+const usageOptionBytes = new TextEncoder().encode(USAGE_OPTION)
+
+/** A JSON object's text (or UTF-8 bytes) with `stream_options.include_usage: true` added before its closing brace. */
+const withUsageOption = (raw: string | Uint8Array): string | Uint8Array => {
+  if (typeof raw === "string") {
+    const at = raw.lastIndexOf("}")
+    return at < 0 ? raw : raw.slice(0, at) + USAGE_OPTION + raw.slice(at)
+  }
+  const at = raw.lastIndexOf(0x7d)
+  if (at < 0) return raw
+  const out = new Uint8Array(raw.length + usageOptionBytes.length)
+  out.set(raw.subarray(0, at), 0)
+  out.set(usageOptionBytes, at)
+  out.set(raw.subarray(at), at + usageOptionBytes.length)
+  return out
+}
+
 /** Our own protections' refusals: no upstream call was made. */
 type Refusal =
   | RateLimiter.RateLimited
@@ -948,14 +1175,16 @@ type Refusal =
 
 const classifyOutcome = <A>(
   effect: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded>,
-  upstream: string
+  upstream: string,
+  progress: { readonly attempts: number }
 ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> =>
   effect.pipe(
     Effect.map((value): Attempted<A> => ({ _tag: "Ok", value })),
     Effect.catchAll((e): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
       switch (e._tag) {
         case "DeadlineExceeded":
-          return Effect.fail(new DeadlineExceededOn(e.budget, upstream))
+          // With the calls made so far, for the caller's logs.
+          return Effect.fail(new DeadlineExceededOn(e.budget, upstream, progress.attempts))
         case "RateLimited":
           return Effect.succeed({ _tag: "Skipped", reason: "local rate limit reached" })
         case "RateLimiterStoreError":

@@ -32,6 +32,8 @@ export class AttemptTimedOut extends Data.TaggedError("AttemptTimedOut")<{
 export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
   /** The whole request's budget. */
   readonly budget: Duration.Duration
+  /** Upstream calls made before it passed, when the caller (the relay) counts them. */
+  readonly attempts?: number | undefined
 }> {
   override get message(): string {
     return `request deadline of ${Duration.format(this.budget)} exceeded`

@@ -36,6 +36,8 @@ export interface Config {
   readonly tokensPerMinute?: number | undefined
   /** Limit of one attempt. Default 30 s. */
   readonly timeout?: Duration.DurationInput | undefined
+  /** Overrides the relay's `streamIdleTimeout` for this upstream's streams. */
+  readonly streamIdleTimeout?: Duration.DurationInput | undefined
   /** Overrides of the relay-wide breaker settings. */
   readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">> | undefined
   /** Overrides of the relay-wide retry settings. */
@@ -60,6 +62,8 @@ export interface Upstream {
   readonly priority: number
   readonly weight: number
   readonly timeout: Duration.Duration
+  /** This upstream's own `streamIdleTimeout`, if it has one. */
+  readonly streamIdleTimeout: Duration.Duration | undefined
   readonly retry: Config["retry"]
   /** The upstream's name for `model`, or undefined when it does not serve it. */
   readonly modelFor: (model: string) => string | undefined
@@ -137,6 +141,7 @@ export const make = (
       priority: config.priority ?? 1,
       weight: config.weight ?? 1,
       timeout: Duration.decode(config.timeout ?? Duration.seconds(30)),
+      streamIdleTimeout: config.streamIdleTimeout === undefined ? undefined : Duration.decode(config.streamIdleTimeout),
       retry: config.retry,
       modelFor,
       models: config.models === "*" ? "*" : [...config.models, ...Object.keys(aliases)],

@@ -23,6 +23,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import type { Readable } from "node:stream"
 import { Agent, request as undiciRequest } from "undici"
 import * as Stream from "effect/Stream"
 import type { Upstream } from "./Upstream.js"
@@ -124,19 +125,58 @@ export interface UndiciOptions {
   readonly keepAliveTimeout?: number
   /** Connections per origin; default: unlimited (the bulkhead limits concurrency). */
   readonly connections?: number
+  /**
+   * A backstop on the wait for an answer's headers, ms. The relay's attempt
+   * timeout is the real limit; this only bounds a call made without one.
+   * Default 120 s (undici's own default is 300 s).
+   */
+  readonly headersTimeout?: number
+  /**
+   * A backstop on the silence between two chunks of a body, ms. Keep it
+   * above the relay's `streamIdleTimeout`, which ends a stalled stream with a
+   * proper error event first. Default 120 s.
+   */
+  readonly bodyTimeout?: number
 }
 
-/** undici's `request` on a dedicated Agent (closed with the layer). */
+const noop = (): void => {}
+
+/**
+ * A response body as an async iterable whose `return` destroys the body at
+ * once. Node's own iterator only finishes a pending read when the next chunk
+ * arrives, so a stalled upstream would hold the connection (and whatever
+ * waits on the release) until it spoke again.
+ */
+const bodyIterable = (body: Readable): AsyncIterable<Uint8Array> => ({
+  [Symbol.asyncIterator]: () => {
+    const it = body[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>
+    return {
+      next: () => it.next(),
+      return: () => {
+        body.destroy()
+        return Promise.resolve({ done: true as const, value: undefined })
+      }
+    }
+  }
+})
+
+/**
+ * undici's `request` on a dedicated Agent. The Agent is destroyed with the
+ * layer, without waiting for calls still in flight: at that point nothing
+ * will read their answers, and a shutdown must not wait on a hung upstream.
+ */
 export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamClient, never, Scope.Scope> =>
   Effect.map(
     Effect.acquireRelease(
       Effect.sync(() =>
         new Agent({
           keepAliveTimeout: options.keepAliveTimeout ?? 30_000,
+          headersTimeout: options.headersTimeout ?? 120_000,
+          bodyTimeout: options.bodyTimeout ?? 120_000,
           ...(options.connections === undefined ? {} : { connections: options.connections })
         })
       ),
-      (agent) => Effect.promise(() => agent.close())
+      (agent) => Effect.promise(() => agent.destroy().catch(noop))
     ),
     (agent) => {
       const headersFor = (upstream: Upstream, body: boolean): Record<string, string> =>
@@ -161,34 +201,56 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
         Effect.tryPromise({
           try: async (signal) => {
             const res = await send(upstream, method, path, body, signal)
+            // A destroyed body emits 'error': never without a listener (it would end the process).
+            res.body.on("error", noop)
             const text = await res.body.text()
             return { status: res.statusCode, headers: flatHeaders(res.headers), text } satisfies Reply
           },
           catch: (error) => transportError(upstream, error)
         })
 
+      /**
+       * The request is interruptible up to the answer's headers (the signal
+       * aborts it); the body's release is registered in the same
+       * uninterruptible step that receives the answer, so no body is ever
+       * left open. An answer that arrives just as the call is interrupted is
+       * destroyed on the spot (undici does so too, through the signal).
+       */
+      const postStream = (upstream: Upstream, path: string, body: string | Uint8Array) =>
+        Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(
+            restore(Effect.tryPromise({
+              try: async (signal) => {
+                const res = await send(upstream, "POST", path, body, signal)
+                res.body.on("error", noop)
+                if (signal.aborted) res.body.destroy()
+                return res
+              },
+              catch: (error) => transportError(upstream, error)
+            })),
+            (res) =>
+              Effect.as(
+                Effect.addFinalizer(() => Effect.sync(() => res.body.destroy())),
+                {
+                  status: res.statusCode,
+                  headers: flatHeaders(res.headers),
+                  body: Stream.fromAsyncIterable(bodyIterable(res.body), (error) => transportError(upstream, error))
+                } satisfies StreamReply
+              )
+          )
+        )
+
       return UpstreamClient.of({
         post: (upstream, path, body) => readAll(upstream, "POST", path, body),
         get: (upstream, path) => readAll(upstream, "GET", path),
-        postStream: (upstream, path, body) =>
-          Effect.flatMap(
-            Effect.acquireRelease(
-              Effect.tryPromise({
-                try: (signal) => send(upstream, "POST", path, body, signal),
-                catch: (error) => transportError(upstream, error)
-              }),
-              (res) => Effect.sync(() => res.body.destroy())
-            ),
-            (res) =>
-              Effect.succeed<StreamReply>({
-                status: res.statusCode,
-                headers: flatHeaders(res.headers),
-                body: Stream.fromAsyncIterable(res.body as AsyncIterable<Uint8Array>, (error) => transportError(upstream, error))
-              })
-          )
+        postStream
       })
     }
   )
 
 /** undici with its own connection pools: the default. */
 export const layerUndici: Layer.Layer<UpstreamClient> = Layer.scoped(UpstreamClient, makeUndici())
+
+/** undici with options (backstop timeouts, pool size). */
+export const layerUndiciWith = (options: UndiciOptions): Layer.Layer<UpstreamClient> =>
+  Layer.scoped(UpstreamClient, makeUndici(options))

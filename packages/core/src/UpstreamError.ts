@@ -61,14 +61,18 @@ export class UpstreamUnreachable extends Data.TaggedError("UpstreamUnreachable")
   }
 }
 
-/** The attempt ran out of time. */
+/** The attempt ran out of time, or a stream went silent after its first event (`idle`). */
 export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{
   readonly upstream: string
   readonly timeout: Duration.Duration
+  /** The stream's `streamIdleTimeout` passed without data, after its first event. */
+  readonly idle?: boolean | undefined
 }> {
   readonly retryable = true
   override get message(): string {
-    return `${this.upstream}: no answer within ${Duration.format(this.timeout)}`
+    return this.idle === true
+      ? `${this.upstream}: stream stalled, no data for ${Duration.format(this.timeout)}`
+      : `${this.upstream}: no answer within ${Duration.format(this.timeout)}`
   }
 }
 

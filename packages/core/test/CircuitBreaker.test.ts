@@ -794,6 +794,126 @@ describe("CircuitBreaker", () => {
       }))
   })
 
+  describe("permits (outcome reported later, as for a stream)", () => {
+    /** Admits one call and reports its outcome later, as the relay does for a stream. */
+    const streamThat = (cb: Breaker, ends: "ok" | "fails") =>
+      Effect.flatMap(cb.tryAcquirePermission, (p) => ends === "ok" ? p.onSuccess() : p.onError(new Boom()))
+
+    it.scoped("failures reported when calls end open the breaker, even though each call started well", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-fail", failureThreshold: 5 })
+        for (let i = 0; i < 4; i++) yield* streamThat(cb, "fails")
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(4)
+        expect(yield* cb.state).toBe("Closed")
+        yield* streamThat(cb, "fails")
+        expect(yield* cb.state).toBe("Open")
+        const refused = yield* Effect.flip(cb.tryAcquirePermission)
+        expect(refused._tag).toBe("CircuitOpen")
+        expect(refused.state).toBe("Open")
+        expect(Duration.toMillis(refused.retryAfter)).toBe(30_000)
+      }))
+
+    it.scoped("a success resets the count; only a permit's first report counts", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-once", failureThreshold: 3 })
+        yield* streamThat(cb, "fails")
+        yield* streamThat(cb, "fails")
+        yield* streamThat(cb, "ok")
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(0)
+        const p = yield* cb.tryAcquirePermission
+        yield* p.onError(new Boom())
+        yield* p.onError(new Boom())
+        yield* p.onSuccess()
+        yield* p.release
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(1)
+      }))
+
+    it.scoped("errors for which isFailure is false and released permits are neutral", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({
+          name: "permit-neutral",
+          failureThreshold: 2,
+          isFailure: (e) => !(e instanceof BadRequest)
+        })
+        yield* streamThat(cb, "fails")
+        for (let i = 0; i < 5; i++) {
+          const p = yield* cb.tryAcquirePermission
+          yield* i % 2 === 0 ? p.onError(new BadRequest()) : p.release
+        }
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(1)
+        expect(yield* cb.state).toBe("Closed")
+      }))
+
+    it.scoped("half-open: a permit holds a probe slot until it is reported; release frees it without a verdict", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({
+          name: "permit-probe",
+          failureThreshold: 1,
+          openDuration: "10 seconds",
+          halfOpenMaxCalls: 1,
+          successThreshold: 2
+        })
+        yield* streamThat(cb, "fails")
+        yield* TestClock.adjust("10 seconds")
+        const probe = yield* cb.tryAcquirePermission
+        expect((yield* cb.snapshot).halfOpenInFlight).toBe(1)
+        expect((yield* Effect.flip(cb.tryAcquirePermission)).state).toBe("HalfOpen")
+        yield* probe.release
+        expect((yield* cb.snapshot).halfOpenInFlight).toBe(0)
+        expect(yield* cb.state).toBe("HalfOpen")
+        // Two probe successes close it; a later report on a settled permit changes nothing.
+        yield* streamThat(cb, "ok")
+        yield* streamThat(cb, "ok")
+        expect(yield* cb.state).toBe("Closed")
+        yield* probe.onError(new Boom())
+        expect(yield* cb.state).toBe("Closed")
+      }))
+
+    it.scoped("half-open: a probe that fails at its end reopens the breaker", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-reopen", failureThreshold: 1, openDuration: "10 seconds" })
+        yield* streamThat(cb, "fails")
+        yield* TestClock.adjust("10 seconds")
+        const probe = yield* cb.tryAcquirePermission
+        yield* TestClock.adjust("3 seconds")
+        expect(yield* cb.state).toBe("HalfOpen")
+        yield* probe.onError(new Boom())
+        expect(yield* cb.state).toBe("Open")
+      }))
+
+    it.scoped("slowCallDuration judges the duration given to onSuccess (time to first event), not the time held", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-slow", failureThreshold: 2, slowCallDuration: "1 second" })
+        const long = yield* cb.tryAcquirePermission
+        yield* TestClock.adjust("30 seconds")
+        yield* long.onSuccess(200)
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(0)
+        const slow = yield* cb.tryAcquirePermission
+        yield* TestClock.adjust("2 seconds")
+        yield* slow.onSuccess()
+        expect((yield* cb.snapshot).consecutiveFailures).toBe(1)
+      }))
+
+    it.scoped("a permit acquired before a reset does not count after it", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-epoch", failureThreshold: 1 })
+        const p = yield* cb.tryAcquirePermission
+        yield* cb.reset
+        yield* p.onError(new Boom())
+        expect(yield* cb.state).toBe("Closed")
+      }))
+
+    it.scoped("disabled and forced-open breakers: permits record nothing, or are refused", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "permit-ops", failureThreshold: 1 })
+        yield* cb.disable
+        yield* streamThat(cb, "fails")
+        expect(yield* cb.state).toBe("Disabled")
+        yield* cb.forceOpen
+        expect((yield* Effect.flip(cb.tryAcquirePermission)).state).toBe("ForcedOpen")
+      }))
+  })
+
   describe("scope", () => {
     it.effect("closing the scope of an Open breaker does not wait for the open period to end", () =>
       Effect.gen(function*() {

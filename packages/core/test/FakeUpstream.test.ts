@@ -338,6 +338,48 @@ describe("FakeUpstream faults", () => {
     expect((await (await chat(u)).json() as any).choices[0].message.content).toBe("a b c d e f")
   })
 
+  it("paces a stream: streamDelayMs between events, counted in streamsOpen while it lasts", async () => {
+    const u = await fake({ faults: { streamDelayMs: 40 }, reply: () => "a b c" })
+    const t0 = performance.now()
+    const res = await chat(u, { stream: true })
+    expect(res.status).toBe(200)
+    expect(res.headers.get("content-type")).toBe("text/event-stream")
+    await waitFor("the stream is open", () => u.counters().streamsOpen === 1)
+    const { chunks, done } = parseSse(await res.text())
+    // role + 3 words + stop + [DONE] = 6 writes, 5 gaps of 40 ms.
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(180)
+    expect(done).toBe(true)
+    expect(contentOf(chunks)).toBe("a b c")
+    await waitFor("the stream is closed", () => u.counters().streamsOpen === 0)
+    expect(u.counters().byStatus).toEqual({ 200: 1 })
+  })
+
+  it("stalls a stream after streamStallAfter events, the connection left open until the caller leaves", async () => {
+    const u = await fake({ faults: { streamStallAfter: 2 }, reply: () => "a b c" })
+    const controller = new AbortController()
+    const res = await chat(u, { stream: true }, { signal: controller.signal })
+    const reader = res.body!.getReader()
+    let text = ""
+    while (text.split("\n\n").length < 3) text += new TextDecoder().decode((await reader.read()).value)
+    expect(parseSse(text).chunks).toHaveLength(2)
+    await waitFor("the stall is counted", () => u.counters().stalls === 1)
+    await new Promise((r) => setTimeout(r, 50))
+    expect(u.counters()).toMatchObject({ inFlight: 1, streamsOpen: 1 })
+    controller.abort()
+    await reader.read().catch(() => undefined)
+    await waitFor("the connection closed", () => u.counters().inFlight === 0 && u.counters().streamsOpen === 0)
+  })
+
+  it("omitUsage: no usage in answers, nor a usage chunk in streams even when asked", async () => {
+    const u = await fake({ faults: { omitUsage: true } })
+    const body = await (await chat(u)).json() as any
+    expect(body.usage).toBeUndefined()
+    expect(body.choices[0].message.content).toBe("Hello from fake")
+    const text = await (await chat(u, { stream: true, stream_options: { include_usage: true } })).text()
+    expect(text).not.toContain("usage")
+    expect(parseSse(text).done).toBe(true)
+  })
+
   it("resets the connection without a response", async () => {
     const u = await fake({ faults: { reset: 1, status: 500 } })
     await expect(chat(u)).rejects.toThrow()
@@ -414,6 +456,8 @@ describe("FakeUpstream counters and control", () => {
       byStatus: {},
       resets: 0,
       hangs: 0,
+      stalls: 0,
+      streamsOpen: 0,
       lastAuthorization: undefined,
       lastBody: undefined
     })

@@ -559,5 +559,44 @@ describe("OpenAI", () => {
       expect(OpenAI.estimateTokens(decodeOk({ model: "m", messages }))).toBe(2)
       expect(OpenAI.estimateTokens(decodeOk({ model: "m", messages, max_tokens: null }))).toBe(2)
     })
+
+    it("estimatePromptTokens is the prompt part alone; estimateCompletionTokens rounds characters up", () => {
+      const request = decodeOk({ model: "m", messages: [user("123456789")], max_tokens: 50 })
+      expect(OpenAI.estimatePromptTokens(request)).toBe(3)
+      expect(OpenAI.estimateCompletionTokens(0)).toBe(0)
+      expect(OpenAI.estimateCompletionTokens(9)).toBe(3)
+    })
+  })
+
+  describe("stream chunk scans (no parse)", () => {
+    const chunk = (delta: unknown, extra: Record<string, unknown> = {}) =>
+      JSON.stringify({ id: "x", object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: null }], ...extra })
+
+    it("generatedChars counts content, tool-call arguments, reasoning and refusals", () => {
+      expect(OpenAI.generatedChars(chunk({ role: "assistant", content: "" }))).toBe(0)
+      expect(OpenAI.generatedChars(chunk({ content: "Hello" }))).toBe(5)
+      expect(OpenAI.generatedChars(chunk({ reasoning_content: "think" }))).toBe(5)
+      expect(OpenAI.generatedChars(chunk({ reasoning: "abc" }))).toBe(3)
+      expect(OpenAI.generatedChars(chunk({ refusal: "no" }))).toBe(2)
+      const tool = chunk({ tool_calls: [{ index: 0, function: { name: "get_weather", arguments: "{\"city\":\"Paris\"}" } }] })
+      expect(OpenAI.generatedChars(tool)).toBe("{\"city\":\"Paris\"}".length)
+      expect(OpenAI.generatedChars(chunk({ content: null }))).toBe(0)
+      expect(OpenAI.generatedChars(JSON.stringify({ choices: [], usage: { prompt_tokens: 1 } }))).toBe(0)
+    })
+
+    it("generatedChars counts an escape as one character, and is not fooled by keys inside text", () => {
+      expect(OpenAI.generatedChars(chunk({ content: "a\nb\"c\u00e9" }))).toBe(6)
+      expect(OpenAI.generatedChars(chunk({ content: "say \"content\": \"x\"" }))).toBe("say \"content\": \"x\"".length)
+      // Spaces around the colon (some servers pretty-print).
+      expect(OpenAI.generatedChars(`{"choices":[{"delta":{"content" : "abc"}}]}`)).toBe(3)
+    })
+
+    it("hasUsageObject: a usage object, not usage: null", () => {
+      expect(OpenAI.hasUsageObject(chunk({ content: "x" }, { usage: null }))).toBe(false)
+      expect(OpenAI.hasUsageObject(chunk({ content: "x" }))).toBe(false)
+      expect(OpenAI.hasUsageObject(JSON.stringify({ choices: [], usage: { prompt_tokens: 1, completion_tokens: 2 } }))).toBe(true)
+      expect(OpenAI.hasUsageObject(`{"choices":[],"usage" : {"prompt_tokens":1}}`)).toBe(true)
+      expect(OpenAI.hasUsageObject(chunk({ content: "the \"usage\": {x}" }))).toBe(false)
+    })
   })
 })

@@ -1321,6 +1321,26 @@ describe("cost", () => {
       expect(result.metadata.costUsd).toBeCloseTo(COST, 15)
     }))
 
+  it.scoped("an answer without usage is priced on an estimate (prompt and answer text, 4 characters a token)", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      const body = JSON.stringify({
+        id: "x",
+        object: "chat.completion",
+        created: 0,
+        model: MODEL,
+        choices: [{ index: 0, message: { role: "assistant", content: "twelve chars" }, finish_reason: "stop" }]
+      })
+      client.script("a", Scripted.reply(200, body))
+      const result = yield* relay.chat(request("abcdefgh"))
+      expect(result.metadata.usage).toEqual({ prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 })
+      expect(result.metadata.usageEstimated).toBe(true)
+      expect(result.metadata.costUsd).toBeCloseTo((2 * 2 + 3 * 8) / 1_000_000, 15)
+      const reported = yield* relay.chat(request("again"))
+      expect(reported.metadata.usageEstimated).toBe(false)
+      expect(reported.metadata.usage).toEqual(Scripted.usage)
+    }))
+
   it.scoped("a model without a price has no cost", () =>
     Effect.gen(function*() {
       const { relay } = yield* setup({ upstreams: [upstream("a", { models: "*" })] })
@@ -1345,10 +1365,10 @@ describe("streaming", () => {
       expect(s.upstream).toBe("b")
       expect(s.attempts).toBe(2)
       const events = yield* collect(s)
+      // The usage chunk the caller did not ask for is not passed on.
       expect(events).toEqual([
         event(Scripted.chunk("h")),
         event(Scripted.chunk("i")),
-        event(Scripted.usageChunk),
         event("[DONE]")
       ])
       const done = yield* s.done
@@ -1427,7 +1447,11 @@ describe("streaming", () => {
       expect(names(client.calls)).toEqual(["a"])
       const done = yield* s.done
       expect(done.upstream).toBe("a")
-      expect(done.usage).toBeUndefined()
+      expect(done.streamOutcome).toBe("failed")
+      expect(done.streamError).toBe("invalid response (stream ended before [DONE])")
+      // No usage came: an estimate (prompt "hi" and the 2 characters streamed).
+      expect(done.usage).toEqual({ prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 })
+      expect(done.usageEstimated).toBe(true)
     }))
 
   it.scoped("a stream that fails after the first event ends with an error event; no failover", () =>
@@ -1464,6 +1488,272 @@ describe("streaming", () => {
       expect((error as UpstreamRejected).status).toBe(400)
       expect((error as UpstreamRejected).body).toBe(body)
       expect(names(client.calls)).toEqual(["a"])
+    }))
+})
+
+describe("streaming: time limits", () => {
+  const streamRequest = request("hi", { stream: true })
+
+  it.scoped("an upstream that never answers a stream: failover when its attempt timeout (5 s) passes", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1, timeout: "5 seconds" }), upstream("b", { priority: 2 })]
+      })
+      client.scriptStream("a", Scripted.hang)
+      const fiber = yield* Effect.fork(relay.chatStream(streamRequest))
+      yield* TestClock.adjust("4999 millis")
+      expect(yield* settle(fiber)).toBe(false)
+      yield* TestClock.adjust("1 millis")
+      const s = yield* Fiber.join(fiber)
+      expect(s.upstream).toBe("b")
+      expect(s.attempts).toBe(2)
+      expect((yield* collect(s)).at(-1)).toBe("data: [DONE]\n\n")
+      expect((yield* s.done).failures).toEqual(["a: no answer within 5s"])
+      expect(relay.upstreams[0]!.bulkhead.unsafeStats().active).toBe(0)
+    }))
+
+  it.scoped("headers but no first event within the attempt timeout: failover, the silent body released at once", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1, timeout: "5 seconds" }), upstream("b", { priority: 2 })]
+      })
+      let released = 0
+      client.scriptStream("a", Scripted.sseStall([], () => released++))
+      const fiber = yield* Effect.fork(relay.chatStream(streamRequest))
+      yield* TestClock.adjust("5 seconds")
+      const s = yield* Fiber.join(fiber)
+      expect(s.upstream).toBe("b")
+      expect(released).toBe(1)
+      yield* collect(s)
+      expect(relay.upstreams[0]!.stats.failures).toBe(1)
+    }))
+
+  it.scoped("a stream that stalls after its first event ends with an error event after streamIdleTimeout (default 60 s)", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: ordered("a", "b") })
+      let released = 0
+      client.scriptStream("a", Scripted.sseStall([Scripted.chunk("h")], () => released++))
+      const s = yield* relay.chatStream(streamRequest)
+      expect(s.upstream).toBe("a")
+      const reading = yield* Effect.fork(collect(s))
+      yield* TestClock.adjust("59999 millis")
+      expect(yield* settle(reading)).toBe(false)
+      expect(released).toBe(0)
+      expect(relay.upstreams[0]!.bulkhead.unsafeStats().active).toBe(1)
+      yield* TestClock.adjust("1 millis")
+      const events = yield* Fiber.join(reading)
+      expect(events).toHaveLength(2)
+      expect(events[0]).toBe(`data: ${Scripted.chunk("h")}\n\n`)
+      const error = JSON.parse(events[1]!.slice("data: ".length))
+      expect(error.error.message).toBe("upstream stream failed: stream stalled, no data for 1m")
+      expect(error.error.type).toBe("upstream_error")
+      expect(released).toBe(1)
+      const done = yield* s.done
+      expect(done.streamOutcome).toBe("failed")
+      expect(done.streamError).toBe("stream stalled, no data for 1m")
+      // A failure of that upstream, and what it held is given back.
+      const a = relay.upstreams[0]!
+      expect(a.stats.failures).toBe(1)
+      expect(a.stats.lastError).toBe("a: stream stalled, no data for 1m")
+      expect((yield* a.breaker.snapshot).consecutiveFailures).toBe(1)
+      expect(a.bulkhead.unsafeStats().active).toBe(0)
+      expect(names(client.calls)).toEqual(["a"])
+    }))
+
+  it.scoped("streamIdleTimeout is a relay option, and an upstream's own overrides it", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1, streamIdleTimeout: "2 seconds" }), upstream("b", { priority: 2 })],
+        streamIdleTimeout: "10 seconds"
+      })
+      client.scriptStream("a", Scripted.sseStall([Scripted.chunk("h")]))
+      const onA = yield* relay.chatStream(streamRequest)
+      const readingA = yield* Effect.fork(collect(onA))
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* Fiber.join(readingA)).at(-1)).toMatch(/no data for 2s/)
+
+      yield* relay.upstreams[0]!.breaker.forceOpen
+      client.scriptStream("b", Scripted.sseStall([Scripted.chunk("h")]))
+      const onB = yield* relay.chatStream(streamRequest)
+      expect(onB.upstream).toBe("b")
+      const readingB = yield* Effect.fork(collect(onB))
+      yield* TestClock.adjust("9999 millis")
+      expect(yield* settle(readingB)).toBe(false)
+      yield* TestClock.adjust("1 millis")
+      expect((yield* Fiber.join(readingB)).at(-1)).toMatch(/no data for 10s/)
+    }))
+
+  it.scoped("a caller that reads slowly is not an idle upstream", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], streamIdleTimeout: "10 seconds" })
+      client.scriptStream("a", Scripted.sse([Scripted.chunk("a"), Scripted.chunk("b"), Scripted.chunk("c"), "[DONE]"]))
+      const s = yield* relay.chatStream(streamRequest)
+      const reading = yield* Effect.fork(
+        s.events.pipe(Stream.tap(() => Effect.sleep("30 seconds")), Stream.runCollect, Effect.map(Chunk.toReadonlyArray))
+      )
+      yield* TestClock.adjust("5 minutes")
+      const events = yield* Fiber.join(reading)
+      expect(events.at(-1)).toBe("data: [DONE]\n\n")
+      expect((yield* s.done).streamOutcome).toBe("completed")
+    }))
+
+  it.scoped("a caller that stops reading releases the stream at once and says nothing about the upstream", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], breaker: { failureThreshold: 1 } })
+      let released = 0
+      client.scriptStream("a", Scripted.sseStall([Scripted.chunk("h"), Scripted.chunk("i")], () => released++))
+      const s = yield* relay.chatStream(streamRequest)
+      expect(yield* s.events.pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.size))).toBe(1)
+      expect(released).toBe(1)
+      const a = relay.upstreams[0]!
+      expect(a.bulkhead.unsafeStats().active).toBe(0)
+      const done = yield* s.done
+      expect(done.streamOutcome).toBe("abandoned")
+      expect(a.stats.failures).toBe(0)
+      expect(yield* a.breaker.state).toBe("Closed")
+    }))
+
+  it.scoped("a stream whose events are never read is released by done, as abandoned", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      let released = 0
+      client.scriptStream("a", Scripted.sseStall([Scripted.chunk("h")], () => released++))
+      const s = yield* relay.chatStream(streamRequest)
+      expect(relay.upstreams[0]!.bulkhead.unsafeStats().active).toBe(1)
+      expect((yield* s.done).streamOutcome).toBe("abandoned")
+      expect(released).toBe(1)
+      expect(relay.upstreams[0]!.bulkhead.unsafeStats().active).toBe(0)
+    }))
+})
+
+describe("streaming: usage and cost", () => {
+  const event = (data: string) => `data: ${data}\n\n`
+
+  it.scoped("a caller who did not ask for usage: the upstream is asked, its usage chunk stays here, the stream is priced", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      const raw = JSON.stringify(request("hi", { stream: true }))
+      const s = yield* relay.chatStream(request("hi", { stream: true }), { rawBody: raw })
+      expect(yield* collect(s)).toEqual([event(Scripted.chunk("h")), event(Scripted.chunk("i")), event("[DONE]")])
+      const sent = JSON.parse(client.calls[0]!.body)
+      expect(sent.stream_options).toEqual({ include_usage: true })
+      expect(sent.messages).toEqual(request("hi").messages)
+      const done = yield* s.done
+      expect(done.usage).toEqual(Scripted.usage)
+      expect(done.usageEstimated).toBe(false)
+      expect(done.costUsd).toBeCloseTo(COST, 15)
+      expect(done.streamOutcome).toBe("completed")
+    }))
+
+  it.scoped("a caller who asked for usage gets the usage chunk, and its bytes go upstream as they came", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      const asked = request("hi", { stream: true, stream_options: { include_usage: true } })
+      const raw = JSON.stringify(asked)
+      const s = yield* relay.chatStream(asked, { rawBody: raw })
+      expect(yield* collect(s)).toEqual([
+        event(Scripted.chunk("h")),
+        event(Scripted.chunk("i")),
+        event(Scripted.usageChunk),
+        event("[DONE]")
+      ])
+      expect(client.calls[0]!.body).toBe(raw)
+      expect((yield* s.done).usage).toEqual(Scripted.usage)
+    }))
+
+  it.scoped("other stream_options of the caller are kept when usage is added", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      const withOptions = { ...request("hi", { stream: true }), stream_options: { include_obfuscation: false } } as OpenAI.ChatCompletionRequest
+      yield* collect(yield* relay.chatStream(withOptions, { rawBody: JSON.stringify(withOptions) }))
+      expect(JSON.parse(client.calls[0]!.body).stream_options).toEqual({ include_obfuscation: false, include_usage: true })
+    }))
+
+  it.scoped("an upstream that sends no usage: priced on an estimate (prompt and streamed text, 4 characters a token)", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      client.scriptStream("a", Scripted.sse([Scripted.chunk("Hello, wor"), Scripted.chunk("ld!"), "[DONE]"]))
+      // 16 characters of prompt (4 tokens), 13 streamed (4 tokens).
+      const s = yield* relay.chatStream(request("abcdefghijklmnop", { stream: true }))
+      yield* collect(s)
+      const done = yield* s.done
+      expect(done.usage).toEqual({ prompt_tokens: 4, completion_tokens: 4, total_tokens: 8 })
+      expect(done.usageEstimated).toBe(true)
+      expect(done.costUsd).toBeCloseTo((4 * 2 + 4 * 8) / 1_000_000, 15)
+      expect(done.streamOutcome).toBe("completed")
+    }))
+
+  it.scoped("a stream cut after its first event is still priced, on an estimate", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")] })
+      client.scriptStream("a", Scripted.sse([Scripted.chunk("12345678")], { failWith: "ECONNRESET" }))
+      const s = yield* relay.chatStream(request("abcd", { stream: true }))
+      yield* collect(s)
+      const done = yield* s.done
+      expect(done.usage).toEqual({ prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 })
+      expect(done.usageEstimated).toBe(true)
+      expect(done.costUsd).toBeGreaterThan(0)
+    }))
+})
+
+describe("streaming: failures count against the upstream", () => {
+  const streamRequest = request("hi", { stream: true })
+
+  it.scoped("streams cut after their first event trip the breaker (failureThreshold 5); the next stream goes elsewhere", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: ordered("a", "b"), breaker: { failureThreshold: 5 } })
+      client.fallbackStream("a", Scripted.sse([Scripted.chunk("h")], { failWith: "ECONNRESET" }))
+      for (let i = 0; i < 5; i++) {
+        const s = yield* relay.chatStream(streamRequest)
+        expect(s.upstream).toBe("a")
+        const events = yield* collect(s)
+        expect(events.at(-1)).toMatch(/upstream stream failed: connection failed \(ECONNRESET\)/)
+        expect((yield* s.done).streamOutcome).toBe("failed")
+      }
+      const a = relay.upstreams[0]!
+      expect(yield* a.breaker.state).toBe("Open")
+      expect(a.stats.failures).toBe(5)
+      expect(a.stats.successes).toBe(0)
+      const next = yield* relay.chatStream(streamRequest)
+      expect(next.upstream).toBe("b")
+      yield* collect(next)
+      expect(client.callsTo("a")).toHaveLength(5)
+    }))
+
+  it.scoped("error events and ends without [DONE] count too; a completed stream resets the count", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], breaker: { failureThreshold: 3 } })
+      client.scriptStream(
+        "a",
+        Scripted.sse([Scripted.chunk("h"), Scripted.errorJson("overloaded", "server_error")]),
+        Scripted.sse([Scripted.chunk("h")]),
+        Scripted.sseOk(),
+        Scripted.sse([Scripted.chunk("h")]),
+        Scripted.sse([Scripted.chunk("h")])
+      )
+      const outcomes: Array<string | undefined> = []
+      for (let i = 0; i < 5; i++) {
+        const s = yield* relay.chatStream(streamRequest)
+        yield* collect(s)
+        outcomes.push((yield* s.done).streamOutcome)
+      }
+      expect(outcomes).toEqual(["failed", "failed", "completed", "failed", "failed"])
+      const a = relay.upstreams[0]!
+      expect((yield* a.breaker.snapshot).consecutiveFailures).toBe(2)
+      expect(a.stats).toMatchObject({ requests: 5, successes: 1, failures: 4 })
+    }))
+
+  it.scoped("a quota error in the middle of a stream cools the upstream down (and does not trip the breaker)", () =>
+    Effect.gen(function*() {
+      const { client, cooldowns, relay } = yield* setup({ upstreams: ordered("a", "b") })
+      client.scriptStream("a", Scripted.sse([Scripted.chunk("h"), Scripted.quotaBody]))
+      const s = yield* relay.chatStream(streamRequest)
+      expect(s.upstream).toBe("a")
+      yield* collect(s)
+      expect((yield* s.done).streamError).toBe("quota exhausted (insufficient_quota)")
+      const active = yield* cooldowns.active(0)
+      expect(active.get("a")?.reason).toBe("quota-exhausted")
+      expect((yield* relay.upstreams[0]!.breaker.snapshot).consecutiveFailures).toBe(0)
     }))
 })
 

@@ -4,7 +4,7 @@
  * @effect/platform HttpClient.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Redacted, Stream } from "effect"
+import { Chunk, Context, Effect, Exit, Fiber, Layer, Option, Redacted, Scope, Stream } from "effect"
 import * as RateLimiter from "../src/RateLimiter.js"
 import * as Upstream from "../src/Upstream.js"
 import * as UpstreamClient from "../src/UpstreamClient.js"
@@ -64,3 +64,73 @@ for (const [name, layer] of [
   })
 }
 
+
+// ---------------------------------------------------------------------------
+// Interruption and release of the default (undici) client: nothing waits on a
+// silent upstream, and every connection is closed at once.
+
+/** Polls `cond` every 10 ms for up to 2 s (real time: these talk HTTP). */
+const eventually = (label: string, cond: () => boolean) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 200; i++) {
+      if (cond()) return
+      yield* Effect.sleep("10 millis")
+    }
+    return yield* Effect.dieMessage(`condition never held: ${label}`)
+  })
+
+const streamBody = JSON.stringify({ model: "m", stream: true, messages: [{ role: "user", content: "hi" }] })
+
+describe("UpstreamClient over undici: interruption", () => {
+  it.scopedLive("a stream request waiting for headers is interrupted at once and its connection closed", () =>
+    Effect.gen(function*() {
+      const fake = yield* Fake.make({ name: "silent", faults: { hang: 1 } })
+      const u = yield* upstreamAt(fake.url)
+      const client = yield* UpstreamClient.UpstreamClient
+      const fiber = yield* Effect.fork(Effect.scoped(client.postStream(u, "/chat/completions", streamBody)))
+      yield* eventually("the upstream holds the request", () => fake.counters().inFlight === 1)
+      const t0 = Date.now()
+      const interrupted = yield* Fiber.interrupt(fiber).pipe(Effect.timeout("2 seconds"), Effect.option)
+      expect(Option.isSome(interrupted)).toBe(true)
+      expect(Date.now() - t0).toBeLessThan(1_000)
+      yield* eventually("the upstream saw the connection close", () => fake.counters().inFlight === 0)
+    }).pipe(Effect.provide(UpstreamClient.layerUndici)))
+
+  it.scopedLive("closing the scope of a stream whose read waits on a stalled upstream closes the connection at once", () =>
+    Effect.gen(function*() {
+      const fake = yield* Fake.make({ name: "stalls", faults: { streamStallAfter: 1 } })
+      const u = yield* upstreamAt(fake.url)
+      const client = yield* UpstreamClient.UpstreamClient
+      const scope = yield* Scope.make()
+      const reply = yield* Scope.extend(client.postStream(u, "/chat/completions", streamBody), scope)
+      const pull = yield* Scope.extend(Stream.toPull(reply.body), scope)
+      expect(Chunk.size(yield* pull)).toBeGreaterThan(0)
+      // The next read waits for an event that never comes.
+      const reader = yield* Effect.fork(Effect.either(pull))
+      yield* eventually("the stream stalled", () => fake.counters().stalls === 1)
+      const t0 = Date.now()
+      const closed = yield* Scope.close(scope, Exit.void).pipe(Effect.timeout("2 seconds"), Effect.option)
+      expect(Option.isSome(closed)).toBe(true)
+      expect(Date.now() - t0).toBeLessThan(1_000)
+      yield* Fiber.interrupt(reader)
+      yield* eventually("the upstream saw the connection close", () => fake.counters().inFlight === 0)
+    }).pipe(Effect.provide(UpstreamClient.layerUndici)))
+
+  it.scopedLive("the layer's release does not wait for calls in flight", () =>
+    Effect.gen(function*() {
+      const fake = yield* Fake.make({ name: "silent", faults: { hang: 1 } })
+      const u = yield* upstreamAt(fake.url)
+      const scope = yield* Scope.make()
+      const ctx = yield* Layer.buildWithScope(UpstreamClient.layerUndici, scope)
+      const client = Context.get(ctx, UpstreamClient.UpstreamClient)
+      const call = yield* Effect.fork(client.post(u, "/chat/completions", body))
+      yield* eventually("the upstream holds the request", () => fake.counters().inFlight === 1)
+      const t0 = Date.now()
+      const closed = yield* Scope.close(scope, Exit.void).pipe(Effect.timeout("2 seconds"), Effect.option)
+      expect(Option.isSome(closed)).toBe(true)
+      expect(Date.now() - t0).toBeLessThan(1_000)
+      const result = yield* Fiber.join(call).pipe(Effect.either, Effect.timeout("2 seconds"))
+      expect(result._tag).toBe("Left")
+      yield* eventually("the upstream saw the connection close", () => fake.counters().inFlight === 0)
+    }))
+})

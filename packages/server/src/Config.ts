@@ -34,9 +34,10 @@
  *     requestsPerMinute: 3000
  *     tokensPerMinute: 400000
  *     timeout: 30s
+ *     streamIdleTimeout: 60s              # overrides routing.streamIdleTimeout
  *     breaker: { failureThreshold: 5 }    # overrides of the section below
  *     retry: { maxRetries: 1 }            # maxRetries, baseDelay, maxDelay
- * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s }
+ * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s }
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
  * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
@@ -73,7 +74,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, Relay, Router, Spend, Upstream } from "@breakwater/core"
+import type { Pricing, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -160,6 +161,8 @@ export interface UpstreamConfig {
   readonly requestsPerMinute?: number | undefined
   readonly tokensPerMinute?: number | undefined
   readonly timeout: Duration.Duration
+  /** Overrides `routing.streamIdleTimeout` for this upstream. */
+  readonly streamIdleTimeout?: Duration.Duration | undefined
   /** Only the fields set in the file. */
   readonly breaker?: Partial<BreakerConfig> | undefined
   /** Only the fields set in the file. */
@@ -172,6 +175,8 @@ export interface RoutingConfig {
   readonly requestTimeout: Duration.Duration
   /** Try open-breaker upstreams when every one is open (Router.Options.panic). */
   readonly panic: boolean
+  /** A stream silent this long after its first event is ended with an error event. */
+  readonly streamIdleTimeout: Duration.Duration
 }
 
 export interface CooldownConfig {
@@ -541,6 +546,7 @@ const File = Schema.Struct({
     requestsPerMinute: opt(PositiveInt),
     tokensPerMinute: opt(PositiveInt),
     timeout: opt(PositiveDur),
+    streamIdleTimeout: opt(PositiveDur),
     breaker: opt(Schema.Struct(BreakerFields)),
     retry: opt(Schema.Struct({ maxRetries: opt(NonNegativeInt), baseDelay: opt(Dur), maxDelay: opt(Dur) }))
   })).pipe(Schema.filter((ups) => ups.length > 0 || "expected at least one upstream")),
@@ -548,7 +554,8 @@ const File = Schema.Struct({
     strategy: opt(oneOf(["priority", "weighted", "latency", "least-busy"] as const)),
     maxAttempts: opt(PositiveInt),
     requestTimeout: opt(PositiveDur),
-    panic: opt(Bool)
+    panic: opt(Bool),
+    streamIdleTimeout: opt(PositiveDur)
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -913,6 +920,7 @@ const build = (f: File): ServerConfig => {
     ...only("requestsPerMinute", u.requestsPerMinute),
     ...only("tokensPerMinute", u.tokensPerMinute),
     timeout: u.timeout ?? Duration.seconds(30),
+    ...only("streamIdleTimeout", u.streamIdleTimeout),
     ...only(
       "breaker",
       u.breaker && {
@@ -960,7 +968,8 @@ const build = (f: File): ServerConfig => {
       strategy: routing.strategy ?? "priority",
       maxAttempts: routing.maxAttempts ?? 3,
       requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
-      panic: routing.panic ?? false
+      panic: routing.panic ?? false,
+      streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60)
     },
     breaker: {
       ...only("failureRate", breaker.failureRate),
@@ -1106,6 +1115,7 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
     requestsPerMinute: u.requestsPerMinute,
     tokensPerMinute: u.tokensPerMinute,
     timeout: u.timeout,
+    streamIdleTimeout: u.streamIdleTimeout,
     breaker: u.breaker === undefined ? undefined : breakerOptions(u.breaker),
     retry: u.retry
   })),
@@ -1119,5 +1129,24 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   authFailedCooldown: config.cooldown.authFailed,
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
-  cacheScope: config.cache.scope
+  cacheScope: config.cache.scope,
+  streamIdleTimeout: config.routing.streamIdleTimeout
 })
+
+/**
+ * The upstream client's backstop timeouts: past every limit of our own
+ * (attempt timeouts, the request deadline, health-check timeouts, stream
+ * idle timeouts) plus 5 s, so that they only ever end a call that our own
+ * limits somehow missed.
+ */
+export const toUndiciOptions = (config: ServerConfig): UpstreamClient.UndiciOptions => {
+  let wait = Math.max(Duration.toMillis(config.routing.requestTimeout), Duration.toMillis(config.healthCheck.timeout))
+  let idle = Duration.toMillis(config.routing.streamIdleTimeout)
+  for (const u of config.upstreams) {
+    wait = Math.max(wait, Duration.toMillis(u.timeout))
+    if (u.streamIdleTimeout !== undefined) idle = Math.max(idle, Duration.toMillis(u.streamIdleTimeout))
+  }
+  // Timers hold at most 2^31 - 1 ms.
+  const cap = (ms: number) => Math.min(ms, 2_147_483_647)
+  return { headersTimeout: cap(wait + 5_000), bodyTimeout: cap(Math.max(wait, idle) + 5_000) }
+}

@@ -29,6 +29,8 @@ export interface Incoming {
   readonly headers: Readonly<Record<string, string | undefined>>
   /** The body as text, or undefined when it is larger than `maxBodyBytes`. */
   readonly body: Effect.Effect<string | undefined>
+  /** The handler's own record of the request, for {@link Handler.hungUp}; adapters leave it alone. */
+  state?: unknown
 }
 
 /** A response: a complete text body, or a stream of text (server-sent events). */
@@ -36,6 +38,18 @@ export interface Reply {
   readonly status: number
   readonly headers: Record<string, string>
   readonly body: string | Stream.Stream<string>
+}
+
+/** The HTTP handler, and what the adapter tells it about callers that leave. */
+export interface Handler {
+  (request: Incoming): Effect.Effect<Reply>
+  /**
+   * The caller hung up before the answer was complete, and the adapter has
+   * interrupted the request: the request is logged and counted as 499, and a
+   * stream whose body was never written is released. Does nothing for a
+   * request already logged, so it may run after any interruption.
+   */
+  readonly hungUp: (request: Incoming) => Effect.Effect<void>
 }
 
 const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
@@ -130,6 +144,14 @@ const durationHistogram = Metric.histogram(
 
 interface Log {
   requestId: string
+  readonly method: string
+  readonly path: string
+  /** performance.now() at the start. */
+  readonly started: number
+  /** The line is written once: at the answer, or for a stream when it ends, or at a hang-up. */
+  written: boolean
+  /** A stream's line is written when the stream ends, not when its headers go out. */
+  deferred: boolean
   key: string
   model: string | undefined
   upstream: string | undefined
@@ -141,6 +163,13 @@ interface Log {
   costBasis: string | undefined
   /** Why each upstream failed or was left out, when the relay failed. */
   failures: ReadonlyArray<string> | undefined
+  /** For a stream: its end, once (it writes the line); also run if the caller leaves before the body is read. */
+  finish: Effect.Effect<void> | undefined
+  /** A stream's end: completed, failed or abandoned. */
+  outcome: Relay.StreamOutcome | undefined
+  /** What ended a failed stream. */
+  error: string | undefined
+  usageEstimated: boolean | undefined
 }
 
 export const make = (options: Options) =>
@@ -362,6 +391,9 @@ export const make = (options: Options) =>
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
       if (error._tag === "AllUpstreamsFailed" || error._tag === "NoUpstreamAvailable" || error._tag === "UpstreamKeysRejected") {
         log.failures = error.failures.map((f) => `${f.upstream}: ${f.reason}`)
+        log.attempts = error.attempts
+      } else if (error._tag === "DeadlineExceeded") {
+        log.attempts = error.attempts ?? 0
       } else if (error._tag === "UpstreamRejected") {
         log.upstream = error.upstream
         log.attempts = 1
@@ -375,6 +407,7 @@ export const make = (options: Options) =>
       log.cache = m.cache
       log.costUsd = charged?.usd ?? m.costUsd
       if (charged !== undefined && charged.basis !== "table") log.costBasis = charged.basis
+      log.usageEstimated = m.usageEstimated
     }
 
     const chat = (
@@ -401,17 +434,28 @@ export const make = (options: Options) =>
               log.upstream = result.upstream
               log.attempts = result.attempts
               log.cache = "bypass"
-              // From here the stream settles when it ends, however it ends.
-              const events = result.events.pipe(
-                Stream.ensuring(Effect.flatMap(result.done, (m) =>
-                  Effect.map(gateway.settle(admitted, m), (charged) => {
+              log.deferred = true
+              // From here the stream settles when it ends, however it ends
+              // (or, through hungUp, if it is never read): its real outcome,
+              // cost and charge, then the request's log line. Once.
+              let finished = false
+              const finish = Effect.suspend(() => {
+                if (finished) return Effect.void
+                finished = true
+                return Effect.flatMap(result.done, (m) => {
+                  log.outcome = m.streamOutcome
+                  log.error = m.streamError
+                  return Effect.flatMap(gateway.settle(admitted, m), (charged) => {
                     noteResult(log, m, charged)
-                  })))
-              )
+                    return writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
+                  })
+                })
+              })
+              log.finish = finish
               return {
                 status: 200,
                 headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
-                body: events
+                body: Stream.ensuring(result.events, finish)
               }
             }),
             Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
@@ -512,12 +556,16 @@ export const make = (options: Options) =>
         }
         const u = relay.upstreams.find((x) => x.name === name)
         if (u === undefined) return failure(404, `No upstream named '${name}'.`, "invalid_request_error", "upstream_not_found")
-        if (m[2] === "reset") {
+        const action = m[2] === "reset" ? "reset" : "open"
+        if (action === "reset") {
           yield* u.breaker.reset
           yield* cooldowns.clear(u.name)
         } else {
           yield* u.breaker.forceOpen
         }
+        yield* Effect.logInfo("admin action").pipe(
+          Effect.annotateLogs({ action, upstream: u.name, path, method: request.method })
+        )
         const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
         return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
       })
@@ -576,7 +624,49 @@ export const make = (options: Options) =>
         })
         : undefined
 
-    return (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
+
+    /**
+     * The request's metric and log line, written once: at the answer; for a
+     * stream when it ends, with its outcome; for a caller that hung up, as
+     * 499. Failed relays (5xx) and failed streams are warnings.
+     */
+    const writeLog = (log: Log, status: number): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (log.written) return Effect.void
+        log.written = true
+        log.status = status
+        const elapsed = performance.now() - log.started
+        const annotations: Record<string, unknown> = {
+          requestId: log.requestId,
+          method: log.method,
+          path: log.path,
+          key: log.key,
+          model: log.model ?? null,
+          upstream: log.upstream ?? null,
+          attempts: log.attempts ?? 0,
+          status,
+          latencyMs: Math.round(elapsed * 10) / 10,
+          cache: log.cache ?? null,
+          costUsd: log.costUsd ?? 0
+        }
+        if (log.costBasis !== undefined) annotations["costBasis"] = log.costBasis
+        if (log.failures !== undefined) annotations["failures"] = log.failures
+        if (log.outcome !== undefined) {
+          annotations["outcome"] = log.outcome
+          if (log.error !== undefined) annotations["error"] = log.error
+        }
+        if (log.outcome !== undefined || log.usageEstimated === true) annotations["usageEstimated"] = log.usageEstimated ?? false
+        const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
+        return Effect.zipRight(
+          Effect.zipRight(
+            Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status))),
+            Metric.update(durationHistogram, elapsed)
+          ),
+          Effect.annotateLogs(line, annotations)
+        )
+      })
+
+    const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : randomUUID()
@@ -584,6 +674,11 @@ export const make = (options: Options) =>
       const path = q === -1 ? request.url : request.url.slice(0, q)
       const log: Log = {
         requestId,
+        method: request.method,
+        path,
+        started,
+        written: false,
+        deferred: false,
         key: "anonymous",
         model: undefined,
         upstream: undefined,
@@ -592,8 +687,14 @@ export const make = (options: Options) =>
         cache: undefined,
         costUsd: undefined,
         costBasis: undefined,
-        failures: undefined
+        failures: undefined,
+        finish: undefined,
+        outcome: undefined,
+        error: undefined,
+        usageEstimated: undefined
       }
+      const logged = path.startsWith("/v1/")
+      if (logged) request.state = log
       const closing = draining()
       const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
@@ -606,31 +707,21 @@ export const make = (options: Options) =>
       // Kept-alive clients (and load balancers) reconnect, to another instance.
       if (closing) response.headers["connection"] = "close"
       log.status = response.status
-      if (path.startsWith("/v1/")) {
-        const elapsed = performance.now() - started
-        yield* Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(response.status)))
-        yield* Metric.update(durationHistogram, elapsed)
-        yield* Effect.logInfo("request").pipe(
-          Effect.annotateLogs({
-            requestId,
-            method: request.method,
-            path,
-            key: log.key,
-            model: log.model ?? null,
-            upstream: log.upstream ?? null,
-            attempts: log.attempts ?? 0,
-            status: response.status,
-            latencyMs: Math.round(elapsed * 10) / 10,
-            cache: log.cache ?? null,
-            costUsd: log.costUsd ?? 0,
-            ...(log.costBasis === undefined ? {} : { costBasis: log.costBasis }),
-            ...(log.failures === undefined ? {} : { failures: log.failures })
-          })
-        )
-      }
+      if (logged && !log.deferred) yield* writeLog(log, response.status)
       response.headers["x-request-id"] = requestId
       return response
     })
+
+    // Run by the adapter after it interrupted the request: nothing per
+    // request on the way in, only for callers that leave.
+    const hungUp = (request: Incoming): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const log = request.state as Log | undefined
+        if (log === undefined || log.written) return Effect.void
+        return log.finish ?? writeLog(log, 499)
+      })
+
+    return Object.assign(handle, { hungUp }) satisfies Handler
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const

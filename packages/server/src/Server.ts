@@ -60,10 +60,12 @@ export const servicesLayer = (config: ServerConfig) => {
       Spend.layerStoreMemory,
       ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
     )
+  // One client (one connection pool) for the relay and the health probes.
+  const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
   // Metric labels: configured models, aliases and their targets, and key names, as they are.
   const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
   const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, UpstreamClient.layerUndici, pricing))
+    Layer.provide(Layer.mergeAll(stores, upstreamClient, pricing))
   )
   const health = Layer.scoped(
     Health.Health,
@@ -73,7 +75,7 @@ export const servicesLayer = (config: ServerConfig) => {
         timeout: config.healthCheck.timeout,
         authFailedCooldown: config.cooldown.authFailed
       }))
-  ).pipe(Layer.provide(Layer.mergeAll(UpstreamClient.layerUndici, stores)))
+  ).pipe(Layer.provide(Layer.mergeAll(upstreamClient, stores)))
   const gateway = Layer.effect(
     Gateway.Gateway,
     Effect.flatMap(Relay.Relay, (r) =>
@@ -240,6 +242,13 @@ const readBody = (req: IncomingMessage, max: number): Effect.Effect<string | und
     req.once("error", () => resume(Effect.succeed(undefined)))
   })
 
+const ignore = (): void => {}
+
+/**
+ * A connection's error outside any request (a malformed request, a reset
+ * while headers arrive): answer as Node would (400, 408 or 431) when nothing
+ * was written yet, then close it. Never thrown, never logged per connection.
+ */
 /** Writes a stream of text to `res`, respecting backpressure. */
 const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Effect<void> =>
   Stream.runForEach(body, (chunk) =>
@@ -287,13 +296,19 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
 
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
       inFlight++
+      // A caller that resets its connection makes these emit 'error'; unheard,
+      // that would end the process. The 'close' below handles the hang-up.
+      req.on("error", ignore)
+      res.on("error", ignore)
       res.once("close", () => inFlight--)
       const incoming: Http.Incoming = {
         method: req.method ?? "GET",
         url: req.url ?? "/",
         headers: req.headers as Record<string, string | undefined>,
-        body: readBody(req, maxBody)
+        body: readBody(req, maxBody),
+        state: undefined
       }
+      let hungUp = false
       const fiber = runFork(Effect.flatMap(handler(incoming), (reply) => {
         if (typeof reply.body === "string") {
           res.writeHead(reply.status, { ...reply.headers, "content-length": Buffer.byteLength(reply.body) })
@@ -308,10 +323,16 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
           res.writeHead(500, { "content-type": "application/json" })
           res.end(OpenAI.errorBody("The gateway failed unexpectedly.", "server_error", null, "internal_error"))
         }
+        // The caller left: the request is logged as such (499), and a stream
+        // interrupted before its body was written is released.
+        if (hungUp) runFork(handler.hungUp(incoming))
       })
       // A caller that goes away stops its request (and its upstream stream).
       res.once("close", () => {
-        if (!res.writableFinished) fiber.unsafeInterruptAsFork(FiberId.none)
+        if (!res.writableFinished) {
+          hungUp = true
+          fiber.unsafeInterruptAsFork(FiberId.none)
+        }
       })
     }
 
@@ -356,8 +377,13 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
     // answers have no body). A connection that has not sent a byte (a
     // client's pre-opened one) is closed without an answer.
     server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+      // The socket may error again while being answered or destroyed: never an unhandled 'error'.
+      socket.on("error", ignore)
       const response = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
-      if (socket.writable && socket.bytesRead > 0 && (response == null || !response.headersSent)) {
+      if (
+        socket.writable && socket.bytesRead > 0 && error.code !== "ECONNRESET" &&
+        (response == null || !response.headersSent)
+      ) {
         let status: keyof typeof STATUS_TEXT
         let reply: string
         if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") {

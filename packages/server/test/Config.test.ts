@@ -88,12 +88,14 @@ describe("Config.parse", () => {
       tokensPerMinute: 400_000
     })
     expect(ms(up.timeout)).toBe(30_000)
+    expect(ms(up.streamIdleTimeout!)).toBe(120_000)
     expect(up.breaker).toEqual({ failureThreshold: 5 })
     expect(up.retry).toEqual({ maxRetries: 1 })
 
     expect(config.routing.strategy).toBe("priority")
     expect(config.routing.maxAttempts).toBe(3)
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
+    expect(ms(config.routing.streamIdleTimeout)).toBe(60_000)
     expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
     expect(ms(config.breaker.openDuration)).toBe(30_000)
     expect(config.retry.maxRetries).toBe(2)
@@ -165,9 +167,11 @@ describe("Config.parse", () => {
     expect(up.requestsPerMinute).toBeUndefined()
     expect(up.breaker).toBeUndefined()
     expect(up.retry).toBeUndefined()
+    expect(up.streamIdleTimeout).toBeUndefined()
     expect(config.routing.strategy).toBe("priority")
     expect(config.routing.maxAttempts).toBe(3)
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
+    expect(ms(config.routing.streamIdleTimeout)).toBe(60_000)
     expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
     expect(config.retry.maxRetries).toBe(2)
     expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "deterministic", scope: "key" })
@@ -578,6 +582,17 @@ describe("Config.toRelayOptions", () => {
     expect(Redacted.isRedacted(up.apiKey)).toBe(true)
     expect(Redacted.value(up.apiKey)).toBe(SECRETS.PRIMARY_API_KEY)
     expect(up.timeout).toEqual(Duration.seconds(30))
+    expect(up.streamIdleTimeout).toEqual(Duration.minutes(2))
+    expect(options.streamIdleTimeout).toEqual(Duration.seconds(60))
+  })
+
+  it("the upstream client's backstop timeouts lie past every limit of the gateway's own", () => {
+    const config = ok(parse(readFileSync(fixture, "utf8"), SECRETS, fixture))
+    // requestTimeout 60s is the longest wait for headers; the upstream's streamIdleTimeout 2m the longest silence.
+    expect(Config.toUndiciOptions(config)).toEqual({ headersTimeout: 65_000, bodyTimeout: 125_000 })
+    const invalidIdle = invalid(parse(`upstreams: [{ name: a, baseUrl: "http://127.0.0.1:1/v1", apiKey: k, streamIdleTimeout: 0s }]
+routing: { streamIdleTimeout: soon }`))
+    expect(invalidIdle.problems.map((p) => p.path)).toEqual(["upstreams[0].streamIdleTimeout", "routing.streamIdleTimeout"])
   })
 
   it("cache.enabled false means cacheMode none; otherwise cache.mode", () => {

@@ -16,6 +16,12 @@
  *
  * The admin paths are not counted in `requests`.
  *
+ * Streams are sent in one write unless a pacing fault asks otherwise:
+ * `streamDelayMs` spaces the events out (the headers and the first event go
+ * at once), and `streamStallAfter` stops sending after that many events and
+ * keeps the connection open, as a stalled upstream does. Paced streams are
+ * counted in `streamsOpen` while their connection is open.
+ *
  * @since 0.1.0
  */
 import * as http from "node:http"
@@ -58,6 +64,15 @@ export interface Faults {
   emptyChoices?: number | undefined
   /** For `stream: true`, probability of ending after about half the events, without `[DONE]`. */
   streamCut?: number | undefined
+  /** Report no `usage` in chat answers and streams, even when asked (as some OpenAI-compatible servers do). */
+  omitUsage?: boolean | undefined
+  /** For `stream: true`: milliseconds between two events (the headers and first event go at once). Default 0. */
+  streamDelayMs?: number | undefined
+  /**
+   * For `stream: true`: send this many events, then nothing more, keeping the
+   * connection open (a stream that stalls). 0 stalls right after the headers.
+   */
+  streamStallAfter?: number | undefined
   /** Probability of destroying the socket without any response. */
   reset?: number | undefined
   /** `x-ratelimit-*` headers sent on 200s. */
@@ -86,6 +101,10 @@ export interface Counters {
   byStatus: Record<number, number>
   resets: number
   hangs: number
+  /** Streams that stalled (`streamStallAfter`). */
+  stalls: number
+  /** Paced streams (`streamDelayMs`, `streamStallAfter`) whose connection is still open. */
+  streamsOpen: number
   /** The Authorization header of the last request. */
   lastAuthorization: string | undefined
   /** The raw body text of the last POST. */
@@ -277,6 +296,8 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     byStatus: {},
     resets: 0,
     hangs: 0,
+    stalls: 0,
+    streamsOpen: 0,
     lastAuthorization: undefined,
     lastBody: undefined
   })
@@ -370,7 +391,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       const cut = hit(f.streamCut)
       const streamOptions = request["stream_options"] as { include_usage?: unknown } | null | undefined
       const includeUsage = typeof streamOptions === "object" && streamOptions !== null &&
-        streamOptions.include_usage === true
+        streamOptions.include_usage === true && f.omitUsage !== true
       const head = `data: {"id":${id},"object":"chat.completion.chunk","created":${created},"model":${model},` +
         `"system_fingerprint":${fingerprint},`
       const tail = includeUsage ? `,"usage":null}\n\n` : `}\n\n`
@@ -385,12 +406,14 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
         events.push(choice("{}", `"stop"`))
       }
       if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
-      let body: string
-      if (cut) body = events.slice(0, Math.max(1, events.length >> 1)).join("")
-      else body = events.join("") + "data: [DONE]\n\n"
-      if (truncated) body = body.slice(0, body.length >> 1)
+      const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
       const headers: Record<string, string> = { "cache-control": "no-cache" }
       if (extra !== undefined) Object.assign(headers, extra)
+      const delay = f.streamDelayMs ?? 0
+      const stallAfter = f.streamStallAfter
+      if (delay > 0 || stallAfter !== undefined) return paced(res, parts, headers, delay, stallAfter)
+      let body = parts.join("")
+      if (truncated) body = body.slice(0, body.length >> 1)
       send(res, 200, "text/event-stream", body, headers, false)
       return
     }
@@ -401,9 +424,53 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
         JSON.stringify(reply)
       }},"finish_reason":"stop","logprobs":null}]`
     let body = `{"id":${id},"object":"chat.completion","created":${created},"model":${model},` +
-      `"system_fingerprint":${fingerprint},"choices":${choices},"usage":${usage}}`
+      `"system_fingerprint":${fingerprint},"choices":${choices}${f.omitUsage === true ? "" : `,"usage":${usage}`}}`
     if (truncated) body = body.slice(0, body.length >> 1)
     sendJson(res, 200, body, extra)
+  }
+
+  /** Sends SSE events one at a time, `delay` ms apart, stalling after `stallAfter` of them. */
+  const paced = (
+    res: http.ServerResponse,
+    parts: ReadonlyArray<string>,
+    headers: Record<string, string>,
+    delay: number,
+    stallAfter: number | undefined
+  ): void => {
+    c.byStatus[200] = (c.byStatus[200] ?? 0) + 1
+    res.writeHead(200, { "content-type": "text/event-stream", "x-fake-upstream": name, ...headers })
+    // Counted in the counters current when the stream started (resetCounters keeps it).
+    c.streamsOpen++
+    let timer: NodeJS.Timeout | undefined
+    res.once("close", () => {
+      c.streamsOpen--
+      if (timer !== undefined) {
+        clearTimeout(timer)
+        timers.delete(timer)
+      }
+    })
+    let i = 0
+    const next = (): void => {
+      timer = undefined
+      if (closed || res.destroyed) return
+      if (stallAfter !== undefined && i >= stallAfter) {
+        c.stalls++
+        return
+      }
+      if (i >= parts.length) {
+        res.end()
+        return
+      }
+      res.write(parts[i++])
+      if (delay <= 0) return next()
+      const t = setTimeout(() => {
+        timers.delete(t)
+        next()
+      }, delay)
+      timer = t
+      timers.add(t)
+    }
+    next()
   }
 
   /** Runs the fault checks in order and answers (or not). */
@@ -476,7 +543,9 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   }
 
   const resetCounters = (): void => {
+    const open = c.streamsOpen
     c = freshCounters(c.inFlight)
+    c.streamsOpen = open
   }
 
   const admin = (req: http.IncomingMessage, res: http.ServerResponse, path: string): void => {

@@ -439,9 +439,19 @@ describe("what reaches the upstream", () => {
           expect(a.counters().lastBody).toBe(new TextDecoder().decode(bytes))
           expect(b.counters().lastBody).toBe(new TextDecoder().decode(bytes))
 
-          const s = yield* relay.chatStream({ ...request, stream: true }, { rawBody: raw.replace("{ ", `{ "stream": true, `) })
+          // A stream asks for usage: the field is added to the caller's bytes, which are kept.
+          const streamRaw = raw.replace("{ ", `{ "stream": true, `)
+          const s = yield* relay.chatStream({ ...request, stream: true }, { rawBody: streamRaw })
           yield* Stream.runDrain(s.events)
-          expect(b.counters().lastBody).toBe(raw.replace("{ ", `{ "stream": true, `))
+          expect(b.counters().lastBody).toBe(streamRaw.replace(/}$/, `,"stream_options":{"include_usage":true}}`))
+          // When the caller asked for usage itself, its bytes go as they came.
+          const askedRaw = raw.replace("{ ", `{ "stream": true, "stream_options": {"include_usage": true}, `)
+          const asked = yield* relay.chatStream(
+            { ...request, stream: true, stream_options: { include_usage: true } },
+            { rawBody: askedRaw }
+          )
+          yield* Stream.runDrain(asked.events)
+          expect(b.counters().lastBody).toBe(askedRaw)
         }))
     }), 10_000)
 })

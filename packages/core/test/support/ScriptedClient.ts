@@ -3,9 +3,11 @@
  * upstream name has a queue of replies (consumed one per call) and a fallback
  * used once the queue is empty. A reply is any effect, so it can be a plain
  * answer, a connection failure, a delay (`Effect.sleep`, driven by TestClock)
- * or a hang (`Effect.never`). Every call is recorded with the Clock's time.
+ * or a hang (`Effect.never`), and a stream may stall after some events
+ * (`sseStall`). Every call is recorded with the Clock's time.
  */
 import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -132,6 +134,27 @@ export const sse = (
   }
   return Effect.succeed({ status: 200, headers: { "content-type": "text/event-stream", ...options.headers }, body })
 }
+
+/**
+ * A 200 stream that sends the given `data:` payloads and then nothing more,
+ * as a stalled upstream does. Like the real client's body, it ends (failing
+ * with `UpstreamUnreachable("aborted")`) when the scope of the call closes;
+ * `onRelease` is called then.
+ */
+export const sseStall = (datas: ReadonlyArray<string>, onRelease: () => void = () => {}): StreamReply => (call) =>
+  Effect.gen(function*() {
+    const released = yield* Deferred.make<void>()
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(onRelease).pipe(Effect.zipRight(Deferred.succeed(released, undefined)))
+    )
+    const body: Stream.Stream<Uint8Array, UpstreamUnreachable> = Stream.concat(
+      Stream.fromIterable(sseBytes(datas)),
+      Stream.fromEffect(Deferred.await(released)).pipe(
+        Stream.flatMap(() => Stream.fail(new UpstreamUnreachable({ upstream: call.upstream, reason: "aborted" })))
+      )
+    )
+    return { status: 200, headers: { "content-type": "text/event-stream" }, body }
+  })
 
 /** A normal complete stream: two content chunks, a usage chunk, [DONE]. */
 export const sseOk = (text = "hi"): StreamReply => sse([chunk(text.slice(0, 1)), chunk(text.slice(1)), usageChunk, "[DONE]"])
