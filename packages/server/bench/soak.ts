@@ -360,8 +360,8 @@ healthCheck: { interval: 2s, timeout: 1s }
       `45% chat, 45% stream, 10% embeddings; 3 fakes with every fault; seed ${SEED}; ` +
       `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
   )
-  console.log("| minute | requests | ok | aborted | errors | error % | RSS MB | phase |")
-  console.log("|-------:|---------:|---:|--------:|-------:|--------:|-------:|-------|")
+  console.log("| minute | requests |     ok | aborted | errors | error % | RSS MB | phase at the minute's end |")
+  console.log("|-------:|---------:|-------:|--------:|-------:|--------:|-------:|-------|")
 
   const started = performance.now()
   const endAt = started + MINUTES * 60_000
@@ -393,7 +393,7 @@ healthCheck: { interval: 2s, timeout: 1s }
     const mb = rssMbOf(pid)
     rss.push(mb)
     console.log(
-      `| ${String(rss.length).padStart(6)} | ${String(m.requests).padStart(8)} | ${String(m.ok).padStart(2)} | ${
+      `| ${String(rss.length).padStart(6)} | ${String(m.requests).padStart(8)} | ${String(m.ok).padStart(6)} | ${
         String(m.aborted).padStart(7)
       } | ${String(m.errors).padStart(6)} | ${(m.requests === 0 ? 0 : (m.errors / (m.requests - m.aborted)) * 100).toFixed(3).padStart(7)} | ${
         mb.toFixed(0).padStart(6)
