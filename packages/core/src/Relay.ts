@@ -578,7 +578,17 @@ export const make = (
                       const error = outcome.error
                       progress.last = u.name
                       progress.failures.push(failureOf(error))
-                      if (error._tag === "UpstreamRejected") return Effect.fail(error)
+                      if (error._tag === "UpstreamRejected") {
+                        return Effect.fail(
+                          new UpstreamRejected({
+                            upstream: error.upstream,
+                            status: error.status,
+                            body: error.body,
+                            contentType: error.contentType,
+                            attempts: progress.attempts
+                          })
+                        )
+                      }
                       if (error._tag === "UpstreamModelNotFound") {
                         progress.notFound = error
                         progress.lacking ??= new Set()
@@ -685,7 +695,7 @@ export const make = (
       }
       if (missing === failures.length && progress.notFound !== undefined) {
         const { body, contentType, status, upstream } = progress.notFound
-        return new UpstreamRejected({ upstream, status, body, contentType })
+        return new UpstreamRejected({ upstream, status, body, contentType, attempts: progress.attempts })
       }
       if (auth === failures.length) {
         return new UpstreamKeysRejected({ model, attempts: progress.attempts, upstreams: [...new Set(failures.map((f) => f.upstream))], failures })

@@ -130,6 +130,8 @@ export class UpstreamRejected extends Data.TaggedError("UpstreamRejected")<{
   readonly status: number
   readonly body: string
   readonly contentType: string | undefined
+  /** Upstream calls the request made, this one included, when the relay counted them. */
+  readonly attempts?: number | undefined
 }> {
   readonly retryable = false
   override get message(): string {

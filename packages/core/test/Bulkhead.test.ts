@@ -535,7 +535,8 @@ describe("Bulkhead", () => {
   // Properties
   // -------------------------------------------------------------------------
 
-  describe("properties", () => {
+  // Hundreds of generated runs each: the timeout only guards against a hang.
+  describe("properties", { timeout: 30_000 }, () => {
     const maxWaitArb = FastCheck.option(FastCheck.integer({ min: 1, max: 10 }).map((n) => n * 10), { nil: undefined })
     // Multiples of 10ms so that holds, timeouts and interruptions often coincide.
     const holdArb = FastCheck.integer({ min: 1, max: 10 }).map((n) => n * 10)

@@ -396,7 +396,7 @@ export const make = (options: Options) =>
         log.attempts = error.attempts ?? 0
       } else if (error._tag === "UpstreamRejected") {
         log.upstream = error.upstream
-        log.attempts = 1
+        log.attempts = error.attempts ?? 1
       }
       return relayFailure(error)
     }

@@ -4,37 +4,17 @@
  * an estimate before the call and settles to the real cost after).
  */
 import { Pricing } from "@breakwater/core"
-import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { captured, captureStdout, openAIError, startServer, type TestServer } from "./helpers/e2e.js"
+import { describe, expect, it } from "vitest"
+import { captured, openAIError, testBed, type TestServer } from "./helpers/e2e.js"
 
 const KEY = "gw-key-BUDGET-SECRET-1"
 const ADMIN = "admin-key-BUDGET-SECRET"
 
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-const servers: Array<TestServer> = []
-
-let restoreStdout: (() => void) | undefined
-beforeAll(() => {
-  restoreStdout = captureStdout()
-})
-afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()))
-  await Promise.all(fakes.map((f) => f.close()))
-  restoreStdout?.()
-})
-
-const serve = async (yaml: string) => {
-  const s = await startServer(yaml)
-  servers.push(s)
-  return s
-}
+const { fake, serve } = testBed()
 
 /** A fake whose answers take 100 ms and are 60 characters (15 completion tokens). */
 const slowFake = async (name: string) => {
-  const f = await FakeUpstream.start({ name, faults: { latencyMs: 100 }, reply: () => "x".repeat(60) })
-  fakes.push(f)
-  return f
+  return fake(name, { latencyMs: 100 }, { reply: () => "x".repeat(60) })
 }
 
 interface Outcome {
@@ -117,8 +97,7 @@ pricing: { estimatedOutputTokens: 5 }
 
 describe("reservations are given back", () => {
   it("when the caller goes away mid-request, and when every upstream fails", async () => {
-    const upstream = await FakeUpstream.start({ name: "budget-release", faults: { latencyMs: 400 } })
-    fakes.push(upstream)
+    const upstream = await fake("budget-release", { latencyMs: 400 })
     const server = await serve(`
 keys:
   - { name: one-at-a-time, key: "${KEY}", budgetUsd: 0.001 }
@@ -153,8 +132,7 @@ retry: { maxRetries: 0 }
 
 describe("keys and spend in the admin API", () => {
   it("GET /admin/keys shows spend, budget, period and reset time (never the key); reset-spend zeroes the period", async () => {
-    const upstream = await FakeUpstream.start({ name: "admin-keys", reply: () => "x".repeat(60) })
-    fakes.push(upstream)
+    const upstream = await fake("admin-keys", {}, { reply: () => "x".repeat(60) })
     const server = await serve(`
 server: { adminKey: "${ADMIN}" }
 keys:
@@ -221,8 +199,7 @@ cache: { enabled: false }
 
 describe("models without a price", () => {
   it("a key with a budget is charged the highest price and told so; with pricing.unknown: reject it is refused (403) before any call", async () => {
-    const upstream = await FakeUpstream.start({ name: "unpriced", reply: () => "x".repeat(60) })
-    fakes.push(upstream)
+    const upstream = await fake("unpriced", {}, { reply: () => "x".repeat(60) })
     const yaml = (extra: string) => `
 keys:
   - { name: budgeted, key: "${KEY}", budgetUsd: 100 }

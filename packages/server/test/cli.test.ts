@@ -4,36 +4,15 @@
  * stdout. Upstreams are fake upstreams started in this (the test) process.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { freePort } from "./helpers/e2e.js"
-import { cli, runCli, tryConnect, waitFor200 } from "./helpers/process.js"
+import { cli, processBed, runCli, tryConnect, waitFor200 } from "./helpers/process.js"
 
 const UPSTREAM_KEY = "sk-upstream-SECRET-cli-789"
 const GATEWAY_KEY = "gw-key-CLI-SECRET-555"
 const ADMIN_KEY = "admin-key-CLI-SECRET-666"
 
-const dir = mkdtempSync(join(tmpdir(), "breakwater-cli-"))
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-
-afterAll(async () => {
-  await Promise.all(fakes.map((f) => f.close()))
-  rmSync(dir, { recursive: true, force: true })
-})
-
-const fake = async (name: string, faults: FakeUpstream.Faults = {}) => {
-  const f = await FakeUpstream.start({ name, faults })
-  fakes.push(f)
-  return f
-}
-
-const configFile = (name: string, yaml: string): string => {
-  const file = join(dir, name)
-  writeFileSync(file, yaml)
-  return file
-}
+const { fake, file: configFile } = processBed("cli")
 
 const validYaml = (upstream: { readonly name: string; readonly url: string }, port: number, server = "") => `
 server:

@@ -6,23 +6,14 @@
  * still answer, and print no unhandled error.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import * as http from "node:http"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { connect } from "node:net"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { freePort, startServer } from "./helpers/e2e.js"
-import { cli } from "./helpers/process.js"
+import { cli, processBed } from "./helpers/process.js"
 
 const GATEWAY_KEY = "gw-key-ABORTS-SECRET-1"
-const dir = mkdtempSync(join(tmpdir(), "breakwater-aborts-"))
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-
-afterAll(async () => {
-  await Promise.all(fakes.map((f) => f.close()))
-  rmSync(dir, { recursive: true, force: true })
-})
+const { fake, file } = processBed("aborts")
 
 const CHAT = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "stream to me" }], stream: true })
 
@@ -73,15 +64,10 @@ describe("clients that hang up mid-stream", { timeout: 90_000 }, () => {
     // after the upstream has sent everything but before it was relayed, or not at all.
     const paced: FakeUpstream.Faults = { streamDelayMs: 60, jitterMs: 1_000 }
     const oneShot: FakeUpstream.Faults = { jitterMs: 1_000 }
-    const upstream = await FakeUpstream.start({
-      name: "slow-streams",
-      reply: () => "one two three four five six seven eight nine ten"
-    })
-    fakes.push(upstream)
+    const upstream = await fake("slow-streams", {}, { reply: () => "one two three four five six seven eight nine ten" })
     const port = await freePort()
-    const file = join(dir, "aborts.yaml")
-    writeFileSync(
-      file,
+    const config = file(
+      "aborts.yaml",
       `
 server: { host: 127.0.0.1, port: ${port}, shutdownTimeout: 2s }
 keys:
@@ -90,7 +76,7 @@ upstreams:
   - { name: slow-streams, baseUrl: "${upstream.url}", apiKey: "sk-upstream-aborts", models: [gpt-4.1], maxConcurrent: 500 }
 `
     )
-    const p = cli(["--config", file])
+    const p = cli(["--config", config])
     try {
       await p.waitForStdout(/Breakwater on http:\/\/127\.0\.0\.1:\d+/, 20_000)
       const outcomes = { destroyed: 0, completed: 0, failed: 0 }

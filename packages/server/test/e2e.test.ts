@@ -13,8 +13,8 @@ import OpenAI, {
   NotFoundError,
   RateLimitError
 } from "openai"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { captureStdout, everything, openAIError, recordingFetch, startServer, type TestServer } from "./helpers/e2e.js"
+import { beforeAll, describe, expect, it } from "vitest"
+import { everything, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
 
 // ---------------------------------------------------------------------------
 // secrets and clients
@@ -62,20 +62,7 @@ const chatOf = (content: string, model = "gpt-4.1") => ({ model, messages: [{ ro
 // ---------------------------------------------------------------------------
 // servers
 
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-const servers: Array<TestServer> = []
-
-const fake = async (name: string, faults: FakeUpstream.Faults = {}) => {
-  const f = await FakeUpstream.start({ name, faults })
-  fakes.push(f)
-  return f
-}
-
-const serve = async (yaml: string) => {
-  const s = await startServer(yaml)
-  servers.push(s)
-  return s
-}
+const { fake, serve } = testBed()
 
 /** Two upstreams, a (priority 1) and b (priority 2), serving gpt-4.1. */
 const pairYaml = (a: FakeUpstream.FakeUpstream, b: FakeUpstream.FakeUpstream, extra = "") => `
@@ -87,18 +74,6 @@ upstreams:
 retry: { maxRetries: 0 }
 ${extra}
 `
-
-// The server's JSON log lines go to stdout: captured for the redaction check.
-let restoreStdout: (() => void) | undefined
-beforeAll(() => {
-  restoreStdout = captureStdout()
-})
-
-afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()))
-  await Promise.all(fakes.map((f) => f.close()))
-  restoreStdout?.()
-})
 
 // ---------------------------------------------------------------------------
 // the main server: two healthy upstreams, four keys, small body limit

@@ -5,16 +5,15 @@
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import { connect } from "node:net"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { beforeAll, describe, expect, it } from "vitest"
 import * as Server from "../src/Server.js"
-import { captureStdout, openAIError, startServer, type TestServer } from "./helpers/e2e.js"
+import { openAIError, testBed, type TestServer } from "./helpers/e2e.js"
 
 const UPSTREAM_KEY = "sk-upstream-SECRET-hardening"
 const GATEWAY_KEY = "gw-key-HARDENING-SECRET-1"
 const ADMIN_KEY = "admin-key-HARDENING-SECRET-2"
 
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-const servers: Array<TestServer> = []
+const { fakes, fake, serve: startTracked } = testBed()
 
 const yamlFor = (upstream: FakeUpstream.FakeUpstream, server = "") => `
 server: { adminKey: "${ADMIN_KEY}"${server === "" ? "" : `, ${server}`} }
@@ -25,23 +24,9 @@ upstreams:
 `
 
 const serve = async (server = "") => {
-  const upstream = await FakeUpstream.start({ name: `hardening-${fakes.length}` })
-  fakes.push(upstream)
-  const s = await startServer(yamlFor(upstream, server))
-  servers.push(s)
-  return s
+  const upstream = await fake(`hardening-${fakes.length}`)
+  return startTracked(yamlFor(upstream, server))
 }
-
-let restoreStdout: (() => void) | undefined
-beforeAll(() => {
-  restoreStdout = captureStdout()
-})
-
-afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()))
-  await Promise.all(fakes.map((f) => f.close()))
-  restoreStdout?.()
-})
 
 const chat = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "hi" }] })
 

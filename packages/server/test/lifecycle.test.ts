@@ -6,30 +6,17 @@
  * CLI as a child process against fake upstreams in this process.
  */
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { writeFileSync } from "node:fs"
 import { request } from "node:http"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { freePort } from "./helpers/e2e.js"
-import { cli, type Exit, tryConnect } from "./helpers/process.js"
+import { cli, type Exit, processBed, tryConnect } from "./helpers/process.js"
 
 const UPSTREAM_KEY = "sk-upstream-SECRET-lifecycle"
 const GATEWAY_KEY = "gw-key-LIFECYCLE-SECRET"
 
-const dir = mkdtempSync(join(tmpdir(), "breakwater-lifecycle-"))
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-
-afterAll(async () => {
-  await Promise.all(fakes.map((f) => f.close()))
-  rmSync(dir, { recursive: true, force: true })
-})
-
-const fake = async (name: string, faults: FakeUpstream.Faults = {}) => {
-  const f = await FakeUpstream.start({ name, faults })
-  fakes.push(f)
-  return f
-}
+const { dir, fake } = processBed("lifecycle")
 
 /** Writes a config for `upstream` on `port` with extra `server:` lines, and returns its path. */
 const configFor = (upstream: FakeUpstream.FakeUpstream, port: number, server: string) => {

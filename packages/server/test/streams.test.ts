@@ -14,40 +14,16 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Scope from "effect/Scope"
 import * as http from "node:http"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { beforeAll, describe, expect, it } from "vitest"
 import * as Http from "../src/Http.js"
 import * as Server from "../src/Server.js"
-import { captured, captureStdout, configOf, startServer, type TestServer } from "./helpers/e2e.js"
+import { captured, configOf, testBed, type TestServer } from "./helpers/e2e.js"
 
 const KEY = "gw-key-STREAMS-SECRET-1"
 const BUDGET_KEY = "gw-key-STREAMS-BUDGET-2"
 const ADMIN_KEY = "admin-key-STREAMS-SECRET-3"
 
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-const servers: Array<TestServer> = []
-
-let restoreStdout: (() => void) | undefined
-beforeAll(() => {
-  restoreStdout = captureStdout()
-})
-
-afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()))
-  await Promise.all(fakes.map((f) => f.close()))
-  restoreStdout?.()
-})
-
-const fake = async (name: string, faults: FakeUpstream.Faults = {}, reply?: () => string) => {
-  const f = await FakeUpstream.start({ name, faults, ...(reply === undefined ? {} : { reply }) })
-  fakes.push(f)
-  return f
-}
-
-const serve = async (yaml: string) => {
-  const s = await startServer(yaml)
-  servers.push(s)
-  return s
-}
+const { fake, serve } = testBed()
 
 const keysYaml = `
 server: { adminKey: "${ADMIN_KEY}" }
@@ -423,6 +399,22 @@ ${upstreamYaml(b, ", priority: 2")}
       expect(line).toMatchObject({ level: "WARN", status: 502, attempts: 2 })
       expect(line["failures"]).toEqual(["broken-a: server error (500)", "broken-b: server error (500)"])
     }
+  })
+
+  it("an upstream's own 400 relayed after a failover is logged with the calls it took", async () => {
+    const keyless = await fake("keyless", { status: 401 })
+    const picky = await fake("picky", { status: 400 })
+    const server = await serve(`${keysYaml}
+upstreams:
+${upstreamYaml(keyless, ", priority: 1")}
+${upstreamYaml(picky, ", priority: 2")}
+`)
+    const id = nextId("rejected")
+    const res = await chat(server, chatBody(false), id)
+    expect(res.status).toBe(400)
+    expect(res.headers.get("x-breakwater-upstream")).toBe("picky")
+    await res.text()
+    expect(await logLine(id)).toMatchObject({ status: 400, upstream: "picky", attempts: 2 })
   })
 
   it("admin actions are logged with the action and the upstream", async () => {

@@ -10,38 +10,19 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import OpenAI, { APIError, BadRequestError, InternalServerError, NotFoundError } from "openai"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import * as Demo from "../src/Demo.js"
 import * as Server from "../src/Server.js"
-import { captured, captureStdout, openAIError, recordingFetch, startServer, type TestServer } from "./helpers/e2e.js"
+import { captured, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-UPSTREAMS-SECRET-1"
 const ADMIN_KEY = "admin-key-UPSTREAMS-SECRET-2"
 const upstreamKey = (name: string) => `sk-upstream-${name}-SECRET-3`
 
-const fakes: Array<FakeUpstream.FakeUpstream> = []
-const servers: Array<TestServer> = []
-let restoreStdout: (() => void) | undefined
-
-beforeAll(() => {
-  restoreStdout = captureStdout()
-})
-
-afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()))
-  await Promise.all(fakes.map((f) => f.close()))
-  restoreStdout?.()
-})
-
-const fake = async (name: string, faults: FakeUpstream.Faults = {}, options: Partial<FakeUpstream.Options> = {}) => {
-  const f = await FakeUpstream.start({ name, faults, ...options })
-  fakes.push(f)
-  return f
-}
-
+const { fake, serve: startTracked } = testBed()
 /** A server over `upstreams` (priorities in order), with a gateway key and an admin key. */
 const serve = async (upstreams: ReadonlyArray<FakeUpstream.FakeUpstream>, extra = "", models = "[gpt-4.1]") => {
-  const server = await startServer(`
+  const server = await startTracked(`
 server: { adminKey: "${ADMIN_KEY}" }
 keys:
   - { name: team, key: "${GATEWAY_KEY}" }
@@ -54,7 +35,6 @@ ${
 retry: { maxRetries: 0 }
 ${extra}
 `)
-  servers.push(server)
   return server
 }
 
@@ -256,7 +236,7 @@ describe("GET /v1/models and /v1/models/{id}", () => {
   it("demo-style \"*\" upstreams: the models their /models probes report, plus configured models and aliases", async () => {
     const a = await fake("models-a", {}, { models: ["gpt-4.1", "gpt-4.1-mini", "o3"] })
     const b = await fake("models-b", {}, { models: ["gpt-4.1", "deepseek/deepseek-v3.2"] })
-    const server = await startServer(`
+    const server = await startTracked(`
 keys:
   - { name: team, key: "${GATEWAY_KEY}" }
 upstreams:
@@ -264,8 +244,7 @@ upstreams:
   - { name: models-b, baseUrl: "${b.url}", apiKey: "${upstreamKey("models-b")}", models: "*" }
 healthCheck: { interval: 200ms }
 `)
-    servers.push(server)
-    const client = sdk(server)
+      const client = sdk(server)
     const ids = async () => (await client.models.list()).data.map((m) => m.id)
     // The first probes run at start; poll briefly rather than guess.
     expect(await eventually(4_000, async () => (await ids()).includes("deepseek/deepseek-v3.2"))).toBe(true)

@@ -4,12 +4,14 @@
  * tests see (response status, headers and bodies) and of the server's log
  * lines, so that a test can check that no secret leaks anywhere.
  */
+import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import { createServer } from "node:net"
+import { afterAll, beforeAll } from "vitest"
 import * as Config from "../../src/Config.js"
 import * as Server from "../../src/Server.js"
 
@@ -159,4 +161,41 @@ export const openAIError = (text: string): { message: string; type: string; para
   if (param !== null && typeof param !== "string") throw new Error(`error.param is not a string or null: ${text}`)
   if (code !== null && typeof code !== "string") throw new Error(`error.code is not a string or null: ${text}`)
   return { message, type, param, code }
+}
+
+// ---------------------------------------------------------------------------
+// a test file's bed
+
+/**
+ * The fakes and servers of one test file: stdout is captured while the file
+ * runs (the servers' log lines land in `captured.logs`), and everything
+ * started through `fake` and `serve` is closed after the file.
+ */
+export const testBed = () => {
+  const fakes: Array<FakeUpstream.FakeUpstream> = []
+  const servers: Array<TestServer> = []
+  let restoreStdout: (() => void) | undefined
+  beforeAll(() => {
+    restoreStdout = captureStdout()
+  })
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.close()))
+    await Promise.all(fakes.map((f) => f.close()))
+    restoreStdout?.()
+  })
+  const fake = async (
+    name: string,
+    faults: FakeUpstream.Faults = {},
+    options: Partial<FakeUpstream.Options> = {}
+  ): Promise<FakeUpstream.FakeUpstream> => {
+    const f = await FakeUpstream.start({ name, faults, ...options })
+    fakes.push(f)
+    return f
+  }
+  const serve = async (yaml: string): Promise<TestServer> => {
+    const s = await startServer(yaml)
+    servers.push(s)
+    return s
+  }
+  return { fakes, fake, serve }
 }

@@ -2,9 +2,14 @@
  * Runs the `breakwater` CLI (`node packages/server/bin/breakwater.js`) as a
  * child process from the repository root, collecting its output.
  */
+import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { connect } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { afterAll } from "vitest"
 
 export const ROOT = fileURLToPath(new URL("../../../../", import.meta.url))
 export const BIN = "packages/server/bin/breakwater.js"
@@ -132,3 +137,32 @@ export const tryConnect = (port: number): Promise<string> =>
     })
     socket.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message))
   })
+
+/**
+ * The fakes and config files of a test file that runs the CLI: a temporary
+ * folder for configs, fakes in this process; both gone after the file.
+ */
+export const processBed = (name: string) => {
+  const dir = mkdtempSync(join(tmpdir(), `breakwater-${name}-`))
+  const fakes: Array<FakeUpstream.FakeUpstream> = []
+  afterAll(async () => {
+    await Promise.all(fakes.map((f) => f.close()))
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const fake = async (
+    name: string,
+    faults: FakeUpstream.Faults = {},
+    options: Partial<FakeUpstream.Options> = {}
+  ): Promise<FakeUpstream.FakeUpstream> => {
+    const f = await FakeUpstream.start({ name, faults, ...options })
+    fakes.push(f)
+    return f
+  }
+  /** Writes `text` to `file` in the folder; its path. */
+  const file = (file: string, text: string): string => {
+    const path = join(dir, file)
+    writeFileSync(path, text)
+    return path
+  }
+  return { dir, fake, file }
+}

@@ -14,7 +14,8 @@ import { healthy, load, parse, rateLimitedPrimary } from "./support.js"
 
 const COST = (100 * 2 + 50 * 8) / 1_000_000
 
-describe("worked examples", () => {
+// Whole simulated runs: seconds of CPU; the timeouts only guard against a hang.
+describe("worked examples", { timeout: 60_000 }, () => {
   it("one healthy upstream, 100 ms, 1 req/s for 60 s: 60 requests, no errors, 100 ms, 60 answers billed", () => {
     const r = Simulate.run(parse(healthy))
     expect(r.requests).toBe(60)
@@ -87,7 +88,7 @@ describe("worked examples", () => {
   }
 })
 
-describe("determinism", () => {
+describe("determinism", { timeout: 60_000 }, () => {
   const scenario = load("seed-article.yaml")
   const twoMinutes = { duration: 120_000 }
 

@@ -27,7 +27,9 @@ const sane = (r: Simulate.Report, maxAttempts: number) => {
   }
 }
 
-describe("shipped scenarios", () => {
+// Each run simulates thousands of requests on one core: seconds of CPU, more
+// on a loaded machine. The timeout only guards against a hang.
+describe("shipped scenarios", { timeout: 60_000 }, () => {
   it("every file in scenarios/ parses", () => {
     const files = readdirSync(SCENARIOS).filter((f) => f.endsWith(".yaml")).sort()
     expect(files).toEqual([
