@@ -274,12 +274,14 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
       Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
     )
-    yield* warnUnpriced(config, Context.get(context, Pricing.Pricing))
-    // Request fibers run with JSON logs at the configured level.
-    const runtime = yield* Effect.runtime<never>().pipe(
-      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
-      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
-    )
+    // Request fibers, and the warnings at start, log JSON lines at the configured level.
+    const jsonLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      effect.pipe(
+        Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
+        Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
+      )
+    yield* jsonLogs(warnUnpriced(config, Context.get(context, Pricing.Pricing)))
+    const runtime = yield* jsonLogs(Effect.runtime<never>())
     let draining = false
     const handler = yield* Effect.provide(
       Http.make({
