@@ -330,6 +330,8 @@ healthCheck: { interval: 2s, timeout: 1s }
 `
   )
   const logLevels = new Map<string, number>()
+  /** Why the gateway's 5xx answers failed: the upstreams' failures, names and numbers folded. */
+  const failedRelays = new Map<string, number>()
   const errorMessages = new Map<string, number>()
   let stderr = ""
   const gateway = await launch(
@@ -338,6 +340,13 @@ healthCheck: { interval: 2s, timeout: 1s }
     (line) => {
       const level = /"level":"(\w+)"/.exec(line)?.[1] ?? "other"
       logLevels.set(level, (logLevels.get(level) ?? 0) + 1)
+      if (level === "WARN" && /"status":5\d\d/.test(line)) {
+        const status = /"status":(\d+)/.exec(line)![1]
+        const failures = /"failures":\[(.*?)\]/.exec(line)?.[1] ?? ""
+        const why = failures.replace(/\b(alpha|beta|gamma): /g, "").replace(/\d+(\.\d+)?\s*(ms|s|m)?/g, "N").slice(0, 160)
+        const k = `${status} ${why}`
+        failedRelays.set(k, (failedRelays.get(k) ?? 0) + 1)
+      }
       if (level === "ERROR" || level === "FATAL") {
         const msg = (/"msg":"([^"]{0,120})/.exec(line)?.[1] ?? line.slice(0, 120)).replace(/\d+/g, "N")
         errorMessages.set(msg, (errorMessages.get(msg) ?? 0) + 1)
@@ -453,6 +462,10 @@ healthCheck: { interval: 2s, timeout: 1s }
           `last − first ${(warm[warm.length - 1]! - warm[0]!).toFixed(0)}`
         : "")
   )
+  if (failedRelays.size > 0) {
+    console.log("\nthe gateway's 5xx answers, by the upstream failures it logged (top 10):")
+    for (const [why, n] of [...failedRelays].sort((a, b) => b[1] - a[1]).slice(0, 10)) console.log(`  ${String(n).padStart(7)}  ${why}`)
+  }
   console.log(`gateway log lines by level: ${[...logLevels].map(([l, n]) => `${l} ${n}`).join(", ")}`)
   if (errorMessages.size > 0) {
     console.log("ERROR lines by message:")
