@@ -556,7 +556,13 @@ export const make = (
       if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
       const progress: Progress = { attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined }
 
-      const round = (n: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+      /**
+       * `n`: the number of this round among those that call upstreams (retry
+       * rounds are counted against `maxRetries`); `waits`: how many times the
+       * request waited for an upstream to come back. A wait is not a retry: a
+       * request that waited out a cooldown still has all its rounds.
+       */
+      const round = (n: number, waits: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
         Effect.clockWith((clock) => {
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
@@ -564,7 +570,7 @@ export const make = (
               const attemptsBefore = progress.attempts
               const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
                 if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
-                if (i >= plan.order.length) return nextRound(n, plan, now, active, progress.attempts > attemptsBefore)
+                if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
                 const u = plan.order[i]!
                 if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
                 return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => {
@@ -613,6 +619,7 @@ export const make = (
       /** Every upstream was tried or left out: wait for one, back off, or give up. */
       const nextRound = (
         n: number,
+        waits: number,
         plan: Router.Plan,
         now: number,
         active: ReadonlyMap<string, Cooldown.Cooldown>,
@@ -625,7 +632,7 @@ export const make = (
               : why === "circuit-open"
               ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
               : Effect.succeed(undefined)),
-          (comebacks) => afterRound(n, plan, now, called, comebacks)
+          (comebacks) => afterRound(n, waits, plan, now, called, comebacks)
         )
 
       /**
@@ -636,6 +643,7 @@ export const make = (
        */
       const afterRound = (
         n: number,
+        waits: number,
         plan: Router.Plan,
         now: number,
         called: boolean,
@@ -648,11 +656,11 @@ export const make = (
         for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
         if (!called) {
           const waitMillis = soonest === undefined ? undefined : soonest - now
-          if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && n < maxRounds + 1) {
+          if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && waits < maxRounds + 1) {
             return Effect.flatMap(Timeout.remaining, (left) =>
               Option.isSome(left) && Duration.toMillis(left.value) <= waitMillis
                 ? Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
-                : Effect.zipRight(Effect.sleep(Duration.millis(waitMillis)), round(n + 1)))
+                : Effect.zipRight(Effect.sleep(Duration.millis(waitMillis)), round(n, waits + 1)))
           }
           return Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
         }
@@ -661,12 +669,12 @@ export const make = (
           return Effect.fail(allFailed(model, progress, []))
         }
         // Back off with full jitter before the next round, unless the deadline forbids.
-        return Effect.flatMap(backoff(undefined, n), (ok) => ok ? round(n + 1) : Effect.fail(allFailed(model, progress, [])))
+        return Effect.flatMap(backoff(undefined, n), (ok) => ok ? round(n + 1, waits) : Effect.fail(allFailed(model, progress, [])))
       }
 
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
-      return Timeout.withCooperativeDeadline(round(1), budget)
+      return Timeout.withCooperativeDeadline(round(1, 0), budget)
     }
 
     /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */

@@ -781,6 +781,31 @@ describe("rounds", () => {
       expect(client.calls.map((c) => c.at)).toEqual([0, 99, 298])
     }))
 
+  it.scoped("waiting out cooldowns uses no retry round: two waits, then a 503 still gets its backoff round", () =>
+    Effect.gen(function*() {
+      const { client, cooldowns, relay } = yield* setup({
+        upstreams: [upstream("a")],
+        maxAttempts: 3,
+        retry: { maxRetries: 1, baseDelay: "100 millis", maxRetryAfter: "10 seconds" }
+      })
+      // The only upstream is cooling down; when it comes back it cools down again (another
+      // request's 429, say), then answers 503 once, then OK.
+      yield* Effect.provideService(Cooldown.start("a", "1 second", "rate-limited"), Cooldown.CooldownStore, cooldowns)
+      client.script("a", Scripted.status(503))
+      const fiber = yield* Effect.fork(relay.chat(request()).pipe(Effect.withRandom(Random.fixed([0.5]))))
+      yield* TestClock.adjust("999 millis")
+      yield* Effect.provideService(Cooldown.start("a", "1001 millis", "rate-limited"), Cooldown.CooldownStore, cooldowns)
+      yield* TestClock.adjust("1 millis")
+      expect(client.calls).toHaveLength(0)
+      // Second wait ends at 2000; the 503 comes back at once; one backoff of 50 ms; then OK.
+      yield* TestClock.adjust("1000 millis")
+      yield* waitUntil("first call", () => client.calls.length === 1)
+      yield* TestClock.adjust("50 millis")
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.attempts).toBe(2)
+      expect(client.calls.map((c) => c.at)).toEqual([2000, 2050])
+    }))
+
   it.scoped("maxRetries 0: one round only, AllUpstreamsFailed after the first failure", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({

@@ -22,7 +22,7 @@
  *   npm run bench:soak [-- --minutes 10 --concurrency 32 --seed 1]
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { readFileSync, writeFileSync } from "node:fs"
+import { appendFileSync, readFileSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Agent, request } from "undici"
@@ -40,6 +40,8 @@ const ABORT_SHARE = 0.1
 const CLIENT_TIMEOUT_MS = 30_000
 /** A hard cap on requests, whatever the duration. */
 const MAX_REQUESTS = 5_000_000
+/** `SOAK_DUMP=FILE`: the gateway's log lines of failed relays (5xx) go there too, for a closer look. */
+const dump = process.env["SOAK_DUMP"]
 const root = new URL("../../../", import.meta.url).pathname
 
 // ---------------------------------------------------------------------------
@@ -341,6 +343,7 @@ healthCheck: { interval: 2s, timeout: 1s }
       const level = /"level":"(\w+)"/.exec(line)?.[1] ?? "other"
       logLevels.set(level, (logLevels.get(level) ?? 0) + 1)
       if (level === "WARN" && /"status":5\d\d/.test(line)) {
+        if (dump !== undefined) appendFileSync(dump, line + "\n")
         const status = /"status":(\d+)/.exec(line)![1]
         const failures = /"failures":\[(.*?)\]/.exec(line)?.[1] ?? ""
         const why = failures.replace(/\b(alpha|beta|gamma): /g, "").replace(/\d+(\.\d+)?\s*(ms|s|m)?/g, "N").slice(0, 160)
