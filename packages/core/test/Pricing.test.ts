@@ -68,7 +68,7 @@ describe("Pricing", () => {
     }
   })
 
-  it("matches a prefix only at a word boundary", () => {
+  it("does not price a longer name by its priced prefix (gpt-4.10, gpt-4.1x)", () => {
     expect(Pricing.make().price("gpt-4.10")).toBeUndefined()
     expect(Pricing.make().price("gpt-4.1x")).toBeUndefined()
   })
