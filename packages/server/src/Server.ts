@@ -382,10 +382,10 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       // The socket may error again while being answered or destroyed: never an unhandled 'error'.
       socket.on("error", ignore)
       const response = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
-      if (
-        socket.writable && socket.bytesRead > 0 && error.code !== "ECONNRESET" &&
-        (response == null || !response.headersSent)
-      ) {
+      // A client that hung up mid-request (a reset, or its end before the
+      // request was whole) is gone: nothing to answer, not a bad request.
+      const hungUp = error.code === "ECONNRESET" || error.code === "HPE_INVALID_EOF_STATE"
+      if (socket.writable && socket.bytesRead > 0 && !hungUp && (response == null || !response.headersSent)) {
         let status: keyof typeof STATUS_TEXT
         let reply: string
         if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") {

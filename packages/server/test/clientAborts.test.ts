@@ -146,8 +146,14 @@ upstreams:
   - { name: nowhere, baseUrl: "http://127.0.0.1:9/v1", apiKey: "sk-nowhere" }
 healthCheck: { interval: 1h }
 `)
+    const clientErrors = async (status: number) => {
+      const text = await (await fetch(`${server.url}/metrics`)).text()
+      const line = text.split("\n").find((l) => l.startsWith(`breakwater_client_errors_total{status="${status}"}`))
+      return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(" ") + 1))
+    }
     try {
       const port = server.port
+      const before = [await clientErrors(400), await clientErrors(431)]
       expect(await raw(port, "THIS IS NOT HTTP\r\n\r\n")).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
       const huge = `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`
       expect(await raw(port, huge)).toMatch(/^HTTP\/1\.1 431 /)
@@ -159,6 +165,8 @@ healthCheck: { interval: 1h }
       const res = await fetch(`${server.url}/healthz`)
       expect(res.status).toBe(200)
       expect(await res.json()).toEqual({ status: "ok" })
+      // Clients that hung up mid-request are not bad requests: only the two real ones count.
+      expect([(await clientErrors(400)) - before[0]!, (await clientErrors(431)) - before[1]!]).toEqual([1, 1])
     } finally {
       await server.close()
     }
