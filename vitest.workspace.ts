@@ -1,8 +1,16 @@
 import { defineWorkspace } from "vitest/config"
 
+/**
+ * Tests run the TypeScript sources: `@breakwater/source` is the export
+ * condition that maps `@breakwater/core` (and its subpaths) to `src/*.ts`
+ * instead of the built `dist/` (see packages/core/package.json).
+ */
+const sources = { ssr: { resolve: { conditions: ["@breakwater/source", "module", "node", "development|production"] } } }
+
 // One project per package, so `vitest --project core` runs a single package.
 export default defineWorkspace([
   {
+    ...sources,
     test: {
       name: "core",
       root: "./packages/core",
@@ -10,14 +18,18 @@ export default defineWorkspace([
     }
   },
   {
+    ...sources,
     test: {
       name: "server",
       root: "./packages/server",
       include: ["test/**/*.test.ts"],
+      // The CLI tests run the built bin: build it when a source is newer.
+      globalSetup: ["./test/helpers/built.ts"],
       passWithNoTests: true
     }
   },
   {
+    ...sources,
     test: {
       name: "examples",
       root: "./packages/examples",

@@ -10,21 +10,20 @@
  * default skips the HttpClient's request/response wrappers because they cost
  * about 200 µs of CPU per call on the project's 2-core machine, against
  * 45 µs for undici's `request` (see README, Performance): on a relay that is
- * most of its own overhead.
+ * most of its own overhead. Each implementation loads its HTTP stack when its
+ * layer is built (`undici`, `@effect/platform-node`), not when this module is
+ * imported: a program on another HttpClient never loads undici.
  *
  * @since 0.1.0
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type { Readable } from "node:stream"
-import { Agent, request as undiciRequest } from "undici"
 import * as Stream from "effect/Stream"
 import type { Upstream } from "./Upstream.js"
 import { UpstreamUnreachable } from "./UpstreamError.js"
@@ -103,22 +102,16 @@ export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> =
 
 export const layer: Layer.Layer<UpstreamClient, never, HttpClient.HttpClient> = Layer.effect(UpstreamClient, make)
 
-/** Over any `@effect/platform` HttpClient, here the platform's undici one. */
-export const layerHttpClient: Layer.Layer<UpstreamClient> = layer.pipe(Layer.provide(NodeHttpClient.layerUndici))
-
-const flatHeaders = (headers: Record<string, string | Array<string> | undefined>): Record<string, string | undefined> => {
-  const out: Record<string, string | undefined> = {}
-  for (const key in headers) {
-    const v = headers[key]
-    out[key] = Array.isArray(v) ? v.join(", ") : v
-  }
-  return out
-}
-
-const transportError = (upstream: Upstream, error: unknown) => {
-  const e = error as { readonly code?: string; readonly name?: string; readonly cause?: { readonly code?: string } } | undefined
-  return new UpstreamUnreachable({ upstream: upstream.name, reason: e?.code ?? e?.cause?.code ?? e?.name ?? "transport error" })
-}
+/**
+ * Over any `@effect/platform` HttpClient, here the platform's undici one
+ * (`@effect/platform-node`'s `NodeHttpClient.layerUndici`, loaded when the
+ * layer is built).
+ */
+export const layerHttpClient: Layer.Layer<UpstreamClient> = layer.pipe(
+  Layer.provide(
+    Layer.unwrapEffect(Effect.map(Effect.promise(() => import("@effect/platform-node/NodeHttpClient")), (m) => m.layerUndici))
+  )
+)
 
 export interface UndiciOptions {
   /** Idle keep-alive connections are kept this long. Default 30 s. */
@@ -139,114 +132,15 @@ export interface UndiciOptions {
   readonly bodyTimeout?: number
 }
 
-const noop = (): void => {}
-
-/**
- * A response body as an async iterable whose `return` destroys the body at
- * once. Node's own iterator only finishes a pending read when the next chunk
- * arrives, so a stalled upstream would hold the connection (and whatever
- * waits on the release) until it spoke again.
- */
-const bodyIterable = (body: Readable): AsyncIterable<Uint8Array> => ({
-  [Symbol.asyncIterator]: () => {
-    const it = body[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>
-    return {
-      next: () => it.next(),
-      return: () => {
-        body.destroy()
-        return Promise.resolve({ done: true as const, value: undefined })
-      }
-    }
-  }
-})
-
 /**
  * undici's `request` on a dedicated Agent. The Agent is destroyed with the
  * layer, without waiting for calls still in flight: at that point nothing
  * will read their answers, and a shutdown must not wait on a hung upstream.
+ *
+ * `undici` is loaded when this runs, not when this module is imported.
  */
 export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamClient, never, Scope.Scope> =>
-  Effect.map(
-    Effect.acquireRelease(
-      Effect.sync(() =>
-        new Agent({
-          keepAliveTimeout: options.keepAliveTimeout ?? 30_000,
-          headersTimeout: options.headersTimeout ?? 120_000,
-          bodyTimeout: options.bodyTimeout ?? 120_000,
-          ...(options.connections === undefined ? {} : { connections: options.connections })
-        })
-      ),
-      (agent) => Effect.promise(() => agent.destroy().catch(noop))
-    ),
-    (agent) => {
-      const headersFor = (upstream: Upstream, body: boolean): Record<string, string> =>
-        body
-          ? {
-            authorization: `Bearer ${Redacted.value(upstream.apiKey)}`,
-            accept: "application/json",
-            "content-type": "application/json"
-          }
-          : { authorization: `Bearer ${Redacted.value(upstream.apiKey)}`, accept: "application/json" }
-
-      const send = (upstream: Upstream, method: "GET" | "POST", path: string, body: string | Uint8Array | undefined, signal: AbortSignal) =>
-        undiciRequest(upstream.baseUrl + path, {
-          method,
-          headers: headersFor(upstream, body !== undefined),
-          ...(body === undefined ? {} : { body }),
-          signal,
-          dispatcher: agent
-        })
-
-      const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
-        Effect.tryPromise({
-          try: async (signal) => {
-            const res = await send(upstream, method, path, body, signal)
-            // A destroyed body emits 'error': never without a listener (it would end the process).
-            res.body.on("error", noop)
-            const text = await res.body.text()
-            return { status: res.statusCode, headers: flatHeaders(res.headers), text } satisfies Reply
-          },
-          catch: (error) => transportError(upstream, error)
-        })
-
-      /**
-       * The request is interruptible up to the answer's headers (the signal
-       * aborts it); the body's release is registered in the same
-       * uninterruptible step that receives the answer, so no body is ever
-       * left open. An answer that arrives just as the call is interrupted is
-       * destroyed on the spot (undici does so too, through the signal).
-       */
-      const postStream = (upstream: Upstream, path: string, body: string | Uint8Array) =>
-        Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(
-            restore(Effect.tryPromise({
-              try: async (signal) => {
-                const res = await send(upstream, "POST", path, body, signal)
-                res.body.on("error", noop)
-                if (signal.aborted) res.body.destroy()
-                return res
-              },
-              catch: (error) => transportError(upstream, error)
-            })),
-            (res) =>
-              Effect.as(
-                Effect.addFinalizer(() => Effect.sync(() => res.body.destroy())),
-                {
-                  status: res.statusCode,
-                  headers: flatHeaders(res.headers),
-                  body: Stream.fromAsyncIterable(bodyIterable(res.body), (error) => transportError(upstream, error))
-                } satisfies StreamReply
-              )
-          )
-        )
-
-      return UpstreamClient.of({
-        post: (upstream, path, body) => readAll(upstream, "POST", path, body),
-        get: (upstream, path) => readAll(upstream, "GET", path),
-        postStream
-      })
-    }
-  )
+  Effect.flatMap(Effect.promise(() => import("./internal/undici.js")), (undici) => undici.makeUndici(options))
 
 /** undici with its own connection pools: the default. */
 export const layerUndici: Layer.Layer<UpstreamClient> = Layer.scoped(UpstreamClient, makeUndici())

@@ -1,7 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (tsx compiles on load), so that
-// `npm ci` is the only install step.
-import { register } from "tsx/esm/api"
-
-register()
-await import("../src/main.ts")
+// The built server: dist/bin/ is dist/src/main.js (from `tsc -b`) bundled by
+// scripts/bundle.js, so that it starts fast. `npm run build` makes both, and
+// `npm start` runs it first.
+import "../dist/bin/breakwater.js"

@@ -8,8 +8,8 @@
  * status the official SDK maps to its error classes.
  */
 import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
-import { boundedLabel } from "@breakwater/core/internal/labels"
-import { taggedBy } from "@breakwater/core/internal/taggedMetrics"
+import { boundedLabel } from "./internal/labels.js"
+import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"

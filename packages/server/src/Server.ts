@@ -14,7 +14,7 @@
  */
 import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
 import * as Cause from "effect/Cause"
-import * as Redis from "@breakwater/core/Redis"
+import type * as Redis from "@breakwater/core/Redis"
 import * as Context from "effect/Context"
 import * as Redacted from "effect/Redacted"
 import * as FiberId from "effect/FiberId"
@@ -37,6 +37,12 @@ import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
 
 /** The core services the HTTP app needs, from the config (in-memory stores). */
+/**
+ * `@breakwater/core/Redis` (and so `ioredis`), loaded only when a config asks
+ * for Redis: a gateway with in-memory stores never loads them.
+ */
+const loadRedis = (): Promise<typeof Redis> => import("@breakwater/core/Redis")
+
 /** Every shared store on one Redis connection, the response cache over it. */
 const redisStores = (
   config: ServerConfig,
@@ -45,7 +51,9 @@ const redisStores = (
 ): Layer.Layer<
   RateLimiter.RateLimiterStore | Cooldown.CooldownStore | Spend.SpendStore | ResponseCache.ResponseCache
 > => {
-  const shared = Redis.layer({ url: Redacted.value(url), prefix })
+  const shared = Layer.unwrapEffect(
+    Effect.map(Effect.promise(loadRedis), (Redis) => Redis.layer({ url: Redacted.value(url), prefix }))
+  )
   return Layer.merge(shared, ResponseCache.layer({ ttl: config.cache.ttl }).pipe(Layer.provide(shared)))
 }
 

@@ -27,7 +27,7 @@ import { constants } from "node:os"
 import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
 import * as Server from "./Server.js"
-import * as Simulate from "./simulate/Cli.js"
+import type * as Simulate from "./simulate/Cli.js"
 import * as UnhandledErrors from "./UnhandledErrors.js"
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
@@ -192,7 +192,8 @@ const simulate = Command.make(
     json: Options.boolean("json").pipe(Options.withDescription("print the results as JSON")),
     chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional)
   },
-  Simulate.simulate
+  // Loaded when the command runs: serving never loads the simulator.
+  (args: Simulate.Args) => Effect.flatMap(Effect.promise(() => import("./simulate/Cli.js")), (m) => m.simulate(args))
 ).pipe(Command.withDescription("Run a scenario through the relay against simulated upstreams, in simulated time."))
 
 const cli = Command.run(command.pipe(Command.withSubcommands([checkConfig, simulate])), {

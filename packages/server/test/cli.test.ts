@@ -41,7 +41,7 @@ const post = (url: string, body: string, key = GATEWAY_KEY) =>
 
 // ---------------------------------------------------------------------------
 
-// These run first: they also warm tsx's compile cache for the start-up measurement below.
+// These run first (the start-up measurement below is in its own describe).
 describe.concurrent("check-config and --help", { timeout: 30_000 }, () => {
   it("check-config on an invalid file exits 1 and names the bad field path", async () => {
     const file = configFile(
