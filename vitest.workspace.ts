@@ -34,6 +34,8 @@ export default defineWorkspace([
       name: "examples",
       root: "./packages/examples",
       include: ["test/**/*.test.ts"],
+      // The installed-package test packs the build: build it when a source is newer.
+      globalSetup: ["../server/test/helpers/built.ts"],
       passWithNoTests: true
     }
   }
