@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The built server: dist/bin/ is dist/src/main.js (from `tsc -b`) bundled by
-// scripts/bundle.js, so that it starts fast. `npm run build` makes both, and
-// `npm start` runs it first.
+// The server as built JavaScript: dist/bin is src/main.ts and everything it
+// runs, bundled by scripts/bundle.js so that it starts fast. `npm run build`
+// writes it (`npm start` bundles first); the published package ships it.
 import "../dist/bin/breakwater.js"
