@@ -17,6 +17,8 @@
  * - Code splitting keeps what serving does not need in chunks loaded on
  *   demand: the simulator, and the Redis stores with ioredis (loaded only
  *   when `store.kind: redis` asks for them).
+ * - The core's undici client gets only undici's Agent and request
+ *   (undici-lite.cjs): half of undici's load time.
  * - Licenses of the bundled packages go to `dist/bin/THIRD-PARTY-LICENSES.md`.
  */
 import { build } from "esbuild"
@@ -27,6 +29,17 @@ import { fileURLToPath } from "node:url"
 const pkg = fileURLToPath(new URL("..", import.meta.url))
 const entry = join(pkg, "src/main.ts")
 const outdir = join(pkg, "dist/bin")
+
+/** `undici` imported by the core's undici client resolves to undici-lite.cjs. */
+const undiciLite = {
+  name: "undici-lite",
+  setup(build) {
+    build.onResolve({ filter: /^undici$/ }, (args) =>
+      /[\\/]core[\\/]src[\\/]internal[\\/]undici\.ts$/.test(args.importer)
+        ? { path: join(pkg, "scripts/undici-lite.cjs") }
+        : undefined)
+  }
+}
 
 rmSync(outdir, { recursive: true, force: true })
 const result = await build({
@@ -46,6 +59,7 @@ const result = await build({
   sourcesContent: false,
   legalComments: "none",
   metafile: true,
+  plugins: [undiciLite],
   logLevel: "warning"
 })
 
