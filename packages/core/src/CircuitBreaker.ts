@@ -152,8 +152,14 @@ export interface CircuitBreaker {
    */
   readonly unsafeIsAvailable: (now: number) => boolean
   readonly snapshot: Effect.Effect<Snapshot>
-  /** Every transition from now on. */
-  readonly changes: Stream.Stream<Transition>
+  /**
+   * Subscribes to transitions, and returns them as a stream: every
+   * transition after this effect returns is on the stream, however late the
+   * stream is run (a `Stream` value would only subscribe when run, losing what
+   * happens in between). The subscription lasts until the scope closes; the
+   * stream ends when the breaker's own scope closes.
+   */
+  readonly changes: Effect.Effect<Stream.Stream<Transition>, never, Scope.Scope>
   /** Operator: close, forgetting failures and trips. Also leaves ForcedOpen and Disabled. */
   readonly reset: Effect.Effect<void>
   /** Operator: refuse every call until `reset`. */
@@ -543,7 +549,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
       isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
       unsafeIsAvailable,
       snapshot,
-      changes: Stream.fromPubSub(pubsub),
+      changes: Effect.map(PubSub.subscribe(pubsub), (queue) => Stream.fromQueue(queue)),
       reset: operator(() => closed(), "reset by operator"),
       forceOpen: operator(() => ({ _tag: "ForcedOpen" }), "forced open by operator"),
       disable: operator(() => ({ _tag: "Disabled" }), "disabled by operator"),
