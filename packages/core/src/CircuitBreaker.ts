@@ -564,9 +564,10 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
 export const layer = (options: Options): Layer.Layer<CircuitBreaker> => Layer.scoped(CircuitBreaker, make(options))
 
 /**
- * Breaker options read from `effect/Config` (environment by default), e.g.
- * `BREAKER_FAILURE_THRESHOLD`-style keys under `Config.nested`:
- * `failureThreshold`, `successThreshold`, `halfOpenMaxCalls`, `openDuration`.
+ * Breaker options read from `effect/Config` under `breaker.<name>`, so that
+ * two breakers never share a key: `failureThreshold`, `successThreshold`,
+ * `halfOpenMaxCalls`, `openDuration`. From the environment through
+ * `ConfigProvider.constantCase`: `BREAKER_PRIMARY_FAILURE_THRESHOLD`.
  */
 export const config = (name: string): Config.Config<Options> =>
   Config.all({
@@ -574,7 +575,11 @@ export const config = (name: string): Config.Config<Options> =>
     successThreshold: Config.integer("successThreshold").pipe(Config.withDefault(3)),
     halfOpenMaxCalls: Config.integer("halfOpenMaxCalls").pipe(Config.withDefault(3)),
     openDuration: Config.duration("openDuration").pipe(Config.withDefault(Duration.seconds(30)))
-  }).pipe(Config.map((o): Options => ({ name, ...o })))
+  }).pipe(
+    Config.nested(name),
+    Config.nested("breaker"),
+    Config.map((o): Options => ({ name, ...o }))
+  )
 
 /** A breaker in the context, its options read from `effect/Config`. */
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<CircuitBreaker, ConfigError.ConfigError> =>

@@ -127,13 +127,16 @@ export const make = (options: Options = {}): Retry => Retry.of({ options, retry:
 
 export const layer = (options: Options = {}): Layer.Layer<Retry> => Layer.succeed(Retry, make(options))
 
-/** Options from `effect/Config`: `maxRetries`, `baseDelay`, `maxDelay`, `maxRetryAfter`. */
+/**
+ * Options from `effect/Config` under `retry`: `maxRetries`, `baseDelay`,
+ * `maxDelay`, `maxRetryAfter` (`RETRY_MAX_RETRIES` in constant case).
+ */
 export const config: Config.Config<Options> = Config.all({
   maxRetries: Config.integer("maxRetries").pipe(Config.withDefault(2)),
   baseDelay: Config.duration("baseDelay").pipe(Config.withDefault(Duration.millis(200))),
   maxDelay: Config.duration("maxDelay").pipe(Config.withDefault(Duration.seconds(5))),
   maxRetryAfter: Config.duration("maxRetryAfter").pipe(Config.withDefault(Duration.seconds(10)))
-})
+}).pipe(Config.nested("retry"))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Retry, ConfigError.ConfigError> =>
   Layer.effect(Retry, Effect.map(config, make))

@@ -157,11 +157,14 @@ export const make = (options: Options = {}): Timeout => {
 
 export const layer = (options: Options = {}): Layer.Layer<Timeout> => Layer.succeed(Timeout, make(options))
 
-/** Options from `effect/Config`: `attempt`, `request` (durations such as "30 seconds"). */
+/**
+ * Options from `effect/Config` under `timeout`: `attempt`, `request`
+ * (durations such as "30 seconds"; `TIMEOUT_ATTEMPT` in constant case).
+ */
 export const config: Config.Config<Options> = Config.all({
   attempt: Config.duration("attempt").pipe(Config.withDefault(Duration.seconds(30))),
   request: Config.duration("request").pipe(Config.withDefault(Duration.seconds(60)))
-})
+}).pipe(Config.nested("timeout"))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Timeout, ConfigError.ConfigError> =>
   Layer.effect(Timeout, Effect.map(config, make))

@@ -985,7 +985,11 @@ describe("CircuitBreaker", () => {
       }).pipe(
         Effect.provide(CircuitBreaker.layerConfig(CircuitBreaker.config("from-config"))),
         Effect.withConfigProvider(ConfigProvider.fromMap(
-          new Map([["failureThreshold", "2"], ["openDuration", "10 seconds"], ["successThreshold", "1"]])
+          new Map([
+            ["breaker.from-config.failureThreshold", "2"],
+            ["breaker.from-config.openDuration", "10 seconds"],
+            ["breaker.from-config.successThreshold", "1"]
+          ])
         ))
       ))
   })
