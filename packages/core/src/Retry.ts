@@ -123,9 +123,11 @@ export interface Retry {
 
 export const Retry = Context.GenericTag<Retry>("@breakwater/core/Retry")
 
-export const make = (options: Options = {}): Retry => Retry.of({ options, retry: retry(options) })
+/** Builds a {@link Retry}; an `Effect`, as every service's `make`. */
+export const make = (options: Options = {}): Effect.Effect<Retry> =>
+  Effect.sync(() => Retry.of({ options, retry: retry(options) }))
 
-export const layer = (options: Options = {}): Layer.Layer<Retry> => Layer.succeed(Retry, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Retry> => Layer.effect(Retry, make(options))
 
 /**
  * Options from `effect/Config` under `retry`: `maxRetries`, `baseDelay`,
@@ -139,7 +141,7 @@ export const config: Config.Config<Options> = Config.all({
 }).pipe(Config.nested("retry"))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Retry, ConfigError.ConfigError> =>
-  Layer.effect(Retry, Effect.map(config, make))
+  Layer.effect(Retry, Effect.flatMap(config, make))
 
 // ---------------------------------------------------------------------------
 // Retry-After

@@ -396,7 +396,7 @@ describe("Retry service", () => {
 
   it.effect("Retry.make carries its options and honours isRetryable", () =>
     Effect.gen(function*() {
-      const service = Retry.make({ maxRetries: 3, isRetryable: () => false })
+      const service = yield* Retry.make({ maxRetries: 3, isRetryable: () => false })
       const { attempt, count } = yield* recorder((n) => new Boom({ attempt: n }))
       const exit = yield* Effect.exit(service.retry(attempt))
       expect(Exit.isFailure(exit)).toBe(true)
