@@ -63,7 +63,11 @@ export interface FailureRate {
   readonly window: { readonly calls: number } | { readonly duration: Duration.DurationInput }
 }
 
-export interface Options {
+/**
+ * A breaker's options. `E` is the type of the errors that `isFailure` judges
+ * (inferred from it): the breaker then protects calls failing with `E` only.
+ */
+export interface Options<E = unknown> {
   readonly name: string
   /** Consecutive failures that open the breaker. Default 5. */
   readonly failureThreshold?: number
@@ -87,9 +91,10 @@ export interface Options {
   /**
    * Which errors count against the dependency. Default: all. A caller's own
    * bad request (a 400) should return `false`: it says nothing about the
-   * dependency's health. Errors that do not count are neutral.
+   * dependency's health. Errors that do not count are neutral. Typed by the
+   * calls' error type: `isFailure: (e: MyError) => e._tag !== "BadRequest"`.
    */
-  readonly isFailure?: ((error: unknown) => boolean) | undefined
+  readonly isFailure?: ((error: E) => boolean) | undefined
 }
 
 export interface Snapshot {
@@ -112,7 +117,7 @@ export interface Snapshot {
  * not when its first event arrives). The first report counts; later ones are
  * ignored, so `release` can sit in a finalizer as a safety net.
  */
-export interface Permit {
+export interface Permit<E = unknown> {
   /**
    * The call succeeded. `durationMs` is what the slow-call rule judges
    * (for a stream: the time to its first event); by default the time since
@@ -120,18 +125,25 @@ export interface Permit {
    */
   readonly onSuccess: (durationMs?: number) => Effect.Effect<void>
   /** The call failed with `error` (counted if `isFailure(error)`, neutral otherwise). */
-  readonly onError: (error: unknown) => Effect.Effect<void>
+  readonly onError: (error: E) => Effect.Effect<void>
   /** Nothing was learnt (the caller gave up): neutral, frees a half-open probe slot. */
   readonly release: Effect.Effect<void>
 }
 
 /** The public permit, under a name that the breaker's internals do not shadow. */
-type OutcomePermit = Permit
+type OutcomePermit<E> = Permit<E>
 
-export interface CircuitBreaker {
+/**
+ * A breaker over calls that fail with `E` (the type its `isFailure` judges;
+ * `unknown`, any call, when it has none).
+ */
+export interface CircuitBreaker<E = unknown> {
   readonly name: string
-  /** Runs `self` if the breaker admits it, and records how it ended. */
-  readonly protect: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /**
+   * Runs `self` if the breaker admits it, and records how it ended. Its
+   * error type is kept as it is, plus `CircuitOpen`.
+   */
+  readonly protect: <A, E1 extends E, R>(self: Effect.Effect<A, E1, R>) => Effect.Effect<A, E1 | CircuitOpen, R>
   /**
    * Admits one call now, or fails `CircuitOpen`, as `protect` would; the
    * caller reports its outcome on the {@link Permit} (as resilience4j's
@@ -139,7 +151,7 @@ export interface CircuitBreaker {
    * Run it where interruption cannot lose the permit (an `acquireRelease`
    * whose release is `permit.release`).
    */
-  readonly tryAcquirePermission: Effect.Effect<Permit, CircuitOpen>
+  readonly tryAcquirePermission: Effect.Effect<Permit<E>, CircuitOpen>
   /** The current state (an elapsed open period reads as HalfOpen). */
   readonly state: Effect.Effect<State>
   /** Whether a call made now would be admitted, without taking a probe slot. */
@@ -170,7 +182,11 @@ export interface CircuitBreaker {
   readonly tryHalfOpen: Effect.Effect<void>
 }
 
-/** The breaker of a single-dependency program; see {@link layer}. */
+/**
+ * The breaker of a single-dependency program; see {@link layer}. It judges
+ * `unknown` errors; for a breaker with a typed `isFailure` in the context,
+ * give it a tag of your own (`Context.Tag` over `CircuitBreaker<MyError>`).
+ */
 export const CircuitBreaker = Context.GenericTag<CircuitBreaker>("@breakwater/core/CircuitBreaker")
 
 // ---------------------------------------------------------------------------
@@ -224,13 +240,14 @@ const makeWindow = (rule: FailureRate | undefined): OutcomeWindow | undefined =>
  * Builds a breaker. The scope owns the fiber that moves an open breaker to
  * half-open when its time is up.
  */
-export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Scope.Scope> =>
+export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBreaker<E>, never, Scope.Scope> =>
   Effect.gen(function*() {
     const name = options.name
     const failureThreshold = options.failureThreshold ?? 5
     const halfOpenMaxCalls = options.halfOpenMaxCalls ?? 3
     const successThreshold = options.successThreshold ?? 3
-    const isFailure = options.isFailure ?? (() => true)
+    // Only failures of the calls it protects reach it, and those are `E`s.
+    const isFailure = (options.isFailure ?? (() => true)) as (error: unknown) => boolean
     const slowMillis = options.slowCallDuration === undefined
       ? undefined
       : Duration.toMillis(options.slowCallDuration)
@@ -463,11 +480,11 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         })
       })
 
-    const settled: OutcomePermit = { onSuccess: () => Effect.void, onError: () => Effect.void, release: Effect.void }
+    const settled: OutcomePermit<E> = { onSuccess: () => Effect.void, onError: () => Effect.void, release: Effect.void }
 
-    const tryAcquirePermission: Effect.Effect<OutcomePermit, CircuitOpen> = Effect.clockWith((clock) =>
-      Effect.flatMap(admit, ([permit, event]): Effect.Effect<OutcomePermit, CircuitOpen> => {
-        let result: Effect.Effect<OutcomePermit, CircuitOpen>
+    const tryAcquirePermission: Effect.Effect<OutcomePermit<E>, CircuitOpen> = Effect.clockWith((clock) =>
+      Effect.flatMap(admit, ([permit, event]): Effect.Effect<OutcomePermit<E>, CircuitOpen> => {
+        let result: Effect.Effect<OutcomePermit<E>, CircuitOpen>
         if (permit[0] === Admission.Refused) result = refuse(permit)
         else if (permit[0] === Admission.Unrecorded) result = Effect.succeed(settled)
         else {
@@ -479,12 +496,12 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
               done = true
               return record(permit, exit, from)
             })
-          result = Effect.succeed<OutcomePermit>({
+          result = Effect.succeed<OutcomePermit<E>>({
             onSuccess: (durationMs?: number) =>
               Effect.suspend(() =>
                 report(Exit.void, durationMs === undefined ? startedAt : clock.unsafeCurrentTimeMillis() - durationMs)
               ),
-            onError: (error: unknown) => report(Exit.fail(error), startedAt),
+            onError: (error: E) => report(Exit.fail(error), startedAt),
             release: report(Exit.interrupt(FiberId.none), startedAt)
           })
         }
@@ -541,7 +558,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
       }
     }
 
-    return CircuitBreaker.of({
+    const breaker: CircuitBreaker<E> = {
       name,
       protect,
       tryAcquirePermission,
@@ -557,7 +574,8 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         (m) => m.state._tag === "Open" ? { _tag: "HalfOpen", inFlight: 0, successes: 0 } : undefined,
         "recovery signalled"
       )
-    })
+    }
+    return breaker
   })
 
 /** A breaker in the context, from options given as a value. */

@@ -102,7 +102,7 @@ describe("Retry.retry", () => {
     Effect.gen(function*() {
       const { attempt, count } = yield* recorder((n) => new Boom({ attempt: n }))
       const fiber = yield* Effect.fork(
-        Retry.retry({ maxRetries: 10, isRetryable: (e) => (e as Boom).attempt < 3 })(attempt)
+        attempt.pipe(Retry.retry({ maxRetries: 10, isRetryable: (e) => e.attempt < 3 }))
       )
       yield* TestClock.adjust("1 minute")
       const error = yield* Effect.flip(Fiber.join(fiber))
