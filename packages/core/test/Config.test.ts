@@ -44,6 +44,20 @@ describe("config descriptors read under their kind and name", () => {
       BREAKER_FALLBACK_FAILURE_THRESHOLD: "3"
     }))))
 
+  it.scoped("from process.env: BREAKER_<NAME>_FAILURE_THRESHOLD per breaker (fromEnv + constantCase)", () =>
+    Effect.gen(function*() {
+      const vars = { BREAKER_ENV_ONE_FAILURE_THRESHOLD: "1", BREAKER_ENV_TWO_FAILURE_THRESHOLD: "4" }
+      yield* Effect.acquireRelease(
+        Effect.sync(() => Object.assign(process.env, vars)),
+        () => Effect.sync(() => Object.keys(vars).forEach((k) => delete process.env[k]))
+      )
+      const provider = ConfigProvider.fromEnv().pipe(ConfigProvider.constantCase)
+      const [one, two] = yield* Effect.all([CircuitBreaker.config("env-one"), CircuitBreaker.config("env-two")]).pipe(
+        Effect.withConfigProvider(provider)
+      )
+      expect([one.failureThreshold, two.failureThreshold]).toEqual([1, 4])
+    }))
+
   it.effect("a breaker's keys are `breaker.<name>.<key>` paths (Config.nested)", () =>
     Effect.gen(function*() {
       const a = yield* CircuitBreaker.config("a")
