@@ -593,10 +593,18 @@ export const make = (options: Options) =>
           return Effect.succeed(
             request.method === "GET" || request.method === "HEAD" ? json(200, { status: "ok" }) : methodNotAllowed(PROBE_METHODS)
           )
+        // This replica can take traffic: its config is loaded and it listens
+        // (it answers), and it is not draining (see refusedWhileDraining).
+        // Not "an upstream is healthy": during a provider outage that would
+        // take every replica out of the load balancer at once, when each can
+        // still fail over, wait out a cooldown or answer from its cache.
+        // Upstream health is in /admin/upstreams and the metrics.
         case "/readyz":
-          if (request.method !== "GET" && request.method !== "HEAD") return Effect.succeed(methodNotAllowed(PROBE_METHODS))
-          return Effect.map(relay.ready, (ready) =>
-            ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
+          return Effect.succeed(
+            request.method === "GET" || request.method === "HEAD"
+              ? text(200, READY_BODY, JSON_TYPE)
+              : methodNotAllowed(PROBE_METHODS)
+          )
         case "/metrics":
           if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
           return Effect.zipRight(
@@ -725,6 +733,7 @@ export const make = (options: Options) =>
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const
+const READY_BODY = JSON.stringify({ status: "ready" })
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 
