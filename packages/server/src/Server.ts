@@ -13,7 +13,6 @@
  * module sets them and answers its refusals with OpenAI error bodies.
  */
 import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
-import * as Cause from "effect/Cause"
 import * as Redis from "@breakwater/core/Redis"
 import * as Context from "effect/Context"
 import * as Redacted from "effect/Redacted"
@@ -35,6 +34,7 @@ import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
+import * as Log from "./Log.js"
 
 /** The core services the HTTP app needs, from the config (in-memory stores). */
 /** Every shared store on one Redis connection, the response cache over it. */
@@ -205,23 +205,6 @@ export const openFilesWarning = (procSelfLimits: string, maxConnections: number)
 const checkingInterval = (headersMs: number, bodyMs: number): number =>
   Math.max(100, Math.min(1_000, Math.floor(Math.min(headersMs, bodyMs) / 4)))
 
-/**
- * One JSON object per line on stdout: time, level, message and the log's
- * annotations as top-level fields. Flat on purpose: it is written for every
- * request, and Effect's `jsonLogger` (which nests and inspects every value)
- * costs several times more.
- */
-const jsonLines = Logger.make(({ annotations, cause, date, logLevel, message }) => {
-  const line: Record<string, unknown> = {
-    time: date.toISOString(),
-    level: logLevel.label,
-    msg: Array.isArray(message) ? message.map(String).join(" ") : String(message)
-  }
-  for (const [k, v] of annotations) line[k] = v
-  if (cause._tag !== "Empty") line["cause"] = Cause.pretty(cause)
-  process.stdout.write(JSON.stringify(line) + "\n")
-})
-
 /** Reads a request body up to `max` bytes; undefined (and the rest discarded) beyond. */
 const readBody = (req: IncomingMessage, max: number): Effect.Effect<string | undefined> =>
   Effect.async<string | undefined>((resume) => {
@@ -266,22 +249,24 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
  * empty handler against 20.7k for `node:http`, and capped the gateway at
  * about 1k req/s (README, Performance). The handler itself is unchanged.
  */
-export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope.Scope> =>
+export interface ServeOptions {
+  /** How the server logs (see Log.ts). Default `json`. */
+  readonly logFormat?: Log.Format | undefined
+}
+
+export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const logger = Log.logger(options.logFormat ?? "json")
     // Background fibers forked while building (health probes, Redis) log as
-    // request fibers do: JSON lines at the configured level.
-    const context = yield* Layer.build(servicesLayer(config)).pipe(
-      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
-      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
-    )
-    // Request fibers, and the warnings at start, log JSON lines at the configured level.
-    const jsonLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    // request fibers do: one format, at the configured level.
+    const withLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
-        Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
+        Effect.locally(FiberRef.currentLoggers, HashSet.make(logger)),
         Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
       )
-    yield* jsonLogs(warnUnpriced(config, Context.get(context, Pricing.Pricing)))
-    const runtime = yield* jsonLogs(Effect.runtime<never>())
+    const context = yield* withLogs(Layer.build(servicesLayer(config)))
+    yield* withLogs(warnUnpriced(config, Context.get(context, Pricing.Pricing)))
+    const runtime = yield* withLogs(Effect.runtime<never>())
     let draining = false
     const handler = yield* Effect.provide(
       Http.make({
