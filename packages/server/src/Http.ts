@@ -21,6 +21,7 @@ import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
+import * as Reload from "./Reload.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
 export interface Incoming {
@@ -69,6 +70,11 @@ export interface Options {
    * and kept-alive clients go elsewhere.
    */
   readonly draining?: (() => boolean) | undefined
+  /**
+   * `POST /admin/reload`: re-reads the config file and swaps it in (the
+   * server's `Running.reload`). Without it, the route answers 409.
+   */
+  readonly reload?: (() => Effect.Effect<Reload.Outcome>) | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -521,6 +527,10 @@ export const make = (options: Options) =>
           if (request.method !== "GET") return methodNotAllowed(["GET"])
           return json(200, { object: "list", data: yield* gateway.keys })
         }
+        if (path === "/admin/reload") {
+          if (request.method !== "POST") return methodNotAllowed(["POST"])
+          return yield* reloaded
+        }
         const k = /^\/admin\/keys\/([^/]+)\/reset-spend$/.exec(path)
         if (k !== null) {
           if (request.method !== "POST") return methodNotAllowed(["POST"])
@@ -568,6 +578,30 @@ export const make = (options: Options) =>
         )
         const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
         return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
+      })
+
+    /**
+     * `POST /admin/reload`: 200 with what changed (and what needs a restart);
+     * 400 with `check-config`'s messages when the file is refused (the
+     * running config keeps serving); 409 when there is no file to reload.
+     */
+    const reloaded: Effect.Effect<Reply> = options.reload === undefined
+      ? Effect.succeed(failure(409, Reload.UNAVAILABLE_MESSAGE, "invalid_request_error", "reload_unavailable"))
+      : Effect.map(options.reload(), (outcome) => {
+        switch (outcome._tag) {
+          case "Reloaded":
+            return json(200, {
+              status: "reloaded",
+              upstreams: outcome.changes.upstreams,
+              keys: outcome.changes.keys,
+              settings: outcome.changes.settings,
+              restartRequired: outcome.restartRequired
+            })
+          case "Refused":
+            return failure(400, outcome.message, "invalid_request_error", "config_invalid")
+          case "Unavailable":
+            return failure(409, outcome.message, "invalid_request_error", "reload_unavailable")
+        }
       })
 
     const notFound = (path: string) =>

@@ -173,34 +173,72 @@ const serve = (cliLevel: LogLevel.Literal | undefined) => (args: ServeArgs) => {
         Effect.catchAll(configFailure),
         Logger.withMinimumLogLevel(LogLevel.fromLiteral(cliLevel ?? "Info"))
       )
-    let config = loaded.config
-    if (cliLevel !== undefined) config = { ...config, server: { ...config.server, logLevel: cliLevel } }
-    const level = config.server.logLevel
-    yield* run(config, loaded.demo, args, format, started).pipe(Logger.withMinimumLogLevel(LogLevel.fromLiteral(level)))
+    const { config, warning } = overridden(loaded.config, args, cliLevel)
+    // A reload reads the file again, with the same overrides (not in the demo: no file).
+    const reload = demo
+      ? undefined
+      : { file, load: Effect.map(Config.load(file, process.env), (c) => overridden(c, args, cliLevel).config) }
+    yield* run(config, warning, loaded.demo, reload, format, started).pipe(
+      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
+    )
   })).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, Log.logger(format))))
 }
 
-const run = (
-  loaded: Config.ServerConfig,
-  demo: Demo.Demo | undefined,
+/**
+ * The config as served: `--host`, `--port` and `--log-level` override the
+ * file, and a config without gateway keys binds to loopback only (with a
+ * warning saying so). Applied at start and to every reload alike.
+ */
+const overridden = (
+  config: Config.ServerConfig,
   args: ServeArgs,
+  cliLevel: LogLevel.Literal | undefined
+): { readonly config: Config.ServerConfig; readonly warning: string | undefined } => {
+  let host = Option.getOrElse(args.host, () => config.server.host)
+  const port = Option.getOrElse(args.port, () => config.server.port)
+  let warning: string | undefined
+  if (config.keys.length === 0 && !LOOPBACK.has(host)) {
+    warning = `no gateway keys are configured, so any caller is accepted; binding to 127.0.0.1 instead of ${host}. ` +
+      `Add keys to the config to serve other hosts.`
+    host = "127.0.0.1"
+  } else if (config.keys.length === 0) {
+    warning = "no gateway keys are configured: any caller on this machine is accepted."
+  }
+  const logLevel = cliLevel ?? config.server.logLevel
+  return { config: { ...config, server: { ...config.server, host, port, logLevel } }, warning }
+}
+
+/**
+ * SIGHUP reloads the config (Server's `Running.reload`, which logs the
+ * outcome). The handler is installed before the server listens, so that an
+ * early SIGHUP does not end the process (Node's default); the server is
+ * told once it runs.
+ */
+const onHangUp = () => {
+  let target: ((trigger: string) => Promise<unknown>) | undefined
+  const handler = () => {
+    if (target !== undefined) void target("SIGHUP")
+  }
+  process.on("SIGHUP", handler)
+  return {
+    serve: (reload: (trigger: string) => Promise<unknown>) => {
+      target = reload
+    },
+    uninstall: () => process.off("SIGHUP", handler)
+  }
+}
+
+const run = (
+  config: Config.ServerConfig,
+  keysWarning: string | undefined,
+  demo: Demo.Demo | undefined,
+  reload: Server.ServeOptions["reload"],
   format: Log.Format,
   started: number
 ) =>
   Effect.gen(function*() {
-    let config = loaded
-    let host = Option.getOrElse(args.host, () => config.server.host)
-    const port = Option.getOrElse(args.port, () => config.server.port)
-    if (config.keys.length === 0 && !LOOPBACK.has(host)) {
-      yield* Effect.logWarning(
-        `no gateway keys are configured, so any caller is accepted; binding to 127.0.0.1 instead of ${host}. ` +
-          `Add keys to the config to serve other hosts.`
-      )
-      host = "127.0.0.1"
-    } else if (config.keys.length === 0) {
-      yield* Effect.logWarning("no gateway keys are configured: any caller on this machine is accepted.")
-    }
-    config = { ...config, server: { ...config.server, host, port } }
+    const hangUp = yield* Effect.acquireRelease(Effect.sync(onHangUp), (h) => Effect.sync(h.uninstall))
+    if (keysWarning !== undefined) yield* Effect.logWarning(keysWarning)
     const limits = (() => {
       try {
         return readFileSync("/proc/self/limits", "utf8")
@@ -210,7 +248,9 @@ const run = (
     })()
     const fds = Server.openFilesWarning(limits, config.server.maxConnections)
     if (fds !== undefined) yield* Effect.logWarning(fds.replace(/^warning: /, ""))
-    const say = sayWith(format, () => config.server.logLevel)
+    // What the server serves now: a reload may change the level, shutdownTimeout and drainGrace.
+    let served = () => config
+    const say = sayWith(format, () => served().server.logLevel)
     // From here on no error ends the process: it is logged, counted, and the server keeps serving.
     const level = config.server.logLevel
     yield* Effect.acquireRelease(
@@ -222,7 +262,9 @@ const run = (
       ),
       (uninstall) => Effect.sync(uninstall)
     )
-    const running = yield* Server.serve(config, { logFormat: format })
+    const running = yield* Server.serve(config, { logFormat: format, reload })
+    served = running.config
+    hangUp.serve(running.reload)
     const ms = Math.round(performance.now() - started)
     if (demo !== undefined) {
       const tryIt = [
@@ -256,18 +298,20 @@ const run = (
       ).pipe(Effect.annotateLogs({ url: running.url, readyMs: ms, upstreams: config.upstreams.length, keys: config.keys.length }))
     }
     const signal = yield* waitForSignal(say)
-    const { drainGrace, shutdownTimeout } = config.server
+    const { drainGrace, logLevel, shutdownTimeout } = running.config().server
     yield* exitDeadline(say, shutdownTimeout)
     const grace = Duration.min(drainGrace, shutdownTimeout)
-    yield* Effect.logInfo(
-      `${signal}: draining (${
-        Duration.toMillis(grace) > 0 ? `new requests get 503 for ${Duration.format(grace)}, ` : ""
-      }up to ${Duration.format(shutdownTimeout)} in all; a second signal exits at once)`
-    ).pipe(Effect.annotateLogs({ signal }))
-    const { drained } = yield* Effect.promise(() => Server.drain(running, shutdownTimeout, grace))
-    yield* drained
-      ? Effect.logInfo("drained; bye")
-      : Effect.logWarning("shutdown deadline reached; closed remaining connections")
+    yield* Effect.gen(function*() {
+      yield* Effect.logInfo(
+        `${signal}: draining (${
+          Duration.toMillis(grace) > 0 ? `new requests get 503 for ${Duration.format(grace)}, ` : ""
+        }up to ${Duration.format(shutdownTimeout)} in all; a second signal exits at once)`
+      ).pipe(Effect.annotateLogs({ signal }))
+      const { drained } = yield* Effect.promise(() => Server.drain(running, shutdownTimeout, grace))
+      yield* drained
+        ? Effect.logInfo("drained; bye")
+        : Effect.logWarning("shutdown deadline reached; closed remaining connections")
+    }).pipe(Logger.withMinimumLogLevel(LogLevel.fromLiteral(logLevel)))
   })
 
 const command = (cliLevel: LogLevel.Literal | undefined) => Command.make(
