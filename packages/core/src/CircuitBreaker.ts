@@ -95,6 +95,15 @@ export interface Options<E = unknown> {
    * calls' error type: `isFailure: (e: MyError) => e._tag !== "BadRequest"`.
    */
   readonly isFailure?: ((error: E) => boolean) | undefined
+  /**
+   * Start where another breaker of the same dependency stopped (its
+   * {@link Snapshot}): for replacing a breaker whose settings changed (a
+   * config reload) without forgetting what it knew. An open breaker stays
+   * open until the same time, a forced-open or disabled one stays so, trips
+   * and consecutive failures carry on; a half-open one starts its trials
+   * again. Default: a new breaker, Closed.
+   */
+  readonly resumeFrom?: Snapshot | undefined
 }
 
 export interface Snapshot {
@@ -236,6 +245,25 @@ const makeWindow = (rule: FailureRate | undefined): OutcomeWindow | undefined =>
     ? new CountWindow(rule.window.calls)
     : new TimeWindow(Duration.toMillis(rule.window.duration))
 
+/** The state a breaker starts in: Closed, or where `resumed` stopped. */
+const initialState = (resumed: Snapshot | undefined, rule: FailureRate | undefined): Internal => {
+  switch (resumed?.state) {
+    case undefined:
+    case "Closed":
+      return { _tag: "Closed", consecutive: resumed?.consecutiveFailures ?? 0, window: makeWindow(rule) }
+    case "Open":
+      return resumed.openUntil === undefined
+        ? { _tag: "HalfOpen", inFlight: 0, successes: 0 }
+        : { _tag: "Open", openUntil: resumed.openUntil }
+    case "HalfOpen":
+      return { _tag: "HalfOpen", inFlight: 0, successes: 0 }
+    case "ForcedOpen":
+      return { _tag: "ForcedOpen" }
+    case "Disabled":
+      return { _tag: "Disabled" }
+  }
+}
+
 /**
  * Builds a breaker. The scope owns the fiber that moves an open breaker to
  * half-open when its time is up.
@@ -273,17 +301,18 @@ export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBre
     // The state machine is one mutable cell changed only inside synchronous
     // steps, which Effect runs one at a time: each step is as atomic as a
     // `Ref.modify`, without its allocations on the hot path.
+    const resumed = options.resumeFrom
     const m: Machine = {
-      state: { _tag: "Closed", consecutive: 0, window: makeWindow(rule) },
+      state: initialState(resumed, rule),
       epoch: 0,
-      trips: 0,
+      trips: resumed?.trips ?? 0,
       nextOpenMillis: firstOpenMillis,
       scheduleState: firstScheduleState
     }
     const pubsub = yield* PubSub.sliding<Transition>(1024)
     yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
     const scope = yield* Effect.scope
-    yield* Metric.set(gaugeFor, 0)
+    yield* Metric.set(gaugeFor, stateCode[m.state._tag])
 
     const closed = (): Internal => ({ _tag: "Closed", consecutive: 0, window: makeWindow(rule) })
 
@@ -355,6 +384,9 @@ export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBre
         scope
       )
     }).pipe(Effect.catchAllCause(() => Effect.void))
+
+    // A resumed open period wakes up as a tripped one does.
+    if (m.state._tag === "Open") yield* afterTrip
 
     const publicState = (s: Internal): State => s._tag
 

@@ -332,6 +332,7 @@ type Attempted<A> =
 type Classified =
   | { readonly _tag: "Ok"; readonly body: string; readonly usage: OpenAI.Usage | undefined }
 
+/** Builds the relay and its upstreams (`Upstream.make`); the scope owns the upstreams' breakers. */
 export const make = (
   options: Options
 ): Effect.Effect<
@@ -344,13 +345,34 @@ export const make = (
   | Pricing.Pricing
   | ResponseCache.ResponseCache
 > =>
+  Effect.flatMap(
+    Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker })),
+    (upstreams) => makeWith(upstreams, options)
+  )
+
+/**
+ * A relay over upstreams built elsewhere (`Upstream.make`), in that order;
+ * `options.upstreams` and `options.breaker` (the upstreams' own business)
+ * are not read. The relay owns nothing: the upstreams belong to whoever
+ * built them. This is how a server swaps its config without losing what its
+ * upstreams know: the next relay is built over the same upstream objects,
+ * or over ones carried on from them (`Upstream.make`'s `previous`), while
+ * requests in flight finish on the relay they started on.
+ */
+export const makeWith = (
+  upstreams: ReadonlyArray<Upstream.Upstream>,
+  options: Omit<Options, "upstreams"> & { readonly upstreams?: ReadonlyArray<Upstream.Config> | undefined }
+): Effect.Effect<
+  Relay,
+  never,
+  Cooldown.CooldownStore | UpstreamClient | Pricing.Pricing | ResponseCache.ResponseCache
+> =>
   Effect.gen(function*() {
     const client = yield* UpstreamClient
     const cooldowns = yield* Cooldown.CooldownStore
     const pricing = yield* Pricing.Pricing
     const cache = yield* ResponseCache.ResponseCache
     const router = Router.make(options.router)
-    const upstreams = yield* Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker }))
 
     const maxAttempts = options.maxAttempts ?? 3
     const budget = Duration.decode(options.requestTimeout ?? Duration.seconds(60))
@@ -378,9 +400,7 @@ export const make = (
     }
 
     // An upstream serving "*" still names its aliases.
-    const models = [
-      ...new Set(upstreams.flatMap((u, i) => u.models === "*" ? ["*", ...Object.keys(options.upstreams[i]?.aliases ?? {})] : u.models))
-    ]
+    const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*", ...Object.keys(u.aliases)] : u.models))]
 
     // ----- one attempt ------------------------------------------------------
 

@@ -402,6 +402,9 @@ const LOG_LEVELS: Record<string, LogLevel.Literal> = {
   none: "None"
 }
 
+/** A log level's name as the config and `--log-level` spell it (`info`, `warning`, ...), or undefined. */
+export const logLevelOf = (name: string): LogLevel.Literal | undefined => LOG_LEVELS[name.toLowerCase()]
+
 const LogLevelLeaf = leaf((u) => {
   const level = typeof u === "string" ? LOG_LEVELS[u.toLowerCase()] : undefined
   return level !== undefined

@@ -21,6 +21,7 @@ import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
+import * as Reload from "./Reload.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
 export interface Incoming {
@@ -69,6 +70,11 @@ export interface Options {
    * and kept-alive clients go elsewhere.
    */
   readonly draining?: (() => boolean) | undefined
+  /**
+   * `POST /admin/reload`: re-reads the config file and swaps it in (the
+   * server's `Running.reload`). Without it, the route answers 409.
+   */
+  readonly reload?: (() => Effect.Effect<Reload.Outcome>) | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -521,6 +527,10 @@ export const make = (options: Options) =>
           if (request.method !== "GET") return methodNotAllowed(["GET"])
           return json(200, { object: "list", data: yield* gateway.keys })
         }
+        if (path === "/admin/reload") {
+          if (request.method !== "POST") return methodNotAllowed(["POST"])
+          return yield* reloaded
+        }
         const k = /^\/admin\/keys\/([^/]+)\/reset-spend$/.exec(path)
         if (k !== null) {
           if (request.method !== "POST") return methodNotAllowed(["POST"])
@@ -570,6 +580,30 @@ export const make = (options: Options) =>
         return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
       })
 
+    /**
+     * `POST /admin/reload`: 200 with what changed (and what needs a restart);
+     * 400 with `check-config`'s messages when the file is refused (the
+     * running config keeps serving); 409 when there is no file to reload.
+     */
+    const reloaded: Effect.Effect<Reply> = options.reload === undefined
+      ? Effect.succeed(failure(409, Reload.UNAVAILABLE_MESSAGE, "invalid_request_error", "reload_unavailable"))
+      : Effect.map(options.reload(), (outcome) => {
+        switch (outcome._tag) {
+          case "Reloaded":
+            return json(200, {
+              status: "reloaded",
+              upstreams: outcome.changes.upstreams,
+              keys: outcome.changes.keys,
+              settings: outcome.changes.settings,
+              restartRequired: outcome.restartRequired
+            })
+          case "Refused":
+            return failure(400, outcome.message, "invalid_request_error", "config_invalid")
+          case "Unavailable":
+            return failure(409, outcome.message, "invalid_request_error", "reload_unavailable")
+        }
+      })
+
     const notFound = (path: string) =>
       failure(404, `Unknown request URL: ${path.slice(0, 200)}.`, "invalid_request_error", "unknown_url")
 
@@ -593,10 +627,18 @@ export const make = (options: Options) =>
           return Effect.succeed(
             request.method === "GET" || request.method === "HEAD" ? json(200, { status: "ok" }) : methodNotAllowed(PROBE_METHODS)
           )
+        // This replica can take traffic: its config is loaded and it listens
+        // (it answers), and it is not draining (see refusedWhileDraining).
+        // Not "an upstream is healthy": during a provider outage that would
+        // take every replica out of the load balancer at once, when each can
+        // still fail over, wait out a cooldown or answer from its cache.
+        // Upstream health is in /admin/upstreams and the metrics.
         case "/readyz":
-          if (request.method !== "GET" && request.method !== "HEAD") return Effect.succeed(methodNotAllowed(PROBE_METHODS))
-          return Effect.map(relay.ready, (ready) =>
-            ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
+          return Effect.succeed(
+            request.method === "GET" || request.method === "HEAD"
+              ? text(200, READY_BODY, JSON_TYPE)
+              : methodNotAllowed(PROBE_METHODS)
+          )
         case "/metrics":
           if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
           return Effect.zipRight(
@@ -725,6 +767,7 @@ export const make = (options: Options) =>
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const
+const READY_BODY = JSON.stringify({ status: "ready" })
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 

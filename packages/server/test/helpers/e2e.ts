@@ -112,13 +112,24 @@ export const configOf = (yaml: string): Config.ServerConfig => {
   return parsed.right
 }
 
-/** Serves `yaml` on 127.0.0.1, port 0 (whatever the YAML says), logs captured. */
-export const startServer = async (yaml: string): Promise<TestServer> => {
-  const parsed = configOf(yaml)
-  const config: Config.ServerConfig = { ...parsed, server: { ...parsed.server, host: "127.0.0.1", port: 0 } }
+/** On 127.0.0.1, port 0 (a free one), whatever the config says. */
+const local = (config: Config.ServerConfig): Config.ServerConfig => ({
+  ...config,
+  server: { ...config.server, host: "127.0.0.1", port: 0 }
+})
+
+/**
+ * Serves `yaml` on 127.0.0.1, port 0 (whatever the YAML says), logs captured.
+ * With `reloadFrom`, a reload reads that file (with the same host and port
+ * overrides, as the CLI's `--host`/`--port` would).
+ */
+export const startServer = async (yaml: string, options: { readonly reloadFrom?: string } = {}): Promise<TestServer> => {
+  const config = local(configOf(yaml))
+  const file = options.reloadFrom
+  const reload = file === undefined ? undefined : { file, load: Effect.map(Config.load(file, {}), local) }
   const scope = Effect.runSync(Scope.make())
   const running = await Effect.runPromise(
-    Server.serve(config).pipe(Scope.extend(scope), Effect.withConsole(capturingConsole))
+    Server.serve(config, { reload }).pipe(Scope.extend(scope), Effect.withConsole(capturingConsole))
   ).catch(async (e: unknown) => {
     await Effect.runPromise(Scope.close(scope, Exit.void))
     throw e
@@ -192,8 +203,8 @@ export const testBed = () => {
     fakes.push(f)
     return f
   }
-  const serve = async (yaml: string): Promise<TestServer> => {
-    const s = await startServer(yaml)
+  const serve = async (yaml: string, options: { readonly reloadFrom?: string } = {}): Promise<TestServer> => {
+    const s = await startServer(yaml, options)
     servers.push(s)
     return s
   }
