@@ -31,6 +31,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
+import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
@@ -49,7 +50,7 @@ const redisStores = (
   return Layer.merge(shared, ResponseCache.layer({ ttl: config.cache.ttl }).pipe(Layer.provide(shared)))
 }
 
-export const servicesLayer = (config: ServerConfig) => {
+export const servicesLayer = (config: ServerConfig, tracing?: Relay.Tracing) => {
   // `store.kind` switches every shared store at once. Layers are memoised
   // by reference, so each store (and the Redis connection) is built once.
   const stores = config.store.kind === "redis"
@@ -64,7 +65,8 @@ export const servicesLayer = (config: ServerConfig) => {
   const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
   // Metric labels: configured models, aliases and their targets, and key names, as they are.
   const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
-  const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
+  const relayOptions = Config.toRelayOptions(config)
+  const relay = Relay.layer(tracing === undefined ? relayOptions : { ...relayOptions, tracing }).pipe(
     Layer.provide(Layer.mergeAll(stores, upstreamClient, pricing))
   )
   const health = Layer.scoped(
@@ -256,6 +258,14 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
       res.once("drain", () => resume(Effect.void))
     }))
 
+export interface ServeOptions {
+  /**
+   * Where spans go instead of the OTLP exporter; turns traces on even
+   * without `telemetry` in the config (tests give an in-memory exporter).
+   */
+  readonly spanProcessor?: SpanProcessor | undefined
+}
+
 /**
  * Serves `config` until the scope closes. Returns the running server; the
  * caller decides when to drain (see {@link drain}).
@@ -266,29 +276,45 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
  * empty handler against 20.7k for `node:http`, and capped the gateway at
  * about 1k req/s (README, Performance). The handler itself is unchanged.
  */
-export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope.Scope> =>
+export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
-    // Background fibers forked while building (health probes, Redis) log as
-    // request fibers do: JSON lines at the configured level.
-    const context = yield* Layer.build(servicesLayer(config)).pipe(
-      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
-      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
-    )
     // Request fibers, and the warnings at start, log JSON lines at the configured level.
     const jsonLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
         Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
         Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
       )
+    // Traces: the OpenTelemetry SDK is loaded only when they are on.
+    const telemetry = config.telemetry === undefined && options.spanProcessor === undefined
+      ? undefined
+      : yield* Effect.flatMap(
+        Effect.promise(() => import("./Telemetry.js")),
+        (Telemetry) =>
+          Telemetry.make(config.telemetry, {
+            spanProcessor: options.spanProcessor,
+            warn: (message) => Effect.runFork(jsonLogs(Effect.logWarning(message)))
+          })
+      )
+    // Background fibers forked while building (health probes, Redis) log as
+    // request fibers do: JSON lines at the configured level.
+    const context = yield* Layer.build(servicesLayer(config, telemetry?.relay)).pipe(
+      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
+      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
+    )
     yield* jsonLogs(warnUnpriced(config, Context.get(context, Pricing.Pricing)))
-    const runtime = yield* jsonLogs(Effect.runtime<never>())
+    // Request fibers log JSON lines at the configured level, and trace with
+    // the OpenTelemetry tracer when traces are on.
+    const runtime = yield* jsonLogs(
+      telemetry === undefined ? Effect.runtime<never>() : Effect.withTracer(Effect.runtime<never>(), telemetry.tracer)
+    )
     let draining = false
     const handler = yield* Effect.provide(
       Http.make({
         maxBodyBytes: config.server.maxBodyBytes,
         adminKey: config.server.adminKey,
         knownModels: configuredModels(config),
-        draining: () => draining
+        draining: () => draining,
+        tracing: telemetry?.requests
       }),
       context
     )

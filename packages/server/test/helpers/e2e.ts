@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import { createServer } from "node:net"
 import { afterAll, beforeAll } from "vitest"
 import * as Config from "../../src/Config.js"
@@ -112,13 +113,19 @@ export const configOf = (yaml: string): Config.ServerConfig => {
   return parsed.right
 }
 
+export interface StartOptions extends Server.ServeOptions {
+  /** The tracer of the runtime the server is started in (requests inherit it unless traces are on). */
+  readonly tracer?: Tracer.Tracer | undefined
+}
+
 /** Serves `yaml` on 127.0.0.1, port 0 (whatever the YAML says), logs captured. */
-export const startServer = async (yaml: string): Promise<TestServer> => {
+export const startServer = async (yaml: string, options: StartOptions = {}): Promise<TestServer> => {
   const parsed = configOf(yaml)
   const config: Config.ServerConfig = { ...parsed, server: { ...parsed.server, host: "127.0.0.1", port: 0 } }
   const scope = Effect.runSync(Scope.make())
+  const serving = Server.serve(config, options).pipe(Scope.extend(scope), Effect.withConsole(capturingConsole))
   const running = await Effect.runPromise(
-    Server.serve(config).pipe(Scope.extend(scope), Effect.withConsole(capturingConsole))
+    options.tracer === undefined ? serving : Effect.withTracer(serving, options.tracer)
   ).catch(async (e: unknown) => {
     await Effect.runPromise(Scope.close(scope, Exit.void))
     throw e
@@ -192,8 +199,8 @@ export const testBed = () => {
     fakes.push(f)
     return f
   }
-  const serve = async (yaml: string): Promise<TestServer> => {
-    const s = await startServer(yaml)
+  const serve = async (yaml: string, options?: StartOptions): Promise<TestServer> => {
+    const s = await startServer(yaml, options)
     servers.push(s)
     return s
   }

@@ -1,0 +1,161 @@
+/**
+ * Traces: the gateway's spans, through `@effect/opentelemetry` to an OTLP
+ * collector (OTLP/HTTP, protobuf bodies, batched).
+ *
+ * Loaded only when traces are on (`telemetry` in the config, or the
+ * `OTEL_EXPORTER_OTLP_*` variables): a gateway without them never loads the
+ * OpenTelemetry SDK, and its requests make no span at all.
+ *
+ * What it provides: Effect's `Tracer` backed by an OpenTelemetry tracer (the
+ * request and attempt spans of Http.ts and the core's Relay go through it);
+ * the caller's W3C trace context (`traceparent`, `tracestate`) as the
+ * request span's parent; and the headers that carry an attempt's span to its
+ * upstream. Spans are exported in batches (at most 2048 queued: past that
+ * new spans are dropped, never the gateway's memory); a collector that
+ * fails is said in a warning at most once a minute, and the gateway serves
+ * on. At shutdown the spans still queued are sent, for at most 2 s.
+ */
+import * as OtelTracer from "@effect/opentelemetry/Tracer"
+import * as OtelApi from "@opentelemetry/api"
+import { type ExportResult, ExportResultCode, W3CTraceContextPropagator } from "@opentelemetry/core"
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto"
+import { resourceFromAttributes } from "@opentelemetry/resources"
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ParentBasedSampler,
+  type ReadableSpan,
+  type SpanExporter,
+  type SpanProcessor,
+  TraceIdRatioBasedSampler
+} from "@opentelemetry/sdk-trace-base"
+import type { Relay } from "@breakwater/core"
+import * as Effect from "effect/Effect"
+import { hostname } from "node:os"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
+import type { TelemetryConfig } from "./Config.js"
+import type * as Http from "./Http.js"
+
+export interface Telemetry {
+  /** Effect's tracer, backed by the OpenTelemetry SDK: install it in the request fibers' runtime. */
+  readonly tracer: Tracer.Tracer
+  /** For the relay: the headers that name an attempt's span upstream. */
+  readonly relay: Relay.Tracing
+  /** For the HTTP handler: the caller's trace context. */
+  readonly requests: Http.RequestTracing
+}
+
+export interface Options {
+  /** Where spans go instead of the OTLP exporter (tests: a `SimpleSpanProcessor` over an in-memory exporter). */
+  readonly spanProcessor?: SpanProcessor | undefined
+  /** Says that exports fail (at most once a minute). */
+  readonly warn?: ((message: string) => void) | undefined
+}
+
+const VERSION = "0.1.0"
+const propagator = new W3CTraceContextPropagator()
+
+/** Reads the caller's `traceparent` and `tracestate` (header names are lower case in Node). */
+const getter: OtelApi.TextMapGetter<Readonly<Record<string, string | undefined>>> = {
+  keys: (carrier) => Object.keys(carrier),
+  get: (carrier, key) => carrier[key]
+}
+
+/**
+ * The caller's span from its W3C headers, or undefined when it sent none or
+ * an invalid one (a request then starts a new trace). Its sampled flag and
+ * `tracestate` are kept: the gateway's spans follow the caller's sampling
+ * decision and pass its `tracestate` on.
+ */
+export const parentOf = (headers: Readonly<Record<string, string | undefined>>): Tracer.ExternalSpan | undefined => {
+  if (headers["traceparent"] === undefined) return undefined
+  const context = OtelApi.trace.getSpanContext(propagator.extract(OtelApi.ROOT_CONTEXT, headers, getter))
+  if (context === undefined || !OtelApi.isSpanContextValid(context)) return undefined
+  return OtelTracer.makeExternalSpan({
+    traceId: context.traceId,
+    spanId: context.spanId,
+    traceFlags: context.traceFlags,
+    traceState: context.traceState
+  })
+}
+
+/** `traceparent` (and `tracestate`) naming the current span, as the upstream call's headers. */
+const upstreamHeaders: Effect.Effect<Readonly<Record<string, string>>> = Effect.map(
+  Effect.option(OtelTracer.currentOtelSpan),
+  (span) => {
+    const carrier: Record<string, string> = {}
+    if (span._tag === "Some") propagator.inject(OtelApi.trace.setSpan(OtelApi.ROOT_CONTEXT, span.value), carrier, OtelApi.defaultTextMapSetter)
+    return carrier
+  }
+)
+
+/** The exporter, saying (at most once a minute) when the collector refuses or cannot be reached. */
+const warning = (inner: SpanExporter, url: string, secrets: ReadonlyArray<string>, warn: (message: string) => void): SpanExporter => {
+  let lastWarned = Number.NEGATIVE_INFINITY
+  let failed = 0
+  const scrub = (text: string) => secrets.reduce((acc, s) => (s.length >= 4 ? acc.split(s).join("<redacted>") : acc), text)
+  return {
+    export: (spans: Array<ReadableSpan>, done: (result: ExportResult) => void) =>
+      inner.export(spans, (result) => {
+        if (result.code !== ExportResultCode.SUCCESS) {
+          failed++
+          const now = performance.now()
+          if (now - lastWarned >= 60_000) {
+            lastWarned = now
+            const why = result.error === undefined ? "unknown error" : scrub(String(result.error.message)).slice(0, 200)
+            warn(`traces: exporting spans to ${url} failed (${why}); ${failed} batch(es) lost since the last warning`)
+            failed = 0
+          }
+        }
+        done(result)
+      }),
+    shutdown: () => inner.shutdown(),
+    forceFlush: () => inner.forceFlush?.() ?? Promise.resolve()
+  }
+}
+
+/**
+ * The tracer provider for `settings`, shut down (its queue flushed, for at
+ * most 2 s) when the scope closes.
+ */
+export const make = (settings: TelemetryConfig | undefined, options: Options = {}): Effect.Effect<Telemetry, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const serviceName = settings?.serviceName ?? "breakwater"
+    let processor = options.spanProcessor
+    if (processor === undefined && settings !== undefined) {
+      const headers: Record<string, string> = {}
+      for (const [k, v] of Object.entries(settings.headers)) headers[k] = Redacted.value(v)
+      const exporter = new OTLPTraceExporter({ url: settings.tracesUrl, headers })
+      processor = new BatchSpanProcessor(
+        warning(exporter, settings.tracesUrl, Object.values(headers), options.warn ?? (() => {})),
+        { maxQueueSize: 2048 }
+      )
+    }
+    const provider = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        new BasicTracerProvider({
+          resource: resourceFromAttributes({
+            // Tells replicas apart; OTEL_RESOURCE_ATTRIBUTES may say otherwise.
+            "host.name": hostname(),
+            ...settings?.resourceAttributes,
+            "service.name": serviceName,
+            "service.version": VERSION
+          }),
+          spanProcessors: processor === undefined ? [] : [processor],
+          ...(settings?.sampleRatio === undefined
+            ? {}
+            : { sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(settings.sampleRatio) }) })
+        })
+      ),
+      (provider) =>
+        Effect.promise(() => provider.forceFlush().then(() => provider.shutdown()).catch(() => {})).pipe(
+          Effect.timeoutOption("2 seconds"),
+          Effect.interruptible,
+          Effect.asVoid
+        )
+    )
+    const tracer = yield* Effect.provideService(OtelTracer.make, OtelTracer.OtelTracer, provider.getTracer("breakwater", VERSION))
+    return { tracer, relay: { headers: upstreamHeaders }, requests: { parentOf } }
+  })
