@@ -24,6 +24,7 @@
 import * as Sse from "@effect/experimental/Sse"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import type * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -328,20 +329,16 @@ export interface Options {
  */
 export interface Tracing {
   /**
-   * Run with the attempt's span as the current span: the headers that name
-   * it to the upstream. Default: a W3C `traceparent` made from its ids.
+   * The headers that name an attempt's span to its upstream. Default: a W3C
+   * `traceparent` made from the span's ids.
    */
-  readonly headers?: Effect.Effect<Readonly<Record<string, string>>> | undefined
+  readonly headers?: ((span: Tracer.Span) => Readonly<Record<string, string>>) | undefined
 }
 
-/** A W3C `traceparent` naming the current span (none without one). */
-const traceparentOfCurrentSpan: Effect.Effect<Readonly<Record<string, string>>> = Effect.map(
-  Effect.option(Effect.currentSpan),
-  (span): Readonly<Record<string, string>> =>
-    Option.isNone(span)
-      ? {}
-      : { traceparent: `00-${span.value.traceId}-${span.value.spanId}-${span.value.sampled ? "01" : "00"}` }
-)
+/** A W3C `traceparent` naming `span`. */
+export const traceparentOf = (span: Tracer.Span): string => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
+
+const traceparentHeader = (span: Tracer.Span): Readonly<Record<string, string>> => ({ traceparent: traceparentOf(span) })
 
 const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
   description: "Upstream calls by upstream and outcome",
@@ -549,7 +546,7 @@ export const make = (
     // ----- tracing (only when options.tracing is set) -------------------------
 
     const tracing = options.tracing
-    const traceHeaders = tracing?.headers ?? traceparentOfCurrentSpan
+    const traceHeaders = tracing?.headers ?? traceparentHeader
     /** Where each upstream is, for its attempts' spans (host and port only: a URL may carry a secret). */
     const upstreamHosts = new Map(upstreams.map((u) => {
       let host: { readonly address: string; readonly port: number | undefined } | undefined
@@ -609,13 +606,10 @@ export const make = (
         (span) => {
           trace.span = span
           trace.model = model
-          return Effect.flatMap(
-            Effect.zip(Effect.withParentSpan(traceHeaders, span), u.breaker.state),
-            ([headers, state]) => {
-              trace.breaker = state
-              return run(headers)
-            }
-          )
+          return Effect.flatMap(u.breaker.state, (state) => {
+            trace.breaker = state
+            return run(traceHeaders(span))
+          })
         }
       )
     }
@@ -638,42 +632,42 @@ export const make = (
     const endAttemptSpan = (
       u: Upstream.Upstream,
       trace: AttemptTrace,
+      clock: Clock.Clock,
       outcome: string,
       failure: UpstreamError | string | undefined
     ): Effect.Effect<void> => {
       const span = trace.span
       if (span === undefined || span.status._tag === "Ended") return Effect.void
-      return Effect.flatMap(u.breaker.state, (after) =>
-        Effect.map(Effect.clock, (clock) => {
-          const now = clock.unsafeCurrentTimeNanos()
-          span.attribute("breakwater.outcome", outcome)
-          let status = trace.status
-          let reason: string | undefined
-          if (failure !== undefined) {
-            if (typeof failure === "string") {
-              reason = failure
-            } else {
-              reason = reasonOf(failure)
-              span.attribute("error.type", failure._tag)
-              status ??= "status" in failure ? failure.status : failure._tag === "UpstreamRateLimited" ? 429 : undefined
-              trace.cooldown ??= cooldownFor(failure)
-            }
-            span.attribute("breakwater.failure.reason", reason)
+      return Effect.map(u.breaker.state, (after) => {
+        const now = clock.unsafeCurrentTimeNanos()
+        span.attribute("breakwater.outcome", outcome)
+        let status = trace.status
+        let reason: string | undefined
+        if (failure !== undefined) {
+          if (typeof failure === "string") {
+            reason = failure
+          } else {
+            reason = reasonOf(failure)
+            span.attribute("error.type", failure._tag)
+            status ??= "status" in failure ? failure.status : failure._tag === "UpstreamRateLimited" ? 429 : undefined
+            trace.cooldown ??= cooldownFor(failure)
           }
-          if (status !== undefined) span.attribute("http.response.status_code", status)
-          if (trace.breaker !== undefined && after !== trace.breaker) {
-            span.event("breaker", now, { "breakwater.breaker.from": trace.breaker, "breakwater.breaker.to": after })
-          } else if (trace.breaker === "HalfOpen") {
-            span.attribute("breakwater.breaker.probe", true)
-          }
-          if (trace.cooldown !== undefined) {
-            span.event("cooldown", now, {
-              "breakwater.cooldown.reason": trace.cooldown.reason,
-              "breakwater.cooldown.ms": Duration.toMillis(trace.cooldown.duration)
-            })
-          }
-          span.end(now, reason === undefined ? Exit.void : Exit.fail(reason))
-        }))
+          span.attribute("breakwater.failure.reason", reason)
+        }
+        if (status !== undefined) span.attribute("http.response.status_code", status)
+        if (trace.breaker !== undefined && after !== trace.breaker) {
+          span.event("breaker", now, { "breakwater.breaker.from": trace.breaker, "breakwater.breaker.to": after })
+        } else if (trace.breaker === "HalfOpen") {
+          span.attribute("breakwater.breaker.probe", true)
+        }
+        if (trace.cooldown !== undefined) {
+          span.event("cooldown", now, {
+            "breakwater.cooldown.reason": trace.cooldown.reason,
+            "breakwater.cooldown.ms": Duration.toMillis(trace.cooldown.duration)
+          })
+        }
+        span.end(now, reason === undefined ? Exit.void : Exit.fail(reason))
+      })
     }
 
     /**
@@ -685,26 +679,27 @@ export const make = (
     const endAttempt = (
       u: Upstream.Upstream,
       trace: AttemptTrace,
+      clock: Clock.Clock,
       exit: Exit.Exit<Attempted<unknown>, Timeout.DeadlineExceeded>,
       streaming: boolean
     ): Effect.Effect<void> => {
       if (exit._tag === "Failure") {
         return Option.isSome(Cause.failureOption(exit.cause))
-          ? endAttemptSpan(u, trace, "deadline", "the request's deadline passed")
+          ? endAttemptSpan(u, trace, clock, "deadline", "the request's deadline passed")
           : Cause.isInterruptedOnly(exit.cause)
-          ? endAttemptSpan(u, trace, "interrupted", undefined)
-          : endAttemptSpan(u, trace, "defect", "unexpected failure")
+          ? endAttemptSpan(u, trace, clock, "interrupted", undefined)
+          : endAttemptSpan(u, trace, clock, "defect", "unexpected failure")
       }
       const outcome = exit.value
       switch (outcome._tag) {
         case "Skipped":
           return spanEvent("upstream skipped", { "breakwater.upstream": u.name, "breakwater.reason": outcome.reason })
         case "Failed":
-          return endAttemptSpan(u, trace, outcome.error._tag, outcome.error)
+          return endAttemptSpan(u, trace, clock, outcome.error._tag, outcome.error)
         case "Ok":
           if (streaming) return Effect.void
           if (trace.span !== undefined) spanUsage(trace.span, trace.model, trace.usage, undefined)
-          return endAttemptSpan(u, trace, "ok", undefined)
+          return endAttemptSpan(u, trace, clock, "ok", undefined)
       }
     }
 
@@ -1015,7 +1010,7 @@ export const make = (
             outcome._tag === "Ok" ? { _tag: "Ok", value: [outcome.value, started] } : outcome
           )
         )
-        return trace === undefined ? attempted : Effect.onExit(attempted, (exit) => endAttempt(u, trace, exit, false))
+        return trace === undefined ? attempted : Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, false))
       })
 
     const finish = (
@@ -1274,7 +1269,9 @@ export const make = (
             yield* release
             return outcome
           })
-          return trace === undefined ? attempted : Effect.onExit(attempted, (exit) => endAttempt(u, trace, exit, true))
+          return trace === undefined
+            ? attempted
+            : Effect.clockWith((clock) => Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, true)))
         }
         const [opened, u, progress] = yield* failover(request.model, attempt).pipe(
           Effect.onError(() => Scope.close(scope, Exit.void))
@@ -1395,7 +1392,9 @@ export const make = (
             trace.span.attribute("breakwater.first_event_ms", opened.firstEventMs)
             if (usageEstimated) trace.span.attribute("breakwater.usage_estimated", true)
             if (outcome === "failed") trace.cooldown ??= cooldownFor(streamError!)
-            effects.push(endAttemptSpan(u, trace, outcome === "completed" ? "ok" : outcome, outcome === "failed" ? streamError : undefined))
+            effects.push(
+              endAttemptSpan(u, trace, clock, outcome === "completed" ? "ok" : outcome, outcome === "failed" ? streamError : undefined)
+            )
           }
           effects.push(Scope.close(scope, Exit.void))
           return Effect.all(effects, { discard: true })

@@ -636,6 +636,8 @@ export const make = (options: Options) =>
     // ----- tracing (only when options.tracing is set) --------------------------
 
     const tracing = options.tracing
+    /** The clock request spans end by (the one they start by). */
+    const clock = yield* Effect.clock
 
     /** Runs `effect` under the request's span, when there is one. */
     const inSpan = <A>(log: Log, effect: Effect.Effect<A>): Effect.Effect<A> =>
@@ -695,12 +697,8 @@ export const make = (options: Options) =>
           ),
           Effect.annotateLogs(line, annotations)
         )
-        const span = log.span
-        if (span === undefined) return written
-        return Effect.clockWith((clock) => {
-          endRequestSpan(span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
-          return written
-        })
+        if (log.span !== undefined) endRequestSpan(log.span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
+        return written
       })
 
     const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {

@@ -16,8 +16,7 @@
  * on. At shutdown the spans still queued are sent, for at most 2 s.
  */
 import * as OtelTracer from "@effect/opentelemetry/Tracer"
-import * as OtelApi from "@opentelemetry/api"
-import { type ExportResult, ExportResultCode, W3CTraceContextPropagator } from "@opentelemetry/core"
+import { type ExportResult, ExportResultCode, parseTraceParent, TraceState } from "@opentelemetry/core"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto"
 import { resourceFromAttributes } from "@opentelemetry/resources"
 import {
@@ -29,12 +28,14 @@ import {
   type SpanProcessor,
   TraceIdRatioBasedSampler
 } from "@opentelemetry/sdk-trace-base"
-import type { Relay } from "@breakwater/core"
+import { Relay } from "@breakwater/core"
+import * as Context from "effect/Context"
+import * as Option from "effect/Option"
 import * as Effect from "effect/Effect"
 import { hostname } from "node:os"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type * as Tracer from "effect/Tracer"
+import * as Tracer from "effect/Tracer"
 import type { TelemetryConfig } from "./Config.js"
 import type * as Http from "./Http.js"
 
@@ -55,41 +56,54 @@ export interface Options {
 }
 
 const VERSION = "0.1.0"
-const propagator = new W3CTraceContextPropagator()
-
-/** Reads the caller's `traceparent` and `tracestate` (header names are lower case in Node). */
-const getter: OtelApi.TextMapGetter<Readonly<Record<string, string | undefined>>> = {
-  keys: (carrier) => Object.keys(carrier),
-  get: (carrier, key) => carrier[key]
-}
 
 /**
- * The caller's span from its W3C headers, or undefined when it sent none or
- * an invalid one (a request then starts a new trace). Its sampled flag and
- * `tracestate` are kept: the gateway's spans follow the caller's sampling
- * decision and pass its `tracestate` on.
+ * The caller's span from its W3C headers (Node writes header names in lower
+ * case, and joins repeated ones with commas: two `traceparent`s are invalid),
+ * or undefined when it sent none or an invalid one (a request then starts a
+ * new trace). Its sampled flag and `tracestate` are kept: the gateway's spans
+ * follow the caller's sampling decision and pass its `tracestate` on.
  */
 export const parentOf = (headers: Readonly<Record<string, string | undefined>>): Tracer.ExternalSpan | undefined => {
-  if (headers["traceparent"] === undefined) return undefined
-  const context = OtelApi.trace.getSpanContext(propagator.extract(OtelApi.ROOT_CONTEXT, headers, getter))
-  if (context === undefined || !OtelApi.isSpanContextValid(context)) return undefined
+  const traceparent = headers["traceparent"]
+  if (traceparent === undefined) return undefined
+  // OpenTelemetry's own parser (its W3C propagator's), without the propagator's contexts.
+  const parsed = parseTraceParent(traceparent)
+  if (parsed === null) return undefined
+  const tracestate = headers["tracestate"]
   return OtelTracer.makeExternalSpan({
-    traceId: context.traceId,
-    spanId: context.spanId,
-    traceFlags: context.traceFlags,
-    traceState: context.traceState
+    traceId: parsed.traceId,
+    spanId: parsed.spanId,
+    traceFlags: parsed.traceFlags,
+    ...(tracestate === undefined || tracestate === "" ? {} : { traceState: new TraceState(tracestate) })
   })
 }
 
-/** `traceparent` (and `tracestate`) naming the current span, as the upstream call's headers. */
-const upstreamHeaders: Effect.Effect<Readonly<Record<string, string>>> = Effect.map(
-  Effect.option(OtelTracer.currentOtelSpan),
-  (span) => {
-    const carrier: Record<string, string> = {}
-    if (span._tag === "Some") propagator.inject(OtelApi.trace.setSpan(OtelApi.ROOT_CONTEXT, span.value), carrier, OtelApi.defaultTextMapSetter)
-    return carrier
+/**
+ * The caller's `tracestate`, kept on the trace's remote root (see
+ * {@link parentOf}); the gateway's spans add nothing to it.
+ */
+const traceStateOf = (span: Tracer.Span): string | undefined => {
+  let at: Tracer.AnySpan = span
+  // A request's spans are at most two levels below the caller's.
+  for (let depth = 0; depth < 4; depth++) {
+    if (at._tag === "ExternalSpan") {
+      const state = Context.getOption(at.context, OtelTracer.OtelTraceState)
+      const text = Option.isSome(state) ? state.value.serialize() : ""
+      return text === "" ? undefined : text
+    }
+    if (Option.isNone(at.parent)) return undefined
+    at = at.parent.value
   }
-)
+  return undefined
+}
+
+/** `traceparent` naming an attempt's span, and the caller's `tracestate`, for the upstream call. */
+const upstreamHeaders = (span: Tracer.Span): Readonly<Record<string, string>> => {
+  const state = traceStateOf(span)
+  const traceparent = Relay.traceparentOf(span)
+  return state === undefined ? { traceparent } : { traceparent, tracestate: state }
+}
 
 /** The exporter, saying (at most once a minute) when the collector refuses or cannot be reached. */
 const warning = (inner: SpanExporter, url: string, secrets: ReadonlyArray<string>, warn: (message: string) => void): SpanExporter => {
@@ -156,6 +170,13 @@ export const make = (settings: TelemetryConfig | undefined, options: Options = {
           Effect.asVoid
         )
     )
-    const tracer = yield* Effect.provideService(OtelTracer.make, OtelTracer.OtelTracer, provider.getTracer("breakwater", VERSION))
+    const bridge = yield* Effect.provideService(OtelTracer.make, OtelTracer.OtelTracer, provider.getTracer("breakwater", VERSION))
+    // The bridge's spans, without its `context` hook: Effect runs that hook
+    // around every operation of a fiber that has a span, to set
+    // OpenTelemetry's active context for libraries instrumented by
+    // OpenTelemetry itself. The gateway has none (it propagates trace
+    // context itself), and the hook made a traced request cost 2.6 times an
+    // untraced one in CPU (bench:handler), most of it new contexts to collect.
+    const tracer = Tracer.make({ span: bridge.span, context: (execution) => execution() })
     return { tracer, relay: { headers: upstreamHeaders }, requests: { parentOf } }
   })
