@@ -854,6 +854,19 @@ const telemetryEnvChecks = (input: Record<string, unknown>, env: Env): Array<Pro
     }
   }
   if (on) {
+    // The exporter speaks OTLP/HTTP with protobuf bodies only: a collector expecting gRPC or JSON would refuse every batch.
+    for (const name of ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]) {
+      const protocol = envValue(env, name)
+      if (protocol !== undefined && protocol !== "http/protobuf") {
+        problems.push({
+          path: `${name} (environment)`,
+          // A protocol's name is shown; anything longer may be a secret set by mistake.
+          message: `only "http/protobuf" is supported, got ${
+            /^[a-z/]{1,16}$/.test(protocol) ? show(protocol) : "another value (not shown)"
+          }; point the endpoint at the collector's OTLP/HTTP port (4318)`
+        })
+      }
+    }
     for (const name of ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]) {
       const text = envValue(env, name)
       if (text === undefined) continue

@@ -623,6 +623,16 @@ describe("Config.parse: telemetry", () => {
       { path: "OTEL_EXPORTER_OTLP_HEADERS (environment)", message: "expected name=value pairs separated by commas (values not shown)" }
     ])
     expect(env.message).not.toContain(OTLP_SECRET)
+    // Only OTLP/HTTP with protobuf bodies is spoken.
+    expect(invalid(parse(minimal, { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).problems)
+      .toEqual([{
+        path: "OTEL_EXPORTER_OTLP_PROTOCOL (environment)",
+        message: `only "http/protobuf" is supported, got "grpc"; point the endpoint at the collector's OTLP/HTTP port (4318)`
+      }])
+    expect(ok(parse(minimal, { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/protobuf" })).telemetry)
+      .toBeDefined()
+    // Without traces, the variable is someone else's business.
+    expect(ok(parse(minimal, { OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).telemetry).toBeUndefined()
   })
 })
 
