@@ -15,7 +15,7 @@ import * as Effect from "effect/Effect"
 import * as Tracer from "effect/Tracer"
 import { createServer, type IncomingHttpHeaders } from "node:http"
 import { describe, expect, it } from "vitest"
-import { captured, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
+import { captured, freePort, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-TRACES-SECRET-1"
 const ADMIN_KEY = "admin-key-TRACES-SECRET-2"
@@ -387,6 +387,25 @@ describe("traces off (the default)", () => {
 })
 
 describe("export over OTLP/HTTP", () => {
+  it("a collector that cannot be reached is a WARN line (without its headers), and requests are served", async () => {
+    const port = await freePort()
+    const only = await fake("unexported")
+    // Each export may take this long, retries included (the exporter reads the standard
+    // variable; 10 s by default): the failure is then known within the shutdown's flush.
+    process.env["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"] = "300"
+    const server = await serve(
+      config([only], { extra: `telemetry: { otlp: { endpoint: "http://127.0.0.1:${port}", headers: { x-otlp-key: "${OTLP_KEY}" } } }` })
+    ).finally(() => delete process.env["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"])
+    const res = await post(server, "/v1/chat/completions", chat())
+    expect(res.status).toBe(200)
+    await res.text()
+    await server.close()
+    const warning = captured.logs.find((l) => l.includes(`exporting spans to http://127.0.0.1:${port}/v1/traces failed`))
+    expect(warning).toBeDefined()
+    expect(JSON.parse(warning!).level).toBe("WARN")
+    expect(captured.logs.join("\n")).not.toContain(OTLP_KEY)
+  })
+
   it("spans reach the collector at <endpoint>/v1/traces as protobuf, with the configured headers, by shutdown at the latest", async () => {
     const received: Array<{ url: string; headers: IncomingHttpHeaders; body: Buffer }> = []
     const collector = createServer((req, res) => {
