@@ -43,13 +43,24 @@ export interface StreamReply {
 }
 
 export interface UpstreamClient {
-  /** POSTs `body` (JSON text or bytes) to `upstream.baseUrl + path` and reads the whole answer. */
-  readonly post: (upstream: Upstream, path: string, body: string | Uint8Array) => Effect.Effect<Reply, UpstreamUnreachable>
+  /**
+   * POSTs `body` (JSON text or bytes) to `upstream.baseUrl + path` and reads
+   * the whole answer. `headers` are added to the request (the relay's trace
+   * context, when it traces); they never replace the upstream's
+   * `authorization` or the content headers.
+   */
+  readonly post: (
+    upstream: Upstream,
+    path: string,
+    body: string | Uint8Array,
+    headers?: Readonly<Record<string, string>>
+  ) => Effect.Effect<Reply, UpstreamUnreachable>
   /** The same, leaving the body as a stream open in the scope. */
   readonly postStream: (
     upstream: Upstream,
     path: string,
-    body: string | Uint8Array
+    body: string | Uint8Array,
+    headers?: Readonly<Record<string, string>>
   ) => Effect.Effect<StreamReply, UpstreamUnreachable, Scope.Scope>
   readonly get: (upstream: Upstream, path: string) => Effect.Effect<Reply, UpstreamUnreachable>
 }
@@ -66,8 +77,19 @@ const unreachable = (upstream: Upstream) => (error: HttpClientError.HttpClientEr
 export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> = Effect.map(
   HttpClient.HttpClient,
   (client) => {
-    const request = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) => {
-      let req = HttpClientRequest.make(method)(upstream.baseUrl + path).pipe(
+    // The client's own trace propagation would replace the relay's trace
+    // headers with a span of its own: calls that carry them go without it.
+    const carrying = HttpClient.withTracerPropagation(client, false)
+    const request = (
+      upstream: Upstream,
+      method: "GET" | "POST",
+      path: string,
+      body?: string | Uint8Array,
+      headers?: Readonly<Record<string, string>>
+    ) => {
+      let req = HttpClientRequest.make(method)(upstream.baseUrl + path)
+      if (headers !== undefined) req = HttpClientRequest.setHeaders(req, headers)
+      req = req.pipe(
         HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(upstream.apiKey)}`),
         HttpClientRequest.acceptJson
       )
@@ -79,18 +101,27 @@ export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> =
       return req
     }
 
-    const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
+    const readAll = (
+      upstream: Upstream,
+      method: "GET" | "POST",
+      path: string,
+      body?: string | Uint8Array,
+      headers?: Readonly<Record<string, string>>
+    ) =>
       Effect.scoped(
-        Effect.flatMap(client.execute(request(upstream, method, path, body)), (res) =>
+        Effect.flatMap((headers === undefined ? client : carrying).execute(request(upstream, method, path, body, headers)), (res) =>
           Effect.map(res.text, (text): Reply => ({ status: res.status, headers: res.headers, text })))
       ).pipe(Effect.mapError(unreachable(upstream)))
 
     return UpstreamClient.of({
-      post: (upstream, path, body) => readAll(upstream, "POST", path, body),
+      post: (upstream, path, body, headers) => readAll(upstream, "POST", path, body, headers),
       get: (upstream, path) => readAll(upstream, "GET", path),
-      postStream: (upstream, path, body) =>
+      postStream: (upstream, path, body, headers) =>
         Effect.map(
-          Effect.mapError(client.execute(request(upstream, "POST", path, body)), unreachable(upstream)),
+          Effect.mapError(
+            (headers === undefined ? client : carrying).execute(request(upstream, "POST", path, body, headers)),
+            unreachable(upstream)
+          ),
           (res): StreamReply => ({
             status: res.status,
             headers: res.headers,
@@ -141,6 +172,13 @@ export interface UndiciOptions {
 
 const noop = (): void => {}
 
+/** Our headers plus `extra` (trace context), which never replaces one of ours, whatever its case. */
+const withExtra = (ours: Record<string, string>, extra: Readonly<Record<string, string>>): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (const key in extra) if (!(key.toLowerCase() in ours)) out[key] = extra[key]!
+  return Object.assign(out, ours)
+}
+
 /**
  * A response body as an async iterable whose `return` destroys the body at
  * once. Node's own iterator only finishes a pending read when the next chunk
@@ -188,19 +226,32 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
           }
           : { authorization: `Bearer ${Redacted.value(upstream.apiKey)}`, accept: "application/json" }
 
-      const send = (upstream: Upstream, method: "GET" | "POST", path: string, body: string | Uint8Array | undefined, signal: AbortSignal) =>
+      const send = (
+        upstream: Upstream,
+        method: "GET" | "POST",
+        path: string,
+        body: string | Uint8Array | undefined,
+        signal: AbortSignal,
+        extra?: Readonly<Record<string, string>>
+      ) =>
         undiciRequest(upstream.baseUrl + path, {
           method,
-          headers: headersFor(upstream, body !== undefined),
+          headers: extra === undefined ? headersFor(upstream, body !== undefined) : withExtra(headersFor(upstream, body !== undefined), extra),
           ...(body === undefined ? {} : { body }),
           signal,
           dispatcher: agent
         })
 
-      const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
+      const readAll = (
+        upstream: Upstream,
+        method: "GET" | "POST",
+        path: string,
+        body?: string | Uint8Array,
+        headers?: Readonly<Record<string, string>>
+      ) =>
         Effect.tryPromise({
           try: async (signal) => {
-            const res = await send(upstream, method, path, body, signal)
+            const res = await send(upstream, method, path, body, signal, headers)
             // A destroyed body emits 'error': never without a listener (it would end the process).
             res.body.on("error", noop)
             const text = await res.body.text()
@@ -216,12 +267,17 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
        * left open. An answer that arrives just as the call is interrupted is
        * destroyed on the spot (undici does so too, through the signal).
        */
-      const postStream = (upstream: Upstream, path: string, body: string | Uint8Array) =>
+      const postStream = (
+        upstream: Upstream,
+        path: string,
+        body: string | Uint8Array,
+        headers?: Readonly<Record<string, string>>
+      ) =>
         Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(
             restore(Effect.tryPromise({
               try: async (signal) => {
-                const res = await send(upstream, "POST", path, body, signal)
+                const res = await send(upstream, "POST", path, body, signal, headers)
                 res.body.on("error", noop)
                 if (signal.aborted) res.body.destroy()
                 return res
@@ -241,7 +297,7 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
         )
 
       return UpstreamClient.of({
-        post: (upstream, path, body) => readAll(upstream, "POST", path, body),
+        post: (upstream, path, body, headers) => readAll(upstream, "POST", path, body, headers),
         get: (upstream, path) => readAll(upstream, "GET", path),
         postStream
       })

@@ -36,7 +36,8 @@ export const RESTART_ONLY: ReadonlyArray<string> = [
   "server.keepAliveTimeout",
   "store",
   "cache.ttl",
-  "cache.maxEntries"
+  "cache.maxEntries",
+  "telemetry"
 ]
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"])
@@ -129,7 +130,7 @@ export const restartRequired = (running: ServerConfig, next: ServerConfig): Read
   RESTART_ONLY.filter((path) => !same(at(running, path), at(next, path)))
 
 /** `next` with the restart-only settings of `running`: what a reload serves. */
-export const pinned = (running: ServerConfig, next: ServerConfig): ServerConfig => ({
+export const pinned = (running: ServerConfig, { telemetry: _, ...next }: ServerConfig): ServerConfig => ({
   ...next,
   server: {
     ...next.server,
@@ -141,7 +142,8 @@ export const pinned = (running: ServerConfig, next: ServerConfig): ServerConfig 
     keepAliveTimeout: running.server.keepAliveTimeout
   },
   store: running.store,
-  cache: { ...next.cache, ttl: running.cache.ttl, maxEntries: running.cache.maxEntries }
+  cache: { ...next.cache, ttl: running.cache.ttl, maxEntries: running.cache.maxEntries },
+  ...(running.telemetry === undefined ? {} : { telemetry: running.telemetry })
 })
 
 /** Why `next` (pinned) may not be served, or undefined when it may. */

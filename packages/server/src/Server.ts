@@ -33,6 +33,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
+import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
@@ -288,6 +289,11 @@ export interface ServeOptions {
   /** How the server logs (see Log.ts). Default `json`. */
   readonly logFormat?: Log.Format | undefined
   /**
+   * Where spans go instead of the OTLP exporter; turns traces on even
+   * without `telemetry` in the config (tests give an in-memory exporter).
+   */
+  readonly spanProcessor?: SpanProcessor | undefined
+  /**
    * Where a reload reads the config: the file's name (for the log) and how
    * to load it, with the same command-line overrides as at start. Without
    * it (the demo), a reload answers that there is nothing to reload.
@@ -360,6 +366,18 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         Logger.withMinimumLogLevel(LogLevel.fromLiteral(level))
       )
     const serverScope = yield* Effect.scope
+    // Traces: the OpenTelemetry SDK is loaded only when they are on. Read at
+    // start: a reload keeps the tracer (the telemetry section needs a restart).
+    const telemetry = config.telemetry === undefined && options.spanProcessor === undefined
+      ? undefined
+      : yield* Effect.flatMap(
+        Effect.promise(() => import("./Telemetry.js")),
+        (Telemetry) =>
+          Telemetry.make(config.telemetry, {
+            spanProcessor: options.spanProcessor,
+            warn: (message) => Effect.runFork(withLogs(config.server.logLevel)(Effect.logWarning(message)))
+          })
+      )
     const shared = yield* withLogs(config.server.logLevel)(Layer.build(storesLayer(config)))
     const base = yield* withLogs(config.server.logLevel)(Effect.runtime<never>())
     const runBase = Runtime.runFork(base)
@@ -400,7 +418,11 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       withLogs(config.server.logLevel)(Effect.gen(function*() {
         const { upstreams, used } = yield* upstreamsOf(config)
         const scope = yield* Scope.fork(serverScope, ExecutionStrategy.sequential)
-        const relay = Layer.effect(Relay.Relay, Relay.makeWith(upstreams, Config.toRelayOptions(config)))
+        const relayOptions = Config.toRelayOptions(config)
+        const relay = Layer.effect(
+          Relay.Relay,
+          Relay.makeWith(upstreams, telemetry === undefined ? relayOptions : { ...relayOptions, tracing: telemetry.relay })
+        )
         const pipeline = yield* Layer.build(pipelineLayer(config, relay)).pipe(Effect.provide(shared), Scope.extend(scope))
         const context = Context.merge(shared, pipeline)
         const healthScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
@@ -415,12 +437,16 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
             adminKey: config.server.adminKey,
             knownModels: configuredModels(config),
             draining: () => draining,
-            reload: () => Effect.promise(() => reloadFn("POST /admin/reload"))
+            reload: () => Effect.promise(() => reloadFn("POST /admin/reload")),
+            tracing: telemetry?.requests
           }),
           all
         )
-        // Request fibers log in the server's format at this config's level.
-        const runtime = yield* Effect.runtime<never>()
+        // Request fibers log in the server's format at this config's level, and
+        // trace with the OpenTelemetry tracer when traces are on.
+        const runtime = yield* (telemetry === undefined
+          ? Effect.runtime<never>()
+          : Effect.withTracer(Effect.runtime<never>(), telemetry.tracer))
         const generation: Generation = {
           config,
           handler,
