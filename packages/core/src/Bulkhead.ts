@@ -200,13 +200,16 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
 
 export const layer = (options: Options): Layer.Layer<Bulkhead> => Layer.effect(Bulkhead, make(options))
 
-/** Options from `effect/Config`: `maxConcurrent`, `maxWaiting`, `maxWait`. */
+/**
+ * Options from `effect/Config` under `bulkhead.<name>`: `maxConcurrent`,
+ * `maxWaiting`, `maxWait` (`BULKHEAD_PRIMARY_MAX_CONCURRENT` in constant case).
+ */
 export const config = (name: string): Config.Config<Options> =>
   Config.all({
     maxConcurrent: Config.integer("maxConcurrent").pipe(Config.withDefault(10)),
     maxWaiting: Config.integer("maxWaiting").pipe(Config.withDefault(0)),
     maxWait: Config.option(Config.duration("maxWait"))
-  }).pipe(Config.map(({ maxWait, ...o }): Options => ({ name, ...o, maxWait: Option.getOrUndefined(maxWait) })))
+  }).pipe(Config.nested(name), Config.nested("bulkhead"), Config.map(({ maxWait, ...o }): Options => ({ name, ...o, maxWait: Option.getOrUndefined(maxWait) })))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Bulkhead, ConfigError.ConfigError> =>
   Layer.effect(Bulkhead, Effect.flatMap(config, make))

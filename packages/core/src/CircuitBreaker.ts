@@ -63,7 +63,11 @@ export interface FailureRate {
   readonly window: { readonly calls: number } | { readonly duration: Duration.DurationInput }
 }
 
-export interface Options {
+/**
+ * A breaker's options. `E` is the type of the errors that `isFailure` judges
+ * (inferred from it): the breaker then protects calls failing with `E` only.
+ */
+export interface Options<E = unknown> {
   readonly name: string
   /** Consecutive failures that open the breaker. Default 5. */
   readonly failureThreshold?: number
@@ -87,9 +91,19 @@ export interface Options {
   /**
    * Which errors count against the dependency. Default: all. A caller's own
    * bad request (a 400) should return `false`: it says nothing about the
-   * dependency's health. Errors that do not count are neutral.
+   * dependency's health. Errors that do not count are neutral. Typed by the
+   * calls' error type: `isFailure: (e: MyError) => e._tag !== "BadRequest"`.
    */
-  readonly isFailure?: ((error: unknown) => boolean) | undefined
+  readonly isFailure?: ((error: E) => boolean) | undefined
+  /**
+   * Start where another breaker of the same dependency stopped (its
+   * {@link Snapshot}): for replacing a breaker whose settings changed (a
+   * config reload) without forgetting what it knew. An open breaker stays
+   * open until the same time, a forced-open or disabled one stays so, trips
+   * and consecutive failures carry on; a half-open one starts its trials
+   * again. Default: a new breaker, Closed.
+   */
+  readonly resumeFrom?: Snapshot | undefined
 }
 
 export interface Snapshot {
@@ -112,7 +126,7 @@ export interface Snapshot {
  * not when its first event arrives). The first report counts; later ones are
  * ignored, so `release` can sit in a finalizer as a safety net.
  */
-export interface Permit {
+export interface Permit<E = unknown> {
   /**
    * The call succeeded. `durationMs` is what the slow-call rule judges
    * (for a stream: the time to its first event); by default the time since
@@ -120,18 +134,25 @@ export interface Permit {
    */
   readonly onSuccess: (durationMs?: number) => Effect.Effect<void>
   /** The call failed with `error` (counted if `isFailure(error)`, neutral otherwise). */
-  readonly onError: (error: unknown) => Effect.Effect<void>
+  readonly onError: (error: E) => Effect.Effect<void>
   /** Nothing was learnt (the caller gave up): neutral, frees a half-open probe slot. */
   readonly release: Effect.Effect<void>
 }
 
 /** The public permit, under a name that the breaker's internals do not shadow. */
-type OutcomePermit = Permit
+type OutcomePermit<E> = Permit<E>
 
-export interface CircuitBreaker {
+/**
+ * A breaker over calls that fail with `E` (the type its `isFailure` judges;
+ * `unknown`, any call, when it has none).
+ */
+export interface CircuitBreaker<E = unknown> {
   readonly name: string
-  /** Runs `self` if the breaker admits it, and records how it ended. */
-  readonly protect: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /**
+   * Runs `self` if the breaker admits it, and records how it ended. Its
+   * error type is kept as it is, plus `CircuitOpen`.
+   */
+  readonly protect: <A, E1 extends E, R>(self: Effect.Effect<A, E1, R>) => Effect.Effect<A, E1 | CircuitOpen, R>
   /**
    * Admits one call now, or fails `CircuitOpen`, as `protect` would; the
    * caller reports its outcome on the {@link Permit} (as resilience4j's
@@ -139,7 +160,7 @@ export interface CircuitBreaker {
    * Run it where interruption cannot lose the permit (an `acquireRelease`
    * whose release is `permit.release`).
    */
-  readonly tryAcquirePermission: Effect.Effect<Permit, CircuitOpen>
+  readonly tryAcquirePermission: Effect.Effect<Permit<E>, CircuitOpen>
   /** The current state (an elapsed open period reads as HalfOpen). */
   readonly state: Effect.Effect<State>
   /** Whether a call made now would be admitted, without taking a probe slot. */
@@ -152,8 +173,14 @@ export interface CircuitBreaker {
    */
   readonly unsafeIsAvailable: (now: number) => boolean
   readonly snapshot: Effect.Effect<Snapshot>
-  /** Every transition from now on. */
-  readonly changes: Stream.Stream<Transition>
+  /**
+   * Subscribes to transitions, and returns them as a stream: every
+   * transition after this effect returns is on the stream, however late the
+   * stream is run (a `Stream` value would only subscribe when run, losing what
+   * happens in between). The subscription lasts until the scope closes; the
+   * stream ends when the breaker's own scope closes.
+   */
+  readonly changes: Effect.Effect<Stream.Stream<Transition>, never, Scope.Scope>
   /** Operator: close, forgetting failures and trips. Also leaves ForcedOpen and Disabled. */
   readonly reset: Effect.Effect<void>
   /** Operator: refuse every call until `reset`. */
@@ -164,7 +191,11 @@ export interface CircuitBreaker {
   readonly tryHalfOpen: Effect.Effect<void>
 }
 
-/** The breaker of a single-dependency program; see {@link layer}. */
+/**
+ * The breaker of a single-dependency program; see {@link layer}. It judges
+ * `unknown` errors; for a breaker with a typed `isFailure` in the context,
+ * give it a tag of your own (`Context.Tag` over `CircuitBreaker<MyError>`).
+ */
 export const CircuitBreaker = Context.GenericTag<CircuitBreaker>("@breakwater/core/CircuitBreaker")
 
 // ---------------------------------------------------------------------------
@@ -214,17 +245,37 @@ const makeWindow = (rule: FailureRate | undefined): OutcomeWindow | undefined =>
     ? new CountWindow(rule.window.calls)
     : new TimeWindow(Duration.toMillis(rule.window.duration))
 
+/** The state a breaker starts in: Closed, or where `resumed` stopped. */
+const initialState = (resumed: Snapshot | undefined, rule: FailureRate | undefined): Internal => {
+  switch (resumed?.state) {
+    case undefined:
+    case "Closed":
+      return { _tag: "Closed", consecutive: resumed?.consecutiveFailures ?? 0, window: makeWindow(rule) }
+    case "Open":
+      return resumed.openUntil === undefined
+        ? { _tag: "HalfOpen", inFlight: 0, successes: 0 }
+        : { _tag: "Open", openUntil: resumed.openUntil }
+    case "HalfOpen":
+      return { _tag: "HalfOpen", inFlight: 0, successes: 0 }
+    case "ForcedOpen":
+      return { _tag: "ForcedOpen" }
+    case "Disabled":
+      return { _tag: "Disabled" }
+  }
+}
+
 /**
  * Builds a breaker. The scope owns the fiber that moves an open breaker to
  * half-open when its time is up.
  */
-export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Scope.Scope> =>
+export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBreaker<E>, never, Scope.Scope> =>
   Effect.gen(function*() {
     const name = options.name
     const failureThreshold = options.failureThreshold ?? 5
     const halfOpenMaxCalls = options.halfOpenMaxCalls ?? 3
     const successThreshold = options.successThreshold ?? 3
-    const isFailure = options.isFailure ?? (() => true)
+    // Only failures of the calls it protects reach it, and those are `E`s.
+    const isFailure = (options.isFailure ?? (() => true)) as (error: unknown) => boolean
     const slowMillis = options.slowCallDuration === undefined
       ? undefined
       : Duration.toMillis(options.slowCallDuration)
@@ -250,17 +301,18 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
     // The state machine is one mutable cell changed only inside synchronous
     // steps, which Effect runs one at a time: each step is as atomic as a
     // `Ref.modify`, without its allocations on the hot path.
+    const resumed = options.resumeFrom
     const m: Machine = {
-      state: { _tag: "Closed", consecutive: 0, window: makeWindow(rule) },
+      state: initialState(resumed, rule),
       epoch: 0,
-      trips: 0,
+      trips: resumed?.trips ?? 0,
       nextOpenMillis: firstOpenMillis,
       scheduleState: firstScheduleState
     }
     const pubsub = yield* PubSub.sliding<Transition>(1024)
     yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
     const scope = yield* Effect.scope
-    yield* Metric.set(gaugeFor, 0)
+    yield* Metric.set(gaugeFor, stateCode[m.state._tag])
 
     const closed = (): Internal => ({ _tag: "Closed", consecutive: 0, window: makeWindow(rule) })
 
@@ -332,6 +384,9 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         scope
       )
     }).pipe(Effect.catchAllCause(() => Effect.void))
+
+    // A resumed open period wakes up as a tripped one does.
+    if (m.state._tag === "Open") yield* afterTrip
 
     const publicState = (s: Internal): State => s._tag
 
@@ -457,11 +512,11 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         })
       })
 
-    const settled: OutcomePermit = { onSuccess: () => Effect.void, onError: () => Effect.void, release: Effect.void }
+    const settled: OutcomePermit<E> = { onSuccess: () => Effect.void, onError: () => Effect.void, release: Effect.void }
 
-    const tryAcquirePermission: Effect.Effect<OutcomePermit, CircuitOpen> = Effect.clockWith((clock) =>
-      Effect.flatMap(admit, ([permit, event]): Effect.Effect<OutcomePermit, CircuitOpen> => {
-        let result: Effect.Effect<OutcomePermit, CircuitOpen>
+    const tryAcquirePermission: Effect.Effect<OutcomePermit<E>, CircuitOpen> = Effect.clockWith((clock) =>
+      Effect.flatMap(admit, ([permit, event]): Effect.Effect<OutcomePermit<E>, CircuitOpen> => {
+        let result: Effect.Effect<OutcomePermit<E>, CircuitOpen>
         if (permit[0] === Admission.Refused) result = refuse(permit)
         else if (permit[0] === Admission.Unrecorded) result = Effect.succeed(settled)
         else {
@@ -473,12 +528,12 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
               done = true
               return record(permit, exit, from)
             })
-          result = Effect.succeed<OutcomePermit>({
+          result = Effect.succeed<OutcomePermit<E>>({
             onSuccess: (durationMs?: number) =>
               Effect.suspend(() =>
                 report(Exit.void, durationMs === undefined ? startedAt : clock.unsafeCurrentTimeMillis() - durationMs)
               ),
-            onError: (error: unknown) => report(Exit.fail(error), startedAt),
+            onError: (error: E) => report(Exit.fail(error), startedAt),
             release: report(Exit.interrupt(FiberId.none), startedAt)
           })
         }
@@ -535,7 +590,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
       }
     }
 
-    return CircuitBreaker.of({
+    const breaker: CircuitBreaker<E> = {
       name,
       protect,
       tryAcquirePermission,
@@ -543,7 +598,7 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
       isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
       unsafeIsAvailable,
       snapshot,
-      changes: Stream.fromPubSub(pubsub),
+      changes: Effect.map(PubSub.subscribe(pubsub), (queue) => Stream.fromQueue(queue)),
       reset: operator(() => closed(), "reset by operator"),
       forceOpen: operator(() => ({ _tag: "ForcedOpen" }), "forced open by operator"),
       disable: operator(() => ({ _tag: "Disabled" }), "disabled by operator"),
@@ -551,16 +606,18 @@ export const make = (options: Options): Effect.Effect<CircuitBreaker, never, Sco
         (m) => m.state._tag === "Open" ? { _tag: "HalfOpen", inFlight: 0, successes: 0 } : undefined,
         "recovery signalled"
       )
-    })
+    }
+    return breaker
   })
 
 /** A breaker in the context, from options given as a value. */
 export const layer = (options: Options): Layer.Layer<CircuitBreaker> => Layer.scoped(CircuitBreaker, make(options))
 
 /**
- * Breaker options read from `effect/Config` (environment by default), e.g.
- * `BREAKER_FAILURE_THRESHOLD`-style keys under `Config.nested`:
- * `failureThreshold`, `successThreshold`, `halfOpenMaxCalls`, `openDuration`.
+ * Breaker options read from `effect/Config` under `breaker.<name>`, so that
+ * two breakers never share a key: `failureThreshold`, `successThreshold`,
+ * `halfOpenMaxCalls`, `openDuration`. From the environment through
+ * `ConfigProvider.constantCase`: `BREAKER_PRIMARY_FAILURE_THRESHOLD`.
  */
 export const config = (name: string): Config.Config<Options> =>
   Config.all({
@@ -568,7 +625,11 @@ export const config = (name: string): Config.Config<Options> =>
     successThreshold: Config.integer("successThreshold").pipe(Config.withDefault(3)),
     halfOpenMaxCalls: Config.integer("halfOpenMaxCalls").pipe(Config.withDefault(3)),
     openDuration: Config.duration("openDuration").pipe(Config.withDefault(Duration.seconds(30)))
-  }).pipe(Config.map((o): Options => ({ name, ...o })))
+  }).pipe(
+    Config.nested(name),
+    Config.nested("breaker"),
+    Config.map((o): Options => ({ name, ...o }))
+  )
 
 /** A breaker in the context, its options read from `effect/Config`. */
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<CircuitBreaker, ConfigError.ConfigError> =>

@@ -80,6 +80,13 @@ export interface Options {
   readonly degradedAfter?: number | undefined
   /** The `auth-failed` cooldown a probe answered 401/403 starts. Default 5 minutes (as the relay's). */
   readonly authFailedCooldown?: Duration.DurationInput | undefined
+  /**
+   * The health checks this one replaces (a config reload): what their probes
+   * found of an upstream of the same name and base URL (latency, failures in
+   * a row, its model list) is kept. Stop the previous one's probes by
+   * closing its scope.
+   */
+  readonly previous?: Health | undefined
 }
 
 /** A model an upstream's `GET /models` listed, as OpenAI describes one. */
@@ -146,6 +153,11 @@ export interface Health {
 
 export const Health = Context.GenericTag<Health>("@breakwater/core/Health")
 
+/** What each Health's probes found, by upstream name and base URL, for `Options.previous`. */
+const probesOf = new WeakMap<Health, ReadonlyMap<string, ProbeState>>()
+
+const identity = (u: Upstream.Upstream) => `${u.name}\u0000${u.baseUrl}`
+
 /** 1 when the upstream is `healthy`, 0 otherwise; updated after each probe. */
 export const healthyGauge = Metric.gauge("breakwater_upstream_healthy", {
   description: "Whether the upstream is healthy (1) or not (0), updated after each health probe"
@@ -207,11 +219,17 @@ export const make = (
     const degradedAfter = options.degradedAfter ?? 1
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
 
-    const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => ({
-      upstream,
-      probe: { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0, models: undefined },
-      gauge: Metric.tagged(healthyGauge, "upstream", upstream.name)
-    }))
+    const found = options.previous === undefined ? undefined : probesOf.get(options.previous)
+    const entries: ReadonlyArray<Entry> = upstreams.map((upstream) => {
+      const before = found?.get(identity(upstream))
+      return {
+        upstream,
+        probe: before === undefined
+          ? { latencyMs: undefined, lastAt: undefined, lastOk: undefined, consecutiveFailures: 0, models: undefined }
+          : { ...before },
+        gauge: Metric.tagged(healthyGauge, "upstream", upstream.name)
+      }
+    })
     const byName = new Map<string, Entry>()
     for (const e of entries) if (!byName.has(e.upstream.name)) byName.set(e.upstream.name, e)
 
@@ -324,7 +342,9 @@ export const make = (
       return out
     })
 
-    return Health.of({ status, statusOf, probeAll, models })
+    const health = Health.of({ status, statusOf, probeAll, models })
+    probesOf.set(health, new Map(entries.map((e) => [identity(e.upstream), e.probe])))
+    return health
   })
 
 /** Health checks of `upstreams` in the context, probing while the layer lives. */

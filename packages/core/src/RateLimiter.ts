@@ -152,7 +152,10 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
 export const layer = (options: Options): Layer.Layer<RateLimiter, never, RateLimiterStore> =>
   Layer.effect(RateLimiter, make(options))
 
-/** Options from `effect/Config`: `limit`, `window`, `algorithm`, `onExceeded`, `maxWait`. */
+/**
+ * Options from `effect/Config` under `rateLimiter.<name>`: `limit`, `window`,
+ * `algorithm`, `onExceeded`, `maxWait` (`RATE_LIMITER_RPM_LIMIT` in constant case).
+ */
 export const config = (name: string): Config.Config<Options> =>
   Config.all({
     limit: Config.integer("limit"),
@@ -160,7 +163,7 @@ export const config = (name: string): Config.Config<Options> =>
     algorithm: Config.literal("token-bucket", "sliding-window")("algorithm").pipe(Config.withDefault("token-bucket" as const)),
     onExceeded: Config.literal("fail", "wait")("onExceeded").pipe(Config.withDefault("fail" as const)),
     maxWait: Config.option(Config.duration("maxWait"))
-  }).pipe(Config.map(({ maxWait, ...o }): Options =>
+  }).pipe(Config.nested(name), Config.nested("rateLimiter"), Config.map(({ maxWait, ...o }): Options =>
     Option.match(maxWait, { onNone: () => ({ name, ...o }), onSome: (maxWait) => ({ name, ...o, maxWait }) })
   ))
 

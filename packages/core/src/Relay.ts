@@ -22,7 +22,9 @@
  * @since 0.1.0
  */
 import * as Sse from "@effect/experimental/Sse"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import type * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -37,6 +39,7 @@ import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import type * as Tracer from "effect/Tracer"
 import type * as Bulkhead from "./Bulkhead.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Cooldown from "./Cooldown.js"
@@ -304,7 +307,38 @@ export interface Options {
    * failure of that upstream. Upstreams may override it. Default 60 s.
    */
   readonly streamIdleTimeout?: Duration.DurationInput
+  /** Spans for upstream attempts; off unless set (see {@link Tracing}). */
+  readonly tracing?: Tracing | undefined
 }
+
+/**
+ * Tracing of upstream attempts, off unless set (even `{}` turns it on). Each
+ * upstream call is then a span of kind `client`, a child of the caller's
+ * current span, made through Effect's `Tracer` (whichever the runtime has:
+ * `@effect/opentelemetry`'s exports them), and the call carries it upstream in
+ * the headers that {@link Tracing.headers} gives. Off, the relay makes no span
+ * and reads no span: nothing is added to a request's path.
+ *
+ * An attempt's span says which upstream and model, the HTTP status, why it
+ * failed (`error.type`, `breakwater.failure.reason`), its tokens and cost,
+ * and as events the cooldown its failure starts and a change of the
+ * upstream's breaker state. A stream's attempt span ends with the stream.
+ * The current span gets an event for each upstream left out by our own
+ * limits (`upstream skipped`) and for each wait (`waiting`). No span holds
+ * a prompt, a completion, a key or a header.
+ */
+export interface Tracing {
+  /**
+   * The headers that name an attempt's span to its upstream. Default: a W3C
+   * `traceparent` made from the span's ids.
+   */
+  readonly headers?: ((span: Tracer.Span) => Readonly<Record<string, string>>) | undefined
+}
+
+/** A W3C `traceparent` naming `span`. */
+export const traceparentOf = (span: Tracer.Span): string => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
+
+const traceparentHeader = (span: Tracer.Span): Readonly<Record<string, string>> => ({ traceparent: traceparentOf(span) })
 
 const requestsCounter = Metric.counter("breakwater_upstream_requests_total", {
   description: "Upstream calls by upstream and outcome",
@@ -332,6 +366,36 @@ type Attempted<A> =
 type Classified =
   | { readonly _tag: "Ok"; readonly body: string; readonly usage: OpenAI.Usage | undefined }
 
+/** A cooldown that an attempt's outcome calls for. */
+interface CooldownStarted {
+  readonly reason: Cooldown.Reason
+  readonly duration: Duration.DurationInput
+}
+
+/** What a traced attempt learns on the way, for its span (see {@link Tracing}). */
+interface AttemptTrace {
+  /** Set when the upstream call starts. */
+  span: Tracer.Span | undefined
+  /** The model as sent to the upstream. */
+  model: string | undefined
+  /** The HTTP status of the answer, once it came. */
+  status: number | undefined
+  usage: OpenAI.Usage | undefined
+  /** The breaker's state when the call was admitted. */
+  breaker: CircuitBreaker.State | undefined
+  cooldown: CooldownStarted | undefined
+}
+
+const newTrace = (): AttemptTrace => ({
+  span: undefined,
+  model: undefined,
+  status: undefined,
+  usage: undefined,
+  breaker: undefined,
+  cooldown: undefined
+})
+
+/** Builds the relay and its upstreams (`Upstream.make`); the scope owns the upstreams' breakers. */
 export const make = (
   options: Options
 ): Effect.Effect<
@@ -344,13 +408,34 @@ export const make = (
   | Pricing.Pricing
   | ResponseCache.ResponseCache
 > =>
+  Effect.flatMap(
+    Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker })),
+    (upstreams) => makeWith(upstreams, options)
+  )
+
+/**
+ * A relay over upstreams built elsewhere (`Upstream.make`), in that order;
+ * `options.upstreams` and `options.breaker` (the upstreams' own business)
+ * are not read. The relay owns nothing: the upstreams belong to whoever
+ * built them. This is how a server swaps its config without losing what its
+ * upstreams know: the next relay is built over the same upstream objects,
+ * or over ones carried on from them (`Upstream.make`'s `previous`), while
+ * requests in flight finish on the relay they started on.
+ */
+export const makeWith = (
+  upstreams: ReadonlyArray<Upstream.Upstream>,
+  options: Omit<Options, "upstreams"> & { readonly upstreams?: ReadonlyArray<Upstream.Config> | undefined }
+): Effect.Effect<
+  Relay,
+  never,
+  Cooldown.CooldownStore | UpstreamClient | Pricing.Pricing | ResponseCache.ResponseCache
+> =>
   Effect.gen(function*() {
     const client = yield* UpstreamClient
     const cooldowns = yield* Cooldown.CooldownStore
     const pricing = yield* Pricing.Pricing
     const cache = yield* ResponseCache.ResponseCache
     const router = Router.make(options.router)
-    const upstreams = yield* Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker }))
 
     const maxAttempts = options.maxAttempts ?? 3
     const budget = Duration.decode(options.requestTimeout ?? Duration.seconds(60))
@@ -378,9 +463,7 @@ export const make = (
     }
 
     // An upstream serving "*" still names its aliases.
-    const models = [
-      ...new Set(upstreams.flatMap((u, i) => u.models === "*" ? ["*", ...Object.keys(options.upstreams[i]?.aliases ?? {})] : u.models))
-    ]
+    const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*", ...Object.keys(u.aliases)] : u.models))]
 
     // ----- one attempt ------------------------------------------------------
 
@@ -425,11 +508,16 @@ export const make = (
     }
 
     /** After an answer: steer away early if the account is about to run out. */
-    const noteHeadroom = (u: Upstream.Upstream, headers: Readonly<Record<string, string | undefined>>) => {
+    const noteHeadroom = (
+      u: Upstream.Upstream,
+      headers: Readonly<Record<string, string | undefined>>,
+      trace?: AttemptTrace
+    ) => {
       if (headers["x-ratelimit-remaining-requests"] === undefined && headers["x-ratelimit-remaining-tokens"] === undefined) {
         return Effect.void
       }
       const wait = Cooldown.headroomCooldown(headers, watermark)
+      if (trace !== undefined && wait !== undefined) trace.cooldown = { reason: "low-headroom", duration: wait }
       return wait === undefined ? Effect.void : Effect.provideService(
         Cooldown.start(u.name, wait, "low-headroom"),
         Cooldown.CooldownStore,
@@ -437,45 +525,205 @@ export const make = (
       )
     }
 
-    /** Cooldowns that a failure calls for. */
-    const coolDown = (error: UpstreamError): Effect.Effect<void> => {
+    /** The cooldown that a failure calls for, if any. */
+    const cooldownFor = (error: UpstreamError): CooldownStarted | undefined => {
       switch (error._tag) {
         case "UpstreamRateLimited":
-          return Effect.provideService(
-            Cooldown.start(error.upstream, error.retryAfter ?? rateLimitCooldown, "rate-limited"),
-            Cooldown.CooldownStore,
-            cooldowns
-          )
+          return { reason: "rate-limited", duration: error.retryAfter ?? rateLimitCooldown }
         case "QuotaExhausted":
-          return Effect.provideService(
-            Cooldown.start(error.upstream, quotaCooldown, "quota-exhausted"),
-            Cooldown.CooldownStore,
-            cooldowns
-          )
-        case "UpstreamAuthFailed": {
-          const start = Effect.provideService(
-            Cooldown.start(error.upstream, authFailedCooldown, "auth-failed"),
-            Cooldown.CooldownStore,
-            cooldowns
-          )
-          // The operator must act: said at ERROR, naming the upstream (never
-          // its key), once per incident (not by every request in flight then).
-          return Effect.clockWith((clock) =>
-            Effect.flatMap(cooldowns.active(clock.unsafeCurrentTimeMillis()), (active) =>
-              active.get(error.upstream)?.reason === "auth-failed" ? start : Effect.zipRight(
-                start,
-                Effect.logError(
-                  `upstream '${error.upstream}' rejected its API key (${error.status}): out of rotation for ` +
-                    `${Duration.format(authFailedCooldown)} or until a health probe succeeds with its key; replace its key`
-                ).pipe(Effect.annotateLogs({ upstream: error.upstream, status: error.status, cooldown: "auth-failed" }))
-              ))
-          )
-        }
+          return { reason: "quota-exhausted", duration: quotaCooldown }
+        case "UpstreamAuthFailed":
+          return { reason: "auth-failed", duration: authFailedCooldown }
         default:
-          return Effect.void
+          return undefined
       }
     }
 
+    /** Starts the cooldown that a failure calls for. */
+    const coolDown = (error: UpstreamError): Effect.Effect<void> => {
+      const cooldown = cooldownFor(error)
+      if (cooldown === undefined) return Effect.void
+      const start = Effect.provideService(
+        Cooldown.start(error.upstream, cooldown.duration, cooldown.reason),
+        Cooldown.CooldownStore,
+        cooldowns
+      )
+      if (error._tag !== "UpstreamAuthFailed") return start
+      // The operator must act: said at ERROR, naming the upstream (never
+      // its key), once per incident (not by every request in flight then).
+      return Effect.clockWith((clock) =>
+        Effect.flatMap(cooldowns.active(clock.unsafeCurrentTimeMillis()), (active) =>
+          active.get(error.upstream)?.reason === "auth-failed" ? start : Effect.zipRight(
+            start,
+            Effect.logError(
+              `upstream '${error.upstream}' rejected its API key (${error.status}): out of rotation for ` +
+                `${Duration.format(authFailedCooldown)} or until a health probe succeeds with its key; replace its key`
+            ).pipe(Effect.annotateLogs({ upstream: error.upstream, status: error.status, cooldown: "auth-failed" }))
+          ))
+      )
+    }
+
+    // ----- tracing (only when options.tracing is set) -------------------------
+
+    const tracing = options.tracing
+    const traceHeaders = tracing?.headers ?? traceparentHeader
+    /** Where each upstream is, for its attempts' spans (host and port only: a URL may carry a secret). */
+    const upstreamHosts = new Map(upstreams.map((u) => {
+      let host: { readonly address: string; readonly port: number | undefined } | undefined
+      try {
+        const url = new URL(u.baseUrl)
+        host = { address: url.hostname, port: url.port === "" ? undefined : Number(url.port) }
+      } catch {
+        host = undefined
+      }
+      return [u.name, host] as const
+    }))
+
+    /** Adds an event to the current span, if there is one. */
+    const spanEvent = (name: string, attributes: Record<string, unknown>): Effect.Effect<void> =>
+      Effect.clockWith((clock) =>
+        Effect.map(Effect.option(Effect.currentSpan), (span) => {
+          if (Option.isSome(span)) span.value.event(name, clock.unsafeCurrentTimeNanos(), attributes)
+        })
+      )
+
+    /** Sleeps `millis`; traced, the current span says why first. */
+    const waiting = (millis: number, why: string): Effect.Effect<void> =>
+      tracing === undefined
+        ? Effect.sleep(Duration.millis(millis))
+        : Effect.zipRight(
+          spanEvent("waiting", { "breakwater.wait.ms": millis, "breakwater.wait.reason": why }),
+          Effect.sleep(Duration.millis(millis))
+        )
+
+    /**
+     * Starts an attempt's span (when the upstream call starts: an upstream
+     * our own limits left out gets none) and runs the call with the headers
+     * that carry it upstream.
+     */
+    const startAttempt = <A, E>(
+      u: Upstream.Upstream,
+      operation: "chat" | "embeddings",
+      model: string,
+      number: number,
+      trace: AttemptTrace,
+      run: (headers: Readonly<Record<string, string>>) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E> => {
+      const server = upstreamHosts.get(u.name)
+      const attributes: Record<string, unknown> = {
+        "breakwater.upstream": u.name,
+        "breakwater.attempt": number,
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": model,
+        "http.request.method": "POST"
+      }
+      if (server !== undefined) {
+        attributes["server.address"] = server.address
+        if (server.port !== undefined) attributes["server.port"] = server.port
+      }
+      return Effect.flatMap(
+        Effect.makeSpan(`upstream ${u.name}`, { kind: "client", attributes, captureStackTrace: false }),
+        (span) => {
+          trace.span = span
+          trace.model = model
+          return Effect.flatMap(u.breaker.state, (state) => {
+            trace.breaker = state
+            return run(traceHeaders(span))
+          })
+        }
+      )
+    }
+
+    /** Tokens and cost on a span. */
+    const spanUsage = (span: Tracer.Span, model: string | undefined, usage: OpenAI.Usage | undefined, costUsd: number | undefined) => {
+      if (usage !== undefined) {
+        span.attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        if (usage.completion_tokens !== undefined) span.attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        const cost = costUsd ?? (model === undefined ? undefined : pricing.cost(model, usage))
+        if (cost !== undefined) span.attribute("breakwater.cost_usd", cost)
+      }
+    }
+
+    /**
+     * Ends an attempt's span: its status, outcome, failure and the decisions
+     * it led to (cooldown, a change of breaker state). `failure` undefined
+     * is a success; a string is why the attempt ended otherwise.
+     */
+    const endAttemptSpan = (
+      u: Upstream.Upstream,
+      trace: AttemptTrace,
+      clock: Clock.Clock,
+      outcome: string,
+      failure: UpstreamError | string | undefined
+    ): Effect.Effect<void> => {
+      const span = trace.span
+      if (span === undefined || span.status._tag === "Ended") return Effect.void
+      return Effect.map(u.breaker.state, (after) => {
+        const now = clock.unsafeCurrentTimeNanos()
+        span.attribute("breakwater.outcome", outcome)
+        let status = trace.status
+        let reason: string | undefined
+        if (failure !== undefined) {
+          if (typeof failure === "string") {
+            reason = failure
+          } else {
+            reason = reasonOf(failure)
+            span.attribute("error.type", failure._tag)
+            status ??= "status" in failure ? failure.status : failure._tag === "UpstreamRateLimited" ? 429 : undefined
+            trace.cooldown ??= cooldownFor(failure)
+          }
+          span.attribute("breakwater.failure.reason", reason)
+        }
+        if (status !== undefined) span.attribute("http.response.status_code", status)
+        if (trace.breaker !== undefined && after !== trace.breaker) {
+          span.event("breaker", now, { "breakwater.breaker.from": trace.breaker, "breakwater.breaker.to": after })
+        } else if (trace.breaker === "HalfOpen") {
+          span.attribute("breakwater.breaker.probe", true)
+        }
+        if (trace.cooldown !== undefined) {
+          span.event("cooldown", now, {
+            "breakwater.cooldown.reason": trace.cooldown.reason,
+            "breakwater.cooldown.ms": Duration.toMillis(trace.cooldown.duration)
+          })
+        }
+        span.end(now, reason === undefined ? Exit.void : Exit.fail(reason))
+      })
+    }
+
+    /**
+     * How a traced attempt ended, on its span: a success (a stream's span
+     * stays open until the stream ends), a failure, the deadline, or the
+     * caller leaving. An upstream left out by our own limits is an event on
+     * the current span instead.
+     */
+    const endAttempt = (
+      u: Upstream.Upstream,
+      trace: AttemptTrace,
+      clock: Clock.Clock,
+      exit: Exit.Exit<Attempted<unknown>, Timeout.DeadlineExceeded>,
+      streaming: boolean
+    ): Effect.Effect<void> => {
+      if (exit._tag === "Failure") {
+        return Option.isSome(Cause.failureOption(exit.cause))
+          ? endAttemptSpan(u, trace, clock, "deadline", "the request's deadline passed")
+          : Cause.isInterruptedOnly(exit.cause)
+          ? endAttemptSpan(u, trace, clock, "interrupted", undefined)
+          : endAttemptSpan(u, trace, clock, "defect", "unexpected failure")
+      }
+      const outcome = exit.value
+      switch (outcome._tag) {
+        case "Skipped":
+          return spanEvent("upstream skipped", { "breakwater.upstream": u.name, "breakwater.reason": outcome.reason })
+        case "Failed":
+          return endAttemptSpan(u, trace, clock, outcome.error._tag, outcome.error)
+        case "Ok":
+          if (streaming) return Effect.void
+          if (trace.span !== undefined) spanUsage(trace.span, trace.model, trace.usage, undefined)
+          return endAttemptSpan(u, trace, clock, "ok", undefined)
+      }
+    }
+
+    /** Our own protections around one call: the account limits, the bulkhead,
     /**
      * Our own protections around one call: the account limits, the bulkhead,
      * the breaker (which sees the classified outcome) and the attempt's
@@ -509,14 +757,18 @@ export const make = (
       u: Upstream.Upstream,
       path: string,
       body: string | Uint8Array,
-      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      headers?: Readonly<Record<string, string>>,
+      trace?: AttemptTrace
     ): Effect.Effect<Classified, UpstreamError> =>
-      Effect.flatMap(client.post(u, path, body), (reply): Effect.Effect<Classified, UpstreamError> => {
+      Effect.flatMap(client.post(u, path, body, headers), (reply): Effect.Effect<Classified, UpstreamError> => {
+        if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) return Effect.flatMap(statusError(u, reply.status, reply.headers, reply.text), Effect.fail)
         const inspected = inspect(reply.text)
         switch (inspected._tag) {
           case "Ok":
-            return Effect.as(noteHeadroom(u, reply.headers), { _tag: "Ok", body: reply.text, usage: inspected.usage })
+            if (trace !== undefined) trace.usage = inspected.usage
+            return Effect.as(noteHeadroom(u, reply.headers, trace), { _tag: "Ok", body: reply.text, usage: inspected.usage })
           case "Quota":
             return Effect.fail(new QuotaExhausted({ upstream: u.name, code: inspected.problem.code }))
           case "Invalid":
@@ -660,7 +912,7 @@ export const make = (
             return Effect.flatMap(Timeout.remaining, (left) =>
               Option.isSome(left) && Duration.toMillis(left.value) <= waitMillis
                 ? Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
-                : Effect.zipRight(Effect.sleep(Duration.millis(waitMillis)), round(n, waits + 1)))
+                : Effect.zipRight(waiting(waitMillis, "every upstream unavailable; the first comes back"), round(n, waits + 1)))
           }
           return Effect.fail(noneAvailable(model, excluded, progress, waitMillis))
         }
@@ -685,7 +937,7 @@ export const make = (
         Effect.flatMap(Timeout.remaining, (left) =>
           Option.isSome(left) && Duration.toMillis(left.value) <= delay
             ? Effect.succeed(false)
-            : Effect.as(Effect.sleep(Duration.millis(Math.floor(delay))), true)))
+            : Effect.as(waiting(Math.floor(delay), u === undefined ? "backoff before the next round" : `backoff before a retry on ${u.name}`), true)))
     }
 
     /**
@@ -750,11 +1002,21 @@ export const make = (
     (u: Upstream.Upstream, progress: Progress, panic: boolean): Effect.Effect<Attempted<readonly [Classified, number]>, Timeout.DeadlineExceeded> =>
       Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
+        const trace = tracing === undefined ? undefined : newTrace()
         const call = Effect.suspend(() => {
           progress.attempts++
-          return callJson(u, path, bodyFor(u, request, raw), inspect)
+          if (trace === undefined) return callJson(u, path, bodyFor(u, request, raw), inspect)
+          const body = bodyFor(u, request, raw)
+          return startAttempt(
+            u,
+            path === CHAT ? "chat" : "embeddings",
+            u.modelFor(request.model) ?? request.model,
+            progress.attempts,
+            trace,
+            (headers) => callJson(u, path, body, inspect, headers, trace)
+          )
         })
-        return Effect.tap(guarded(u, tokens, call, "run", panic, progress), (outcome) => {
+        const attempted = Effect.tap(guarded(u, tokens, call, "run", panic, progress), (outcome) => {
           if (outcome._tag === "Skipped") return Effect.void
           const now = clock.unsafeCurrentTimeMillis()
           const latency = now - started
@@ -768,6 +1030,7 @@ export const make = (
             outcome._tag === "Ok" ? { _tag: "Ok", value: [outcome.value, started] } : outcome
           )
         )
+        return trace === undefined ? attempted : Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, false))
       })
 
     const finish = (
@@ -872,6 +1135,8 @@ export const make = (
       readonly started: number
       /** From the attempt's start to its first event. */
       readonly firstEventMs: number
+      /** The attempt's span and what it learnt, when tracing: ended when the stream ends. */
+      readonly trace: AttemptTrace | undefined
     }
 
     /**
@@ -881,21 +1146,24 @@ export const make = (
     const openStream = (
       u: Upstream.Upstream,
       body: string | Uint8Array,
-      scope: Scope.Scope
+      scope: Scope.Scope,
+      headers?: Readonly<Record<string, string>>,
+      trace?: AttemptTrace
     ): Effect.Effect<Opened, UpstreamError> =>
       Effect.gen(function*() {
         // The body has a scope of its own inside the attempt's, so that the
         // idle timeout can end it under a waiting read without closing the
         // pull that read runs in.
         const bodyScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-        const reply = yield* Scope.extend(client.postStream(u, CHAT, body), bodyScope)
+        const reply = yield* Scope.extend(client.postStream(u, CHAT, body, headers), bodyScope)
+        if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) {
           const text = yield* Stream.runFold(Stream.decodeText(reply.body), "", (a, b) => a + b).pipe(
             Effect.catchAll(() => Effect.succeed(""))
           )
           return yield* Effect.flatMap(statusError(u, reply.status, reply.headers, text), Effect.fail)
         }
-        yield* noteHeadroom(u, reply.headers)
+        yield* noteHeadroom(u, reply.headers, trace)
         const events = reply.body.pipe(
           Stream.decodeText(),
           Stream.pipeThroughChannel(Sse.makeChannel())
@@ -964,8 +1232,9 @@ export const make = (
         const scope = yield* Scope.make()
         const tokens = OpenAI.estimateTokens(request)
         const callerAsked = request.stream_options?.include_usage === true
-        const attempt = (u: Upstream.Upstream, progress: Progress, panic: boolean) =>
-          Effect.gen(function*() {
+        const attempt = (u: Upstream.Upstream, progress: Progress, panic: boolean) => {
+          const trace = tracing === undefined ? undefined : newTrace()
+          const attempted = Effect.gen(function*() {
             const clock = yield* Effect.clock
             const started = clock.unsafeCurrentTimeMillis()
             // Each attempt gets its own scope inside the stream's: a failed
@@ -993,14 +1262,23 @@ export const make = (
             }
             const call = Effect.suspend(() => {
               progress.attempts++
-              return openStream(u, streamBodyFor(u, request, options?.rawBody, callerAsked), attemptScope)
+              const body = streamBodyFor(u, request, options?.rawBody, callerAsked)
+              if (trace === undefined) return openStream(u, body, attemptScope)
+              return startAttempt(
+                u,
+                "chat",
+                u.modelFor(request.model) ?? request.model,
+                progress.attempts,
+                trace,
+                (headers) => openStream(u, body, attemptScope, headers, trace)
+              )
             })
             const outcome = yield* guarded(u, tokens, call, "held", panic, progress, "held").pipe(
               Effect.onError(() => release)
             )
             if (outcome._tag === "Ok") {
               const firstEventMs = clock.unsafeCurrentTimeMillis() - started
-              return { _tag: "Ok", value: { ...outcome.value, permit, started, firstEventMs } } as Attempted<Streaming>
+              return { _tag: "Ok", value: { ...outcome.value, permit, started, firstEventMs, trace } } as Attempted<Streaming>
             }
             if (outcome._tag === "Failed") {
               const now = clock.unsafeCurrentTimeMillis()
@@ -1011,6 +1289,10 @@ export const make = (
             yield* release
             return outcome
           })
+          return trace === undefined
+            ? attempted
+            : Effect.clockWith((clock) => Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, true)))
+        }
         const [opened, u, progress] = yield* failover(request.model, attempt).pipe(
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
@@ -1121,6 +1403,18 @@ export const make = (
             // The caller left: nothing learnt about the upstream (the permit
             // is released, neutral, with the scope).
             effects.push(Metric.increment(requestsBy(u.name, "abandoned")))
+          }
+          const trace = opened.trace
+          if (trace?.span !== undefined) {
+            // After the breaker heard the outcome, so that its span sees any change of state.
+            spanUsage(trace.span, undefined, usage, costUsd)
+            trace.span.attribute("breakwater.stream.outcome", outcome)
+            trace.span.attribute("breakwater.first_event_ms", opened.firstEventMs)
+            if (usageEstimated) trace.span.attribute("breakwater.usage_estimated", true)
+            if (outcome === "failed") trace.cooldown ??= cooldownFor(streamError!)
+            effects.push(
+              endAttemptSpan(u, trace, clock, outcome === "completed" ? "ok" : outcome, outcome === "failed" ? streamError : undefined)
+            )
           }
           effects.push(Scope.close(scope, Exit.void))
           return Effect.all(effects, { discard: true })

@@ -326,11 +326,11 @@ export const layerStoreMemory = (options: MemoryOptions = {}): Layer.Layer<Respo
 export const layerMemory = (options: Options & MemoryOptions = {}): Layer.Layer<ResponseCache> =>
   layer(options).pipe(Layer.provide(layerStoreMemory(options)))
 
-/** Options from `effect/Config`: `ttl`, `maxEntries`. */
+/** Options from `effect/Config` under `cache`: `ttl`, `maxEntries` (`CACHE_TTL` in constant case). */
 export const config: Config.Config<Options & MemoryOptions> = Config.all({
   ttl: Config.duration("ttl").pipe(Config.withDefault(Duration.minutes(5))),
   maxEntries: Config.integer("maxEntries").pipe(Config.withDefault(10_000))
-})
+}).pipe(Config.nested("cache"))
 
 export const layerConfig = (config: Config.Config<Options & MemoryOptions>): Layer.Layer<ResponseCache, ConfigError.ConfigError> =>
   Layer.unwrapEffect(Effect.map(config, layerMemory))

@@ -24,7 +24,12 @@ import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as Timeout from "./Timeout.js"
 
-export interface Options {
+/**
+ * A retry policy's options. `E` is the type of the errors its predicates
+ * judge: inferred from the retried effect (`Retry.retry(self, options)`, or
+ * in a `pipe`), or from an annotated predicate.
+ */
+export interface Options<E = unknown> {
   /** Retries after the first attempt. Default 2. */
   readonly maxRetries?: number
   /** The first backoff cap; doubles on each retry. Default 200 ms. */
@@ -34,13 +39,13 @@ export interface Options {
   /** The longest `Retry-After` worth waiting for. Default 10 s. */
   readonly maxRetryAfter?: Duration.DurationInput
   /** Which errors are worth retrying. Default: all. */
-  readonly isRetryable?: ((error: unknown) => boolean) | undefined
+  readonly isRetryable?: ((error: E) => boolean) | undefined
   /**
    * The server's requested wait carried by an error, if any. Default: an
    * error's `retryAfter` field when it is a `Duration` (as on
    * `RateLimited` and `CircuitOpen`).
    */
-  readonly retryAfter?: ((error: unknown) => Duration.Duration | undefined) | undefined
+  readonly retryAfter?: ((error: E) => Duration.Duration | undefined) | undefined
 }
 
 const retriesCounter = Metric.counter("breakwater_retries_total", {
@@ -61,13 +66,13 @@ export const retryAfterField = (error: unknown): Duration.Duration | undefined =
  * The schedule of retries for errors `E`: it outputs the delay it chose.
  * Use it with `Effect.retry`, or through {@link retry}.
  */
-export const schedule = <E>(options: Options = {}): Schedule.Schedule<Duration.Duration, E> => {
+export const schedule = <E>(options: Options<E> = {}): Schedule.Schedule<Duration.Duration, E> => {
   const maxRetries = options.maxRetries ?? 2
   const base = Duration.decode(options.baseDelay ?? Duration.millis(200))
   const capMillis = Duration.toMillis(options.maxDelay ?? Duration.seconds(5))
   const maxRetryAfterMillis = Duration.toMillis(options.maxRetryAfter ?? Duration.seconds(10))
   const isRetryable = options.isRetryable ?? (() => true)
-  const hintOf = options.retryAfter ?? retryAfterField
+  const hintOf: (error: E) => Duration.Duration | undefined = options.retryAfter ?? retryAfterField
 
   return Schedule.identity<E>().pipe(
     Schedule.intersect(Schedule.exponential(base, 2)),
@@ -93,14 +98,10 @@ export const schedule = <E>(options: Options = {}): Schedule.Schedule<Duration.D
   )
 }
 
-/**
- * Retries `self` by {@link schedule}; the last error is returned when it
- * gives up. A first attempt that succeeds costs one `catchAll`: the
- * schedule's driver is only built after a failure.
- */
-export const retry = (options: Options = {}) => {
-  const policy = schedule<unknown>(options)
-  return <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+/** Retries `self` by a policy built once (its schedule is shared by every call). */
+const retryWith = <E>(options: Options<E>) => {
+  const policy = schedule<E>(options)
+  return <A, E1 extends E, R>(self: Effect.Effect<A, E1, R>): Effect.Effect<A, E1, R> =>
     Effect.catchAll(self, (first) => {
       // Hand the first error to the schedule without running `self` again.
       let replayed = false
@@ -110,33 +111,72 @@ export const retry = (options: Options = {}) => {
           replayed = true
           return Effect.fail(first)
         }),
-        policy as Schedule.Schedule<Duration.Duration, E>
+        policy as Schedule.Schedule<Duration.Duration, E1>
       )
     })
 }
 
-/** A configured retry policy, for pipelines that take it from the context. */
-export interface Retry {
-  readonly options: Options
-  readonly retry: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+/**
+ * A retry policy applied to effects: any effect when its predicates take
+ * `unknown` (or there are none), else effects failing with `E`. (Written as
+ * one signature per case, rather than one generic in the error, so that in a
+ * `pipe` TypeScript infers `E` from the piped effect.)
+ */
+export type Policy<E> = unknown extends E ? <A, E1, R>(self: Effect.Effect<A, E1, R>) => Effect.Effect<A, E1, R>
+  : <A, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/**
+ * Retries `self` by {@link schedule}; the last error is returned when it
+ * gives up. A first attempt that succeeds costs one `catchAll`: the
+ * schedule's driver is only built after a failure.
+ *
+ * The predicates take the effect's error type: `Retry.retry(self, options)`
+ * and `self.pipe(Retry.retry(options))` infer it from `self`, so
+ * `isRetryable: (e) => e._tag !== "BadRequest"` needs no annotation.
+ * `Retry.retry(options)` on its own takes it from an annotated predicate
+ * (`isRetryable: (e: MyError) => …`), and then retries effects failing with
+ * `MyError` only.
+ */
+export function retry<E = unknown>(options?: Options<E>): Policy<E>
+export function retry<A, E, R>(self: Effect.Effect<A, E, R>, options?: Options<NoInfer<E>>): Effect.Effect<A, E, R>
+export function retry(
+  first?: Options<unknown> | Effect.Effect<unknown, unknown, unknown>,
+  second?: Options<unknown>
+): unknown {
+  // Data-last builds the policy once, for every effect it is applied to.
+  return Effect.isEffect(first) ? retryWith(second ?? {})(first) : retryWith(first ?? {})
+}
+
+/**
+ * A configured retry policy, for pipelines that take it from the context.
+ * `E` is the type of the errors its predicates judge.
+ */
+export interface Retry<E = unknown> {
+  readonly options: Options<E>
+  readonly retry: <A, E1 extends E, R>(self: Effect.Effect<A, E1, R>) => Effect.Effect<A, E1, R>
 }
 
 export const Retry = Context.GenericTag<Retry>("@breakwater/core/Retry")
 
-export const make = (options: Options = {}): Retry => Retry.of({ options, retry: retry(options) })
+/** Builds a {@link Retry}; an `Effect`, as every service's `make`. */
+export const make = <E = unknown>(options: Options<E> = {}): Effect.Effect<Retry<E>> =>
+  Effect.sync((): Retry<E> => ({ options, retry: retryWith(options) }))
 
-export const layer = (options: Options = {}): Layer.Layer<Retry> => Layer.succeed(Retry, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Retry> => Layer.effect(Retry, make(options))
 
-/** Options from `effect/Config`: `maxRetries`, `baseDelay`, `maxDelay`, `maxRetryAfter`. */
+/**
+ * Options from `effect/Config` under `retry`: `maxRetries`, `baseDelay`,
+ * `maxDelay`, `maxRetryAfter` (`RETRY_MAX_RETRIES` in constant case).
+ */
 export const config: Config.Config<Options> = Config.all({
   maxRetries: Config.integer("maxRetries").pipe(Config.withDefault(2)),
   baseDelay: Config.duration("baseDelay").pipe(Config.withDefault(Duration.millis(200))),
   maxDelay: Config.duration("maxDelay").pipe(Config.withDefault(Duration.seconds(5))),
   maxRetryAfter: Config.duration("maxRetryAfter").pipe(Config.withDefault(Duration.seconds(10)))
-})
+}).pipe(Config.nested("retry"))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Retry, ConfigError.ConfigError> =>
-  Layer.effect(Retry, Effect.map(config, make))
+  Layer.effect(Retry, Effect.flatMap(config, make))
 
 // ---------------------------------------------------------------------------
 // Retry-After

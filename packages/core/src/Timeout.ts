@@ -144,24 +144,29 @@ export interface Timeout {
 
 export const Timeout = Context.GenericTag<Timeout>("@breakwater/core/Timeout")
 
-export const make = (options: Options = {}): Timeout => {
-  const a = Duration.decode(options.attempt ?? Duration.seconds(30))
-  const r = Duration.decode(options.request ?? Duration.seconds(60))
-  return Timeout.of({
-    attempt: a,
-    request: r,
-    withAttempt: (self) => attempt(self, a),
-    withDeadline: (self) => withDeadline(self, r)
+/** Builds a {@link Timeout}; an `Effect`, as every service's `make`. */
+export const make = (options: Options = {}): Effect.Effect<Timeout> =>
+  Effect.sync(() => {
+    const a = Duration.decode(options.attempt ?? Duration.seconds(30))
+    const r = Duration.decode(options.request ?? Duration.seconds(60))
+    return Timeout.of({
+      attempt: a,
+      request: r,
+      withAttempt: (self) => attempt(self, a),
+      withDeadline: (self) => withDeadline(self, r)
+    })
   })
-}
 
-export const layer = (options: Options = {}): Layer.Layer<Timeout> => Layer.succeed(Timeout, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Timeout> => Layer.effect(Timeout, make(options))
 
-/** Options from `effect/Config`: `attempt`, `request` (durations such as "30 seconds"). */
+/**
+ * Options from `effect/Config` under `timeout`: `attempt`, `request`
+ * (durations such as "30 seconds"; `TIMEOUT_ATTEMPT` in constant case).
+ */
 export const config: Config.Config<Options> = Config.all({
   attempt: Config.duration("attempt").pipe(Config.withDefault(Duration.seconds(30))),
   request: Config.duration("request").pipe(Config.withDefault(Duration.seconds(60)))
-})
+}).pipe(Config.nested("timeout"))
 
 export const layerConfig = (config: Config.Config<Options>): Layer.Layer<Timeout, ConfigError.ConfigError> =>
-  Layer.effect(Timeout, Effect.map(config, make))
+  Layer.effect(Timeout, Effect.flatMap(config, make))

@@ -69,6 +69,8 @@ export interface Upstream {
   readonly modelFor: (model: string) => string | undefined
   /** The client-visible model names it serves (aliases included); `"*"` for any. */
   readonly models: ReadonlyArray<string> | "*"
+  /** Client model name -> this upstream's model name. */
+  readonly aliases: Readonly<Record<string, string>>
   readonly breaker: CircuitBreaker.CircuitBreaker
   readonly bulkhead: Bulkhead.Bulkhead
   readonly requestLimit: RateLimiter.RateLimiter | undefined
@@ -103,20 +105,71 @@ export const record = (upstream: Upstream, now: number, latencyMs: number, error
   }
 }
 
-/** Builds an upstream with its breaker, bulkhead and limiters. */
+type BreakerSettings = Partial<Omit<CircuitBreaker.Options, "name" | "isFailure" | "resumeFrom">>
+
+/** The breaker settings each upstream was built with, to tell whether a new config changes them. */
+const breakerSettings = new WeakMap<Upstream, BreakerSettings>()
+
+const millis = (d: Duration.DurationInput | undefined): number | undefined =>
+  d === undefined ? undefined : Duration.toMillis(d)
+
+/** Whether two breakers built with these settings would behave the same. */
+const sameBreaker = (a: BreakerSettings, b: BreakerSettings): boolean => {
+  const ra = a.failureRate
+  const rb = b.failureRate
+  const window = (r: CircuitBreaker.FailureRate) =>
+    "calls" in r.window ? `calls:${r.window.calls}` : `ms:${Duration.toMillis(r.window.duration)}`
+  return a.failureThreshold === b.failureThreshold && a.successThreshold === b.successThreshold &&
+    a.halfOpenMaxCalls === b.halfOpenMaxCalls && millis(a.openDuration) === millis(b.openDuration) &&
+    millis(a.slowCallDuration) === millis(b.slowCallDuration) && a.openDurationSchedule === b.openDurationSchedule &&
+    (ra === undefined || rb === undefined
+      ? ra === rb
+      : ra.threshold === rb.threshold && ra.minimumCalls === rb.minimumCalls && window(ra) === window(rb))
+}
+
+/**
+ * Builds an upstream with its breaker, bulkhead and limiters.
+ *
+ * `previous`: the same upstream (same name and base URL) as built from an
+ * earlier config, whose state the new one carries on (a config reload):
+ * its breaker (the same one when its settings are unchanged, else a new one
+ * resumed from its state: an open breaker stays open), its bulkhead when
+ * `maxConcurrent` is unchanged (calls in flight on either count against one
+ * limit; a new size gets a new bulkhead, and the calls still on the old one
+ * finish there), and its stats (latency, counters, last error). Its account
+ * limits' counters live in the `RateLimiterStore`, so they carry on too.
+ * Ignored when its name or base URL differ. A breaker or bulkhead carried
+ * over stays owned by the scope `previous` was built in: keep that scope
+ * open as long as an upstream built from it is in use.
+ */
 export const make = (
   config: Config,
-  defaults: { readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">> | undefined } = {}
+  defaults: {
+    readonly breaker?: BreakerSettings | undefined
+    readonly previous?: Upstream | undefined
+  } = {}
 ): Effect.Effect<Upstream, never, Scope.Scope | RateLimiter.RateLimiterStore> =>
   Effect.gen(function*() {
     const name = config.name
-    const breaker = yield* CircuitBreaker.make({
-      ...defaults.breaker,
-      ...config.breaker,
-      name,
-      isFailure: countsAgainstBreaker
-    })
-    const bulkhead = yield* Bulkhead.make({ name, maxConcurrent: config.maxConcurrent ?? 64 })
+    const baseUrl = config.baseUrl.replace(/\/+$/, "")
+    const previous = defaults.previous !== undefined && defaults.previous.name === name &&
+        defaults.previous.baseUrl === baseUrl
+      ? defaults.previous
+      : undefined
+    const settings: BreakerSettings = { ...defaults.breaker, ...config.breaker }
+    const before = previous === undefined ? undefined : breakerSettings.get(previous)
+    const breaker = previous !== undefined && before !== undefined && sameBreaker(before, settings)
+      ? previous.breaker
+      : yield* CircuitBreaker.make({
+        ...settings,
+        name,
+        isFailure: countsAgainstBreaker,
+        resumeFrom: previous === undefined ? undefined : yield* previous.breaker.snapshot
+      })
+    const maxConcurrent = config.maxConcurrent ?? 64
+    const bulkhead = previous !== undefined && previous.bulkhead.unsafeStats().maxConcurrent === maxConcurrent
+      ? previous.bulkhead
+      : yield* Bulkhead.make({ name, maxConcurrent })
     const requestLimit = config.requestsPerMinute === undefined ? undefined : yield* RateLimiter.make({
       name: `upstream:${name}:rpm`,
       limit: config.requestsPerMinute,
@@ -134,9 +187,9 @@ export const make = (
       if (target !== undefined) return target
       return served === undefined || served.has(model) ? model : undefined
     }
-    return {
+    const upstream: Upstream = {
       name,
-      baseUrl: config.baseUrl.replace(/\/+$/, ""),
+      baseUrl,
       apiKey: config.apiKey,
       priority: config.priority ?? 1,
       weight: config.weight ?? 1,
@@ -145,11 +198,12 @@ export const make = (
       retry: config.retry,
       modelFor,
       models: config.models === "*" ? "*" : [...config.models, ...Object.keys(aliases)],
+      aliases,
       breaker,
       bulkhead,
       requestLimit,
       tokenLimit,
-      stats: {
+      stats: previous?.stats ?? {
         requests: 0,
         successes: 0,
         failures: 0,
@@ -158,4 +212,6 @@ export const make = (
         lastErrorAt: undefined
       }
     }
+    breakerSettings.set(upstream, settings)
+    return upstream
   })

@@ -42,13 +42,24 @@ export interface StreamReply {
 }
 
 export interface UpstreamClient {
-  /** POSTs `body` (JSON text or bytes) to `upstream.baseUrl + path` and reads the whole answer. */
-  readonly post: (upstream: Upstream, path: string, body: string | Uint8Array) => Effect.Effect<Reply, UpstreamUnreachable>
+  /**
+   * POSTs `body` (JSON text or bytes) to `upstream.baseUrl + path` and reads
+   * the whole answer. `headers` are added to the request (the relay's trace
+   * context, when it traces); they never replace the upstream's
+   * `authorization` or the content headers.
+   */
+  readonly post: (
+    upstream: Upstream,
+    path: string,
+    body: string | Uint8Array,
+    headers?: Readonly<Record<string, string>>
+  ) => Effect.Effect<Reply, UpstreamUnreachable>
   /** The same, leaving the body as a stream open in the scope. */
   readonly postStream: (
     upstream: Upstream,
     path: string,
-    body: string | Uint8Array
+    body: string | Uint8Array,
+    headers?: Readonly<Record<string, string>>
   ) => Effect.Effect<StreamReply, UpstreamUnreachable, Scope.Scope>
   readonly get: (upstream: Upstream, path: string) => Effect.Effect<Reply, UpstreamUnreachable>
 }
@@ -65,8 +76,19 @@ const unreachable = (upstream: Upstream) => (error: HttpClientError.HttpClientEr
 export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> = Effect.map(
   HttpClient.HttpClient,
   (client) => {
-    const request = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) => {
-      let req = HttpClientRequest.make(method)(upstream.baseUrl + path).pipe(
+    // The client's own trace propagation would replace the relay's trace
+    // headers with a span of its own: calls that carry them go without it.
+    const carrying = HttpClient.withTracerPropagation(client, false)
+    const request = (
+      upstream: Upstream,
+      method: "GET" | "POST",
+      path: string,
+      body?: string | Uint8Array,
+      headers?: Readonly<Record<string, string>>
+    ) => {
+      let req = HttpClientRequest.make(method)(upstream.baseUrl + path)
+      if (headers !== undefined) req = HttpClientRequest.setHeaders(req, headers)
+      req = req.pipe(
         HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(upstream.apiKey)}`),
         HttpClientRequest.acceptJson
       )
@@ -78,18 +100,27 @@ export const make: Effect.Effect<UpstreamClient, never, HttpClient.HttpClient> =
       return req
     }
 
-    const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
+    const readAll = (
+      upstream: Upstream,
+      method: "GET" | "POST",
+      path: string,
+      body?: string | Uint8Array,
+      headers?: Readonly<Record<string, string>>
+    ) =>
       Effect.scoped(
-        Effect.flatMap(client.execute(request(upstream, method, path, body)), (res) =>
+        Effect.flatMap((headers === undefined ? client : carrying).execute(request(upstream, method, path, body, headers)), (res) =>
           Effect.map(res.text, (text): Reply => ({ status: res.status, headers: res.headers, text })))
       ).pipe(Effect.mapError(unreachable(upstream)))
 
     return UpstreamClient.of({
-      post: (upstream, path, body) => readAll(upstream, "POST", path, body),
+      post: (upstream, path, body, headers) => readAll(upstream, "POST", path, body, headers),
       get: (upstream, path) => readAll(upstream, "GET", path),
-      postStream: (upstream, path, body) =>
+      postStream: (upstream, path, body, headers) =>
         Effect.map(
-          Effect.mapError(client.execute(request(upstream, "POST", path, body)), unreachable(upstream)),
+          Effect.mapError(
+            (headers === undefined ? client : carrying).execute(request(upstream, "POST", path, body, headers)),
+            unreachable(upstream)
+          ),
           (res): StreamReply => ({
             status: res.status,
             headers: res.headers,

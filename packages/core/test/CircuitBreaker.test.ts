@@ -49,17 +49,16 @@ const succeedTimes = (cb: Breaker, n: number) => Effect.forEach(Array.from({ len
  */
 const settle = TestClock.adjust(0)
 
-/** Collects the next `n` transitions; started (and subscribed) before returning. */
+/** Collects the next `n` transitions; subscribed before returning. */
 const collectChanges = (cb: Breaker, n: number) =>
   Effect.gen(function*() {
-    const fiber = yield* cb.changes.pipe(
+    const changes = yield* cb.changes
+    const fiber = yield* changes.pipe(
       Stream.take(n),
       Stream.runCollect,
       Effect.map(Chunk.toReadonlyArray),
       Effect.fork
     )
-    // Let the collector run until it is subscribed and waiting.
-    yield* settle
     return fiber
   })
 
@@ -929,7 +928,7 @@ describe("CircuitBreaker", () => {
         expect(Option.isSome(yield* Fiber.poll(closing))).toBe(true)
       }))
 
-    it.effect("closing the scope ends the changes stream", () =>
+    it.scoped("closing the scope ends the changes stream", () =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()
         const cb = yield* Scope.extend(CircuitBreaker.make({ name: "scope-changes" }), scope)
@@ -939,6 +938,27 @@ describe("CircuitBreaker", () => {
         // The subscriber is not left hanging: its stream ends, with no events.
         const exit = yield* Fiber.await(events)
         expect(exit).toStrictEqual(Exit.succeed([]))
+      }))
+  })
+
+  describe("changes", () => {
+    it.scoped("a transition between getting the stream and running it is delivered", () =>
+      Effect.gen(function*() {
+        const cb = yield* CircuitBreaker.make({ name: "changes-early", failureThreshold: 1 })
+        const changes = yield* cb.changes
+        // The breaker trips after the caller got its stream, before it runs it.
+        yield* failOnce(cb)
+        const events = yield* changes.pipe(
+          Stream.take(1),
+          Stream.runCollect,
+          Effect.map(Chunk.toReadonlyArray),
+          Effect.timeout("1 second"),
+          Effect.option,
+          Effect.fork
+        )
+        yield* TestClock.adjust("1 second")
+        const got = yield* Fiber.join(events)
+        expect(Option.getOrUndefined(got)).toMatchObject([{ from: "Closed", to: "Open" }])
       }))
   })
 
@@ -965,7 +985,11 @@ describe("CircuitBreaker", () => {
       }).pipe(
         Effect.provide(CircuitBreaker.layerConfig(CircuitBreaker.config("from-config"))),
         Effect.withConfigProvider(ConfigProvider.fromMap(
-          new Map([["failureThreshold", "2"], ["openDuration", "10 seconds"], ["successThreshold", "1"]])
+          new Map([
+            ["breaker.from-config.failureThreshold", "2"],
+            ["breaker.from-config.openDuration", "10 seconds"],
+            ["breaker.from-config.successThreshold", "1"]
+          ])
         ))
       ))
   })

@@ -102,7 +102,7 @@ describe("Retry.retry", () => {
     Effect.gen(function*() {
       const { attempt, count } = yield* recorder((n) => new Boom({ attempt: n }))
       const fiber = yield* Effect.fork(
-        Retry.retry({ maxRetries: 10, isRetryable: (e) => (e as Boom).attempt < 3 })(attempt)
+        attempt.pipe(Retry.retry({ maxRetries: 10, isRetryable: (e) => e.attempt < 3 }))
       )
       yield* TestClock.adjust("1 minute")
       const error = yield* Effect.flip(Fiber.join(fiber))
@@ -396,7 +396,7 @@ describe("Retry service", () => {
 
   it.effect("Retry.make carries its options and honours isRetryable", () =>
     Effect.gen(function*() {
-      const service = Retry.make({ maxRetries: 3, isRetryable: () => false })
+      const service = yield* Retry.make({ maxRetries: 3, isRetryable: () => false })
       const { attempt, count } = yield* recorder((n) => new Boom({ attempt: n }))
       const exit = yield* Effect.exit(service.retry(attempt))
       expect(Exit.isFailure(exit)).toBe(true)

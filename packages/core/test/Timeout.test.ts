@@ -251,9 +251,10 @@ describe("Timeout service", () => {
       expect(yield* Effect.flip(Fiber.join(inner))).toBeInstanceOf(Timeout.DeadlineExceeded)
     }).pipe(Effect.provide(Timeout.layer({ attempt: "1 second", request: "3 seconds" }))))
 
-  it("Timeout.make defaults to 30 s per attempt and 60 s per request", () => {
-    const timeout = Timeout.make()
-    expect(Duration.toMillis(timeout.attempt)).toBe(30_000)
-    expect(Duration.toMillis(timeout.request)).toBe(60_000)
-  })
+  it.effect("Timeout.make defaults to 30 s per attempt and 60 s per request", () =>
+    Effect.gen(function*() {
+      const timeout = yield* Timeout.make()
+      expect(Duration.toMillis(timeout.attempt)).toBe(30_000)
+      expect(Duration.toMillis(timeout.request)).toBe(60_000)
+    }))
 })

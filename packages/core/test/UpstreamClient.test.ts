@@ -39,6 +39,29 @@ for (const [name, layer] of [
         expect((yield* client.post(u, "/chat/completions", new TextEncoder().encode(body))).status).toBe(503)
       }).pipe(Effect.provide(layer)))
 
+    it.scopedLive("adds the relay's trace headers to a call, never in place of the upstream's own", () =>
+      Effect.gen(function*() {
+        const fake = yield* Fake.make({ name: "client" })
+        const u = yield* upstreamAt(fake.url)
+        const client = yield* UpstreamClient.UpstreamClient
+        const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        const headers = { traceparent, tracestate: "vendor=1", Authorization: "Bearer not-the-upstream-key" }
+        expect((yield* client.post(u, "/chat/completions", body, headers)).status).toBe(200)
+        expect(fake.counters().lastTraceparent).toBe(traceparent)
+        expect(fake.counters().lastTracestate).toBe("vendor=1")
+        expect(fake.counters().lastAuthorization).toBe("Bearer sk-client-test")
+        const stream = yield* client.postStream(u, "/chat/completions", JSON.stringify({ model: "m", stream: true, messages: [] }), {
+          traceparent
+        })
+        expect(stream.status).toBe(200)
+        expect(fake.counters().lastTraceparent).toBe(traceparent)
+        // Without headers the default client adds none (the platform's
+        // HttpClient propagates spans of its own, as it always has).
+        yield* client.post(u, "/chat/completions", body)
+        if (layer === UpstreamClient.layerUndici) expect(fake.counters().lastTraceparent).toBeUndefined()
+        else expect(fake.counters().lastTraceparent).not.toBe(traceparent)
+      }).pipe(Effect.provide(layer)))
+
     it.scopedLive("streams the body of a stream request", () =>
       Effect.gen(function*() {
         const fake = yield* Fake.make({ name: "client" })

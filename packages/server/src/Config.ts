@@ -50,6 +50,12 @@
  *   unknown: highest                      # highest | reject | { input, output }: unpriced models, keys with a budget
  *   estimatedOutputTokens: 1024           # budget reservations, for requests without max_tokens
  * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:" }
+ * telemetry:                              # traces over OTLP/HTTP; off without an endpoint
+ *   otlp:
+ *     endpoint: http://otel-collector:4318   # spans go to <endpoint>/v1/traces
+ *     headers: { x-api-key: "${OTLP_KEY}" }  # secrets, sent with every export
+ *   serviceName: breakwater               # default OTEL_SERVICE_NAME, else "breakwater"
+ *   sampleRatio: 1                        # share of new traces kept (a caller's choice is followed)
  * ```
  *
  * Rules:
@@ -68,7 +74,14 @@
  *   `estimatedOutputTokens` is then a model's price.
  * - Every problem is reported at once, each with its path
  *   (`upstreams[0].timeout`). Secrets (`server.adminKey`, `keys[].key`,
- *   `upstreams[].apiKey`, `store.url`) are never shown in messages.
+ *   `upstreams[].apiKey`, `store.url`, `telemetry.otlp.headers`) are never
+ *   shown in messages.
+ * - Traces also follow the standard variables when the file does not say:
+ *   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as it is) or
+ *   `OTEL_EXPORTER_OTLP_ENDPOINT` (plus `/v1/traces`) turn them on,
+ *   `OTEL_EXPORTER_OTLP_HEADERS` and `..._TRACES_HEADERS` add headers,
+ *   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` describe the service;
+ *   `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn them off.
  *
  * Defaults not stated above are those of `@breakwater/core`.
  *
@@ -218,6 +231,26 @@ export type StoreConfig =
     readonly prefix: string
   }
 
+/**
+ * Traces, resolved from the file's `telemetry` section and the standard
+ * `OTEL_*` variables (the file wins). Absent: no spans at all.
+ */
+export interface TelemetryConfig {
+  /** Where spans are POSTed, OTLP/HTTP with protobuf bodies: the collector's `/v1/traces`. */
+  readonly tracesUrl: string
+  /** Sent with every export (a hosted collector's API key, say): secrets. */
+  readonly headers: Readonly<Record<string, Redacted.Redacted<string>>>
+  readonly serviceName: string
+  /** The resource's other attributes, from `OTEL_RESOURCE_ATTRIBUTES`. */
+  readonly resourceAttributes: Readonly<Record<string, string>>
+  /**
+   * Share of new traces kept (0..1). Undefined: the SDK decides
+   * (`OTEL_TRACES_SAMPLER`, by default every trace). A caller's own sampled
+   * flag is followed either way.
+   */
+  readonly sampleRatio?: number | undefined
+}
+
 /** The decoded configuration, defaults filled in. */
 export interface ServerConfig {
   readonly server: ServerSection
@@ -234,6 +267,8 @@ export interface ServerConfig {
   /** The rest of the `pricing` section: how budgets price what they cannot look up. */
   readonly pricingPolicy: PricingPolicy
   readonly store: StoreConfig
+  /** Traces; undefined (the default) is off. */
+  readonly telemetry?: TelemetryConfig | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -402,6 +437,9 @@ const LOG_LEVELS: Record<string, LogLevel.Literal> = {
   none: "None"
 }
 
+/** A log level's name as the config and `--log-level` spell it (`info`, `warning`, ...), or undefined. */
+export const logLevelOf = (name: string): LogLevel.Literal | undefined => LOG_LEVELS[name.toLowerCase()]
+
 const LogLevelLeaf = leaf((u) => {
   const level = typeof u === "string" ? LOG_LEVELS[u.toLowerCase()] : undefined
   return level !== undefined
@@ -425,6 +463,28 @@ const HttpUrl = leaf((u) => {
   if (url.protocol !== "http:" && url.protocol !== "https:") return Either.left(`${expected}, got ${show(u)}`)
   return Either.right(u)
 })
+
+const OtlpUrl = leaf((u) => {
+  const expected = `expected an http(s) URL like "http://otel-collector:4318"`
+  if (typeof u !== "string") return Either.left(`${expected}, got ${show(u)}`)
+  return checkOtlpUrl(u)
+})
+
+/** An OTLP endpoint: http(s), no credentials in it (they belong in headers, and URLs end up in messages). */
+const checkOtlpUrl = (u: string): Either.Either<string, string> => {
+  const expected = `expected an http(s) URL like "http://otel-collector:4318"`
+  let url: URL
+  try {
+    url = new URL(u)
+  } catch {
+    return Either.left(`${expected}, got ${show(u)}`)
+  }
+  if (url.username !== "" || url.password !== "") return Either.left("must not contain credentials (put them in headers)")
+  if (url.protocol !== "http:" && url.protocol !== "https:") return Either.left(`${expected}, got ${show(u)}`)
+  return Either.right(u)
+}
+
+const Ratio = number("a number from 0 to 1", (n) => n >= 0 && n <= 1)
 
 /** Never shown: a Redis URL may carry a password. */
 const RedisUrl = leaf((u) => {
@@ -587,6 +647,14 @@ const File = Schema.Struct({
     kind: opt(oneOf(["memory", "redis"] as const)),
     url: opt(RedisUrl),
     prefix: opt(NonEmptyString)
+  })),
+  telemetry: opt(Schema.Struct({
+    otlp: opt(Schema.Struct({
+      endpoint: opt(OtlpUrl),
+      headers: opt(Schema.Record({ key: Schema.String, value: Secret }))
+    })),
+    serviceName: opt(NonEmptyString),
+    sampleRatio: opt(Ratio)
   }))
 })
 
@@ -702,7 +770,155 @@ const crossChecks = (input: Record<string, unknown>): Array<Problem> => {
   if (isRecord(store) && store["kind"] === "redis" && store["url"] === undefined) {
     problems.push({ path: "store.url", message: `is required when store.kind is "redis"` })
   }
+  const telemetry = input["telemetry"]
+  const otlp = isRecord(telemetry) ? telemetry["otlp"] : undefined
+  const headers = isRecord(otlp) ? otlp["headers"] : undefined
+  if (isRecord(headers)) {
+    for (const [name, value] of Object.entries(headers)) {
+      const path = `telemetry.otlp.headers.${name}`
+      if (!HEADER_NAME.test(name)) problems.push({ path, message: "is not a valid HTTP header name" })
+      else if (typeof value === "string" && /[\r\n\0]/.test(value)) problems.push({ path, message: "must not contain line breaks" })
+    }
+  }
   return problems
+}
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+
+// ---------------------------------------------------------------------------
+// Telemetry: the file's section and the standard OTEL_* variables
+
+const envValue = (env: Env, name: string): string | undefined => {
+  const v = env[name]?.trim()
+  return v === undefined || v === "" ? undefined : v
+}
+
+/** Whether the standard variables turn traces off whatever else says. */
+const otelDisabled = (env: Env): boolean =>
+  envValue(env, "OTEL_SDK_DISABLED")?.toLowerCase() === "true" || envValue(env, "OTEL_TRACES_EXPORTER")?.toLowerCase() === "none"
+
+/** `<base>/v1/traces`, unless the URL already names that path. */
+const tracesUrlOf = (endpoint: string): string => {
+  const url = new URL(endpoint)
+  if (/\/v1\/traces\/?$/.test(url.pathname)) return endpoint
+  url.pathname = `${url.pathname.replace(/\/+$/, "")}/v1/traces`
+  return url.toString()
+}
+
+/** `a=1,b=2` (values percent-encoded), as the OTEL_* variables write lists; undefined when malformed. */
+const keyValueList = (text: string): Record<string, string> | undefined => {
+  const out: Record<string, string> = {}
+  for (const part of text.split(",")) {
+    if (part.trim() === "") continue
+    const eq = part.indexOf("=")
+    if (eq <= 0) return undefined
+    const key = part.slice(0, eq).trim()
+    let value: string
+    try {
+      value = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return undefined
+    }
+    if (key === "" || /[\r\n\0]/.test(value)) return undefined
+    Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true })
+  }
+  return out
+}
+
+/**
+ * Problems in the OTEL_* variables that traces would use (never their
+ * values: headers carry secrets). A `telemetry` section needs an endpoint,
+ * from the file or the variables.
+ */
+const telemetryEnvChecks = (input: Record<string, unknown>, env: Env): Array<Problem> => {
+  if (otelDisabled(env)) return []
+  const problems: Array<Problem> = []
+  const telemetry = input["telemetry"]
+  const otlp = isRecord(telemetry) ? telemetry["otlp"] : undefined
+  const fileEndpoint = isRecord(otlp) ? otlp["endpoint"] : undefined
+  let on = fileEndpoint !== undefined
+  if (!on) {
+    const name = envValue(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") !== undefined
+      ? "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+      : envValue(env, "OTEL_EXPORTER_OTLP_ENDPOINT") !== undefined
+      ? "OTEL_EXPORTER_OTLP_ENDPOINT"
+      : undefined
+    if (name !== undefined) {
+      on = true
+      // Not shown: a variable may hold a secret by mistake.
+      if (Either.isLeft(checkOtlpUrl(envValue(env, name)!))) {
+        problems.push({ path: `${name} (environment)`, message: "expected an http(s) URL without credentials (value not shown)" })
+      }
+    } else if (telemetry !== undefined) {
+      problems.push({
+        path: "telemetry.otlp.endpoint",
+        message: "is required for traces (or set OTEL_EXPORTER_OTLP_ENDPOINT); remove the telemetry section to turn them off"
+      })
+    }
+  }
+  if (on) {
+    // The exporter speaks OTLP/HTTP with protobuf bodies only: a collector expecting gRPC or JSON would refuse every batch.
+    for (const name of ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]) {
+      const protocol = envValue(env, name)
+      if (protocol !== undefined && protocol !== "http/protobuf") {
+        problems.push({
+          path: `${name} (environment)`,
+          // A protocol's name is shown; anything longer may be a secret set by mistake.
+          message: `only "http/protobuf" is supported, got ${
+            /^[a-z/]{1,16}$/.test(protocol) ? show(protocol) : "another value (not shown)"
+          }; point the endpoint at the collector's OTLP/HTTP port (4318)`
+        })
+      }
+    }
+    for (const name of ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]) {
+      const text = envValue(env, name)
+      if (text === undefined) continue
+      const parsed = keyValueList(text)
+      if (parsed === undefined || Object.keys(parsed).some((k) => !HEADER_NAME.test(k))) {
+        problems.push({ path: `${name} (environment)`, message: "expected name=value pairs separated by commas (values not shown)" })
+      }
+    }
+  }
+  return problems
+}
+
+/** Traces from the decoded section and the variables (checked by telemetryEnvChecks); undefined when off. */
+const resolveTelemetry = (section: File["telemetry"], env: Env): TelemetryConfig | undefined => {
+  if (otelDisabled(env)) return undefined
+  const fileEndpoint = section?.otlp?.endpoint
+  const tracesUrl = fileEndpoint !== undefined
+    ? tracesUrlOf(fileEndpoint)
+    : envValue(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") ??
+      (envValue(env, "OTEL_EXPORTER_OTLP_ENDPOINT") === undefined
+        ? undefined
+        : tracesUrlOf(envValue(env, "OTEL_EXPORTER_OTLP_ENDPOINT")!))
+  if (tracesUrl === undefined) return undefined
+  const headers: Record<string, Redacted.Redacted<string>> = {}
+  const add = (from: Readonly<Record<string, string | Redacted.Redacted<string>>>) => {
+    for (const [k, v] of Object.entries(from)) {
+      // Header names are case-insensitive: the later source wins whatever the case.
+      for (const existing of Object.keys(headers)) if (existing.toLowerCase() === k.toLowerCase()) delete headers[existing]
+      Object.defineProperty(headers, k, {
+        value: typeof v === "string" ? Redacted.make(v) : v,
+        enumerable: true,
+        writable: true,
+        configurable: true
+      })
+    }
+  }
+  add(keyValueList(envValue(env, "OTEL_EXPORTER_OTLP_HEADERS") ?? "") ?? {})
+  add(keyValueList(envValue(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS") ?? "") ?? {})
+  add(section?.otlp?.headers ?? {})
+  const resourceAttributes = keyValueList(envValue(env, "OTEL_RESOURCE_ATTRIBUTES") ?? "") ?? {}
+  const serviceName = section?.serviceName ?? envValue(env, "OTEL_SERVICE_NAME") ?? resourceAttributes["service.name"] ??
+    "breakwater"
+  return {
+    tracesUrl,
+    headers,
+    serviceName,
+    resourceAttributes,
+    ...only("sampleRatio", section?.sampleRatio)
+  }
 }
 
 /** The strings at secret paths, to be sure none reaches a message. */
@@ -715,6 +931,9 @@ const secretsIn = (input: Record<string, unknown>): Array<string> => {
   for (const [, k] of entries(input["keys"])) add(k["key"])
   for (const [, u] of entries(input["upstreams"])) add(u["apiKey"])
   if (isRecord(input["store"])) add(input["store"]["url"])
+  const telemetry = input["telemetry"]
+  const otlp = isRecord(telemetry) ? telemetry["otlp"] : undefined
+  if (isRecord(otlp) && isRecord(otlp["headers"])) for (const v of Object.values(otlp["headers"])) add(v)
   return out.sort((a, b) => b.length - a.length)
 }
 
@@ -899,7 +1118,7 @@ const hideEnv = (fromEnv: ReadonlyMap<string, FromEnv>) => {
 const only = <K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } =>
   (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }
 
-const build = (f: File): ServerConfig => {
+const build = (f: File, env: Env): ServerConfig => {
   const s = f.server ?? {}
   const routing = f.routing ?? {}
   const breaker = f.breaker ?? {}
@@ -1009,7 +1228,8 @@ const build = (f: File): ServerConfig => {
     // A redis store without a url is refused by the cross-field checks.
     store: store.kind === "redis" && store.url !== undefined
       ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:" }
-      : { kind: "memory" }
+      : { kind: "memory" },
+    ...only("telemetry", resolveTelemetry(f.telemetry, env))
   }
 }
 
@@ -1039,7 +1259,7 @@ export const parse = (
       const decoded = decodeFile(normalised)
       const problems: Array<Problem> = []
       if (Either.isLeft(decoded)) collect(decoded.left.issue, [], [], problems)
-      problems.push(...crossChecks(root))
+      problems.push(...crossChecks(root), ...telemetryEnvChecks(root, env))
       // A price listed directly under `pricing` is reported where the file has it.
       for (let i = 0; i < problems.length; i++) {
         const p = problems[i]!
@@ -1057,7 +1277,7 @@ export const parse = (
         return Either.left(new ConfigInvalid({ file, problems: distinct.map((p) => scrubSecrets(hide(p))) }))
       }
       // No problems means the schema decoded.
-      return Either.map(decoded as Either.Either<File, never>, build)
+      return Either.map(decoded as Either.Either<File, never>, (f) => build(f, env))
     }
   )
 }

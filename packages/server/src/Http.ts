@@ -14,13 +14,16 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
+import type * as Tracer from "effect/Tracer"
 import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
+import * as Reload from "./Reload.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
 export interface Incoming {
@@ -69,6 +72,26 @@ export interface Options {
    * and kept-alive clients go elsewhere.
    */
   readonly draining?: (() => boolean) | undefined
+  /**
+   * `POST /admin/reload`: re-reads the config file and swaps it in (the
+   * server's `Running.reload`). Without it, the route answers 409.
+   */
+  readonly reload?: (() => Effect.Effect<Reload.Outcome>) | undefined
+  /** Spans for requests (see {@link RequestTracing}); none when absent. */
+  readonly tracing?: RequestTracing | undefined
+}
+
+/**
+ * Spans for requests, through Effect's `Tracer` (Telemetry.ts installs an
+ * OpenTelemetry one). Each `/v1/` request is a span of kind `server`, ended
+ * when its log line is written (for a stream: when the stream ends), with
+ * what the line says: status, key name, model, upstream, attempts, cache,
+ * tokens, cost, a stream's outcome, why upstreams failed. Never a prompt, a
+ * completion, a key or a header.
+ */
+export interface RequestTracing {
+  /** The caller's span, from its W3C `traceparent` and `tracestate` headers; undefined without (a new trace). */
+  readonly parentOf: (headers: Readonly<Record<string, string | undefined>>) => Tracer.AnySpan | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -170,6 +193,8 @@ interface Log {
   /** What ended a failed stream. */
   error: string | undefined
   usageEstimated: boolean | undefined
+  /** The request's span, when tracing. */
+  span: Tracer.Span | undefined
 }
 
 export const make = (options: Options) =>
@@ -408,6 +433,10 @@ export const make = (options: Options) =>
       log.costUsd = charged?.usd ?? m.costUsd
       if (charged !== undefined && charged.basis !== "table") log.costBasis = charged.basis
       log.usageEstimated = m.usageEstimated
+      if (log.span !== undefined && m.usage !== undefined) {
+        log.span.attribute("gen_ai.usage.input_tokens", m.usage.prompt_tokens)
+        if (m.usage.completion_tokens !== undefined) log.span.attribute("gen_ai.usage.output_tokens", m.usage.completion_tokens)
+      }
     }
 
     const chat = (
@@ -521,6 +550,10 @@ export const make = (options: Options) =>
           if (request.method !== "GET") return methodNotAllowed(["GET"])
           return json(200, { object: "list", data: yield* gateway.keys })
         }
+        if (path === "/admin/reload") {
+          if (request.method !== "POST") return methodNotAllowed(["POST"])
+          return yield* reloaded
+        }
         const k = /^\/admin\/keys\/([^/]+)\/reset-spend$/.exec(path)
         if (k !== null) {
           if (request.method !== "POST") return methodNotAllowed(["POST"])
@@ -570,6 +603,30 @@ export const make = (options: Options) =>
         return json(200, yield* upstreamView(u, now, yield* cooldowns.active(now)))
       })
 
+    /**
+     * `POST /admin/reload`: 200 with what changed (and what needs a restart);
+     * 400 with `check-config`'s messages when the file is refused (the
+     * running config keeps serving); 409 when there is no file to reload.
+     */
+    const reloaded: Effect.Effect<Reply> = options.reload === undefined
+      ? Effect.succeed(failure(409, Reload.UNAVAILABLE_MESSAGE, "invalid_request_error", "reload_unavailable"))
+      : Effect.map(options.reload(), (outcome) => {
+        switch (outcome._tag) {
+          case "Reloaded":
+            return json(200, {
+              status: "reloaded",
+              upstreams: outcome.changes.upstreams,
+              keys: outcome.changes.keys,
+              settings: outcome.changes.settings,
+              restartRequired: outcome.restartRequired
+            })
+          case "Refused":
+            return failure(400, outcome.message, "invalid_request_error", "config_invalid")
+          case "Unavailable":
+            return failure(409, outcome.message, "invalid_request_error", "reload_unavailable")
+        }
+      })
+
     const notFound = (path: string) =>
       failure(404, `Unknown request URL: ${path.slice(0, 200)}.`, "invalid_request_error", "unknown_url")
 
@@ -593,10 +650,18 @@ export const make = (options: Options) =>
           return Effect.succeed(
             request.method === "GET" || request.method === "HEAD" ? json(200, { status: "ok" }) : methodNotAllowed(PROBE_METHODS)
           )
+        // This replica can take traffic: its config is loaded and it listens
+        // (it answers), and it is not draining (see refusedWhileDraining).
+        // Not "an upstream is healthy": during a provider outage that would
+        // take every replica out of the load balancer at once, when each can
+        // still fail over, wait out a cooldown or answer from its cache.
+        // Upstream health is in /admin/upstreams and the metrics.
         case "/readyz":
-          if (request.method !== "GET" && request.method !== "HEAD") return Effect.succeed(methodNotAllowed(PROBE_METHODS))
-          return Effect.map(relay.ready, (ready) =>
-            ready ? json(200, { status: "ready" }) : json(503, { status: "not ready", reason: "no upstream can serve" }))
+          return Effect.succeed(
+            request.method === "GET" || request.method === "HEAD"
+              ? text(200, READY_BODY, JSON_TYPE)
+              : methodNotAllowed(PROBE_METHODS)
+          )
         case "/metrics":
           if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
           return Effect.zipRight(
@@ -609,6 +674,16 @@ export const make = (options: Options) =>
           return Effect.succeed(notFound(path))
       }
     }
+
+    // ----- tracing (only when options.tracing is set) --------------------------
+
+    const tracing = options.tracing
+    /** The clock request spans end by (the one they start by). */
+    const clock = yield* Effect.clock
+
+    /** Runs `effect` under the request's span, when there is one. */
+    const inSpan = <A>(log: Log, effect: Effect.Effect<A>): Effect.Effect<A> =>
+      log.span === undefined ? effect : Effect.withParentSpan(effect, log.span)
 
     // ----- draining -----------------------------------------------------------
 
@@ -657,13 +732,15 @@ export const make = (options: Options) =>
         }
         if (log.outcome !== undefined || log.usageEstimated === true) annotations["usageEstimated"] = log.usageEstimated ?? false
         const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
-        return Effect.zipRight(
+        const written = Effect.zipRight(
           Effect.zipRight(
             Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status))),
             Metric.update(durationHistogram, elapsed)
           ),
           Effect.annotateLogs(line, annotations)
         )
+        if (log.span !== undefined) endRequestSpan(log.span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
+        return written
       })
 
     const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
@@ -691,19 +768,21 @@ export const make = (options: Options) =>
         finish: undefined,
         outcome: undefined,
         error: undefined,
-        usageEstimated: undefined
+        usageEstimated: undefined,
+        span: undefined
       }
       const logged = path.startsWith("/v1/")
       if (logged) request.state = log
+      if (tracing !== undefined && logged) log.span = yield* requestSpan(tracing, request, path, requestId)
       const closing = draining()
-      const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* route(request, path, log).pipe(
+      const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* inSpan(log, route(request, path, log).pipe(
         Effect.catchAllCause((cause) =>
           Effect.as(
             Effect.logError("unexpected failure", cause),
             failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
           )
         )
-      ))
+      )))
       // Kept-alive clients (and load balancers) reconnect, to another instance.
       if (closing) response.headers["connection"] = "close"
       log.status = response.status
@@ -725,6 +804,72 @@ export const make = (options: Options) =>
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const
+const READY_BODY = JSON.stringify({ status: "ready" })
+
+/** The routes as span names and `http.route`; other paths are named by their method alone. */
+const routeOf = (path: string): string | undefined =>
+  path === "/v1/chat/completions" || path === "/v1/embeddings" || path === "/v1/models"
+    ? path
+    : path.startsWith("/v1/models/")
+    ? "/v1/models/{model}"
+    : undefined
+
+/** A request's span (kind `server`), under the caller's span when it sent one. */
+const requestSpan = (tracing: RequestTracing, request: Incoming, path: string, requestId: string): Effect.Effect<Tracer.Span> => {
+  const route = routeOf(path)
+  const parent = tracing.parentOf(request.headers)
+  const attributes: Record<string, unknown> = {
+    "http.request.method": request.method,
+    "url.path": path.length > 200 ? path.slice(0, 200) : path,
+    "breakwater.request_id": requestId
+  }
+  if (route !== undefined) attributes["http.route"] = route
+  return Effect.makeSpan(route === undefined ? request.method : `${request.method} ${route}`, {
+    kind: "server",
+    attributes,
+    captureStackTrace: false,
+    ...(parent === undefined ? { root: true } : { parent })
+  })
+}
+
+/** The request log line's fields on its span, as OpenTelemetry names them where a convention exists. */
+const SPAN_NAMES: Record<string, string> = {
+  key: "breakwater.key",
+  model: "gen_ai.request.model",
+  upstream: "breakwater.upstream",
+  attempts: "breakwater.attempts",
+  cache: "breakwater.cache",
+  costUsd: "breakwater.cost_usd",
+  costBasis: "breakwater.cost_basis",
+  failures: "breakwater.failures",
+  outcome: "breakwater.stream.outcome",
+  error: "breakwater.stream.error",
+  usageEstimated: "breakwater.usage_estimated"
+}
+
+/**
+ * Ends a request's span with its log line's fields. A 5xx, or a stream that
+ * failed, is an error; a 4xx is the caller's and is not (OpenTelemetry's
+ * convention for server spans).
+ */
+const endRequestSpan = (
+  span: Tracer.Span,
+  fields: Record<string, unknown>,
+  status: number,
+  streamFailed: boolean,
+  now: bigint
+): void => {
+  span.attribute("http.response.status_code", status)
+  for (const key in SPAN_NAMES) {
+    const v = fields[key]
+    // A list (why upstreams failed) as one string: the OpenTelemetry bridge would write it as JSON.
+    if (v !== undefined && v !== null) span.attribute(SPAN_NAMES[key]!, Array.isArray(v) ? v.join("; ") : v)
+  }
+  span.end(
+    now,
+    status >= 500 ? Exit.fail(`HTTP ${status}`) : streamFailed ? Exit.fail(`stream failed: ${String(fields["error"])}`) : Exit.void
+  )
+}
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 

@@ -12,14 +12,16 @@
  * after `server.keepAliveTimeout`. Node's HTTP server enforces all four; this
  * module sets them and answers its refusals with OpenAI error bodies.
  */
-import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
-import * as Cause from "effect/Cause"
+import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import type * as Redis from "@breakwater/core/Redis"
 import * as Context from "effect/Context"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Redacted from "effect/Redacted"
 import * as FiberId from "effect/FiberId"
 import * as Runtime from "effect/Runtime"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -31,10 +33,13 @@ import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
+import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
 import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
+import * as Log from "./Log.js"
+import * as Reload from "./Reload.js"
 
 /** The core services the HTTP app needs, from the config (in-memory stores). */
 /**
@@ -57,10 +62,19 @@ const redisStores = (
   return Layer.merge(shared, ResponseCache.layer({ ttl: config.cache.ttl }).pipe(Layer.provide(shared)))
 }
 
-export const servicesLayer = (config: ServerConfig) => {
+/** The shared stores, as `store.kind` says. */
+export type Stores = RateLimiter.RateLimiterStore | Cooldown.CooldownStore | Spend.SpendStore | ResponseCache.ResponseCache
+
+/**
+ * The stores (rate-limit counters, cooldowns, spend, the response cache),
+ * from the `store` and `cache` sections. A server builds them once: a
+ * config reload keeps them, and so every key's spend and counters and every
+ * upstream's cooldowns.
+ */
+export const storesLayer = (config: ServerConfig): Layer.Layer<Stores> =>
   // `store.kind` switches every shared store at once. Layers are memoised
   // by reference, so each store (and the Redis connection) is built once.
-  const stores = config.store.kind === "redis"
+  config.store.kind === "redis"
     ? redisStores(config, config.store.url, config.store.prefix)
     : Layer.mergeAll(
       RateLimiter.layerStoreMemory,
@@ -68,22 +82,19 @@ export const servicesLayer = (config: ServerConfig) => {
       Spend.layerStoreMemory,
       ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
     )
+
+/**
+ * What a config builds over the stores: the upstream client, pricing, the
+ * relay (`relay`, which needs those three) and the gateway.
+ */
+const pipelineLayer = (
+  config: ServerConfig,
+  relay: Layer.Layer<Relay.Relay, never, Stores | UpstreamClient.UpstreamClient | Pricing.Pricing>
+) => {
   // One client (one connection pool) for the relay and the health probes.
   const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
   // Metric labels: configured models, aliases and their targets, and key names, as they are.
   const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
-  const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, upstreamClient, pricing))
-  )
-  const health = Layer.scoped(
-    Health.Health,
-    Effect.flatMap(Relay.Relay, (r) =>
-      Health.make(r.upstreams, {
-        interval: config.healthCheck.interval,
-        timeout: config.healthCheck.timeout,
-        authFailedCooldown: config.cooldown.authFailed
-      }))
-  ).pipe(Layer.provide(Layer.mergeAll(upstreamClient, stores)))
   const gateway = Layer.effect(
     Gateway.Gateway,
     Effect.flatMap(Relay.Relay, (r) =>
@@ -97,10 +108,27 @@ export const servicesLayer = (config: ServerConfig) => {
         estimatedOutputTokens: config.pricingPolicy.estimatedOutputTokens
       }))
   )
-  return Layer.mergeAll(health, gateway).pipe(
-    Layer.provideMerge(relay),
-    Layer.provideMerge(Layer.merge(stores, pricing))
+  return gateway.pipe(Layer.provideMerge(relay), Layer.provideMerge(Layer.merge(upstreamClient, pricing)))
+}
+
+/** Health checks of the relay's upstreams, probing while the layer lives. */
+const healthLayer = (config: ServerConfig, previous?: Health.Health) =>
+  Layer.scoped(
+    Health.Health,
+    Effect.flatMap(Relay.Relay, (r) =>
+      Health.make(r.upstreams, {
+        interval: config.healthCheck.interval,
+        timeout: config.healthCheck.timeout,
+        authFailedCooldown: config.cooldown.authFailed,
+        previous
+      }))
   )
+
+/** The core services the HTTP app needs, from the config: stores, client, pricing, relay, health checks, gateway. */
+export const servicesLayer = (config: ServerConfig) => {
+  const stores = storesLayer(config)
+  const pipeline = pipelineLayer(config, Relay.layer(Config.toRelayOptions(config)))
+  return healthLayer(config).pipe(Layer.provideMerge(pipeline), Layer.provideMerge(stores))
 }
 
 /** Every model name the config mentions: upstreams' models, aliases and their targets. */
@@ -155,6 +183,14 @@ export interface Running {
   readonly inFlight: () => number
   /** From now on, new relay requests and /readyz get 503, and every response `Connection: close` (see {@link drain}). */
   readonly startDraining: () => void
+  /** The config served now: the last reload's (restart-only settings as they run). */
+  readonly config: () => ServerConfig
+  /**
+   * Re-reads the config file and swaps it in, or refuses it (Reload.ts);
+   * one reload at a time. Logs the outcome; `trigger` (`SIGHUP`,
+   * `POST /admin/reload`) says what asked for it. Never fails.
+   */
+  readonly reload: (trigger: string) => Promise<Reload.Outcome>
 }
 
 // ---------------------------------------------------------------------------
@@ -213,23 +249,6 @@ export const openFilesWarning = (procSelfLimits: string, maxConnections: number)
 const checkingInterval = (headersMs: number, bodyMs: number): number =>
   Math.max(100, Math.min(1_000, Math.floor(Math.min(headersMs, bodyMs) / 4)))
 
-/**
- * One JSON object per line on stdout: time, level, message and the log's
- * annotations as top-level fields. Flat on purpose: it is written for every
- * request, and Effect's `jsonLogger` (which nests and inspects every value)
- * costs several times more.
- */
-const jsonLines = Logger.make(({ annotations, cause, date, logLevel, message }) => {
-  const line: Record<string, unknown> = {
-    time: date.toISOString(),
-    level: logLevel.label,
-    msg: Array.isArray(message) ? message.map(String).join(" ") : String(message)
-  }
-  for (const [k, v] of annotations) line[k] = v
-  if (cause._tag !== "Empty") line["cause"] = Cause.pretty(cause)
-  process.stdout.write(JSON.stringify(line) + "\n")
-})
-
 /** Reads a request body up to `max` bytes; undefined (and the rest discarded) beyond. */
 const readBody = (req: IncomingMessage, max: number): Effect.Effect<string | undefined> =>
   Effect.async<string | undefined>((resume) => {
@@ -274,37 +293,272 @@ const pipeStream = (res: ServerResponse, body: Stream.Stream<string>): Effect.Ef
  * empty handler against 20.7k for `node:http`, and capped the gateway at
  * about 1k req/s (README, Performance). The handler itself is unchanged.
  */
-export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope.Scope> =>
+export interface ServeOptions {
+  /** How the server logs (see Log.ts). Default `json`. */
+  readonly logFormat?: Log.Format | undefined
+  /**
+   * Where spans go instead of the OTLP exporter; turns traces on even
+   * without `telemetry` in the config (tests give an in-memory exporter).
+   */
+  readonly spanProcessor?: SpanProcessor | undefined
+  /**
+   * Where a reload reads the config: the file's name (for the log) and how
+   * to load it, with the same command-line overrides as at start. Without
+   * it (the demo), a reload answers that there is nothing to reload.
+   */
+  readonly reload?: {
+    readonly file: string
+    readonly load: Effect.Effect<ServerConfig, Config.ConfigInvalid | Config.ConfigUnreadable>
+  } | undefined
+}
+
+/**
+ * An upstream endpoint (a name and a base URL) across configs: the scope its
+ * breaker and bulkhead live in, the upstream as last built, and how many
+ * configs still in use (served, or finishing requests) have it. Its scope
+ * closes when the last of them is released.
+ */
+interface Lineage {
+  readonly key: string
+  readonly scope: Scope.CloseableScope
+  current: Upstream.Upstream
+  users: number
+}
+
+/** One config being served, or finishing the requests that started on it. */
+interface Generation {
+  readonly config: ServerConfig
+  readonly handler: Http.Handler
+  readonly runFork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+  readonly health: Health.Health
+  /** Owns its client, relay, gateway; its health checks have a scope of their own inside. */
+  readonly scope: Scope.CloseableScope
+  readonly healthScope: Scope.CloseableScope
+  readonly lineages: ReadonlyArray<Lineage>
+  readonly since: number
+  /** Requests started on it that have not ended. */
+  inFlight: number
+  /** Requests it served in all. */
+  served: number
+  /** Replaced by a newer config: released when its last request ends. */
+  retired: boolean
+}
+
+const lineageKey = (name: string, baseUrl: string) => `${name}\u0000${baseUrl.replace(/\/+$/, "")}`
+
+/**
+ * Serves `config` until the scope closes. Returns the running server; the
+ * caller decides when to drain (see {@link drain}).
+ *
+ * Requests are handled by a plain `node:http` listener that runs the Effect
+ * handler (Http.ts) as one fiber per request. @effect/platform's HTTP server
+ * was the first version; on this 2-core machine it answered 3.4k req/s for an
+ * empty handler against 20.7k for `node:http`, and capped the gateway at
+ * about 1k req/s (README, Performance). The handler itself is unchanged.
+ *
+ * A config reload (`Running.reload`) builds the new config's pipeline (over
+ * the same stores, and over the same upstream objects, or ones carried on
+ * from them, for upstreams whose name and URL did not change), then swaps
+ * one reference: each request reads it once, at its start, and runs wholly
+ * on the config it found. A replaced config is released when its last
+ * request (streams included) ends.
+ */
+export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.Effect<Running, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const logger = Log.logger(options.logFormat ?? "json")
     // Background fibers forked while building (health probes, Redis) log as
-    // request fibers do: JSON lines at the configured level.
-    const context = yield* Layer.build(servicesLayer(config)).pipe(
-      Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
-      Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
-    )
-    // Request fibers, and the warnings at start, log JSON lines at the configured level.
-    const jsonLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    // request fibers do: one format, at the configured level.
+    const withLogs = (level: LogLevel.Literal) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
-        Effect.locally(FiberRef.currentLoggers, HashSet.make(jsonLines)),
-        Logger.withMinimumLogLevel(LogLevel.fromLiteral(config.server.logLevel))
+        Effect.locally(FiberRef.currentLoggers, HashSet.make(logger)),
+        Logger.withMinimumLogLevel(LogLevel.fromLiteral(level))
       )
-    yield* jsonLogs(warnUnpriced(config, Context.get(context, Pricing.Pricing)))
-    const runtime = yield* jsonLogs(Effect.runtime<never>())
+    const serverScope = yield* Effect.scope
+    // Traces: the OpenTelemetry SDK is loaded only when they are on. Read at
+    // start: a reload keeps the tracer (the telemetry section needs a restart).
+    const telemetry = config.telemetry === undefined && options.spanProcessor === undefined
+      ? undefined
+      : yield* Effect.flatMap(
+        Effect.promise(() => import("./Telemetry.js")),
+        (Telemetry) =>
+          Telemetry.make(config.telemetry, {
+            spanProcessor: options.spanProcessor,
+            warn: (message) => Effect.runFork(withLogs(config.server.logLevel)(Effect.logWarning(message)))
+          })
+      )
+    const shared = yield* withLogs(config.server.logLevel)(Layer.build(storesLayer(config)))
+    const base = yield* withLogs(config.server.logLevel)(Effect.runtime<never>())
+    const runBase = Runtime.runFork(base)
     let draining = false
-    const handler = yield* Effect.provide(
-      Http.make({
-        maxBodyBytes: config.server.maxBodyBytes,
-        adminKey: config.server.adminKey,
-        knownModels: configuredModels(config),
-        draining: () => draining
-      }),
-      context
-    )
-    const runFork = Runtime.runFork(Runtime.make({ ...runtime, context: Context.merge(runtime.context, context) }))
-    const maxBody = config.server.maxBodyBytes
     let inFlight = 0
+    const lineages = new Map<string, Lineage>()
+    // Set below, before the server listens (the handler calls it for `POST /admin/reload`).
+    let reloadFn: (trigger: string) => Promise<Reload.Outcome>
+
+    /** The upstreams of `config`: carried on from the lineage of each name and URL, or new. */
+    const upstreamsOf = (config: ServerConfig) =>
+      Effect.gen(function*() {
+        const relayOptions = Config.toRelayOptions(config)
+        const built: Array<readonly [Lineage | undefined, string, Scope.CloseableScope, Upstream.Upstream]> = []
+        for (const c of relayOptions.upstreams) {
+          const key = lineageKey(c.name, c.baseUrl)
+          const lineage = lineages.get(key)
+          const scope = lineage?.scope ?? (yield* Scope.fork(serverScope, ExecutionStrategy.sequential))
+          const upstream = yield* Upstream.make(c, { breaker: relayOptions.breaker, previous: lineage?.current }).pipe(
+            Scope.extend(scope),
+            Effect.provide(shared)
+          )
+          built.push([lineage, key, scope, upstream])
+        }
+        // Building cannot fail: only now is the lineages' state changed.
+        const used = built.map(([lineage, key, scope, upstream]) => {
+          const l = lineage ?? { key, scope, current: upstream, users: 0 }
+          l.current = upstream
+          l.users++
+          lineages.set(key, l)
+          return l
+        })
+        return { upstreams: built.map(([, , , u]) => u), used }
+      })
+
+    /** Builds the pipeline and the HTTP handler of `config`. Never fails: the config was validated. */
+    const build = (config: ServerConfig, previous: Generation | undefined) =>
+      withLogs(config.server.logLevel)(Effect.gen(function*() {
+        const { upstreams, used } = yield* upstreamsOf(config)
+        const scope = yield* Scope.fork(serverScope, ExecutionStrategy.sequential)
+        const relayOptions = Config.toRelayOptions(config)
+        const relay = Layer.effect(
+          Relay.Relay,
+          Relay.makeWith(upstreams, telemetry === undefined ? relayOptions : { ...relayOptions, tracing: telemetry.relay })
+        )
+        const pipeline = yield* Layer.build(pipelineLayer(config, relay)).pipe(Effect.provide(shared), Scope.extend(scope))
+        const context = Context.merge(shared, pipeline)
+        const healthScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+        const healthContext = yield* Layer.build(healthLayer(config, previous?.health)).pipe(
+          Effect.provide(context),
+          Scope.extend(healthScope)
+        )
+        const all = Context.merge(context, healthContext)
+        const handler = yield* Effect.provide(
+          Http.make({
+            maxBodyBytes: config.server.maxBodyBytes,
+            adminKey: config.server.adminKey,
+            knownModels: configuredModels(config),
+            draining: () => draining,
+            reload: () => Effect.promise(() => reloadFn("POST /admin/reload")),
+            tracing: telemetry?.requests
+          }),
+          all
+        )
+        // Request fibers log in the server's format at this config's level, and
+        // trace with the OpenTelemetry tracer when traces are on.
+        const runtime = yield* (telemetry === undefined
+          ? Effect.runtime<never>()
+          : Effect.withTracer(Effect.runtime<never>(), telemetry.tracer))
+        const generation: Generation = {
+          config,
+          handler,
+          runFork: Runtime.runFork(Runtime.make({ ...runtime, context: Context.merge(runtime.context, all) })),
+          health: Context.get(all, Health.Health),
+          scope,
+          healthScope,
+          lineages: used,
+          since: performance.now(),
+          inFlight: 0,
+          served: 0,
+          retired: false
+        }
+        yield* warnUnpriced(config, Context.get(all, Pricing.Pricing))
+        return generation
+      }))
+
+    /** A replaced config whose last request has ended: close what it alone holds. */
+    const release = (g: Generation) => {
+      runBase(
+        Effect.gen(function*() {
+          yield* Scope.close(g.scope, Exit.void)
+          for (const l of g.lineages) {
+            if (--l.users === 0) {
+              lineages.delete(l.key)
+              yield* Scope.close(l.scope, Exit.void)
+            }
+          }
+          yield* Effect.logDebug("previous config released").pipe(Effect.annotateLogs({
+            requests: g.served,
+            servedMs: Math.round(performance.now() - g.since)
+          }))
+        })
+      )
+    }
+
+    let current = yield* build(config, undefined)
+
+    // ----- reload -------------------------------------------------------------
+
+    const reloading = yield* Effect.makeSemaphore(1)
+    const source = options.reload
+
+    const reload = (trigger: string): Effect.Effect<Reload.Outcome> =>
+      Effect.gen(function*() {
+        if (source === undefined) {
+          yield* Effect.logWarning(`${trigger}: ${Reload.UNAVAILABLE_MESSAGE}`).pipe(Effect.annotateLogs({ trigger }))
+          return { _tag: "Unavailable", message: Reload.UNAVAILABLE_MESSAGE } as const
+        }
+        const running = current
+        const loaded = yield* Effect.either(source.load)
+        if (loaded._tag === "Left") {
+          yield* Effect.logError(`${trigger}: config not reloaded, the running one keeps serving. ${loaded.left.message}`).pipe(
+            Effect.annotateLogs({ trigger, file: source.file })
+          )
+          return { _tag: "Refused", message: loaded.left.message } as const
+        }
+        const restart = Reload.restartRequired(running.config, loaded.right)
+        const next = Reload.pinned(running.config, loaded.right)
+        const unsafe = Reload.refusal(next)
+        if (unsafe !== undefined) {
+          yield* Effect.logError(`${trigger}: config not reloaded, the running one keeps serving. ${unsafe}`).pipe(
+            Effect.annotateLogs({ trigger, file: source.file })
+          )
+          return { _tag: "Refused", message: unsafe } as const
+        }
+        const changes = Reload.changes(running.config, next)
+        const fresh = yield* build(next, running)
+        // An upstream at a new URL is another endpoint: the cooldown its name had (in the store) is not its own.
+        const cooldowns = Context.get(shared, Cooldown.CooldownStore)
+        yield* Effect.forEach(changes.upstreams.replaced, (name) => cooldowns.clear(name), { discard: true })
+        // The swap: requests from now on run on `fresh`, those in flight finish on `running`.
+        current = fresh
+        running.retired = true
+        runBase(Scope.close(running.healthScope, Exit.void))
+        if (running.inFlight === 0) release(running)
+        yield* withLogs(next.server.logLevel)(Effect.gen(function*() {
+          yield* Effect.logInfo(`config reloaded (${trigger}): ${Reload.summary(changes)}`).pipe(Effect.annotateLogs({
+            trigger,
+            file: source.file,
+            upstreams: changes.upstreams,
+            keys: changes.keys,
+            settings: changes.settings,
+            inFlightOnPrevious: running.inFlight
+          }))
+          if (restart.length > 0) {
+            yield* Effect.logWarning(
+              `config reloaded, but these settings need a restart and keep their running values: ${restart.join(", ")}`
+            ).pipe(Effect.annotateLogs({ trigger, restartRequired: restart }))
+          }
+          if (next.keys.length === 0) {
+            yield* Effect.logWarning("no gateway keys are configured: any caller on this machine is accepted.")
+          }
+        }))
+        return { _tag: "Reloaded", changes, restartRequired: restart } as const
+      }).pipe(withLogs(current.config.server.logLevel), reloading.withPermits(1))
+
+    reloadFn = (trigger) => Runtime.runPromise(base)(reload(trigger))
 
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      // The request runs wholly on the config served now, even if a reload
+      // swaps it meanwhile: that one read is all a reload costs a request.
+      const g = current
+      g.inFlight++
       inFlight++
       // A caller that resets its connection makes these emit 'error'; unheard,
       // that would end the process. The 'close' below handles the hang-up.
@@ -315,11 +569,12 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
         method: req.method ?? "GET",
         url: req.url ?? "/",
         headers: req.headers as Record<string, string | undefined>,
-        body: readBody(req, maxBody),
+        body: readBody(req, g.config.server.maxBodyBytes),
         state: undefined
       }
+      const handler = g.handler
       let hungUp = false
-      const fiber = runFork(Effect.flatMap(handler(incoming), (reply) => {
+      const fiber = g.runFork(Effect.flatMap(handler(incoming), (reply) => {
         if (typeof reply.body === "string") {
           res.writeHead(reply.status, { ...reply.headers, "content-length": Buffer.byteLength(reply.body) })
           res.end(reply.body)
@@ -335,7 +590,9 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
         }
         // The caller left: the request is logged as such (499), and a stream
         // interrupted before its body was written is released.
-        if (hungUp) runFork(handler.hungUp(incoming))
+        if (hungUp) g.runFork(handler.hungUp(incoming))
+        g.served++
+        if (--g.inFlight === 0 && g.retired) release(g)
       })
       // A caller that goes away stops its request (and its upstream stream).
       res.once("close", () => {
@@ -360,7 +617,7 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
     server.maxConnections = config.server.maxConnections
 
     const log = (level: "Info" | "Warning", message: string, annotations: Record<string, unknown>) =>
-      runFork(Effect.logWithLevel(LogLevel.fromLiteral(level), message).pipe(Effect.annotateLogs(annotations)))
+      current.runFork(Effect.logWithLevel(LogLevel.fromLiteral(level), message).pipe(Effect.annotateLogs(annotations)))
 
     let open = 0
     server.on("connection", (socket: Socket) => {
@@ -431,7 +688,9 @@ export const serve = (config: ServerConfig): Effect.Effect<Running, never, Scope
       inFlight: () => inFlight,
       startDraining: () => {
         draining = true
-      }
+      },
+      config: () => current.config,
+      reload: reloadFn
     }
   })
 

@@ -538,6 +538,104 @@ healthCheck: { interval: ${value}, timeout: ${value} }
   })
 })
 
+describe("Config.parse: telemetry", () => {
+  const OTLP_SECRET = "otlp-secret-0123456789"
+  const traced = (section: string, env: Record<string, string | undefined> = {}) => ok(parse(`${minimal}\n${section}\n`, env))
+
+  it("is off without a telemetry section or OTEL_* endpoint", () => {
+    expect(ok(parse(minimal)).telemetry).toBeUndefined()
+    expect(ok(parse(minimal, { OTEL_SERVICE_NAME: "x", OTEL_EXPORTER_OTLP_HEADERS: "a=b" })).telemetry).toBeUndefined()
+  })
+
+  it("reads the section: spans go to <endpoint>/v1/traces, headers stay secret, defaults filled in", () => {
+    const t = traced(`telemetry:\n  otlp:\n    endpoint: http://collector:4318\n    headers: { x-api-key: "${OTLP_SECRET}" }`).telemetry!
+    expect(t.tracesUrl).toBe("http://collector:4318/v1/traces")
+    expect(Redacted.value(t.headers["x-api-key"]!)).toBe(OTLP_SECRET)
+    expect(String(t.headers["x-api-key"])).not.toContain(OTLP_SECRET)
+    expect(t.serviceName).toBe("breakwater")
+    expect(t.sampleRatio).toBeUndefined()
+    expect(traced("telemetry: { otlp: { endpoint: https://otlp.example.com/v1/traces } }").telemetry!.tracesUrl)
+      .toBe("https://otlp.example.com/v1/traces")
+    expect(traced("telemetry: { otlp: { endpoint: http://c:4318/otlp/ }, serviceName: gw, sampleRatio: 0.25 }").telemetry)
+      .toMatchObject({ tracesUrl: "http://c:4318/otlp/v1/traces", serviceName: "gw", sampleRatio: 0.25 })
+  })
+
+  it("follows the standard OTEL_* variables where the file says nothing, and the file where it does", () => {
+    const env = {
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://env-collector:4318",
+      OTEL_SERVICE_NAME: "from-env",
+      OTEL_EXPORTER_OTLP_HEADERS: "x-api-key=from-env,x-team=a%20b",
+      OTEL_EXPORTER_OTLP_TRACES_HEADERS: "X-Team=traces",
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,service.name=ignored"
+    }
+    const fromEnv = ok(parse(minimal, env)).telemetry!
+    expect(fromEnv.tracesUrl).toBe("http://env-collector:4318/v1/traces")
+    expect(fromEnv.serviceName).toBe("from-env")
+    expect(Object.fromEntries(Object.entries(fromEnv.headers).map(([k, v]) => [k, Redacted.value(v)])))
+      .toEqual({ "x-api-key": "from-env", "X-Team": "traces" })
+    expect(fromEnv.resourceAttributes).toEqual({ "deployment.environment": "prod", "service.name": "ignored" })
+    // The traces endpoint is used as it is, and wins over the general one.
+    expect(ok(parse(minimal, { ...env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://t:9/custom" })).telemetry!.tracesUrl)
+      .toBe("http://t:9/custom")
+    // The file wins over the variables.
+    const fromFile = traced(`telemetry: { otlp: { endpoint: "http://file:4318", headers: { X-API-KEY: file } }, serviceName: file }`, env)
+      .telemetry!
+    expect(fromFile.tracesUrl).toBe("http://file:4318/v1/traces")
+    expect(fromFile.serviceName).toBe("file")
+    expect(Object.fromEntries(Object.entries(fromFile.headers).map(([k, v]) => [k, Redacted.value(v)])))
+      .toEqual({ "X-Team": "traces", "X-API-KEY": "file" })
+  })
+
+  it("OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turn traces off, even with a section", () => {
+    const section = "telemetry: { otlp: { endpoint: http://c:4318 } }"
+    expect(traced(section, { OTEL_SDK_DISABLED: "true" }).telemetry).toBeUndefined()
+    expect(traced(section, { OTEL_TRACES_EXPORTER: "none" }).telemetry).toBeUndefined()
+    expect(traced(section, { OTEL_SDK_DISABLED: "false" }).telemetry).toBeDefined()
+  })
+
+  it("names what is wrong, never showing a header's value or a variable's", () => {
+    expect(invalid(parse(`${minimal}\ntelemetry: { serviceName: gw }\n`)).problems).toEqual([
+      {
+        path: "telemetry.otlp.endpoint",
+        message: "is required for traces (or set OTEL_EXPORTER_OTLP_ENDPOINT); remove the telemetry section to turn them off"
+      }
+    ])
+    // With the endpoint in the environment, the section needs none.
+    expect(traced("telemetry: { serviceName: gw }", { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318" }).telemetry!.serviceName).toBe("gw")
+    const bad = invalid(parse(
+      `${minimal}\ntelemetry:\n  otlp:\n    endpoint: ftp://c\n    headers: { "bad name": "${OTLP_SECRET}", x-ok: "a${OTLP_SECRET}\\nb" }\n  sampleRatio: 2\n`
+    ))
+    expect(bad.problems).toEqual([
+      { path: "telemetry.otlp.endpoint", message: `expected an http(s) URL like "http://otel-collector:4318", got "ftp://c"` },
+      { path: "telemetry.sampleRatio", message: "expected a number from 0 to 1, got 2" },
+      { path: "telemetry.otlp.headers.bad name", message: "is not a valid HTTP header name" },
+      { path: "telemetry.otlp.headers.x-ok", message: "must not contain line breaks" }
+    ])
+    expect(bad.message).not.toContain(OTLP_SECRET)
+    expect(invalid(parse(`${minimal}\ntelemetry: { otlp: { endpoint: "http://user:${OTLP_SECRET}@c:4318" } }\n`)).message)
+      .not.toContain(OTLP_SECRET)
+    const env = invalid(parse(minimal, {
+      OTEL_EXPORTER_OTLP_ENDPOINT: `not a url ${OTLP_SECRET}`,
+      OTEL_EXPORTER_OTLP_HEADERS: `novalue${OTLP_SECRET}`
+    }))
+    expect(env.problems).toEqual([
+      { path: "OTEL_EXPORTER_OTLP_ENDPOINT (environment)", message: "expected an http(s) URL without credentials (value not shown)" },
+      { path: "OTEL_EXPORTER_OTLP_HEADERS (environment)", message: "expected name=value pairs separated by commas (values not shown)" }
+    ])
+    expect(env.message).not.toContain(OTLP_SECRET)
+    // Only OTLP/HTTP with protobuf bodies is spoken.
+    expect(invalid(parse(minimal, { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).problems)
+      .toEqual([{
+        path: "OTEL_EXPORTER_OTLP_PROTOCOL (environment)",
+        message: `only "http/protobuf" is supported, got "grpc"; point the endpoint at the collector's OTLP/HTTP port (4318)`
+      }])
+    expect(ok(parse(minimal, { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/protobuf" })).telemetry)
+      .toBeDefined()
+    // Without traces, the variable is someone else's business.
+    expect(ok(parse(minimal, { OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).telemetry).toBeUndefined()
+  })
+})
+
 describe("Config.toRelayOptions", () => {
   it("maps the sections to the relay's options", () => {
     const config = ok(parse(readFileSync(fixture, "utf8"), SECRETS, fixture))

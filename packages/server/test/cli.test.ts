@@ -223,8 +223,9 @@ describe("SIGTERM", { timeout: 30_000 }, () => {
 
       const exit = await p.exited
       expect(exit).toEqual({ code: 0, signal: null })
-      expect(p.stderr()).toMatch(/SIGTERM: draining/)
-      expect(p.stderr()).toMatch(/drained; bye/)
+      expect(p.stdout()).toMatch(/"msg":"SIGTERM: draining/)
+      expect(p.stdout()).toMatch(/"msg":"drained; bye"/)
+      expect(p.stderr()).toBe("")
     } finally {
       await p.stop()
     }

@@ -610,15 +610,18 @@ describe("admin API and readiness", () => {
     expect((await admin("POST", "/admin/upstreams/nope/open", null)).status).toBe(401)
   })
 
-  it("/readyz: 200 while an upstream can serve, 503 when all are forced open; /healthz stays 200", async () => {
+  it("/readyz says the replica can take traffic: still 200 when every upstream is forced open (a provider outage must not empty the load balancer); requests get 503", async () => {
     expect((await recordingFetch(`${server.url}/readyz`)).status).toBe(200)
     expect((await admin("POST", "/admin/upstreams/ops-a/open")).status).toBe(200)
     expect((await recordingFetch(`${server.url}/readyz`)).status).toBe(200)
     expect((await admin("POST", "/admin/upstreams/ops-b/open")).status).toBe(200)
-    const notReady = await recordingFetch(`${server.url}/readyz`)
-    expect(notReady.status).toBe(503)
-    expect(await notReady.json()).toMatchObject({ status: "not ready" })
+    const ready = await recordingFetch(`${server.url}/readyz`)
+    expect(ready.status).toBe(200)
+    expect(await ready.json()).toEqual({ status: "ready" })
     expect((await recordingFetch(`${server.url}/healthz`)).status).toBe(200)
+    // Upstream health is where it belongs: the admin view and the metrics.
+    const view = JSON.parse((await admin("GET", "/admin/upstreams")).text) as { data: Array<{ name: string; health: string }> }
+    expect(view.data.map((u) => u.health)).toEqual(["open", "open"])
     // And a request gets 503 with no upstream called.
     const calls = a.counters().chat + b.counters().chat
     const e = await thrown(() => sdk(server).chat.completions.create(chatOf("all forced open")))

@@ -103,7 +103,7 @@ describe("shutdown", { timeout: 30_000 }, () => {
       expect((exit as Exit).signal).toBeNull()
       // The hung callers were cut off at the deadline (not left waiting).
       for (const s of streams) await expect(s).rejects.toThrow()
-      expect(p.stderr()).toMatch(/shutdown deadline reached; closed remaining connections/)
+      expect(p.stdout()).toMatch(/"level":"WARN","msg":"shutdown deadline reached; closed remaining connections"/)
     } finally {
       await p.stop(100)
     }
@@ -139,7 +139,7 @@ describe("shutdown", { timeout: 30_000 }, () => {
       expect(exit).toEqual({ code: 0, signal: null })
       expect(performance.now() - t0).toBeGreaterThanOrEqual(1_400)
       expect(await tryConnect(port)).toBe("ECONNREFUSED")
-      expect(p.stderr()).toMatch(/SIGTERM: draining/)
+      expect(p.stdout()).toMatch(/"level":"INFO","msg":"SIGTERM: draining/)
     } finally {
       await p.stop(100)
     }
@@ -159,7 +159,7 @@ describe("shutdown", { timeout: 30_000 }, () => {
       const exit = await exitWithin(p.exited, 2_000)
       expect(exit).toEqual({ code: 130, signal: null })
       expect(performance.now() - t0).toBeLessThan(1_000)
-      expect(p.stderr()).toMatch(/SIGINT during shutdown: exiting now/)
+      expect(p.stdout()).toMatch(/"level":"WARN","msg":"SIGINT during shutdown: exiting now"/)
     } finally {
       await p.stop(100)
     }

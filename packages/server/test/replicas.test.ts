@@ -10,7 +10,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as RedisServer from "../../core/test/support/redisServer.js"
 import { freePort } from "./helpers/e2e.js"
-import { type Cli, cli } from "./helpers/process.js"
+import { type Cli, cli, waitFor200 } from "./helpers/process.js"
 
 if (!RedisServer.available) console.warn("skipping replica tests: redis-server not on PATH")
 
@@ -48,7 +48,8 @@ store: { kind: redis, url: "${redis.url}", prefix: "replica-test:" }
     for (let i = 0; i < 2; i++) {
       const port = await freePort()
       const c = cli(["--config", file, "--port", String(port)])
-      await c.waitForStdout(/Breakwater on (http:\/\/\S+)/, 15_000)
+      // logLevel: warning filters the INFO start line too: ready is when /readyz says so.
+      await waitFor200(`http://127.0.0.1:${port}/readyz`, c.spawnedAt, 15_000)
       replicas.push({ cli: c, url: `http://127.0.0.1:${port}` })
     }
   }, 40_000)

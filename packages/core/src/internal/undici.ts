@@ -29,6 +29,13 @@ const transportError = (upstream: Upstream, error: unknown) => {
 
 const noop = (): void => {}
 
+/** Our headers plus `extra` (trace context), which never replaces one of ours, whatever its case. */
+const withExtra = (ours: Record<string, string>, extra: Readonly<Record<string, string>>): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (const key in extra) if (!(key.toLowerCase() in ours)) out[key] = extra[key]!
+  return Object.assign(out, ours)
+}
+
 /**
  * A response body as an async iterable whose `return` destroys the body at
  * once. Node's own iterator only finishes a pending read when the next chunk
@@ -76,19 +83,32 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
           }
           : { authorization: `Bearer ${Redacted.value(upstream.apiKey)}`, accept: "application/json" }
 
-      const send = (upstream: Upstream, method: "GET" | "POST", path: string, body: string | Uint8Array | undefined, signal: AbortSignal) =>
+      const send = (
+        upstream: Upstream,
+        method: "GET" | "POST",
+        path: string,
+        body: string | Uint8Array | undefined,
+        signal: AbortSignal,
+        extra?: Readonly<Record<string, string>>
+      ) =>
         undiciRequest(upstream.baseUrl + path, {
           method,
-          headers: headersFor(upstream, body !== undefined),
+          headers: extra === undefined ? headersFor(upstream, body !== undefined) : withExtra(headersFor(upstream, body !== undefined), extra),
           ...(body === undefined ? {} : { body }),
           signal,
           dispatcher: agent
         })
 
-      const readAll = (upstream: Upstream, method: "GET" | "POST", path: string, body?: string | Uint8Array) =>
+      const readAll = (
+        upstream: Upstream,
+        method: "GET" | "POST",
+        path: string,
+        body?: string | Uint8Array,
+        headers?: Readonly<Record<string, string>>
+      ) =>
         Effect.tryPromise({
           try: async (signal) => {
-            const res = await send(upstream, method, path, body, signal)
+            const res = await send(upstream, method, path, body, signal, headers)
             // A destroyed body emits 'error': never without a listener (it would end the process).
             res.body.on("error", noop)
             const text = await res.body.text()
@@ -104,12 +124,17 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
        * left open. An answer that arrives just as the call is interrupted is
        * destroyed on the spot (undici does so too, through the signal).
        */
-      const postStream = (upstream: Upstream, path: string, body: string | Uint8Array) =>
+      const postStream = (
+        upstream: Upstream,
+        path: string,
+        body: string | Uint8Array,
+        headers?: Readonly<Record<string, string>>
+      ) =>
         Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(
             restore(Effect.tryPromise({
               try: async (signal) => {
-                const res = await send(upstream, "POST", path, body, signal)
+                const res = await send(upstream, "POST", path, body, signal, headers)
                 res.body.on("error", noop)
                 if (signal.aborted) res.body.destroy()
                 return res
@@ -129,7 +154,7 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
         )
 
       return {
-        post: (upstream, path, body) => readAll(upstream, "POST", path, body),
+        post: (upstream, path, body, headers) => readAll(upstream, "POST", path, body, headers),
         get: (upstream, path) => readAll(upstream, "GET", path),
         postStream
       } satisfies UpstreamClient

@@ -107,6 +107,9 @@ export interface Counters {
   streamsOpen: number
   /** The Authorization header of the last request. */
   lastAuthorization: string | undefined
+  /** The W3C `traceparent` and `tracestate` headers of the last request (trace context from the gateway). */
+  lastTraceparent: string | undefined
+  lastTracestate: string | undefined
   /** The raw body text of the last POST. */
   lastBody: string | undefined
 }
@@ -299,6 +302,8 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     stalls: 0,
     streamsOpen: 0,
     lastAuthorization: undefined,
+    lastTraceparent: undefined,
+    lastTracestate: undefined,
     lastBody: undefined
   })
   let c = freshCounters(0)
@@ -597,6 +602,8 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
 
     c.requests++
     c.lastAuthorization = req.headers.authorization
+    c.lastTraceparent = req.headers.traceparent as string | undefined
+    c.lastTracestate = req.headers.tracestate as string | undefined
     if (++c.inFlight > c.maxInFlight) c.maxInFlight = c.inFlight
     // resetCounters carries inFlight over, so decrementing the current counters stays consistent.
     res.once("close", onInFlightDone)

@@ -27,6 +27,8 @@ export interface Call {
   readonly body: string
   /** Clock time of the call, epoch millis. */
   readonly at: number
+  /** The extra headers the relay sent (its trace context), if any. */
+  readonly headers: Readonly<Record<string, string>> | undefined
 }
 
 /** A scripted answer to `post`/`get`. */
@@ -192,14 +194,21 @@ export const make = (): Scripted => {
   const streamQueues = new Map<string, Array<StreamReply>>()
   const streamFallbacks = new Map<string, StreamReply>()
 
-  const record = (upstream: Upstream, kind: Call["kind"], path: string, body: string | Uint8Array | undefined) =>
+  const record = (
+    upstream: Upstream,
+    kind: Call["kind"],
+    path: string,
+    body: string | Uint8Array | undefined,
+    headers?: Readonly<Record<string, string>>
+  ) =>
     Effect.map(Clock.currentTimeMillis, (at) => {
       const call: Call = {
         upstream: upstream.name,
         kind,
         path,
         body: body === undefined ? "" : typeof body === "string" ? body : decoder.decode(body),
-        at
+        at,
+        headers
       }
       calls.push(call)
       return call
@@ -210,11 +219,11 @@ export const make = (): Scripted => {
     streamQueues.get(upstream)?.shift() ?? streamFallbacks.get(upstream) ?? sseOk()
 
   const client = UpstreamClient.UpstreamClient.of({
-    post: (upstream, path, body) =>
-      Effect.flatMap(record(upstream, "post", path, body), (call) => next(upstream.name)(call)),
+    post: (upstream, path, body, headers) =>
+      Effect.flatMap(record(upstream, "post", path, body, headers), (call) => next(upstream.name)(call)),
     get: (upstream, path) => Effect.flatMap(record(upstream, "get", path, undefined), (call) => next(upstream.name)(call)),
-    postStream: (upstream, path, body) =>
-      Effect.flatMap(record(upstream, "stream", path, body), (call) => nextStream(upstream.name)(call))
+    postStream: (upstream, path, body, headers) =>
+      Effect.flatMap(record(upstream, "stream", path, body, headers), (call) => nextStream(upstream.name)(call))
   })
 
   const push = <A>(map: Map<string, Array<A>>, upstream: string, items: ReadonlyArray<A>) => {

@@ -207,7 +207,7 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const trips = new Map<string, number>()
     for (const u of relay.upstreams) {
       trips.set(u.name, 0)
-      const pull = yield* Stream.toPull(u.breaker.changes)
+      const pull = yield* Stream.toPull(yield* u.breaker.changes)
       yield* Effect.forkScoped(Effect.ignore(Effect.forever(Effect.flatMap(pull, (chunk) =>
         Effect.sync(() => {
           for (const t of Chunk.toReadonlyArray(chunk)) if (t.to === "Open") trips.set(u.name, (trips.get(u.name) ?? 0) + 1)

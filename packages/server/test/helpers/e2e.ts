@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import { createServer } from "node:net"
 import { afterAll, beforeAll } from "vitest"
 import * as Config from "../../src/Config.js"
@@ -112,13 +113,35 @@ export const configOf = (yaml: string): Config.ServerConfig => {
   return parsed.right
 }
 
+/** On 127.0.0.1, port 0 (a free one), whatever the config says. */
+const local = (config: Config.ServerConfig): Config.ServerConfig => ({
+  ...config,
+  server: { ...config.server, host: "127.0.0.1", port: 0 }
+})
+
+export interface StartOptions extends Omit<Server.ServeOptions, "reload"> {
+  /** The tracer of the runtime the server is started in (requests inherit it unless traces are on). */
+  readonly tracer?: Tracer.Tracer | undefined
+  /**
+   * A reload reads this file (with the same host and port overrides, as the
+   * CLI's `--host`/`--port` would).
+   */
+  readonly reloadFrom?: string | undefined
+}
+
 /** Serves `yaml` on 127.0.0.1, port 0 (whatever the YAML says), logs captured. */
-export const startServer = async (yaml: string): Promise<TestServer> => {
-  const parsed = configOf(yaml)
-  const config: Config.ServerConfig = { ...parsed, server: { ...parsed.server, host: "127.0.0.1", port: 0 } }
+export const startServer = async (yaml: string, options: StartOptions = {}): Promise<TestServer> => {
+  const config = local(configOf(yaml))
+  const file = options.reloadFrom
+  const reload = file === undefined ? undefined : { file, load: Effect.map(Config.load(file, {}), local) }
   const scope = Effect.runSync(Scope.make())
+  const { reloadFrom: _, tracer: __, ...serveOptions } = options
+  const serving = Server.serve(config, { ...serveOptions, reload }).pipe(
+    Scope.extend(scope),
+    Effect.withConsole(capturingConsole)
+  )
   const running = await Effect.runPromise(
-    Server.serve(config).pipe(Scope.extend(scope), Effect.withConsole(capturingConsole))
+    options.tracer === undefined ? serving : Effect.withTracer(serving, options.tracer)
   ).catch(async (e: unknown) => {
     await Effect.runPromise(Scope.close(scope, Exit.void))
     throw e
@@ -192,8 +215,8 @@ export const testBed = () => {
     fakes.push(f)
     return f
   }
-  const serve = async (yaml: string): Promise<TestServer> => {
-    const s = await startServer(yaml)
+  const serve = async (yaml: string, options?: StartOptions): Promise<TestServer> => {
+    const s = await startServer(yaml, options)
     servers.push(s)
     return s
   }
