@@ -280,6 +280,7 @@ const run = (
             `  upstreams (in-process fakes): ${demo.upstreams.map((u) => `${u.name} ${u.url}`).join(", ")}`,
             `  flaky answers 429 to 30% of requests, slow takes 250-500 ms, steady is healthy.`,
             `  admin key: demo-admin-key   metrics: ${running.url}/metrics`,
+            `  console: ${running.url}/console (sign in with the admin key)`,
             ``,
             `Try:`,
             ...tryIt.map((t) => `  ${t}`)
@@ -290,6 +291,7 @@ const run = (
           readyMs: ms,
           upstreams: demo.upstreams.map((u) => ({ name: u.name, url: u.url })),
           adminKey: "demo-admin-key",
+          console: `${running.url}/console`,
           try: tryIt
         }))
     } else {
