@@ -4,7 +4,7 @@
  *   breakwater [--config FILE] [--port N] [--host H] [--log-format json|pretty] [--log-level L]
  *                                                      serve (demo mode without a config)
  *   breakwater check-config FILE                       validate a config and exit
- *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg]
+ *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]
  *                                                      run a scenario in simulated time
  *
  * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
@@ -349,7 +349,11 @@ const simulate = Command.make(
     scenario: Args.file({ name: "SCENARIO", exists: "yes" }),
     seed: Options.integer("seed").pipe(Options.withDescription("override the scenario's seed"), Options.optional),
     json: Options.boolean("json").pipe(Options.withDescription("print the results as JSON")),
-    chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional)
+    chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional),
+    html: Options.file("html").pipe(
+      Options.withDescription("write one self-contained HTML report with the console's charts (outages shaded)"),
+      Options.optional
+    )
   },
   // Loaded when the command runs: serving never loads the simulator.
   (args: Simulate.Args) => Effect.flatMap(Effect.promise(() => import("./simulate/Cli.js")), (m) => m.simulate(args))

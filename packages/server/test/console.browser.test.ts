@@ -5,7 +5,11 @@
  * assert what a person sees. Skipped, with the reason printed, when no
  * Chromium is installed (`.ci/run` installs it).
  */
-import { existsSync, mkdirSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { runCli } from "./helpers/process.js"
+import { OUTAGE_SCENARIO } from "./helpers/scenarios.js"
 import { fileURLToPath } from "node:url"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -178,4 +182,36 @@ keys:
     expect(await page.locator("#tail tbody tr").count()).toBeGreaterThan(10)
     await page.close()
   }, 60_000)
+
+  it("breakwater simulate --html: the report draws its charts offline, the outage shaded", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "breakwater-console-"))
+    try {
+      const scenario = join(dir, "outage.yaml")
+      writeFileSync(scenario, OUTAGE_SCENARIO)
+      const file = join(dir, "report.html")
+      const out = await runCli(["simulate", scenario, "--html", file])
+      expect(out.code, out.stderr).toBe(0)
+      const page = await browser!.newPage()
+      const requests: Array<string> = []
+      page.on("request", (r) => requests.push(r.url()))
+      const errors: Array<string> = []
+      page.on("pageerror", (e) => errors.push(String(e)))
+      await page.goto(`file://${file}`)
+      await page.waitForSelector("svg.chart")
+      expect(errors).toEqual([])
+      expect(await page.locator("svg.chart").count()).toBe(3)
+      const errorsChart = page.locator('svg[data-title="Client-visible error rate per minute"]')
+      expect(Number(await errorsChart.getAttribute("data-points"))).toBe(10)
+      expect(await errorsChart.locator("rect.shade").count()).toBe(1)
+      expect(await errorsChart.textContent()).toContain("primary down")
+      expect(await errorsChart.textContent()).toContain("Breakwater")
+      expect(await page.locator("#upstreams tbody tr").count()).toBe(2)
+      // Nothing but the file itself was loaded.
+      expect(requests).toEqual([`file://${file}`])
+      expect(readFileSync(file, "utf8").length).toBeGreaterThan(1000)
+      await page.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 40_000)
 })

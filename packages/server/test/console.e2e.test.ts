@@ -7,11 +7,16 @@
  * tail) are tested on Events.make directly.
  */
 import * as Effect from "effect/Effect"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import * as Fiber from "effect/Fiber"
 import * as Stream from "effect/Stream"
-import { describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import * as Events from "../src/Events.js"
 import { testBed, type TestServer } from "./helpers/e2e.js"
+import { OUTAGE_SCENARIO } from "./helpers/scenarios.js"
+import { runCli } from "./helpers/process.js"
 
 const GATEWAY_KEY = "gw-key-CONSOLE-SECRET-1"
 const ADMIN_KEY = "admin-key-CONSOLE-SECRET-2"
@@ -208,5 +213,27 @@ describe("Events.make: the feed", () => {
     expect(elapsed).toBeLessThan(2_000)
     await Effect.runPromise(Fiber.interrupt(fiber))
     feed.close()
+  })
+})
+
+describe("breakwater simulate --html", () => {
+  const dir = mkdtempSync(join(tmpdir(), "breakwater-console-"))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it("writes one self-contained file: the console's charts, the run's data, the outage to shade", { timeout: 30_000 }, async () => {
+    const scenario = join(dir, "outage.yaml")
+    writeFileSync(scenario, OUTAGE_SCENARIO)
+    const file = join(dir, "report.html")
+    const out = await runCli(["simulate", scenario, "--html", file])
+    expect(out.code, out.stderr).toBe(0)
+    expect(out.stderr).toContain(`report written to ${file}`)
+    const html = readFileSync(file, "utf8")
+    expect(html.startsWith("<!doctype html>")).toBe(true)
+    // Self-contained: no file or address is loaded.
+    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/)
+    expect(html).toContain("window.BreakwaterCharts") // the console's chart code
+    expect(html).toContain('"outages":[{"from":60000,"to":180000,"label":"primary down"}]')
+    expect(html).toContain("Client-visible error rate per minute")
+    expect(html).toContain("Breakwater simulation: console-outage")
   })
 })
