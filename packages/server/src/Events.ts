@@ -91,7 +91,7 @@ export interface Feed {
   readonly transition: (t: CircuitBreaker.Transition) => void
   /** The cooldown store, observed: its starts and clears become events. */
   readonly observe: (store: Context_CooldownStore) => Context_CooldownStore
-  /** A console's stream of server-sent events; ends when the client is dropped or `closing()` turns true. */
+  /** A console's stream of server-sent events; ends when the client is dropped or `closing()` turns true (checked each second). */
   readonly subscribe: (closing: () => boolean) => Stream.Stream<string>
   /** Consoles connected now. */
   readonly subscribers: () => number
@@ -100,6 +100,8 @@ export interface Feed {
 }
 
 interface Subscriber {
+  /** True when its stream must end (the server drains, or the config it was opened on was replaced). */
+  readonly closing: () => boolean
   pending: Array<string>
   bytes: number
   closed: boolean
@@ -158,7 +160,7 @@ export const make = (source: () => Source): Feed => {
   let tailThisSecond = 0
   let skipped = 0
   let ticker: ReturnType<typeof setInterval> | undefined
-  let closing: () => boolean = () => false
+  let closed = false
 
   const broadcast = (chunk: string) => {
     for (const s of subscribers) push(s, chunk)
@@ -325,15 +327,14 @@ export const make = (source: () => Source): Feed => {
     })
 
   const tick = () => {
-    if (closing()) {
-      for (const s of [...subscribers]) {
+    for (const s of [...subscribers]) {
+      if (closed || s.closing()) {
         s.closed = true
         subscribers.delete(s)
         s.wake?.()
       }
-      stopTicker()
-      return
     }
+    if (subscribers.size === 0) return stopTicker()
     const src = source()
     src.run(snapshot(src)).then(
       (snap) => broadcast(sse("snapshot", snap)),
@@ -381,10 +382,9 @@ export const make = (source: () => Source): Feed => {
     active: store.active
   })
 
-  const subscribe = (isClosing: () => boolean): Stream.Stream<string> =>
+  const subscribe = (closing: () => boolean): Stream.Stream<string> =>
     Stream.unwrapScoped(Effect.gen(function*() {
-      const s: Subscriber = { pending: [], bytes: 0, closed: false, wake: undefined }
-      closing = isClosing
+      const s: Subscriber = { closing, pending: [], bytes: 0, closed: false, wake: undefined }
       const src = source()
       const first = yield* Effect.promise(() => src.run(snapshot(src)))
       s.pending.push(
@@ -432,7 +432,7 @@ export const make = (source: () => Source): Feed => {
 
   const close = () => {
     clearInterval(roller)
-    closing = () => true
+    closed = true
     tick()
   }
 

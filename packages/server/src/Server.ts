@@ -431,6 +431,12 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
     /** Builds the pipeline and the HTTP handler of `config`. Never fails: the config was validated. */
     const build = (config: ServerConfig, previous: Generation | undefined) =>
       withLogs(config.server.logLevel)(Effect.gen(function*() {
+        // A console's stream ends when its config is replaced: it reconnects, and its key is checked again.
+        let self: Generation | undefined
+        const events: Events.Feed = {
+          ...feed,
+          subscribe: (closing) => feed.subscribe(() => closing() || self?.retired === true)
+        }
         const { upstreams, used } = yield* upstreamsOf(config)
         const scope = yield* Scope.fork(serverScope, ExecutionStrategy.sequential)
         const relayOptions = Config.toRelayOptions(config)
@@ -454,7 +460,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
             draining: () => draining,
             reload: () => Effect.promise(() => reloadFn("POST /admin/reload")),
             tracing: telemetry?.requests,
-            events: config.server.console === false ? undefined : feed,
+            events: config.server.console === false ? undefined : events,
             console: config.server.console !== false
           }),
           all
@@ -490,6 +496,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
           retired: false
         }
         yield* warnUnpriced(config, Context.get(all, Pricing.Pricing))
+        self = generation
         return generation
       }))
 

@@ -174,6 +174,40 @@ describe("GET /admin/events: what it says", () => {
   })
 })
 
+describe("GET /admin/events across a config reload", () => {
+  const dir = mkdtempSync(join(tmpdir(), "breakwater-console-reload-"))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it("a reload ends the open streams; a rotated admin key then gets 401", async () => {
+    const a = await fake("alpha")
+    const file = join(dir, "gateway.yaml")
+    const yaml = (admin: string) => `
+server: { adminKey: "${admin}" }
+upstreams:
+  - { name: alpha, baseUrl: "${a.url}", apiKey: "${UPSTREAM_KEY}", models: [gpt-4.1] }
+`
+    writeFileSync(file, yaml(ADMIN_KEY))
+    const server = await serve(yaml(ADMIN_KEY), { reloadFrom: file })
+    const res = await fetch(`${server.url}/admin/events`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })
+    expect(res.status).toBe(200)
+    const reader = res.body!.getReader()
+    await reader.read()
+    writeFileSync(file, yaml("admin-key-ROTATED"))
+    const reload = await fetch(`${server.url}/admin/reload`, { method: "POST", headers: { authorization: `Bearer ${ADMIN_KEY}` } })
+    expect(reload.status).toBe(200)
+    // The stream ends within about a second (the feed checks each second).
+    const started = Date.now()
+    for (;;) {
+      const { done } = await reader.read()
+      if (done) break
+      expect(Date.now() - started).toBeLessThan(3_000)
+    }
+    const again = await fetch(`${server.url}/admin/events`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })
+    expect(again.status).toBe(401)
+    await again.text()
+  })
+})
+
 describe("Events.make: the feed", () => {
   const upstreams: Events.Source["upstreams"] = []
   const source: Events.Source = {
