@@ -90,8 +90,11 @@
         if (band[2]) out.push(`<text x="${(a + 3).toFixed(1)}" y="${T + 11}" font-size="9" fill="#922b21">${esc(band[2])}</text>`)
       }
     }
-    for (let k = 0; k <= 4; k++) {
-      const v = (yMax * k) / 4
+    // Four divisions when their labels are round (150, 0.25), else five (10, 0.3).
+    const round = (d) => Number(d.toPrecision(2)) === d
+    const divisions = round(yMax / 4) ? 4 : 5
+    for (let k = 0; k <= divisions; k++) {
+      const v = (yMax * k) / divisions
       const y = sy(v).toFixed(1)
       out.push(`<line x1="${L}" x2="${L + PW}" y1="${y}" y2="${y}" stroke="#e5e5e5"/>`)
       out.push(`<text x="${L - 5}" y="${(+y + 3).toFixed(1)}" font-size="10" fill="#666" text-anchor="end">${esc(yFormat(v))}</text>`)

@@ -308,7 +308,7 @@
         title: "Requests/s by upstream",
         stacked: true,
         series: upstreams.map((n) => ({
-          name: n === "none" ? "no upstream (refused, failed)" : n,
+          name: n === "none" ? "no upstream (refused, failed)" : n === "cache" ? "cache hits" : n,
           values: all.map((p) => p.rps[n] || 0)
         }))
       },
@@ -413,7 +413,7 @@
       el("td", "", time(r.at)),
       el("td", "", r.key),
       el("td", "", r.model === null ? "–" : r.model),
-      el("td", "", r.upstream === null ? "–" : r.upstream),
+      el("td", "", r.upstream === null ? "–" : r.cache === "hit" ? `${r.upstream} (cached)` : r.upstream),
       el("td", "num", String(r.attempts)),
       el("td", `num ${statusClass(r.status)}`, String(r.status)),
       el("td", "num", `${Math.round(r.latencyMs)} ms`),

@@ -68,7 +68,7 @@ type Context_CooldownStore = Context.Tag.Service<Cooldown.CooldownStore>
 export interface Point {
   /** Epoch millis of the point's start. */
   readonly t: number
-  /** Client requests a second, by the upstream that answered ("none": answered without one). */
+  /** Client requests a second, by the upstream that answered ("cache": a cache hit; "none": refused or failed before one answered). */
   readonly rps: Readonly<Record<string, number>>
   /** Client-visible errors (5xx) a second. */
   readonly clientErrors: number
@@ -185,7 +185,8 @@ export const make = (source: () => Source): Feed => {
 
   const record = (log: Logged, status: number, latencyMs: number): void => {
     requests++
-    const upstream = log.upstream ?? "none"
+    // A cache hit is answered by no upstream (its metadata names the one that answered first).
+    const upstream = log.cache === "hit" ? "cache" : log.upstream ?? "none"
     byUpstream.set(upstream, (byUpstream.get(upstream) ?? 0) + 1)
     if (status >= 500) clientErrors++
     else if (status === 429) limited.set(log.key, (limited.get(log.key) ?? 0) + 1)
