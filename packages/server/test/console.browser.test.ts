@@ -42,10 +42,18 @@ const chat = (server: TestServer, key = GATEWAY_KEY, content = "hello") =>
     body: JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content }] })
   }).then((r) => r.status)
 
+/** Errors the pages reported (script errors, and console errors such as a CSP violation). */
+const pageErrors: Array<string> = []
+
 /** A page on the console, confirmations accepted. */
 const open = async (server: TestServer, width = 1280, height = 900): Promise<Page> => {
   const page = await browser!.newPage({ viewport: { width, height } })
   page.on("dialog", (d) => void d.accept())
+  page.on("pageerror", (e) => pageErrors.push(String(e)))
+  page.on("console", (m) => {
+    // The refused sign-ins' own 401s are expected; anything else is not.
+    if (m.type() === "error" && !/status of 401/.test(m.text())) pageErrors.push(m.text())
+  })
   await page.goto(`${server.url}/console`)
   return page
 }
@@ -129,6 +137,8 @@ healthCheck: { interval: 10m }
     // Spend per key.
     const key = page.locator('#keys tr[data-key="browser-test"]')
     expect(await key.textContent()).toContain("$5.00")
+    // No script error, no Content-Security-Policy violation.
+    expect(pageErrors).toEqual([])
     await page.close()
   }, 30_000)
 

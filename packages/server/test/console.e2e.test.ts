@@ -107,7 +107,7 @@ describe("GET /console and GET /admin/events: who may open them", () => {
     const html = await page.text()
     expect(html).toContain("<script>")
     // No CDN, no other file: everything is inline.
-    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/)
+    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href="(?!data:)|https?:\/\/(?!www\.w3\.org\/2000\/svg)/)
     const events = parse(await readEvents(server, 300))
     expect(events.map((e) => e.event).slice(0, 2)).toEqual(["hello", "snapshot"])
     expect(events[1]!.data.upstreams.map((u: { name: string }) => u.name)).toEqual(["alpha", "beta"])
