@@ -62,6 +62,19 @@ const cpuOf = (pid: number) => {
 
 const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "Benchmark me." }] })
 
+/** An operator console connected to `base` (GET /admin/events), its events read as they come. */
+const openConsole = async (base: string) => {
+  const controller = new AbortController()
+  const res = await request(`${base}/admin/events`, { headers: { authorization: "Bearer sk-bench-admin" }, signal: controller.signal })
+  if (res.statusCode !== 200) throw new Error(`/admin/events answered ${res.statusCode}`)
+  let events = 0
+  res.body.on("data", (chunk: Buffer) => {
+    events += chunk.toString().split("\n\n").length - 1
+  })
+  res.body.on("error", () => {})
+  return { events: () => events, close: () => controller.abort() }
+}
+
 const load = async (url: string) => {
   const result = await autocannon({
     url: `${url}/chat/completions`,
@@ -106,7 +119,7 @@ const main = async () => {
     const file = join(tmpdir(), `breakwater-bench-${process.pid}-${store.length}.yaml`)
     writeFileSync(
       file,
-      `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
+      `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
         `keys:\n  - { name: bench, key: sk-bench-key, requestsPerMinute: 100000000 }\n` +
         `upstreams:\n  - name: bench\n    baseUrl: "${upstreamUrl}"\n    apiKey: sk-bench\n    maxConcurrent: 1000\n` +
         `cache:\n  enabled: false\n` + store
@@ -142,6 +155,28 @@ const main = async () => {
   const through = await load(gatewayUrl)
   const cpuPerRequestUs = ((cpuOf(server.child.pid!) - cpu0) * 1e6) / Math.max(1, through.total)
   const mem = rssOf(server.child.pid!)
+  // The same load with one operator console connected (its snapshots, the sampled tail), against
+  // none: in alternating runs (none, console, console, none, none, console) so that drift
+  // (other work on the machine) falls on both; requests and server CPU summed per side.
+  const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
+  let consoleEvents = 0
+  let withConsole = through
+  for (const side of ["none", "console", "console", "none", "none", "console"] as const) {
+    const client = side === "console" ? await openConsole(server.match[1]!) : undefined
+    const c0 = cpuOf(server.child.pid!)
+    const r = await load(gatewayUrl)
+    sides[side].cpu += cpuOf(server.child.pid!) - c0
+    sides[side].total += r.total
+    sides[side].seconds += r.total / Math.max(1, r.rps)
+    if (client !== undefined) {
+      consoleEvents += client.events()
+      client.close()
+      withConsole = r
+    }
+  }
+  const rate = (s: { total: number; seconds: number }) => s.total / Math.max(1e-9, s.seconds)
+  const consoleShare = rate(sides.console) / rate(sides.none)
+  const cpuUs = (s: { total: number; cpu: number }) => (s.cpu * 1e6) / Math.max(1, s.total)
   let redisRow: { r: typeof through; cpu: number; mem: ReturnType<typeof rssOf> } | undefined
   if (redisGateway) {
     const c0 = cpuOf(redisGateway.pid)
@@ -166,6 +201,15 @@ const main = async () => {
       through,
       `${((through.rps / direct.rps) * 100).toFixed(0)}% of direct; adds p50 ${(through.p50 - direct.p50).toFixed(2)} ms, ` +
         `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
+    )
+  )
+  console.log(
+    row(
+      "  with a console open",
+      withConsole,
+      `3 alternating runs each: ${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ` +
+        `${(consoleShare * 100).toFixed(1)}%; server CPU ${cpuUs(sides.console).toFixed(0)} vs ${cpuUs(sides.none).toFixed(0)} µs/req; ` +
+        `the console read ${consoleEvents} events (last run shown)`
     )
   )
   if (redisRow) {

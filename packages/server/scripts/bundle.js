@@ -22,7 +22,7 @@
  * - Licenses of the bundled packages go to `dist/bin/THIRD-PARTY-LICENSES.md`.
  */
 import { build } from "esbuild"
-import { readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { cpSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { join, relative } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -62,6 +62,9 @@ const result = await build({
   plugins: [undiciLite],
   logLevel: "warning"
 })
+
+// The operator console's static files (Console.ts reads them from dist/bin/console/).
+cpSync(join(pkg, "console"), join(outdir, "console"), { recursive: true })
 
 // The packages whose code is in the bundle, with their licenses.
 const packages = new Map()

@@ -8,6 +8,7 @@
  *   port: 8080                            # default 8080
  *   adminKey: ${BREAKWATER_ADMIN_KEY}     # optional
  *   maxBodyBytes: 10485760                # default 10 MiB
+ *   console: true                         # default true: GET /console and /admin/events (need adminKey)
  *   logLevel: info                        # trace | debug | info | warning | error | fatal | none
  *   shutdownTimeout: 10s                  # exit within this (+1s) after SIGTERM/SIGINT
  *   drainGrace: 2s                        # new requests get 503 this long before the listener closes
@@ -108,6 +109,8 @@ export interface ServerSection {
   readonly port: number
   /** The admin API's bearer key; the admin API is off without one. */
   readonly adminKey?: Redacted.Redacted<string> | undefined
+  /** The operator console (`GET /console`, `GET /admin/events`); on unless false. Needs `adminKey`. */
+  readonly console?: boolean | undefined
   readonly maxBodyBytes: number
   /** For `LogLevel.fromLiteral`; the file says `info`, `debug`, ... */
   readonly logLevel: LogLevel.Literal
@@ -577,6 +580,7 @@ const File = Schema.Struct({
     host: opt(NonEmptyString),
     port: opt(Port),
     adminKey: opt(Secret),
+    console: opt(Bool),
     maxBodyBytes: opt(PositiveInt),
     logLevel: opt(LogLevelLeaf),
     shutdownTimeout: opt(Dur),
@@ -1164,6 +1168,7 @@ const build = (f: File, env: Env): ServerConfig => {
       host: s.host ?? "127.0.0.1",
       port: s.port ?? 8080,
       ...only("adminKey", s.adminKey),
+      console: s.console ?? true,
       maxBodyBytes: s.maxBodyBytes ?? 10 * 1024 * 1024,
       logLevel: s.logLevel ?? "Info",
       shutdownTimeout: s.shutdownTimeout ?? Duration.seconds(10),

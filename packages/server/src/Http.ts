@@ -21,6 +21,8 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
+import * as Console from "./Console.js"
+import type * as Events from "./Events.js"
 import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 import * as Reload from "./Reload.js"
@@ -79,6 +81,10 @@ export interface Options {
   readonly reload?: (() => Effect.Effect<Reload.Outcome>) | undefined
   /** Spans for requests (see {@link RequestTracing}); none when absent. */
   readonly tracing?: RequestTracing | undefined
+  /** The console's live feed (Events.ts): `GET /admin/events`, and each relay request's log record. */
+  readonly events?: Events.Feed | undefined
+  /** `GET /console`, the operator console (`server.console`). Default true when `events` is given. */
+  readonly console?: boolean | undefined
 }
 
 /**
@@ -535,10 +541,40 @@ export const make = (options: Options) =>
         }
       })
 
+    /**
+     * `GET /console`: the console's page (Console.ts). It holds no data, but
+     * only a request with the admin key gets 200; others get the same
+     * sign-in page with 401, as every admin route refuses them.
+     */
+    const consolePage = (request: Incoming): Reply => {
+      if (options.console === false || options.events === undefined) return notFound("/console")
+      if (request.method !== "GET" && request.method !== "HEAD") return methodNotAllowed(PROBE_METHODS)
+      if (adminDigest === undefined) {
+        return failure(403, "The console is disabled: set server.adminKey to enable it.", "permission_error", "admin_disabled")
+      }
+      const page = Console.page()
+      if (page === undefined) {
+        return failure(500, "The console's files are missing from this installation.", "server_error", "console_missing")
+      }
+      return { status: adminAuth(request) === undefined ? 200 : 401, headers: { ...page.headers }, body: page.html }
+    }
+
+    /** `GET /admin/events`: the console's server-sent events, until the caller leaves or the server drains. */
+    const events = (request: Incoming): Reply => {
+      if (request.method !== "GET") return methodNotAllowed(["GET"])
+      if (options.events === undefined) return notFound("/admin/events")
+      return {
+        status: 200,
+        headers: { "content-type": "text/event-stream", "cache-control": "no-store", "x-accel-buffering": "no" },
+        body: options.events.subscribe(draining)
+      }
+    }
+
     const admin = (request: Incoming, path: string) =>
       Effect.gen(function*() {
         const denied = adminAuth(request)
         if (denied !== undefined) return denied
+        if (path === "/admin/events") return events(request)
         if (path === "/admin/upstreams") {
           if (request.method !== "GET") return methodNotAllowed(["GET"])
           const now = yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
@@ -668,6 +704,8 @@ export const make = (options: Options) =>
             Effect.forEach(relay.upstreams, (u) => u.bulkhead.updateGauges, { discard: true }),
             Effect.map(Prometheus.render, (body) => text(200, body, Prometheus.contentType))
           )
+        case "/console":
+          return Effect.sync(() => consolePage(request))
         default:
           if (path.startsWith("/v1/models/") && path.length > "/v1/models/".length) return models(request, path)
           if (path.startsWith("/admin/")) return admin(request, path)
@@ -688,6 +726,7 @@ export const make = (options: Options) =>
     // ----- draining -----------------------------------------------------------
 
     const draining = options.draining ?? (() => false)
+    const feed = options.events
 
     /** While draining: new relay requests and /readyz are refused; the rest (/healthz, /metrics, admin) is served. */
     const refusedWhileDraining = (path: string): Reply | undefined =>
@@ -739,6 +778,7 @@ export const make = (options: Options) =>
           ),
           Effect.annotateLogs(line, annotations)
         )
+        if (feed !== undefined) feed.record(log, status, elapsed)
         if (log.span !== undefined) endRequestSpan(log.span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
         return written
       })

@@ -36,6 +36,7 @@ import type { Socket } from "node:net"
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import type { ServerConfig } from "./Config.js"
 import * as Config from "./Config.js"
+import * as Events from "./Events.js"
 import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
 import * as Log from "./Log.js"
@@ -331,6 +332,8 @@ interface Generation {
   readonly handler: Http.Handler
   readonly runFork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
   readonly health: Health.Health
+  /** What the console's feed reads of this config. */
+  readonly source: Events.Source
   /** Owns its client, relay, gateway; its health checks have a scope of their own inside. */
   readonly scope: Scope.CloseableScope
   readonly healthScope: Scope.CloseableScope
@@ -386,7 +389,11 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
             warn: (message) => Effect.runFork(withLogs(config.server.logLevel)(Effect.logWarning(message)))
           })
       )
-    const shared = yield* withLogs(config.server.logLevel)(Layer.build(storesLayer(config)))
+    // The console's feed (Events.ts): its cooldown events come from the store, observed.
+    const feed = Events.make(() => current.source)
+    yield* Effect.addFinalizer(() => Effect.sync(() => feed.close()))
+    const stores = yield* withLogs(config.server.logLevel)(Layer.build(storesLayer(config)))
+    const shared = Context.add(stores, Cooldown.CooldownStore, feed.observe(Context.get(stores, Cooldown.CooldownStore)))
     const base = yield* withLogs(config.server.logLevel)(Effect.runtime<never>())
     const runBase = Runtime.runFork(base)
     let draining = false
@@ -424,6 +431,12 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
     /** Builds the pipeline and the HTTP handler of `config`. Never fails: the config was validated. */
     const build = (config: ServerConfig, previous: Generation | undefined) =>
       withLogs(config.server.logLevel)(Effect.gen(function*() {
+        // A console's stream ends when its config is replaced: it reconnects, and its key is checked again.
+        let self: Generation | undefined
+        const events: Events.Feed = {
+          ...feed,
+          subscribe: (closing) => feed.subscribe(() => closing() || self?.retired === true)
+        }
         const { upstreams, used } = yield* upstreamsOf(config)
         const scope = yield* Scope.fork(serverScope, ExecutionStrategy.sequential)
         const relayOptions = Config.toRelayOptions(config)
@@ -446,7 +459,9 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
             knownModels: configuredModels(config),
             draining: () => draining,
             reload: () => Effect.promise(() => reloadFn("POST /admin/reload")),
-            tracing: telemetry?.requests
+            tracing: telemetry?.requests,
+            events: config.server.console === false ? undefined : events,
+            console: config.server.console !== false
           }),
           all
         )
@@ -455,11 +470,23 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         const runtime = yield* (telemetry === undefined
           ? Effect.runtime<never>()
           : Effect.withTracer(Effect.runtime<never>(), telemetry.tracer))
+        const requestRuntime = Runtime.make({ ...runtime, context: Context.merge(runtime.context, all) })
+        // Breaker transitions, as they happen, for the console (a breaker kept across configs is told once).
+        yield* Effect.forEach(upstreams, (u) =>
+          Effect.flatMap(Scope.extend(u.breaker.changes, scope), (changes) =>
+            Effect.forkIn(Stream.runForEach(changes, (t) => Effect.sync(() => feed.transition(t))), scope)), { discard: true })
         const generation: Generation = {
           config,
           handler,
-          runFork: Runtime.runFork(Runtime.make({ ...runtime, context: Context.merge(runtime.context, all) })),
+          runFork: Runtime.runFork(requestRuntime),
           health: Context.get(all, Health.Health),
+          source: {
+            upstreams,
+            health: Context.get(all, Health.Health),
+            keys: Context.get(all, Gateway.Gateway).keys,
+            cooldowns: Context.get(shared, Cooldown.CooldownStore),
+            run: Runtime.runPromise(requestRuntime)
+          },
           scope,
           healthScope,
           lineages: used,
@@ -469,6 +496,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
           retired: false
         }
         yield* warnUnpriced(config, Context.get(all, Pricing.Pricing))
+        self = generation
         return generation
       }))
 

@@ -4,7 +4,7 @@
  *   breakwater [--config FILE] [--port N] [--host H] [--log-format json|pretty] [--log-level L]
  *                                                      serve (demo mode without a config)
  *   breakwater check-config FILE                       validate a config and exit
- *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg]
+ *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]
  *                                                      run a scenario in simulated time
  *
  * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
@@ -280,6 +280,7 @@ const run = (
             `  upstreams (in-process fakes): ${demo.upstreams.map((u) => `${u.name} ${u.url}`).join(", ")}`,
             `  flaky answers 429 to 30% of requests, slow takes 250-500 ms, steady is healthy.`,
             `  admin key: demo-admin-key   metrics: ${running.url}/metrics`,
+            `  console: ${running.url}/console (sign in with the admin key)`,
             ``,
             `Try:`,
             ...tryIt.map((t) => `  ${t}`)
@@ -290,6 +291,7 @@ const run = (
           readyMs: ms,
           upstreams: demo.upstreams.map((u) => ({ name: u.name, url: u.url })),
           adminKey: "demo-admin-key",
+          console: `${running.url}/console`,
           try: tryIt
         }))
     } else {
@@ -347,7 +349,11 @@ const simulate = Command.make(
     scenario: Args.file({ name: "SCENARIO", exists: "yes" }),
     seed: Options.integer("seed").pipe(Options.withDescription("override the scenario's seed"), Options.optional),
     json: Options.boolean("json").pipe(Options.withDescription("print the results as JSON")),
-    chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional)
+    chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional),
+    html: Options.file("html").pipe(
+      Options.withDescription("write one self-contained HTML report with the console's charts (outages shaded)"),
+      Options.optional
+    )
   },
   // Loaded when the command runs: serving never loads the simulator.
   (args: Simulate.Args) => Effect.flatMap(Effect.promise(() => import("./simulate/Cli.js")), (m) => m.simulate(args))

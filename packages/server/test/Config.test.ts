@@ -148,6 +148,7 @@ describe("Config.parse", () => {
     expect(config.server).toEqual({
       host: "127.0.0.1",
       port: 8080,
+      console: true,
       maxBodyBytes: 10 * 1024 * 1024,
       logLevel: "Info",
       shutdownTimeout: Duration.seconds(10),

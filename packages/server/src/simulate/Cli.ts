@@ -1,5 +1,5 @@
 /**
- * `breakwater simulate SCENARIO.yaml [--seed N] [--json] [--chart FILE.svg]`:
+ * `breakwater simulate SCENARIO.yaml [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]`:
  * reads a scenario, runs it in virtual time, prints the table (or JSON) on
  * stdout and, with `--chart`, writes an SVG. Stdout depends only on the
  * scenario and the seed; the wall time taken goes to stderr.
@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as fs from "node:fs/promises"
+import * as ConsoleAssets from "../Console.js"
 import * as Render from "./Render.js"
 import * as Scenario from "./Scenario.js"
 import * as Simulate from "./Simulate.js"
@@ -18,6 +19,8 @@ export interface Args {
   readonly seed: Option.Option<number>
   readonly json: boolean
   readonly chart: Option.Option<string>
+  /** One self-contained HTML report with the operator console's charts. */
+  readonly html?: Option.Option<string> | undefined
 }
 
 export class SimulationFailed extends Error {}
@@ -44,6 +47,19 @@ export const simulate = (args: Args): Effect.Effect<void, Scenario.ScenarioInval
         catch: (e) => new SimulationFailed(`Cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`)
       })
       yield* Console.error(`chart written to ${file}`)
+    }
+    if (args.html !== undefined && Option.isSome(args.html)) {
+      const file = args.html.value
+      const charts = ConsoleAssets.asset("charts.js")
+      if (charts === undefined) return yield* Effect.fail(new SimulationFailed("The console's charts.js is missing from this installation."))
+      const outages = parsed.right.upstreams.flatMap((u) =>
+        u.outages.map((o) => ({ from: o.from, to: o.to, label: `${u.name} ${o.share < 1 ? "degraded" : "down"}` }))
+      )
+      yield* Effect.tryPromise({
+        try: () => fs.writeFile(file, Render.html(report, charts, outages)),
+        catch: (e) => new SimulationFailed(`Cannot write ${file}: ${e instanceof Error ? e.message : String(e)}`)
+      })
+      yield* Console.error(`report written to ${file}`)
     }
     yield* Console.error(
       `simulated ${Render.formatDuration(report.durationMs)} (${report.requests} requests) in ${seconds.toFixed(1)} s`

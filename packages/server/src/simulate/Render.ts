@@ -213,3 +213,108 @@ export const svg = (r: Report): string => {
   out.push("</svg>")
   return out.join("\n") + "\n"
 }
+
+// ---------------------------------------------------------------------------
+// HTML (`--html`): the operator console's charts for a simulated run
+
+/** An outage to shade on the charts: from and to in millis from the start. */
+export interface Band {
+  readonly from: number
+  readonly to: number
+  readonly label: string
+}
+
+/** A value inside a `<script>`: JSON that cannot close the element. */
+const scriptJson = (v: unknown): string =>
+  JSON.stringify(v).replace(/</g, "\\u003c").replace(/\u2028/g, "\\u2028").replace(/\u2029/g, "\\u2029")
+
+/**
+ * One self-contained HTML file: the text report, and per-minute charts
+ * (direct vs Breakwater, outage windows shaded, every series labelled),
+ * drawn by `chartsScript` (the console's charts.js, given by the caller so
+ * that this module reads no file) from the report's data embedded in the
+ * page. No request leaves the file when it is opened.
+ */
+export const html = (r: Report, chartsScript: string, outages: ReadonlyArray<Band>): string => {
+  const data = {
+    minutes: Math.max(r.direct.perMinute.length, r.breakwater.perMinute.length),
+    direct: r.direct.perMinute,
+    breakwater: r.breakwater.perMinute,
+    outages,
+    upstreams: r.breakwater.upstreams.map((u) => ({ name: u.name, direct: r.direct.upstreams.find((d) => d.name === u.name)?.calls ?? 0, breakwater: u.calls }))
+  }
+  const render = `
+;(function () {
+  "use strict"
+  const C = window.BreakwaterCharts
+  const D = ${scriptJson(data)}
+  const xs = []
+  for (let m = 0; m < D.minutes; m++) xs.push(m + 0.5)
+  const at = (rows, f) => xs.map((_, i) => { const row = rows[i]; return row === undefined ? null : f(row) })
+  const shade = D.outages.map((o) => [o.from / 60000, o.to / 60000, o.label])
+  const minute = (x) => \`\${Math.floor(x)}m\`
+  const DIRECT = "#c0392b", BW = "#1f6fb2"
+  const specs = [
+    { title: "Client-visible error rate per minute", yFormat: (v) => \`\${C.fmt(v * 100)}%\`, series: [
+      { name: "direct", color: DIRECT, values: at(D.direct, (m) => m.errorRate) },
+      { name: "Breakwater", color: BW, values: at(D.breakwater, (m) => m.errorRate) } ] },
+    { title: "Latency of successful requests (ms)", series: [
+      { name: "direct p99", color: DIRECT, values: at(D.direct, (m) => m.p99Ms) },
+      { name: "direct p50", color: DIRECT, dashed: true, values: at(D.direct, (m) => m.p50Ms) },
+      { name: "Breakwater p99", color: BW, values: at(D.breakwater, (m) => m.p99Ms) },
+      { name: "Breakwater p50", color: BW, dashed: true, values: at(D.breakwater, (m) => m.p50Ms) } ] },
+    { title: "Requests per minute", series: [
+      { name: "direct", color: DIRECT, values: at(D.direct, (m) => m.requests) },
+      { name: "Breakwater", color: BW, dashed: true, values: at(D.breakwater, (m) => m.requests) } ] }
+  ]
+  const box = document.getElementById("charts")
+  for (const s of specs) {
+    const div = document.createElement("div")
+    div.className = "chart-box"
+    div.innerHTML = C.chart({ ...s, xs, shade, xFormat: minute, width: 620, height: 250 })
+    box.append(div)
+  }
+  const body = document.querySelector("#upstreams tbody")
+  for (const u of D.upstreams) {
+    const tr = document.createElement("tr")
+    for (const v of [u.name, u.direct.toLocaleString(), u.breakwater.toLocaleString()]) {
+      const td = document.createElement("td")
+      td.textContent = String(v)
+      tr.append(td)
+    }
+    body.append(tr)
+  }
+})()
+`
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Breakwater simulation: ${esc(r.scenario)}</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 20px; color: #1d2430; background: #f6f7f9; }
+h1 { font-size: 18px; } pre { background: #fff; border: 1px solid #e4e7ec; padding: 10px; overflow-x: auto; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
+.chart-box { background: #fff; border: 1px solid #e4e7ec; border-radius: 6px; padding: 4px; }
+.chart-box svg { display: block; width: 100%; height: auto; }
+table { border-collapse: collapse; background: #fff; } td, th { border: 1px solid #e4e7ec; padding: 3px 10px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+</style>
+</head>
+<body>
+<h1>Breakwater simulation: ${esc(r.scenario)}</h1>
+${r.description === undefined ? "" : `<p>${esc(r.description)}</p>`}
+<p>${esc(`${formatDuration(r.durationMs)} simulated (seed ${r.seed}), ${r.requests} requests. Shaded: upstream outages.`)}</p>
+<div id="charts" class="charts"></div>
+<h2>Upstream calls</h2>
+<table id="upstreams"><thead><tr><th>Upstream</th><th>direct</th><th>Breakwater</th></tr></thead><tbody></tbody></table>
+<h2>Report</h2>
+<pre>${esc(text(r))}</pre>
+<script>
+${chartsScript}
+</script>
+<script>${render}</script>
+</body>
+</html>
+`
+}
