@@ -46,7 +46,10 @@ interface Replica {
 /** One "replica": its own layer, hence its own connection and memory. */
 const replica = (options: Partial<Redis.Options> = {}): Effect.Effect<Replica, never, Scope.Scope> =>
   Effect.map(
-    Layer.build(Redis.layer({ url: server.url, cooldownRefresh: Duration.millis(50), ...options })),
+    // A generous commandTimeout: on a loaded machine a command can take more
+    // than the 50 ms default, and a fallback to memory would break the tests
+    // of shared state (the test of the timeout itself sets its own).
+    Layer.build(Redis.layer({ url: server.url, cooldownRefresh: Duration.millis(50), commandTimeout: Duration.seconds(2), ...options })),
     (ctx) => ({
       rl: Context.get(ctx, RateLimiter.RateLimiterStore),
       cooldown: Context.get(ctx, CooldownStore),
