@@ -232,7 +232,7 @@ describe("FakeUpstream protocol: gemini", () => {
     u.setFaults({ rate5xx: 1 })
     const unavailable = await call(u)
     expect(unavailable.status).toBe(503)
-    expect((await unavailable.clone().json()).error.status).toBe("UNAVAILABLE")
+    expect(((await unavailable.clone().json()) as any).error.status).toBe("UNAVAILABLE")
     expect((await classify(unavailable))._tag).toBe("UpstreamServerError")
     u.setFaults({ quota: "429" })
     expect((await classify(await call(u)))._tag).toBe("QuotaExhausted")
