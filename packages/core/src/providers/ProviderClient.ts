@@ -105,8 +105,7 @@ const flat = (headers: Record<string, string | Array<string> | undefined>): Reco
 const noop = (): void => {}
 
 /** An OpenAI upstream with the bearer key and no extra headers: the underlying client serves it as is. */
-const plain = (p: Provider | undefined): boolean =>
-  p === undefined ||
+const plain = (p: Provider): boolean =>
   (p.kind === "openai" && (p.auth ?? "bearer") === "bearer" && (p.headers === undefined || Object.keys(p.headers).length === 0))
 
 /**
@@ -245,7 +244,7 @@ export const make = (
 
     const post = (u: Upstream, path: string, body: string | Uint8Array, extra?: Readonly<Record<string, string>>): Effect.Effect<Reply, UpstreamUnreachable> => {
       const p = providerOf(u.name)
-      if (plain(p)) {
+      if (p === undefined || plain(p)) {
         return underlying.post(u, path, body, extra)
       }
       if (p.kind === "openai") return call(u, p, "POST", path, text(body), extra)
@@ -307,7 +306,7 @@ export const make = (
       extra?: Readonly<Record<string, string>>
     ): Effect.Effect<StreamReply, UpstreamUnreachable, Scope.Scope> => {
       const p = providerOf(u.name)
-      if (plain(p)) {
+      if (p === undefined || plain(p)) {
         return underlying.postStream(u, path, body, extra)
       }
       const passThrough = (target: string) =>
@@ -355,7 +354,7 @@ export const make = (
 
     const get = (u: Upstream, path: string): Effect.Effect<Reply, UpstreamUnreachable> => {
       const p = providerOf(u.name)
-      if (plain(p)) {
+      if (p === undefined || plain(p)) {
         return underlying.get(u, path)
       }
       if (p.kind === "azure-openai") {
