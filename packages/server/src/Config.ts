@@ -97,7 +97,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -1470,21 +1470,39 @@ const readReason = (e: unknown): string => {
 
 /**
  * What the file may say and `parse` validates, but the relay does not
- * apply yet (provider kinds and model fallbacks are being built, issue 14):
- * upstreams of a kind other than `openai`, `auth` other than `bearer`,
- * `headers`, and `routing.fallbacks`. `load` (so `check-config`, start and
- * reload) refuses them rather than serve them as something else.
+ * apply yet (model fallbacks are being built, issue 14):
+ * `routing.fallbacks`. `load` (so `check-config`, start and reload) refuses
+ * it rather than serve without it.
  */
-export const notYetServed = (config: ServerConfig): Array<Problem> => {
-  const problems: Array<Problem> = []
-  const later = "is validated but not yet applied by this version of the relay"
-  config.upstreams.forEach((u, i) => {
-    if (u.kind !== "openai") problems.push({ path: `upstreams[${i}].kind`, message: `${JSON.stringify(u.kind)} ${later}` })
-    else if (u.auth !== "bearer") problems.push({ path: `upstreams[${i}].auth`, message: `${JSON.stringify(u.auth)} ${later}` })
-    if (Object.keys(u.headers).length > 0) problems.push({ path: `upstreams[${i}].headers`, message: later })
-  })
-  if (Object.keys(config.routing.fallbacks).length > 0) problems.push({ path: "routing.fallbacks", message: later })
-  return problems
+export const notYetServed = (config: ServerConfig): Array<Problem> =>
+  Object.keys(config.routing.fallbacks).length > 0
+    ? [{ path: "routing.fallbacks", message: "is validated but not yet applied by this version of the relay" }]
+    : []
+
+/**
+ * How to call each upstream that is not a plain OpenAI one (another kind,
+ * another `auth`, extra headers), by name, for core's `ProviderClient`.
+ * Empty when every upstream is plain: the client is then used as it is.
+ */
+export const toProviders = (config: ServerConfig): Readonly<Record<string, ProviderClient.Provider>> => {
+  const out: Record<string, ProviderClient.Provider> = {}
+  for (const u of config.upstreams) {
+    const headers = Object.keys(u.headers).length === 0
+      ? undefined
+      : Object.fromEntries(Object.entries(u.headers).map(([k, v]) => [k, Redacted.value(v)]))
+    if (u.kind === "openai" && u.auth === "bearer" && headers === undefined) continue
+    Object.defineProperty(out, u.name, {
+      value: {
+        kind: u.kind,
+        auth: u.auth,
+        headers,
+        deployments: u.deployments,
+        apiVersion: u.apiVersion
+      } satisfies ProviderClient.Provider,
+      enumerable: true
+    })
+  }
+  return out
 }
 
 /** Reads and parses a config file; `env` defaults to `process.env`. */

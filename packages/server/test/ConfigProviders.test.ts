@@ -188,25 +188,28 @@ upstreams:
 })
 
 describe("Config.load", () => {
-  it.effect("refuses what is validated but not yet applied, rather than serve it as something else", () =>
+  it.effect("refuses routing.fallbacks, validated but not yet applied, rather than serve without them", () =>
     Effect.gen(function*() {
       const dir = mkdtempSync(join(tmpdir(), "bw-providers-"))
       const file = join(dir, "breakwater.yaml")
       writeFileSync(file, ALL_KINDS)
       const error = yield* Effect.flip(Config.load(file, { ORG: "org-secret-0123" }))
       expect(error._tag).toBe("ConfigInvalid")
-      expect(error._tag === "ConfigInvalid" && error.problems.map((p) => p.path)).toEqual([
-        "upstreams[0].headers",
-        "upstreams[1].kind",
-        "upstreams[2].kind",
-        "upstreams[3].kind",
-        "upstreams[4].auth",
-        "routing.fallbacks"
+      expect(error._tag === "ConfigInvalid" && error.problems).toEqual([
+        { path: "routing.fallbacks", message: "is validated but not yet applied by this version of the relay" }
       ])
       expect(error.message).not.toContain("org-secret-0123")
-      const plain = join(dir, "plain.yaml")
-      writeFileSync(plain, "upstreams:\n  - { name: a, baseUrl: \"https://a.example/v1\", apiKey: k }\n")
-      const config = yield* Config.load(plain, {})
-      expect(config.upstreams[0].kind).toBe("openai")
+      const kinds = join(dir, "kinds.yaml")
+      writeFileSync(kinds, ALL_KINDS.slice(0, ALL_KINDS.indexOf("routing:")))
+      const config = yield* Config.load(kinds, { ORG: "org-secret-0123" })
+      expect(config.upstreams.map((u) => u.kind)).toEqual(["openai", "azure-openai", "anthropic", "gemini", "openai"])
+      // What the server's client translates: every upstream but a plain OpenAI one.
+      const providers = Config.toProviders(config)
+      expect(Object.keys(providers)).toEqual(["openai", "azure", "claude", "gemini", "local"])
+      expect(providers["openai"]).toMatchObject({ kind: "openai", auth: "bearer", headers: { "OpenAI-Organization": "org-secret-0123" } })
+      expect(providers["azure"]).toMatchObject({ kind: "azure-openai", auth: "api-key", deployments: { "gpt-4.1": "my-gpt41" } })
+      expect(providers["local"]).toMatchObject({ kind: "openai", auth: "none" })
+      const plain = Config.toProviders(Either.getOrThrow(parse("upstreams:\n  - { name: a, baseUrl: \"https://a.example/v1\", apiKey: k }\n")))
+      expect(plain).toEqual({})
     }))
 })

@@ -30,7 +30,7 @@ import * as Stream from "effect/Stream"
 import type { Readable } from "node:stream"
 import * as OpenAI from "../OpenAI.js"
 import type { Upstream } from "../Upstream.js"
-import { type Reply, type StreamReply, UpstreamClient } from "../UpstreamClient.js"
+import { type Reply, type StreamReply, type UndiciOptions, UpstreamClient } from "../UpstreamClient.js"
 import { type UpstreamError, UpstreamUnreachable } from "../UpstreamError.js"
 import * as Anthropic from "./Anthropic.js"
 import * as Azure from "./Azure.js"
@@ -114,12 +114,20 @@ const plain = (p: Provider): boolean =>
  */
 export const make = (
   underlying: UpstreamClient,
-  providerOf: (upstream: string) => Provider | undefined
+  providerOf: (upstream: string) => Provider | undefined,
+  options: UndiciOptions = {}
 ): Effect.Effect<UpstreamClient, never, Scope.Scope> =>
   Effect.gen(function*() {
     const undici = yield* Effect.promise(() => import("undici"))
     const agent = yield* Effect.acquireRelease(
-      Effect.sync(() => new undici.Agent({ keepAliveTimeout: 30_000, headersTimeout: 120_000, bodyTimeout: 120_000 })),
+      Effect.sync(() =>
+        new undici.Agent({
+          keepAliveTimeout: options.keepAliveTimeout ?? 30_000,
+          headersTimeout: options.headersTimeout ?? 120_000,
+          bodyTimeout: options.bodyTimeout ?? 120_000,
+          ...(options.connections === undefined ? {} : { connections: options.connections })
+        })
+      ),
       (a) => Effect.promise(() => a.destroy().catch(noop))
     )
 
@@ -388,6 +396,7 @@ const lower = (headers: Readonly<Record<string, string>> | undefined): Record<st
  * the upstreams `providerOf` names.
  */
 export const layer = (
-  providerOf: (upstream: string) => Provider | undefined
+  providerOf: (upstream: string) => Provider | undefined,
+  options?: UndiciOptions
 ): Layer.Layer<UpstreamClient, never, UpstreamClient> =>
-  Layer.scoped(UpstreamClient, Effect.flatMap(UpstreamClient, (underlying) => make(underlying, providerOf)))
+  Layer.scoped(UpstreamClient, Effect.flatMap(UpstreamClient, (underlying) => make(underlying, providerOf, options)))
