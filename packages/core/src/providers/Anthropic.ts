@@ -498,9 +498,20 @@ export const streamTranslator = (options: StreamOptions): StreamTranslator => {
   const toolIndex = new Map<number, number>()
   let tools = 0
   let finish: string | undefined
+  /**
+   * The role chunk of `message_start`, held until something follows it: an
+   * `error` right after `message_start` (Anthropic's overload, typically)
+   * is then the stream's first event, and the relay can still fail over.
+   */
+  let rolePending = false
 
   const emit = (delta: Record<string, unknown>, finishReason: string | null = null) => {
-    out += sse(chunk({ id, created: options.created, model: options.model }, delta, finishReason))
+    const meta = { id, created: options.created, model: options.model }
+    if (rolePending) {
+      rolePending = false
+      out += sse(chunk(meta, { role: "assistant", content: "" }, null))
+    }
+    out += sse(chunk(meta, delta, finishReason))
   }
 
   const onEvent = (data: string) => {
@@ -522,7 +533,7 @@ export const streamTranslator = (options: StreamOptions): StreamTranslator => {
           inputUsage = message["usage"]
           outputTokens = count(isRecord(message["usage"]) ? message["usage"]["output_tokens"] : 0)
         }
-        emit({ role: "assistant", content: "" })
+        rolePending = true
         return
       }
       case "content_block_start": {
@@ -573,6 +584,7 @@ export const streamTranslator = (options: StreamOptions): StreamTranslator => {
         return
       }
       case "error": {
+        rolePending = false
         const error = event["error"]
         failed = {
           type: isRecord(error) && typeof error["type"] === "string" ? error["type"] : "api_error",

@@ -470,6 +470,17 @@ describe("Anthropic streams", () => {
     expect(OpenAI.inspectStreamChunk(JSON.stringify(out.at(-1)))._tag).toBe("Error")
   })
 
+  it("an error right after message_start is the first event sent, so that the relay can still fail over", () => {
+    const t = Anthropic.streamTranslator(options)
+    const text = t.feed(
+      STREAM.slice(0, STREAM.indexOf("event: content_block_start")) +
+        event("error", { type: "error", error: { type: "overloaded_error", message: "Overloaded" } })
+    ) + t.end()
+    const out = events(text)
+    expect(out).toEqual([{ error: { message: "Overloaded", type: "overloaded_error", param: null, code: "overloaded_error" } }])
+    expect(OpenAI.inspectStreamChunk(JSON.stringify(out[0]))._tag).toBe("Error")
+  })
+
   it("a stream cut before message_stop is not complete and sends no [DONE]", () => {
     const t = Anthropic.streamTranslator(options)
     const text = t.feed(STREAM.slice(0, STREAM.indexOf("event: message_delta"))) + t.end()
