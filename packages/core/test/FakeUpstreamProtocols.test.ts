@@ -269,3 +269,32 @@ describe("FakeUpstream protocol: azure-openai", () => {
     expect(down.status).toBe(503)
   })
 })
+
+describe("FakeUpstream protocol: openai, callTools", () => {
+  it("calls the first tool, in a completion and in a stream, then answers the tool result with text", async () => {
+    const u = await fake({ name: "oa", callTools: true })
+    const tools = [{ type: "function", function: { name: "weather" } }]
+    const post = (body: Record<string, unknown>) =>
+      fetch(`${u.url}/chat/completions`, { method: "POST", body: JSON.stringify({ model: "m", tools, ...body }) })
+    const first = await (await post({ messages: [{ role: "user", content: "weather?" }] })).json() as any
+    expect(OpenAI.inspectChatCompletion(JSON.stringify(first))._tag).toBe("Ok")
+    expect(first.choices[0]).toMatchObject({
+      finish_reason: "tool_calls",
+      message: { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "weather", arguments: "{}" } }] }
+    })
+    const streamed = await (await post({ messages: [{ role: "user", content: "weather?" }], stream: true })).text()
+    const chunks = streamed.split("\n\n").filter((e) => e.startsWith("data: {")).map((e) => JSON.parse(e.slice(6)))
+    expect(chunks[1].choices[0].delta.tool_calls).toEqual([
+      { index: 0, id: "call_2", type: "function", function: { name: "weather", arguments: "{}" } }
+    ])
+    expect(chunks.at(-1).choices[0].finish_reason).toBe("tool_calls")
+    const after = await (await post({
+      messages: [
+        { role: "user", content: "weather?" },
+        first.choices[0].message,
+        { role: "tool", tool_call_id: "call_1", content: "18C" }
+      ]
+    })).json() as any
+    expect(after.choices[0].message.content).toBe("Hello from oa")
+  })
+})

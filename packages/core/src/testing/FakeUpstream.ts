@@ -188,8 +188,8 @@ export interface Options {
   /** The wire format spoken; default `openai`. */
   protocol?: Protocol | undefined
   /**
-   * `anthropic` and `gemini`: when the request offers tools and does not end
-   * with a tool result, answer with a call of the first tool (arguments `{}`).
+   * When the request offers tools and does not end with a tool result,
+   * answer with a call of the first tool (arguments `{}`), in any protocol.
    */
   callTools?: boolean | undefined
 }
@@ -308,6 +308,10 @@ const wordsOf = (reply: string): Array<string> => {
 }
 
 type Kind = "chat" | "embeddings"
+
+/** An OpenAI tool call of `name` with arguments `{}` (with `index` in a stream's delta). */
+const toolCallJson = (name: string, id: string, indexed: boolean): string =>
+  `{${indexed ? `"index":0,` : ""}"id":${id},"type":"function","function":{"name":${JSON.stringify(name)},"arguments":"{}"}}`
 
 /** What a request's URL says: the endpoint, and for Gemini the model, whether it streams, whether it is a batch. */
 interface Route {
@@ -518,6 +522,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     const emptyContent = hit(f.emptyContent)
     const emptyChoices = hit(f.emptyChoices)
     const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
+    const tool = callTools ? toolToCall("openai", request) : undefined
     const promptTokens = Math.ceil(messageChars(request["messages"]) / 4)
     const completionTokens = Math.ceil(reply.length / 4)
     const usage = `{"prompt_tokens":${promptTokens},"completion_tokens":${completionTokens},"total_tokens":${
@@ -541,8 +546,13 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
         events.push(`${head}"choices":[]${tail}`)
       } else {
         events.push(choice(`{"role":"assistant","content":""}`, "null"))
-        for (const w of wordsOf(reply)) events.push(choice(`{"content":${JSON.stringify(w)}}`, "null"))
-        events.push(choice("{}", `"stop"`))
+        if (tool !== undefined) {
+          events.push(choice(`{"tool_calls":[${toolCallJson(tool, `"call_${seq}"`, true)}]}`, "null"))
+          events.push(choice("{}", `"tool_calls"`))
+        } else {
+          for (const w of wordsOf(reply)) events.push(choice(`{"content":${JSON.stringify(w)}}`, "null"))
+          events.push(choice("{}", `"stop"`))
+        }
       }
       if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
       const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
@@ -559,6 +569,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
 
     const choices = emptyChoices
       ? "[]"
+      : tool !== undefined
+      ? `[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[${
+        toolCallJson(tool, `"call_${seq}"`, false)
+      }]},"finish_reason":"tool_calls","logprobs":null}]`
       : `[{"index":0,"message":{"role":"assistant","content":${
         JSON.stringify(reply)
       }},"finish_reason":"stop","logprobs":null}]`
