@@ -24,3 +24,11 @@ export * as UpstreamClient from "./UpstreamClient.js"
 export * as UpstreamError from "./UpstreamError.js"
 export * as Health from "./Health.js"
 export * as Spend from "./Spend.js"
+
+// Providers: other wire formats behind the OpenAI surface
+export * as Anthropic from "./providers/Anthropic.js"
+export * as Azure from "./providers/Azure.js"
+export * as Gemini from "./providers/Gemini.js"
+export * as OpenAICompatible from "./providers/OpenAICompatible.js"
+export * as ProviderClient from "./providers/ProviderClient.js"
+export * as Translation from "./providers/Translation.js"

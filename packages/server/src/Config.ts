@@ -38,7 +38,17 @@
  *     streamIdleTimeout: 60s              # overrides routing.streamIdleTimeout
  *     breaker: { failureThreshold: 5 }    # overrides of the section below
  *     retry: { maxRetries: 1 }            # maxRetries, baseDelay, maxDelay
+ *     kind: openai                        # openai (default) | azure-openai | anthropic | gemini
+ *     auth: bearer                        # openai, azure-openai: bearer | api-key | none (apiKey optional then)
+ *     headers: { OpenAI-Organization: "${ORG_ID}" }   # static extra headers (secrets: never shown)
+ *   - name: azure
+ *     kind: azure-openai
+ *     baseUrl: https://my-resource.openai.azure.com
+ *     apiKey: ${AZURE_KEY}
+ *     deployments: { gpt-4.1: my-gpt41 }  # required for azure-openai: model -> deployment
+ *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s }
+ * #        fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] }   # validated; not yet applied
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
  * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
@@ -88,7 +98,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -183,7 +193,24 @@ export interface UpstreamConfig {
   readonly breaker?: Partial<BreakerConfig> | undefined
   /** Only the fields set in the file. */
   readonly retry?: Partial<Pick<RetryConfig, "maxRetries" | "baseDelay" | "maxDelay">> | undefined
+  /** The wire format the upstream speaks (core's `Translation.Kind`). Default `openai`. */
+  readonly kind: UpstreamKind
+  /** How the key is sent, for kinds `openai` (default `bearer`) and `azure-openai` (default `api-key`). */
+  readonly auth: UpstreamAuth
+  /** Static headers added to every call (values are secrets). Default none. */
+  readonly headers: Readonly<Record<string, Redacted.Redacted<string>>>
+  /** `azure-openai`: model (after aliases) -> deployment. */
+  readonly deployments?: Readonly<Record<string, string>> | undefined
+  /** `azure-openai`: the `api-version`; `anthropic`: the `anthropic-version`. Default: core's. */
+  readonly apiVersion?: string | undefined
 }
+
+/** The wire formats an upstream may speak (core's `Translation.Kind`). */
+export type UpstreamKind = "openai" | "azure-openai" | "anthropic" | "gemini"
+const UPSTREAM_KINDS = ["openai", "azure-openai", "anthropic", "gemini"] as const
+/** How an OpenAI-format upstream's key is sent (core's `OpenAICompatible.Auth`). */
+export type UpstreamAuth = "bearer" | "api-key" | "none"
+const UPSTREAM_AUTHS = ["bearer", "api-key", "none"] as const
 
 export interface RoutingConfig {
   readonly strategy: Router.Strategy
@@ -193,6 +220,8 @@ export interface RoutingConfig {
   readonly panic: boolean
   /** A stream silent this long after its first event is ended with an error event. */
   readonly streamIdleTimeout: Duration.Duration
+  /** Model -> the models that answer, in order, when every upstream of that model failed. Default none. */
+  readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
 }
 
 export interface CooldownConfig {
@@ -601,7 +630,8 @@ const File = Schema.Struct({
   upstreams: Schema.Array(Schema.Struct({
     name: NonEmptyString,
     baseUrl: HttpUrl,
-    apiKey: Secret,
+    // Required unless auth is none: see upstreamChecks.
+    apiKey: opt(Secret),
     models: opt(Models),
     aliases: opt(Schema.Record({ key: Schema.String, value: NonEmptyString })),
     priority: opt(NonNegativeInt),
@@ -612,14 +642,20 @@ const File = Schema.Struct({
     timeout: opt(PositiveDur),
     streamIdleTimeout: opt(PositiveDur),
     breaker: opt(Schema.Struct(BreakerFields)),
-    retry: opt(Schema.Struct({ maxRetries: opt(NonNegativeInt), baseDelay: opt(Dur), maxDelay: opt(Dur) }))
+    retry: opt(Schema.Struct({ maxRetries: opt(NonNegativeInt), baseDelay: opt(Dur), maxDelay: opt(Dur) })),
+    kind: opt(oneOf(UPSTREAM_KINDS)),
+    auth: opt(oneOf(UPSTREAM_AUTHS)),
+    headers: opt(Schema.Record({ key: Schema.String, value: Secret })),
+    deployments: opt(Schema.Record({ key: Schema.String, value: NonEmptyString })),
+    apiVersion: opt(NonEmptyString)
   })).pipe(Schema.filter((ups) => ups.length > 0 || "expected at least one upstream")),
   routing: opt(Schema.Struct({
     strategy: opt(oneOf(["priority", "weighted", "latency", "least-busy"] as const)),
     maxAttempts: opt(PositiveInt),
     requestTimeout: opt(PositiveDur),
     panic: opt(Bool),
-    streamIdleTimeout: opt(PositiveDur)
+    streamIdleTimeout: opt(PositiveDur),
+    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -784,10 +820,135 @@ const crossChecks = (input: Record<string, unknown>): Array<Problem> => {
       else if (typeof value === "string" && /[\r\n\0]/.test(value)) problems.push({ path, message: "must not contain line breaks" })
     }
   }
+  problems.push(...upstreamChecks(input), ...fallbackChecks(input))
   return problems
 }
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+
+const quoted = (names: ReadonlyArray<string>) => names.map((n) => JSON.stringify(n)).join(" and ")
+
+/** The fields of `upstreams[]` that depend on its kind, and its headers' names. */
+const upstreamChecks = (input: Record<string, unknown>): Array<Problem> => {
+  const problems: Array<Problem> = []
+  for (const [i, u] of entries(input["upstreams"])) {
+    const at = (field: string) => `upstreams[${i}].${field}`
+    const kind = u["kind"] === undefined ? "openai" : u["kind"]
+    // An unknown kind is named by the schema; nothing else depends on it then.
+    const known = typeof kind === "string" && (UPSTREAM_KINDS as ReadonlyArray<string>).includes(kind)
+    if (u["apiKey"] === undefined && u["auth"] !== "none") {
+      problems.push({ path: at("apiKey"), message: "is required" })
+    }
+    if (!known) continue
+    const only = (field: string, kinds: ReadonlyArray<string>, why = "") => {
+      if (u[field] !== undefined && !kinds.includes(kind as string)) {
+        problems.push({
+          path: at(field),
+          message: `applies to kind${kinds.length > 1 ? "s" : ""} ${quoted(kinds)} only, not ${JSON.stringify(kind)}${why}`
+        })
+      }
+    }
+    only("auth", ["openai", "azure-openai"], kind === "anthropic" ? " (its key goes in x-api-key)" : kind === "gemini" ? " (its key goes in x-goog-api-key)" : "")
+    only("deployments", ["azure-openai"])
+    only("apiVersion", ["azure-openai", "anthropic"])
+    if (kind === "azure-openai") {
+      const deployments = u["deployments"]
+      if (deployments === undefined) {
+        problems.push({
+          path: at("deployments"),
+          message: `is required for kind "azure-openai": map each model to its deployment, e.g. { gpt-4.1: my-gpt41 }`
+        })
+      } else if (isRecord(deployments)) {
+        if (Object.keys(deployments).length === 0) problems.push({ path: at("deployments"), message: "must name at least one deployment" })
+        const aliases = isRecord(u["aliases"]) ? u["aliases"] : {}
+        const models = Array.isArray(u["models"]) ? u["models"] : []
+        for (const model of models) {
+          if (typeof model !== "string") continue
+          const target = typeof aliases[model] === "string" ? aliases[model] as string : model
+          if (!Object.prototype.hasOwnProperty.call(deployments, target)) {
+            problems.push({ path: at("models"), message: `${JSON.stringify(model)} has no deployment (add it to deployments)` })
+          }
+        }
+      }
+    }
+    const headers = u["headers"]
+    if (isRecord(headers)) {
+      for (const [name, value] of Object.entries(headers)) {
+        const path = `${at("headers")}.${name}`
+        if (!HEADER_NAME.test(name)) problems.push({ path, message: "is not a valid HTTP header name" })
+        else if (typeof value === "string" && /[\r\n\0]/.test(value)) problems.push({ path, message: "must not contain line breaks" })
+      }
+    }
+  }
+  return problems
+}
+
+/**
+ * The models some upstream serves, or "*" when one serves any: its
+ * `models` (default any, or for `azure-openai` the models of its
+ * `deployments`) and its aliases.
+ */
+const servedModels = (input: Record<string, unknown>): ReadonlySet<string> | "*" => {
+  const served = new Set<string>()
+  for (const [, u] of entries(input["upstreams"])) {
+    const models = u["models"]
+    if (Array.isArray(models)) for (const m of models) typeof m === "string" && served.add(m)
+    else if (u["kind"] === "azure-openai" && isRecord(u["deployments"])) for (const m of Object.keys(u["deployments"])) served.add(m)
+    else return "*"
+    if (isRecord(u["aliases"])) for (const m of Object.keys(u["aliases"])) served.add(m)
+  }
+  return served
+}
+
+/**
+ * `routing.fallbacks`: every fallback is a model some upstream serves, and
+ * no chain of fallbacks leads back to where it started (fallbacks are
+ * followed on: a fallback's own fallbacks come after it).
+ */
+const fallbackChecks = (input: Record<string, unknown>): Array<Problem> => {
+  const routing = input["routing"]
+  const fallbacks = isRecord(routing) ? routing["fallbacks"] : undefined
+  if (!isRecord(fallbacks)) return []
+  const problems: Array<Problem> = []
+  const served = servedModels(input)
+  const graph = new Map<string, ReadonlyArray<string>>()
+  for (const [model, list] of Object.entries(fallbacks)) {
+    if (!Array.isArray(list)) continue
+    const targets = list.filter((t): t is string => typeof t === "string" && t.trim() !== "")
+    graph.set(model, targets)
+    list.forEach((target, j) => {
+      if (typeof target !== "string" || target.trim() === "") return
+      if (served !== "*" && !served.has(target)) {
+        problems.push({
+          path: renderPath(["routing", "fallbacks", model, j]),
+          message: `no upstream serves ${JSON.stringify(target)} (see upstreams[].models, aliases and deployments)`
+        })
+      }
+    })
+  }
+  // Cycles, each named once, from where the file first reaches it.
+  const state = new Map<string, "open" | "done">()
+  const reported = new Set<string>()
+  const stack: Array<string> = []
+  const visit = (model: string): void => {
+    state.set(model, "open")
+    stack.push(model)
+    for (const next of graph.get(model) ?? []) {
+      if (state.get(next) === "open") {
+        const cycle = [...stack.slice(stack.indexOf(next)), next]
+        const key = [...cycle.slice(0, -1)].sort().join("\u0000")
+        if (!reported.has(key)) {
+          reported.add(key)
+          problems.push({ path: renderPath(["routing", "fallbacks", model]), message: `fallback cycle: ${cycle.join(" -> ")}` })
+        }
+      } else if (state.get(next) === undefined) visit(next)
+    }
+    stack.pop()
+    state.set(model, "done")
+  }
+  for (const model of graph.keys()) if (state.get(model) === undefined) visit(model)
+  return problems
+}
 
 // ---------------------------------------------------------------------------
 // Telemetry: the file's section and the standard OTEL_* variables
@@ -933,7 +1094,10 @@ const secretsIn = (input: Record<string, unknown>): Array<string> => {
   }
   if (isRecord(input["server"])) add(input["server"]["adminKey"])
   for (const [, k] of entries(input["keys"])) add(k["key"])
-  for (const [, u] of entries(input["upstreams"])) add(u["apiKey"])
+  for (const [, u] of entries(input["upstreams"])) {
+    add(u["apiKey"])
+    if (isRecord(u["headers"])) for (const v of Object.values(u["headers"])) add(v)
+  }
   if (isRecord(input["store"])) add(input["store"]["url"])
   const telemetry = input["telemetry"]
   const otlp = isRecord(telemetry) ? telemetry["otlp"] : undefined
@@ -1134,8 +1298,9 @@ const build = (f: File, env: Env): ServerConfig => {
   const upstreams = f.upstreams.map((u): UpstreamConfig => ({
     name: u.name,
     baseUrl: u.baseUrl,
-    apiKey: u.apiKey,
-    models: u.models ?? "*",
+    // Absent only with auth: none (checked), when no key is sent.
+    apiKey: u.apiKey ?? Redacted.make(""),
+    models: u.models ?? (u.kind === "azure-openai" && u.deployments !== undefined ? Object.keys(u.deployments) : "*"),
     aliases: u.aliases ?? {},
     priority: u.priority ?? 1,
     weight: u.weight ?? 1,
@@ -1161,7 +1326,12 @@ const build = (f: File, env: Env): ServerConfig => {
         ...only("baseDelay", u.retry.baseDelay),
         ...only("maxDelay", u.retry.maxDelay)
       }
-    )
+    ),
+    kind: u.kind ?? "openai",
+    auth: u.auth ?? (u.kind === "azure-openai" ? "api-key" : "bearer"),
+    headers: u.headers ?? {},
+    ...only("deployments", u.deployments),
+    ...only("apiVersion", u.apiVersion)
   }))
   return {
     server: {
@@ -1193,7 +1363,8 @@ const build = (f: File, env: Env): ServerConfig => {
       maxAttempts: routing.maxAttempts ?? 3,
       requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
       panic: routing.panic ?? false,
-      streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60)
+      streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
+      fallbacks: routing.fallbacks ?? {}
     },
     breaker: {
       ...only("failureRate", breaker.failureRate),
@@ -1302,6 +1473,43 @@ const readReason = (e: unknown): string => {
   }
 }
 
+/**
+ * What the file may say and `parse` validates, but the relay does not
+ * apply yet (model fallbacks are being built, issue 14):
+ * `routing.fallbacks`. `load` (so `check-config`, start and reload) refuses
+ * it rather than serve without it.
+ */
+export const notYetServed = (config: ServerConfig): Array<Problem> =>
+  Object.keys(config.routing.fallbacks).length > 0
+    ? [{ path: "routing.fallbacks", message: "is validated but not yet applied by this version of the relay" }]
+    : []
+
+/**
+ * How to call each upstream that is not a plain OpenAI one (another kind,
+ * another `auth`, extra headers), by name, for core's `ProviderClient`.
+ * Empty when every upstream is plain: the client is then used as it is.
+ */
+export const toProviders = (config: ServerConfig): Readonly<Record<string, ProviderClient.Provider>> => {
+  const out: Record<string, ProviderClient.Provider> = {}
+  for (const u of config.upstreams) {
+    const headers = Object.keys(u.headers).length === 0
+      ? undefined
+      : Object.fromEntries(Object.entries(u.headers).map(([k, v]) => [k, Redacted.value(v)]))
+    if (u.kind === "openai" && u.auth === "bearer" && headers === undefined) continue
+    Object.defineProperty(out, u.name, {
+      value: {
+        kind: u.kind,
+        auth: u.auth,
+        headers,
+        deployments: u.deployments,
+        apiVersion: u.apiVersion
+      } satisfies ProviderClient.Provider,
+      enumerable: true
+    })
+  }
+  return out
+}
+
 /** Reads and parses a config file; `env` defaults to `process.env`. */
 export const load = (
   file: string,
@@ -1310,7 +1518,13 @@ export const load = (
   Effect.tryPromise({
     try: () => fs.readFile(file, "utf8"),
     catch: (e) => new ConfigUnreadable({ file, reason: readReason(e) })
-  }).pipe(Effect.flatMap((text) => parse(text, { file, env })))
+  }).pipe(
+    Effect.flatMap((text) => parse(text, { file, env })),
+    Effect.flatMap((config) => {
+      const problems = notYetServed(config)
+      return problems.length === 0 ? Effect.succeed(config) : Effect.fail(new ConfigInvalid({ file, problems }))
+    })
+  )
 
 /** The relay's options from the config (keys, pricing, cache size and the rest are the server's). */
 /** The breaker section as core's options: a failure-rate window is either calls or time. */

@@ -12,7 +12,19 @@
  * after `server.keepAliveTimeout`. Node's HTTP server enforces all four; this
  * module sets them and answers its refusals with OpenAI error bodies.
  */
-import { Cooldown, Health, OpenAI, Pricing, RateLimiter, Relay, ResponseCache, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import {
+  Cooldown,
+  Health,
+  OpenAI,
+  Pricing,
+  ProviderClient,
+  RateLimiter,
+  Relay,
+  ResponseCache,
+  Spend,
+  Upstream,
+  UpstreamClient
+} from "@breakwater/core"
 import type * as Redis from "@breakwater/core/Redis"
 import * as Context from "effect/Context"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
@@ -93,7 +105,15 @@ const pipelineLayer = (
   relay: Layer.Layer<Relay.Relay, never, Stores | UpstreamClient.UpstreamClient | Pricing.Pricing>
 ) => {
   // One client (one connection pool) for the relay and the health probes.
-  const upstreamClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
+  const openAIClient = UpstreamClient.layerUndiciWith(Config.toUndiciOptions(config))
+  // Upstreams of other kinds (Anthropic, Gemini, Azure, other auth): translated per upstream.
+  const providers = Config.toProviders(config)
+  const upstreamClient = Object.keys(providers).length === 0
+    ? openAIClient
+    : ProviderClient.layer(
+      (name) => Object.prototype.hasOwnProperty.call(providers, name) ? providers[name] : undefined,
+      Config.toUndiciOptions(config)
+    ).pipe(Layer.provide(openAIClient))
   // Metric labels: configured models, aliases and their targets, and key names, as they are.
   const pricing = Pricing.layer(config.pricing, { models: configuredModels(config), keys: config.keys.map((k) => k.name) })
   const gateway = Layer.effect(

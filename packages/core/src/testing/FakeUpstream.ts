@@ -16,6 +16,16 @@
  *
  * The admin paths are not counted in `requests`.
  *
+ * A fake speaks one wire format, chosen by `protocol` (default `openai`):
+ * `azure-openai` (Azure's deployment URLs, `url` is the resource root),
+ * `anthropic` (`POST /v1/messages`, Anthropic's answers, errors and stream
+ * events) or `gemini` (`/v1beta/models/{model}:generateContent`,
+ * `:streamGenerateContent?alt=sse`, `:embedContent`, `:batchEmbedContents`).
+ * The faults are the same for all; their errors come in each provider's own
+ * shape (an Anthropic 5xx fault is a 529 `overloaded_error`, a Gemini one a
+ * 503 `UNAVAILABLE`; a quota fault is Anthropic's 400 about the credit
+ * balance, Gemini's per-day `RESOURCE_EXHAUSTED`).
+ *
  * Streams are sent in one write unless a pacing fault asks otherwise:
  * `streamDelayMs` spaces the events out (the headers and the first event go
  * at once), and `streamStallAfter` stops sending after that many events and
@@ -28,6 +38,25 @@ import * as http from "node:http"
 import type { AddressInfo, Socket } from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import {
+  ANTHROPIC_CREDIT,
+  anthropicError,
+  anthropicMessage,
+  anthropicRateLimitHeaders,
+  anthropicStream,
+  type Answer,
+  GEMINI_QUOTA,
+  geminiEmbeddingInputs,
+  geminiEmbeddings,
+  geminiError,
+  geminiResponse,
+  geminiStream,
+  promptChars,
+  type Protocol,
+  toolToCall
+} from "./fakeProtocols.js"
+
+export type { Protocol } from "./fakeProtocols.js"
 
 /**
  * Faults to inject. Probabilities are in 0..1. For chat and embeddings the
@@ -112,13 +141,21 @@ export interface Counters {
   lastTracestate: string | undefined
   /** The raw body text of the last POST. */
   lastBody: string | undefined
+  /** The path and query of the last request (admin paths aside). */
+  lastPath: string | undefined
+  /** The headers of the last request, names in lower case (admin paths aside). */
+  lastHeaders: Readonly<Record<string, string | ReadonlyArray<string> | undefined>> | undefined
 }
 
 /**
  * @since 0.1.0
  */
 export interface FakeUpstream {
-  /** Base URL including `/v1`, e.g. `http://127.0.0.1:43817/v1`. */
+  /**
+   * Base URL as the protocol's upstreams are configured: including `/v1`,
+   * e.g. `http://127.0.0.1:43817/v1` (`openai`, `anthropic`), `/v1beta`
+   * (`gemini`), or the resource root (`azure-openai`).
+   */
   readonly url: string
   readonly port: number
   readonly name: string
@@ -146,8 +183,15 @@ export interface Options {
   model?: string | undefined
   /** The models `GET /v1/models` lists; default `[model]`. */
   models?: ReadonlyArray<string> | undefined
-  /** Content of the assistant message; default `Hello from ${name}`. */
+  /** Content of the assistant message; default `Hello from ${name}`. Called with the request as sent (in the fake's protocol). */
   reply?: ((request: any) => string) | undefined
+  /** The wire format spoken; default `openai`. */
+  protocol?: Protocol | undefined
+  /**
+   * When the request offers tools and does not end with a tool result,
+   * answer with a call of the first tool (arguments `{}`), in any protocol.
+   */
+  callTools?: boolean | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -265,6 +309,21 @@ const wordsOf = (reply: string): Array<string> => {
 
 type Kind = "chat" | "embeddings"
 
+/** An OpenAI tool call of `name` with arguments `{}` (with `index` in a stream's delta). */
+const toolCallJson = (name: string, id: string, indexed: boolean): string =>
+  `{${indexed ? `"index":0,` : ""}"id":${id},"type":"function","function":{"name":${JSON.stringify(name)},"arguments":"{}"}}`
+
+/** What a request's URL says: the endpoint, and for Gemini the model, whether it streams, whether it is a batch. */
+interface Route {
+  readonly kind: Kind
+  readonly model?: string | undefined
+  readonly stream?: boolean | undefined
+  readonly batch?: boolean | undefined
+}
+
+const CHAT: Route = { kind: "chat" }
+const EMBEDDINGS: Route = { kind: "embeddings" }
+
 // ---------------------------------------------------------------------------
 // server
 
@@ -275,11 +334,29 @@ type Kind = "chat" | "embeddings"
  */
 export const start = (options: Options = {}): Promise<FakeUpstream> => {
   const name = options.name ?? "fake"
+  const protocol: Protocol = options.protocol ?? "openai"
+  const callTools = options.callTools === true
   const defaultModel = options.model ?? "fake-model"
-  const modelList = JSON.stringify({
-    object: "list",
-    data: (options.models ?? [defaultModel]).map((id) => ({ id, object: "model", created: 0, owned_by: "fake" }))
-  })
+  const listed = options.models ?? [defaultModel]
+  const modelList = protocol === "anthropic"
+    ? JSON.stringify({
+      data: listed.map((id) => ({ type: "model", id, display_name: id, created_at: "2025-01-01T00:00:00Z" })),
+      has_more: false,
+      first_id: listed[0] ?? null,
+      last_id: listed[listed.length - 1] ?? null
+    })
+    : protocol === "gemini"
+    ? JSON.stringify({
+      models: listed.map((id) => ({
+        name: `models/${id}`,
+        displayName: id,
+        supportedGenerationMethods: ["generateContent", "countTokens", "embedContent"]
+      }))
+    })
+    : JSON.stringify({
+      object: "list",
+      data: listed.map((id) => ({ id, object: "model", created: 0, owned_by: "fake" }))
+    })
   const fingerprint = JSON.stringify(`fake-${name}`)
   const defaultReply = `Hello from ${name}`
   const replyFn = options.reply
@@ -304,7 +381,9 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     lastAuthorization: undefined,
     lastTraceparent: undefined,
     lastTracestate: undefined,
-    lastBody: undefined
+    lastBody: undefined,
+    lastPath: undefined,
+    lastHeaders: undefined
   })
   let c = freshCounters(0)
   let seq = 0
@@ -355,8 +434,67 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     return h
   }
 
+  /** An error body for `status`, in the fake's protocol. */
+  const errorReply = (status: number, route: Route, f: Faults): string => {
+    if (protocol === "anthropic") return anthropicError(status, defaultModel)
+    if (protocol === "gemini") {
+      const delay = status === 429 && f.retryAfter !== undefined && /^\d+$/.test(f.retryAfter) ? Number(f.retryAfter) : undefined
+      return geminiError(status, route.model ?? defaultModel, delay)
+    }
+    return statusBody(status)
+  }
+
+  /** A successful answer in Anthropic's or Gemini's format. */
+  const answerForeign = (res: http.ServerResponse, route: Route, f: Faults, request: Record<string, unknown>): void => {
+    const truncated = hit(f.truncated)
+    const extra = protocol === "anthropic" && f.rateLimitHeaders !== undefined
+      ? anthropicRateLimitHeaders(f.rateLimitHeaders, Date.now())
+      : undefined
+    if (route.kind === "embeddings") {
+      const inputs = geminiEmbeddingInputs(request, route.batch === true)
+      let body = geminiEmbeddings(inputs.map(embeddingOf), route.batch === true)
+      if (truncated) body = body.slice(0, body.length >> 1)
+      sendJson(res, 200, body, extra)
+      return
+    }
+    const emptyContent = hit(f.emptyContent)
+    const emptyChoices = hit(f.emptyChoices)
+    const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
+    const tool = callTools ? toolToCall(protocol, request) : undefined
+    const answer: Answer = {
+      id: String(++seq),
+      model: route.model ?? (typeof request["model"] === "string" ? request["model"] : defaultModel),
+      reply,
+      tool,
+      promptTokens: Math.ceil(promptChars(protocol, request) / 4),
+      completionTokens: Math.ceil((tool === undefined ? reply.length : tool.length + 2) / 4),
+      omitUsage: f.omitUsage === true,
+      empty: emptyChoices
+    }
+    const stream = protocol === "gemini" ? route.stream === true : request["stream"] === true
+    if (stream) {
+      const cut = hit(f.streamCut)
+      const events = protocol === "anthropic" ? anthropicStream(answer) : geminiStream(answer)
+      const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : events
+      const headers: Record<string, string> = { "cache-control": "no-cache" }
+      if (extra !== undefined) Object.assign(headers, extra)
+      const delay = f.streamDelayMs ?? 0
+      const stallAfter = f.streamStallAfter
+      if (delay > 0 || stallAfter !== undefined) return paced(res, parts, headers, delay, stallAfter)
+      let body = parts.join("")
+      if (truncated) body = body.slice(0, body.length >> 1)
+      send(res, 200, "text/event-stream", body, headers, false)
+      return
+    }
+    let body = protocol === "anthropic" ? anthropicMessage(answer) : geminiResponse(answer)
+    if (truncated) body = body.slice(0, body.length >> 1)
+    sendJson(res, 200, body, extra)
+  }
+
   /** Builds and sends a successful (possibly content-faulted) answer. */
-  const answerOk = (res: http.ServerResponse, kind: Kind, f: Faults, request: Record<string, unknown>): void => {
+  const answerOk = (res: http.ServerResponse, route: Route, f: Faults, request: Record<string, unknown>): void => {
+    if (protocol === "anthropic" || protocol === "gemini") return answerForeign(res, route, f, request)
+    const kind = route.kind
     const model = typeof request["model"] === "string" ? JSON.stringify(request["model"]) : JSON.stringify(defaultModel)
     const truncated = hit(f.truncated)
     const extra = rateLimitExtra(f)
@@ -384,6 +522,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     const emptyContent = hit(f.emptyContent)
     const emptyChoices = hit(f.emptyChoices)
     const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
+    const tool = callTools ? toolToCall("openai", request) : undefined
     const promptTokens = Math.ceil(messageChars(request["messages"]) / 4)
     const completionTokens = Math.ceil(reply.length / 4)
     const usage = `{"prompt_tokens":${promptTokens},"completion_tokens":${completionTokens},"total_tokens":${
@@ -407,8 +546,13 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
         events.push(`${head}"choices":[]${tail}`)
       } else {
         events.push(choice(`{"role":"assistant","content":""}`, "null"))
-        for (const w of wordsOf(reply)) events.push(choice(`{"content":${JSON.stringify(w)}}`, "null"))
-        events.push(choice("{}", `"stop"`))
+        if (tool !== undefined) {
+          events.push(choice(`{"tool_calls":[${toolCallJson(tool, `"call_${seq}"`, true)}]}`, "null"))
+          events.push(choice("{}", `"tool_calls"`))
+        } else {
+          for (const w of wordsOf(reply)) events.push(choice(`{"content":${JSON.stringify(w)}}`, "null"))
+          events.push(choice("{}", `"stop"`))
+        }
       }
       if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
       const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
@@ -425,6 +569,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
 
     const choices = emptyChoices
       ? "[]"
+      : tool !== undefined
+      ? `[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[${
+        toolCallJson(tool, `"call_${seq}"`, false)
+      }]},"finish_reason":"tool_calls","logprobs":null}]`
       : `[{"index":0,"message":{"role":"assistant","content":${
         JSON.stringify(reply)
       }},"finish_reason":"stop","logprobs":null}]`
@@ -479,7 +627,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   }
 
   /** Runs the fault checks in order and answers (or not). */
-  const answer = (req: http.IncomingMessage, res: http.ServerResponse, kind: Kind, f: Faults, raw: string): void => {
+  const answer = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, f: Faults, raw: string): void => {
     if (hit(f.reset)) {
       c.resets++
       req.socket.destroy()
@@ -490,13 +638,21 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       return
     }
     if (f.status !== undefined) {
-      sendJson(res, f.status, statusBody(f.status), f.status === 429 ? retryExtra(f) : undefined)
+      sendJson(res, f.status, errorReply(f.status, route, f), f.status === 429 ? retryExtra(f) : undefined)
       return
     }
+    if (f.quota !== undefined && protocol === "anthropic") return sendJson(res, 400, ANTHROPIC_CREDIT)
+    if (f.quota !== undefined && protocol === "gemini") return sendJson(res, 429, GEMINI_QUOTA)
     if (f.quota === "429") return sendJson(res, 429, QUOTA_BODY)
     if (f.quota === "200") return sendJson(res, 200, QUOTA_BODY, rateLimitExtra(f))
-    if (hit(f.rate429)) return sendJson(res, 429, RATE_LIMIT_BODY, retryExtra(f))
-    if (hit(f.rate5xx)) return sendJson(res, 503, OVERLOADED_BODY)
+    if (hit(f.rate429)) {
+      return sendJson(res, 429, protocol === "anthropic" || protocol === "gemini" ? errorReply(429, route, f) : RATE_LIMIT_BODY, retryExtra(f))
+    }
+    if (hit(f.rate5xx)) {
+      if (protocol === "anthropic") return sendJson(res, 529, anthropicError(529, defaultModel))
+      if (protocol === "gemini") return sendJson(res, 503, errorReply(503, route, f))
+      return sendJson(res, 503, OVERLOADED_BODY)
+    }
     let request: unknown
     try {
       request = JSON.parse(raw)
@@ -506,10 +662,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     if (typeof request !== "object" || request === null || Array.isArray(request)) {
       return sendJson(res, 400, INVALID_JSON_BODY)
     }
-    answerOk(res, kind, f, request as Record<string, unknown>)
+    answerOk(res, route, f, request as Record<string, unknown>)
   }
 
-  const handlePost = (req: http.IncomingMessage, res: http.ServerResponse, kind: Kind): void => {
+  const handlePost = (req: http.IncomingMessage, res: http.ServerResponse, route: Route): void => {
     const f = faults
     let raw = ""
     req.setEncoding("utf8")
@@ -521,10 +677,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       if (closed || res.destroyed) return
       const latency = f.latencyMs ?? 0
       const delay = latency + (f.jitterMs !== undefined && f.jitterMs > 0 ? rand() * f.jitterMs : 0)
-      if (delay <= 0) return answer(req, res, kind, f, raw)
+      if (delay <= 0) return answer(req, res, route, f, raw)
       const timer = setTimeout(() => {
         timers.delete(timer)
-        if (!closed && !res.destroyed) answer(req, res, kind, f, raw)
+        if (!closed && !res.destroyed) answer(req, res, route, f, raw)
       }, delay)
       timers.add(timer)
     })
@@ -604,19 +760,19 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     c.lastAuthorization = req.headers.authorization
     c.lastTraceparent = req.headers.traceparent as string | undefined
     c.lastTracestate = req.headers.tracestate as string | undefined
+    c.lastPath = url
+    c.lastHeaders = req.headers
     if (++c.inFlight > c.maxInFlight) c.maxInFlight = c.inFlight
     // resetCounters carries inFlight over, so decrementing the current counters stays consistent.
     res.once("close", onInFlightDone)
 
     const method = req.method
     if (method === "POST") {
-      if (path === "/v1/chat/completions") {
-        c.chat++
-        return handlePost(req, res, "chat")
-      }
-      if (path === "/v1/embeddings") {
-        c.embeddings++
-        return handlePost(req, res, "embeddings")
+      const route = routeOf(path, q === -1 ? "" : url.slice(q + 1))
+      if (route !== undefined) {
+        if (route.kind === "chat") c.chat++
+        else c.embeddings++
+        return handlePost(req, res, route)
       }
       readBody(req, (raw) => {
         c.lastBody = raw
@@ -625,7 +781,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       return
     }
     req.resume()
-    if (method === "GET" && path === "/v1/models") {
+    if (method === "GET" && path === modelsPath) {
       c.models++
       const status = faults.modelsStatus ?? 200
       if (status === 200) {
@@ -635,6 +791,39 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     }
     notFound(res, method ?? "GET", path)
   })
+
+  /** The endpoint a POST's path names in the fake's protocol, if any. */
+  const routeOf = (path: string, query: string): Route | undefined => {
+    switch (protocol) {
+      case "openai":
+        return path === "/v1/chat/completions" ? CHAT : path === "/v1/embeddings" ? EMBEDDINGS : undefined
+      case "azure-openai": {
+        // Azure answers 404 without an api-version.
+        const m = /^\/openai\/deployments\/[^/]+\/(chat\/completions|embeddings)$/.exec(path)
+        if (m === null || !/(^|&)api-version=[^&]+/.test(query)) return undefined
+        return m[1] === "embeddings" ? EMBEDDINGS : CHAT
+      }
+      case "anthropic":
+        return path === "/v1/messages" ? CHAT : undefined
+      case "gemini": {
+        const m = /^\/v1beta\/models\/([^/:]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$/.exec(path)
+        if (m === null) return undefined
+        const model = decodeURIComponent(m[1]!)
+        switch (m[2]) {
+          case "generateContent":
+            return { kind: "chat", model, stream: false }
+          case "streamGenerateContent":
+            return /(^|&)alt=sse(&|$)/.test(query) ? { kind: "chat", model, stream: true } : undefined
+          case "embedContent":
+            return { kind: "embeddings", model, batch: false }
+          default:
+            return { kind: "embeddings", model, batch: true }
+        }
+      }
+    }
+  }
+
+  const modelsPath = protocol === "gemini" ? "/v1beta/models" : protocol === "azure-openai" ? "/openai/models" : "/v1/models"
 
   const notFound = (res: http.ServerResponse, method: string, path: string): void =>
     sendJson(
@@ -670,8 +859,9 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     server.listen(options.port ?? 0, "127.0.0.1", () => {
       server.off("error", onError)
       const port = (server.address() as AddressInfo).port
+      const root = `http://127.0.0.1:${port}`
       resolve({
-        url: `http://127.0.0.1:${port}/v1`,
+        url: protocol === "gemini" ? `${root}/v1beta` : protocol === "azure-openai" ? root : `${root}/v1`,
         port,
         name,
         setFaults,
