@@ -15,6 +15,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
@@ -24,6 +26,7 @@ import type * as Tracer from "effect/Tracer"
 import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 import * as Reload from "./Reload.js"
+import * as RequestLog from "./RequestLog.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
 export interface Incoming {
@@ -203,6 +206,13 @@ export const make = (options: Options) =>
     const gateway = yield* Gateway
     const health = yield* Effect.serviceOption(Health.Health)
     const cooldowns = yield* Cooldown.CooldownStore
+    // Request lines go through the RequestLog when there is one (the server
+    // provides it), at the log level in force where the handler is built
+    // (the server builds one handler per config, at that config's level).
+    const requestLog = Option.getOrUndefined(yield* Effect.serviceOption(RequestLog.RequestLog))
+    const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+    const infoOn = LogLevel.greaterThanEqual(LogLevel.Info, minimumLevel)
+    const warnOn = LogLevel.greaterThanEqual(LogLevel.Warning, minimumLevel)
     const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
     const knownModels = new Set([...relay.models, ...(options.knownModels ?? [])])
     // Model labels: configured models and aliases as they are, at most 50
@@ -704,44 +714,45 @@ export const make = (options: Options) =>
      * The request's metric and log line, written once: at the answer; for a
      * stream when it ends, with its outcome; for a caller that hung up, as
      * 499. Failed relays (5xx) and failed streams are warnings.
+     *
+     * Synchronous: the metrics by their handles, the line through the
+     * RequestLog (a plain object, buffered per turn of the event loop). The
+     * Effect it returns is only for a handler built without a RequestLog,
+     * which logs through Effect's logger instead.
      */
-    const writeLog = (log: Log, status: number): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        if (log.written) return Effect.void
-        log.written = true
-        log.status = status
-        const elapsed = performance.now() - log.started
-        const annotations: Record<string, unknown> = {
-          requestId: log.requestId,
-          method: log.method,
-          path: log.path,
-          key: log.key,
-          model: log.model ?? null,
-          upstream: log.upstream ?? null,
-          attempts: log.attempts ?? 0,
-          status,
-          latencyMs: Math.round(elapsed * 10) / 10,
-          cache: log.cache ?? null,
-          costUsd: log.costUsd ?? 0
-        }
-        if (log.costBasis !== undefined) annotations["costBasis"] = log.costBasis
-        if (log.failures !== undefined) annotations["failures"] = log.failures
-        if (log.outcome !== undefined) {
-          annotations["outcome"] = log.outcome
-          if (log.error !== undefined) annotations["error"] = log.error
-        }
-        if (log.outcome !== undefined || log.usageEstimated === true) annotations["usageEstimated"] = log.usageEstimated ?? false
-        const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
-        const written = Effect.zipRight(
-          Effect.zipRight(
-            Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status))),
-            Metric.update(durationHistogram, elapsed)
-          ),
-          Effect.annotateLogs(line, annotations)
-        )
-        if (log.span !== undefined) endRequestSpan(log.span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
-        return written
-      })
+    const writeLog = (log: Log, status: number): Effect.Effect<void> => {
+      if (log.written) return Effect.void
+      log.written = true
+      log.status = status
+      const elapsed = performance.now() - log.started
+      const fields: Record<string, unknown> = {
+        requestId: log.requestId,
+        method: log.method,
+        path: log.path,
+        key: log.key,
+        model: log.model ?? null,
+        upstream: log.upstream ?? null,
+        attempts: log.attempts ?? 0,
+        status,
+        latencyMs: Math.round(elapsed * 10) / 10,
+        cache: log.cache ?? null,
+        costUsd: log.costUsd ?? 0
+      }
+      if (log.costBasis !== undefined) fields["costBasis"] = log.costBasis
+      if (log.failures !== undefined) fields["failures"] = log.failures
+      if (log.outcome !== undefined) {
+        fields["outcome"] = log.outcome
+        if (log.error !== undefined) fields["error"] = log.error
+      }
+      if (log.outcome !== undefined || log.usageEstimated === true) fields["usageEstimated"] = log.usageEstimated ?? false
+      requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status)).unsafeUpdate(1, NO_TAGS)
+      durationHistogram.unsafeUpdate(elapsed, NO_TAGS)
+      if (log.span !== undefined) endRequestSpan(log.span, fields, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
+      const warning = status >= 500 || log.outcome === "failed"
+      if (requestLog === undefined) return Effect.annotateLogs(warning ? Effect.logWarning("request") : Effect.logInfo("request"), fields)
+      if (warning ? warnOn : infoOn) requestLog.write(warning ? "WARN" : "INFO", "request", fields)
+      return Effect.void
+    }
 
     const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
       const started = performance.now()
@@ -794,7 +805,7 @@ export const make = (options: Options) =>
     // Run by the adapter after it interrupted the request: nothing per
     // request on the way in, only for callers that leave.
     const hungUp = (request: Incoming): Effect.Effect<void> =>
-      Effect.suspend(() => {
+      Effect.suspend((): Effect.Effect<void> => {
         const log = request.state as Log | undefined
         if (log === undefined || log.written) return Effect.void
         return log.finish ?? writeLog(log, 499)
@@ -870,6 +881,8 @@ const endRequestSpan = (
     status >= 500 ? Exit.fail(`HTTP ${status}`) : streamFailed ? Exit.fail(`stream failed: ${String(fields["error"])}`) : Exit.void
   )
 }
+
+const NO_TAGS: ReadonlyArray<never> = []
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 
