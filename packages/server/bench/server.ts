@@ -9,15 +9,24 @@
  * (never reached) requests-per-minute limit, so every request consults the
  * rate-limit store. Prints requests per second, p50 / p99 latency, the
  * latency Breakwater adds, and each server's CPU per request and RSS.
+ *
+ * Sequential pass: one connection, one request at a time, 2,000 requests
+ * (after 200 to warm up) to each target: the latency the gateway adds when
+ * nothing queues, p50 and p99. Redis (redis-server, when it is on the PATH)
+ * is started by this script on 127.0.0.1 on a free port, without
+ * persistence, and stopped at the end. `BENCH_BASELINE=DIR` adds the
+ * in-memory Breakwater of another checkout (its built bin) to each pass.
  */
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
-import { readFileSync, writeFileSync } from "node:fs"
+import { existsSync, readFileSync, writeFileSync } from "node:fs"
+import { type AddressInfo, createServer } from "node:net"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 
-const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 32)
+const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 50)
+const BASELINE = process.env["BENCH_BASELINE"] || undefined
 const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
 const root = new URL("../../../", import.meta.url).pathname
 
@@ -97,13 +106,30 @@ const sequential = async (url: string, count = 2000) => {
   return { p50: samples[Math.floor(count * 0.5)]!, p99: samples[Math.floor(count * 0.99)]! }
 }
 
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+
+interface Target {
+  readonly name: string
+  readonly url: string
+  readonly pid: number | undefined
+}
+
 const main = async () => {
   // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
   // own, so the cleanup really stops it.
   const fake = await launch("node", ["--import", "tsx", "packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
+  let configs = 0
   const configFor = (store: string) => {
-    const file = join(tmpdir(), `breakwater-bench-${process.pid}-${store.length}.yaml`)
+    const file = join(tmpdir(), `breakwater-bench-${process.pid}-${configs++}.yaml`)
     writeFileSync(
       file,
       `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
@@ -113,76 +139,75 @@ const main = async () => {
     )
     return file
   }
-  const server = await launch("node", ["packages/server/bin/breakwater.js", "--config", configFor("")], /on (http:\/\/\S+)/)
-  const gatewayUrl = `${server.match[1]!}/v1`
+  const startGateway = async (name: string, bin: string, store = ""): Promise<Target> => {
+    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/)
+    return { name, url: `${started.match[1]!}/v1`, pid: started.child.pid }
+  }
+  const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
+  const memory = await startGateway("Breakwater, in-memory stores", "packages/server/bin/breakwater.js")
+  const before = BASELINE === undefined || !existsSync(join(BASELINE, "packages/server/bin/breakwater.js"))
+    ? undefined
+    : await startGateway("Breakwater (before), in-memory", join(BASELINE, "packages/server/bin/breakwater.js"))
 
-  // Redis stores, when redis-server is here.
-  let redisGateway: { url: string; pid: number } | undefined
+  // Redis stores, when redis-server is here: its own, on a free port.
+  let redis: Target | undefined
   try {
-    const redisPort = 20000 + (process.pid % 20000)
+    const redisPort = await freePort()
     await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
-    const second = await launch(
-      "node",
-      ["packages/server/bin/breakwater.js", "--config", configFor(`store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`)],
-      /on (http:\/\/\S+)/
+    redis = await startGateway(
+      "Breakwater, Redis stores",
+      "packages/server/bin/breakwater.js",
+      `store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`
     )
-    redisGateway = { url: `${second.match[1]!}/v1`, pid: second.child.pid! }
   } catch {
     console.error("redis-server not available: the Redis row is left out")
   }
+  const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
-  for (const url of [upstreamUrl, gatewayUrl, ...(redisGateway ? [redisGateway.url] : [])]) {
-    await autocannon({ url: `${url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
+  for (const t of [direct, ...gateways]) {
+    await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
-  const directSeq = await sequential(upstreamUrl)
-  const throughSeq = await sequential(gatewayUrl)
-  const direct = await load(upstreamUrl)
-  const cpu0 = cpuOf(server.child.pid!)
-  const through = await load(gatewayUrl)
-  const cpuPerRequestUs = ((cpuOf(server.child.pid!) - cpu0) * 1e6) / Math.max(1, through.total)
-  const mem = rssOf(server.child.pid!)
-  let redisRow: { r: typeof through; cpu: number; mem: ReturnType<typeof rssOf> } | undefined
-  if (redisGateway) {
-    const c0 = cpuOf(redisGateway.pid)
-    const r = await load(redisGateway.url)
-    redisRow = { r, cpu: ((cpuOf(redisGateway.pid) - c0) * 1e6) / Math.max(1, r.total), mem: rssOf(redisGateway.pid) }
+  const seq = new Map<Target, Awaited<ReturnType<typeof sequential>>>()
+  for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
+  const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
+  for (const t of [direct, ...gateways]) {
+    const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
+    const r = await load(t.url)
+    const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
+    loads.set(t, { r, cpuUs, mem: t.pid === undefined ? undefined : rssOf(t.pid) })
   }
 
-  const row = (name: string, r: typeof direct, extra: string) =>
-    `| ${name.padEnd(22)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
-      r.max.toFixed(1).padStart(7)
-    } | ${String(r.errors).padStart(6)} | ${extra} |`
+  const d = loads.get(direct)!.r
+  const m = loads.get(memory)!
   console.log(
     `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
       `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
   )
-  console.log(`| ${"target".padEnd(22)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | notes |`)
-  console.log(`|${"-".repeat(24)}|${"-".repeat(10)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(8)}|-------|`)
-  console.log(row("direct (fake upstream)", direct, "baseline"))
-  console.log(
-    row(
-      "through Breakwater",
-      through,
-      `${((through.rps / direct.rps) * 100).toFixed(0)}% of direct; adds p50 ${(through.p50 - direct.p50).toFixed(2)} ms, ` +
-        `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
-    )
-  )
-  if (redisRow) {
+  console.log(`| ${"target".padEnd(30)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | ${"CPU µs/req".padStart(10)} | notes |`)
+  console.log(`|${"-".repeat(32)}|${"-".repeat(9)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(7)}:|${"-".repeat(11)}:|-------|`)
+  for (const t of [direct, ...gateways]) {
+    const { cpuUs, mem, r } = loads.get(t)!
+    const notes = t === direct
+      ? "baseline"
+      : `${((r.rps / d.rps) * 100).toFixed(0)}% of direct` +
+        (t === memory ? "" : `, ${((r.rps / m.r.rps) * 100).toFixed(0)}% of in-memory`) +
+        `; RSS ${mem!.rssMb.toFixed(0)} MB (peak ${mem!.peakMb.toFixed(0)} MB)`
     console.log(
-      row(
-        "Breakwater, Redis stores",
-        redisRow.r,
-        `${((redisRow.r.rps / through.rps) * 100).toFixed(0)}% of in-memory; adds p50 ${(redisRow.r.p50 - direct.p50).toFixed(2)} ms, ` +
-          `p99 ${(redisRow.r.p99 - direct.p99).toFixed(2)} ms; server CPU ${redisRow.cpu.toFixed(0)} µs/req; RSS ${redisRow.mem.rssMb.toFixed(0)} MB`
-      )
+      `| ${t.name.padEnd(30)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
+        r.max.toFixed(1).padStart(7)
+      } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
     )
   }
-  console.log(
-    `\nsequential, 1 connection, 2000 requests: direct p50 ${directSeq.p50.toFixed(3)} ms / p99 ${directSeq.p99.toFixed(3)} ms; ` +
-      `through Breakwater p50 ${throughSeq.p50.toFixed(3)} ms / p99 ${throughSeq.p99.toFixed(3)} ms; ` +
-      `added p50 ${(throughSeq.p50 - directSeq.p50).toFixed(3)} ms, p99 ${(throughSeq.p99 - directSeq.p99).toFixed(3)} ms`
-  )
+  const ds = seq.get(direct)!
+  console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
+  console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
+  console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
+  for (const t of [direct, ...gateways]) {
+    const x = seq.get(t)!
+    const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
+    console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
+  }
   cleanup()
 }
 
