@@ -195,9 +195,10 @@ describe("the packed packages, installed in a new project", { timeout: 60_000 },
     )
   }, INSTALL_TIMEOUT_MS + 60_000)
 
+  // Removing the installed project takes more than the default 10 s on a busy machine.
   afterAll(() => {
     if (dir !== "") rmSync(dir, { recursive: true, force: true })
-  })
+  }, 60_000)
 
   it("the tarballs hold the built JS with declarations and maps, the sources they map to, and no tests", () => {
     const files = (name: string) => new Set(packed.find((p) => p.name === name)!.files.map((f) => f.path))
