@@ -852,7 +852,8 @@ export const make = (options: Options) =>
       const closing = draining()
       const refused = closing ? refusedWhileDraining(path) : undefined
       if (refused !== undefined) return Effect.suspend(() => replied(refused, log, logged, closing))
-      const routed = inSpan(log, Effect.catchAllCause(route(request, path, log), unexpected))
+      // Suspended: whatever the route's plain code throws is a defect of this request's fiber (a 500), never the adapter's.
+      const routed = inSpan(log, Effect.catchAllCause(Effect.suspend(() => route(request, path, log)), unexpected))
       return Effect.flatMap(routed, (response) => replied(response, log, logged, closing))
     }
 

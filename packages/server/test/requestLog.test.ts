@@ -196,4 +196,28 @@ describe("the handler's request lines through the RequestLog", () => {
       await close()
     }
   })
+
+  it("a defect in the handler's plain code is the request's 500 (and its line), not an exception out of the handler", async () => {
+    const writes: Array<string> = []
+    const { handler, close } = await handlerWith(LogLevel.Info, RequestLog.make({ sink: (c) => writes.push(c) }))
+    try {
+      const broken: Http.Incoming = {
+        ...request("defect-1"),
+        headers: new Proxy({ "x-request-id": "defect-1" } as Record<string, string | undefined>, {
+          get: (target, name) => {
+            if (name === "authorization") throw new Error("boom")
+            return target[name as string]
+          }
+        })
+      }
+      const quiet = Logger.replace(Logger.defaultLogger, Logger.make(() => {}))
+      const reply = await Effect.runPromise(Effect.provide(handler(broken), quiet))
+      expect(reply.status).toBe(500)
+      await nextTurn()
+      expect(writes.join("")).toContain(`"requestId":"defect-1"`)
+      expect(writes.join("")).toContain(`"status":500`)
+    } finally {
+      await close()
+    }
+  })
 })
