@@ -195,7 +195,7 @@ describe("the packed packages, installed in a new project", { timeout: 60_000 },
     )
   }, INSTALL_TIMEOUT_MS + 60_000)
 
-  // Removing the installed node_modules took over 10 s (the default) on a loaded machine.
+  // Removing the installed project takes more than the default 10 s on a busy machine.
   afterAll(() => {
     if (dir !== "") rmSync(dir, { recursive: true, force: true })
   }, 60_000)

@@ -8,9 +8,16 @@
  *   (one upstream, cache off, log level info, maxConcurrent 1000); Portkey in
  *   front of it (`x-portkey-provider: openai`, `x-portkey-custom-host`). Each
  *   of direct, Breakwater and Portkey gets a short warm-up, then the same
- *   autocannon load (BENCH_CONNECTIONS, default 32; BENCH_DURATION seconds,
- *   default 10), one after the other. Prints req/s, p50 / p99 / max latency,
- *   errors, and the gateway process's peak RSS (VmHWM).
+ *   autocannon load (BENCH_CONNECTIONS, default 50; BENCH_DURATION seconds,
+ *   default 10), one after the other: first with a tiny request body, then
+ *   with a realistic one (2.3 KB: nine messages with tool calls, three
+ *   tools; bench/bodies.ts). Prints req/s, p50 / p99 / max latency, errors,
+ *   and the gateway process's peak RSS (VmHWM, over the run so far).
+ *   `BENCH_BASELINE=DIR` adds the Breakwater of another checkout (its
+ *   built bin, e.g. the commit before a change) to each, in the same run.
+ * - The handler's cost per request, traces off: Effect operations, fibers and
+ *   bytes allocated (bench/handler.ts's profile), now and before (the
+ *   baseline checkout, or the recorded figures of the commit before issue 13).
  * - Round 2, chaos: a primary fake answering 12.3% 429s and 5% 503s and a
  *   healthy secondary. Breakwater has both (priority 1 and 2, maxAttempts 3);
  *   Portkey gets a fallback config over both (on 429/503), and once more with
@@ -28,6 +35,8 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
+import { REALISTIC_BODY, TINY_BODY } from "./bodies.js"
+import { baselineRoot, profileRows } from "./handler.js"
 
 const intEnv = (name: string, fallback: number, min: number, max: number): number => {
   const raw = process.env[name]
@@ -38,17 +47,18 @@ const intEnv = (name: string, fallback: number, min: number, max: number): numbe
   return clamped
 }
 
-const CONNECTIONS = intEnv("BENCH_CONNECTIONS", 32, 1, 1000)
+const CONNECTIONS = intEnv("BENCH_CONNECTIONS", 50, 1, 1000)
 const DURATION = intEnv("BENCH_DURATION", 10, 1, 30)
 const WARMUP = intEnv("BENCH_WARMUP", 2, 0, 10)
-const LOAD_RUNS = 7 // 3 in round 1, 4 in round 2
-/** Hard stop for the whole run: every load plus start-up slack. */
-const TIME_LIMIT_MS = (LOAD_RUNS * (DURATION + WARMUP) + 90) * 1000
+const BASELINE = baselineRoot()
+const LOAD_RUNS = (BASELINE === undefined ? 6 : 8) + 4 // 3 or 4 per body in round 1, 4 in round 2
+/** Hard stop for the whole run: every load plus start-up and profiling slack. */
+const TIME_LIMIT_MS = (LOAD_RUNS * (DURATION + WARMUP) + 240) * 1000
 
 const root = new URL("../../../", import.meta.url).pathname
 const portkeyMain = join(root, "node_modules/@portkey-ai/gateway/build/start-server.js")
 const API_KEY = "sk-fake"
-const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "Benchmark me." }] })
+const body = TINY_BODY
 const baseHeaders: Record<string, string> = { "content-type": "application/json", authorization: `Bearer ${API_KEY}` }
 
 // ---------------------------------------------------------------------------
@@ -143,11 +153,11 @@ const startFake = async (name: string, faults?: object, seed?: number) => {
 }
 type Fake = Awaited<ReturnType<typeof startFake>>
 
-const startBreakwater = async (label: string, yaml: string) => {
+const startBreakwater = async (label: string, yaml: string, bin = "packages/server/bin/breakwater.js") => {
   const file = join(tmpdir(), `breakwater-peers-${process.pid}-${tempFiles.length}.yaml`)
   writeFileSync(file, yaml)
   tempFiles.push(file)
-  const { child, match } = await launch(label, ["packages/server/bin/breakwater.js", "--config", file], /Breakwater on (http:\/\/\S+)/)
+  const { child, match } = await launch(label, [bin, "--config", file], /Breakwater on (http:\/\/\S+)/)
   return { child, url: `${match[1]!}/v1` }
 }
 
@@ -217,8 +227,8 @@ interface Load {
   byStatus: Record<string, number>
 }
 
-const load = async (url: string, headers: Record<string, string>, warmup = true): Promise<Load> => {
-  const opts = { url: `${url}/chat/completions`, method: "POST" as const, headers, body, connections: CONNECTIONS }
+const load = async (url: string, headers: Record<string, string>, warmup = true, payload = body): Promise<Load> => {
+  const opts = { url: `${url}/chat/completions`, method: "POST" as const, headers, body: payload, connections: CONNECTIONS }
   if (warmup && WARMUP > 0) await autocannon({ ...opts, duration: WARMUP })
   const r = await autocannon({ ...opts, duration: DURATION })
   const byStatus: Record<string, number> = {}
@@ -271,15 +281,17 @@ const main = async () => {
 
   // ----- round 1: throughput ---------------------------------------------------
   const fake = await startFake("bench")
-  const bw = await startBreakwater(
-    "breakwater",
-    `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: info\n` +
-      `upstreams:\n  - name: fake\n    baseUrl: "${fake.url}"\n    apiKey: ${API_KEY}\n    maxConcurrent: 1000\n` +
-      `cache:\n  enabled: false\n`
-  )
+  const bwYaml = `server:\n  host: 127.0.0.1\n  port: 0\n  logLevel: info\n` +
+    `upstreams:\n  - name: fake\n    baseUrl: "${fake.url}"\n    apiKey: ${API_KEY}\n    maxConcurrent: 1000\n` +
+    `cache:\n  enabled: false\n`
+  const bw = await startBreakwater("breakwater", bwYaml)
+  const bwBefore = BASELINE === undefined
+    ? undefined
+    : await startBreakwater("breakwater (before)", bwYaml, join(BASELINE, "packages/server/bin/breakwater.js"))
   const fp = [`fake-${fake.name}`]
   await verify("direct", fake.url, baseHeaders, fp)
   await verify("breakwater", bw.url, baseHeaders, fp)
+  if (bwBefore !== undefined) await verify("breakwater (before)", bwBefore.url, baseHeaders, fp)
 
   let portkey: { child: ChildProcess; url: string } | undefined
   let portkeyProblem: string | undefined
@@ -294,36 +306,59 @@ const main = async () => {
     console.log(`\nPortkey is unavailable: ${portkeyProblem}`)
   }
 
-  const direct = await load(fake.url, baseHeaders)
-  const throughBw = await load(bw.url, baseHeaders)
-  const bwPeak = peakRssMb(bw.child.pid!)
-  let throughPk: Load | undefined
-  let pkPeak = 0
-  if (portkey) {
-    throughPk = await load(portkey.url, portkeyHeaders)
-    pkPeak = peakRssMb(portkey.child.pid!)
+  const bodies = [["tiny", body], ["realistic", REALISTIC_BODY]] as const
+  const results: Array<{ name: string; direct: Load; bw: Load; bwPeak: number; before?: Load; beforePeak: number; pk?: Load; pkPeak: number }> = []
+  for (const [name, payload] of bodies) {
+    const direct = await load(fake.url, baseHeaders, true, payload)
+    const throughBw = await load(bw.url, baseHeaders, true, payload)
+    const bwPeak = peakRssMb(bw.child.pid!)
+    let before: Load | undefined
+    let beforePeak = 0
+    if (bwBefore !== undefined) {
+      before = await load(bwBefore.url, baseHeaders, true, payload)
+      beforePeak = peakRssMb(bwBefore.child.pid!)
+    }
+    let pk: Load | undefined
+    let pkPeak = 0
+    if (portkey) {
+      pk = await load(portkey.url, portkeyHeaders, true, payload)
+      pkPeak = peakRssMb(portkey.child.pid!)
+    }
+    results.push({ name, direct, bw: throughBw, bwPeak, ...(before ? { before } : {}), beforePeak, ...(pk ? { pk } : {}), pkPeak })
   }
-  await Promise.all([stop(bw.child), stop(fake.child), ...(portkey ? [stop(portkey.child)] : [])])
-
-  const row1 = (name: string, r: Load | undefined, peak: string) =>
-    r === undefined
-      ? [name, "unavailable", "", "", "", "", "", ""]
-      : [
-        name,
-        r.rps.toFixed(0),
-        ms(r.p50),
-        ms(r.p99),
-        ms(r.max),
-        String(r.non2xx + r.errors),
-        peak,
-        `${((r.rps / direct.rps) * 100).toFixed(0)}%`
-      ]
-  console.log(`\nRound 1 — throughput (latencies in ms, 1 ms resolution; errors = non-2xx + connection errors incl. timeouts)\n`)
-  table(["target", "req/s", "p50", "p99", "max", "errors", "peak RSS", "throughput vs direct"], [
-    row1("direct (fake upstream)", direct, "—"),
-    row1("Breakwater", throughBw, `${bwPeak.toFixed(0)} MB`),
-    row1("Portkey", throughPk, `${pkPeak.toFixed(0)} MB`)
+  await Promise.all([
+    stop(bw.child),
+    stop(fake.child),
+    ...(bwBefore ? [stop(bwBefore.child)] : []),
+    ...(portkey ? [stop(portkey.child)] : [])
   ])
+
+  for (const r of results) {
+    const row1 = (name: string, x: Load | undefined, peak: string) =>
+      x === undefined
+        ? [name, "unavailable", "", "", "", "", "", "", ""]
+        : [
+          name,
+          x.rps.toFixed(0),
+          ms(x.p50),
+          ms(x.p99),
+          ms(x.max),
+          String(x.non2xx + x.errors),
+          peak,
+          `${((x.rps / r.direct.rps) * 100).toFixed(0)}%`,
+          r.pk === undefined || r.pk.rps === 0 ? "—" : `${(x.rps / r.pk.rps).toFixed(1)}×`
+        ]
+    const size = r.name === "tiny" ? `${Buffer.byteLength(body)} B` : `${(Buffer.byteLength(REALISTIC_BODY) / 1024).toFixed(1)} KB, 9 messages, 3 tools`
+    console.log(
+      `\nRound 1 — throughput, ${r.name} body (${size}); latencies in ms, 1 ms resolution; errors = non-2xx + connection errors incl. timeouts; peak RSS over the run so far\n`
+    )
+    table(["target", "req/s", "p50", "p99", "max", "errors", "peak RSS", "vs direct", "vs Portkey"], [
+      row1("direct (fake upstream)", r.direct, "—"),
+      row1("Breakwater", r.bw, `${r.bwPeak.toFixed(0)} MB`),
+      ...(bwBefore === undefined ? [] : [row1("Breakwater (before)", r.before, `${r.beforePeak.toFixed(0)} MB`)]),
+      row1("Portkey", r.pk, `${r.pkPeak.toFixed(0)} MB`)
+    ])
+  }
 
   // ----- round 2: chaos ----------------------------------------------------------
   const faults = { rate429: 0.123, rate5xx: 0.05 }
@@ -402,6 +437,11 @@ const main = async () => {
     })
   )
   if (portkeyProblem !== undefined) console.log(`\nPortkey unavailable: ${portkeyProblem}`)
+
+  // ----- the handler's cost per request ---------------------------------------------
+  const profiled = await profileRows()
+  console.log(`\nPer request in the handler, traces off (bench:handler's profile; ${profiled.source})\n`)
+  table(["body", "Effect operations", "fibers", "KB allocated"], profiled.rows)
   console.log(`\nfinished in ${((Date.now() - started) / 1000).toFixed(0)} s`)
 }
 

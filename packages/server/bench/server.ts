@@ -9,15 +9,24 @@
  * (never reached) requests-per-minute limit, so every request consults the
  * rate-limit store. Prints requests per second, p50 / p99 latency, the
  * latency Breakwater adds, and each server's CPU per request and RSS.
+ *
+ * Sequential pass: one connection, one request at a time, 2,000 requests
+ * (after 200 to warm up) to each target: the latency the gateway adds when
+ * nothing queues, p50 and p99. Redis (redis-server, when it is on the PATH)
+ * is started by this script on 127.0.0.1 on a free port, without
+ * persistence, and stopped at the end. `BENCH_BASELINE=DIR` adds the
+ * in-memory Breakwater of another checkout (its built bin) to each pass.
  */
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
-import { readFileSync, writeFileSync } from "node:fs"
+import { existsSync, readFileSync, writeFileSync } from "node:fs"
+import { type AddressInfo, createServer } from "node:net"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 
-const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 32)
+const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 50)
+const BASELINE = process.env["BENCH_BASELINE"] || undefined
 const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
 const root = new URL("../../../", import.meta.url).pathname
 
@@ -62,19 +71,6 @@ const cpuOf = (pid: number) => {
 
 const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "Benchmark me." }] })
 
-/** An operator console connected to `base` (GET /admin/events), its events read as they come. */
-const openConsole = async (base: string) => {
-  const controller = new AbortController()
-  const res = await request(`${base}/admin/events`, { headers: { authorization: "Bearer sk-bench-admin" }, signal: controller.signal })
-  if (res.statusCode !== 200) throw new Error(`/admin/events answered ${res.statusCode}`)
-  let events = 0
-  res.body.on("data", (chunk: Buffer) => {
-    events += chunk.toString().split("\n\n").length - 1
-  })
-  res.body.on("error", () => {})
-  return { events: () => events, close: () => controller.abort() }
-}
-
 const load = async (url: string) => {
   const result = await autocannon({
     url: `${url}/chat/completions`,
@@ -94,6 +90,19 @@ const load = async (url: string) => {
   }
 }
 
+/** An operator console connected to `base` (GET /admin/events), its events read as they come. */
+const openConsole = async (base: string) => {
+  const controller = new AbortController()
+  const res = await request(`${base}/admin/events`, { headers: { authorization: "Bearer sk-bench-admin" }, signal: controller.signal })
+  if (res.statusCode !== 200) throw new Error(`/admin/events answered ${res.statusCode}`)
+  let events = 0
+  res.body.on("data", (chunk: Buffer) => {
+    events += chunk.toString().split("\n\n").length - 1
+  })
+  res.body.on("error", () => {})
+  return { events: () => events, close: () => controller.abort() }
+}
+
 /** One connection, one request at a time: the latency the gateway adds when it is not queueing. */
 const sequential = async (url: string, count = 2000) => {
   const agent = new Agent({ connections: 1 })
@@ -110,13 +119,30 @@ const sequential = async (url: string, count = 2000) => {
   return { p50: samples[Math.floor(count * 0.5)]!, p99: samples[Math.floor(count * 0.99)]! }
 }
 
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+
+interface Target {
+  readonly name: string
+  readonly url: string
+  readonly pid: number | undefined
+}
+
 const main = async () => {
   // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
   // own, so the cleanup really stops it.
   const fake = await launch("node", ["--import", "tsx", "packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
+  let configs = 0
   const configFor = (store: string) => {
-    const file = join(tmpdir(), `breakwater-bench-${process.pid}-${store.length}.yaml`)
+    const file = join(tmpdir(), `breakwater-bench-${process.pid}-${configs++}.yaml`)
     writeFileSync(
       file,
       `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
@@ -126,106 +152,99 @@ const main = async () => {
     )
     return file
   }
-  const server = await launch("node", ["packages/server/bin/breakwater.js", "--config", configFor("")], /on (http:\/\/\S+)/)
-  const gatewayUrl = `${server.match[1]!}/v1`
+  const startGateway = async (name: string, bin: string, store = ""): Promise<Target> => {
+    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/)
+    return { name, url: `${started.match[1]!}/v1`, pid: started.child.pid }
+  }
+  const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
+  const memory = await startGateway("Breakwater, in-memory stores", "packages/server/bin/breakwater.js")
+  const before = BASELINE === undefined || !existsSync(join(BASELINE, "packages/server/bin/breakwater.js"))
+    ? undefined
+    : await startGateway("Breakwater (before), in-memory", join(BASELINE, "packages/server/bin/breakwater.js"))
 
-  // Redis stores, when redis-server is here.
-  let redisGateway: { url: string; pid: number } | undefined
+  // Redis stores, when redis-server is here: its own, on a free port.
+  let redis: Target | undefined
   try {
-    const redisPort = 20000 + (process.pid % 20000)
+    const redisPort = await freePort()
     await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
-    const second = await launch(
-      "node",
-      ["packages/server/bin/breakwater.js", "--config", configFor(`store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`)],
-      /on (http:\/\/\S+)/
+    redis = await startGateway(
+      "Breakwater, Redis stores",
+      "packages/server/bin/breakwater.js",
+      `store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`
     )
-    redisGateway = { url: `${second.match[1]!}/v1`, pid: second.child.pid! }
   } catch {
     console.error("redis-server not available: the Redis row is left out")
   }
+  const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
-  for (const url of [upstreamUrl, gatewayUrl, ...(redisGateway ? [redisGateway.url] : [])]) {
-    await autocannon({ url: `${url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
+  for (const t of [direct, ...gateways]) {
+    await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
-  const directSeq = await sequential(upstreamUrl)
-  const throughSeq = await sequential(gatewayUrl)
-  const direct = await load(upstreamUrl)
-  const cpu0 = cpuOf(server.child.pid!)
-  const through = await load(gatewayUrl)
-  const cpuPerRequestUs = ((cpuOf(server.child.pid!) - cpu0) * 1e6) / Math.max(1, through.total)
-  const mem = rssOf(server.child.pid!)
-  // The same load with one operator console connected (its snapshots, the sampled tail), against
-  // none: in alternating runs (none, console, console, none, none, console) so that drift
+  const seq = new Map<Target, Awaited<ReturnType<typeof sequential>>>()
+  for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
+  const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
+  for (const t of [direct, ...gateways]) {
+    const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
+    const r = await load(t.url)
+    const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
+    loads.set(t, { r, cpuUs, mem: t.pid === undefined ? undefined : rssOf(t.pid) })
+  }
+
+  // The in-memory gateway with one operator console connected (its snapshots, the sampled tail),
+  // against none: alternating runs (none, console, console, none, none, console) so that drift
   // (other work on the machine) falls on both; requests and server CPU summed per side.
   const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
   let consoleEvents = 0
-  let withConsole = through
   for (const side of ["none", "console", "console", "none", "none", "console"] as const) {
-    const client = side === "console" ? await openConsole(server.match[1]!) : undefined
-    const c0 = cpuOf(server.child.pid!)
-    const r = await load(gatewayUrl)
-    sides[side].cpu += cpuOf(server.child.pid!) - c0
+    const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
+    const c0 = cpuOf(memory.pid!)
+    const r = await load(memory.url)
+    sides[side].cpu += cpuOf(memory.pid!) - c0
     sides[side].total += r.total
     sides[side].seconds += r.total / Math.max(1, r.rps)
     if (client !== undefined) {
       consoleEvents += client.events()
       client.close()
-      withConsole = r
     }
   }
-  const rate = (s: { total: number; seconds: number }) => s.total / Math.max(1e-9, s.seconds)
-  const consoleShare = rate(sides.console) / rate(sides.none)
-  const cpuUs = (s: { total: number; cpu: number }) => (s.cpu * 1e6) / Math.max(1, s.total)
-  let redisRow: { r: typeof through; cpu: number; mem: ReturnType<typeof rssOf> } | undefined
-  if (redisGateway) {
-    const c0 = cpuOf(redisGateway.pid)
-    const r = await load(redisGateway.url)
-    redisRow = { r, cpu: ((cpuOf(redisGateway.pid) - c0) * 1e6) / Math.max(1, r.total), mem: rssOf(redisGateway.pid) }
-  }
+  const rate = (x: { total: number; seconds: number }) => x.total / Math.max(1e-9, x.seconds)
+  const perReq = (x: { total: number; cpu: number }) => (x.cpu * 1e6) / Math.max(1, x.total)
 
-  const row = (name: string, r: typeof direct, extra: string) =>
-    `| ${name.padEnd(22)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
-      r.max.toFixed(1).padStart(7)
-    } | ${String(r.errors).padStart(6)} | ${extra} |`
+  const d = loads.get(direct)!.r
+  const m = loads.get(memory)!
   console.log(
     `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
       `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
   )
-  console.log(`| ${"target".padEnd(22)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | notes |`)
-  console.log(`|${"-".repeat(24)}|${"-".repeat(10)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(9)}|${"-".repeat(8)}|-------|`)
-  console.log(row("direct (fake upstream)", direct, "baseline"))
-  console.log(
-    row(
-      "through Breakwater",
-      through,
-      `${((through.rps / direct.rps) * 100).toFixed(0)}% of direct; adds p50 ${(through.p50 - direct.p50).toFixed(2)} ms, ` +
-        `p99 ${(through.p99 - direct.p99).toFixed(2)} ms; server CPU ${cpuPerRequestUs.toFixed(0)} µs/req; RSS ${mem.rssMb.toFixed(0)} MB (peak ${mem.peakMb.toFixed(0)} MB)`
-    )
-  )
-  console.log(
-    row(
-      "  with a console open",
-      withConsole,
-      `3 alternating runs each: ${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ` +
-        `${(consoleShare * 100).toFixed(1)}%; server CPU ${cpuUs(sides.console).toFixed(0)} vs ${cpuUs(sides.none).toFixed(0)} µs/req; ` +
-        `the console read ${consoleEvents} events (last run shown)`
-    )
-  )
-  if (redisRow) {
+  console.log(`| ${"target".padEnd(30)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | ${"CPU µs/req".padStart(10)} | notes |`)
+  console.log(`|${"-".repeat(32)}|${"-".repeat(9)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(7)}:|${"-".repeat(11)}:|-------|`)
+  for (const t of [direct, ...gateways]) {
+    const { cpuUs, mem, r } = loads.get(t)!
+    const notes = t === direct
+      ? "baseline"
+      : `${((r.rps / d.rps) * 100).toFixed(0)}% of direct` +
+        (t === memory ? "" : `, ${((r.rps / m.r.rps) * 100).toFixed(0)}% of in-memory`) +
+        `; RSS ${mem!.rssMb.toFixed(0)} MB (peak ${mem!.peakMb.toFixed(0)} MB)`
     console.log(
-      row(
-        "Breakwater, Redis stores",
-        redisRow.r,
-        `${((redisRow.r.rps / through.rps) * 100).toFixed(0)}% of in-memory; adds p50 ${(redisRow.r.p50 - direct.p50).toFixed(2)} ms, ` +
-          `p99 ${(redisRow.r.p99 - direct.p99).toFixed(2)} ms; server CPU ${redisRow.cpu.toFixed(0)} µs/req; RSS ${redisRow.mem.rssMb.toFixed(0)} MB`
-      )
+      `| ${t.name.padEnd(30)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
+        r.max.toFixed(1).padStart(7)
+      } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
     )
   }
+  const ds = seq.get(direct)!
+  console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
+  console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
+  console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
+  for (const t of [direct, ...gateways]) {
+    const x = seq.get(t)!
+    const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
+    console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
+  }
   console.log(
-    `\nsequential, 1 connection, 2000 requests: direct p50 ${directSeq.p50.toFixed(3)} ms / p99 ${directSeq.p99.toFixed(3)} ms; ` +
-      `through Breakwater p50 ${throughSeq.p50.toFixed(3)} ms / p99 ${throughSeq.p99.toFixed(3)} ms; ` +
-      `added p50 ${(throughSeq.p50 - directSeq.p50).toFixed(3)} ms, p99 ${(throughSeq.p99 - directSeq.p99).toFixed(3)} ms`
+    `\nwith one operator console open (GET /admin/events), in-memory, 3 alternating runs each: ` +
+      `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}%; ` +
+      `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
   )
   cleanup()
 }

@@ -170,12 +170,27 @@ export interface Gateway {
   /** True when no keys are configured: every caller is "anonymous". */
   readonly open: boolean
   readonly authenticate: (authorization: string | undefined) => Effect.Effect<Caller, Unauthorized>
+  /** {@link authenticate}, as a plain function: the caller, or why not (for the request path). */
+  readonly identify: (authorization: string | undefined) => Caller | Unauthorized
   /** Reserves the request's estimated cost against the caller's budget, then takes from its limits. */
   readonly admit: (
     caller: Caller,
     admission: Admission,
     estimatedTokens: number
   ) => Effect.Effect<Admitted, KeyRateLimited | BudgetExceeded | ModelNotPriced>
+  /**
+   * {@link admit} without an Effect, when there is nothing to check: a key
+   * without a budget or limits is admitted as it is. Undefined: call `admit`.
+   */
+  readonly admitNow: (caller: Caller, model: string) => Admitted | undefined
+  /**
+   * {@link settle} without an Effect, for a request that holds no
+   * reservation (a key without a budget): its charge. Undefined: call `settle`.
+   */
+  readonly settleNow: (
+    admitted: Admitted,
+    result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
+  ) => Charged | undefined
   /** Settles a request to its real cost (the reservation is released). Once; later calls do nothing. */
   readonly settle: (
     admitted: Admitted,
@@ -247,17 +262,26 @@ export const make = (
         return [digest(Redacted.value(k.key)), caller] as const
       }))
 
-    const authenticate = (authorization: string | undefined): Effect.Effect<Caller, Unauthorized> => {
-      if (callers.length === 0) return Effect.succeed(anonymous)
+    const MISSING = new Unauthorized({ reason: "missing" })
+    const INVALID = new Unauthorized({ reason: "invalid" })
+
+    const identify = (authorization: string | undefined): Caller | Unauthorized => {
+      if (callers.length === 0) return anonymous
       const token = bearerToken(authorization)
-      if (token === undefined) return Effect.fail(new Unauthorized({ reason: "missing" }))
+      if (token === undefined) return MISSING
       const presented = digest(token)
       // Compare against every key, without stopping early.
       let found: Caller | undefined
       for (const [d, caller] of callers) {
         if (timingSafeEqual(d, presented) && found === undefined) found = caller
       }
-      return found === undefined ? Effect.fail(new Unauthorized({ reason: "invalid" })) : Effect.succeed(found)
+      return found ?? INVALID
+    }
+
+    const authenticate = (authorization: string | undefined): Effect.Effect<Caller, Unauthorized> => {
+      const who = identify(authorization)
+      // A new error each time: Effect may annotate what fails (the shared ones are for `identify` alone).
+      return who instanceof Unauthorized ? Effect.fail(new Unauthorized({ reason: who.reason })) : Effect.succeed(who)
     }
 
     const limited = (caller: Caller, limit: "requests" | "tokens") => (e: RateLimiter.RateLimited | RateLimiter.RateLimiterStoreError) =>
@@ -314,6 +338,11 @@ export const make = (
     }
 
     const free = (caller: Caller, model: string): Admitted => ({ caller, model, hold: undefined, done: false })
+
+    const admitNow = (caller: Caller, model: string): Admitted | undefined =>
+      caller.budgetUsd === undefined && caller.requestLimit === undefined && caller.tokenLimit === undefined
+        ? free(caller, model)
+        : undefined
 
     const admit = (
       caller: Caller,
@@ -372,9 +401,14 @@ export const make = (
     ): Effect.Effect<Charged> =>
       admitted.hold === undefined
         ? Effect.succeed({ usd: result.costUsd, basis: "table" })
-        : Effect.suspend(() => settleNow(admitted, result))
+        : Effect.suspend(() => settleHeld(admitted, result))
 
-    const settleNow = (
+    const settleFree = (
+      admitted: Admitted,
+      result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
+    ): Charged | undefined => admitted.hold === undefined ? { usd: result.costUsd, basis: "table" } : undefined
+
+    const settleHeld = (
       admitted: Admitted,
       result: { readonly usage: Usage | undefined; readonly costUsd: number | undefined }
     ): Effect.Effect<Charged> => {
@@ -449,8 +483,11 @@ export const make = (
     return Gateway.of({
       open: callers.length === 0,
       authenticate,
+      identify,
       admit,
+      admitNow,
       settle,
+      settleNow: settleFree,
       release,
       keys: keysView,
       resetSpend

@@ -11,10 +11,13 @@ import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
+import type * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
@@ -23,9 +26,10 @@ import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import * as Console from "./Console.js"
 import type * as Events from "./Events.js"
-import { type Admitted, bearerToken, type Caller, type Charged, Gateway } from "./Gateway.js"
+import { type Admitted, bearerToken, type BudgetExceeded, type Caller, type Charged, Gateway, type KeyRateLimited, type ModelNotPriced, Unauthorized } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
 import * as Reload from "./Reload.js"
+import * as RequestLog from "./RequestLog.js"
 
 /** What the handler needs of a request; the Node adapter (Server.ts) fills it in. */
 export interface Incoming {
@@ -209,6 +213,13 @@ export const make = (options: Options) =>
     const gateway = yield* Gateway
     const health = yield* Effect.serviceOption(Health.Health)
     const cooldowns = yield* Cooldown.CooldownStore
+    // Request lines go through the RequestLog when there is one (the server
+    // provides it), at the log level in force where the handler is built
+    // (the server builds one handler per config, at that config's level).
+    const requestLog = Option.getOrUndefined(yield* Effect.serviceOption(RequestLog.RequestLog))
+    const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+    const infoOn = LogLevel.greaterThanEqual(LogLevel.Info, minimumLevel)
+    const warnOn = LogLevel.greaterThanEqual(LogLevel.Warning, minimumLevel)
     const adminDigest = options.adminKey === undefined ? undefined : Redacted.value(options.adminKey)
     const knownModels = new Set([...relay.models, ...(options.knownModels ?? [])])
     // Model labels: configured models and aliases as they are, at most 50
@@ -260,8 +271,9 @@ export const make = (options: Options) =>
     /** `GET /v1/models` and `GET /v1/models/{id}`, for callers with a gateway key. */
     const models = (request: Incoming, path: string): Effect.Effect<Reply> => {
       if (request.method !== "GET") return Effect.succeed(methodNotAllowed(["GET"]))
-      return Effect.flatMap(Effect.either(gateway.authenticate(request.headers["authorization"])), (caller) => {
-        if (Either.isLeft(caller)) return Effect.succeed(failure(401, caller.left.message, "invalid_request_error", "invalid_api_key"))
+      return Effect.suspend(() => {
+        const caller = gateway.identify(request.headers["authorization"])
+        if (caller instanceof Unauthorized) return Effect.succeed(failure(401, caller.message, "invalid_request_error", "invalid_api_key"))
         if (path === "/v1/models") {
           return Effect.map(modelList, (list) => json(200, { object: "list", data: list.map(modelObject) }))
         }
@@ -342,67 +354,111 @@ export const make = (options: Options) =>
       return h
     }
 
-    /** A relayed POST: body limits, JSON, schema, auth, key limits, then the relay. */
+    /**
+     * A relayed POST: auth, body limits, JSON, schema, key limits, then the
+     * relay. Plain functions up to the body and again up to the admission:
+     * an Effect step only where something may wait.
+     */
     const relayed = (
       request: Incoming,
       log: Log,
       kind: "chat" | "embeddings"
-    ): Effect.Effect<Reply> =>
-      Effect.gen(function*() {
-        const caller = yield* Effect.either(gateway.authenticate(request.headers["authorization"]))
-        if (Either.isLeft(caller)) {
-          return failure(401, caller.left.message, "invalid_request_error", "invalid_api_key")
-        }
-        log.key = caller.right.name
-        const body = yield* request.body
-        if (body === undefined) {
-          return failure(
-            413,
-            `The request body is larger than ${options.maxBodyBytes} bytes.`,
-            "invalid_request_error",
-            "request_too_large"
-          )
-        }
-        const parsed = parseJson(body)
-        if (Either.isLeft(parsed)) return parsed.left
-        if (kind === "chat") {
-          const decoded = OpenAI.decodeChatRequest(parsed.right)
-          if (Either.isLeft(decoded)) {
-            return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
-          }
-          return yield* chat(request, log, caller.right, decoded.right, body)
-        }
-        const decoded = OpenAI.decodeEmbeddingsRequest(parsed.right)
+    ): Effect.Effect<Reply> => {
+      const caller = gateway.identify(request.headers["authorization"])
+      if (caller instanceof Unauthorized) {
+        return Effect.succeed(failure(401, caller.message, "invalid_request_error", "invalid_api_key"))
+      }
+      log.key = caller.name
+      return Effect.flatMap(request.body, (body) => relayBody(request, log, kind, caller, body))
+    }
+
+    const relayBody = (
+      request: Incoming,
+      log: Log,
+      kind: "chat" | "embeddings",
+      caller: Caller,
+      body: string | undefined
+    ): Effect.Effect<Reply> => {
+      if (body === undefined) {
+        return Effect.succeed(failure(
+          413,
+          `The request body is larger than ${options.maxBodyBytes} bytes.`,
+          "invalid_request_error",
+          "request_too_large"
+        ))
+      }
+      const parsed = parseJson(body)
+      if (Either.isLeft(parsed)) return Effect.succeed(parsed.left)
+      if (kind === "chat") {
+        const decoded = OpenAI.decodeChatRequest(parsed.right)
         if (Either.isLeft(decoded)) {
-          return failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param)
+          return Effect.succeed(failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param))
         }
-        log.model = decoded.right.model
-        const promptTokens = embeddingTokens(decoded.right.input)
-        const admitted = yield* admit(caller.right, { model: decoded.right.model, promptTokens, maxOutputTokens: 0 }, 1)
-        if (isReply(admitted)) return admitted
-        return yield* relay.embeddings(decoded.right, { key: caller.right.name, rawBody: body }).pipe(
-          Effect.flatMap((result) => answered(log, admitted, result)),
-          Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
-          releasing(admitted)
-        )
+        return chat(request, log, caller, decoded.right, body)
+      }
+      const decoded = OpenAI.decodeEmbeddingsRequest(parsed.right)
+      if (Either.isLeft(decoded)) {
+        return Effect.succeed(failure(400, decoded.left.message, "invalid_request_error", "invalid_value", decoded.left.param))
+      }
+      const request_ = decoded.right
+      log.model = request_.model
+      const promptTokens = embeddingTokens(request_.input)
+      return admitThen(caller, { model: request_.model, promptTokens, maxOutputTokens: 0 }, 1, (admitted) =>
+        relayedJson(log, admitted, relay.embeddings(request_, { key: caller.name, rawBody: body })))
+    }
+
+    /** Admits the request (a key's limits and budget), then runs `then`; a refusal is the reply. */
+    const admitThen = (
+      caller: Caller,
+      admission: Parameters<typeof gateway.admit>[1],
+      tokens: number,
+      then: (admitted: Admitted) => Effect.Effect<Reply>
+    ): Effect.Effect<Reply> => {
+      const now = gateway.admitNow(caller, admission.model)
+      if (now !== undefined) return then(now)
+      return Effect.matchEffect(gateway.admit(caller, admission, tokens), {
+        onFailure: (e) => Effect.succeed(refusal(e)),
+        onSuccess: then
       })
+    }
 
-    const isReply = (x: Admitted | Reply): x is Reply => "status" in x
+    const refusal = (e: KeyRateLimited | BudgetExceeded | ModelNotPriced): Reply => {
+      switch (e._tag) {
+        case "KeyRateLimited":
+          return failure(429, e.message, "rate_limit_exceeded", "rate_limit_exceeded", null, retryAfterHeader(e.retryAfter))
+        case "BudgetExceeded":
+          return failure(429, e.message, "insufficient_quota", "budget_exceeded")
+        // A policy on this key, not a malformed request: 403, as OpenAI answers a model a project may not use.
+        case "ModelNotPriced":
+          return failure(403, e.message, "permission_error", "model_not_priced", "model")
+      }
+    }
 
-    const admit = (caller: Caller, admission: Parameters<typeof gateway.admit>[1], tokens: number) =>
-      gateway.admit(caller, admission, tokens).pipe(
-        Effect.catchTags({
-          KeyRateLimited: (e): Effect.Effect<Admitted | Reply> =>
-            Effect.succeed(
-              failure(429, e.message, "rate_limit_exceeded", "rate_limit_exceeded", null, retryAfterHeader(e.retryAfter))
-            ),
-          BudgetExceeded: (e): Effect.Effect<Admitted | Reply> =>
-            Effect.succeed(failure(429, e.message, "insufficient_quota", "budget_exceeded")),
-          // A policy on this key, not a malformed request: 403, as OpenAI answers a model a project may not use.
-          ModelNotPriced: (e): Effect.Effect<Admitted | Reply> =>
-            Effect.succeed(failure(403, e.message, "permission_error", "model_not_priced", "model"))
+    /**
+     * A relayed JSON answer: settle its cost, then the reply; a failure is
+     * the relay's error reply (the reservation released). For a key without
+     * a budget nothing is held, and settling is a plain function.
+     */
+    const relayedJson = (
+      log: Log,
+      admitted: Admitted,
+      call: Effect.Effect<Relay.Result, Relay.RelayError>
+    ): Effect.Effect<Reply> => {
+      if (admitted.hold === undefined) {
+        return Effect.matchEffect(call, {
+          onFailure: (e) => Effect.succeed(relayFailed(log, e)),
+          onSuccess: (result) => {
+            const charged = gateway.settleNow(admitted, result.metadata)
+            return charged === undefined ? answered(log, admitted, result) : Effect.succeed(answer(log, result, charged))
+          }
         })
+      }
+      return call.pipe(
+        Effect.flatMap((result) => answered(log, admitted, result)),
+        Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
+        releasing(admitted)
       )
+    }
 
     /**
      * Gives the reservation back if the request ends without settling
@@ -413,10 +469,12 @@ export const make = (options: Options) =>
 
     /** A relayed JSON answer: settle its cost, then the reply. */
     const answered = (log: Log, admitted: Admitted, result: Relay.Result) =>
-      Effect.map(gateway.settle(admitted, result.metadata), (charged) => {
-        noteResult(log, result.metadata, charged)
-        return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata, charged))
-      })
+      Effect.map(gateway.settle(admitted, result.metadata), (charged) => answer(log, result, charged))
+
+    const answer = (log: Log, result: Relay.Result, charged: Charged): Reply => {
+      noteResult(log, result.metadata, charged)
+      return text(200, result.body, JSON_TYPE, relayedHeaders(result.metadata, charged))
+    }
 
     /** A failed relay, logged with the upstream calls it made. */
     const relayFailed = (log: Log, error: Relay.RelayError): Reply => {
@@ -451,58 +509,60 @@ export const make = (options: Options) =>
       caller: Caller,
       body: OpenAI.ChatCompletionRequest,
       raw: string
-    ): Effect.Effect<Reply> =>
-      Effect.gen(function*() {
-        log.model = body.model
-        const tokens = OpenAI.estimateTokens(body)
-        const maxOutputTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
-        const admitted = yield* admit(
-          caller,
-          { model: body.model, promptTokens: tokens - (maxOutputTokens ?? 0), maxOutputTokens },
-          tokens
-        )
-        if (isReply(admitted)) return admitted
-        const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
-        if (body.stream === true) {
-          return yield* relay.chatStream(body, options).pipe(
-            Effect.map((result): Reply => {
-              log.upstream = result.upstream
-              log.attempts = result.attempts
-              log.cache = "bypass"
-              log.deferred = true
-              // From here the stream settles when it ends, however it ends
-              // (or, through hungUp, if it is never read): its real outcome,
-              // cost and charge, then the request's log line. Once.
-              let finished = false
-              const finish = Effect.suspend(() => {
-                if (finished) return Effect.void
-                finished = true
-                return Effect.flatMap(result.done, (m) => {
-                  log.outcome = m.streamOutcome
-                  log.error = m.streamError
-                  return Effect.flatMap(gateway.settle(admitted, m), (charged) => {
-                    noteResult(log, m, charged)
-                    return writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
-                  })
-                })
-              })
-              log.finish = finish
-              return {
-                status: 200,
-                headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
-                body: Stream.ensuring(result.events, finish)
-              }
-            }),
-            Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
-            (effect) => admitted.hold === undefined ? effect : Effect.onInterrupt(effect, () => gateway.release(admitted))
-          )
+    ): Effect.Effect<Reply> => {
+      log.model = body.model
+      const tokens = OpenAI.estimateTokens(body)
+      const maxOutputTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
+      return admitThen(
+        caller,
+        { model: body.model, promptTokens: tokens - (maxOutputTokens ?? 0), maxOutputTokens },
+        tokens,
+        (admitted) => {
+          const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+          if (body.stream === true) return chatStream(log, admitted, body, options)
+          return relayedJson(log, admitted, relay.chat(body, options))
         }
-        return yield* relay.chat(body, options).pipe(
-          Effect.flatMap((result) => answered(log, admitted, result)),
-          Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
-          releasing(admitted)
-        )
-      })
+      )
+    }
+
+    const chatStream = (
+      log: Log,
+      admitted: Admitted,
+      body: OpenAI.ChatCompletionRequest,
+      options: Relay.CallOptions
+    ): Effect.Effect<Reply> =>
+      relay.chatStream(body, options).pipe(
+        Effect.map((result): Reply => {
+          log.upstream = result.upstream
+          log.attempts = result.attempts
+          log.cache = "bypass"
+          log.deferred = true
+          // From here the stream settles when it ends, however it ends
+          // (or, through hungUp, if it is never read): its real outcome,
+          // cost and charge, then the request's log line. Once.
+          let finished = false
+          const finish = Effect.suspend(() => {
+            if (finished) return Effect.void
+            finished = true
+            return Effect.flatMap(result.done, (m) => {
+              log.outcome = m.streamOutcome
+              log.error = m.streamError
+              return Effect.flatMap(gateway.settle(admitted, m), (charged) => {
+                noteResult(log, m, charged)
+                return writeLog(log, m.streamOutcome === "abandoned" ? 499 : 200)
+              })
+            })
+          })
+          log.finish = finish
+          return {
+            status: 200,
+            headers: { "content-type": "text/event-stream", "cache-control": "no-cache", ...relayedHeaders(result) },
+            body: Stream.ensuring(result.events, finish)
+          }
+        }),
+        Effect.catchAll((e) => Effect.as(gateway.release(admitted), relayFailed(log, e))),
+        (effect) => admitted.hold === undefined ? effect : Effect.onInterrupt(effect, () => gateway.release(admitted))
+      )
 
     // ----- admin ------------------------------------------------------------
 
@@ -743,50 +803,56 @@ export const make = (options: Options) =>
      * The request's metric and log line, written once: at the answer; for a
      * stream when it ends, with its outcome; for a caller that hung up, as
      * 499. Failed relays (5xx) and failed streams are warnings.
+     *
+     * Synchronous: the metrics by their handles, the line through the
+     * RequestLog (a plain object, buffered per turn of the event loop). The
+     * Effect it returns is only for a handler built without a RequestLog,
+     * which logs through Effect's logger instead.
      */
-    const writeLog = (log: Log, status: number): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        if (log.written) return Effect.void
-        log.written = true
-        log.status = status
-        const elapsed = performance.now() - log.started
-        const annotations: Record<string, unknown> = {
-          requestId: log.requestId,
-          method: log.method,
-          path: log.path,
-          key: log.key,
-          model: log.model ?? null,
-          upstream: log.upstream ?? null,
-          attempts: log.attempts ?? 0,
-          status,
-          latencyMs: Math.round(elapsed * 10) / 10,
-          cache: log.cache ?? null,
-          costUsd: log.costUsd ?? 0
-        }
-        if (log.costBasis !== undefined) annotations["costBasis"] = log.costBasis
-        if (log.failures !== undefined) annotations["failures"] = log.failures
-        if (log.outcome !== undefined) {
-          annotations["outcome"] = log.outcome
-          if (log.error !== undefined) annotations["error"] = log.error
-        }
-        if (log.outcome !== undefined || log.usageEstimated === true) annotations["usageEstimated"] = log.usageEstimated ?? false
-        const line = status >= 500 || log.outcome === "failed" ? Effect.logWarning("request") : Effect.logInfo("request")
-        const written = Effect.zipRight(
-          Effect.zipRight(
-            Metric.increment(requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status))),
-            Metric.update(durationHistogram, elapsed)
-          ),
-          Effect.annotateLogs(line, annotations)
-        )
-        if (feed !== undefined) feed.record(log, status, elapsed)
-        if (log.span !== undefined) endRequestSpan(log.span, annotations, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
-        return written
-      })
+    const writeLog = (log: Log, status: number): Effect.Effect<void> => {
+      if (log.written) return Effect.void
+      log.written = true
+      log.status = status
+      const elapsed = performance.now() - log.started
+      const fields: Record<string, unknown> = {
+        requestId: log.requestId,
+        method: log.method,
+        path: log.path,
+        key: log.key,
+        model: log.model ?? null,
+        upstream: log.upstream ?? null,
+        attempts: log.attempts ?? 0,
+        status,
+        latencyMs: Math.round(elapsed * 10) / 10,
+        cache: log.cache ?? null,
+        costUsd: log.costUsd ?? 0
+      }
+      if (log.costBasis !== undefined) fields["costBasis"] = log.costBasis
+      if (log.failures !== undefined) fields["failures"] = log.failures
+      if (log.outcome !== undefined) {
+        fields["outcome"] = log.outcome
+        if (log.error !== undefined) fields["error"] = log.error
+      }
+      if (log.outcome !== undefined || log.usageEstimated === true) fields["usageEstimated"] = log.usageEstimated ?? false
+      requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status)).unsafeUpdate(1, NO_TAGS)
+      durationHistogram.unsafeUpdate(elapsed, NO_TAGS)
+      if (feed !== undefined) feed.record(log, status, elapsed)
+      if (log.span !== undefined) endRequestSpan(log.span, fields, status, log.outcome === "failed", clock.unsafeCurrentTimeNanos())
+      const warning = status >= 500 || log.outcome === "failed"
+      if (requestLog === undefined) return Effect.annotateLogs(warning ? Effect.logWarning("request") : Effect.logInfo("request"), fields)
+      if (warning ? warnOn : infoOn) requestLog.write(warning ? "WARN" : "INFO", "request", fields)
+      return Effect.void
+    }
 
-    const handle = (request: Incoming): Effect.Effect<Reply> => Effect.gen(function*() {
+    /**
+     * One request: its record (for the log line), the route, the line.
+     * Plain code around one Effect (the route's), so that a request that
+     * needs nothing asynchronous pays for few Effect steps.
+     */
+    const handle = (request: Incoming): Effect.Effect<Reply> => {
       const started = performance.now()
       const incoming = request.headers["x-request-id"]
-      const requestId = incoming !== undefined && /^[\w.:-]{1,128}$/.test(incoming) ? incoming : randomUUID()
+      const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       const q = request.url.indexOf("?")
       const path = q === -1 ? request.url : request.url.slice(0, q)
       const log: Log = {
@@ -813,28 +879,44 @@ export const make = (options: Options) =>
       }
       const logged = path.startsWith("/v1/")
       if (logged) request.state = log
-      if (tracing !== undefined && logged) log.span = yield* requestSpan(tracing, request, path, requestId)
+      if (tracing !== undefined && logged) {
+        return Effect.flatMap(requestSpan(tracing, request, path, requestId), (span) => {
+          log.span = span
+          return respond(request, path, log, logged)
+        })
+      }
+      return respond(request, path, log, logged)
+    }
+
+    const respond = (request: Incoming, path: string, log: Log, logged: boolean): Effect.Effect<Reply> => {
       const closing = draining()
-      const response = (closing ? refusedWhileDraining(path) : undefined) ?? (yield* inSpan(log, route(request, path, log).pipe(
-        Effect.catchAllCause((cause) =>
-          Effect.as(
-            Effect.logError("unexpected failure", cause),
-            failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
-          )
-        )
-      )))
+      const refused = closing ? refusedWhileDraining(path) : undefined
+      if (refused !== undefined) return Effect.suspend(() => replied(refused, log, logged, closing))
+      // Suspended: whatever the route's plain code throws is a defect of this request's fiber (a 500), never the adapter's.
+      const routed = inSpan(log, Effect.catchAllCause(Effect.suspend(() => route(request, path, log)), unexpected))
+      return Effect.flatMap(routed, (response) => replied(response, log, logged, closing))
+    }
+
+    const unexpected = (cause: Cause.Cause<unknown>): Effect.Effect<Reply> =>
+      Effect.as(
+        Effect.logError("unexpected failure", cause),
+        failure(500, "The gateway failed unexpectedly.", "server_error", "internal_error")
+      )
+
+    /** The answer's last touches and the request's line (unless a stream writes it when it ends). */
+    const replied = (response: Reply, log: Log, logged: boolean, closing: boolean): Effect.Effect<Reply> => {
       // Kept-alive clients (and load balancers) reconnect, to another instance.
       if (closing) response.headers["connection"] = "close"
       log.status = response.status
-      if (logged && !log.deferred) yield* writeLog(log, response.status)
-      response.headers["x-request-id"] = requestId
-      return response
-    })
+      response.headers["x-request-id"] = log.requestId
+      const pending = logged && !log.deferred ? writeLog(log, response.status) : undefined
+      return pending === undefined || pending === Effect.void ? Effect.succeed(response) : Effect.as(pending, response)
+    }
 
     // Run by the adapter after it interrupted the request: nothing per
     // request on the way in, only for callers that leave.
     const hungUp = (request: Incoming): Effect.Effect<void> =>
-      Effect.suspend(() => {
+      Effect.suspend((): Effect.Effect<void> => {
         const log = request.state as Log | undefined
         if (log === undefined || log.written) return Effect.void
         return log.finish ?? writeLog(log, 499)
@@ -844,6 +926,7 @@ export const make = (options: Options) =>
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const
+const REQUEST_ID = /^[\w.:-]{1,128}$/
 const READY_BODY = JSON.stringify({ status: "ready" })
 
 /** The routes as span names and `http.route`; other paths are named by their method alone. */
@@ -910,6 +993,8 @@ const endRequestSpan = (
     status >= 500 ? Exit.fail(`HTTP ${status}`) : streamFailed ? Exit.fail(`stream failed: ${String(fields["error"])}`) : Exit.void
   )
 }
+
+const NO_TAGS: ReadonlyArray<never> = []
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
 

@@ -53,6 +53,7 @@ import * as Gateway from "./Gateway.js"
 import * as Http from "./Http.js"
 import * as Log from "./Log.js"
 import * as Reload from "./Reload.js"
+import * as RequestLog from "./RequestLog.js"
 
 /** The core services the HTTP app needs, from the config (in-memory stores). */
 /**
@@ -397,6 +398,9 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         Logger.withMinimumLogLevel(LogLevel.fromLiteral(level))
       )
     const serverScope = yield* Effect.scope
+    // Request lines, in the server's format, buffered per turn of the event
+    // loop; flushed when the server's scope closes. One for every config.
+    const requestLog = yield* RequestLog.scoped({ format: options.logFormat ?? "json" })
     // Traces: the OpenTelemetry SDK is loaded only when they are on. Read at
     // start: a reload keeps the tracer (the telemetry section needs a restart).
     const telemetry = config.telemetry === undefined && options.spanProcessor === undefined
@@ -471,7 +475,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
           Effect.provide(context),
           Scope.extend(healthScope)
         )
-        const all = Context.merge(context, healthContext)
+        const all = Context.add(Context.merge(context, healthContext), RequestLog.RequestLog, requestLog)
         const handler = yield* Effect.provide(
           Http.make({
             maxBodyBytes: config.server.maxBodyBytes,

@@ -231,3 +231,31 @@ describe("budget periods", () => {
     expect(Spend.periodAt("total", at)).toEqual({ id: undefined, start: undefined, end: undefined })
   })
 })
+
+describe("the request path's plain functions (identify, admitNow, settleNow)", () => {
+  it.effect("identify answers as authenticate does; admitNow and settleNow only when there is nothing to check or hold", () =>
+    Effect.gen(function*() {
+      const g = yield* make([key("plain"), key("limited", { requestsPerMinute: 10 }), key("budget", { budgetUsd: 1 })])
+      for (const header of [undefined, "", "Bearer", "Bearer secret-plain", "bearer secret-limited", "Bearer nope", "Basic x"]) {
+        const viaEffect = yield* Effect.either(g.authenticate(header))
+        const plain = g.identify(header)
+        if (Either.isRight(viaEffect)) expect(plain).toBe(viaEffect.right)
+        else {
+          expect(plain).toBeInstanceOf(Gateway.Unauthorized)
+          expect((plain as Gateway.Unauthorized).reason).toBe(viaEffect.left.reason)
+        }
+      }
+      const plain = g.identify("Bearer secret-plain") as Gateway.Caller
+      const limited = g.identify("Bearer secret-limited") as Gateway.Caller
+      const budget = g.identify("Bearer secret-budget") as Gateway.Caller
+      expect(g.admitNow(plain, "cheap")).toEqual({ caller: plain, model: "cheap", hold: undefined, done: false })
+      expect(g.admitNow(limited, "cheap")).toBeUndefined()
+      expect(g.admitNow(budget, "cheap")).toBeUndefined()
+      const free = yield* g.admit(plain, ask(), 2000)
+      const usage = { prompt_tokens: 1000, completion_tokens: 10, total_tokens: 1010 }
+      expect(g.settleNow(free, { usage, costUsd: 0.5 })).toEqual(yield* g.settle(free, { usage, costUsd: 0.5 }))
+      const held = yield* g.admit(budget, ask(), 2000)
+      expect(held.hold).toBeDefined()
+      expect(g.settleNow(held, { usage, costUsd: 0.5 })).toBeUndefined()
+    }))
+})
