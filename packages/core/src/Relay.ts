@@ -24,7 +24,7 @@
 import * as Sse from "@effect/experimental/Sse"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
-import type * as Clock from "effect/Clock"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -32,17 +32,20 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
+import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import type * as Bulkhead from "./Bulkhead.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Cooldown from "./Cooldown.js"
+import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
 import * as Pricing from "./Pricing.js"
@@ -52,7 +55,7 @@ import * as Retry from "./Retry.js"
 import * as Router from "./Router.js"
 import * as Timeout from "./Timeout.js"
 import * as Upstream from "./Upstream.js"
-import { UpstreamClient } from "./UpstreamClient.js"
+import { type Reply, UpstreamClient } from "./UpstreamClient.js"
 import {
   InvalidResponse,
   isAuthError,
@@ -64,7 +67,8 @@ import {
   UpstreamRateLimited,
   UpstreamRejected,
   UpstreamServerError,
-  UpstreamTimeout
+  UpstreamTimeout,
+  type UpstreamUnreachable
 } from "./UpstreamError.js"
 
 // ---------------------------------------------------------------------------
@@ -365,6 +369,32 @@ type Attempted<A> =
 
 type Classified =
   | { readonly _tag: "Ok"; readonly body: string; readonly usage: OpenAI.Usage | undefined }
+
+/** Aborts a call; `then` runs once it is torn down. */
+type Abort = (then: () => void) => void
+
+/**
+ * The time one call may take: the upstream's `timeout`, or what the
+ * request's deadline leaves when that is sooner (`budget` is then the
+ * deadline's). `millis <= 0`: the deadline has passed.
+ */
+interface Limit {
+  readonly millis: number
+  readonly budget: Duration.Duration | undefined
+}
+
+const limitOf = (
+  u: Upstream.Upstream,
+  deadline: readonly [at: number, budget: Duration.Duration] | undefined,
+  now: number
+): Limit => {
+  const t = Duration.toMillis(u.timeout)
+  if (deadline !== undefined) {
+    const left = deadline[0] - now
+    if (left < t) return { millis: left, budget: deadline[1] }
+  }
+  return { millis: t, budget: undefined }
+}
 
 /** A cooldown that an attempt's outcome calls for. */
 interface CooldownStarted {
@@ -732,13 +762,15 @@ export const makeWith = (
     const guarded = <A>(
       u: Upstream.Upstream,
       tokens: number,
-      call: Effect.Effect<A, UpstreamError>,
+      call: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded>,
       bulkhead: "run" | "held",
       panic: boolean,
       progress: Progress,
       breaker: "protect" | "held" = "protect"
     ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
-      const timed = Timeout.attempt(call, u.timeout).pipe(
+      // A non-streaming call ("run") carries its own timer (`postTimed`); a
+      // stream's attempt (up to its first event) runs under `Timeout.attempt`.
+      const timed: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run" ? call : Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
       // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
@@ -752,16 +784,120 @@ export const makeWith = (
       return classifyOutcome(protectedCall, u.name, progress)
     }
 
-    /** A non-streaming call: POST, read, classify, validate. */
+    // ----- one HTTP call under one timer ---------------------------------------
+
+    /**
+     * Starts one POST on `u`; `done` hears how it ended, once, unless the
+     * returned abort comes first (its callback runs once the call is torn
+     * down). Through the client's `unsafePost` when it has one (no fiber, no
+     * effect); otherwise `post` runs in a fiber of the caller's runtime.
+     */
+    const unsafePost = client.unsafePost
+    const startCall = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined,
+      done: (exit: Exit.Exit<Reply, UpstreamUnreachable>) => void
+    ): Abort => {
+      if (unsafePost !== undefined) {
+        const abort = unsafePost(u, path, body, headers, (error, reply) =>
+          done(error === undefined ? Exit.succeed(reply!) : Exit.fail(error)))
+        return (then) => {
+          abort()
+          then()
+        }
+      }
+      const runtime = Runtime.make({
+        context: fiber.currentContext,
+        fiberRefs: fiber.getFiberRefs(),
+        runtimeFlags: Runtime.defaultRuntimeFlags
+      })
+      const child = Runtime.runFork(runtime)(client.post(u, path, body, headers))
+      let aborted = false
+      child.addObserver((exit) => {
+        if (!aborted) done(exit)
+      })
+      return (then) => {
+        aborted = true
+        child.unsafeInterruptAsFork(fiber.id())
+        // Once its finalizers (released permits, closed sockets) have run.
+        child.addObserver(() => then())
+      }
+    }
+
+    /**
+     * Starts a call under `limit` with one timer (`setTimeout` under the live
+     * clock, the clock's own `sleep` otherwise): whichever comes first, the
+     * answer or the timer, settles it; the timer aborts the HTTP call itself.
+     * `settle` hears the outcome once (a timeout as `limit`'s error). Returns
+     * the cancel of an interrupted caller: timer and call both end.
+     */
+    const startTimedCall = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined,
+      settle: (exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>) => void
+    ): Abort => {
+      let settled = false
+      let abort: Abort | undefined
+      const cancelTimer = unsafeTimer(clock, limit.millis, () => {
+        if (settled) return
+        settled = true
+        const timedOut = limit.budget === undefined
+          ? new UpstreamTimeout({ upstream: u.name, timeout: u.timeout })
+          : new Timeout.DeadlineExceeded({ budget: limit.budget })
+        const failed = Exit.fail(timedOut)
+        if (abort === undefined) settle(failed)
+        else abort(() => settle(failed))
+      })
+      abort = startCall(fiber, u, path, body, headers, (exit) => {
+        if (settled) return
+        settled = true
+        cancelTimer()
+        settle(exit)
+      })
+      return (then) => {
+        if (settled) return then()
+        settled = true
+        cancelTimer()
+        abort!(then)
+      }
+    }
+
+    /** {@link startTimedCall} as an effect (the general path). */
+    const postTimed = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined
+    ): Effect.Effect<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded> =>
+      Effect.async((resume) => {
+        const cancel = startTimedCall(fiber, clock, limit, u, path, body, headers, resume)
+        return Effect.async<void>((resumeCancel) => cancel(() => resumeCancel(Effect.void)))
+      })
+
+    /** A non-streaming call: POST (under `limit`), read, classify, validate. */
     const callJson = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
       u: Upstream.Upstream,
       path: string,
       body: string | Uint8Array,
       inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
       headers?: Readonly<Record<string, string>>,
       trace?: AttemptTrace
-    ): Effect.Effect<Classified, UpstreamError> =>
-      Effect.flatMap(client.post(u, path, body, headers), (reply): Effect.Effect<Classified, UpstreamError> => {
+    ): Effect.Effect<Classified, UpstreamError | Timeout.DeadlineExceeded> =>
+      Effect.flatMap(postTimed(fiber, clock, limit, u, path, body, headers), (reply): Effect.Effect<Classified, UpstreamError> => {
         if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) return Effect.flatMap(statusError(u, reply.status, reply.headers, reply.text), Effect.fail)
         const inspected = inspect(reply.text)
@@ -1003,9 +1139,13 @@ export const makeWith = (
       Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
         const trace = tracing === undefined ? undefined : newTrace()
-        const call = Effect.suspend(() => {
+        // The time limit (attempt timeout or deadline) is the call's own
+        // timer; a deadline already passed fails before any call is made.
+        const call = Effect.withFiberRuntime<Classified, UpstreamError | Timeout.DeadlineExceeded>((fiber) => {
+          const limit = limitOf(u, Timeout.unsafeDeadlineOf(fiber), clock.unsafeCurrentTimeMillis())
+          if (limit.millis <= 0) return Effect.fail(new Timeout.DeadlineExceeded({ budget: limit.budget! }))
           progress.attempts++
-          if (trace === undefined) return callJson(u, path, bodyFor(u, request, raw), inspect)
+          if (trace === undefined) return callJson(fiber, clock, limit, u, path, bodyFor(u, request, raw), inspect)
           const body = bodyFor(u, request, raw)
           return startAttempt(
             u,
@@ -1013,7 +1153,7 @@ export const makeWith = (
             u.modelFor(request.model) ?? request.model,
             progress.attempts,
             trace,
-            (headers) => callJson(u, path, body, inspect, headers, trace)
+            (headers) => callJson(fiber, clock, limit, u, path, body, inspect, headers, trace)
           )
         })
         const attempted = Effect.tap(guarded(u, tokens, call, "run", panic, progress), (outcome) => {
