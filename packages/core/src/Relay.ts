@@ -33,6 +33,7 @@ import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
@@ -855,7 +856,7 @@ export const makeWith = (
         const failed = Exit.fail(timedOut)
         if (abort === undefined) settle(failed)
         else abort(() => settle(failed))
-      })
+      }, fiber)
       abort = startCall(fiber, u, path, body, headers, (exit) => {
         if (settled) return
         settled = true
@@ -925,6 +926,23 @@ export const makeWith = (
       lacking: Set<string> | undefined
     }
 
+    const newProgress = (): Progress => ({ attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined })
+
+    /**
+     * Where the hot path hands a request over to the general one: the first
+     * round's plan (made at `now`), the progress so far, and how the attempt
+     * on the plan's first upstream went, if it was made.
+     */
+    interface Resume<A> {
+      readonly progress: Progress
+      /** The request's own deadline (epoch millis); undefined when an enclosing one is sooner. */
+      readonly deadline: number | undefined
+      readonly now: number
+      readonly active: ReadonlyMap<string, Cooldown.Cooldown>
+      readonly plan: Router.Plan
+      readonly first: Attempted<A> | undefined
+    }
+
     const failureOf = (error: UpstreamError): Failure =>
       error._tag === "UpstreamAuthFailed"
         ? { upstream: error.upstream, reason: reasonOf(error), kind: "auth-failed" }
@@ -938,11 +956,12 @@ export const makeWith = (
      */
     const failover = <A>(
       model: string,
-      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>,
+      resume?: Resume<A>
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
       const servers = serving(model)
       if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
-      const progress: Progress = { attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined }
+      const progress: Progress = resume?.progress ?? newProgress()
 
       /**
        * `n`: the number of this round among those that call upstreams (retry
@@ -954,55 +973,74 @@ export const makeWith = (
         Effect.clockWith((clock) => {
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
-            Effect.flatMap(router.plan(servers, now, active), (plan) => {
-              const attemptsBefore = progress.attempts
-              const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-                if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
-                if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
-                const u = plan.order[i]!
-                if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
-                return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => {
-                  switch (outcome._tag) {
-                    case "Ok":
-                      return Effect.succeed([outcome.value, u, progress] as const)
-                    case "Skipped":
-                      progress.failures.push({ upstream: u.name, reason: outcome.reason })
-                      return tryAt(i + 1)
-                    case "Failed": {
-                      const error = outcome.error
-                      progress.last = u.name
-                      progress.failures.push(failureOf(error))
-                      if (error._tag === "UpstreamRejected") {
-                        return Effect.fail(
-                          new UpstreamRejected({
-                            upstream: error.upstream,
-                            status: error.status,
-                            body: error.body,
-                            contentType: error.contentType,
-                            attempts: progress.attempts
-                          })
-                        )
-                      }
-                      if (error._tag === "UpstreamModelNotFound") {
-                        progress.notFound = error
-                        progress.lacking ??= new Set()
-                        progress.lacking.add(u.name)
-                        return tryAt(i + 1)
-                      }
-                      // An upstream may ask for retries on itself (transient
-                      // errors only) before the request moves on.
-                      const sameUpstream = u.retry?.maxRetries ?? 0
-                      if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
-                        return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
-                      }
-                      return Effect.zipRight(coolDown(error), tryAt(i + 1))
-                    }
-                  }
-                })
-              }
-              return tryAt(0)
-            }))
+            Effect.flatMap(router.plan(servers, now, active), (plan) => planned(n, waits, now, active, plan, undefined)))
         })
+
+      /**
+       * A round over `plan`; `first`: how the attempt on its first upstream
+       * already went (the hot path made it), if it did.
+       */
+      const planned = (
+        n: number,
+        waits: number,
+        now: number,
+        active: ReadonlyMap<string, Cooldown.Cooldown>,
+        plan: Router.Plan,
+        first: Attempted<A> | undefined
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        const attemptsBefore = first === undefined ? progress.attempts : 0
+        const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+          if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
+          if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
+          const u = plan.order[i]!
+          if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
+          return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+        }
+        const after = (
+          i: number,
+          retried: number,
+          u: Upstream.Upstream,
+          outcome: Attempted<A>
+        ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+          switch (outcome._tag) {
+            case "Ok":
+              return Effect.succeed([outcome.value, u, progress] as const)
+            case "Skipped":
+              progress.failures.push({ upstream: u.name, reason: outcome.reason })
+              return tryAt(i + 1)
+            case "Failed": {
+              const error = outcome.error
+              progress.last = u.name
+              progress.failures.push(failureOf(error))
+              if (error._tag === "UpstreamRejected") {
+                return Effect.fail(
+                  new UpstreamRejected({
+                    upstream: error.upstream,
+                    status: error.status,
+                    body: error.body,
+                    contentType: error.contentType,
+                    attempts: progress.attempts
+                  })
+                )
+              }
+              if (error._tag === "UpstreamModelNotFound") {
+                progress.notFound = error
+                progress.lacking ??= new Set()
+                progress.lacking.add(u.name)
+                return tryAt(i + 1)
+              }
+              // An upstream may ask for retries on itself (transient
+              // errors only) before the request moves on.
+              const sameUpstream = u.retry?.maxRetries ?? 0
+              if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
+                return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
+              }
+              return Effect.zipRight(coolDown(error), tryAt(i + 1))
+            }
+          }
+        }
+        return first === undefined ? tryAt(0) : after(0, 0, plan.order[0]!, first)
+      }
 
       /** Every upstream was tried or left out: wait for one, back off, or give up. */
       const nextRound = (
@@ -1062,7 +1100,9 @@ export const makeWith = (
 
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
-      return Timeout.withCooperativeDeadline(round(1, 0), budget)
+      if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), budget)
+      const body = planned(1, 0, resume.now, resume.active, resume.plan, resume.first)
+      return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, budget)
     }
 
     /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */
@@ -1184,38 +1224,257 @@ export const makeWith = (
     ): Effect.Effect<Result> =>
       Effect.clockWith((clock) => {
         const [classified, started] = value
-        let usage = classified.usage
-        // A chat answer without usage is priced on an estimate, as a stream's is.
-        const usageEstimated = usage === undefined && chatRequest !== undefined
-        if (usageEstimated) {
-          const prompt = OpenAI.estimatePromptTokens(chatRequest)
-          const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
-          usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
-        }
-        const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
-        const metadata: Metadata = {
-          upstream: u.name,
-          attempts: progress.attempts,
-          latencyMs: clock.unsafeCurrentTimeMillis() - started,
-          cache: status,
-          usage,
-          costUsd,
-          usageEstimated,
-          failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
-        }
+        const { costUsd, metadata, usage } = priced(model, classified, started, clock.unsafeCurrentTimeMillis(), u, progress, status, chatRequest)
         return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
       })
+
+    /** A result's usage (estimated for a chat answer without any), cost and metadata. */
+    const priced = (
+      model: string,
+      classified: Classified,
+      started: number,
+      now: number,
+      u: Upstream.Upstream,
+      progress: Progress,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ) => {
+      let usage = classified.usage
+      // A chat answer without usage is priced on an estimate, as a stream's is.
+      const usageEstimated = usage === undefined && chatRequest !== undefined
+      if (usageEstimated) {
+        const prompt = OpenAI.estimatePromptTokens(chatRequest)
+        const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
+        usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+      }
+      const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
+      const metadata: Metadata = {
+        upstream: u.name,
+        attempts: progress.attempts,
+        latencyMs: now - started,
+        cache: status,
+        usage,
+        costUsd,
+        usageEstimated,
+        failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
+      }
+      return { usage, costUsd, metadata }
+    }
 
     const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
       cacheMode === "all" ||
       (cacheMode === "deterministic" && (request.temperature === 0 || (request.seed !== undefined && request.seed !== null)))
 
+    /**
+     * A non-streaming request: failover over `jsonAttempt`s, then `finish`.
+     * The first attempt of a simple request takes the hot path (see
+     * {@link hot}); the rest of the request, if any, this general path.
+     */
+    const json = (
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      options: CallOptions | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ): Effect.Effect<Result, RelayError> => {
+      const general = (resume?: Resume<readonly [Classified, number]>) =>
+        Effect.flatMap(
+          failover(request.model, jsonAttempt(path, request, tokens, options?.rawBody, inspect), resume),
+          ([value, u, progress]) =>
+            finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, chatRequest)
+        )
+      if (!hotPath) return general()
+      return Effect.withFiberRuntime((fiber) => hot(fiber, general, path, request, tokens, options, inspect, status, chatRequest))
+    }
+
+    // ----- the hot path ---------------------------------------------------------
+
+    const unsafeActive = cooldowns.unsafeActive
+    const unsafePlan = router.unsafePlan
+    const budgetMillis = Duration.toMillis(budget)
+    /** Whether this relay can take the hot path at all (traces, remote cooldowns and attempts off take the general one). */
+    const hotPath = tracing === undefined && maxAttempts >= 1 && unsafeActive !== undefined && unsafePlan !== undefined
+
+    /**
+     * The first attempt of a non-streaming request, decided in one
+     * synchronous step and run as one asynchronous HTTP call, with one
+     * handler for its end: no fiber, no FiberRef, a handful of effect
+     * operations. Admission is what the general path decides, read without
+     * effects: the cooldowns and the router's plan (with the fiber's `Random`,
+     * the same draws), the account limits (memory store), a free bulkhead
+     * slot, a closed breaker; the call's time limit (attempt timeout or
+     * deadline) is its own timer. A success is recorded at once: breaker,
+     * slot, upstream stats, metrics (prebuilt handles, `unsafeUpdate`),
+     * cost.
+     *
+     * Anything else goes to the general path, with what was decided so far
+     * (the plan, the progress, the attempt's outcome): a failure or a
+     * timeout (failover, retries, cooldowns), a refusal by our own limits, a
+     * breaker not closed (probes), a full bulkhead, panic mode, stores that
+     * are not in this process (Redis), a Random without synchronous draws.
+     */
+    const hot = (
+      fiber: Fiber.RuntimeFiber<Result, RelayError>,
+      general: (resume?: Resume<readonly [Classified, number]>) => Effect.Effect<Result, RelayError>,
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      options: CallOptions | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ): Effect.Effect<Result, RelayError> => {
+      const servers = serving(request.model)
+      if (servers.length === 0) return general()
+      const services = fiber.currentDefaultServices
+      const random = (Context.get(services, Random.Random) as unknown as { readonly PRNG?: Router.UnsafeRandom }).PRNG
+      if (random === undefined || typeof random.number !== "function" || typeof random.integer !== "function") return general()
+      const clock = Context.get(services, Clock.Clock)
+      const now = clock.unsafeCurrentTimeMillis()
+      // The request's deadline, as `withCooperativeDeadline` sets it: its
+      // own, unless an enclosing one is sooner.
+      const outer = Timeout.unsafeDeadlineOf(fiber)
+      const own = now + budgetMillis
+      const deadline = outer !== undefined && outer[0] <= own ? undefined : own
+      const active = unsafeActive!(now)
+      const plan = unsafePlan!(servers, now, active, random)
+      const progress = newProgress()
+      const handOver = (first: Attempted<readonly [Classified, number]> | undefined) =>
+        general({ progress, deadline, now, active, plan, first })
+      if (plan.panic || plan.order.length === 0) return handOver(undefined)
+
+      const u = plan.order[0]!
+      const bulkhead = u.bulkhead
+      const breaker = u.breaker
+      const requestLimit = u.requestLimit
+      const tokenLimit = u.tokenLimit
+      // What can be decided here, checked before anything is taken.
+      if (
+        bulkhead.unsafeTryAcquire === undefined || bulkhead.unsafeRelease === undefined ||
+        breaker.unsafeTryAdmit === undefined || breaker.unsafeRecord === undefined ||
+        (requestLimit !== undefined && requestLimit.unsafeTryAcquire === undefined) ||
+        (tokenLimit !== undefined && tokenLimit.unsafeTryAcquire === undefined)
+      ) return handOver(undefined)
+      const slots = bulkhead.unsafeStats()
+      if (slots.available <= 0 || slots.waiting > 0) return handOver(undefined)
+      const ticket = breaker.unsafeTryAdmit()
+      if (ticket === undefined) return handOver(undefined)
+      const limit = limitOf(u, outer !== undefined && deadline === undefined ? outer : [own, budget], now)
+      if (limit.millis <= 0) return handOver(undefined)
+
+      // The account limits, in the general path's order; a refusal skips the upstream.
+      const tags = fiber.getFiberRef(FiberRef.currentMetricLabels)
+      if (requestLimit !== undefined && !requestLimit.unsafeTryAcquire!("account", 1, now, tags)) {
+        return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
+      }
+      if (tokenLimit !== undefined && !tokenLimit.unsafeTryAcquire!("account", tokens, now, tags)) {
+        return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
+      }
+      if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+
+      progress.attempts = 1
+      const started = now
+      const body = bodyFor(u, request, options?.rawBody)
+
+      /** How the call ended: a success is settled here; anything else by the general path's rules. */
+      const settle = (exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>) => {
+        if (exit._tag === "Success" && exit.value.status === 200) {
+          const reply = exit.value
+          const inspected = inspect(reply.text)
+          if (inspected._tag === "Ok") {
+            const end = clock.unsafeCurrentTimeMillis()
+            const effects: Array<Effect.Effect<void>> = []
+            const headroom = noteHeadroom(u, reply.headers)
+            if (headroom !== Effect.void) effects.push(headroom)
+            const transition = breaker.unsafeRecord!(ticket, Exit.void, end, started)
+            if (transition !== undefined) effects.push(transition)
+            const handoff = bulkhead.unsafeRelease!()
+            if (handoff !== undefined) effects.push(handoff)
+            const latency = end - started
+            Upstream.record(u, end, latency, undefined)
+            requestsBy(u.name, "ok").unsafeUpdate(1, tags)
+            latencyBy(u.name).unsafeUpdate(latency, tags)
+            const model = u.modelFor(request.model) ?? request.model
+            const classified: Classified = { _tag: "Ok", body: reply.text, usage: inspected.usage }
+            const { costUsd, metadata, usage } = priced(model, classified, started, end, u, progress, status, chatRequest)
+            const key = options?.key ?? "anonymous"
+            if (pricing.unsafeRecord !== undefined) pricing.unsafeRecord({ upstream: u.name, model, key }, usage, costUsd, tags)
+            else effects.push(pricing.record({ upstream: u.name, model, key }, usage, costUsd))
+            const result: Result = { body: reply.text, metadata }
+            return effects.length === 0 ? Exit.succeed(result) : Effect.as(Effect.all(effects, { discard: true }), result)
+          }
+        }
+        return failed(exit)
+      }
+
+      /** A failed call, as `guarded` and `jsonAttempt` record it; then the general path's failover. */
+      const failed = (
+        exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>
+      ): Effect.Effect<Result, RelayError> => {
+        const settleWith = (cause: Exit.Exit<unknown, unknown>): Effect.Effect<void> => {
+          const effects: Array<Effect.Effect<void>> = []
+          const transition = breaker.unsafeRecord!(ticket, cause, clock.unsafeCurrentTimeMillis(), started)
+          if (transition !== undefined) effects.push(transition)
+          const handoff = bulkhead.unsafeRelease!()
+          if (handoff !== undefined) effects.push(handoff)
+          return effects.length === 0 ? Effect.void : Effect.all(effects, { discard: true })
+        }
+        let error: Effect.Effect<UpstreamError | Timeout.DeadlineExceeded>
+        if (exit._tag === "Failure") {
+          const failure = Cause.failureOption(exit.cause)
+          // A defect of the client's: recorded as the breaker records one, and passed on.
+          if (failure._tag === "None") return Effect.zipRight(settleWith(exit), exit as Exit.Exit<never, never>)
+          error = Effect.succeed(failure.value)
+        } else {
+          const reply = exit.value
+          if (reply.status !== 200) {
+            error = statusError(u, reply.status, reply.headers, reply.text)
+          } else {
+            const inspected = inspect(reply.text)
+            error = Effect.succeed(
+              inspected._tag === "Quota"
+                ? new QuotaExhausted({ upstream: u.name, code: inspected.problem.code })
+                : new InvalidResponse({ upstream: u.name, reason: inspected._tag === "Invalid" ? inspected.problem.kind : "unknown" })
+            )
+          }
+        }
+        return Effect.flatMap(error, (e) => {
+          const settled = settleWith(Exit.fail(e))
+          if (e._tag === "DeadlineExceeded") {
+            return Effect.zipRight(settled, Effect.fail(new DeadlineExceededOn(e.budget, u.name, progress.attempts)))
+          }
+          const end = clock.unsafeCurrentTimeMillis()
+          Upstream.record(u, end, end - started, e)
+          requestsBy(u.name, e._tag).unsafeUpdate(1, tags)
+          latencyBy(u.name).unsafeUpdate(end - started, tags)
+          return Effect.zipRight(settled, handOver({ _tag: "Failed", error: e }))
+        })
+      }
+
+      return Effect.async<Result, RelayError>((resume) => {
+        const cancel = startTimedCall(fiber, clock, limit, u, path, body, undefined, (exit) => {
+          // Inside the HTTP stack's callback: nothing may throw out of here.
+          try {
+            resume(settle(exit))
+          } catch (defect) {
+            resume(Effect.die(defect))
+          }
+        })
+        // The caller left: the call is aborted and the slot given back (the
+        // breaker heard nothing, as under `protect`).
+        return Effect.async<void>((resumeCancel) =>
+          cancel(() => {
+            const handoff = bulkhead.unsafeRelease!()
+            resumeCancel(handoff ?? Effect.void)
+          })
+        )
+      })
+    }
+
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
-      Effect.flatMap(
-        failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
-        ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, request)
-      )
+      json(CHAT, request, OpenAI.estimateTokens(request), options, OpenAI.inspectChatCompletion, status, request)
 
     const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {
       if (!isCacheable(request) || (options?.cache?.lookup === false && options.cache.store === false)) {
@@ -1251,11 +1510,7 @@ export const makeWith = (
     }
 
     const embeddings = (request: OpenAI.EmbeddingsRequest, options?: CallOptions): Effect.Effect<Result, RelayError> =>
-      Effect.flatMap(
-        failover(request.model, jsonAttempt(EMBEDDINGS, request, 0, options?.rawBody, OpenAI.inspectEmbeddings)),
-        ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, "bypass")
-      )
+      json(EMBEDDINGS, request, 0, options, OpenAI.inspectEmbeddings, "bypass", undefined)
 
     // ----- streaming ------------------------------------------------------------
 
