@@ -1377,6 +1377,14 @@ export const makeWith = (
       progress.attempts = 1
       const started = now
       const body = bodyFor(u, request, options?.rawBody)
+      // The slot goes back once, whoever gets there first: the call's end,
+      // or a caller who leaves just as the answer comes in.
+      let holding = true
+      const releaseSlot = (): Effect.Effect<void> | undefined => {
+        if (!holding) return undefined
+        holding = false
+        return bulkhead.unsafeRelease!()
+      }
 
       /** How the call ended: a success is settled here; anything else by the general path's rules. */
       const settle = (exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>) => {
@@ -1390,7 +1398,7 @@ export const makeWith = (
             if (headroom !== Effect.void) effects.push(headroom)
             const transition = breaker.unsafeRecord!(ticket, Exit.void, end, started)
             if (transition !== undefined) effects.push(transition)
-            const handoff = bulkhead.unsafeRelease!()
+            const handoff = releaseSlot()
             if (handoff !== undefined) effects.push(handoff)
             const latency = end - started
             Upstream.record(u, end, latency, undefined)
@@ -1417,7 +1425,7 @@ export const makeWith = (
           const effects: Array<Effect.Effect<void>> = []
           const transition = breaker.unsafeRecord!(ticket, cause, clock.unsafeCurrentTimeMillis(), started)
           if (transition !== undefined) effects.push(transition)
-          const handoff = bulkhead.unsafeRelease!()
+          const handoff = releaseSlot()
           if (handoff !== undefined) effects.push(handoff)
           return effects.length === 0 ? Effect.void : Effect.all(effects, { discard: true })
         }
@@ -1466,7 +1474,7 @@ export const makeWith = (
         // breaker heard nothing, as under `protect`).
         return Effect.async<void>((resumeCancel) =>
           cancel(() => {
-            const handoff = bulkhead.unsafeRelease!()
+            const handoff = releaseSlot()
             resumeCancel(handoff ?? Effect.void)
           })
         )
