@@ -82,7 +82,11 @@ const status = (code: number): UpstreamClient.Reply => ({
   text: Scripted.errorJson(`status ${code}`, "error")
 })
 
-/** Counts the fibers started and the effect operations run under it. */
+/**
+ * Counts the fibers started and the effect operations run under it. (Under
+ * TestClock a call's timer is the clock's `sleep`, a root fiber outside the
+ * request's supervision; under the live clock it is a `setTimeout`.)
+ */
 class Counting extends Supervisor.AbstractSupervisor<void> {
   fibers = 0
   ops = 0

@@ -63,8 +63,8 @@ export const timeoutWith = <A, E, R, E2>(
  * One timer, without a fiber: calls `fire` after `millis` of `clock` time,
  * unless the returned function cancels it first. With the live clock it is
  * a plain `setTimeout`; with any other clock (TestClock, a simulator's
- * clock) it is that clock's `sleep`, run in a fiber of `fiber`'s runtime
- * (its scheduler: a simulator drains its own), so tests drive it as usual.
+ * clock) it is that clock's `sleep`, run as a root fiber on `fiber`'s
+ * scheduler (a simulator drains its own), so tests drive it as usual.
  * For the relay's hot path, where a call's time limit aborts the call itself.
  */
 export const unsafeTimer = (
@@ -77,12 +77,7 @@ export const unsafeTimer = (
     const handle = setTimeout(fire, Math.min(Math.max(0, millis), 2_147_483_647))
     return () => clearTimeout(handle)
   }
-  const runtime = Runtime.make({
-    context: fiber.currentContext,
-    fiberRefs: fiber.getFiberRefs(),
-    runtimeFlags: Runtime.defaultRuntimeFlags
-  })
-  const timer = Runtime.runFork(runtime)(clock.sleep(Duration.millis(millis)))
+  const timer = Effect.runFork(clock.sleep(Duration.millis(millis)), { scheduler: fiber.currentScheduler })
   timer.addObserver((exit) => {
     if (exit._tag === "Success") fire()
   })
