@@ -35,6 +35,11 @@ export class CooldownStore extends Context.Tag("@breakwater/core/CooldownStore")
     readonly clear: (upstream: string) => Effect.Effect<void>
     /** Active cooldowns at `now`; expired ones are left out. */
     readonly active: (now: number) => Effect.Effect<ReadonlyMap<string, Cooldown>>
+    /**
+     * The same read without an effect, for stores that keep cooldowns in
+     * this process (the memory store); absent for remote ones (Redis).
+     */
+    readonly unsafeActive?: ((now: number) => ReadonlyMap<string, Cooldown>) | undefined
   }
 >() {}
 
@@ -62,6 +67,10 @@ export const start = (
 
 export const makeStoreMemory: Effect.Effect<Context.Tag.Service<CooldownStore>> = Effect.sync(() => {
   const cooldowns = new Map<string, Cooldown>()
+  const unsafeActive = (now: number): ReadonlyMap<string, Cooldown> => {
+    for (const [name, c] of cooldowns) if (c.until <= now) cooldowns.delete(name)
+    return cooldowns
+  }
   return {
     start: (upstream, cooldown) =>
       Effect.sync(() => {
@@ -72,11 +81,8 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<CooldownStore>> 
       Effect.sync(() => {
         cooldowns.delete(upstream)
       }),
-    active: (now) =>
-      Effect.sync(() => {
-        for (const [name, c] of cooldowns) if (c.until <= now) cooldowns.delete(name)
-        return cooldowns
-      })
+    active: (now) => Effect.sync(() => unsafeActive(now)),
+    unsafeActive
   }
 })
 

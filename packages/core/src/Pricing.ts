@@ -21,6 +21,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as MetricLabel from "effect/MetricLabel"
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import type { Usage } from "./OpenAI.js"
@@ -64,6 +65,10 @@ export interface Pricing {
   readonly highest: Price
   /** Adds the tokens and the cost of one result to the metrics. */
   readonly record: (labels: Labels, usage: Usage | undefined, costUsd: number | undefined) => Effect.Effect<void>
+  /** {@link record} without an effect (`tags` added to the metrics), for a hot path. */
+  readonly unsafeRecord?:
+    | ((labels: Labels, usage: Usage | undefined, costUsd: number | undefined, tags: ReadonlyArray<MetricLabel.MetricLabel>) => void)
+    | undefined
 }
 
 export const Pricing = Context.GenericTag<Pricing>("@breakwater/core/Pricing")
@@ -142,7 +147,24 @@ export const make = (overrides: Readonly<Record<string, Price>> = {}, options: O
       return Effect.all(effects, { discard: true })
     })
 
-  return Pricing.of({ price, cost, highest, record })
+  const unsafeRecord = (
+    labels: Labels,
+    usage: Usage | undefined,
+    costUsd: number | undefined,
+    tags: ReadonlyArray<MetricLabel.MetricLabel>
+  ): void => {
+    const model = modelLabel(labels.model)
+    const key = keyLabel(labels.key)
+    if (usage !== undefined && usage.prompt_tokens > 0) {
+      tokensBy(labels.upstream, model, key, "prompt").unsafeUpdate(usage.prompt_tokens, tags)
+    }
+    if (usage !== undefined && usage.completion_tokens > 0) {
+      tokensBy(labels.upstream, model, key, "completion").unsafeUpdate(usage.completion_tokens, tags)
+    }
+    if (costUsd !== undefined && costUsd > 0) costBy(labels.upstream, model, key).unsafeUpdate(costUsd, tags)
+  }
+
+  return Pricing.of({ price, cost, highest, record, unsafeRecord })
 }
 
 export const layer = (overrides?: Readonly<Record<string, Price>>, options?: Options): Layer.Layer<Pricing> =>

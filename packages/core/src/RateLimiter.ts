@@ -24,6 +24,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 
 export type Algorithm = "token-bucket" | "sliding-window"
@@ -68,7 +69,15 @@ export interface AcquireRequest {
  */
 export class RateLimiterStore extends Context.Tag("@breakwater/core/RateLimiterStore")<
   RateLimiterStore,
-  { readonly acquire: (request: AcquireRequest) => Effect.Effect<Decision, RateLimiterStoreError> }
+  {
+    readonly acquire: (request: AcquireRequest) => Effect.Effect<Decision, RateLimiterStoreError>
+    /**
+     * The same decision without an effect, at `now` (epoch millis), for
+     * stores that decide in this process (the memory store); absent for
+     * remote ones (Redis).
+     */
+    readonly unsafeAcquire?: ((request: AcquireRequest, now: number) => Decision) | undefined
+  }
 >() {}
 
 export interface Options {
@@ -98,6 +107,15 @@ export interface RateLimiter {
     key: string,
     cost?: number
   ) => <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | RateLimited | RateLimiterStoreError, R>
+  /**
+   * {@link acquire} without an effect, for a hot path: true when granted.
+   * Present only when the decision can be made here and now: a store that
+   * decides in this process and the `fail` mode (no wait). A refusal counts
+   * in the metrics (with `tags` added) as `acquire`'s does.
+   */
+  readonly unsafeTryAcquire?:
+    | ((key: string, cost: number, now: number, tags: ReadonlyArray<MetricLabel.MetricLabel>) => boolean)
+    | undefined
 }
 
 export const RateLimiter = Context.GenericTag<RateLimiter>("@breakwater/core/RateLimiter")
@@ -141,10 +159,24 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
         }
       )
 
+    const unsafeAcquire = store.unsafeAcquire
+    const unsafeTryAcquire = unsafeAcquire === undefined || maxWaitMillis !== 0 ? undefined : (
+      key: string,
+      cost: number,
+      now: number,
+      tags: ReadonlyArray<MetricLabel.MetricLabel>
+    ): boolean => {
+      const decision = unsafeAcquire({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }, now)
+      if (decision.granted) return true
+      rejected.unsafeUpdate(1, tags)
+      return false
+    }
+
     return RateLimiter.of({
       name,
       limit,
       acquire,
+      unsafeTryAcquire,
       withPermit: (key, cost) => (self) => Effect.zipRight(acquire(key, cost), self)
     })
   })
@@ -282,30 +314,29 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<RateLimiterStore
     }
     nextSweep = Math.max(10_000, (buckets.size + logs.size) * 2)
   }
+  const decide = (req: AcquireRequest, now: number): Decision => {
+    if (buckets.size + logs.size > nextSweep) sweep(now)
+    if (req.algorithm === "token-bucket") {
+      let bucket = buckets.get(req.key)
+      if (bucket === undefined) {
+        bucket = { tokens: req.limit * req.windowMillis, updatedAt: now, limit: req.limit, windowMillis: req.windowMillis }
+        buckets.set(req.key, bucket)
+      }
+      return decideTokenBucket(bucket, req, now)
+    }
+    let log = logs.get(req.key)
+    if (log === undefined) {
+      log = { times: [], costs: [], head: 0, total: 0, windowMillis: req.windowMillis }
+      logs.set(req.key, log)
+    }
+    return decideSlidingWindow(log, req, now)
+  }
   return {
     acquire: (req) =>
       // clockWith runs its function when the effect runs, so the decision
       // below is one synchronous (atomic) step.
-      Effect.clockWith((clock) =>
-        Effect.succeed((() => {
-          const now = clock.unsafeCurrentTimeMillis()
-          if (buckets.size + logs.size > nextSweep) sweep(now)
-          if (req.algorithm === "token-bucket") {
-            let bucket = buckets.get(req.key)
-            if (bucket === undefined) {
-              bucket = { tokens: req.limit * req.windowMillis, updatedAt: now, limit: req.limit, windowMillis: req.windowMillis }
-              buckets.set(req.key, bucket)
-            }
-            return decideTokenBucket(bucket, req, now)
-          }
-          let log = logs.get(req.key)
-          if (log === undefined) {
-            log = { times: [], costs: [], head: 0, total: 0, windowMillis: req.windowMillis }
-            logs.set(req.key, log)
-          }
-          return decideSlidingWindow(log, req, now)
-        })())
-      )
+      Effect.clockWith((clock) => Effect.succeed(decide(req, clock.unsafeCurrentTimeMillis()))),
+    unsafeAcquire: decide
   }
 })
 

@@ -24,7 +24,7 @@
 import * as Sse from "@effect/experimental/Sse"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
-import type * as Clock from "effect/Clock"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -32,17 +32,21 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
+import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import type * as Bulkhead from "./Bulkhead.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Cooldown from "./Cooldown.js"
+import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
 import * as Pricing from "./Pricing.js"
@@ -52,7 +56,7 @@ import * as Retry from "./Retry.js"
 import * as Router from "./Router.js"
 import * as Timeout from "./Timeout.js"
 import * as Upstream from "./Upstream.js"
-import { UpstreamClient } from "./UpstreamClient.js"
+import { type Reply, UpstreamClient } from "./UpstreamClient.js"
 import {
   InvalidResponse,
   isAuthError,
@@ -64,7 +68,8 @@ import {
   UpstreamRateLimited,
   UpstreamRejected,
   UpstreamServerError,
-  UpstreamTimeout
+  UpstreamTimeout,
+  type UpstreamUnreachable
 } from "./UpstreamError.js"
 
 // ---------------------------------------------------------------------------
@@ -365,6 +370,32 @@ type Attempted<A> =
 
 type Classified =
   | { readonly _tag: "Ok"; readonly body: string; readonly usage: OpenAI.Usage | undefined }
+
+/** Aborts a call; `then` runs once it is torn down. */
+type Abort = (then: () => void) => void
+
+/**
+ * The time one call may take: the upstream's `timeout`, or what the
+ * request's deadline leaves when that is sooner (`budget` is then the
+ * deadline's). `millis <= 0`: the deadline has passed.
+ */
+interface Limit {
+  readonly millis: number
+  readonly budget: Duration.Duration | undefined
+}
+
+const limitOf = (
+  u: Upstream.Upstream,
+  deadline: readonly [at: number, budget: Duration.Duration] | undefined,
+  now: number
+): Limit => {
+  const t = Duration.toMillis(u.timeout)
+  if (deadline !== undefined) {
+    const left = deadline[0] - now
+    if (left < t) return { millis: left, budget: deadline[1] }
+  }
+  return { millis: t, budget: undefined }
+}
 
 /** A cooldown that an attempt's outcome calls for. */
 interface CooldownStarted {
@@ -732,13 +763,15 @@ export const makeWith = (
     const guarded = <A>(
       u: Upstream.Upstream,
       tokens: number,
-      call: Effect.Effect<A, UpstreamError>,
+      call: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded>,
       bulkhead: "run" | "held",
       panic: boolean,
       progress: Progress,
       breaker: "protect" | "held" = "protect"
     ): Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded> => {
-      const timed = Timeout.attempt(call, u.timeout).pipe(
+      // A non-streaming call ("run") carries its own timer (`postTimed`); a
+      // stream's attempt (up to its first event) runs under `Timeout.attempt`.
+      const timed: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run" ? call : Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
       // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
@@ -752,16 +785,120 @@ export const makeWith = (
       return classifyOutcome(protectedCall, u.name, progress)
     }
 
-    /** A non-streaming call: POST, read, classify, validate. */
+    // ----- one HTTP call under one timer ---------------------------------------
+
+    /**
+     * Starts one POST on `u`; `done` hears how it ended, once, unless the
+     * returned abort comes first (its callback runs once the call is torn
+     * down). Through the client's `unsafePost` when it has one (no fiber, no
+     * effect); otherwise `post` runs in a fiber of the caller's runtime.
+     */
+    const unsafePost = client.unsafePost
+    const startCall = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined,
+      done: (exit: Exit.Exit<Reply, UpstreamUnreachable>) => void
+    ): Abort => {
+      if (unsafePost !== undefined) {
+        const abort = unsafePost(u, path, body, headers, (error, reply) =>
+          done(error === undefined ? Exit.succeed(reply!) : Exit.fail(error)))
+        return (then) => {
+          abort()
+          then()
+        }
+      }
+      const runtime = Runtime.make({
+        context: fiber.currentContext,
+        fiberRefs: fiber.getFiberRefs(),
+        runtimeFlags: Runtime.defaultRuntimeFlags
+      })
+      const child = Runtime.runFork(runtime)(client.post(u, path, body, headers))
+      let aborted = false
+      child.addObserver((exit) => {
+        if (!aborted) done(exit)
+      })
+      return (then) => {
+        aborted = true
+        child.unsafeInterruptAsFork(fiber.id())
+        // Once its finalizers (released permits, closed sockets) have run.
+        child.addObserver(() => then())
+      }
+    }
+
+    /**
+     * Starts a call under `limit` with one timer (`setTimeout` under the live
+     * clock, the clock's own `sleep` otherwise): whichever comes first, the
+     * answer or the timer, settles it; the timer aborts the HTTP call itself.
+     * `settle` hears the outcome once (a timeout as `limit`'s error). Returns
+     * the cancel of an interrupted caller: timer and call both end.
+     */
+    const startTimedCall = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined,
+      settle: (exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>) => void
+    ): Abort => {
+      let settled = false
+      let abort: Abort | undefined
+      const cancelTimer = unsafeTimer(clock, limit.millis, () => {
+        if (settled) return
+        settled = true
+        const timedOut = limit.budget === undefined
+          ? new UpstreamTimeout({ upstream: u.name, timeout: u.timeout })
+          : new Timeout.DeadlineExceeded({ budget: limit.budget })
+        const failed = Exit.fail(timedOut)
+        if (abort === undefined) settle(failed)
+        else abort(() => settle(failed))
+      }, fiber)
+      abort = startCall(fiber, u, path, body, headers, (exit) => {
+        if (settled) return
+        settled = true
+        cancelTimer()
+        settle(exit)
+      })
+      return (then) => {
+        if (settled) return then()
+        settled = true
+        cancelTimer()
+        abort!(then)
+      }
+    }
+
+    /** {@link startTimedCall} as an effect (the general path). */
+    const postTimed = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
+      u: Upstream.Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined
+    ): Effect.Effect<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded> =>
+      Effect.async((resume) => {
+        const cancel = startTimedCall(fiber, clock, limit, u, path, body, headers, resume)
+        return Effect.async<void>((resumeCancel) => cancel(() => resumeCancel(Effect.void)))
+      })
+
+    /** A non-streaming call: POST (under `limit`), read, classify, validate. */
     const callJson = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      clock: Clock.Clock,
+      limit: Limit,
       u: Upstream.Upstream,
       path: string,
       body: string | Uint8Array,
       inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
       headers?: Readonly<Record<string, string>>,
       trace?: AttemptTrace
-    ): Effect.Effect<Classified, UpstreamError> =>
-      Effect.flatMap(client.post(u, path, body, headers), (reply): Effect.Effect<Classified, UpstreamError> => {
+    ): Effect.Effect<Classified, UpstreamError | Timeout.DeadlineExceeded> =>
+      Effect.flatMap(postTimed(fiber, clock, limit, u, path, body, headers), (reply): Effect.Effect<Classified, UpstreamError> => {
         if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) return Effect.flatMap(statusError(u, reply.status, reply.headers, reply.text), Effect.fail)
         const inspected = inspect(reply.text)
@@ -789,6 +926,23 @@ export const makeWith = (
       lacking: Set<string> | undefined
     }
 
+    const newProgress = (): Progress => ({ attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined })
+
+    /**
+     * Where the hot path hands a request over to the general one: the first
+     * round's plan (made at `now`), the progress so far, and how the attempt
+     * on the plan's first upstream went, if it was made.
+     */
+    interface Resume<A> {
+      readonly progress: Progress
+      /** The request's own deadline (epoch millis); undefined when an enclosing one is sooner. */
+      readonly deadline: number | undefined
+      readonly now: number
+      readonly active: ReadonlyMap<string, Cooldown.Cooldown>
+      readonly plan: Router.Plan
+      readonly first: Attempted<A> | undefined
+    }
+
     const failureOf = (error: UpstreamError): Failure =>
       error._tag === "UpstreamAuthFailed"
         ? { upstream: error.upstream, reason: reasonOf(error), kind: "auth-failed" }
@@ -802,11 +956,12 @@ export const makeWith = (
      */
     const failover = <A>(
       model: string,
-      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>,
+      resume?: Resume<A>
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
       const servers = serving(model)
       if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
-      const progress: Progress = { attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined }
+      const progress: Progress = resume?.progress ?? newProgress()
 
       /**
        * `n`: the number of this round among those that call upstreams (retry
@@ -818,55 +973,74 @@ export const makeWith = (
         Effect.clockWith((clock) => {
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
-            Effect.flatMap(router.plan(servers, now, active), (plan) => {
-              const attemptsBefore = progress.attempts
-              const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-                if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
-                if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
-                const u = plan.order[i]!
-                if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
-                return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => {
-                  switch (outcome._tag) {
-                    case "Ok":
-                      return Effect.succeed([outcome.value, u, progress] as const)
-                    case "Skipped":
-                      progress.failures.push({ upstream: u.name, reason: outcome.reason })
-                      return tryAt(i + 1)
-                    case "Failed": {
-                      const error = outcome.error
-                      progress.last = u.name
-                      progress.failures.push(failureOf(error))
-                      if (error._tag === "UpstreamRejected") {
-                        return Effect.fail(
-                          new UpstreamRejected({
-                            upstream: error.upstream,
-                            status: error.status,
-                            body: error.body,
-                            contentType: error.contentType,
-                            attempts: progress.attempts
-                          })
-                        )
-                      }
-                      if (error._tag === "UpstreamModelNotFound") {
-                        progress.notFound = error
-                        progress.lacking ??= new Set()
-                        progress.lacking.add(u.name)
-                        return tryAt(i + 1)
-                      }
-                      // An upstream may ask for retries on itself (transient
-                      // errors only) before the request moves on.
-                      const sameUpstream = u.retry?.maxRetries ?? 0
-                      if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
-                        return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
-                      }
-                      return Effect.zipRight(coolDown(error), tryAt(i + 1))
-                    }
-                  }
-                })
-              }
-              return tryAt(0)
-            }))
+            Effect.flatMap(router.plan(servers, now, active), (plan) => planned(n, waits, now, active, plan, undefined)))
         })
+
+      /**
+       * A round over `plan`; `first`: how the attempt on its first upstream
+       * already went (the hot path made it), if it did.
+       */
+      const planned = (
+        n: number,
+        waits: number,
+        now: number,
+        active: ReadonlyMap<string, Cooldown.Cooldown>,
+        plan: Router.Plan,
+        first: Attempted<A> | undefined
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        const attemptsBefore = first === undefined ? progress.attempts : 0
+        const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+          if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
+          if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
+          const u = plan.order[i]!
+          if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
+          return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+        }
+        const after = (
+          i: number,
+          retried: number,
+          u: Upstream.Upstream,
+          outcome: Attempted<A>
+        ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+          switch (outcome._tag) {
+            case "Ok":
+              return Effect.succeed([outcome.value, u, progress] as const)
+            case "Skipped":
+              progress.failures.push({ upstream: u.name, reason: outcome.reason })
+              return tryAt(i + 1)
+            case "Failed": {
+              const error = outcome.error
+              progress.last = u.name
+              progress.failures.push(failureOf(error))
+              if (error._tag === "UpstreamRejected") {
+                return Effect.fail(
+                  new UpstreamRejected({
+                    upstream: error.upstream,
+                    status: error.status,
+                    body: error.body,
+                    contentType: error.contentType,
+                    attempts: progress.attempts
+                  })
+                )
+              }
+              if (error._tag === "UpstreamModelNotFound") {
+                progress.notFound = error
+                progress.lacking ??= new Set()
+                progress.lacking.add(u.name)
+                return tryAt(i + 1)
+              }
+              // An upstream may ask for retries on itself (transient
+              // errors only) before the request moves on.
+              const sameUpstream = u.retry?.maxRetries ?? 0
+              if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
+                return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
+              }
+              return Effect.zipRight(coolDown(error), tryAt(i + 1))
+            }
+          }
+        }
+        return first === undefined ? tryAt(0) : after(0, 0, plan.order[0]!, first)
+      }
 
       /** Every upstream was tried or left out: wait for one, back off, or give up. */
       const nextRound = (
@@ -926,7 +1100,9 @@ export const makeWith = (
 
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
-      return Timeout.withCooperativeDeadline(round(1, 0), budget)
+      if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), budget)
+      const body = planned(1, 0, resume.now, resume.active, resume.plan, resume.first)
+      return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, budget)
     }
 
     /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */
@@ -1003,9 +1179,13 @@ export const makeWith = (
       Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
         const trace = tracing === undefined ? undefined : newTrace()
-        const call = Effect.suspend(() => {
+        // The time limit (attempt timeout or deadline) is the call's own
+        // timer; a deadline already passed fails before any call is made.
+        const call = Effect.withFiberRuntime<Classified, UpstreamError | Timeout.DeadlineExceeded>((fiber) => {
+          const limit = limitOf(u, Timeout.unsafeDeadlineOf(fiber), clock.unsafeCurrentTimeMillis())
+          if (limit.millis <= 0) return Effect.fail(new Timeout.DeadlineExceeded({ budget: limit.budget! }))
           progress.attempts++
-          if (trace === undefined) return callJson(u, path, bodyFor(u, request, raw), inspect)
+          if (trace === undefined) return callJson(fiber, clock, limit, u, path, bodyFor(u, request, raw), inspect)
           const body = bodyFor(u, request, raw)
           return startAttempt(
             u,
@@ -1013,7 +1193,7 @@ export const makeWith = (
             u.modelFor(request.model) ?? request.model,
             progress.attempts,
             trace,
-            (headers) => callJson(u, path, body, inspect, headers, trace)
+            (headers) => callJson(fiber, clock, limit, u, path, body, inspect, headers, trace)
           )
         })
         const attempted = Effect.tap(guarded(u, tokens, call, "run", panic, progress), (outcome) => {
@@ -1044,38 +1224,265 @@ export const makeWith = (
     ): Effect.Effect<Result> =>
       Effect.clockWith((clock) => {
         const [classified, started] = value
-        let usage = classified.usage
-        // A chat answer without usage is priced on an estimate, as a stream's is.
-        const usageEstimated = usage === undefined && chatRequest !== undefined
-        if (usageEstimated) {
-          const prompt = OpenAI.estimatePromptTokens(chatRequest)
-          const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
-          usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
-        }
-        const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
-        const metadata: Metadata = {
-          upstream: u.name,
-          attempts: progress.attempts,
-          latencyMs: clock.unsafeCurrentTimeMillis() - started,
-          cache: status,
-          usage,
-          costUsd,
-          usageEstimated,
-          failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
-        }
+        const { costUsd, metadata, usage } = priced(model, classified, started, clock.unsafeCurrentTimeMillis(), u, progress, status, chatRequest)
         return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
       })
+
+    /** A result's usage (estimated for a chat answer without any), cost and metadata. */
+    const priced = (
+      model: string,
+      classified: Classified,
+      started: number,
+      now: number,
+      u: Upstream.Upstream,
+      progress: Progress,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ) => {
+      let usage = classified.usage
+      // A chat answer without usage is priced on an estimate, as a stream's is.
+      const usageEstimated = usage === undefined && chatRequest !== undefined
+      if (usageEstimated) {
+        const prompt = OpenAI.estimatePromptTokens(chatRequest)
+        const completion = OpenAI.estimateCompletionTokens(OpenAI.generatedChars(classified.body))
+        usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+      }
+      const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
+      const metadata: Metadata = {
+        upstream: u.name,
+        attempts: progress.attempts,
+        latencyMs: now - started,
+        cache: status,
+        usage,
+        costUsd,
+        usageEstimated,
+        failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
+      }
+      return { usage, costUsd, metadata }
+    }
 
     const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
       cacheMode === "all" ||
       (cacheMode === "deterministic" && (request.temperature === 0 || (request.seed !== undefined && request.seed !== null)))
 
+    /**
+     * A non-streaming request: failover over `jsonAttempt`s, then `finish`.
+     * The first attempt of a simple request takes the hot path (see
+     * {@link hot}); the rest of the request, if any, this general path.
+     */
+    const json = (
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      options: CallOptions | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ): Effect.Effect<Result, RelayError> => {
+      const general = (resume?: Resume<readonly [Classified, number]>) =>
+        Effect.flatMap(
+          failover(request.model, jsonAttempt(path, request, tokens, options?.rawBody, inspect), resume),
+          ([value, u, progress]) =>
+            finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, chatRequest)
+        )
+      if (!hotPath) return general()
+      return Effect.withFiberRuntime((fiber) => hot(fiber, general, path, request, tokens, options, inspect, status, chatRequest))
+    }
+
+    // ----- the hot path ---------------------------------------------------------
+
+    const unsafeActive = cooldowns.unsafeActive
+    const unsafePlan = router.unsafePlan
+    const budgetMillis = Duration.toMillis(budget)
+    /** Whether this relay can take the hot path at all (traces, remote cooldowns and attempts off take the general one). */
+    const hotPath = tracing === undefined && maxAttempts >= 1 && unsafeActive !== undefined && unsafePlan !== undefined
+
+    /**
+     * The first attempt of a non-streaming request, decided in one
+     * synchronous step and run as one asynchronous HTTP call, with one
+     * handler for its end: no fiber, no FiberRef, a handful of effect
+     * operations. Admission is what the general path decides, read without
+     * effects: the cooldowns and the router's plan (with the fiber's `Random`,
+     * the same draws), the account limits (memory store), a free bulkhead
+     * slot, a closed breaker; the call's time limit (attempt timeout or
+     * deadline) is its own timer. A success is recorded at once: breaker,
+     * slot, upstream stats, metrics (prebuilt handles, `unsafeUpdate`),
+     * cost.
+     *
+     * Anything else goes to the general path, with what was decided so far
+     * (the plan, the progress, the attempt's outcome): a failure or a
+     * timeout (failover, retries, cooldowns), a refusal by our own limits, a
+     * breaker not closed (probes), a full bulkhead, panic mode, stores that
+     * are not in this process (Redis), a Random without synchronous draws.
+     */
+    const hot = (
+      fiber: Fiber.RuntimeFiber<Result, RelayError>,
+      general: (resume?: Resume<readonly [Classified, number]>) => Effect.Effect<Result, RelayError>,
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      options: CallOptions | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ): Effect.Effect<Result, RelayError> => {
+      const servers = serving(request.model)
+      if (servers.length === 0) return general()
+      const services = fiber.currentDefaultServices
+      const random = (Context.get(services, Random.Random) as unknown as { readonly PRNG?: Router.UnsafeRandom }).PRNG
+      if (random === undefined || typeof random.number !== "function" || typeof random.integer !== "function") return general()
+      const clock = Context.get(services, Clock.Clock)
+      const now = clock.unsafeCurrentTimeMillis()
+      // The request's deadline, as `withCooperativeDeadline` sets it: its
+      // own, unless an enclosing one is sooner.
+      const outer = Timeout.unsafeDeadlineOf(fiber)
+      const own = now + budgetMillis
+      const deadline = outer !== undefined && outer[0] <= own ? undefined : own
+      const active = unsafeActive!(now)
+      const plan = unsafePlan!(servers, now, active, random)
+      const progress = newProgress()
+      const handOver = (first: Attempted<readonly [Classified, number]> | undefined) =>
+        general({ progress, deadline, now, active, plan, first })
+      if (plan.panic || plan.order.length === 0) return handOver(undefined)
+
+      const u = plan.order[0]!
+      const bulkhead = u.bulkhead
+      const breaker = u.breaker
+      const requestLimit = u.requestLimit
+      const tokenLimit = u.tokenLimit
+      // What can be decided here, checked before anything is taken.
+      if (
+        bulkhead.unsafeTryAcquire === undefined || bulkhead.unsafeRelease === undefined ||
+        breaker.unsafeTryAdmit === undefined || breaker.unsafeRecord === undefined ||
+        (requestLimit !== undefined && requestLimit.unsafeTryAcquire === undefined) ||
+        (tokenLimit !== undefined && tokenLimit.unsafeTryAcquire === undefined)
+      ) return handOver(undefined)
+      const slots = bulkhead.unsafeStats()
+      if (slots.available <= 0 || slots.waiting > 0) return handOver(undefined)
+      const ticket = breaker.unsafeTryAdmit()
+      if (ticket === undefined) return handOver(undefined)
+      const limit = limitOf(u, outer !== undefined && deadline === undefined ? outer : [own, budget], now)
+      if (limit.millis <= 0) return handOver(undefined)
+
+      // The account limits, in the general path's order; a refusal skips the upstream.
+      const tags = fiber.getFiberRef(FiberRef.currentMetricLabels)
+      if (requestLimit !== undefined && !requestLimit.unsafeTryAcquire!("account", 1, now, tags)) {
+        return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
+      }
+      if (tokenLimit !== undefined && !tokenLimit.unsafeTryAcquire!("account", tokens, now, tags)) {
+        return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
+      }
+      if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+
+      progress.attempts = 1
+      const started = now
+      const body = bodyFor(u, request, options?.rawBody)
+      // The slot goes back once, whoever gets there first: the call's end,
+      // or a caller who leaves just as the answer comes in.
+      let holding = true
+      const releaseSlot = (): Effect.Effect<void> | undefined => {
+        if (!holding) return undefined
+        holding = false
+        return bulkhead.unsafeRelease!()
+      }
+
+      /** How the call ended: a success is settled here; anything else by the general path's rules. */
+      const settle = (exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>) => {
+        if (exit._tag === "Success" && exit.value.status === 200) {
+          const reply = exit.value
+          const inspected = inspect(reply.text)
+          if (inspected._tag === "Ok") {
+            const end = clock.unsafeCurrentTimeMillis()
+            const effects: Array<Effect.Effect<void>> = []
+            const headroom = noteHeadroom(u, reply.headers)
+            if (headroom !== Effect.void) effects.push(headroom)
+            const transition = breaker.unsafeRecord!(ticket, Exit.void, end, started)
+            if (transition !== undefined) effects.push(transition)
+            const handoff = releaseSlot()
+            if (handoff !== undefined) effects.push(handoff)
+            const latency = end - started
+            Upstream.record(u, end, latency, undefined)
+            requestsBy(u.name, "ok").unsafeUpdate(1, tags)
+            latencyBy(u.name).unsafeUpdate(latency, tags)
+            const model = u.modelFor(request.model) ?? request.model
+            const classified: Classified = { _tag: "Ok", body: reply.text, usage: inspected.usage }
+            const { costUsd, metadata, usage } = priced(model, classified, started, end, u, progress, status, chatRequest)
+            const key = options?.key ?? "anonymous"
+            if (pricing.unsafeRecord !== undefined) pricing.unsafeRecord({ upstream: u.name, model, key }, usage, costUsd, tags)
+            else effects.push(pricing.record({ upstream: u.name, model, key }, usage, costUsd))
+            const result: Result = { body: reply.text, metadata }
+            return effects.length === 0 ? Exit.succeed(result) : Effect.as(Effect.all(effects, { discard: true }), result)
+          }
+        }
+        return failed(exit)
+      }
+
+      /** A failed call, as `guarded` and `jsonAttempt` record it; then the general path's failover. */
+      const failed = (
+        exit: Exit.Exit<Reply, UpstreamUnreachable | UpstreamTimeout | Timeout.DeadlineExceeded>
+      ): Effect.Effect<Result, RelayError> => {
+        const settleWith = (cause: Exit.Exit<unknown, unknown>): Effect.Effect<void> => {
+          const effects: Array<Effect.Effect<void>> = []
+          const transition = breaker.unsafeRecord!(ticket, cause, clock.unsafeCurrentTimeMillis(), started)
+          if (transition !== undefined) effects.push(transition)
+          const handoff = releaseSlot()
+          if (handoff !== undefined) effects.push(handoff)
+          return effects.length === 0 ? Effect.void : Effect.all(effects, { discard: true })
+        }
+        let error: Effect.Effect<UpstreamError | Timeout.DeadlineExceeded>
+        if (exit._tag === "Failure") {
+          const failure = Cause.failureOption(exit.cause)
+          // A defect of the client's: recorded as the breaker records one, and passed on.
+          if (failure._tag === "None") return Effect.zipRight(settleWith(exit), exit as Exit.Exit<never, never>)
+          error = Effect.succeed(failure.value)
+        } else {
+          const reply = exit.value
+          if (reply.status !== 200) {
+            error = statusError(u, reply.status, reply.headers, reply.text)
+          } else {
+            const inspected = inspect(reply.text)
+            error = Effect.succeed(
+              inspected._tag === "Quota"
+                ? new QuotaExhausted({ upstream: u.name, code: inspected.problem.code })
+                : new InvalidResponse({ upstream: u.name, reason: inspected._tag === "Invalid" ? inspected.problem.kind : "unknown" })
+            )
+          }
+        }
+        return Effect.flatMap(error, (e) => {
+          const settled = settleWith(Exit.fail(e))
+          if (e._tag === "DeadlineExceeded") {
+            return Effect.zipRight(settled, Effect.fail(new DeadlineExceededOn(e.budget, u.name, progress.attempts)))
+          }
+          const end = clock.unsafeCurrentTimeMillis()
+          Upstream.record(u, end, end - started, e)
+          requestsBy(u.name, e._tag).unsafeUpdate(1, tags)
+          latencyBy(u.name).unsafeUpdate(end - started, tags)
+          return Effect.zipRight(settled, handOver({ _tag: "Failed", error: e }))
+        })
+      }
+
+      return Effect.async<Result, RelayError>((resume) => {
+        const cancel = startTimedCall(fiber, clock, limit, u, path, body, undefined, (exit) => {
+          // Inside the HTTP stack's callback: nothing may throw out of here.
+          try {
+            resume(settle(exit))
+          } catch (defect) {
+            resume(Effect.die(defect))
+          }
+        })
+        // The caller left: the call is aborted and the slot given back (the
+        // breaker heard nothing, as under `protect`).
+        return Effect.async<void>((resumeCancel) =>
+          cancel(() => {
+            const handoff = releaseSlot()
+            resumeCancel(handoff ?? Effect.void)
+          })
+        )
+      })
+    }
+
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
-      Effect.flatMap(
-        failover(request.model, jsonAttempt(CHAT, request, OpenAI.estimateTokens(request), options?.rawBody, OpenAI.inspectChatCompletion)),
-        ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, request)
-      )
+      json(CHAT, request, OpenAI.estimateTokens(request), options, OpenAI.inspectChatCompletion, status, request)
 
     const chat = (request: OpenAI.ChatCompletionRequest, options?: CallOptions): Effect.Effect<Result, RelayError> => {
       if (!isCacheable(request) || (options?.cache?.lookup === false && options.cache.store === false)) {
@@ -1111,11 +1518,7 @@ export const makeWith = (
     }
 
     const embeddings = (request: OpenAI.EmbeddingsRequest, options?: CallOptions): Effect.Effect<Result, RelayError> =>
-      Effect.flatMap(
-        failover(request.model, jsonAttempt(EMBEDDINGS, request, 0, options?.rawBody, OpenAI.inspectEmbeddings)),
-        ([value, u, progress]) =>
-          finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, "bypass")
-      )
+      json(EMBEDDINGS, request, 0, options, OpenAI.inspectEmbeddings, "bypass", undefined)
 
     // ----- streaming ------------------------------------------------------------
 

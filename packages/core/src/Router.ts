@@ -67,6 +67,25 @@ export interface Router {
     now: number,
     cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
   ) => Effect.Effect<Plan>
+  /**
+   * {@link plan} without an effect, drawing its random numbers from `random`
+   * (the same draws, in the same order, as `plan` makes from Effect's
+   * `Random`): for a hot path that runs no effect per request.
+   */
+  readonly unsafePlan?:
+    | ((
+      servers: ReadonlyArray<Upstream>,
+      now: number,
+      cooldowns: ReadonlyMap<string, Cooldown.Cooldown>,
+      random: UnsafeRandom
+    ) => Plan)
+    | undefined
+}
+
+/** Synchronous random draws: `number` in [0, 1), `integer(n)` in [0, n). */
+export interface UnsafeRandom {
+  readonly number: () => number
+  readonly integer: (n: number) => number
 }
 
 export const Router = Context.GenericTag<Router>("@breakwater/core/Router")
@@ -112,34 +131,75 @@ export const make = (options: Options = {}): Router => {
     }
   }
 
+  /** `order`, drawing from `random` synchronously (the same draws as `order`). */
+  const unsafeOrder = (ups: Array<Upstream>, random: UnsafeRandom): ReadonlyArray<Upstream> => {
+    if (ups.length <= 1) return ups
+    const weighted = () => {
+      const keyed = ups.map((u) => [Math.pow(random.number(), 1 / Math.max(u.weight, 1e-9)), u] as const)
+      return keyed.sort((a, b) => b[0] - a[0]).map(([, u]) => u)
+    }
+    switch (strategy) {
+      case "priority":
+        return weighted().sort((a, b) => a.priority - b.priority)
+      case "weighted":
+        return weighted()
+      case "least-busy":
+        return ups.sort((a, b) => busyness(a) - busyness(b) || a.priority - b.priority)
+      case "latency": {
+        const r = random.number()
+        const sorted = ups.sort((a, b) => (a.stats.latencyEwmaMs ?? 0) - (b.stats.latencyEwmaMs ?? 0))
+        if (r >= exploration) return sorted
+        const [chosen] = sorted.splice(random.integer(sorted.length), 1)
+        return [chosen!, ...sorted]
+      }
+    }
+  }
+
+  /** One synchronous pass over the upstreams: who is ready, who is left out and why. */
+  const triage = (
+    servers: ReadonlyArray<Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
+  ): { readonly ready: Array<Upstream>; readonly excluded: Array<readonly [Upstream, Exclusion]>; readonly panic: boolean } => {
+    const ready: Array<Upstream> = []
+    const excluded: Array<readonly [Upstream, Exclusion]> = []
+    for (const u of servers) {
+      const cooldown = cooldowns.get(u.name)
+      if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
+      else if (cooldown !== undefined && cooldown.until > now) {
+        excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
+      }
+      else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
+      else ready.push(u)
+    }
+    const panic = ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")
+    return { ready, excluded, panic }
+  }
+
+  const unsafePlan = (
+    servers: ReadonlyArray<Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>,
+    random: UnsafeRandom
+  ): Plan => {
+    const { excluded, panic, ready } = triage(servers, now, cooldowns)
+    if (panic) return { order: unsafeOrder(excluded.map(([u]) => u), random), excluded: [], panic: true }
+    return { order: unsafeOrder(ready, random), excluded, panic: false }
+  }
+
   const plan = (
     servers: ReadonlyArray<Upstream>,
     now: number,
     cooldowns: ReadonlyMap<string, Cooldown.Cooldown>
   ): Effect.Effect<Plan> =>
-    Effect.suspend(
-      () => {
-        // One synchronous pass over the upstreams: this runs on every request.
-        const ready: Array<Upstream> = []
-        const excluded: Array<readonly [Upstream, Exclusion]> = []
-        for (const u of servers) {
-          const cooldown = cooldowns.get(u.name)
-          if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
-          else if (cooldown !== undefined && cooldown.until > now) {
-            excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
-          }
-          else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
-          else ready.push(u)
-        }
-        if (ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")) {
-          const all = excluded.map(([u]) => u)
-          return Effect.map(order(all), (order): Plan => ({ order, excluded: [], panic: true }))
-        }
-        return Effect.map(order(ready), (order): Plan => ({ order, excluded, panic: false }))
-      }
-    )
+    Effect.suspend(() => {
+      // One synchronous pass over the upstreams: this runs on every request.
+      const { excluded, panic, ready } = triage(servers, now, cooldowns)
+      if (panic) return Effect.map(order(excluded.map(([u]) => u)), (order): Plan => ({ order, excluded: [], panic: true }))
+      return Effect.map(order(ready), (order): Plan => ({ order, excluded, panic: false }))
+    })
 
-  return Router.of({ strategy, plan })
+  return Router.of({ strategy, plan, unsafePlan })
 }
 
 export const layer = (options: Options = {}): Layer.Layer<Router> => Layer.succeed(Router, make(options))

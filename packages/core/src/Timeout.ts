@@ -13,6 +13,7 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
@@ -101,6 +102,29 @@ export const withCooperativeDeadline: {
       return Effect.locally(self, currentDeadline, Option.some([own, b] as const))
     })
   ))
+
+/**
+ * The deadline `fiber` runs under, read without an effect: `[epoch millis,
+ * budget]`, or undefined. For a hot path that sets its own timer (the
+ * relay's upstream calls) instead of running {@link attempt}.
+ *
+ * @internal
+ */
+export const unsafeDeadlineOf = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>
+): readonly [at: number, budget: Duration.Duration] | undefined => Option.getOrUndefined(fiber.getFiberRef(currentDeadline))
+
+/**
+ * {@link withCooperativeDeadline} with the deadline given as epoch millis
+ * (for work that started under a deadline it computed itself).
+ *
+ * @internal
+ */
+export const withCooperativeDeadlineAt = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  at: number,
+  budget: Duration.Duration
+): Effect.Effect<A, E, R> => Effect.locally(self, currentDeadline, Option.some([at, budget] as const))
 
 /**
  * Runs one attempt under `timeout`, cut short by the current deadline: when

@@ -62,6 +62,24 @@ export interface UpstreamClient {
     headers?: Readonly<Record<string, string>>
   ) => Effect.Effect<StreamReply, UpstreamUnreachable, Scope.Scope>
   readonly get: (upstream: Upstream, path: string) => Effect.Effect<Reply, UpstreamUnreachable>
+  /**
+   * Optional: `post` one level down, for the relay's hot path (no effect,
+   * no fiber per call). Starts the call at once and reports how it ended to
+   * `done`, once: a transport failure, or the whole answer. The returned
+   * function aborts the call (its connection is closed, nothing is left
+   * open); after it, `done` is not called. `done` runs inside the HTTP
+   * stack's callbacks: it must not throw. A client without it is called
+   * through `post` (in a fiber of its own, under the relay's timer).
+   */
+  readonly unsafePost?:
+    | ((
+      upstream: Upstream,
+      path: string,
+      body: string | Uint8Array,
+      headers: Readonly<Record<string, string>> | undefined,
+      done: (error: UpstreamUnreachable | undefined, reply: Reply | undefined) => void
+    ) => () => void)
+    | undefined
 }
 
 export const UpstreamClient = Context.GenericTag<UpstreamClient>("@breakwater/core/UpstreamClient")

@@ -58,3 +58,28 @@ export const timeoutWith = <A, E, R, E2>(
       })
     )
   )
+
+/**
+ * One timer, without a fiber: calls `fire` after `millis` of `clock` time,
+ * unless the returned function cancels it first. With the live clock it is
+ * a plain `setTimeout`; with any other clock (TestClock, a simulator's
+ * clock) it is that clock's `sleep`, run as a root fiber on `fiber`'s
+ * scheduler (a simulator drains its own), so tests drive it as usual.
+ * For the relay's hot path, where a call's time limit aborts the call itself.
+ */
+export const unsafeTimer = (
+  clock: Clock.Clock,
+  millis: number,
+  fire: () => void,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>
+): () => void => {
+  if (clock === liveClock) {
+    const handle = setTimeout(fire, Math.min(Math.max(0, millis), 2_147_483_647))
+    return () => clearTimeout(handle)
+  }
+  const timer = Effect.runFork(clock.sleep(Duration.millis(millis)), { scheduler: fiber.currentScheduler })
+  timer.addObserver((exit) => {
+    if (exit._tag === "Success") fire()
+  })
+  return () => timer.unsafeInterruptAsFork(FiberId.none)
+}

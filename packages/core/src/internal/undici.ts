@@ -8,7 +8,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Readable } from "node:stream"
-import { Agent, request as undiciRequest } from "undici"
+import { Agent, type Dispatcher, request as undiciRequest } from "undici"
 import type { Upstream } from "../Upstream.js"
 import type { Reply, StreamReply, UndiciOptions, UpstreamClient } from "../UpstreamClient.js"
 import { UpstreamUnreachable } from "../UpstreamError.js"
@@ -34,6 +34,99 @@ const withExtra = (ours: Record<string, string>, extra: Readonly<Record<string, 
   const out: Record<string, string> = {}
   for (const key in extra) if (!(key.toLowerCase() in ours)) out[key] = extra[key]!
   return Object.assign(out, ours)
+}
+
+/** Raw header lines (name, value, ...) as one record; repeated names joined with ", " (as `flatHeaders`). */
+const rawHeaders = (raw: ReadonlyArray<Buffer | string>): Record<string, string | undefined> => {
+  // No prototype: a header named `__proto__` is just a header.
+  const out: Record<string, string | undefined> = Object.create(null)
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!
+    const key = (typeof k === "string" ? k : k.toString("latin1")).toLowerCase()
+    const v = raw[i + 1]!
+    const value = typeof v === "string" ? v : v.toString("latin1")
+    const prev = out[key]
+    out[key] = prev === undefined ? value : `${prev}, ${value}`
+  }
+  return out
+}
+
+const utf8 = new TextDecoder()
+
+/**
+ * One `unsafePost` call, as undici's lowest-level handler: the answer's
+ * status, headers and body chunks come straight from the parser, with no
+ * body stream (so no stream that could emit an unheard 'error') and no
+ * promise. Every ending reaches `done` once: the answer (`onComplete`), or
+ * a transport failure, undici's own timeouts included (`onError`); after an
+ * abort, nothing does.
+ */
+class JsonCall implements Dispatcher.DispatchHandler {
+  private status = 0
+  private headers: Record<string, string | undefined> | undefined
+  private readonly chunks: Array<Buffer> = []
+  private abortRequest: ((error?: Error) => void) | undefined
+  private settled = false
+
+  constructor(
+    private readonly upstream: Upstream,
+    private readonly done: (error: UpstreamUnreachable | undefined, reply: Reply | undefined) => void
+  ) {}
+
+  onConnect(abort: (error?: Error) => void): void {
+    // Aborted while queued or connecting: the request ends before it is written.
+    if (this.settled) abort()
+    else this.abortRequest = abort
+  }
+
+  onHeaders(statusCode: number, headers: Array<Buffer>): boolean {
+    // 1xx answers are informational; the real one follows.
+    if (statusCode >= 200) {
+      this.status = statusCode
+      this.headers = rawHeaders(headers)
+    }
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.chunks.push(chunk)
+    return true
+  }
+
+  onComplete(): void {
+    if (this.settled) return
+    this.settled = true
+    const chunks = this.chunks
+    const text = chunks.length === 0
+      ? ""
+      : utf8.decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks))
+    this.done(undefined, { status: this.status, headers: this.headers ?? {}, text })
+  }
+
+  onError(error: Error): void {
+    if (this.settled) return
+    this.settled = true
+    this.done(transportError(this.upstream, error), undefined)
+  }
+
+  /** Ends the request (and its connection, if it was written); `done` is not called. */
+  readonly abort = (): void => {
+    if (this.settled) return
+    this.settled = true
+    this.chunks.length = 0
+    const abort = this.abortRequest
+    this.abortRequest = undefined
+    abort?.()
+  }
+}
+
+/** Where an upstream's path goes, and its headers: computed once per upstream and path. */
+interface Target {
+  readonly origin: string
+  readonly path: string
+  /** Our headers as raw name/value pairs, shared by every call (undici does not change them). */
+  readonly headers: ReadonlyArray<string>
+  readonly record: Record<string, string>
 }
 
 /**
@@ -153,10 +246,52 @@ export const makeUndici = (options: UndiciOptions = {}): Effect.Effect<UpstreamC
           )
         )
 
+      const targets = new WeakMap<Upstream, Map<string, Target>>()
+      const targetOf = (upstream: Upstream, path: string): Target => {
+        let byPath = targets.get(upstream)
+        if (byPath === undefined) {
+          byPath = new Map()
+          targets.set(upstream, byPath)
+        }
+        let target = byPath.get(path)
+        if (target === undefined) {
+          const url = new URL(upstream.baseUrl + path)
+          const record = headersFor(upstream, true)
+          const headers: Array<string> = []
+          for (const key in record) headers.push(key, record[key]!)
+          target = { origin: url.origin, path: url.pathname + url.search, headers, record }
+          if (byPath.size < 100) byPath.set(path, target)
+        }
+        return target
+      }
+
+      /**
+       * `post` one level down: undici's `dispatch` with a handler of our own
+       * (no AbortController, no promise, no body stream per call). Errors
+       * thrown while starting (a bad URL) are reported to `done` too.
+       */
+      const unsafePost: NonNullable<UpstreamClient["unsafePost"]> = (upstream, path, body, headers, done) => {
+        const call = new JsonCall(upstream, done)
+        try {
+          const target = targetOf(upstream, path)
+          agent.dispatch({
+            origin: target.origin,
+            path: target.path,
+            method: "POST",
+            headers: headers === undefined ? target.headers as Array<string> : withExtra(target.record, headers),
+            body
+          }, call)
+        } catch (error) {
+          call.onError(error as Error)
+        }
+        return call.abort
+      }
+
       return {
         post: (upstream, path, body, headers) => readAll(upstream, "POST", path, body, headers),
         get: (upstream, path) => readAll(upstream, "GET", path),
-        postStream
+        postStream,
+        unsafePost
       } satisfies UpstreamClient
     }
   )
