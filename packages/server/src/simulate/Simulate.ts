@@ -9,7 +9,17 @@
  * runs it in virtual time (`VirtualTime.run`), and a test may run it under
  * TestClock instead. The same seed gives the same numbers.
  */
-import { Cooldown, Health, type OpenAI, Pricing, RateLimiter, Relay, ResponseCache, UpstreamClient } from "@breakwater/core"
+import {
+  Cooldown,
+  Health,
+  type OpenAI,
+  Pricing,
+  RateLimiter,
+  Relay,
+  ResponseCache,
+  Router,
+  UpstreamClient
+} from "@breakwater/core"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
@@ -18,13 +28,14 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Random from "effect/Random"
+import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
 import * as Config from "../Config.js"
+import * as FastPath from "./FastPath.js"
 import { hash, Prng } from "./Prng.js"
 import type { Scenario } from "./Scenario.js"
 import { Column, type Outcome } from "./Stats.js"
-import { makeClient, type Traffic, World } from "./Upstreams.js"
+import { completions, makeClient, type Traffic, World } from "./Upstreams.js"
 import * as VirtualTime from "./VirtualTime.js"
 
 export interface RunOptions {
@@ -32,6 +43,12 @@ export interface RunOptions {
   readonly seed?: number | undefined
   /** Overrides the scenario's duration, millis. */
   readonly duration?: number | undefined
+  /**
+   * In virtual time, the relay's commonest requests take the simulator's
+   * fast path (`FastPath.ts`; default true). False: every request through
+   * the relay, as under TestClock; the report is the same, only slower.
+   */
+  readonly fastPath?: boolean | undefined
 }
 
 export interface UpstreamReport {
@@ -131,6 +148,8 @@ const arrivals = function*(scenario: Scenario, duration: number, rng: Prng): Gen
 interface Prompt {
   readonly model: string
   readonly id: number
+  /** Its cache key, once computed (the same for every request of the prompt). */
+  key: string | undefined
 }
 
 /** The relay's failures as the server answers them (see `Http.ts`). */
@@ -166,6 +185,8 @@ interface Raw {
 /**
  * Runs the scenario's traffic through both columns. Needs only a Clock:
  * time passes by the program's own sleeps (arrivals) and the relay's.
+ * Under {@link VirtualTime} (see {@link run}) the relay's commonest requests
+ * take the fast path (`FastPath.ts`), with the same results.
  */
 export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Effect<Report> => {
   const seed = options.seed ?? scenario.seed
@@ -173,9 +194,12 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
   const config = scenario.breakwater
   const wl = scenario.workload
   const tokens = wl.promptTokens + wl.completionTokens
+  const random = new FastPath.SimRandom(seed)
 
   return Effect.scoped(Effect.gen(function*() {
     const clock = yield* Effect.clock
+    // The fast path needs the virtual world's own timers and scheduler.
+    const virtual = clock instanceof VirtualTime.VirtualClock && options.fastPath !== false ? clock : undefined
     const world = new World(scenario.upstreams, seed)
     const directWorld = new World(scenario.upstreams, seed)
     const direct = new Column(duration)
@@ -190,14 +214,24 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       completionTokens: wl.completionTokens,
       callsOf: (request) => calls.get(request)
     })
+    const relayOptions = Config.toRelayOptions(config)
+    // With the fast path, the relay's cache is one the fast path shares (the same semantics).
+    const realCache = yield* ResponseCache.make({ ttl: config.cache.ttl }).pipe(
+      Effect.provide(ResponseCache.layerStoreMemory({ maxEntries: config.cache.maxEntries }))
+    )
+    const shared = virtual === undefined
+      ? undefined
+      : new FastPath.SharedCache(realCache.key, config.cache.ttl, config.cache.maxEntries, () => clock.unsafeCurrentTimeMillis())
     const deps = Layer.mergeAll(
       RateLimiter.layerStoreMemory,
       Cooldown.layerStoreMemory,
-      ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries }),
+      shared === undefined
+        ? ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
+        : Layer.succeed(ResponseCache.ResponseCache, shared.service),
       Pricing.layer(config.pricing),
       Layer.succeed(UpstreamClient.UpstreamClient, client)
     )
-    const ctx = yield* Layer.build(Relay.layer(Config.toRelayOptions(config)).pipe(Layer.provideMerge(deps)))
+    const ctx = yield* Layer.build(Relay.layer(relayOptions).pipe(Layer.provideMerge(deps)))
     const relay = Context.get(ctx, Relay.Relay)
     yield* Health.make(relay.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }).pipe(
       Effect.provide(ctx)
@@ -230,7 +264,7 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const prompt = (): Prompt => {
       const repeat = rng.next() < wl.repeatedPrompts
       if (repeat && pool.length > 0) return pool[rng.int(pool.length)]!
-      const p: Prompt = { model: pickModel(), id: nextPrompt++ }
+      const p: Prompt = { model: pickModel(), id: nextPrompt++, key: undefined }
       if (pool.length < wl.promptPool) pool.push(p)
       else pool[poolNext] = p
       poolNext = (poolNext + 1) % wl.promptPool
@@ -238,12 +272,89 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     }
     // About four characters a token, so that the relay's token estimate matches the usage.
     const padding = "lorem ipsum ".repeat(Math.ceil((wl.promptTokens * 4) / 12)).slice(0, wl.promptTokens * 4)
+    const requestOf = (i: number, p: Prompt) => ({
+      model: p.model,
+      // The request's index, for the simulated upstreams; in `metadata`,
+      // which the cache key leaves out (a `user` would scope the cache).
+      metadata: { sim: `r${i}` },
+      max_tokens: wl.completionTokens,
+      messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+    } satisfies OpenAI.ChatCompletionRequest)
 
     const first = directWorld.models[0]!
     let inFlight = 0
     let arrived = false
     const allDone = yield* Deferred.make<void>()
     let index = 0
+    const finished = () => {
+      inFlight--
+      if (arrived && inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
+    }
+    const recorder: FastPath.Recorder = {
+      ok: (at, cacheHit, upstream) => {
+        breakwater.record(at, { ok: true, latency: clock.unsafeCurrentTimeMillis() - at, cacheHit, upstream })
+        finished()
+      },
+      failed: (at, error) => {
+        breakwater.record(at, { ok: false, status: error === undefined ? "defect" : statusOf(error) })
+        finished()
+      }
+    }
+
+    /** Request `i` through the real relay. */
+    const relayed = (i: number, at: number, p: Prompt): Effect.Effect<void> => {
+      const request = requestOf(i, p)
+      if (shared !== undefined && p.key !== undefined) shared.remember(request, p.key)
+      const rawBody = JSON.stringify(request)
+      calls.set(i, [])
+      return Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
+        Effect.sync(() => {
+          calls.delete(i)
+          if (Exit.isSuccess(exit)) {
+            const m = exit.value.metadata
+            recorder.ok(at, m.cache === "hit", m.upstream)
+          } else {
+            const failure = Cause.failureOption(exit.cause)
+            recorder.failed(at, failure._tag === "Some" ? failure.value : undefined)
+          }
+        }))
+    }
+
+    let fast: ((i: number, at: number, p: Prompt) => void) | undefined
+    if (virtual !== undefined && shared !== undefined) {
+      const runtime = yield* Effect.runtime<never>()
+      const runSync = Runtime.runSync(runtime)
+      const runFork = Runtime.runFork(runtime)
+      const cooldowns = Context.get(ctx, Cooldown.CooldownStore)
+      const router = Router.make(relayOptions.router)
+      const completion = completions(wl.promptTokens, wl.completionTokens)
+      const cacheable = relayOptions.cacheMode === "all"
+      const scope = relayOptions.cacheScope === "shared" ? undefined : "anonymous"
+      const path = FastPath.make({
+        relay,
+        relayOptions,
+        cache: shared,
+        random,
+        runSync,
+        activeCooldowns: cooldowns.active,
+        plan: router.plan,
+        now: () => clock.unsafeCurrentTimeMillis(),
+        schedule: (at, task) => virtual.schedule(at, task),
+        scheduleTask: (task) => virtual.scheduler.scheduleTask(task),
+        model: (name) => world.get(name),
+        completion,
+        promptTokens: wl.promptTokens,
+        completionTokens: wl.completionTokens,
+        record: recorder
+      })
+      fast = (i, at, p) => {
+        if (cacheable && p.key === undefined) p.key = shared.key(requestOf(i, p), scope)
+        path.start(
+          { index: i, arrivedAt: at, model: p.model, key: cacheable ? p.key : undefined },
+          () => void runFork(relayed(i, at, p))
+        )
+      }
+    }
 
     for (const at of arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))) {
       const wait = at - clock.unsafeCurrentTimeMillis()
@@ -261,37 +372,17 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       else outcome = { ok: false, status: "timeout" }
       direct.record(at, outcome)
 
-      // Breakwater: the same request through the relay.
-      const request = {
-        model: p.model,
-        // The request's index, for the simulated upstreams; in `metadata`,
-        // which the cache key leaves out (a `user` would scope the cache).
-        metadata: { sim: `r${i}` },
-        max_tokens: wl.completionTokens,
-        messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
-      } satisfies OpenAI.ChatCompletionRequest
-      const rawBody = JSON.stringify(request)
-      calls.set(i, [])
+      // Breakwater: the same request, where a forked fiber would start.
       inFlight++
-      yield* Effect.fork(Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
-        Effect.sync(() => {
-          calls.delete(i)
-          const now = clock.unsafeCurrentTimeMillis()
-          if (Exit.isSuccess(exit)) {
-            const m = exit.value.metadata
-            breakwater.record(at, { ok: true, latency: now - at, cacheHit: m.cache === "hit", upstream: m.upstream })
-          } else {
-            const failure = Cause.failureOption(exit.cause)
-            breakwater.record(at, { ok: false, status: failure._tag === "Some" ? statusOf(failure.value) : "defect" })
-          }
-          inFlight--
-          if (arrived && inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
-        })))
+      if (fast !== undefined) {
+        const start = fast
+        virtual!.scheduler.scheduleTask(() => start(i, at, p))
+      } else yield* Effect.fork(relayed(i, at, p))
     }
     arrived = true
     if (inFlight > 0) yield* Deferred.await(allDone)
     return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration })
-  })).pipe(Effect.withRandom(Random.make(seed)))
+  })).pipe(Effect.withRandom(random))
 }
 
 /** Runs the scenario in virtual time (synchronously). */

@@ -1,0 +1,362 @@
+/**
+ * The simulator's fast path: the relay's commonest requests — a cache hit,
+ * a wait on a call in flight for the same prompt, and a first attempt that
+ * succeeds — played in virtual time as plain synchronous steps on the
+ * relay's own state (its upstreams' breakers, bulkheads and stats, its
+ * cooldown store, router and cache), with one timer per upstream call and
+ * no fiber. Every other request (a failure, a retry, a failover, a wait for
+ * a cooldown, an open breaker, a full bulkhead, a hang) runs through the
+ * real relay, started at the very moment it would have started anyway.
+ *
+ * It gives the same numbers as running every request through the relay
+ * (the tests compare the two on every shipped scenario), because:
+ * - it decides by looking ({@link Model.peek}) before it commits: a request
+ *   it does not take is handed to the relay with nothing changed, and the
+ *   random numbers the router drew for it are drawn again ({@link SimRandom});
+ * - its steps run where the relay's fiber would run: as scheduler tasks in
+ *   the same order, and its upstream calls end on timers set at the moment
+ *   the relay's call would set its own;
+ * - the relay and the fast path share one cache ({@link SharedCache}), with
+ *   the relay's semantics (hits, joining a call in flight, LRU, TTL).
+ */
+import { type Cooldown, type Relay, type ResponseCache, type Router, Upstream } from "@breakwater/core"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Hash from "effect/Hash"
+import * as Option from "effect/Option"
+import * as Random from "effect/Random"
+import * as Scope from "effect/Scope"
+import { PCGRandom } from "effect/Utils"
+
+// ---------------------------------------------------------------------------
+// Random numbers that can be drawn again
+
+/**
+ * Effect's `Random.make(seed)`, draw for draw (the same PCG generator, seeded
+ * the same way), whose state can be saved and restored: the fast path's
+ * router plan draws, and when the request goes to the relay after all, the
+ * relay draws the same numbers again.
+ */
+export class SimRandom implements Random.Random {
+  readonly [Random.RandomTypeId]: Random.RandomTypeId = Random.RandomTypeId
+  private readonly prng: PCGRandom
+
+  constructor(seed: number) {
+    this.prng = new PCGRandom(Hash.hash(seed))
+  }
+
+  save(): ReturnType<PCGRandom["getState"]> {
+    return this.prng.getState()
+  }
+
+  restore(state: ReturnType<PCGRandom["getState"]>): void {
+    this.prng.setState(state)
+  }
+
+  get next(): Effect.Effect<number> {
+    return Effect.sync(() => this.prng.number())
+  }
+
+  get nextBoolean(): Effect.Effect<boolean> {
+    return Effect.map(this.next, (n) => n > 0.5)
+  }
+
+  get nextInt(): Effect.Effect<number> {
+    return Effect.sync(() => this.prng.integer(Number.MAX_SAFE_INTEGER))
+  }
+
+  nextRange(min: number, max: number): Effect.Effect<number> {
+    return Effect.map(this.next, (n) => (max - min) * n + min)
+  }
+
+  nextIntBetween(min: number, max: number): Effect.Effect<number> {
+    return Effect.sync(() => this.prng.integer(max - min) + min)
+  }
+
+  shuffle<A>(elements: Iterable<A>): Effect.Effect<Chunk.Chunk<A>> {
+    return Effect.sync(() => {
+      const buffer = Array.from(elements)
+      for (let n = buffer.length; n >= 2; n--) {
+        const k = this.prng.integer(n)
+        const tmp = buffer[n - 1]!
+        buffer[n - 1] = buffer[k]!
+        buffer[k] = tmp
+      }
+      return Chunk.fromIterable(buffer)
+    })
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The cache, shared by the relay and the fast path
+
+/** A call in flight for one key: who waits for it, in the order they came. */
+interface Flight {
+  readonly waiters: Array<(exit: Exit.Exit<string, unknown>) => void>
+}
+
+/**
+ * `ResponseCache.make` over `ResponseCache.makeStoreMemory`, step for step
+ * (a hit refreshes the entry's place in the LRU order; an expired entry is
+ * a miss; one caller leads a key's call and the others join it, sharing its
+ * failure; the value is stored before the joiners wake, in the order they
+ * joined), with a synchronous face for the fast path. Cache metrics are not
+ * kept (the simulator reports none). Keys are the real cache's (`key`),
+ * remembered per request object so that a repeated prompt is hashed once.
+ */
+export class SharedCache {
+  private readonly entries = new Map<string, { readonly value: string; readonly expiresAt: number }>()
+  private readonly flights = new Map<string, Flight>()
+  private readonly keys = new WeakMap<object, string>()
+  private readonly ttl: number
+
+  constructor(
+    private readonly realKey: (request: unknown, scope?: string) => string,
+    ttl: Duration.DurationInput,
+    private readonly maxEntries: number,
+    private readonly now: () => number
+  ) {
+    this.ttl = Duration.toMillis(ttl)
+  }
+
+  /** Says that `request`'s key is `key` (computed once per prompt). */
+  remember(request: object, key: string): void {
+    this.keys.set(request, key)
+  }
+
+  key(request: unknown, scope?: string): string {
+    const known = typeof request === "object" && request !== null ? this.keys.get(request) : undefined
+    return known ?? this.realKey(request, scope)
+  }
+
+  /** The store's `get`: the value, if present and fresh (and then the most recently used). */
+  get(key: string): string | undefined {
+    const entry = this.entries.get(key)
+    if (entry === undefined) return undefined
+    this.entries.delete(key)
+    if (entry.expiresAt <= this.now()) return undefined
+    this.entries.set(key, entry)
+    return entry.value
+  }
+
+  private set(key: string, value: string): void {
+    this.entries.delete(key)
+    this.entries.set(key, { value, expiresAt: this.now() + this.ttl })
+    while (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value
+      if (oldest === undefined) break
+      this.entries.delete(oldest)
+    }
+  }
+
+  /** The call in flight for `key`, if any. */
+  flight(key: string): Flight | undefined {
+    return this.flights.get(key)
+  }
+
+  /** Registers the caller as the leader of `key`'s call. */
+  lead(key: string): Flight {
+    const flight: Flight = { waiters: [] }
+    this.flights.set(key, flight)
+    return flight
+  }
+
+  /** The leader's call ended: store a success, end the flight, wake the waiters. */
+  settle(key: string, flight: Flight, exit: Exit.Exit<string, unknown>, store = true): void {
+    if (Exit.isSuccess(exit) && store) this.set(key, exit.value)
+    this.flights.delete(key)
+    for (const waiter of flight.waiters) waiter(exit)
+  }
+
+  /** The relay's side: `ResponseCache.getOrCompute`. */
+  readonly getOrCompute = <E, R>(
+    k: string,
+    compute: Effect.Effect<string, E, R>,
+    control?: ResponseCache.Control
+  ): Effect.Effect<ResponseCache.Lookup, E, R> => {
+    if (control?.lookup === false) {
+      return Effect.map(compute, (value): ResponseCache.Lookup => {
+        if (control.store !== false) this.set(k, value)
+        return { value, status: "bypass" }
+      })
+    }
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.suspend((): Effect.Effect<ResponseCache.Lookup, E, R> => {
+        const cached = this.get(k)
+        if (cached !== undefined) return Effect.succeed({ value: cached, status: "hit" })
+        const flight = this.flights.get(k)
+        if (flight === undefined) {
+          const led = this.lead(k)
+          return restore(compute).pipe(
+            Effect.onExit((exit) => Effect.sync(() => this.settle(k, led, exit, control?.store !== false))),
+            Effect.map((value): ResponseCache.Lookup => ({ value, status: "miss" }))
+          )
+        }
+        const join = Effect.async<string, unknown>((resume) => {
+          const waiter = (exit: Exit.Exit<string, unknown>) => resume(exit)
+          flight.waiters.push(waiter)
+          return Effect.sync(() => {
+            const at = flight.waiters.indexOf(waiter)
+            if (at >= 0) flight.waiters.splice(at, 1)
+          })
+        })
+        return Effect.flatMap(restore(Effect.exit(join)), (exit): Effect.Effect<ResponseCache.Lookup, E, R> => {
+          if (Exit.isSuccess(exit)) return Effect.succeed({ value: exit.value, status: "hit" })
+          if (Cause.isInterruptedOnly(exit.cause)) return restore(this.getOrCompute(k, compute, control))
+          return Effect.failCause(exit.cause as Cause.Cause<E>)
+        })
+      })
+    )
+  }
+
+  readonly service: ResponseCache.ResponseCache = {
+    key: (request, scope) => this.key(request, scope),
+    getOrCompute: this.getOrCompute,
+    invalidate: (k) =>
+      Effect.sync(() => {
+        this.entries.delete(k)
+      }),
+    inFlight: Effect.sync(() => this.flights.size)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The fast path
+
+/** How a request ended, as the simulator records it. */
+export interface Recorder {
+  readonly ok: (arrivedAt: number, cacheHit: boolean, upstream: string | undefined) => void
+  readonly failed: (arrivedAt: number, error: Relay.RelayError | undefined) => void
+}
+
+/** A simulated upstream as the fast path needs it (see `Upstreams.Model`). */
+export interface SimulatedModel {
+  readonly index: number
+  readonly peek: (now: number, request: number, nth: number, tokens: number) => { readonly kind: string; readonly delay: number }
+  readonly decide: (now: number, request: number, nth: number, tokens: number) => { readonly kind: string; readonly delay: number }
+  readonly bill: (model: string, promptTokens: number, completionTokens: number) => void
+}
+
+export interface Options {
+  readonly relay: Relay.Relay
+  readonly relayOptions: Relay.Options
+  readonly cache: SharedCache
+  readonly random: SimRandom
+  /** Runs a synchronous effect in the simulation's runtime (its clock, random numbers, scheduler). */
+  readonly runSync: <A>(effect: Effect.Effect<A>) => A
+  /** The relay's cooldown store and a router like the relay's (plans are stateless). */
+  readonly activeCooldowns: (now: number) => Effect.Effect<ReadonlyMap<string, Cooldown.Cooldown>>
+  readonly plan: Router.Router["plan"]
+  readonly now: () => number
+  /** A timer: `task` runs at `at` as a scheduler task. */
+  readonly schedule: (at: number, task: () => void) => void
+  readonly scheduleTask: (task: () => void) => void
+  readonly model: (upstream: string) => SimulatedModel | undefined
+  readonly completion: (model: string) => string
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly record: Recorder
+}
+
+/** A request as the fast path sees it: its number, arrival, model and cache key (if cacheable). */
+export interface Request {
+  readonly index: number
+  readonly arrivedAt: number
+  readonly model: string
+  readonly key: string | undefined
+}
+
+/**
+ * Makes the fast path. `start(request, relay)` plays a request from its
+ * start (it must run where the relay's fiber would start); `relay` runs the
+ * request through the real relay, started at once, when the fast path does
+ * not take it. `eligible` false: the config uses something the fast path
+ * does not play (every request goes to the relay).
+ */
+export const make = (options: Options) => {
+  const { cache, random, record, runSync } = options
+  const relayOptions = options.relayOptions
+  const tokens = options.promptTokens + options.completionTokens
+  const maxAttempts = relayOptions.maxAttempts ?? 3
+  const budget = Duration.toMillis(Duration.decode(relayOptions.requestTimeout ?? Duration.seconds(60)))
+  const upstreams = options.relay.upstreams
+
+  const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
+  const serving = (model: string): ReadonlyArray<Upstream.Upstream> => {
+    let found = servingCache.get(model)
+    if (found === undefined) {
+      found = upstreams.filter((u) => u.modelFor(model) !== undefined)
+      servingCache.set(model, found)
+    }
+    return found
+  }
+
+  /** A joiner's wake-up: the leader's answer is a hit; its failure is the joiner's too. */
+  const joined = (request: Request, exit: Exit.Exit<string, unknown>, retry: () => void): void => {
+    if (Exit.isSuccess(exit)) return record.ok(request.arrivedAt, true, exit.value.slice(0, exit.value.indexOf("\n")))
+    if (Cause.isInterruptedOnly(exit.cause)) return retry()
+    const failure = Cause.failureOption(exit.cause)
+    record.failed(request.arrivedAt, Option.isSome(failure) ? failure.value as Relay.RelayError : undefined)
+  }
+
+  /** The first attempt, when it will succeed; false (nothing changed) when the relay must play the request. */
+  const firstAttempt = (request: Request): boolean => {
+    const now = options.now()
+    const servers = serving(request.model)
+    if (servers.length === 0 || maxAttempts < 1) return false
+    const saved = random.save()
+    const plan = runSync(Effect.flatMap(options.activeCooldowns(now), (active) => options.plan(servers, now, active)))
+    const u = plan.order[0]
+    const refuse = () => {
+      random.restore(saved)
+      return false
+    }
+    if (plan.panic || u === undefined || u.requestLimit !== undefined || u.tokenLimit !== undefined) return refuse()
+    const model = options.model(u.name)
+    if (model === undefined) return refuse()
+    const answer = model.peek(now, request.index, 0, tokens)
+    if (answer.kind !== "ok" || !(answer.delay < Math.min(Duration.toMillis(u.timeout), budget))) return refuse()
+    const slots = u.bulkhead.unsafeStats()
+    if (slots.available <= 0 || slots.waiting > 0) return refuse()
+    const permit = runSync(
+      Effect.flatMap(u.breaker.state, (state) =>
+        state === "Closed" ? Effect.option(u.breaker.tryAcquirePermission) : Effect.succeedNone)
+    )
+    if (Option.isNone(permit)) return refuse()
+
+    // Committed: the attempt as the relay makes it.
+    // The bulkhead's slot, held until the call ends (what `Bulkhead.run` does around it).
+    const slot = runSync(Effect.flatMap(Scope.make(), (scope) =>
+      Effect.as(Scope.extend(Effect.orDie(u.bulkhead.acquire), scope), Scope.close(scope, Exit.void))))
+    model.decide(now, request.index, 0, tokens)
+    const flight = request.key === undefined ? undefined : cache.lead(request.key)
+    const target = u.modelFor(request.model) ?? request.model
+    options.schedule(now + answer.delay, () => {
+      const end = options.now()
+      model.bill(target, options.promptTokens, options.completionTokens)
+      runSync(Effect.zipRight(permit.value.onSuccess(), slot))
+      Upstream.record(u, end, end - now, undefined)
+      if (flight !== undefined) cache.settle(request.key!, flight, Exit.succeed(`${u.name}\n${options.completion(target)}`))
+      record.ok(request.arrivedAt, false, u.name)
+    })
+    return true
+  }
+
+  const start = (request: Request, relay: () => void): void => {
+    if (request.key !== undefined) {
+      const hit = cache.get(request.key)
+      if (hit !== undefined) return record.ok(request.arrivedAt, true, hit.slice(0, hit.indexOf("\n")))
+      const flight = cache.flight(request.key)
+      if (flight !== undefined) {
+        flight.waiters.push((exit) => options.scheduleTask(() => joined(request, exit, () => start(request, relay))))
+        return
+      }
+    }
+    if (!firstAttempt(request)) relay()
+  }
+
+  return { start }
+}
