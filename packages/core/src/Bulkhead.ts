@@ -71,6 +71,18 @@ export interface Bulkhead {
    * costs more than the bulkhead's own bookkeeping.
    */
   readonly updateGauges: Effect.Effect<void>
+  /**
+   * Takes a free slot now, if there is one and nobody queues: true when
+   * taken. The caller must give it back with {@link unsafeRelease}. For a hot
+   * path that runs no effect per call; `run` and `acquire` do the same.
+   */
+  readonly unsafeTryAcquire?: (() => boolean) | undefined
+  /**
+   * Gives back a slot taken by {@link unsafeTryAcquire} (to the
+   * longest-waiting caller, if any). Returns the effect still to run (a
+   * gauge update) when the slot was handed over, else undefined.
+   */
+  readonly unsafeRelease?: (() => Effect.Effect<void> | undefined) | undefined
 }
 
 export const Bulkhead = Context.GenericTag<Bulkhead>("@breakwater/core/Bulkhead")
@@ -181,6 +193,25 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
       })
     )
 
+    const unsafeTryAcquire = (): boolean => {
+      if (free > 0 && waiters.size === 0) {
+        free--
+        return true
+      }
+      return false
+    }
+
+    const unsafeRelease = (): Effect.Effect<void> | undefined => {
+      for (const waiter of waiters) {
+        waiters.delete(waiter)
+        waiter.granted = true
+        Deferred.unsafeDone(waiter.deferred, Exit.void)
+        return setWaiting
+      }
+      free++
+      return undefined
+    }
+
     const unsafeStats = (): Stats => ({
       active: maxConcurrent - free,
       waiting: waiters.size,
@@ -194,7 +225,9 @@ export const make = (options: Options): Effect.Effect<Bulkhead> =>
       acquire,
       stats: Effect.sync(unsafeStats),
       unsafeStats,
-      updateGauges: Effect.zipRight(setActive, setWaiting)
+      updateGauges: Effect.zipRight(setActive, setWaiting),
+      unsafeTryAcquire,
+      unsafeRelease
     })
   })
 

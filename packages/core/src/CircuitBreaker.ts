@@ -172,6 +172,23 @@ export interface CircuitBreaker<E = unknown> {
    * half-open.
    */
   readonly unsafeIsAvailable: (now: number) => boolean
+  /**
+   * Admits one call now without an effect, when that holds nothing (Closed
+   * or Disabled): returns a ticket for {@link unsafeRecord}. Undefined in
+   * any other state, where admission may take a probe slot or refuse: use
+   * `protect` or `tryAcquirePermission` then. For a hot path that runs no
+   * effect per call; `protect` does the same in the Closed state.
+   */
+  readonly unsafeTryAdmit?: (() => number | undefined) | undefined
+  /**
+   * Records how a call admitted by {@link unsafeTryAdmit} ended (`exit`, at
+   * `now`, started at `startedAt`, epoch millis), as `protect` would.
+   * Returns the effect still to run (the transition's events and metrics)
+   * when the outcome changed the state, else undefined.
+   */
+  readonly unsafeRecord?:
+    | ((ticket: number, exit: Exit.Exit<unknown, unknown>, now: number, startedAt: number) => Effect.Effect<void> | undefined)
+    | undefined
   readonly snapshot: Effect.Effect<Snapshot>
   /**
    * Subscribes to transitions, and returns them as a stream: every
@@ -590,6 +607,20 @@ export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBre
       }
     }
 
+    const unsafeTryAdmit = (): number | undefined =>
+      m.state._tag === "Closed" ? m.epoch : m.state._tag === "Disabled" ? -1 : undefined
+
+    const unsafeRecord = (
+      ticket: number,
+      exit: Exit.Exit<unknown, unknown>,
+      now: number,
+      startedAt: number
+    ): Effect.Effect<void> | undefined => {
+      if (ticket < 0) return undefined
+      const event = recordSync(Admission.Closed, ticket, exit, now, startedAt)
+      return event === undefined ? undefined : announce([event])
+    }
+
     const breaker: CircuitBreaker<E> = {
       name,
       protect,
@@ -597,6 +628,8 @@ export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBre
       state: Effect.map(snapshot, (s) => s.state),
       isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
       unsafeIsAvailable,
+      unsafeTryAdmit,
+      unsafeRecord,
       snapshot,
       changes: Effect.map(PubSub.subscribe(pubsub), (queue) => Stream.fromQueue(queue)),
       reset: operator(() => closed(), "reset by operator"),

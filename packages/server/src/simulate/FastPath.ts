@@ -22,13 +22,13 @@
 import { type Cooldown, type Relay, type ResponseCache, type Router, Upstream } from "@breakwater/core"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import type * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Hash from "effect/Hash"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
-import * as Scope from "effect/Scope"
 import { PCGRandom } from "effect/Utils"
 
 // ---------------------------------------------------------------------------
@@ -46,6 +46,16 @@ export class SimRandom implements Random.Random {
 
   constructor(seed: number) {
     this.prng = new PCGRandom(Hash.hash(seed))
+  }
+
+  /** A draw of `next`, synchronously. */
+  number(): number {
+    return this.prng.number()
+  }
+
+  /** A draw of `nextIntBetween(0, n)`, synchronously. */
+  integer(n: number): number {
+    return this.prng.integer(n)
   }
 
   save(): ReturnType<PCGRandom["getState"]> {
@@ -224,6 +234,100 @@ export class SharedCache {
 }
 
 // ---------------------------------------------------------------------------
+// Cooldowns and plans, synchronously
+
+/** `Cooldown.makeStoreMemory`, with a synchronous read for the fast path. */
+export class SharedCooldowns {
+  private readonly cooldowns = new Map<string, Cooldown.Cooldown>()
+
+  /** Active cooldowns at `now`; expired ones are dropped. */
+  readonly unsafeActive = (now: number): ReadonlyMap<string, Cooldown.Cooldown> => {
+    for (const [name, c] of this.cooldowns) if (c.until <= now) this.cooldowns.delete(name)
+    return this.cooldowns
+  }
+
+  readonly service: Context.Tag.Service<Cooldown.CooldownStore> = {
+    start: (upstream, cooldown) =>
+      Effect.sync(() => {
+        const current = this.cooldowns.get(upstream)
+        if (current === undefined || current.until < cooldown.until) this.cooldowns.set(upstream, cooldown)
+      }),
+    clear: (upstream) =>
+      Effect.sync(() => {
+        this.cooldowns.delete(upstream)
+      }),
+    active: (now) => Effect.sync(() => this.unsafeActive(now))
+  }
+}
+
+/**
+ * `Router.make(options).plan`, synchronously: the same exclusions, the same
+ * order and the same random draws, in the same order. (`Router.unsafePlan`,
+ * where the core has it, is used instead.)
+ */
+export const planner = (router: Router.Router, options: Router.Options = {}) => {
+  const unsafePlan = (router as {
+    readonly unsafePlan?: (
+      servers: ReadonlyArray<Upstream.Upstream>,
+      now: number,
+      cooldowns: ReadonlyMap<string, Cooldown.Cooldown>,
+      random: SimRandom
+    ) => Router.Plan
+  }).unsafePlan
+  if (unsafePlan !== undefined) return unsafePlan
+  const strategy = options.strategy ?? "priority"
+  const exploration = options.exploration ?? 0.05
+  const panicMode = options.panic ?? false
+  const busyness = (u: Upstream.Upstream): number => {
+    const s = u.bulkhead.unsafeStats()
+    return (s.active + s.waiting) / s.maxConcurrent
+  }
+  const order = (ups: Array<Upstream.Upstream>, random: SimRandom): ReadonlyArray<Upstream.Upstream> => {
+    if (ups.length <= 1) return ups
+    const weighted = () => {
+      const keyed = ups.map((u) => [Math.pow(random.number(), 1 / Math.max(u.weight, 1e-9)), u] as const)
+      return keyed.sort((a, b) => b[0] - a[0]).map(([, u]) => u)
+    }
+    switch (strategy) {
+      case "priority":
+        return weighted().sort((a, b) => a.priority - b.priority)
+      case "weighted":
+        return weighted()
+      case "least-busy":
+        return ups.sort((a, b) => busyness(a) - busyness(b) || a.priority - b.priority)
+      case "latency": {
+        const r = random.number()
+        const sorted = ups.sort((a, b) => (a.stats.latencyEwmaMs ?? 0) - (b.stats.latencyEwmaMs ?? 0))
+        if (r >= exploration) return sorted
+        const [chosen] = sorted.splice(random.integer(sorted.length), 1)
+        return [chosen!, ...sorted]
+      }
+    }
+  }
+  return (
+    servers: ReadonlyArray<Upstream.Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>,
+    random: SimRandom
+  ): Router.Plan => {
+    const ready: Array<Upstream.Upstream> = []
+    const excluded: Array<readonly [Upstream.Upstream, Router.Exclusion]> = []
+    for (const u of servers) {
+      const cooldown = cooldowns.get(u.name)
+      if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
+      else if (cooldown !== undefined && cooldown.until > now) {
+        excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
+      } else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
+      else ready.push(u)
+    }
+    if (ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")) {
+      return { order: order(excluded.map(([u]) => u), random), excluded: [], panic: true }
+    }
+    return { order: order(ready, random), excluded, panic: false }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The fast path
 
 /** How a request ended, as the simulator records it. */
@@ -247,9 +351,15 @@ export interface Options {
   readonly random: SimRandom
   /** Runs a synchronous effect in the simulation's runtime (its clock, random numbers, scheduler). */
   readonly runSync: <A>(effect: Effect.Effect<A>) => A
-  /** The relay's cooldown store and a router like the relay's (plans are stateless). */
-  readonly activeCooldowns: (now: number) => Effect.Effect<ReadonlyMap<string, Cooldown.Cooldown>>
-  readonly plan: Router.Router["plan"]
+  /** The relay's cooldowns now ({@link SharedCooldowns}). */
+  readonly activeCooldowns: (now: number) => ReadonlyMap<string, Cooldown.Cooldown>
+  /** The relay's router's plan, synchronously ({@link planner}). */
+  readonly plan: (
+    servers: ReadonlyArray<Upstream.Upstream>,
+    now: number,
+    cooldowns: ReadonlyMap<string, Cooldown.Cooldown>,
+    random: SimRandom
+  ) => Router.Plan
   readonly now: () => number
   /** A timer: `task` runs at `at` as a scheduler task. */
   readonly schedule: (at: number, task: () => void) => void
@@ -277,7 +387,8 @@ export interface Request {
  * does not play (every request goes to the relay).
  */
 export const make = (options: Options) => {
-  const { cache, random, record, runSync } = options
+  const { cache, random, runSync } = options
+  const report = options.record
   const relayOptions = options.relayOptions
   const tokens = options.promptTokens + options.completionTokens
   const maxAttempts = relayOptions.maxAttempts ?? 3
@@ -296,10 +407,10 @@ export const make = (options: Options) => {
 
   /** A joiner's wake-up: the leader's answer is a hit; its failure is the joiner's too. */
   const joined = (request: Request, exit: Exit.Exit<string, unknown>, retry: () => void): void => {
-    if (Exit.isSuccess(exit)) return record.ok(request.arrivedAt, true, exit.value.slice(0, exit.value.indexOf("\n")))
+    if (Exit.isSuccess(exit)) return report.ok(request.arrivedAt, true, exit.value.slice(0, exit.value.indexOf("\n")))
     if (Cause.isInterruptedOnly(exit.cause)) return retry()
     const failure = Cause.failureOption(exit.cause)
-    record.failed(request.arrivedAt, Option.isSome(failure) ? failure.value as Relay.RelayError : undefined)
+    report.failed(request.arrivedAt, Option.isSome(failure) ? failure.value as Relay.RelayError : undefined)
   }
 
   /** The first attempt, when it will succeed; false (nothing changed) when the relay must play the request. */
@@ -308,7 +419,7 @@ export const make = (options: Options) => {
     const servers = serving(request.model)
     if (servers.length === 0 || maxAttempts < 1) return false
     const saved = random.save()
-    const plan = runSync(Effect.flatMap(options.activeCooldowns(now), (active) => options.plan(servers, now, active)))
+    const plan = options.plan(servers, now, options.activeCooldowns(now), random)
     const u = plan.order[0]
     const refuse = () => {
       random.restore(saved)
@@ -319,28 +430,32 @@ export const make = (options: Options) => {
     if (model === undefined) return refuse()
     const answer = model.peek(now, request.index, 0, tokens)
     if (answer.kind !== "ok" || !(answer.delay < Math.min(Duration.toMillis(u.timeout), budget))) return refuse()
-    const slots = u.bulkhead.unsafeStats()
-    if (slots.available <= 0 || slots.waiting > 0) return refuse()
-    const permit = runSync(
-      Effect.flatMap(u.breaker.state, (state) =>
-        state === "Closed" ? Effect.option(u.breaker.tryAcquirePermission) : Effect.succeedNone)
-    )
-    if (Option.isNone(permit)) return refuse()
+    // The bulkhead's and the breaker's synchronous admission (as `Bulkhead.run`
+    // and `CircuitBreaker.protect` admit in the states where they hold nothing).
+    const { breaker, bulkhead } = u
+    if (bulkhead.unsafeTryAcquire === undefined || bulkhead.unsafeRelease === undefined || breaker.unsafeRecord === undefined) {
+      return refuse()
+    }
+    const ticket = breaker.unsafeTryAdmit?.()
+    if (ticket === undefined) return refuse()
+    if (!bulkhead.unsafeTryAcquire()) return refuse()
 
     // Committed: the attempt as the relay makes it.
-    // The bulkhead's slot, held until the call ends (what `Bulkhead.run` does around it).
-    const slot = runSync(Effect.flatMap(Scope.make(), (scope) =>
-      Effect.as(Scope.extend(Effect.orDie(u.bulkhead.acquire), scope), Scope.close(scope, Exit.void))))
     model.decide(now, request.index, 0, tokens)
     const flight = request.key === undefined ? undefined : cache.lead(request.key)
     const target = u.modelFor(request.model) ?? request.model
+    const record = breaker.unsafeRecord
+    const release = bulkhead.unsafeRelease
     options.schedule(now + answer.delay, () => {
       const end = options.now()
       model.bill(target, options.promptTokens, options.completionTokens)
-      runSync(Effect.zipRight(permit.value.onSuccess(), slot))
+      const transition = record(ticket, Exit.void, end, now)
+      if (transition !== undefined) runSync(transition)
+      const handedOver = release()
+      if (handedOver !== undefined) runSync(handedOver)
       Upstream.record(u, end, end - now, undefined)
       if (flight !== undefined) cache.settle(request.key!, flight, Exit.succeed(`${u.name}\n${options.completion(target)}`))
-      record.ok(request.arrivedAt, false, u.name)
+      report.ok(request.arrivedAt, false, u.name)
     })
     return true
   }
@@ -348,7 +463,7 @@ export const make = (options: Options) => {
   const start = (request: Request, relay: () => void): void => {
     if (request.key !== undefined) {
       const hit = cache.get(request.key)
-      if (hit !== undefined) return record.ok(request.arrivedAt, true, hit.slice(0, hit.indexOf("\n")))
+      if (hit !== undefined) return report.ok(request.arrivedAt, true, hit.slice(0, hit.indexOf("\n")))
       const flight = cache.flight(request.key)
       if (flight !== undefined) {
         flight.waiters.push((exit) => options.scheduleTask(() => joined(request, exit, () => start(request, relay))))

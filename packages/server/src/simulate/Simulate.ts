@@ -28,6 +28,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Random from "effect/Random"
 import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
 import * as Config from "../Config.js"
@@ -222,9 +223,10 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const shared = virtual === undefined
       ? undefined
       : new FastPath.SharedCache(realCache.key, config.cache.ttl, config.cache.maxEntries, () => clock.unsafeCurrentTimeMillis())
+    const cooldowns = virtual === undefined ? undefined : new FastPath.SharedCooldowns()
     const deps = Layer.mergeAll(
       RateLimiter.layerStoreMemory,
-      Cooldown.layerStoreMemory,
+      cooldowns === undefined ? Cooldown.layerStoreMemory : Layer.succeed(Cooldown.CooldownStore, cooldowns.service),
       shared === undefined
         ? ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
         : Layer.succeed(ResponseCache.ResponseCache, shared.service),
@@ -321,11 +323,10 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     }
 
     let fast: ((i: number, at: number, p: Prompt) => void) | undefined
-    if (virtual !== undefined && shared !== undefined) {
-      const runtime = yield* Effect.runtime<never>()
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = virtual === undefined ? undefined : Runtime.runFork(runtime)
+    if (virtual !== undefined && runFork !== undefined && shared !== undefined && cooldowns !== undefined) {
       const runSync = Runtime.runSync(runtime)
-      const runFork = Runtime.runFork(runtime)
-      const cooldowns = Context.get(ctx, Cooldown.CooldownStore)
       const router = Router.make(relayOptions.router)
       const completion = completions(wl.promptTokens, wl.completionTokens)
       const cacheable = relayOptions.cacheMode === "all"
@@ -336,8 +337,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
         cache: shared,
         random,
         runSync,
-        activeCooldowns: cooldowns.active,
-        plan: router.plan,
+        activeCooldowns: cooldowns.unsafeActive,
+        plan: FastPath.planner(router, relayOptions.router),
         now: () => clock.unsafeCurrentTimeMillis(),
         schedule: (at, task) => virtual.schedule(at, task),
         scheduleTask: (task) => virtual.scheduler.scheduleTask(task),
@@ -348,7 +349,9 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
         record: recorder
       })
       fast = (i, at, p) => {
-        if (cacheable && p.key === undefined) p.key = shared.key(requestOf(i, p), scope)
+        // The requests of one prompt are the same but for `metadata`, which
+        // the cache key leaves out: one key per prompt is the real key's partition.
+        if (cacheable && p.key === undefined) p.key = `${scope ?? ""}:${p.id}`
         path.start(
           { index: i, arrivedAt: at, model: p.model, key: cacheable ? p.key : undefined },
           () => void runFork(relayed(i, at, p))
@@ -356,9 +359,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       }
     }
 
-    for (const at of arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))) {
-      const wait = at - clock.unsafeCurrentTimeMillis()
-      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+    /** Request `at`: the direct column's call, and the same request through Breakwater. */
+    const arrive = (at: number): Effect.Effect<void> | undefined => {
       const i = index++
       const p = prompt()
 
@@ -374,20 +376,54 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
 
       // Breakwater: the same request, where a forked fiber would start.
       inFlight++
-      if (fast !== undefined) {
-        const start = fast
-        virtual!.scheduler.scheduleTask(() => start(i, at, p))
-      } else yield* Effect.fork(relayed(i, at, p))
+      if (fast === undefined) return Effect.fork(relayed(i, at, p))
+      const start = fast
+      virtual!.scheduler.scheduleTask(() => start(i, at, p))
+      return undefined
     }
-    arrived = true
-    if (inFlight > 0) yield* Deferred.await(allDone)
+
+    const times = arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))
+    if (virtual === undefined) {
+      for (const at of times) {
+        const wait = at - clock.unsafeCurrentTimeMillis()
+        if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+        const fork = arrive(at)
+        if (fork !== undefined) yield* fork
+      }
+      arrived = true
+    } else {
+      // In virtual time, arrivals are plain timers: the arrivals of one
+      // millisecond, then a timer for the next (where the loop above sleeps).
+      let next = times.next()
+      const batch = (): void => {
+        const now = clock.unsafeCurrentTimeMillis()
+        while (next.done !== true && next.value <= now) {
+          const fork = arrive(next.value)
+          if (fork !== undefined) runFork!(fork)
+          next = times.next()
+        }
+        if (next.done !== true) return virtual.schedule(next.value, batch)
+        arrived = true
+        if (inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
+      }
+      batch()
+    }
+    if (inFlight > 0 || !arrived) yield* Deferred.await(allDone)
     return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration })
-  })).pipe(Effect.withRandom(random))
+  })).pipe(Effect.withRandom(options.fastPath === false ? Random.make(seed) : random))
 }
 
 /** Runs the scenario in virtual time (synchronously). */
 export const run = (scenario: Scenario, options: RunOptions = {}): Report => {
-  const exit = VirtualTime.run(program(scenario, options))
+  // The relay's errors are values here, never shown: no stack to capture for each.
+  const stackTraceLimit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  let exit: Exit.Exit<Report>
+  try {
+    exit = VirtualTime.run(program(scenario, options))
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit
+  }
   if (Exit.isSuccess(exit)) return exit.value
   throw new Error(`simulation failed: ${Cause.pretty(exit.cause)}`)
 }
