@@ -405,6 +405,16 @@ export const make = (options: Options) => {
     return found
   }
 
+  /** What the relay caches for an answer of `upstream` for `model`: "<upstream>\n<body>" (built once). */
+  const values = new Map<string, Map<string, string>>()
+  const cached = (upstream: string, model: string): string => {
+    let byModel = values.get(upstream)
+    if (byModel === undefined) values.set(upstream, byModel = new Map())
+    let value = byModel.get(model)
+    if (value === undefined) byModel.set(model, value = `${upstream}\n${options.completion(model)}`)
+    return value
+  }
+
   /** A joiner's wake-up: the leader's answer is a hit; its failure is the joiner's too. */
   const joined = (request: Request, exit: Exit.Exit<string, unknown>, retry: () => void): void => {
     if (Exit.isSuccess(exit)) return report.ok(request.arrivedAt, true, exit.value.slice(0, exit.value.indexOf("\n")))
@@ -454,7 +464,7 @@ export const make = (options: Options) => {
       const handedOver = release()
       if (handedOver !== undefined) runSync(handedOver)
       Upstream.record(u, end, end - now, undefined)
-      if (flight !== undefined) cache.settle(request.key!, flight, Exit.succeed(`${u.name}\n${options.completion(target)}`))
+      if (flight !== undefined) cache.settle(request.key!, flight, Exit.succeed(cached(u.name, target)))
       report.ok(request.arrivedAt, false, u.name)
     })
     return true
