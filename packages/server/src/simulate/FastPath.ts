@@ -383,8 +383,10 @@ export interface Request {
  * Makes the fast path. `start(request, relay)` plays a request from its
  * start (it must run where the relay's fiber would start); `relay` runs the
  * request through the real relay, started at once, when the fast path does
- * not take it. `eligible` false: the config uses something the fast path
- * does not play (every request goes to the relay).
+ * not take it: an attempt that would not succeed, a breaker that is not
+ * closed, a full or queued bulkhead, a plan in panic mode or with no
+ * upstream, account limits (`requestsPerMinute`, `tokensPerMinute`), or a
+ * core without the synchronous admission hooks.
  */
 export const make = (options: Options) => {
   const { cache, random, runSync } = options
