@@ -103,6 +103,15 @@ export class SimRandom implements Random.Random {
 // ---------------------------------------------------------------------------
 // The cache, shared by the relay and the fast path
 
+/** A cached answer, linked in the LRU order. */
+interface Entry {
+  readonly key: string
+  readonly value: string
+  readonly expiresAt: number
+  prev: Entry | undefined
+  next: Entry | undefined
+}
+
 /** A call in flight for one key: who waits for it, in the order they came. */
 interface Flight {
   readonly waiters: Array<(exit: Exit.Exit<string, unknown>) => void>
@@ -118,7 +127,12 @@ interface Flight {
  * remembered per request object so that a repeated prompt is hashed once.
  */
 export class SharedCache {
-  private readonly entries = new Map<string, { readonly value: string; readonly expiresAt: number }>()
+  // The LRU order is a doubly linked list (oldest first) beside the map: a
+  // Map used as a queue (delete the oldest, re-insert on a hit) leaves holes
+  // at its front that every `keys().next()` walks over again.
+  private readonly entries = new Map<string, Entry>()
+  private oldest: Entry | undefined = undefined
+  private newest: Entry | undefined = undefined
   private readonly flights = new Map<string, Flight>()
   private readonly keys = new WeakMap<object, string>()
   private readonly ttl: number
@@ -146,20 +160,43 @@ export class SharedCache {
   get(key: string): string | undefined {
     const entry = this.entries.get(key)
     if (entry === undefined) return undefined
-    this.entries.delete(key)
-    if (entry.expiresAt <= this.now()) return undefined
-    this.entries.set(key, entry)
+    if (entry.expiresAt <= this.now()) {
+      this.remove(entry)
+      return undefined
+    }
+    this.unlink(entry)
+    this.append(entry)
     return entry.value
   }
 
   private set(key: string, value: string): void {
-    this.entries.delete(key)
-    this.entries.set(key, { value, expiresAt: this.now() + this.ttl })
-    while (this.entries.size > this.maxEntries) {
-      const oldest = this.entries.keys().next().value
-      if (oldest === undefined) break
-      this.entries.delete(oldest)
-    }
+    const current = this.entries.get(key)
+    if (current !== undefined) this.remove(current)
+    const entry: Entry = { key, value, expiresAt: this.now() + this.ttl, prev: undefined, next: undefined }
+    this.entries.set(key, entry)
+    this.append(entry)
+    while (this.entries.size > this.maxEntries && this.oldest !== undefined) this.remove(this.oldest)
+  }
+
+  private remove(entry: Entry): void {
+    this.entries.delete(entry.key)
+    this.unlink(entry)
+  }
+
+  private unlink(entry: Entry): void {
+    if (entry.prev === undefined) this.oldest = entry.next
+    else entry.prev.next = entry.next
+    if (entry.next === undefined) this.newest = entry.prev
+    else entry.next.prev = entry.prev
+    entry.prev = undefined
+    entry.next = undefined
+  }
+
+  private append(entry: Entry): void {
+    entry.prev = this.newest
+    if (this.newest === undefined) this.oldest = entry
+    else this.newest.next = entry
+    this.newest = entry
   }
 
   /** The call in flight for `key`, if any. */
@@ -227,7 +264,8 @@ export class SharedCache {
     getOrCompute: this.getOrCompute,
     invalidate: (k) =>
       Effect.sync(() => {
-        this.entries.delete(k)
+        const entry = this.entries.get(k)
+        if (entry !== undefined) this.remove(entry)
       }),
     inFlight: Effect.sync(() => this.flights.size)
   }
