@@ -151,6 +151,8 @@ interface Prompt {
   readonly id: number
   /** Its cache key, once computed (the same for every request of the prompt). */
   key: string | undefined
+  /** Its messages and the JSON of the body after the request's index, once built (the same for every request). */
+  body: { readonly messages: ReadonlyArray<OpenAI.ChatMessage>; readonly head: string; readonly tail: string } | undefined
 }
 
 /** The relay's failures as the server answers them (see `Http.ts`). */
@@ -266,7 +268,7 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const prompt = (): Prompt => {
       const repeat = rng.next() < wl.repeatedPrompts
       if (repeat && pool.length > 0) return pool[rng.int(pool.length)]!
-      const p: Prompt = { model: pickModel(), id: nextPrompt++, key: undefined }
+      const p: Prompt = { model: pickModel(), id: nextPrompt++, key: undefined, body: undefined }
       if (pool.length < wl.promptPool) pool.push(p)
       else pool[poolNext] = p
       poolNext = (poolNext + 1) % wl.promptPool
@@ -274,13 +276,22 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     }
     // About four characters a token, so that the relay's token estimate matches the usage.
     const padding = "lorem ipsum ".repeat(Math.ceil((wl.promptTokens * 4) / 12)).slice(0, wl.promptTokens * 4)
+    const bodyOf = (p: Prompt): NonNullable<Prompt["body"]> => {
+      if (p.body !== undefined) return p.body
+      const messages = [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+      return p.body = {
+        messages,
+        head: `{"model":${JSON.stringify(p.model)},"metadata":{"sim":"r`,
+        tail: `"},"max_tokens":${JSON.stringify(wl.completionTokens)},"messages":${JSON.stringify(messages)}}`
+      }
+    }
     const requestOf = (i: number, p: Prompt) => ({
       model: p.model,
       // The request's index, for the simulated upstreams; in `metadata`,
       // which the cache key leaves out (a `user` would scope the cache).
       metadata: { sim: `r${i}` },
       max_tokens: wl.completionTokens,
-      messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+      messages: bodyOf(p).messages
     } satisfies OpenAI.ChatCompletionRequest)
 
     const first = directWorld.models[0]!
@@ -307,7 +318,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const relayed = (i: number, at: number, p: Prompt): Effect.Effect<void> => {
       const request = requestOf(i, p)
       if (shared !== undefined && p.key !== undefined) shared.remember(request, p.key)
-      const rawBody = JSON.stringify(request)
+      // `JSON.stringify(request)`, but for the index the prompt's JSON, built once.
+      const rawBody = `${p.body!.head}${i}${p.body!.tail}`
       calls.set(i, [])
       return Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
         Effect.sync(() => {
