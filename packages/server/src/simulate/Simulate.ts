@@ -215,7 +215,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       seed,
       promptTokens: wl.promptTokens,
       completionTokens: wl.completionTokens,
-      callsOf: (request) => calls.get(request)
+      callsOf: (request) => calls.get(request),
+      after: virtual === undefined ? undefined : (millis, reply) => virtual.after(millis, reply)
     })
     const relayOptions = Config.toRelayOptions(config)
     // With the fast path, the relay's cache is one the fast path shares (the same semantics).
@@ -232,7 +233,9 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       shared === undefined
         ? ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
         : Layer.succeed(ResponseCache.ResponseCache, shared.service),
-      Pricing.layer(config.pricing),
+      // Prices as the server's, without the token and cost metrics (the simulator
+      // reports none; its costs are the simulated upstreams' bills).
+      Layer.succeed(Pricing.Pricing, { ...Pricing.make(config.pricing), record: () => Effect.void }),
       Layer.succeed(UpstreamClient.UpstreamClient, client)
     )
     const ctx = yield* Layer.build(Relay.layer(relayOptions).pipe(Layer.provideMerge(deps)))

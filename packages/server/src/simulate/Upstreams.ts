@@ -179,6 +179,7 @@ const errorBody = (message: string, type: string, code: string) =>
 const RATE_LIMITED = errorBody("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded")
 const UNAVAILABLE = errorBody("The server is temporarily unavailable.", "server_error", "service_unavailable")
 const MODELS = JSON.stringify({ object: "list", data: [] })
+const UNAVAILABLE_REPLY: UpstreamClient.Reply = { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE }
 
 export interface ClientOptions {
   readonly world: World
@@ -187,7 +188,15 @@ export interface ClientOptions {
   readonly completionTokens: number
   /** Calls made so far by each request in flight, per upstream index. */
   readonly callsOf: (request: number) => Array<number> | undefined
+  /**
+   * `Effect.sleep(millis)` then `reply()`, in one step where the clock can
+   * (`VirtualClock.after`); by default through the Clock, as under TestClock.
+   */
+  readonly after?: (<A>(millis: number, reply: () => A) => Effect.Effect<A>) | undefined
 }
+
+const sleepThen = <A>(millis: number, reply: () => A): Effect.Effect<A> =>
+  Effect.zipRight(Effect.sleep(Duration.millis(millis)), Effect.sync(reply))
 
 const decoder = new TextDecoder()
 
@@ -224,6 +233,7 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
   const { completionTokens, promptTokens, seed, world } = options
   const tokens = promptTokens + completionTokens
   const completion = completions(promptTokens, completionTokens)
+  const after = options.after ?? sleepThen
 
   const unknown = (name: string) =>
     Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: name, reason: "not a simulated upstream" }))
@@ -241,23 +251,22 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
         case "hang":
           return Effect.never
         case "ok":
-          return Effect.zipRight(
-            Effect.sleep(Duration.millis(answer.delay)),
-            Effect.sync((): UpstreamClient.Reply => {
-              model.bill(parsed.model, promptTokens, completionTokens)
-              return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
-            })
-          )
-        case "429":
-          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), {
+          return after(answer.delay, (): UpstreamClient.Reply => {
+            model.bill(parsed.model, promptTokens, completionTokens)
+            return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
+          })
+        case "429": {
+          const reply: UpstreamClient.Reply = {
             status: 429,
             headers: answer.retryAfter === undefined
               ? JSON_HEADERS
               : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
             text: RATE_LIMITED
-          })
+          }
+          return after(answer.delay, () => reply)
+        }
         case "503":
-          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE })
+          return after(answer.delay, () => UNAVAILABLE_REPLY)
       }
     })
 
