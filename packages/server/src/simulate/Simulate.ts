@@ -9,7 +9,17 @@
  * runs it in virtual time (`VirtualTime.run`), and a test may run it under
  * TestClock instead. The same seed gives the same numbers.
  */
-import { Cooldown, Health, type OpenAI, Pricing, RateLimiter, Relay, ResponseCache, UpstreamClient } from "@breakwater/core"
+import {
+  Cooldown,
+  Health,
+  type OpenAI,
+  Pricing,
+  RateLimiter,
+  Relay,
+  ResponseCache,
+  Router,
+  UpstreamClient
+} from "@breakwater/core"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
@@ -19,12 +29,14 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
+import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
 import * as Config from "../Config.js"
+import * as FastPath from "./FastPath.js"
 import { hash, Prng } from "./Prng.js"
 import type { Scenario } from "./Scenario.js"
 import { Column, type Outcome } from "./Stats.js"
-import { makeClient, type Traffic, World } from "./Upstreams.js"
+import { completions, makeClient, type Traffic, World } from "./Upstreams.js"
 import * as VirtualTime from "./VirtualTime.js"
 
 export interface RunOptions {
@@ -32,6 +44,12 @@ export interface RunOptions {
   readonly seed?: number | undefined
   /** Overrides the scenario's duration, millis. */
   readonly duration?: number | undefined
+  /**
+   * In virtual time, the relay's commonest requests take the simulator's
+   * fast path (`FastPath.ts`; default true). False: every request through
+   * the relay, as under TestClock; the report is the same, only slower.
+   */
+  readonly fastPath?: boolean | undefined
 }
 
 export interface UpstreamReport {
@@ -131,6 +149,10 @@ const arrivals = function*(scenario: Scenario, duration: number, rng: Prng): Gen
 interface Prompt {
   readonly model: string
   readonly id: number
+  /** Its cache key, once computed (the same for every request of the prompt). */
+  key: string | undefined
+  /** Its messages and the JSON of the body after the request's index, once built (the same for every request). */
+  body: { readonly messages: ReadonlyArray<OpenAI.ChatMessage>; readonly head: string; readonly tail: string } | undefined
 }
 
 /** The relay's failures as the server answers them (see `Http.ts`). */
@@ -166,6 +188,8 @@ interface Raw {
 /**
  * Runs the scenario's traffic through both columns. Needs only a Clock:
  * time passes by the program's own sleeps (arrivals) and the relay's.
+ * Under {@link VirtualTime} (see {@link run}) the relay's commonest requests
+ * take the fast path (`FastPath.ts`), with the same results.
  */
 export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Effect<Report> => {
   const seed = options.seed ?? scenario.seed
@@ -173,9 +197,12 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
   const config = scenario.breakwater
   const wl = scenario.workload
   const tokens = wl.promptTokens + wl.completionTokens
+  const random = new FastPath.SimRandom(seed)
 
   return Effect.scoped(Effect.gen(function*() {
     const clock = yield* Effect.clock
+    // The fast path needs the virtual world's own timers and scheduler.
+    const virtual = clock instanceof VirtualTime.VirtualClock && options.fastPath !== false ? clock : undefined
     const world = new World(scenario.upstreams, seed)
     const directWorld = new World(scenario.upstreams, seed)
     const direct = new Column(duration)
@@ -188,16 +215,30 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       seed,
       promptTokens: wl.promptTokens,
       completionTokens: wl.completionTokens,
-      callsOf: (request) => calls.get(request)
+      callsOf: (request) => calls.get(request),
+      after: virtual === undefined ? undefined : (millis, reply) => virtual.after(millis, reply)
     })
+    const relayOptions = Config.toRelayOptions(config)
+    // With the fast path, the relay's cache is one the fast path shares (the same semantics).
+    const realCache = yield* ResponseCache.make({ ttl: config.cache.ttl }).pipe(
+      Effect.provide(ResponseCache.layerStoreMemory({ maxEntries: config.cache.maxEntries }))
+    )
+    const shared = virtual === undefined
+      ? undefined
+      : new FastPath.SharedCache(realCache.key, config.cache.ttl, config.cache.maxEntries, () => clock.unsafeCurrentTimeMillis())
+    const cooldowns = virtual === undefined ? undefined : new FastPath.SharedCooldowns()
     const deps = Layer.mergeAll(
       RateLimiter.layerStoreMemory,
-      Cooldown.layerStoreMemory,
-      ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries }),
-      Pricing.layer(config.pricing),
+      cooldowns === undefined ? Cooldown.layerStoreMemory : Layer.succeed(Cooldown.CooldownStore, cooldowns.service),
+      shared === undefined
+        ? ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
+        : Layer.succeed(ResponseCache.ResponseCache, shared.service),
+      // Prices as the server's, without the token and cost metrics (the simulator
+      // reports none; its costs are the simulated upstreams' bills).
+      Layer.succeed(Pricing.Pricing, { ...Pricing.make(config.pricing), record: () => Effect.void }),
       Layer.succeed(UpstreamClient.UpstreamClient, client)
     )
-    const ctx = yield* Layer.build(Relay.layer(Config.toRelayOptions(config)).pipe(Layer.provideMerge(deps)))
+    const ctx = yield* Layer.build(Relay.layer(relayOptions).pipe(Layer.provideMerge(deps)))
     const relay = Context.get(ctx, Relay.Relay)
     yield* Health.make(relay.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }).pipe(
       Effect.provide(ctx)
@@ -230,7 +271,7 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     const prompt = (): Prompt => {
       const repeat = rng.next() < wl.repeatedPrompts
       if (repeat && pool.length > 0) return pool[rng.int(pool.length)]!
-      const p: Prompt = { model: pickModel(), id: nextPrompt++ }
+      const p: Prompt = { model: pickModel(), id: nextPrompt++, key: undefined, body: undefined }
       if (pool.length < wl.promptPool) pool.push(p)
       else pool[poolNext] = p
       poolNext = (poolNext + 1) % wl.promptPool
@@ -238,16 +279,103 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     }
     // About four characters a token, so that the relay's token estimate matches the usage.
     const padding = "lorem ipsum ".repeat(Math.ceil((wl.promptTokens * 4) / 12)).slice(0, wl.promptTokens * 4)
+    const bodyOf = (p: Prompt): NonNullable<Prompt["body"]> => {
+      if (p.body !== undefined) return p.body
+      const messages = [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+      return p.body = {
+        messages,
+        head: `{"model":${JSON.stringify(p.model)},"metadata":{"sim":"r`,
+        tail: `"},"max_tokens":${JSON.stringify(wl.completionTokens)},"messages":${JSON.stringify(messages)}}`
+      }
+    }
+    const requestOf = (i: number, p: Prompt) => ({
+      model: p.model,
+      // The request's index, for the simulated upstreams; in `metadata`,
+      // which the cache key leaves out (a `user` would scope the cache).
+      metadata: { sim: `r${i}` },
+      max_tokens: wl.completionTokens,
+      messages: bodyOf(p).messages
+    } satisfies OpenAI.ChatCompletionRequest)
 
     const first = directWorld.models[0]!
     let inFlight = 0
     let arrived = false
     const allDone = yield* Deferred.make<void>()
     let index = 0
+    const finished = () => {
+      inFlight--
+      if (arrived && inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
+    }
+    const recorder: FastPath.Recorder = {
+      ok: (at, cacheHit, upstream) => {
+        breakwater.record(at, { ok: true, latency: clock.unsafeCurrentTimeMillis() - at, cacheHit, upstream })
+        finished()
+      },
+      failed: (at, error) => {
+        breakwater.record(at, { ok: false, status: error === undefined ? "defect" : statusOf(error) })
+        finished()
+      }
+    }
 
-    for (const at of arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))) {
-      const wait = at - clock.unsafeCurrentTimeMillis()
-      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+    /** Request `i` through the real relay. */
+    const relayed = (i: number, at: number, p: Prompt): Effect.Effect<void> => {
+      const request = requestOf(i, p)
+      if (shared !== undefined && p.key !== undefined) shared.remember(request, p.key)
+      // `JSON.stringify(request)`, but for the index the prompt's JSON, built once.
+      const rawBody = `${p.body!.head}${i}${p.body!.tail}`
+      calls.set(i, [])
+      return Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
+        Effect.sync(() => {
+          calls.delete(i)
+          if (Exit.isSuccess(exit)) {
+            const m = exit.value.metadata
+            recorder.ok(at, m.cache === "hit", m.upstream)
+          } else {
+            const failure = Cause.failureOption(exit.cause)
+            recorder.failed(at, failure._tag === "Some" ? failure.value : undefined)
+          }
+        }))
+    }
+
+    let fast: ((i: number, at: number, p: Prompt) => void) | undefined
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = virtual === undefined ? undefined : Runtime.runFork(runtime)
+    if (virtual !== undefined && runFork !== undefined && shared !== undefined && cooldowns !== undefined) {
+      const runSync = Runtime.runSync(runtime)
+      const router = Router.make(relayOptions.router)
+      const completion = completions(wl.promptTokens, wl.completionTokens)
+      const cacheable = relayOptions.cacheMode === "all"
+      const scope = relayOptions.cacheScope === "shared" ? undefined : "anonymous"
+      const path = FastPath.make({
+        relay,
+        relayOptions,
+        cache: shared,
+        random,
+        runSync,
+        activeCooldowns: cooldowns.unsafeActive,
+        plan: FastPath.planner(router, relayOptions.router),
+        now: () => clock.unsafeCurrentTimeMillis(),
+        schedule: (at, task) => virtual.schedule(at, task),
+        scheduleTask: (task) => virtual.scheduler.scheduleTask(task),
+        model: (name) => world.get(name),
+        completion,
+        promptTokens: wl.promptTokens,
+        completionTokens: wl.completionTokens,
+        record: recorder
+      })
+      fast = (i, at, p) => {
+        // The requests of one prompt are the same but for `metadata`, which
+        // the cache key leaves out: one key per prompt is the real key's partition.
+        if (cacheable && p.key === undefined) p.key = `${scope ?? ""}:${p.id}`
+        path.start(
+          { index: i, arrivedAt: at, model: p.model, key: cacheable ? p.key : undefined },
+          () => void runFork(relayed(i, at, p))
+        )
+      }
+    }
+
+    /** Request `at`: the direct column's call, and the same request through Breakwater. */
+    const arrive = (at: number): Effect.Effect<void> | undefined => {
       const i = index++
       const p = prompt()
 
@@ -261,42 +389,56 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       else outcome = { ok: false, status: "timeout" }
       direct.record(at, outcome)
 
-      // Breakwater: the same request through the relay.
-      const request = {
-        model: p.model,
-        // The request's index, for the simulated upstreams; in `metadata`,
-        // which the cache key leaves out (a `user` would scope the cache).
-        metadata: { sim: `r${i}` },
-        max_tokens: wl.completionTokens,
-        messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
-      } satisfies OpenAI.ChatCompletionRequest
-      const rawBody = JSON.stringify(request)
-      calls.set(i, [])
+      // Breakwater: the same request, where a forked fiber would start.
       inFlight++
-      yield* Effect.fork(Effect.flatMap(Effect.exit(relay.chat(request, { rawBody })), (exit) =>
-        Effect.sync(() => {
-          calls.delete(i)
-          const now = clock.unsafeCurrentTimeMillis()
-          if (Exit.isSuccess(exit)) {
-            const m = exit.value.metadata
-            breakwater.record(at, { ok: true, latency: now - at, cacheHit: m.cache === "hit", upstream: m.upstream })
-          } else {
-            const failure = Cause.failureOption(exit.cause)
-            breakwater.record(at, { ok: false, status: failure._tag === "Some" ? statusOf(failure.value) : "defect" })
-          }
-          inFlight--
-          if (arrived && inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
-        })))
+      if (fast === undefined) return Effect.fork(relayed(i, at, p))
+      const start = fast
+      virtual!.scheduler.scheduleTask(() => start(i, at, p))
+      return undefined
     }
-    arrived = true
-    if (inFlight > 0) yield* Deferred.await(allDone)
+
+    const times = arrivals(scenario, duration, new Prng(hash(seed, 0xa771)))
+    if (virtual === undefined) {
+      for (const at of times) {
+        const wait = at - clock.unsafeCurrentTimeMillis()
+        if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+        const fork = arrive(at)
+        if (fork !== undefined) yield* fork
+      }
+      arrived = true
+    } else {
+      // In virtual time, arrivals are plain timers: the arrivals of one
+      // millisecond, then a timer for the next (where the loop above sleeps).
+      let next = times.next()
+      const batch = (): void => {
+        const now = clock.unsafeCurrentTimeMillis()
+        while (next.done !== true && next.value <= now) {
+          const fork = arrive(next.value)
+          if (fork !== undefined) runFork!(fork)
+          next = times.next()
+        }
+        if (next.done !== true) return virtual.schedule(next.value, batch)
+        arrived = true
+        if (inFlight === 0) Deferred.unsafeDone(allDone, Exit.void)
+      }
+      batch()
+    }
+    if (inFlight > 0 || !arrived) yield* Deferred.await(allDone)
     return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration })
-  })).pipe(Effect.withRandom(Random.make(seed)))
+  })).pipe(Effect.withRandom(options.fastPath === false ? Random.make(seed) : random))
 }
 
 /** Runs the scenario in virtual time (synchronously). */
 export const run = (scenario: Scenario, options: RunOptions = {}): Report => {
-  const exit = VirtualTime.run(program(scenario, options))
+  // The relay's errors are values here, never shown: no stack to capture for each.
+  const stackTraceLimit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  let exit: Exit.Exit<Report>
+  try {
+    exit = VirtualTime.run(program(scenario, options))
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit
+  }
   if (Exit.isSuccess(exit)) return exit.value
   throw new Error(`simulation failed: ${Cause.pretty(exit.cause)}`)
 }

@@ -12,7 +12,10 @@
  * the buckets by a few hundred whatever the values.
  */
 export class Histogram {
-  private readonly counts = new Map<number, number>()
+  /** Counts by value, for values kept exactly (dense: index = millis). */
+  private readonly exact: Array<number> = []
+  /** Counts by log bucket (index j: from 100 * (1 + relative)^j). */
+  private readonly log: Array<number> = []
   private readonly logBase: number
   count = 0
 
@@ -22,27 +25,40 @@ export class Histogram {
 
   add(millis: number): void {
     const v = Math.max(0, Math.round(millis))
-    const key = this.relative === 0 || v < 100 ? v : -1 - Math.floor(Math.log(v / 100) / this.logBase)
-    this.counts.set(key, (this.counts.get(key) ?? 0) + 1)
+    if (this.relative === 0 || v < 100) bump(this.exact, v)
+    else bump(this.log, Math.floor(Math.log(v / 100) / this.logBase))
     this.count++
-  }
-
-  private valueOf(key: number): number {
-    return key >= 0 ? key : Math.round(100 * Math.exp((-1 - key) * this.logBase))
   }
 
   /** Nearest-rank percentile (`p` in 0..1): the smallest value with at least `p` of the values at or below it. */
   percentile(p: number): number | undefined {
     if (this.count === 0) return undefined
     const rank = Math.max(1, Math.ceil(p * this.count))
-    const values = [...this.counts].map(([k, n]) => [this.valueOf(k), n] as const).sort((a, b) => a[0] - b[0])
+    // Exact values (all below 100 when there are log buckets), then the log buckets: in ascending order.
     let seen = 0
-    for (const [value, n] of values) {
+    let last = 0
+    for (let v = 0; v < this.exact.length; v++) {
+      const n = this.exact[v]!
+      if (n === 0) continue
       seen += n
-      if (seen >= rank) return value
+      last = v
+      if (seen >= rank) return v
     }
-    return values[values.length - 1]![0]
+    for (let j = 0; j < this.log.length; j++) {
+      const n = this.log[j]!
+      if (n === 0) continue
+      seen += n
+      last = Math.round(100 * Math.exp(j * this.logBase))
+      if (seen >= rank) return last
+    }
+    return last
   }
+}
+
+/** Adds one at `index`, growing the array densely (no holes: a plain, fast array). */
+const bump = (counts: Array<number>, index: number): void => {
+  while (counts.length <= index) counts.push(0)
+  counts[index]!++
 }
 
 export interface Minute {

@@ -51,6 +51,9 @@ const emptyTraffic = (): Traffic => ({
   costUsd: 0
 })
 
+/** Where {@link Model.peek} counts (nothing reads it). */
+const scratch: Traffic = emptyTraffic()
+
 /** One simulated upstream in one world (the direct and the Breakwater columns each have their own). */
 export class Model {
   readonly traffic: Traffic = emptyTraffic()
@@ -73,13 +76,26 @@ export class Model {
 
   /** The answer to call number `nth` (from 0) of request `request`, made at `now`, for `tokens` tokens. */
   decide(now: number, request: number, nth: number, tokens: number): Answer {
+    return this.answer(now, request, nth, tokens, true)
+  }
+
+  /**
+   * The answer {@link decide} would give now, without counting the call: the
+   * simulator's fast path looks before it commits to a path.
+   */
+  peek(now: number, request: number, nth: number, tokens: number): Answer {
+    return this.answer(now, request, nth, tokens, false)
+  }
+
+  private answer(now: number, request: number, nth: number, tokens: number, commit: boolean): Answer {
     const s = this.spec
     const rng = new Prng(hash(this.seed, request, this.index, nth))
     const u = rng.next()
     const v = rng.next()
     const z = rng.normal()
     const latency = this.sigma === 0 ? s.latency.p50 : Math.max(1, Math.round(Math.exp(this.mu + this.sigma * z)))
-    const t = this.traffic
+    // Counts go to a scratch record when only looking.
+    const t = commit ? this.traffic : scratch
     t.calls++
     const outage = this.outageAt(now, v)
     if (outage !== undefined) {
@@ -89,18 +105,23 @@ export class Model {
         : { kind: "503", delay: s.errorLatency, retryAfter: undefined, cause: "outage" }
     }
     const window = Math.floor(now / 60_000) * 60_000
-    if (window !== this.window) {
+    const fresh = window !== this.window
+    const windowRequests = fresh ? 0 : this.windowRequests
+    const windowTokens = fresh ? 0 : this.windowTokens
+    if (commit && fresh) {
       this.window = window
       this.windowRequests = 0
       this.windowTokens = 0
     }
     const { requestsPerMinute: rpm, tokensPerMinute: tpm } = s.quota
-    if ((rpm !== undefined && this.windowRequests + 1 > rpm) || (tpm !== undefined && this.windowTokens + tokens > tpm)) {
+    if ((rpm !== undefined && windowRequests + 1 > rpm) || (tpm !== undefined && windowTokens + tokens > tpm)) {
       t.quotaExceeded++
       return { kind: "429", delay: s.errorLatency, retryAfter: window + 60_000 - now, cause: "quota" }
     }
-    this.windowRequests++
-    this.windowTokens += tokens
+    if (commit) {
+      this.windowRequests++
+      this.windowTokens += tokens
+    }
     if (u < s.rate429) {
       t.rateLimited++
       return { kind: "429", delay: s.errorLatency, retryAfter: s.retryAfter, cause: "random" }
@@ -158,6 +179,7 @@ const errorBody = (message: string, type: string, code: string) =>
 const RATE_LIMITED = errorBody("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded")
 const UNAVAILABLE = errorBody("The server is temporarily unavailable.", "server_error", "service_unavailable")
 const MODELS = JSON.stringify({ object: "list", data: [] })
+const UNAVAILABLE_REPLY: UpstreamClient.Reply = { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE }
 
 export interface ClientOptions {
   readonly world: World
@@ -166,7 +188,15 @@ export interface ClientOptions {
   readonly completionTokens: number
   /** Calls made so far by each request in flight, per upstream index. */
   readonly callsOf: (request: number) => Array<number> | undefined
+  /**
+   * `Effect.sleep(millis)` then `reply()`, in one step where the clock can
+   * (`VirtualClock.after`); by default through the Clock, as under TestClock.
+   */
+  readonly after?: (<A>(millis: number, reply: () => A) => Effect.Effect<A>) | undefined
 }
+
+const sleepThen = <A>(millis: number, reply: () => A): Effect.Effect<A> =>
+  Effect.zipRight(Effect.sleep(Duration.millis(millis)), Effect.sync(reply))
 
 const decoder = new TextDecoder()
 
@@ -179,12 +209,11 @@ const readBody = (text: string): { readonly request: number; readonly model: str
   return { request, model }
 }
 
-export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClient => {
-  const { completionTokens, promptTokens, seed, world } = options
-  const tokens = promptTokens + completionTokens
-  const completions = new Map<string, string>()
-  const completion = (model: string): string => {
-    let body = completions.get(model)
+/** The body of a simulated upstream's answer for `model` (the same for every call, so built once per model). */
+export const completions = (promptTokens: number, completionTokens: number): (model: string) => string => {
+  const bodies = new Map<string, string>()
+  return (model) => {
+    let body = bodies.get(model)
     if (body === undefined) {
       body = JSON.stringify({
         id: "chatcmpl-sim",
@@ -192,12 +221,19 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
         created: 0,
         model,
         choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }],
-        usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: tokens }
+        usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens }
       })
-      completions.set(model, body)
+      bodies.set(model, body)
     }
     return body
   }
+}
+
+export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClient => {
+  const { completionTokens, promptTokens, seed, world } = options
+  const tokens = promptTokens + completionTokens
+  const completion = completions(promptTokens, completionTokens)
+  const after = options.after ?? sleepThen
 
   const unknown = (name: string) =>
     Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: name, reason: "not a simulated upstream" }))
@@ -215,23 +251,22 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
         case "hang":
           return Effect.never
         case "ok":
-          return Effect.zipRight(
-            Effect.sleep(Duration.millis(answer.delay)),
-            Effect.sync((): UpstreamClient.Reply => {
-              model.bill(parsed.model, promptTokens, completionTokens)
-              return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
-            })
-          )
-        case "429":
-          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), {
+          return after(answer.delay, (): UpstreamClient.Reply => {
+            model.bill(parsed.model, promptTokens, completionTokens)
+            return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
+          })
+        case "429": {
+          const reply: UpstreamClient.Reply = {
             status: 429,
             headers: answer.retryAfter === undefined
               ? JSON_HEADERS
               : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
             text: RATE_LIMITED
-          })
+          }
+          return after(answer.delay, () => reply)
+        }
         case "503":
-          return Effect.as(Effect.sleep(Duration.millis(answer.delay)), { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE })
+          return after(answer.delay, () => UNAVAILABLE_REPLY)
       }
     })
 

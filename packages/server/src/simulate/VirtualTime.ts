@@ -77,12 +77,18 @@ class TimerHeap {
   }
 }
 
-/** A Clock in milliseconds from 0, moved only by {@link VirtualClock.fireNext}. */
+/**
+ * A Clock in milliseconds from 0, moved only by {@link VirtualClock.fireNext}.
+ * `scheduler`: the one that runs the fibers of this virtual world (set by
+ * {@link run}), for code that joins them with plain tasks ({@link schedule}).
+ */
 export class VirtualClock implements Clock.Clock {
   readonly [Clock.ClockTypeId]: Clock.ClockTypeId = Clock.ClockTypeId
   private now = 0
   private seq = 0
   private readonly timers = new TimerHeap()
+
+  constructor(readonly scheduler: DrainedScheduler = new DrainedScheduler()) {}
 
   unsafeCurrentTimeMillis(): number {
     return this.now
@@ -105,6 +111,32 @@ export class VirtualClock implements Clock.Clock {
         timer.cancelled = true
       })
     })
+  }
+
+  /**
+   * `Effect.sleep(millis)` then `reply()`, with one timer and no Clock
+   * lookup: the same wake-up as {@link sleep} (the fiber resumes when the
+   * timer fires; an interrupted wait cancels it), a few operations fewer.
+   */
+  after<A>(millis: number, reply: () => A): Effect.Effect<A> {
+    if (!(millis > 0)) return Effect.sync(reply)
+    return Effect.async<A>((resume) => {
+      const timer: Timer = { at: this.now + millis, seq: this.seq++, fire: () => resume(Effect.sync(reply)), cancelled: false }
+      this.timers.push(timer)
+      return Effect.sync(() => {
+        timer.cancelled = true
+      })
+    })
+  }
+
+  /**
+   * A plain timer: at `at`, `task` runs as a scheduler task, in the order a
+   * fiber sleeping until then would resume (timers at the same time fire in
+   * the order they were set). No fiber, no Effect: the simulator's fast path.
+   */
+  schedule(at: number, task: () => void): void {
+    const scheduler = this.scheduler
+    this.timers.push({ at, seq: this.seq++, fire: () => scheduler.scheduleTask(task), cancelled: false })
   }
 
   /** Moves time to the next pending timer and fires it; false when none is pending. */
@@ -158,8 +190,8 @@ export class SimulationStalled extends Error {
  * Synchronous: the whole simulation runs inside this call.
  */
 export const run = <A, E>(effect: Effect.Effect<A, E>): Exit.Exit<A, E> => {
-  const clock = new VirtualClock()
   const scheduler = new DrainedScheduler()
+  const clock = new VirtualClock(scheduler)
   const fiber: Fiber.RuntimeFiber<A, E> = Effect.runFork(Effect.withClock(effect, clock), { scheduler })
   for (;;) {
     scheduler.drain()

@@ -122,3 +122,56 @@ describe("determinism", { timeout: 60_000 }, () => {
     expect(r.direct.p99Ms! / r.direct.p50Ms!).toBeGreaterThan(5)
   })
 })
+
+// The fast path (FastPath.ts) plays cache hits, joins and first attempts that
+// succeed without the relay's effects; everything else goes through the relay.
+// Its report must be the relay's, byte for byte.
+describe("fast path", { timeout: 120_000 }, () => {
+  const relayOnly = { fastPath: false } as const
+
+  for (const [name, text] of [["healthy", healthy], ["rate-limited primary", rateLimitedPrimary]] as const) {
+    it(`${name}: the same report as every request through the relay`, () => {
+      const scenario = parse(text)
+      expect(Render.json(Simulate.run(scenario))).toBe(Render.json(Simulate.run(scenario, relayOnly)))
+    })
+  }
+
+  // Long enough to reach each scenario's event (outage, quota, storm).
+  for (const [file, minutes] of [
+    ["seed-article.yaml", 2],
+    ["primary-outage.yaml", 11],
+    ["quota-exhaustion.yaml", 6],
+    ["retry-storm.yaml", 6],
+    ["retry-storm-panic.yaml", 6]
+  ] as const) {
+    it(`${file}, ${minutes} min: the same report as every request through the relay`, () => {
+      const scenario = load(file)
+      const duration = minutes * 60_000
+      const fast = Simulate.run(scenario, { duration })
+      const relay = Simulate.run(scenario, { duration, ...relayOnly })
+      expect(fast.requests).toBeGreaterThan(1000)
+      expect(Render.json(fast)).toBe(Render.json(relay))
+    })
+  }
+
+  it("a day (24 h, 1440 minutes) of a thin workload with an outage, 429s and hangs: the same report twice, and the relay's", () => {
+    const day = parse(
+      rateLimitedPrimary
+        .replace("duration: 60s", "duration: 24h")
+        .replace("rate429: 1\n", "rate429: 0.2\n    rate5xx: 0.02\n    hang: 0.01\n    outages: [{ from: 10h, to: 11h }]\n")
+        .replace("requestsPerSecond: 1", "requestsPerSecond: 0.04")
+        .replace("arrivals: uniform", "arrivals: poisson\n  repeatedPrompts: 0.3\n  promptPool: 50")
+        .replace("breakwater:\n", "breakwater:\n  cache: { enabled: true, mode: all }\n")
+    )
+    expect(day.duration).toBe(86_400_000)
+    const a = Simulate.run(day)
+    expect(a.requests).toBeGreaterThan(3000)
+    expect(a.breakwater.perMinute).toHaveLength(1440)
+    expect(a.breakwater.cacheHitRate).toBeGreaterThan(0.03)
+    expect(a.breakwater.upstreams[0]!.hangs).toBeGreaterThan(0)
+    expect(a.breakwater.upstreams[0]!.outageAnswers).toBeGreaterThan(0)
+    const json = Render.json(a)
+    expect(Render.json(Simulate.run(day))).toBe(json)
+    expect(Render.json(Simulate.run(day, relayOnly))).toBe(json)
+  })
+})
