@@ -58,6 +58,10 @@ const result = await build({
   sourcemap: "linked",
   sourcesContent: false,
   legalComments: "none",
+  // Less to parse at start (about a fifth of the start time is compiling the bundle); names
+  // are kept, and the linked source maps still point at the sources.
+  minifyWhitespace: true,
+  minifySyntax: true,
   metafile: true,
   plugins: [undiciLite],
   logLevel: "warning"
