@@ -21,7 +21,8 @@ const staticClosure = (entry: string): Set<string> => {
     if (seen.has(file)) continue
     seen.add(file)
     const text = readFileSync(file, "utf8")
-    for (const m of text.matchAll(/^import\s+(?:[^;]*?\s+from\s+)?"(\.{1,2}\/[^"]+)";?/gm)) {
+    // Static imports only (`import{a as b}from"./x.js"`, minified or not); `import("./x.js")` is left out.
+    for (const m of text.matchAll(/(?:^|[;\n}])\s*import\s*(?:[\w*{$][^;"()]*?from\s*)?"(\.{1,2}\/[^"]+)"/g)) {
       todo.push(join(dirname(file), m[1]!))
     }
   }
