@@ -6,10 +6,14 @@
  *
  * Three ways to run the same server, interleaved round by round so that a
  * change in the machine's load hits them alike; median of `BENCH_RUNS`
- * (default 5) after one unmeasured warm-up each:
+ * (default 5) after one unmeasured warm-up each (`BENCH_EXTRA_BIN=<path>`
+ * adds another bin, say an older build's, to compare):
  *
  * - `bin`: `node packages/server/bin/breakwater.js`, what `breakwater` and
- *   `npm start` run (the bundle in dist/bin);
+ *   `npm start` run (the bundle in dist/bin), with its code cache (written
+ *   by its first start: the warm-up runs a second, as any server does);
+ * - `bin, no code cache`: the same with `BREAKWATER_CODE_CACHE=0`, compiling
+ *   the bundle at every start (what the code cache saves);
  * - `dist`: `node packages/server/dist/src/main.js`, the same built JS
  *   unbundled, one file per module (why the bin runs a bundle);
  * - `tsx`: `node --import tsx src/main.ts`, compiling the TypeScript sources
@@ -33,8 +37,10 @@ const RUNS = Number(process.env["BENCH_RUNS"] ?? 5)
 const TIMEOUT_MS = 20_000
 const root = new URL("../../../", import.meta.url).pathname
 
-const variants: ReadonlyArray<{ readonly name: string; readonly args: ReadonlyArray<string> }> = [
+const variants: ReadonlyArray<{ readonly name: string; readonly args: ReadonlyArray<string>; readonly env?: Record<string, string> }> = [
   { name: "bin (bundled build)", args: ["packages/server/bin/breakwater.js"] },
+  { name: "bin, no code cache", args: ["packages/server/bin/breakwater.js"], env: { BREAKWATER_CODE_CACHE: "0" } },
+  ...(process.env["BENCH_EXTRA_BIN"] ? [{ name: "extra bin", args: [process.env["BENCH_EXTRA_BIN"]] }] : []),
   { name: "dist (unbundled build)", args: ["packages/server/dist/src/main.js"] },
   { name: "tsx (sources)", args: ["--import", "tsx", "--conditions=@breakwater/source", "packages/server/src/main.ts"] }
 ]
@@ -64,12 +70,21 @@ const cpuMs = (pid: number): number | undefined => {
   }
 }
 
-/** Spawns one server: the ms from spawn to its first 200 on /readyz, and the CPU ms it used until then. */
-const startOnce = async (args: ReadonlyArray<string>, config: string): Promise<{ wall: number; cpu: number | undefined }> => {
+/**
+ * Spawns one server: the ms from spawn to its first 200 on /readyz, and the CPU ms it used until then;
+ * kills it `keepMs` after that.
+ */
+const startOnce = async (
+  v: (typeof variants)[number],
+  config: string,
+  keepMs = 0
+): Promise<{ wall: number; cpu: number | undefined }> => {
+  const args = v.args
   const port = await freePort()
   const t0 = performance.now()
   const child = spawn(process.execPath, [...args, "--config", config, "--port", String(port)], {
     cwd: root,
+    env: { ...process.env, ...v.env },
     stdio: ["ignore", "ignore", "pipe"]
   })
   children.add(child)
@@ -84,6 +99,7 @@ const startOnce = async (args: ReadonlyArray<string>, config: string): Promise<{
       await new Promise((r) => setTimeout(r, 5))
     }
   } finally {
+    if (keepMs > 0) await new Promise((r) => setTimeout(r, keepMs))
     const exited = new Promise((r) => child.once("exit", r))
     child.kill("SIGKILL")
     await exited
@@ -108,10 +124,11 @@ const main = async () => {
   try {
     console.log(`start time: spawn -> first 200 on /readyz; ${RUNS} runs each after a warm-up, interleaved`)
     console.log(`node ${process.version}, ${cpus().length} CPUs, load average ${loadavg()[0]!.toFixed(2)} at start\n`)
-    for (const v of variants) await startOnce(v.args, config) // warm-up: disk cache, tsx's compile cache
+    // Warm-up: the disk cache, tsx's compile cache, the bin's code cache (written a second after its start).
+    for (const v of variants) await startOnce(v, config, 1_500)
     const times = new Map(variants.map((v) => [v.name, [] as Array<{ wall: number; cpu: number | undefined }>]))
     for (let i = 0; i < RUNS; i++) {
-      for (const v of variants) times.get(v.name)!.push(await startOnce(v.args, config))
+      for (const v of variants) times.get(v.name)!.push(await startOnce(v, config))
     }
     const rows = variants.map((v) => {
       const t = times.get(v.name)!

@@ -13,7 +13,7 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const ROOT = fileURLToPath(new URL("../../../../", import.meta.url))
-const BUNDLE = join(ROOT, "packages/server/dist/bin/breakwater.js")
+const BUNDLE = join(ROOT, "packages/server/dist/bin/breakwater.cjs")
 
 const newest = (dir: string): number => {
   let max = 0
