@@ -31,7 +31,7 @@ import type { Readable } from "node:stream"
 import * as OpenAI from "../OpenAI.js"
 import type { Upstream } from "../Upstream.js"
 import { type Reply, type StreamReply, type UndiciOptions, UpstreamClient } from "../UpstreamClient.js"
-import { type UpstreamError, UpstreamUnreachable } from "../UpstreamError.js"
+import { UNTRANSLATABLE_HEADER, type UpstreamError, UpstreamUnreachable } from "../UpstreamError.js"
 import * as Anthropic from "./Anthropic.js"
 import * as Azure from "./Azure.js"
 import * as Gemini from "./Gemini.js"
@@ -86,7 +86,9 @@ const replyFor = (error: UpstreamError): Reply => {
   }
 }
 
-const refusedReply = (error: UntranslatableField): Reply => json(400, untranslatableBody(error))
+/** The 400 for a field this kind cannot take, with the header by which the relay tries another upstream first. */
+const refusedReply = (error: UntranslatableField): Reply =>
+  json(400, untranslatableBody(error), { [UNTRANSLATABLE_HEADER]: error.field })
 
 const noModel = (upstream: string, what: string): Reply =>
   json(404, openAIError(`${upstream} does not serve ${what}`, "invalid_request_error", "model_not_found"))
