@@ -5,8 +5,13 @@
  * chaos run: an OpenAI-kind primary that refuses connections, an
  * Anthropic-kind fallback with 10% 529s, 1,000 requests.
  */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import OpenAI, { APIError } from "openai"
 import { describe, expect, it } from "vitest"
+import * as Demo from "../src/Demo.js"
+import * as Server from "../src/Server.js"
 import { captured, freePort, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-FALLBACKS-SECRET-1"
@@ -158,6 +163,34 @@ healthCheck: { interval: 1h }
     expect(refused.param).toBe("logprobs")
     expect(refused.message).toContain("'logprobs' cannot be sent to Anthropic")
   })
+})
+
+describe("the demo", () => {
+  it("npm start's demo: gpt-5's OpenAI-protocol upstream is down, claude-sonnet-4.5 on the Anthropic fake answers", async () => {
+    const scope = Effect.runSync(Scope.make())
+    try {
+      const demo = await Effect.runPromise(Demo.make({ port: 0, host: "127.0.0.1" }).pipe(Scope.extend(scope)))
+      const running = await Effect.runPromise(Server.serve(demo.config).pipe(Scope.extend(scope)))
+      const client = new OpenAI({ baseURL: `${running.url}/v1`, apiKey: "demo", maxRetries: 0, fetch: recordingFetch })
+      for (let i = 0; i < 8; i++) {
+        const { data, response } = await client.chat.completions.create(hi(Demo.OUTAGE_MODEL)).withResponse()
+        expect(response.headers.get("x-breakwater-model")).toBe(Demo.FALLBACK_MODEL)
+        expect(response.headers.get("x-breakwater-upstream")).toBe("claude")
+        expect(data.model).toBe(Demo.FALLBACK_MODEL)
+        expect(data.choices[0]!.message.content).toBe("Hello from claude")
+      }
+      // The outage's breaker opened after its failures: later requests go straight to the fallback.
+      const outage = demo.upstreams.find((u) => u.name === "outage")!
+      expect(outage.counters().chat).toBe(5)
+      // gpt-4.1 is still answered by the OpenAI fakes.
+      const { response } = await client.chat.completions.create(hi("gpt-4.1")).withResponse()
+      expect(response.headers.get("x-breakwater-model")).toBe("gpt-4.1")
+      expect(["flaky", "slow", "steady"]).toContain(response.headers.get("x-breakwater-upstream"))
+      await Server.drain(running, "200 millis")
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
+  }, 15_000)
 })
 
 describe("chaos: an OpenAI-kind primary refusing connections, an Anthropic-kind fallback with 10% 529s", () => {
