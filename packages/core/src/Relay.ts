@@ -69,7 +69,8 @@ import {
   UpstreamRejected,
   UpstreamServerError,
   UpstreamTimeout,
-  type UpstreamUnreachable
+  type UpstreamUnreachable,
+  UNTRANSLATABLE_HEADER
 } from "./UpstreamError.js"
 
 // ---------------------------------------------------------------------------
@@ -78,6 +79,11 @@ import {
 export interface Metadata {
   /** The upstream that answered (for a cache hit: the one that answered first). */
   readonly upstream: string
+  /**
+   * The model that answered, as the caller or `fallbacks` name it: the asked
+   * model, unless a fallback model answered (see {@link Options.fallbacks}).
+   */
+  readonly model: string
   /** Upstream calls made for this request (0 for a cache hit). */
   readonly attempts: number
   readonly latencyMs: number
@@ -117,6 +123,8 @@ export interface StreamResult {
   readonly events: Stream.Stream<string>
   /** The upstream that is streaming and the attempts it took. */
   readonly upstream: string
+  /** The model that is streaming: the asked one, or the fallback that took over. */
+  readonly model: string
   readonly attempts: number
   /**
    * The final metadata (outcome, usage, cost), once `events` has ended. The
@@ -138,8 +146,11 @@ export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly mo
 export interface Failure {
   readonly upstream: string
   readonly reason: string
-  /** Set when the upstream refused its key (now, or lately: its cooldown) or lacks the model. */
-  readonly kind?: "auth-failed" | "model-not-found"
+  /**
+   * Set when the upstream refused its key (now, or lately: its cooldown),
+   * lacks the model, or cannot take a field of the request (`unsupported`).
+   */
+  readonly kind?: "auth-failed" | "model-not-found" | "unsupported"
 }
 
 /** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
@@ -248,6 +259,17 @@ export interface CallOptions {
    * these bytes are forwarded as they are, without serialising again.
    */
   readonly rawBody?: string | Uint8Array | undefined
+  /**
+   * Per-request narrowing of the relay's policy (the server's
+   * `x-breakwater-*` headers). Each only narrows: `fallbacks` keeps only
+   * models of the configured chain (`[]`: none), `timeout` and `maxAttempts`
+   * are capped by the relay's own, `upstream` pins the request to that
+   * upstream (for the asked model and any fallback it also serves).
+   */
+  readonly fallbacks?: ReadonlyArray<string> | undefined
+  readonly timeout?: Duration.Duration | undefined
+  readonly maxAttempts?: number | undefined
+  readonly upstream?: string | undefined
 }
 
 export interface Relay {
@@ -262,6 +284,11 @@ export interface Relay {
   readonly models: ReadonlyArray<string>
   /** Whether at least one upstream could serve now. */
   readonly ready: Effect.Effect<boolean>
+  /** The fallback models of `model`, in the order they are tried (followed on, see {@link Options.fallbacks}). */
+  readonly fallbacksOf: (model: string) => ReadonlyArray<string>
+  /** The relay's own `maxAttempts` and `requestTimeout`: what per-request options may narrow. */
+  readonly maxAttempts: number
+  readonly requestTimeout: Duration.Duration
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
@@ -272,6 +299,16 @@ export interface Options {
   readonly maxAttempts?: number
   /** The whole request's deadline. Default 60 s. */
   readonly requestTimeout?: Duration.DurationInput
+  /**
+   * Model fallbacks: `{ "gpt-4.1": ["claude-sonnet-4.5", "gemini-2.5-flash"] }`.
+   * When every upstream serving the asked model has failed or is
+   * unavailable, the request goes on to these models, in order, within the
+   * same `maxAttempts` and deadline (a round walks the asked model, then each
+   * fallback; the next round starts over). A fallback's own fallbacks come
+   * after the list (followed on breadth first, each model once). The answer
+   * names its model (`Metadata.model`) and is priced by it. Default none.
+   */
+  readonly fallbacks?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   readonly router?: Router.Options
   /** Relay-wide breaker settings; upstreams may override them. */
   readonly breaker?: Partial<Omit<CircuitBreaker.Options, "name" | "isFailure">>
@@ -397,6 +434,14 @@ const limitOf = (
   return { millis: t, budget: undefined }
 }
 
+/** What one request may use: models (the asked one first, then its fallbacks), attempts, deadline, pinned upstream. */
+interface Policy {
+  readonly models: ReadonlyArray<string>
+  readonly maxAttempts: number
+  readonly budget: Duration.Duration
+  readonly pin: string | undefined
+}
+
 /** A cooldown that an attempt's outcome calls for. */
 interface CooldownStarted {
   readonly reason: Cooldown.Reason
@@ -493,6 +538,61 @@ export const makeWith = (
       return found
     }
 
+    // Fallback chains, followed on breadth first, each model once, computed once per model name.
+    const fallbackTable = options.fallbacks ?? {}
+    const chains = new Map<string, ReadonlyArray<string>>()
+    const fallbacksOf = (model: string): ReadonlyArray<string> => {
+      let chain = chains.get(model)
+      if (chain === undefined) {
+        const seen = new Set([model])
+        const out: Array<string> = []
+        for (let i = -1; i < out.length; i++) {
+          const from = i < 0 ? model : out[i]!
+          const next = Object.prototype.hasOwnProperty.call(fallbackTable, from) ? fallbackTable[from]! : []
+          for (const m of next) {
+            if (!seen.has(m)) {
+              seen.add(m)
+              out.push(m)
+            }
+          }
+        }
+        chain = out
+        if (chains.size < 10_000) chains.set(model, chain)
+      }
+      return chain
+    }
+
+    /**
+     * The request's policy: the models to walk (the asked one first), its
+     * attempts and deadline, its pinned upstream; per-request options only
+     * narrow the relay's own.
+     */
+    const policyOf = (model: string, options: CallOptions | undefined): Policy => {
+      const configured = fallbacksOf(model)
+      if (options === undefined || (options.fallbacks === undefined && options.timeout === undefined &&
+        options.maxAttempts === undefined && options.upstream === undefined)) {
+        return configured.length === 0 ? { models: [model], maxAttempts, budget, pin: undefined } : {
+          models: [model, ...configured],
+          maxAttempts,
+          budget,
+          pin: undefined
+        }
+      }
+      const asked = options.fallbacks === undefined ? configured : options.fallbacks.filter((m) => configured.includes(m))
+      return {
+        models: [model, ...asked],
+        maxAttempts: options.maxAttempts === undefined ? maxAttempts : Math.max(1, Math.min(maxAttempts, options.maxAttempts)),
+        budget: options.timeout === undefined || Duration.greaterThan(options.timeout, budget) ? budget : options.timeout,
+        pin: options.upstream
+      }
+    }
+
+    /** The upstreams serving `model` that the policy allows (a pin leaves at most one). */
+    const servingUnder = (model: string, pin: string | undefined): ReadonlyArray<Upstream.Upstream> => {
+      const all = serving(model)
+      return pin === undefined ? all : all.filter((u) => u.name === pin)
+    }
+
     // An upstream serving "*" still names its aliases.
     const models = [...new Set(upstreams.flatMap((u) => u.models === "*" ? ["*", ...Object.keys(u.aliases)] : u.models))]
 
@@ -529,8 +629,10 @@ export const makeWith = (
         )
       }
       if (isCallerError(status)) {
+        // A field this upstream's kind cannot take (`ProviderClient` says which): another upstream may.
+        const untranslatable = headers[UNTRANSLATABLE_HEADER]
         return Effect.succeed(
-          new UpstreamRejected({ upstream: u.name, status, body: text, contentType: headers["content-type"] })
+          new UpstreamRejected({ upstream: u.name, status, body: text, contentType: headers["content-type"], untranslatable })
         )
       }
       const quota = OpenAI.quotaInErrorBody(text)
@@ -922,11 +1024,23 @@ export const makeWith = (
       last: string | undefined
       /** The last 404 `model_not_found`: relayed if every upstream says so. */
       notFound: UpstreamModelNotFound | undefined
-      /** Upstreams that said they lack the model: not asked again in this request. */
+      /** Upstreams that said they lack the model (or cannot take the request): not asked again in this request. */
       lacking: Set<string> | undefined
+      /** The fallback model being tried; undefined while it is the asked one. */
+      model: string | undefined
+      /** The first refusal of a field an upstream's kind cannot take: the 400 when no upstream answers. */
+      refused: UpstreamRejected | undefined
     }
 
-    const newProgress = (): Progress => ({ attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined })
+    const newProgress = (): Progress => ({
+      attempts: 0,
+      failures: [],
+      last: undefined,
+      notFound: undefined,
+      lacking: undefined,
+      model: undefined,
+      refused: undefined
+    })
 
     /**
      * Where the hot path hands a request over to the general one: the first
@@ -950,18 +1064,45 @@ export const makeWith = (
         ? { upstream: error.upstream, reason: reasonOf(error), kind: "model-not-found" }
         : { upstream: error.upstream, reason: reasonOf(error) }
 
+    /** What one attempt on one upstream is, for the failover loop. */
+    type AttemptOn<A> = (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+
     /**
      * Tries upstreams in the router's order until `attempt` succeeds, the
-     * caller is at fault, attempts run out, or the deadline passes.
+     * caller is at fault, attempts run out, or the deadline passes. A round
+     * walks the policy's models in order: the asked one (`attempt`), then
+     * each fallback (`attemptOn(model)`), each planned when its turn comes.
      */
     const failover = <A>(
-      model: string,
-      attempt: (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>,
+      policy: Policy,
+      attempt: AttemptOn<A>,
+      attemptOn: (model: string) => AttemptOn<A>,
       resume?: Resume<A>
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-      const servers = serving(model)
-      if (servers.length === 0) return Effect.fail(new UnknownModel({ model }))
+      const model = policy.models[0]!
+      const maxAttempts = policy.maxAttempts
+      const servers = servingUnder(model, policy.pin)
+      if (servers.length === 0) {
+        if (policy.pin === undefined || serving(model).length === 0) return Effect.fail(new UnknownModel({ model }))
+        return Effect.fail(new NoUpstreamAvailable({
+          model,
+          attempts: 0,
+          failures: [{ upstream: policy.pin, reason: `does not serve '${model}'` }],
+          retryAfter: undefined
+        }))
+      }
       const progress: Progress = resume?.progress ?? newProgress()
+
+      /**
+       * One round: whether it made any upstream call, and the upstreams its
+       * plans left out (with a cooldown's end, when that is why).
+       */
+      interface Round {
+        readonly n: number
+        readonly waits: number
+        called: boolean
+        readonly excluded: Array<readonly [Upstream.Upstream, Router.Exclusion, number | undefined]>
+      }
 
       /**
        * `n`: the number of this round among those that call upstreams (retry
@@ -970,31 +1111,50 @@ export const makeWith = (
        * request that waited out a cooldown still has all its rounds.
        */
       const round = (n: number, waits: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
-        Effect.clockWith((clock) => {
+        walk({ n, waits, called: false, excluded: [] }, 0)
+
+      /** Plans the round's `k`th model (0: the asked one) and tries its upstreams. */
+      const walk = (r: Round, k: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        if (k >= policy.models.length) return nextRound(r)
+        const on = k === 0 ? servers : servingUnder(policy.models[k]!, policy.pin)
+        if (on.length === 0) return walk(r, k + 1)
+        return Effect.clockWith((clock) => {
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
-            Effect.flatMap(router.plan(servers, now, active), (plan) => planned(n, waits, now, active, plan, undefined)))
+            Effect.flatMap(router.plan(on, now, active), (plan) => planned(r, k, active, plan, undefined)))
         })
+      }
 
       /**
-       * A round over `plan`; `first`: how the attempt on its first upstream
-       * already went (the hot path made it), if it did.
+       * The round's `k`th model over `plan`; `first`: how the attempt on its
+       * first upstream already went (the hot path made it), if it did.
        */
       const planned = (
-        n: number,
-        waits: number,
-        now: number,
+        r: Round,
+        k: number,
         active: ReadonlyMap<string, Cooldown.Cooldown>,
         plan: Router.Plan,
         first: Attempted<A> | undefined
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        const m = policy.models[k]!
+        progress.model = k === 0 ? undefined : m
+        const run = k === 0 ? attempt : attemptOn(m)
+        /** Who lacks what: an upstream lacking the asked model may still serve a fallback. */
+        const lackKey = (u: Upstream.Upstream) => k === 0 ? u.name : `${u.name}\u0000${m}`
+        const note = (f: Failure) => progress.failures.push(k === 0 ? f : { ...f, reason: `${f.reason} (model ${m})` })
         const attemptsBefore = first === undefined ? progress.attempts : 0
         const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
           if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
-          if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
+          if (i >= plan.order.length) {
+            if (progress.attempts > attemptsBefore) r.called = true
+            for (const [u, why] of plan.excluded) {
+              r.excluded.push([u, why, why === "cooling-down" || why === "auth-failed" ? active.get(u.name)?.until : undefined])
+            }
+            return walk(r, k + 1)
+          }
           const u = plan.order[i]!
-          if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
-          return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+          if (progress.lacking !== undefined && progress.lacking.has(lackKey(u))) return tryAt(i + 1)
+          return Effect.flatMap(run(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
         }
         const after = (
           i: number,
@@ -1006,12 +1166,22 @@ export const makeWith = (
             case "Ok":
               return Effect.succeed([outcome.value, u, progress] as const)
             case "Skipped":
-              progress.failures.push({ upstream: u.name, reason: outcome.reason })
+              note({ upstream: u.name, reason: outcome.reason })
               return tryAt(i + 1)
             case "Failed": {
               const error = outcome.error
+              if (error._tag === "UpstreamRejected" && error.untranslatable !== undefined) {
+                // Refused before any call (a field this kind cannot take): no
+                // attempt spent, and another upstream may take the request.
+                progress.attempts--
+                progress.refused ??= error
+                note({ upstream: u.name, reason: `cannot take '${error.untranslatable}'`, kind: "unsupported" })
+                progress.lacking ??= new Set()
+                progress.lacking.add(lackKey(u))
+                return tryAt(i + 1)
+              }
               progress.last = u.name
-              progress.failures.push(failureOf(error))
+              note(failureOf(error))
               if (error._tag === "UpstreamRejected") {
                 return Effect.fail(
                   new UpstreamRejected({
@@ -1026,7 +1196,7 @@ export const makeWith = (
               if (error._tag === "UpstreamModelNotFound") {
                 progress.notFound = error
                 progress.lacking ??= new Set()
-                progress.lacking.add(u.name)
+                progress.lacking.add(lackKey(u))
                 return tryAt(i + 1)
               }
               // An upstream may ask for retries on itself (transient
@@ -1042,45 +1212,35 @@ export const makeWith = (
         return first === undefined ? tryAt(0) : after(0, 0, plan.order[0]!, first)
       }
 
-      /** Every upstream was tried or left out: wait for one, back off, or give up. */
-      const nextRound = (
-        n: number,
-        waits: number,
-        plan: Router.Plan,
-        now: number,
-        active: ReadonlyMap<string, Cooldown.Cooldown>,
-        called: boolean
-      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
-        Effect.flatMap(
-          Effect.forEach(plan.excluded, ([u, why]) =>
-            why === "cooling-down" || why === "auth-failed"
-              ? Effect.succeed(active.get(u.name)?.until)
-              : why === "circuit-open"
-              ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
-              : Effect.succeed(undefined)),
-          (comebacks) => afterRound(n, waits, plan, now, called, comebacks)
-        )
+      /** Every model's upstreams were tried or left out: wait for one, back off, or give up. */
+      const nextRound = (r: Round): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+        Effect.clockWith((clock) =>
+          Effect.flatMap(
+            Effect.forEach(r.excluded, ([u, why, until]) =>
+              why === "circuit-open"
+                ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
+                : Effect.succeed(until)),
+            (comebacks) => afterRound(r, clock.unsafeCurrentTimeMillis(), comebacks)
+          ))
 
       /**
-       * `called`: whether this round made any upstream call. A round where
-       * every upstream was left out or refused by our own protections waits
-       * for the first to come back (cooldown or open breaker), within
-       * `maxRetryAfter`, or reports that none is available.
+       * A round where every upstream was left out or refused by our own
+       * protections (none was called) waits for the first to come back
+       * (cooldown or open breaker), within `maxRetryAfter`, or reports that
+       * none is available.
        */
       const afterRound = (
-        n: number,
-        waits: number,
-        plan: Router.Plan,
+        r: Round,
         now: number,
-        called: boolean,
         comebacks: ReadonlyArray<number | undefined>
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-        const excluded = plan.excluded.map(([u, why]): Failure =>
+        const { n, waits } = r
+        const excluded = r.excluded.map(([u, why]): Failure =>
           why === "auth-failed" ? { upstream: u.name, reason: why, kind: why } : { upstream: u.name, reason: why }
         )
         let soonest: number | undefined
         for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
-        if (!called) {
+        if (!r.called) {
           const waitMillis = soonest === undefined ? undefined : soonest - now
           if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && waits < maxRounds + 1) {
             return Effect.flatMap(Timeout.remaining, (left) =>
@@ -1100,9 +1260,9 @@ export const makeWith = (
 
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
-      if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), budget)
-      const body = planned(1, 0, resume.now, resume.active, resume.plan, resume.first)
-      return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, budget)
+      if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), policy.budget)
+      const body = planned({ n: 1, waits: 0, called: false, excluded: [] }, 0, resume.active, resume.plan, resume.first)
+      return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, policy.budget)
     }
 
     /** Sleeps a full-jitter backoff before retry `n` (on `u`, or a new round); false when the deadline forbids. */
@@ -1125,10 +1285,14 @@ export const makeWith = (
       if (failures.length === 0) return undefined
       let auth = 0
       let missing = 0
+      let unsupported = 0
       for (const f of failures) {
         if (f.kind === "auth-failed") auth++
         else if (f.kind === "model-not-found") missing++
+        else if (f.kind === "unsupported") unsupported++
       }
+      // No upstream could take the request as it is: the 400 naming the field.
+      if (unsupported > 0 && unsupported + missing === failures.length) return refusal(progress.refused!, progress, [])
       if (missing === failures.length && progress.notFound !== undefined) {
         const { body, contentType, status, upstream } = progress.notFound
         return new UpstreamRejected({ upstream, status, body, contentType, attempts: progress.attempts })
@@ -1143,7 +1307,40 @@ export const makeWith = (
     const allFailed = (model: string, progress: Progress, excluded: ReadonlyArray<Failure>): RelayError => {
       const failures = excluded.length === 0 ? progress.failures : [...progress.failures, ...excluded]
       return conclusive(model, failures, progress) ??
-        new AllUpstreamsFailed({ model, attempts: progress.attempts, failures, upstream: progress.last })
+        (progress.refused !== undefined
+          ? refusal(progress.refused, progress, failures)
+          : new AllUpstreamsFailed({ model, attempts: progress.attempts, failures, upstream: progress.last }))
+    }
+
+    /**
+     * A field some upstream's kind cannot take, when no upstream answered: a
+     * 400 naming it (its `param`), saying what became of the upstreams that
+     * could have taken it (`others`: failures other than refusals), so the
+     * caller can drop the field or wait.
+     */
+    const refusal = (refused: UpstreamRejected, progress: Progress, failures: ReadonlyArray<Failure>): UpstreamRejected => {
+      const others = failures.filter((f) => f.kind !== "unsupported")
+      let body = refused.body
+      if (others.length > 0) {
+        try {
+          const error = (JSON.parse(body) as { error: { message: string; param: string | null; code: string | null } }).error
+          body = OpenAI.errorBody(
+            `${error.message}. The upstreams that could take it did not answer: ${describe(others)}`,
+            "invalid_request_error",
+            error.param,
+            error.code
+          )
+        } catch {
+          // The refusal's own body, as it came.
+        }
+      }
+      return new UpstreamRejected({
+        upstream: refused.upstream,
+        status: refused.status,
+        body,
+        contentType: refused.contentType,
+        attempts: progress.attempts
+      })
     }
 
     const noneAvailable = (
@@ -1154,7 +1351,10 @@ export const makeWith = (
     ): RelayError => {
       if (progress.attempts > 0) return allFailed(model, progress, excluded)
       const failures = [...progress.failures, ...excluded]
-      return conclusive(model, failures, progress) ?? new NoUpstreamAvailable({
+      const known = conclusive(model, failures, progress)
+      if (known !== undefined) return known
+      if (progress.refused !== undefined) return refusal(progress.refused, progress, failures)
+      return new NoUpstreamAvailable({
         model,
         attempts: progress.attempts,
         failures,
@@ -1215,6 +1415,7 @@ export const makeWith = (
 
     const finish = (
       model: string,
+      answered: string,
       key: string,
       value: readonly [Classified, number],
       u: Upstream.Upstream,
@@ -1224,13 +1425,14 @@ export const makeWith = (
     ): Effect.Effect<Result> =>
       Effect.clockWith((clock) => {
         const [classified, started] = value
-        const { costUsd, metadata, usage } = priced(model, classified, started, clock.unsafeCurrentTimeMillis(), u, progress, status, chatRequest)
+        const { costUsd, metadata, usage } = priced(model, answered, classified, started, clock.unsafeCurrentTimeMillis(), u, progress, status, chatRequest)
         return Effect.as(pricing.record({ upstream: u.name, model, key }, usage, costUsd), { body: classified.body, metadata })
       })
 
-    /** A result's usage (estimated for a chat answer without any), cost and metadata. */
+    /** A result's usage (estimated for a chat answer without any), cost (by `model`, as sent) and metadata. */
     const priced = (
       model: string,
+      answered: string,
       classified: Classified,
       started: number,
       now: number,
@@ -1250,6 +1452,7 @@ export const makeWith = (
       const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
       const metadata: Metadata = {
         upstream: u.name,
+        model: answered,
         attempts: progress.attempts,
         latencyMs: now - started,
         cache: status,
@@ -1281,9 +1484,17 @@ export const makeWith = (
     ): Effect.Effect<Result, RelayError> => {
       const general = (resume?: Resume<readonly [Classified, number]>) =>
         Effect.flatMap(
-          failover(request.model, jsonAttempt(path, request, tokens, options?.rawBody, inspect), resume),
-          ([value, u, progress]) =>
-            finish(u.modelFor(request.model) ?? request.model, options?.key ?? "anonymous", value, u, progress, status, chatRequest)
+          failover(
+            policyOf(request.model, options),
+            jsonAttempt(path, request, tokens, options?.rawBody, inspect),
+            // A fallback model: the request as it is, under that model's name.
+            (model) => jsonAttempt(path, { ...request, model }, tokens, undefined, inspect),
+            resume
+          ),
+          ([value, u, progress]) => {
+            const answered = progress.model ?? request.model
+            return finish(u.modelFor(answered) ?? answered, answered, options?.key ?? "anonymous", value, u, progress, status, chatRequest)
+          }
         )
       if (!hotPath) return general()
       return Effect.withFiberRuntime((fiber) => hot(fiber, general, path, request, tokens, options, inspect, status, chatRequest))
@@ -1326,8 +1537,12 @@ export const makeWith = (
       status: ResponseCache.Status,
       chatRequest: OpenAI.ChatCompletionRequest | undefined
     ): Effect.Effect<Result, RelayError> => {
-      const servers = serving(request.model)
+      const pin = options?.upstream
+      const servers = pin === undefined ? serving(request.model) : servingUnder(request.model, pin)
       if (servers.length === 0) return general()
+      // A caller's `timeout` may only shorten the request's deadline.
+      const timeout = options?.timeout
+      const reqBudget = timeout === undefined || Duration.greaterThan(timeout, budget) ? budget : timeout
       const services = fiber.currentDefaultServices
       const random = (Context.get(services, Random.Random) as unknown as { readonly PRNG?: Router.UnsafeRandom }).PRNG
       if (random === undefined || typeof random.number !== "function" || typeof random.integer !== "function") return general()
@@ -1336,7 +1551,7 @@ export const makeWith = (
       // The request's deadline, as `withCooperativeDeadline` sets it: its
       // own, unless an enclosing one is sooner.
       const outer = Timeout.unsafeDeadlineOf(fiber)
-      const own = now + budgetMillis
+      const own = now + (reqBudget === budget ? budgetMillis : Duration.toMillis(reqBudget))
       const deadline = outer !== undefined && outer[0] <= own ? undefined : own
       const active = unsafeActive!(now)
       const plan = unsafePlan!(servers, now, active, random)
@@ -1361,7 +1576,7 @@ export const makeWith = (
       if (slots.available <= 0 || slots.waiting > 0) return handOver(undefined)
       const ticket = breaker.unsafeTryAdmit()
       if (ticket === undefined) return handOver(undefined)
-      const limit = limitOf(u, outer !== undefined && deadline === undefined ? outer : [own, budget], now)
+      const limit = limitOf(u, outer !== undefined && deadline === undefined ? outer : [own, reqBudget], now)
       if (limit.millis <= 0) return handOver(undefined)
 
       // The account limits, in the general path's order; a refusal skips the upstream.
@@ -1406,7 +1621,7 @@ export const makeWith = (
             latencyBy(u.name).unsafeUpdate(latency, tags)
             const model = u.modelFor(request.model) ?? request.model
             const classified: Classified = { _tag: "Ok", body: reply.text, usage: inspected.usage }
-            const { costUsd, metadata, usage } = priced(model, classified, started, end, u, progress, status, chatRequest)
+            const { costUsd, metadata, usage } = priced(model, request.model, classified, started, end, u, progress, status, chatRequest)
             const key = options?.key ?? "anonymous"
             if (pricing.unsafeRecord !== undefined) pricing.unsafeRecord({ upstream: u.name, model, key }, usage, costUsd, tags)
             else effects.push(pricing.record({ upstream: u.name, model, key }, usage, costUsd))
@@ -1489,21 +1704,32 @@ export const makeWith = (
         return chatUncached(request, options, "bypass")
       }
       // The cache stores "<upstream>\n<body>": cheap to write and to split.
+      // A fallback model's answer is "<upstream>\0<model>\n<body>" for the
+      // requests that joined its flight, and is then dropped: the caller
+      // asked for another model, which may be back next time.
       let fresh: Result | undefined
       const compute = Effect.map(chatUncached(request, options, "miss"), (result) => {
         fresh = result
-        return `${result.metadata.upstream}\n${result.body}`
+        return result.metadata.model === request.model
+          ? `${result.metadata.upstream}\n${result.body}`
+          : `${result.metadata.upstream}\u0000${result.metadata.model}\n${result.body}`
       })
       return Effect.clockWith((clock) => {
         const started = clock.unsafeCurrentTimeMillis()
         const k = cache.key(request, sharedCache ? undefined : options?.key ?? "anonymous")
-        return Effect.map(cache.getOrCompute(k, compute, options?.cache), (lookup): Result => {
-          if (lookup.status !== "hit" && fresh !== undefined) return { ...fresh, metadata: { ...fresh.metadata, cache: lookup.status } }
+        return Effect.flatMap(cache.getOrCompute(k, compute, options?.cache), (lookup): Effect.Effect<Result> => {
+          if (lookup.status !== "hit" && fresh !== undefined) {
+            const result: Result = { ...fresh, metadata: { ...fresh.metadata, cache: lookup.status } }
+            return fresh.metadata.model === request.model ? Effect.succeed(result) : Effect.as(cache.invalidate(k), result)
+          }
           const nl = lookup.value.indexOf("\n")
-          return {
+          const head = lookup.value.slice(0, nl)
+          const sep = head.indexOf("\u0000")
+          return Effect.succeed({
             body: lookup.value.slice(nl + 1),
             metadata: {
-              upstream: lookup.value.slice(0, nl),
+              upstream: sep < 0 ? head : head.slice(0, sep),
+              model: sep < 0 ? request.model : head.slice(sep + 1),
               attempts: 0,
               latencyMs: clock.unsafeCurrentTimeMillis() - started,
               cache: "hit",
@@ -1512,7 +1738,7 @@ export const makeWith = (
               usageEstimated: false,
               failures: []
             }
-          }
+          })
         })
       })
     }
@@ -1635,7 +1861,9 @@ export const makeWith = (
         const scope = yield* Scope.make()
         const tokens = OpenAI.estimateTokens(request)
         const callerAsked = request.stream_options?.include_usage === true
-        const attempt = (u: Upstream.Upstream, progress: Progress, panic: boolean) => {
+        /** An attempt for `request` (the asked model's, or a fallback's under its name; `raw`: the caller's bytes). */
+        const attemptFor = (request: OpenAI.ChatCompletionRequest, raw: string | Uint8Array | undefined) =>
+        (u: Upstream.Upstream, progress: Progress, panic: boolean) => {
           const trace = tracing === undefined ? undefined : newTrace()
           const attempted = Effect.gen(function*() {
             const clock = yield* Effect.clock
@@ -1665,7 +1893,7 @@ export const makeWith = (
             }
             const call = Effect.suspend(() => {
               progress.attempts++
-              const body = streamBodyFor(u, request, options?.rawBody, callerAsked)
+              const body = streamBodyFor(u, request, raw, callerAsked)
               if (trace === undefined) return openStream(u, body, attemptScope)
               return startAttempt(
                 u,
@@ -1696,12 +1924,17 @@ export const makeWith = (
             ? attempted
             : Effect.clockWith((clock) => Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, true)))
         }
-        const [opened, u, progress] = yield* failover(request.model, attempt).pipe(
+        const [opened, u, progress] = yield* failover(
+          policyOf(request.model, options),
+          attemptFor(request, options?.rawBody),
+          (model) => attemptFor({ ...request, model }, undefined)
+        ).pipe(
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
         const clock = yield* Effect.clock
         const key = options?.key ?? "anonymous"
-        const priced = u.modelFor(request.model) ?? request.model
+        const answered = progress.model ?? request.model
+        const priced = u.modelFor(answered) ?? answered
         const idle = u.streamIdleTimeout ?? streamIdleTimeout
         const idleMillis = Duration.toMillis(idle)
 
@@ -1841,6 +2074,7 @@ export const makeWith = (
         )
         const done: Effect.Effect<Metadata> = Effect.map(end, (): Metadata => ({
           upstream: u.name,
+          model: answered,
           attempts: progress.attempts,
           latencyMs,
           cache: "bypass",
@@ -1851,7 +2085,7 @@ export const makeWith = (
           streamOutcome: ended,
           ...(streamError === undefined ? {} : { streamError: reasonOf(streamError) })
         }))
-        return { events, upstream: u.name, attempts: progress.attempts, done }
+        return { events, upstream: u.name, model: answered, attempts: progress.attempts, done }
       })
 
     const ready = Effect.clockWith((clock) => {
@@ -1860,7 +2094,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready })
+    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`

@@ -132,6 +132,11 @@ export class UpstreamRejected extends Data.TaggedError("UpstreamRejected")<{
   readonly contentType: string | undefined
   /** Upstream calls the request made, this one included, when the relay counted them. */
   readonly attempts?: number | undefined
+  /**
+   * Set when the refusal is ours, not the upstream's: a request field (this
+   * path) that the upstream's kind cannot take. Another upstream may.
+   */
+  readonly untranslatable?: string | undefined
 }> {
   readonly retryable = false
   override get message(): string {
@@ -155,6 +160,13 @@ export type UpstreamError =
  * about the model is the upstream's, see {@link UpstreamModelNotFound}.)
  */
 export const isCallerError = (status: number): boolean => status === 400 || status === 404 || status === 422
+
+/**
+ * Set by `ProviderClient` on its 400 for a request field an upstream's kind
+ * cannot take (naming the field): the relay then tries another upstream
+ * before answering that 400.
+ */
+export const UNTRANSLATABLE_HEADER = "x-breakwater-untranslatable"
 
 /** Statuses by which an upstream refuses the gateway's key for it. */
 export const isAuthError = (status: number): boolean => status === 401 || status === 403

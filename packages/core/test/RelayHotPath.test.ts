@@ -22,6 +22,7 @@ import * as TestClock from "effect/TestClock"
 import * as Cooldown from "../src/Cooldown.js"
 import type * as OpenAI from "../src/OpenAI.js"
 import * as Pricing from "../src/Pricing.js"
+import * as ProviderClient from "../src/providers/ProviderClient.js"
 import * as RateLimiter from "../src/RateLimiter.js"
 import * as Relay from "../src/Relay.js"
 import * as ResponseCache from "../src/ResponseCache.js"
@@ -254,5 +255,47 @@ describe("the first attempt of a simple request", () => {
       yield* TestClock.adjust("2 seconds")
       expect((yield* relay.chat(request())).metadata.upstream).toBe("a")
       expect(calls).toEqual(["a", "b", "a"])
+    }))
+})
+
+describe("ProviderClient keeps the hot path for plain OpenAI upstreams", () => {
+  /** The relay over `ProviderClient` over the low-level client: `a` plain OpenAI, `claude` Anthropic. */
+  const overProviders = (script: Script) =>
+    Effect.gen(function*() {
+      const low = lowLevel(script)
+      const translated = yield* ProviderClient.make(
+        low.client,
+        (name) => name === "claude" ? { kind: "anthropic" } : name === "a" ? { kind: "openai" } : undefined
+      )
+      const relay = yield* setup(translated, {
+        upstreams: [upstream("a", { priority: 1 }), upstream("claude", { priority: 2, baseUrl: "http://127.0.0.1:9/v1" })],
+        retry: { maxRetries: 0 }
+      })
+      return { ...low, translated, relay }
+    })
+
+  it.scoped("a plain upstream behind ProviderClient is called through unsafePost: no fiber, a handful of operations", () =>
+    Effect.gen(function*() {
+      const { calls, relay, translated } = yield* overProviders(() => ok("from a"))
+      expect(translated.unsafePost).toBeDefined()
+      // Warm up: per-model and per-label caches are filled on the first request.
+      yield* relay.chat(request())
+      const empty = new Counting()
+      yield* counted(Effect.void, empty)
+      const counting = new Counting()
+      const result = yield* counted(relay.chat(request()), counting)
+      expect(result.metadata.upstream).toBe("a")
+      expect(calls).toEqual(["a", "a"])
+      expect(counting.fibers).toBe(0)
+      expect(counting.ops - empty.ops).toBeLessThanOrEqual(16)
+    }))
+
+  it.scoped("a translated upstream is still served (its post in a fiber of the layer's own): the refusal of a field it cannot take comes back", () =>
+    Effect.gen(function*() {
+      const { relay } = yield* overProviders(() => status(503))
+      // a fails (503); claude cannot take logprobs: refused before any call, named.
+      const error = yield* Effect.flip(relay.chat({ ...request(), logprobs: true }))
+      expect(error._tag).toBe("UpstreamRejected")
+      expect(error._tag === "UpstreamRejected" && JSON.parse(error.body).error.param).toBe("logprobs")
     }))
 })

@@ -47,8 +47,8 @@
  *     apiKey: ${AZURE_KEY}
  *     deployments: { gpt-4.1: my-gpt41 }  # required for azure-openai: model -> deployment
  *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
- * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s }
- * #        fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] }   # validated; not yet applied
+ * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s,
+ *            fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] } }   # when every gpt-4.1 upstream failed
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
  * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
@@ -1474,17 +1474,6 @@ const readReason = (e: unknown): string => {
 }
 
 /**
- * What the file may say and `parse` validates, but the relay does not
- * apply yet (model fallbacks are being built, issue 14):
- * `routing.fallbacks`. `load` (so `check-config`, start and reload) refuses
- * it rather than serve without it.
- */
-export const notYetServed = (config: ServerConfig): Array<Problem> =>
-  Object.keys(config.routing.fallbacks).length > 0
-    ? [{ path: "routing.fallbacks", message: "is validated but not yet applied by this version of the relay" }]
-    : []
-
-/**
  * How to call each upstream that is not a plain OpenAI one (another kind,
  * another `auth`, extra headers), by name, for core's `ProviderClient`.
  * Empty when every upstream is plain: the client is then used as it is.
@@ -1519,11 +1508,7 @@ export const load = (
     try: () => fs.readFile(file, "utf8"),
     catch: (e) => new ConfigUnreadable({ file, reason: readReason(e) })
   }).pipe(
-    Effect.flatMap((text) => parse(text, { file, env })),
-    Effect.flatMap((config) => {
-      const problems = notYetServed(config)
-      return problems.length === 0 ? Effect.succeed(config) : Effect.fail(new ConfigInvalid({ file, problems }))
-    })
+    Effect.flatMap((text) => parse(text, { file, env }))
   )
 
 /** The relay's options from the config (keys, pricing, cache size and the rest are the server's). */
@@ -1560,6 +1545,7 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   })),
   maxAttempts: config.routing.maxAttempts,
   requestTimeout: config.routing.requestTimeout,
+  fallbacks: config.routing.fallbacks,
   router: { strategy: config.routing.strategy, panic: config.routing.panic },
   breaker: breakerOptions(config.breaker),
   retry: { ...config.retry },

@@ -25,6 +25,7 @@ import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import * as Console from "./Console.js"
+import * as Controls from "./Controls.js"
 import type * as Events from "./Events.js"
 import { type Admitted, bearerToken, type BudgetExceeded, type Caller, type Charged, Gateway, type KeyRateLimited, type ModelNotPriced, Unauthorized } from "./Gateway.js"
 import * as Prometheus from "./Prometheus.js"
@@ -187,6 +188,8 @@ interface Log {
   deferred: boolean
   key: string
   model: string | undefined
+  /** The model that answered, when a fallback did (not the asked one). */
+  servedModel: string | undefined
   upstream: string | undefined
   attempts: number | undefined
   status: number
@@ -338,11 +341,12 @@ export const make = (options: Options) =>
 
     /** The relay's headers; a stream's cost and latency are not known when its headers go out. */
     const relayedHeaders = (
-      m: Relay.Metadata | { readonly upstream: string; readonly attempts: number },
+      m: Relay.Metadata | { readonly upstream: string; readonly model: string; readonly attempts: number },
       charged?: Charged
     ) => {
       const h: Record<string, string> = {
         "x-breakwater-upstream": m.upstream,
+        "x-breakwater-model": m.model,
         "x-breakwater-attempts": String(m.attempts)
       }
       if ("cache" in m) {
@@ -402,10 +406,20 @@ export const make = (options: Options) =>
       }
       const request_ = decoded.right
       log.model = request_.model
+      const controls = Controls.read(request.headers, request_.model, relay)
+      if (controls !== undefined && Controls.isInvalid(controls)) return Effect.succeed(invalidControl(controls))
       const promptTokens = embeddingTokens(request_.input)
       return admitThen(caller, { model: request_.model, promptTokens, maxOutputTokens: 0 }, 1, (admitted) =>
-        relayedJson(log, admitted, relay.embeddings(request_, { key: caller.name, rawBody: body })))
+        relayedJson(
+          log,
+          admitted,
+          relay.embeddings(request_, controls === undefined ? { key: caller.name, rawBody: body } : { key: caller.name, rawBody: body, ...controls })
+        ))
     }
+
+    /** A control header the gateway cannot honour: a 400 naming it. */
+    const invalidControl = (e: Controls.InvalidControl): Reply =>
+      failure(400, e.message, "invalid_request_error", "invalid_header", e.header)
 
     /** Admits the request (a key's limits and budget), then runs `then`; a refusal is the reply. */
     const admitThen = (
@@ -492,6 +506,7 @@ export const make = (options: Options) =>
 
     const noteResult = (log: Log, m: Relay.Metadata, charged?: Charged) => {
       log.upstream = m.upstream
+      if (m.model !== log.model) log.servedModel = m.model
       log.attempts = m.attempts
       log.cache = m.cache
       log.costUsd = charged?.usd ?? m.costUsd
@@ -511,6 +526,8 @@ export const make = (options: Options) =>
       raw: string
     ): Effect.Effect<Reply> => {
       log.model = body.model
+      const controls = Controls.read(request.headers, body.model, relay)
+      if (controls !== undefined && Controls.isInvalid(controls)) return Effect.succeed(invalidControl(controls))
       const tokens = OpenAI.estimateTokens(body)
       const maxOutputTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
       return admitThen(
@@ -518,7 +535,9 @@ export const make = (options: Options) =>
         { model: body.model, promptTokens: tokens - (maxOutputTokens ?? 0), maxOutputTokens },
         tokens,
         (admitted) => {
-          const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+          const options: Relay.CallOptions = controls === undefined
+            ? { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+            : { key: caller.name, rawBody: raw, cache: cacheControl(request), ...controls }
           if (body.stream === true) return chatStream(log, admitted, body, options)
           return relayedJson(log, admitted, relay.chat(body, options))
         }
@@ -534,6 +553,7 @@ export const make = (options: Options) =>
       relay.chatStream(body, options).pipe(
         Effect.map((result): Reply => {
           log.upstream = result.upstream
+          if (result.model !== log.model) log.servedModel = result.model
           log.attempts = result.attempts
           log.cache = "bypass"
           log.deferred = true
@@ -828,6 +848,10 @@ export const make = (options: Options) =>
         costUsd: log.costUsd ?? 0
       }
       if (log.costBasis !== undefined) fields["costBasis"] = log.costBasis
+      if (log.servedModel !== undefined) {
+        fields["servedModel"] = log.servedModel
+        fallbacksBy(modelLabel(log.model), modelLabel(log.servedModel), String(status)).unsafeUpdate(1, NO_TAGS)
+      }
       if (log.failures !== undefined) fields["failures"] = log.failures
       if (log.outcome !== undefined) {
         fields["outcome"] = log.outcome
@@ -864,6 +888,7 @@ export const make = (options: Options) =>
         deferred: false,
         key: "anonymous",
         model: undefined,
+        servedModel: undefined,
         upstream: undefined,
         attempts: undefined,
         status: 0,
@@ -997,6 +1022,12 @@ const endRequestSpan = (
 const NO_TAGS: ReadonlyArray<never> = []
 
 const requestsBy = taggedBy(requestsCounter, ["upstream", "model", "key", "status"])
+/** Requests a fallback model answered: the asked `model`, the `fallback` that answered. */
+const fallbacksCounter = Metric.counter("breakwater_fallbacks_total", {
+  description: "Requests answered by a fallback model, by asked model and answering model",
+  incremental: true
+})
+const fallbacksBy = taggedBy(fallbacksCounter, ["model", "fallback", "status"])
 
 /** Prompt tokens of an embeddings input, estimated as the chat estimate does (4 characters a token). */
 const embeddingTokens = (input: OpenAI.EmbeddingsRequest["input"]): number => {

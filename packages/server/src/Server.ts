@@ -121,11 +121,17 @@ const pipelineLayer = (
     Gateway.Gateway,
     Effect.flatMap(Relay.Relay, (r) =>
       Gateway.make(config.keys, {
-        // What a request for `model` may be sent as: one name per upstream that serves it.
-        targets: (model) => r.upstreams.flatMap((u) => {
-          const target = u.modelFor(model)
-          return target === undefined ? [] : [target]
-        }),
+        // What a request for `model` may be sent as: one name per upstream that
+        // serves it or one of its fallbacks (a budget holds the highest price).
+        targets: (model) => {
+          const fallbacks = r.fallbacksOf(model)
+          return (fallbacks.length === 0 ? [model] : [model, ...fallbacks]).flatMap((m) =>
+            r.upstreams.flatMap((u) => {
+              const target = u.modelFor(m)
+              return target === undefined ? [] : [target]
+            })
+          )
+        },
         unknown: config.pricingPolicy.unknown,
         estimatedOutputTokens: config.pricingPolicy.estimatedOutputTokens
       }))

@@ -270,7 +270,9 @@ const run = (
       const tryIt = [
         `curl -s ${running.url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
         `    -d '{"model":"gpt-4.1","messages":[{"role":"user","content":"Hello!"}]}'`,
-        `curl -s ${running.url}/admin/upstreams -H 'authorization: Bearer demo-admin-key'`
+        `curl -s ${running.url}/admin/upstreams -H 'authorization: Bearer demo-admin-key'`,
+        `curl -si ${running.url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
+        `    -d '{"model":"${Demo.OUTAGE_MODEL}","messages":[{"role":"user","content":"Hello!"}]}'`
       ]
       const headline = `Breakwater demo on ${running.url} (ready in ${ms} ms)`
       yield* format === "pretty"
@@ -279,6 +281,8 @@ const run = (
             headline,
             `  upstreams (in-process fakes): ${demo.upstreams.map((u) => `${u.name} ${u.url}`).join(", ")}`,
             `  flaky answers 429 to 30% of requests, slow takes 250-500 ms, steady is healthy.`,
+            `  ${Demo.OUTAGE_MODEL}'s only upstream (outage) is down: its requests fall back to ${Demo.FALLBACK_MODEL}`,
+            `  on claude (Anthropic's protocol); see x-breakwater-model in the last curl's headers.`,
             `  admin key: demo-admin-key   metrics: ${running.url}/metrics`,
             `  console: ${running.url}/console (sign in with the admin key)`,
             ``,

@@ -188,17 +188,14 @@ upstreams:
 })
 
 describe("Config.load", () => {
-  it.effect("refuses routing.fallbacks, validated but not yet applied, rather than serve without them", () =>
+  it.effect("loads routing.fallbacks and hands them to the relay", () =>
     Effect.gen(function*() {
       const dir = mkdtempSync(join(tmpdir(), "bw-providers-"))
       const file = join(dir, "breakwater.yaml")
       writeFileSync(file, ALL_KINDS)
-      const error = yield* Effect.flip(Config.load(file, { ORG: "org-secret-0123" }))
-      expect(error._tag).toBe("ConfigInvalid")
-      expect(error._tag === "ConfigInvalid" && error.problems).toEqual([
-        { path: "routing.fallbacks", message: "is validated but not yet applied by this version of the relay" }
-      ])
-      expect(error.message).not.toContain("org-secret-0123")
+      const loaded = yield* Config.load(file, { ORG: "org-secret-0123" })
+      expect(Config.toRelayOptions(loaded).fallbacks).toEqual(loaded.routing.fallbacks)
+      expect(Object.keys(loaded.routing.fallbacks).length).toBeGreaterThan(0)
       const kinds = join(dir, "kinds.yaml")
       writeFileSync(kinds, ALL_KINDS.slice(0, ALL_KINDS.indexOf("routing:")))
       const config = yield* Config.load(kinds, { ORG: "org-secret-0123" })

@@ -119,7 +119,17 @@ describe("demo mode (no --config)", { timeout: 40_000 }, () => {
       const list = await fetch(admin[1]!, { headers: { authorization: `Bearer ${admin[2]!}` } })
       expect(list.status).toBe(200)
       const upstreams = (await list.json()) as { data: Array<{ name: string }> }
-      expect(upstreams.data.map((u) => u.name)).toEqual(["flaky", "slow", "steady"])
+      expect(upstreams.data.map((u) => u.name)).toEqual(["flaky", "slow", "steady", "outage", "claude"])
+
+      // The outage line: gpt-5's upstream is down, claude-sonnet-4.5 answers.
+      const outage = await p.waitForStdout(/curl -si (\S+\/v1\/chat\/completions) -H '([^']+)' \\\n\s+-d '([^']+)'/, 5_000)
+      const fell = await fetch(outage[1]!, { method: "POST", headers: { "content-type": "application/json" }, body: outage[3]! })
+      expect(fell.status).toBe(200)
+      expect(fell.headers.get("x-breakwater-model")).toBe("claude-sonnet-4.5")
+      expect(fell.headers.get("x-breakwater-upstream")).toBe("claude")
+      const answer = (await fell.json()) as { model: string; choices: Array<{ message: { content: string } }> }
+      expect(answer.model).toBe("claude-sonnet-4.5")
+      expect(answer.choices[0]?.message.content).toBe("Hello from claude")
     } finally {
       const exit = await p.stop()
       expect(exit.code).toBe(0)

@@ -217,7 +217,7 @@ describe("x-breakwater-upstream on every relayed upstream error", () => {
 })
 
 describe("GET /v1/models and /v1/models/{id}", () => {
-  it("demo mode (every upstream \"*\"): lists the models the fake upstreams report, not nothing", async () => {
+  it("demo mode: lists the demo's models (the OpenAI fakes', the outage's gpt-5, the fallback claude-sonnet-4.5), not nothing", async () => {
     const scope = Effect.runSync(Scope.make())
     try {
       const demo = await Effect.runPromise(Demo.make({ port: 0, host: "127.0.0.1" }).pipe(Scope.extend(scope)))
@@ -225,7 +225,7 @@ describe("GET /v1/models and /v1/models/{id}", () => {
       const client = new OpenAI({ baseURL: `${running.url}/v1`, apiKey: "demo", maxRetries: 0, fetch: recordingFetch })
       const ids = async () => (await client.models.list()).data.map((m) => m.id)
       expect(await eventually(4_000, async () => (await ids()).length > 0)).toBe(true)
-      expect(await ids()).toEqual([...Demo.DEMO_MODELS].sort())
+      expect(await ids()).toEqual([...Demo.DEMO_MODELS, Demo.OUTAGE_MODEL, Demo.FALLBACK_MODEL])
       expect((await client.models.retrieve("gpt-4.1-mini")).id).toBe("gpt-4.1-mini")
       await Server.drain(running, "200 millis")
     } finally {

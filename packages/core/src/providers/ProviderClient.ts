@@ -15,23 +15,27 @@
  *
  * Translated calls use undici's `request` on an Agent of their own (undici
  * is loaded when the layer is built): the underlying client always sends the
- * key as `Authorization: Bearer`, which Gemini would refuse.
+ * key as `Authorization: Bearer`, which Gemini would refuse. When the
+ * underlying client has the relay's low-level `unsafePost`, so does this one:
+ * plain OpenAI upstreams keep the relay's first-attempt fast path.
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Readable } from "node:stream"
 import * as OpenAI from "../OpenAI.js"
 import type { Upstream } from "../Upstream.js"
 import { type Reply, type StreamReply, type UndiciOptions, UpstreamClient } from "../UpstreamClient.js"
-import { type UpstreamError, UpstreamUnreachable } from "../UpstreamError.js"
+import { UNTRANSLATABLE_HEADER, type UpstreamError, UpstreamUnreachable } from "../UpstreamError.js"
 import * as Anthropic from "./Anthropic.js"
 import * as Azure from "./Azure.js"
 import * as Gemini from "./Gemini.js"
@@ -86,7 +90,9 @@ const replyFor = (error: UpstreamError): Reply => {
   }
 }
 
-const refusedReply = (error: UntranslatableField): Reply => json(400, untranslatableBody(error))
+/** The 400 for a field this kind cannot take, with the header by which the relay tries another upstream first. */
+const refusedReply = (error: UntranslatableField): Reply =>
+  json(400, untranslatableBody(error), { [UNTRANSLATABLE_HEADER]: error.field })
 
 const noModel = (upstream: string, what: string): Reply =>
   json(404, openAIError(`${upstream} does not serve ${what}`, "invalid_request_error", "model_not_found"))
@@ -382,7 +388,32 @@ export const make = (
       })
     }
 
-    return UpstreamClient.of({ post, postStream, get })
+    /**
+     * The relay's hot path (`unsafePost`, no fiber per call) whenever the
+     * underlying client has one: plain OpenAI upstreams go straight to it;
+     * translated ones run `post` in a fiber of this layer's runtime, as the
+     * relay would without `unsafePost`.
+     */
+    const underlyingUnsafe = underlying.unsafePost
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const unsafePost: UpstreamClient["unsafePost"] = underlyingUnsafe === undefined ? undefined : (u, path, body, extra, done) => {
+      const p = providerOf(u.name)
+      if (p === undefined || plain(p)) return underlyingUnsafe(u, path, body, extra, done)
+      const fiber = runFork(post(u, path, body, extra))
+      let aborted = false
+      fiber.addObserver((exit) => {
+        if (aborted) return
+        if (exit._tag === "Success") return done(undefined, exit.value)
+        const failure = Cause.failureOption(exit.cause)
+        done(failure._tag === "Some" ? failure.value : new UpstreamUnreachable({ upstream: u.name, reason: "translation failed" }), undefined)
+      })
+      return () => {
+        aborted = true
+        fiber.unsafeInterruptAsFork(fiber.id())
+      }
+    }
+
+    return UpstreamClient.of(unsafePost === undefined ? { post, postStream, get } : { post, postStream, get, unsafePost })
   })
 
 const lower = (headers: Readonly<Record<string, string>> | undefined): Record<string, string> => {
