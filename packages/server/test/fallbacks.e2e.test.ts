@@ -8,11 +8,11 @@
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import OpenAI, { APIError } from "openai"
+import OpenAI from "openai"
 import { describe, expect, it } from "vitest"
 import * as Demo from "../src/Demo.js"
 import * as Server from "../src/Server.js"
-import { captured, freePort, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
+import { captured, freePort, openAIError, recordingFetch, testBed, thrown, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-FALLBACKS-SECRET-1"
 const key = (name: string) => `sk-${name}-FALLBACKS-SECRET-2`
@@ -28,16 +28,6 @@ const sdk = (server: TestServer, headers: Record<string, string> = {}) =>
     fetch: recordingFetch,
     defaultHeaders: headers
   })
-
-const thrown = async (f: () => Promise<unknown>): Promise<APIError> => {
-  try {
-    await f()
-  } catch (e) {
-    if (e instanceof APIError) return e
-    throw e
-  }
-  throw new Error("expected a failure, got a success")
-}
 
 const hi = (model = "gpt-4.1") => ({ model, messages: [{ role: "user" as const, content: "hi" }] })
 

@@ -9,11 +9,11 @@ import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import OpenAI, { APIError, BadRequestError, InternalServerError, NotFoundError } from "openai"
+import OpenAI, { BadRequestError, InternalServerError, NotFoundError } from "openai"
 import { describe, expect, it } from "vitest"
 import * as Demo from "../src/Demo.js"
 import * as Server from "../src/Server.js"
-import { captured, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
+import { captured, openAIError, recordingFetch, testBed, thrown, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-UPSTREAMS-SECRET-1"
 const ADMIN_KEY = "admin-key-UPSTREAMS-SECRET-2"
@@ -42,16 +42,6 @@ const sdk = (server: TestServer) =>
   new OpenAI({ baseURL: `${server.url}/v1`, apiKey: GATEWAY_KEY, maxRetries: 0, timeout: 10_000, fetch: recordingFetch })
 
 const chat = (content: string, model = "gpt-4.1") => ({ model, messages: [{ role: "user" as const, content }] })
-
-const thrown = async (f: () => Promise<unknown>): Promise<APIError> => {
-  try {
-    await f()
-  } catch (e) {
-    if (e instanceof APIError) return e
-    throw e
-  }
-  throw new Error("expected a failure, got a success")
-}
 
 const admin = async (server: TestServer) => {
   const res = await recordingFetch(`${server.url}/admin/upstreams`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })

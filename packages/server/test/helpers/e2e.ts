@@ -12,6 +12,7 @@ import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import type * as Tracer from "effect/Tracer"
 import { createServer } from "node:net"
+import { APIError } from "openai"
 import { afterAll, beforeAll } from "vitest"
 import * as Config from "../../src/Config.js"
 import * as Server from "../../src/Server.js"
@@ -221,4 +222,15 @@ export const testBed = () => {
     return s
   }
   return { fakes, fake, serve }
+}
+
+/** The openai SDK's error from a call expected to fail (a success fails the test). */
+export const thrown = async (f: () => Promise<unknown>): Promise<APIError> => {
+  try {
+    await f()
+  } catch (e) {
+    if (e instanceof APIError) return e
+    throw e
+  }
+  throw new Error("expected a failure, got a success")
 }
