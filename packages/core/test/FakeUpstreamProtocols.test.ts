@@ -298,3 +298,46 @@ describe("FakeUpstream protocol: openai, callTools", () => {
     expect(after.choices[0].message.content).toBe("Hello from oa")
   })
 })
+
+describe("FakeUpstream: cachedTokens, and Anthropic's rate-limit headers on 429s", () => {
+  it("reports cache reads in each protocol's own fields, which the translations read as cached prompt tokens", async () => {
+    const prompt = Math.ceil("12345678".length / 4)
+    const request = chatRequest({})
+    const claude = await fake({ name: "claude", protocol: "anthropic", cachedTokens: 30 })
+    const a = await (await fetch(`${claude.url}${Anthropic.MESSAGES_PATH}`, {
+      method: "POST",
+      body: JSON.stringify(Either.getOrThrow(Anthropic.toRequest(request, { model: "c" })))
+    })).json() as any
+    expect(a.usage).toMatchObject({ input_tokens: prompt, cache_read_input_tokens: 30 })
+    expect(Anthropic.usageOf(a.usage)).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+
+    const gem = await fake({ name: "gem", protocol: "gemini", cachedTokens: 30 })
+    const g = await (await fetch(`${gem.url}${Gemini.chatPath("g", false)}`, {
+      method: "POST",
+      body: JSON.stringify(Either.getOrThrow(Gemini.toRequest(request)))
+    })).json() as any
+    expect(g.usageMetadata).toMatchObject({ promptTokenCount: prompt + 30, cachedContentTokenCount: 30 })
+    expect(Gemini.usageOf(g.usageMetadata)).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+
+    const oa = await fake({ name: "oa", cachedTokens: 30 })
+    const o = await (await fetch(`${oa.url}/chat/completions`, { method: "POST", body: JSON.stringify(request) })).json() as any
+    expect(o.usage).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+  })
+
+  it("an Anthropic 429 carries retry-after and the anthropic-ratelimit-* headers", async () => {
+    const u = await fake({
+      name: "claude",
+      protocol: "anthropic",
+      faults: {
+        status: 429,
+        retryAfter: "30",
+        rateLimitHeaders: { remainingRequests: 0, remainingTokens: 0, resetRequests: "50s", resetTokens: "50s" }
+      }
+    })
+    const res = await fetch(`${u.url}${Anthropic.MESSAGES_PATH}`, { method: "POST", body: "{}" })
+    expect(res.status).toBe(429)
+    expect(res.headers.get("retry-after")).toBe("30")
+    expect(res.headers.get("anthropic-ratelimit-requests-remaining")).toBe("0")
+    expect(Date.parse(res.headers.get("anthropic-ratelimit-requests-reset")!) - Date.now()).toBeGreaterThan(45_000)
+  })
+})

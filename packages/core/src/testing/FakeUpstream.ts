@@ -104,7 +104,7 @@ export interface Faults {
   streamStallAfter?: number | undefined
   /** Probability of destroying the socket without any response. */
   reset?: number | undefined
-  /** `x-ratelimit-*` headers sent on 200s. */
+  /** `x-ratelimit-*` headers sent on 200s (Anthropic: `anthropic-ratelimit-*` ones, on 200s and 429s). */
   rateLimitHeaders?: {
     remainingRequests: number
     remainingTokens: number
@@ -192,6 +192,14 @@ export interface Options {
    * answer with a call of the first tool (arguments `{}`), in any protocol.
    */
   callTools?: boolean | undefined
+  /**
+   * Prompt tokens reported as read from the provider's prompt cache, on top
+   * of the estimated prompt tokens: OpenAI's `prompt_tokens_details.cached_tokens`
+   * (counted in `prompt_tokens`), Anthropic's `cache_read_input_tokens` (not
+   * in `input_tokens`), Gemini's `cachedContentTokenCount` (counted in
+   * `promptTokenCount`). Default 0: no cache fields.
+   */
+  cachedTokens?: number | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -336,6 +344,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   const name = options.name ?? "fake"
   const protocol: Protocol = options.protocol ?? "openai"
   const callTools = options.callTools === true
+  const cachedTokens = options.cachedTokens ?? 0
   const defaultModel = options.model ?? "fake-model"
   const listed = options.models ?? [defaultModel]
   const modelList = protocol === "anthropic"
@@ -427,8 +436,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   }
 
   const retryExtra = (f: Faults): Record<string, string> | undefined => {
-    if (f.retryAfter === undefined && f.retryAfterMs === undefined) return undefined
-    const h: Record<string, string> = {}
+    // Anthropic sends its rate-limit headers on 429s too.
+    const anthropic = protocol === "anthropic" && f.rateLimitHeaders !== undefined
+    if (f.retryAfter === undefined && f.retryAfterMs === undefined && !anthropic) return undefined
+    const h: Record<string, string> = anthropic ? anthropicRateLimitHeaders(f.rateLimitHeaders!, Date.now()) : {}
     if (f.retryAfter !== undefined) h["retry-after"] = f.retryAfter
     if (f.retryAfterMs !== undefined) h["retry-after-ms"] = String(f.retryAfterMs)
     return h
@@ -469,6 +480,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       promptTokens: Math.ceil(promptChars(protocol, request) / 4),
       completionTokens: Math.ceil((tool === undefined ? reply.length : tool.length + 2) / 4),
       omitUsage: f.omitUsage === true,
+      cachedTokens,
       empty: emptyChoices
     }
     const stream = protocol === "gemini" ? route.stream === true : request["stream"] === true
@@ -523,11 +535,11 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     const emptyChoices = hit(f.emptyChoices)
     const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
     const tool = callTools ? toolToCall("openai", request) : undefined
-    const promptTokens = Math.ceil(messageChars(request["messages"]) / 4)
+    const promptTokens = Math.ceil(messageChars(request["messages"]) / 4) + cachedTokens
     const completionTokens = Math.ceil(reply.length / 4)
     const usage = `{"prompt_tokens":${promptTokens},"completion_tokens":${completionTokens},"total_tokens":${
       promptTokens + completionTokens
-    }}`
+    }${cachedTokens > 0 ? `,"prompt_tokens_details":{"cached_tokens":${cachedTokens}}` : ""}}`
     const id = `"chatcmpl-${++seq}"`
     const created = Math.floor(Date.now() / 1000)
 
