@@ -10,7 +10,7 @@
  */
 import OpenAI from "openai"
 import type { ChatCompletionChunk, ChatCompletionCreateParamsNonStreaming, ChatCompletionTool } from "openai/resources/chat/completions"
-import { describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { captured, everything, freePort, recordingFetch, testBed, thrown, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-MATRIX-SECRET-1"
@@ -119,6 +119,16 @@ retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
   return { server, primary, backup, primaryName, client: sdk(server) }
+}
+
+/** The sum of `breakwater_cost_usd_total` over the series of `upstream`. */
+const costMetric = async (server: TestServer, upstream: string): Promise<number> => {
+  const text = await (await recordingFetch(`${server.url}/metrics`)).text()
+  let sum = 0
+  for (const line of text.split("\n")) {
+    if (line.startsWith("breakwater_cost_usd_total{") && line.includes(`upstream="${upstream}"`)) sum += Number(line.split(" ").at(-1))
+  }
+  return sum
 }
 
 /** The chunks of a stream, as the SDK parses them. */
@@ -254,7 +264,7 @@ describe.each(KINDS)("kind $kind ($model), through the gateway with the openai S
     expect(chunks.at(-1)!.choices[0]!.finish_reason).toBe("tool_calls")
   })
 
-  it("a multi-part user message: text, a base64 image and an image URL where the kind takes one", async () => {
+  it("a multi-part user message: text, a base64 image and an https image URL", async () => {
     const { backup, client, primary, primaryName, server } = await main()
     const parts = [
       { type: "text" as const, text: "What is in these?" },
@@ -289,31 +299,40 @@ describe.each(KINDS)("kind $kind ($model), through the gateway with the openai S
 
     const withUrl = [...parts, { type: "image_url" as const, image_url: { url: IMAGE_URL } }]
     const backupBefore = backup.counters().chat
-    if (k.kind === "gemini") {
-      // Gemini reads images inline only: the backup, which can take a URL, answers instead.
-      const moved = await client.chat.completions.create({ model: k.model, messages: [{ role: "user", content: withUrl }] })
-        .withResponse()
-      expect(moved.response.headers.get("x-breakwater-upstream")).toBe(`${k.kind}-main-backup`)
-      expect(backup.counters().chat).toBe(backupBefore + 1)
-      // Pinned to the Gemini upstream: a 400 naming the part.
-      const refused = await thrown(() =>
-        sdk(server, { "x-breakwater-upstream": primaryName }).chat.completions.create({
-          model: k.model,
-          messages: [{ role: "user", content: withUrl }]
-        })
-      )
-      expect(refused.status).toBe(400)
-      expect(refused.param).toBe("messages[0].content[2].image_url.url")
-      expect(refused.message).toContain("cannot be sent to Gemini")
-      return
-    }
     const url = await client.chat.completions.create({ model: k.model, messages: [{ role: "user", content: withUrl }] })
       .withResponse()
     expect(url.response.headers.get("x-breakwater-upstream")).toBe(primaryName)
     expect(backup.counters().chat).toBe(backupBefore)
-    const content = JSON.parse(primary.counters().lastBody!).messages[0].content
-    if (k.kind === "anthropic") expect(content[2]).toEqual({ type: "image", source: { type: "url", url: IMAGE_URL } })
-    else expect(content[2]).toEqual({ type: "image_url", image_url: { url: IMAGE_URL } })
+    const received = JSON.parse(primary.counters().lastBody!)
+    switch (k.kind) {
+      case "openai":
+      case "azure-openai":
+        expect(received.messages[0].content[2]).toEqual({ type: "image_url", image_url: { url: IMAGE_URL } })
+        break
+      case "anthropic":
+        expect(received.messages[0].content[2]).toEqual({ type: "image", source: { type: "url", url: IMAGE_URL } })
+        break
+      case "gemini": {
+        expect(received.contents[0].parts[2]).toEqual({ fileData: { mimeType: "image/png", fileUri: IMAGE_URL } })
+        // A URL whose type Gemini cannot be told: the backup, which takes any URL, answers instead...
+        const typeless = [...parts, { type: "image_url" as const, image_url: { url: "https://images.example/render?id=7" } }]
+        const moved = await client.chat.completions.create({ model: k.model, messages: [{ role: "user", content: typeless }] })
+          .withResponse()
+        expect(moved.response.headers.get("x-breakwater-upstream")).toBe(`${k.kind}-main-backup`)
+        expect(backup.counters().chat).toBe(backupBefore + 1)
+        // ...and pinned to the Gemini upstream, it is a 400 naming the part.
+        const refused = await thrown(() =>
+          sdk(server, { "x-breakwater-upstream": primaryName }).chat.completions.create({
+            model: k.model,
+            messages: [{ role: "user", content: typeless }]
+          })
+        )
+        expect(refused.status).toBe(400)
+        expect(refused.param).toBe("messages[0].content[2].image_url.url")
+        expect(refused.message).toContain("cannot be sent to Gemini")
+        break
+      }
+    }
   })
 
   it("usage and cost: the fake's token counts (cache reads included), priced by the model that answered", async () => {
@@ -329,6 +348,7 @@ describe.each(KINDS)("kind $kind ($model), through the gateway with the openai S
     }
     const cost = ((prompt - CACHED) * PRICE.input + CACHED * PRICE.cachedInput + completion * PRICE.output) / 1_000_000
     const spentBefore = (await admin(server, "/admin/keys")).data[0].spentUsd as number
+    const metricBefore = await costMetric(server, primaryName)
 
     // Asked for legacy-<kind>, whose only upstream refuses connections: the kind's model answers, and is what is charged.
     const { data, response } = await client.chat.completions.create({
@@ -341,24 +361,37 @@ describe.each(KINDS)("kind $kind ($model), through the gateway with the openai S
     expect(data.usage).toEqual(expectedUsage)
     expect(Number(response.headers.get("x-breakwater-cost-usd"))).toBeCloseTo(cost, 8)
 
-    // The request log line.
-    const line = captured.logs.map((l) => {
-      try {
-        return JSON.parse(l) as Record<string, unknown>
-      } catch {
-        return undefined
-      }
-    }).filter((l) => l?.["model"] === `legacy-${k.kind}` && l?.["status"] === 200).at(-1)
-    expect(line).toMatchObject({ upstream: primaryName, servedModel: k.model })
-    expect(line!["costUsd"]).toBeCloseTo(cost, 10)
+    // A stream that did not ask for usage is priced as well (the gateway asks the provider for it).
+    const chunks = await collect(
+      await client.chat.completions.create({ model: `legacy-${k.kind}`, messages: [{ role: "user", content }], stream: true })
+    )
+    expect(chunks.every((c) => c.usage === undefined || c.usage === null)).toBe(true)
+    expect(chunks.at(-1)!.model).toBe(k.model)
+
+    // The request log lines, the stream's written when it ended.
+    const lines = () =>
+      captured.logs.map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>
+        } catch {
+          return undefined
+        }
+      }).filter((l) => l?.["model"] === `legacy-${k.kind}` && l?.["status"] === 200)
+    await vi.waitFor(() => expect(lines().some((l) => l!["outcome"] === "completed")).toBe(true))
+    const json = lines().filter((l) => l!["outcome"] === undefined).at(-1)
+    const streamed = lines().filter((l) => l!["outcome"] === "completed").at(-1)
+    for (const line of [json, streamed]) {
+      expect(line).toMatchObject({ upstream: primaryName, servedModel: k.model })
+      expect(line!["costUsd"]).toBeCloseTo(cost, 10)
+    }
+    expect(streamed!["usageEstimated"]).toBe(false)
 
     // The key's spend.
     const spentAfter = (await admin(server, "/admin/keys")).data[0].spentUsd as number
-    expect(spentAfter - spentBefore).toBeCloseTo(cost, 10)
+    expect(spentAfter - spentBefore).toBeCloseTo(2 * cost, 10)
 
-    // The metrics: the cost counter of this upstream (only this test's requests... and the earlier ones of this bed).
-    const metrics = await (await recordingFetch(`${server.url}/metrics`)).text()
-    expect(metrics).toMatch(new RegExp(`^breakwater_cost_usd_total\\{[^}]*upstream="${primaryName}"[^}]*\\} [0-9.e-]+$`, "m"))
+    // The metrics: this upstream's cost counter went up by the same.
+    expect(await costMetric(server, primaryName) - metricBefore).toBeCloseTo(2 * cost, 10)
   })
 })
 
@@ -372,6 +405,7 @@ describe.each(KINDS)("kind $kind ($model), through the gateway with the openai S
  */
 const faultBed = async (k: KindCase, name: string, primaryUrl: string) => {
   const backup = await fake(`${name}-backup`)
+  opened.push(backup)
   const server = await serve(`
 server: { adminKey: "${ADMIN_KEY}" }
 keys:
@@ -383,7 +417,21 @@ cache: { enabled: false }
 retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
+  opened.push(server)
   return { server, backup, client: sdk(server) }
+}
+
+/** What a fault test started, closed after it (the file's bed closes them again, harmlessly, at the end). */
+const opened: Array<{ close: () => Promise<void> }> = []
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((x) => x.close()))
+})
+
+/** A fake closed after the test. */
+const faultFake = async (...args: Parameters<typeof fake>) => {
+  const f = await fake(...args)
+  opened.push(f)
+  return f
 }
 
 type Mode = "json" | "stream"
@@ -436,7 +484,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
       const headers = k.kind === "anthropic"
         ? { rateLimitHeaders: { remainingRequests: 0, remainingTokens: 0, resetRequests: "50s", resetTokens: "50s" } }
         : {}
-      const primary = await fake(name, { status: 429, retryAfter: "30", ...headers }, { protocol: k.kind })
+      const primary = await faultFake(name, { status: 429, retryAfter: "30", ...headers }, { protocol: k.kind })
       const { backup, client, server } = await faultBed(k, name, primary.url)
       const before = Date.now()
       await failsOver(client, k, name, mode)
@@ -457,7 +505,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
 
     it("overloaded (Anthropic 529 overloaded_error, Gemini 503 UNAVAILABLE, OpenAI and Azure 503): fails over", async () => {
       const name = id("overloaded")
-      const primary = await fake(name, { rate5xx: 1 }, { protocol: k.kind })
+      const primary = await faultFake(name, { rate5xx: 1 }, { protocol: k.kind })
       const { backup, client, server } = await faultBed(k, name, primary.url)
       await failsOver(client, k, name, mode)
       expect(primary.counters().chat).toBe(1)
@@ -470,7 +518,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
 
     it.each([401, 403])("auth (%i): fails over, and the upstream is out of rotation with an auth-failed cooldown", async (status) => {
       const name = id(status)
-      const primary = await fake(name, { status }, { protocol: k.kind })
+      const primary = await faultFake(name, { status }, { protocol: k.kind })
       const { backup, client, server } = await faultBed(k, name, primary.url)
       await failsOver(client, k, name, mode)
       expect(primary.counters().chat).toBe(1)
@@ -486,7 +534,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
 
     it("the caller's 400: relayed as an OpenAI error body with status 400, no failover", async () => {
       const name = id(400)
-      const primary = await fake(name, { status: 400 }, { protocol: k.kind })
+      const primary = await faultFake(name, { status: 400 }, { protocol: k.kind })
       const { backup, client, server } = await faultBed(k, name, primary.url)
       const error = await thrown(() => ask(client, k, mode))
       expect(error.status).toBe(400)
@@ -502,7 +550,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
 
     it("timeout (the upstream answers after its 300 ms timeout): fails over", async () => {
       const name = id("timeout")
-      const primary = await fake(name, { latencyMs: 3_000 }, { protocol: k.kind })
+      const primary = await faultFake(name, { latencyMs: 3_000 }, { protocol: k.kind })
       const { backup, client } = await faultBed(k, name, primary.url)
       const ms = await failsOver(client, k, name, mode)
       expect(ms).toBeGreaterThanOrEqual(250)
@@ -526,7 +574,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
 describe.each(KINDS.filter((k) => k.kind !== "gemini"))("kind $kind: rate-limit headroom on a 200", (k) => {
   it("x-ratelimit-* (Anthropic: anthropic-ratelimit-*) with none left: the upstream is steered away from until the reset", async () => {
     const name = `p-${SHORT[k.kind]}-headroom`
-    const primary = await fake(name, {
+    const primary = await faultFake(name, {
       rateLimitHeaders: { remainingRequests: 0, remainingTokens: 90_000, resetRequests: "20s", resetTokens: "1s" }
     }, { protocol: k.kind })
     const { backup, client, server } = await faultBed(k, name, primary.url)
@@ -549,7 +597,7 @@ describe.each(KINDS.filter((k) => k.kind !== "gemini"))("kind $kind: rate-limit 
 // What each kind's upstream receives
 
 /** One conversation with every translatable feature: system, images, an earlier tool call and its result, sampling. */
-const CONVERSATION = (model: string, image: "base64" | "both") => ({
+const CONVERSATION = (model: string) => ({
   model,
   messages: [
     { role: "system" as const, content: "You are terse." },
@@ -558,7 +606,7 @@ const CONVERSATION = (model: string, image: "base64" | "both") => ({
       content: [
         { type: "text" as const, text: "Weather where this is?" },
         { type: "image_url" as const, image_url: { url: `data:image/png;base64,${PNG}` } },
-        ...(image === "both" ? [{ type: "image_url" as const, image_url: { url: IMAGE_URL } }] : [])
+        { type: "image_url" as const, image_url: { url: IMAGE_URL } }
       ]
     },
     {
@@ -589,7 +637,7 @@ retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
     const client = sdk(server)
-    await client.chat.completions.create(CONVERSATION(k.model, "both"))
+    await client.chat.completions.create(CONVERSATION(k.model))
     const seen = claude.counters()
     expect(seen.lastPath).toBe("/v1/messages")
     expect(seen.lastHeaders?.["x-api-key"]).toBe(key("shape-claude"))
@@ -631,9 +679,9 @@ healthCheck: { interval: 1h }
     expect(JSON.parse(seen.lastBody!)).toEqual(expected)
 
     // Streamed, the same body with `stream: true`; a caller's `tool_choice` naming a function, and no max_tokens: the default.
-    await collect(await client.chat.completions.create({ ...CONVERSATION(k.model, "both"), stream: true }))
+    await collect(await client.chat.completions.create({ ...CONVERSATION(k.model), stream: true }))
     expect(JSON.parse(claude.counters().lastBody!)).toEqual({ ...expected, stream: true })
-    const { max_tokens: _, ...noMax } = CONVERSATION(k.model, "both")
+    const { max_tokens: _, ...noMax } = CONVERSATION(k.model)
     await client.chat.completions.create({ ...noMax, tool_choice: { type: "function", function: { name: "weather" } } })
     expect(JSON.parse(claude.counters().lastBody!)).toEqual({
       ...expected,
@@ -654,7 +702,7 @@ retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
     const client = sdk(server)
-    await client.chat.completions.create({ ...CONVERSATION(k.model, "base64"), response_format: { type: "json_object" } })
+    await client.chat.completions.create({ ...CONVERSATION(k.model), response_format: { type: "json_object" } })
     const seen = gemini.counters()
     expect(seen.lastPath).toBe("/v1beta/models/gemini-2.5-flash:generateContent")
     expect(seen.lastHeaders?.["x-goog-api-key"]).toBe(key("shape-gemini"))
@@ -664,7 +712,11 @@ healthCheck: { interval: 1h }
       contents: [
         {
           role: "user",
-          parts: [{ text: "Weather where this is?" }, { inlineData: { mimeType: "image/png", data: PNG } }]
+          parts: [
+            { text: "Weather where this is?" },
+            { inlineData: { mimeType: "image/png", data: PNG } },
+            { fileData: { mimeType: "image/png", fileUri: IMAGE_URL } }
+          ]
         },
         { role: "model", parts: [{ functionCall: { name: "weather", args: { city: "Paris" } } }] },
         { role: "user", parts: [{ functionResponse: { name: "weather", response: { content: "18C, sunny" } } }] }
@@ -689,11 +741,11 @@ healthCheck: { interval: 1h }
     expect(JSON.parse(seen.lastBody!)).toEqual(expected)
 
     // Streamed: the other method, alt=sse; the body is the same (no `stream` field in it).
-    await collect(await client.chat.completions.create({ ...CONVERSATION(k.model, "base64"), response_format: { type: "json_object" }, stream: true }))
+    await collect(await client.chat.completions.create({ ...CONVERSATION(k.model), response_format: { type: "json_object" }, stream: true }))
     expect(gemini.counters().lastPath).toBe("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
     expect(JSON.parse(gemini.counters().lastBody!)).toEqual(expected)
     // A function named in tool_choice: ANY, restricted to it.
-    await client.chat.completions.create({ ...CONVERSATION(k.model, "base64"), tool_choice: { type: "function", function: { name: "weather" } } })
+    await client.chat.completions.create({ ...CONVERSATION(k.model), tool_choice: { type: "function", function: { name: "weather" } } })
     expect(JSON.parse(gemini.counters().lastBody!).toolConfig).toEqual({
       functionCallingConfig: { mode: "ANY", allowedFunctionNames: ["weather"] }
     })
@@ -710,7 +762,7 @@ ${upstreamYaml(k, "shape-azure", azure.url)}
 retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
-    const body = CONVERSATION(k.model, "both")
+    const body = CONVERSATION(k.model)
     await sdk(server).chat.completions.create(body)
     const seen = azure.counters()
     expect(seen.lastPath).toBe(`/openai/deployments/${DEPLOYMENT}/chat/completions?api-version=${AZURE_API_VERSION}`)
@@ -730,7 +782,7 @@ ${upstreamYaml(k, "shape-openai", openai.url)}
 retry: { maxRetries: 0 }
 healthCheck: { interval: 1h }
 `)
-    const body = CONVERSATION(k.model, "both")
+    const body = CONVERSATION(k.model)
     await sdk(server).chat.completions.create(body)
     const seen = openai.counters()
     expect(seen.lastPath).toBe("/v1/chat/completions")
