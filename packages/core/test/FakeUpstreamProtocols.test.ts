@@ -341,3 +341,36 @@ describe("FakeUpstream: cachedTokens, and Anthropic's rate-limit headers on 429s
     expect(Date.parse(res.headers.get("anthropic-ratelimit-requests-reset")!) - Date.now()).toBeGreaterThan(45_000)
   })
 })
+
+describe("FakeUpstream: streamError", () => {
+  const post = (u: FakeUpstream, path: string, body: unknown) =>
+    fetch(`${u.url}${path}`, { method: "POST", body: JSON.stringify(body) })
+
+  it("a 200 stream that carries the provider's error event instead of content, which the translations make the first OpenAI event", async () => {
+    const request = chatRequest({ stream: true })
+    const claude = await fake({ name: "claude", protocol: "anthropic", faults: { streamError: 1 } })
+    const a = await post(claude, Anthropic.MESSAGES_PATH, Either.getOrThrow(Anthropic.toRequest(request, { model: "c" })))
+    expect(a.status).toBe(200)
+    const at = Anthropic.streamTranslator({ model: "c", created: 1, includeUsage: false })
+    const aOut = at.feed(new Uint8Array(await a.arrayBuffer())) + at.end()
+    expect(aOut.split("\n\n").filter((e) => e !== "")).toHaveLength(1)
+    expect(at.error()).toEqual({ type: "overloaded_error", message: "Overloaded" })
+    expect(aOut).not.toContain("[DONE]")
+
+    const gem = await fake({ name: "gem", protocol: "gemini", faults: { streamError: 1 } })
+    const g = await post(gem, Gemini.chatPath("g", true), Either.getOrThrow(Gemini.toRequest(request)))
+    expect(g.status).toBe(200)
+    const gt = Gemini.streamTranslator({ model: "g", created: 1, includeUsage: false })
+    const gOut = gt.feed(new Uint8Array(await g.arrayBuffer())) + gt.end()
+    expect(gOut.split("\n\n").filter((e) => e !== "")).toHaveLength(1)
+    expect(gt.error()).toEqual({ type: "UNAVAILABLE", message: "The model is overloaded. Please try again later." })
+
+    const oa = await fake({ name: "oa", faults: { streamError: 1 } })
+    const o = await post(oa, "/chat/completions", request)
+    expect(o.status).toBe(200)
+    const events = (await o.text()).split("\n\n").filter((e) => e !== "")
+    expect(events).toHaveLength(1)
+    expect(OpenAI.inspectStreamChunk(events[0]!.slice(6))._tag).toBe("Error")
+    expect(oa.counters().byStatus).toEqual({ 200: 1 })
+  })
+})

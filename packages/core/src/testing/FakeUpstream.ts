@@ -44,6 +44,7 @@ import {
   anthropicMessage,
   anthropicRateLimitHeaders,
   anthropicStream,
+  anthropicStreamError,
   type Answer,
   GEMINI_QUOTA,
   geminiEmbeddingInputs,
@@ -51,6 +52,7 @@ import {
   geminiError,
   geminiResponse,
   geminiStream,
+  geminiStreamError,
   promptChars,
   type Protocol,
   toolToCall
@@ -62,7 +64,7 @@ export type { Protocol } from "./fakeProtocols.js"
  * Faults to inject. Probabilities are in 0..1. For chat and embeddings the
  * checks run in this order: `reset`, `hang`, `status`, `quota`, `rate429`,
  * `rate5xx`, then a normal answer possibly spoiled by a content fault
- * (`truncated`, `emptyContent`, `emptyChoices`, `streamCut`).
+ * (`truncated`, `emptyContent`, `emptyChoices`, `streamCut`, `streamError`).
  *
  * @since 0.1.0
  */
@@ -93,6 +95,13 @@ export interface Faults {
   emptyChoices?: number | undefined
   /** For `stream: true`, probability of ending after about half the events, without `[DONE]`. */
   streamCut?: number | undefined
+  /**
+   * For `stream: true`, probability of a 200 whose stream carries the
+   * provider's error event instead of content, as an overloaded provider
+   * sends it: Anthropic's `message_start` then an `overloaded_error` event,
+   * Gemini's `UNAVAILABLE` error object, OpenAI's `server_error` object.
+   */
+  streamError?: number | undefined
   /** Report no `usage` in chat answers and streams, even when asked (as some OpenAI-compatible servers do). */
   omitUsage?: boolean | undefined
   /** For `stream: true`: milliseconds between two events (the headers and first event go at once). Default 0. */
@@ -486,7 +495,11 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     const stream = protocol === "gemini" ? route.stream === true : request["stream"] === true
     if (stream) {
       const cut = hit(f.streamCut)
-      const events = protocol === "anthropic" ? anthropicStream(answer) : geminiStream(answer)
+      const events = hit(f.streamError)
+        ? protocol === "anthropic" ? anthropicStreamError(answer) : geminiStreamError(answer)
+        : protocol === "anthropic"
+        ? anthropicStream(answer)
+        : geminiStream(answer)
       const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : events
       const headers: Record<string, string> = { "cache-control": "no-cache" }
       if (extra !== undefined) Object.assign(headers, extra)
@@ -554,7 +567,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       const choice = (delta: string, finish: string) =>
         `${head}"choices":[{"index":0,"delta":${delta},"finish_reason":${finish},"logprobs":null}]${tail}`
       const events: Array<string> = []
-      if (emptyChoices) {
+      const failed = hit(f.streamError)
+      if (failed) {
+        events.push(`data: ${OVERLOADED_BODY}\n\n`)
+      } else if (emptyChoices) {
         events.push(`${head}"choices":[]${tail}`)
       } else {
         events.push(choice(`{"role":"assistant","content":""}`, "null"))
@@ -566,8 +582,8 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
           events.push(choice("{}", `"stop"`))
         }
       }
-      if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
-      const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
+      if (includeUsage && !failed) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
+      const parts = failed ? events : cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
       const headers: Record<string, string> = { "cache-control": "no-cache" }
       if (extra !== undefined) Object.assign(headers, extra)
       const delay = f.streamDelayMs ?? 0

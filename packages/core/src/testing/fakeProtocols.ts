@@ -202,6 +202,12 @@ export const anthropicStream = (a: Answer): Array<string> => {
   return events
 }
 
+/** An overloaded stream: `message_start`, then the `error` event (no content, no `message_stop`). */
+export const anthropicStreamError = (a: Answer): Array<string> => [
+  anthropicStream(a)[0]!,
+  event("error", { type: "error", error: { type: "overloaded_error", message: "Overloaded" } })
+]
+
 // ---------------------------------------------------------------------------
 // Gemini
 
@@ -284,6 +290,9 @@ export const geminiStream = (a: Answer): Array<string> => {
   }))
   return events
 }
+
+/** An overloaded stream: Gemini's `UNAVAILABLE` error object as the only event. */
+export const geminiStreamError = (a: Answer): Array<string> => [`data: ${geminiError(503, a.model)}\r\n\r\n`]
 
 /** `embedContent` (one) or `batchEmbedContents` (several) answers, from the fake's embedding vectors. */
 export const geminiEmbeddings = (vectors: ReadonlyArray<string>, batch: boolean): string =>
