@@ -570,6 +570,20 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
   })
 })
 
+describe.each(KINDS)("kind $kind: overloaded inside a 200 stream", (k) => {
+  it("the stream opens with the provider's error event (Anthropic: overloaded_error after message_start): fails over", async () => {
+    const name = `p-${SHORT[k.kind]}-stream-error`
+    const primary = await faultFake(name, { streamError: 1 }, { protocol: k.kind })
+    const { backup, client, server } = await faultBed(k, name, primary.url)
+    await failsOver(client, k, name, "stream")
+    expect(primary.counters().chat).toBe(1)
+    expect(backup.counters().chat).toBe(1)
+    const view = await upstreamView(server, name)
+    expect(view["failures"]).toBe(1)
+    expect(view["lastError"]).toMatch(/overloaded|server_error|UNAVAILABLE/i)
+  })
+})
+
 // Gemini sends no rate-limit headers on its answers: nothing to steer by.
 describe.each(KINDS.filter((k) => k.kind !== "gemini"))("kind $kind: rate-limit headroom on a 200", (k) => {
   it("x-ratelimit-* (Anthropic: anthropic-ratelimit-*) with none left: the upstream is steered away from until the reset", async () => {
