@@ -692,15 +692,30 @@ healthCheck: { interval: 1h }
     }
     expect(JSON.parse(seen.lastBody!)).toEqual(expected)
 
-    // Streamed, the same body with `stream: true`; a caller's `tool_choice` naming a function, and no max_tokens: the default.
+    // Streamed, the same body with `stream: true`.
     await collect(await client.chat.completions.create({ ...CONVERSATION(k.model), stream: true }))
     expect(JSON.parse(claude.counters().lastBody!)).toEqual({ ...expected, stream: true })
+    // No max_tokens: the default; `max_completion_tokens` over it; a `tool_choice` naming a function, one call at a time; `user`; `stop` as a string.
     const { max_tokens: _, ...noMax } = CONVERSATION(k.model)
     await client.chat.completions.create({ ...noMax, tool_choice: { type: "function", function: { name: "weather" } } })
     expect(JSON.parse(claude.counters().lastBody!)).toEqual({
       ...expected,
       max_tokens: 4096,
       tool_choice: { type: "tool", name: "weather" }
+    })
+    await client.chat.completions.create({
+      ...noMax,
+      max_completion_tokens: 77,
+      tool_choice: { type: "function", function: { name: "weather" } },
+      parallel_tool_calls: false,
+      user: "end-user-7",
+      stop: "END"
+    })
+    expect(JSON.parse(claude.counters().lastBody!)).toEqual({
+      ...expected,
+      max_tokens: 77,
+      tool_choice: { type: "tool", name: "weather", disable_parallel_tool_use: true },
+      metadata: { user_id: "end-user-7" }
     })
   })
 
@@ -762,6 +777,37 @@ healthCheck: { interval: 1h }
     await client.chat.completions.create({ ...CONVERSATION(k.model), tool_choice: { type: "function", function: { name: "weather" } } })
     expect(JSON.parse(gemini.counters().lastBody!).toolConfig).toEqual({
       functionCallingConfig: { mode: "ANY", allowedFunctionNames: ["weather"] }
+    })
+    // The rest of generationConfig: candidates, seed, penalties, a JSON schema; a developer message is a system instruction too.
+    const schema = { type: "object", properties: { answer: { type: "string" } }, required: ["answer"] }
+    const conversation = CONVERSATION(k.model)
+    await client.chat.completions.create({
+      ...conversation,
+      messages: [...conversation.messages.slice(0, 1), { role: "developer", content: "Use metric units." }, ...conversation.messages.slice(1)],
+      tool_choice: "auto",
+      n: 2,
+      seed: 42,
+      presence_penalty: 0.5,
+      frequency_penalty: 0.25,
+      stop: "END",
+      response_format: { type: "json_schema", json_schema: { name: "reply", schema } }
+    })
+    expect(JSON.parse(gemini.counters().lastBody!)).toEqual({
+      ...expected,
+      systemInstruction: { parts: [{ text: "You are terse." }, { text: "Use metric units." }] },
+      toolConfig: { functionCallingConfig: { mode: "AUTO" } },
+      generationConfig: {
+        temperature: 0.5,
+        topP: 0.9,
+        maxOutputTokens: 300,
+        candidateCount: 2,
+        seed: 42,
+        presencePenalty: 0.5,
+        frequencyPenalty: 0.25,
+        stopSequences: ["END"],
+        responseMimeType: "application/json",
+        responseJsonSchema: schema
+      }
     })
   })
 
