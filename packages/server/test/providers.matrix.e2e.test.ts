@@ -495,7 +495,7 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
       expect(view["cooldownReason"]).toBe("rate-limited")
       const until = Date.parse(view["cooldownUntil"])
       expect(until - before).toBeGreaterThan(25_000)
-      expect(until - before).toBeLessThanOrEqual(31_000)
+      expect(until - before).toBeLessThanOrEqual(35_000)
       // Cooling down: the next request goes straight to the backup.
       const { response } = await ask(client, k, mode)
       expect(response.headers.get("x-breakwater-attempts")).toBe("1")
@@ -548,13 +548,13 @@ describe.each(KINDS)("kind $kind: each error class and its failover", (k) => {
       expect(view["cooldownReason"]).toBeNull()
     })
 
-    it("timeout (the upstream answers after its 300 ms timeout): fails over", async () => {
+    it("timeout (the upstream would answer after 5 s, its timeout is 300 ms): fails over", async () => {
       const name = id("timeout")
-      const primary = await faultFake(name, { latencyMs: 3_000 }, { protocol: k.kind })
+      const primary = await faultFake(name, { latencyMs: 5_000 }, { protocol: k.kind })
       const { backup, client } = await faultBed(k, name, primary.url)
       const ms = await failsOver(client, k, name, mode)
       expect(ms).toBeGreaterThanOrEqual(250)
-      expect(ms).toBeLessThan(2_000)
+      expect(ms).toBeLessThan(4_000)
       expect(primary.counters().chat).toBe(1)
       expect(backup.counters().chat).toBe(1)
     })
@@ -599,7 +599,7 @@ describe.each(KINDS.filter((k) => k.kind !== "gemini"))("kind $kind: rate-limit 
     expect(view["cooldownReason"]).toBe("low-headroom")
     const until = Date.parse(view["cooldownUntil"])
     expect(until - before).toBeGreaterThan(15_000)
-    expect(until - before).toBeLessThanOrEqual(21_000)
+    expect(until - before).toBeLessThanOrEqual(25_000)
     const next = await ask(client, k, "stream")
     expect(next.response.headers.get("x-breakwater-upstream")).toBe(`${name}-backup`)
     expect(primary.counters().chat).toBe(1)
