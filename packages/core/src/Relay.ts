@@ -53,6 +53,7 @@ import * as Pricing from "./Pricing.js"
 import type * as RateLimiter from "./RateLimiter.js"
 import * as ResponseCache from "./ResponseCache.js"
 import * as Retry from "./Retry.js"
+import * as RetryBudget from "./RetryBudget.js"
 import * as Router from "./Router.js"
 import * as Timeout from "./Timeout.js"
 import * as Upstream from "./Upstream.js"
@@ -138,8 +139,12 @@ export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly mo
 export interface Failure {
   readonly upstream: string
   readonly reason: string
-  /** Set when the upstream refused its key (now, or lately: its cooldown) or lacks the model. */
-  readonly kind?: "auth-failed" | "model-not-found"
+  /**
+   * Set when the upstream refused its key (now, or lately: its cooldown) or
+   * lacks the model; `retry-budget`: it was not called because the retry
+   * budget was spent.
+   */
+  readonly kind?: "auth-failed" | "model-not-found" | "retry-budget"
 }
 
 /** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
@@ -262,6 +267,12 @@ export interface Relay {
   readonly models: ReadonlyArray<string>
   /** Whether at least one upstream could serve now. */
   readonly ready: Effect.Effect<boolean>
+  /**
+   * The budget every upstream call beyond a request's first spends from
+   * (see {@link Options.retryBudget}). Other features that add calls
+   * (hedging) spend from it too: `relay.retryBudget.trySpend()`.
+   */
+  readonly retryBudget: RetryBudget.RetryBudget
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
@@ -270,6 +281,16 @@ export interface Options {
   readonly upstreams: ReadonlyArray<Upstream.Config>
   /** Upstream calls per request, failovers included. Default 3. */
   readonly maxAttempts?: number
+  /**
+   * The retry budget: every upstream call beyond a request's first (a retry,
+   * a failover, a new round) spends from it, and when it is spent the request
+   * fails with what it has (as when `maxAttempts` runs out), its failures
+   * saying `retry budget exhausted`. Default on: 20% of primary calls over
+   * 10 s, at least 3 a second (`RetryBudget.defaults`). Options build this
+   * relay's own; a `RetryBudget` is shared (with another relay, a reload's
+   * next); `false` turns it off.
+   */
+  readonly retryBudget?: RetryBudget.Options | RetryBudget.RetryBudget | false | undefined
   /** The whole request's deadline. Default 60 s. */
   readonly requestTimeout?: Duration.DurationInput
   readonly router?: Router.Options
@@ -469,6 +490,11 @@ export const makeWith = (
     const router = Router.make(options.router)
 
     const maxAttempts = options.maxAttempts ?? 3
+    const retryBudget: RetryBudget.RetryBudget = options.retryBudget === false
+      ? RetryBudget.unlimited
+      : options.retryBudget !== undefined && "trySpend" in options.retryBudget
+      ? options.retryBudget
+      : yield* RetryBudget.make(options.retryBudget ?? {})
     const budget = Duration.decode(options.requestTimeout ?? Duration.seconds(60))
     const maxRounds = 1 + (options.retry?.maxRetries ?? 2)
     const baseDelayMillis = Duration.toMillis(options.retry?.baseDelay ?? Duration.millis(200))
@@ -774,7 +800,7 @@ export const makeWith = (
       const timed: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run" ? call : Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
-      // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
+      // In panic the open breaker is bypassed on purpose (Router.Options.panic).
       // "held": the caller holds a breaker permit and reports the outcome itself (streams).
       const broken = panic || breaker === "held" ? timed : u.breaker.protect(timed)
       let protectedCall: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run"
@@ -924,9 +950,30 @@ export const makeWith = (
       notFound: UpstreamModelNotFound | undefined
       /** Upstreams that said they lack the model: not asked again in this request. */
       lacking: Set<string> | undefined
+      /** A call beyond the first was paid for from the retry budget and not made yet (its upstream was skipped). */
+      credit: boolean
     }
 
-    const newProgress = (): Progress => ({ attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined })
+    const newProgress = (): Progress => ({
+      attempts: 0,
+      failures: [],
+      last: undefined,
+      notFound: undefined,
+      lacking: undefined,
+      credit: false
+    })
+
+    /** Counts an upstream call: the request's first is a primary call of the retry budget; a later one uses its credit. */
+    const countCall = (progress: Progress): void => {
+      if (progress.attempts++ === 0) retryBudget.recordPrimary()
+      else progress.credit = false
+    }
+
+    /** The retry budget is spent: the request ends with what it has, saying so. */
+    const budgetSpent = (model: string, progress: Progress, u: Upstream.Upstream): RelayError => {
+      progress.failures.push({ upstream: u.name, reason: "retry budget exhausted", kind: "retry-budget" })
+      return allFailed(model, progress, [])
+    }
 
     /**
      * Where the hot path hands a request over to the general one: the first
@@ -994,7 +1041,14 @@ export const makeWith = (
           if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
           const u = plan.order[i]!
           if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
-          return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+          // Every call beyond the request's first is paid for from the retry budget.
+          if (progress.attempts > 0 && !progress.credit) {
+            if (!retryBudget.trySpend()) return Effect.fail(budgetSpent(model, progress, u))
+            progress.credit = true
+          }
+          // In panic, only the open breakers are bypassed: the others still hear their calls.
+          const bypass = plan.panic && !u.breaker.unsafeIsAvailable(now)
+          return Effect.flatMap(attempt(u, progress, bypass), (outcome) => after(i, retried, u, outcome))
         }
         const after = (
           i: number,
@@ -1184,7 +1238,7 @@ export const makeWith = (
         const call = Effect.withFiberRuntime<Classified, UpstreamError | Timeout.DeadlineExceeded>((fiber) => {
           const limit = limitOf(u, Timeout.unsafeDeadlineOf(fiber), clock.unsafeCurrentTimeMillis())
           if (limit.millis <= 0) return Effect.fail(new Timeout.DeadlineExceeded({ budget: limit.budget! }))
-          progress.attempts++
+          countCall(progress)
           if (trace === undefined) return callJson(fiber, clock, limit, u, path, bodyFor(u, request, raw), inspect)
           const body = bodyFor(u, request, raw)
           return startAttempt(
@@ -1375,6 +1429,7 @@ export const makeWith = (
       if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
 
       progress.attempts = 1
+      retryBudget.recordPrimary()
       const started = now
       const body = bodyFor(u, request, options?.rawBody)
       // The slot goes back once, whoever gets there first: the call's end,
@@ -1664,7 +1719,7 @@ export const makeWith = (
               permit = admitted.right
             }
             const call = Effect.suspend(() => {
-              progress.attempts++
+              countCall(progress)
               const body = streamBodyFor(u, request, options?.rawBody, callerAsked)
               if (trace === undefined) return openStream(u, body, attemptScope)
               return startAttempt(
@@ -1860,7 +1915,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready })
+    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready, retryBudget })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`
