@@ -96,7 +96,8 @@ describe("Config.parse", () => {
     expect(config.routing.maxAttempts).toBe(3)
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
     expect(ms(config.routing.streamIdleTimeout)).toBe(60_000)
-    expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(config.breaker).toMatchObject({ failureThreshold: 10, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(config.routing.panic).toBe(0.5)
     expect(ms(config.breaker.openDuration)).toBe(30_000)
     expect(config.retry.maxRetries).toBe(2)
     expect([config.retry.baseDelay, config.retry.maxDelay, config.retry.maxRetryAfter].map(ms)).toEqual([
@@ -651,11 +652,11 @@ describe("Config.toRelayOptions", () => {
     const options = Config.toRelayOptions(config)
     expect(options.maxAttempts).toBe(3)
     expect(Duration.toMillis(options.requestTimeout!)).toBe(60_000)
-    expect(options.router).toEqual({ strategy: "priority", panic: false })
+    expect(options.router).toEqual({ strategy: "priority", panic: 0.5 })
     expect(options.retryBudget).toEqual({ ratio: 0.2, window: Duration.seconds(10), minPerSecond: 3 })
     expect(options.breaker).toEqual({
       failureRate: { threshold: 0.5, minimumCalls: 20, window: { duration: Duration.seconds(10) } },
-      failureThreshold: 5,
+      failureThreshold: 10,
       successThreshold: 3,
       openDuration: Duration.seconds(30),
       halfOpenMaxCalls: 3
