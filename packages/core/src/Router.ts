@@ -177,11 +177,14 @@ export const make = (options: Options = {}): Router => {
     const ready: Array<Upstream> = []
     const excluded: Array<readonly [Upstream, Exclusion]> = []
     let open = 0
+    let forced = 0
     for (const u of servers) {
       const cooldown = cooldowns.get(u.name)
       if (!u.breaker.unsafeIsAvailable(now)) {
         excluded.push([u, "circuit-open"])
-        open++
+        // An operator's forceOpen is not a health verdict: out of the count, never panicked into.
+        if (u.breaker.unsafeIsForcedOpen?.() === true) forced++
+        else open++
       } else if (cooldown !== undefined && cooldown.until > now) {
         excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
       }
@@ -189,10 +192,11 @@ export const make = (options: Options = {}): Router => {
       else ready.push(u)
     }
     // Panic: too few breakers admit calls; the open ones join the ready ones.
-    if (open === 0 || (servers.length - open) / servers.length >= threshold) return { ready, excluded, panic: false }
+    const counted = servers.length - forced
+    if (open === 0 || (counted - open) / counted >= threshold) return { ready, excluded, panic: false }
     const kept: Array<readonly [Upstream, Exclusion]> = []
     for (const e of excluded) {
-      if (e[1] === "circuit-open") ready.push(e[0])
+      if (e[1] === "circuit-open" && e[0].breaker.unsafeIsForcedOpen?.() !== true) ready.push(e[0])
       else kept.push(e)
     }
     return { ready, excluded: kept, panic: true }

@@ -281,6 +281,27 @@ describe("panic threshold", () => {
       expect(client.callsTo("a")).toHaveLength(1)
     }))
 
+  it.scoped("an operator's forceOpen is respected: never panicked into, and not counted", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: ordered("a", "b", "c"),
+        breaker: { failureThreshold: 1, failureRate: undefined, openDuration: "60 seconds" },
+        retry: { maxRetries: 0, maxRetryAfter: "0 millis" }
+      })
+      for (const n of ["a", "b", "c"]) client.fallback(n, Scripted.ok(`from ${n}`))
+      const [a, b] = relay.upstreams
+      yield* a!.breaker.forceOpen
+      yield* b!.breaker.forceOpen
+      // Only c counts: healthy, no panic.
+      expect((yield* relay.chat(request("1"))).metadata.upstream).toBe("c")
+      // c's breaker opens: 0 of 1 counted healthy, panic, but only c is tried.
+      client.script("c", Scripted.status(503))
+      yield* Effect.either(relay.chat(request("2")))
+      expect((yield* relay.chat(request("3"))).metadata.upstream).toBe("c")
+      expect(client.callsTo("a")).toHaveLength(0)
+      expect(client.callsTo("b")).toHaveLength(0)
+    }))
+
   it.scoped("every breaker open (one upstream): tried anyway, as a direct client would", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({

@@ -351,21 +351,25 @@ export const planner = (router: Router.Router, options: Router.Options = {}) => 
     const ready: Array<Upstream.Upstream> = []
     const excluded: Array<readonly [Upstream.Upstream, Router.Exclusion]> = []
     let open = 0
+    let forced = 0
     for (const u of servers) {
       const cooldown = cooldowns.get(u.name)
       if (!u.breaker.unsafeIsAvailable(now)) {
         excluded.push([u, "circuit-open"])
-        open++
+        if (u.breaker.unsafeIsForcedOpen?.() === true) forced++
+        else open++
       } else if (cooldown !== undefined && cooldown.until > now) {
         excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
       } else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
       else ready.push(u)
     }
-    if (open === 0 || (servers.length - open) / servers.length >= threshold) {
+    const counted = servers.length - forced
+    if (open === 0 || (counted - open) / counted >= threshold) {
       return { order: order(ready, random), excluded, panic: false }
     }
-    for (const [u, why] of excluded) if (why === "circuit-open") ready.push(u)
-    return { order: order(ready, random), excluded: excluded.filter(([, why]) => why !== "circuit-open"), panic: true }
+    const panicked = (u: Upstream.Upstream, why: Router.Exclusion) => why === "circuit-open" && u.breaker.unsafeIsForcedOpen?.() !== true
+    for (const [u, why] of excluded) if (panicked(u, why)) ready.push(u)
+    return { order: order(ready, random), excluded: excluded.filter(([u, why]) => !panicked(u, why)), panic: true }
   }
 }
 
