@@ -434,7 +434,7 @@ class NotReady extends Error {
 const notSent = (cause: unknown): boolean =>
   cause instanceof NotReady || (cause instanceof Error && cause.message.includes("enableOfflineQueue"))
 
-const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed"])
+const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed", "unreachable"])
 
 /** `until|reason` as stored in the cooldowns hash, or undefined if malformed. */
 const parseCooldown = (value: string): Cooldown | undefined => {

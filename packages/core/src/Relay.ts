@@ -49,6 +49,7 @@ import * as Cooldown from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
+import * as Pacing from "./Pacing.js"
 import * as Pricing from "./Pricing.js"
 import type * as RateLimiter from "./RateLimiter.js"
 import * as ResponseCache from "./ResponseCache.js"
@@ -202,6 +203,42 @@ export class DeadlineExceededOn extends Timeout.DeadlineExceeded {
   }
 }
 
+/** Connection failures that say nothing listens there (or no such host): the upstream is taken out at once. */
+const REFUSED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
+const refused = (reason: string): boolean => REFUSED.has(reason)
+
+/** Why a request did not call an upstream whose rate-limit window is spent (see `Pacing`). */
+const PACED = "rate-limit window spent"
+
+/**
+ * What an answer tells `u`'s pacer: the limits in its headers, and a 429's
+ * wait (`Retry-After`, or `fallback` without one). Then the call has ended.
+ */
+const paceAnswer = (
+  pacer: Pacing.Pacer,
+  now: number,
+  status: number,
+  headers: Readonly<Record<string, string | undefined>>,
+  fallback: number
+): void => {
+  pacer.learn(now, headers)
+  if (status === 429) {
+    const ms = headers["retry-after-ms"]
+    let wait: number | undefined
+    if (ms !== undefined && /^\d+(\.\d+)?$/.test(ms.trim())) wait = Math.round(Number(ms))
+    else {
+      const ra = headers["retry-after"]
+      const parsed = ra === undefined ? Option.none() : Retry.parseRetryAfter(ra, now)
+      if (Option.isSome(parsed)) wait = Duration.toMillis(parsed.value)
+    }
+    pacer.block(now, now + (wait ?? fallback))
+  }
+  pacer.done(now)
+}
+
+/** A bound on a request's waits in pacing queues (each is bounded in time too). */
+const MAX_PACED_WAITS = 100
+
 const describe = (failures: ReadonlyArray<Failure>) =>
   failures.length === 0 ? "none tried" : failures.map((f) => `${f.upstream}: ${f.reason}`).join("; ")
 
@@ -293,6 +330,21 @@ export interface Options {
   readonly authFailedCooldown?: Duration.DurationInput
   /** Steer away when `x-ratelimit-remaining-*` is at or below this. Default 0. */
   readonly headroomWatermark?: number
+  /**
+   * Cooldown of an upstream that refused the connection (or whose name did
+   * not resolve): out of rotation at once, for this long, so that neither
+   * the same request nor the next ones try it again meanwhile. Default 5 s.
+   */
+  readonly unreachableCooldown?: Duration.DurationInput
+  /**
+   * Pacing (see `Pacing`): when the only upstreams left are rate limited
+   * (their window spent, or cooling down after a 429) and the first comes
+   * back within `retry.maxRetryAfter` and the request's deadline, the
+   * request waits in that upstream's queue (FIFO, `queue` long, default
+   * 100) and is sent when its window allows, instead of failing. Waiting
+   * costs no attempt.
+   */
+  readonly pacing?: Pacing.Options | undefined
   /**
    * Which non-streaming chat requests are cached: `deterministic` (the
    * default: `temperature: 0`, or a `seed` given; a sampled answer is not
@@ -475,9 +527,12 @@ export const makeWith = (
     const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
+    const rateLimitCooldownMillis = Duration.toMillis(rateLimitCooldown)
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
+    const unreachableCooldown = Duration.decode(options.unreachableCooldown ?? Duration.seconds(5))
+    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? 100))
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
@@ -565,6 +620,8 @@ export const makeWith = (
           return { reason: "quota-exhausted", duration: quotaCooldown }
         case "UpstreamAuthFailed":
           return { reason: "auth-failed", duration: authFailedCooldown }
+        case "UpstreamUnreachable":
+          return refused(error.reason) ? { reason: "unreachable", duration: unreachableCooldown } : undefined
         default:
           return undefined
       }
@@ -782,7 +839,16 @@ export const makeWith = (
         : broken
       if (u.tokenLimit !== undefined) protectedCall = Effect.zipRight(u.tokenLimit.acquire("account", tokens), protectedCall)
       if (u.requestLimit !== undefined) protectedCall = Effect.zipRight(u.requestLimit.acquire("account"), protectedCall)
-      return classifyOutcome(protectedCall, u.name, progress)
+      // The upstream's own rate limit, as learnt (see `Pacing`): a call the
+      // window has no room for is not made; one let through by the queue
+      // (`progress.granted`) has its room already.
+      const pacer = Pacing.pacerOf(u)
+      return Effect.clockWith((clock) => {
+        if (progress.granted === u) progress.granted = undefined
+        else if (!pacer.tryTake(clock.unsafeCurrentTimeMillis())) return Effect.succeed<Attempted<A>>({ _tag: "Skipped", reason: PACED })
+        return Effect.tap(classifyOutcome(protectedCall, u.name, progress), (outcome) =>
+          outcome._tag === "Skipped" ? Effect.sync(() => pacer.giveBack(clock.unsafeCurrentTimeMillis())) : Effect.void)
+      })
     }
 
     // ----- one HTTP call under one timer ---------------------------------------
@@ -847,9 +913,12 @@ export const makeWith = (
     ): Abort => {
       let settled = false
       let abort: Abort | undefined
+      const pacer = Pacing.pacerOf(u)
+      pacer.sent()
       const cancelTimer = unsafeTimer(clock, limit.millis, () => {
         if (settled) return
         settled = true
+        pacer.done(clock.unsafeCurrentTimeMillis())
         const timedOut = limit.budget === undefined
           ? new UpstreamTimeout({ upstream: u.name, timeout: u.timeout })
           : new Timeout.DeadlineExceeded({ budget: limit.budget })
@@ -861,12 +930,16 @@ export const makeWith = (
         if (settled) return
         settled = true
         cancelTimer()
+        const now = clock.unsafeCurrentTimeMillis()
+        if (exit._tag === "Success") paceAnswer(pacer, now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+        else pacer.done(now)
         settle(exit)
       })
       return (then) => {
         if (settled) return then()
         settled = true
         cancelTimer()
+        pacer.done(clock.unsafeCurrentTimeMillis())
         abort!(then)
       }
     }
@@ -924,9 +997,24 @@ export const makeWith = (
       notFound: UpstreamModelNotFound | undefined
       /** Upstreams that said they lack the model: not asked again in this request. */
       lacking: Set<string> | undefined
+      /** The upstream whose pacing queue let this request through: its call has room in the window. */
+      granted: Upstream.Upstream | undefined
+      /** An upstream this round left alone because its rate-limit window is spent. */
+      pacedOn: Upstream.Upstream | undefined
+      /** Times this request waited in a pacing queue. */
+      pacedWaits: number
     }
 
-    const newProgress = (): Progress => ({ attempts: 0, failures: [], last: undefined, notFound: undefined, lacking: undefined })
+    const newProgress = (): Progress => ({
+      attempts: 0,
+      failures: [],
+      last: undefined,
+      notFound: undefined,
+      lacking: undefined,
+      granted: undefined,
+      pacedOn: undefined,
+      pacedWaits: 0
+    })
 
     /**
      * Where the hot path hands a request over to the general one: the first
@@ -989,12 +1077,25 @@ export const makeWith = (
         first: Attempted<A> | undefined
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
         const attemptsBefore = first === undefined ? progress.attempts : 0
+        progress.pacedOn = undefined
         const tryAt = (i: number, retried = 0): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
           if (progress.attempts >= maxAttempts) return Effect.fail(allFailed(model, progress, []))
           if (i >= plan.order.length) return nextRound(n, waits, plan, now, active, progress.attempts > attemptsBefore)
           const u = plan.order[i]!
           if (progress.lacking !== undefined && progress.lacking.has(u.name)) return tryAt(i + 1)
-          return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+          if (i === 0 || plan.panic) return Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+          // An upstream that went into a cooldown since the plan was made
+          // (a refused connection, a 429 met by another request) is left
+          // out (it was not cooling down then: the plan has it).
+          return Effect.clockWith((clock) => {
+            const at = clock.unsafeCurrentTimeMillis()
+            return Effect.flatMap(cooldowns.active(at), (current) => {
+              const cooldown = current.get(u.name)
+              return cooldown !== undefined && cooldown.until > at
+                ? tryAt(i + 1)
+                : Effect.flatMap(attempt(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+            })
+          })
         }
         const after = (
           i: number,
@@ -1007,6 +1108,7 @@ export const makeWith = (
               return Effect.succeed([outcome.value, u, progress] as const)
             case "Skipped":
               progress.failures.push({ upstream: u.name, reason: outcome.reason })
+              if (outcome.reason === PACED) progress.pacedOn = u
               return tryAt(i + 1)
             case "Failed": {
               const error = outcome.error
@@ -1032,7 +1134,10 @@ export const makeWith = (
               // An upstream may ask for retries on itself (transient
               // errors only) before the request moves on.
               const sameUpstream = u.retry?.maxRetries ?? 0
-              if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
+              if (
+                retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts &&
+                !(error._tag === "UpstreamUnreachable" && refused(error.reason))
+              ) {
                 return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
               }
               return Effect.zipRight(coolDown(error), tryAt(i + 1))
@@ -1058,8 +1163,57 @@ export const makeWith = (
               : why === "circuit-open"
               ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
               : Effect.succeed(undefined)),
-          (comebacks) => afterRound(n, waits, plan, now, called, comebacks)
+          (comebacks) => afterRound(n, waits, plan, now, active, called, comebacks)
         )
+
+      /**
+       * Waits in `u`'s pacing queue (at most `maxRetryAfter`, and within the
+       * deadline); let through, the request calls `u` at once (its call has
+       * room in the window). A queue that is full, or a window that does not
+       * open in time, fails the request as when no upstream is available.
+       */
+      const pace = (
+        n: number,
+        waits: number,
+        u: Upstream.Upstream,
+        at: number,
+        excluded: ReadonlyArray<Failure>,
+        front: boolean
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+        Effect.flatMap(Timeout.remaining, (left) =>
+          Effect.clockWith((clock) => {
+            const now = clock.unsafeCurrentTimeMillis()
+            const pacer = Pacing.pacerOf(u)
+            const budget = Option.isSome(left) ? Math.min(maxRetryAfterMillis, Duration.toMillis(left.value) - 1) : maxRetryAfterMillis
+            progress.pacedWaits++
+            const waited = budget <= 0 ? Effect.succeed<Pacing.WaitOutcome>("too-long") : pacer.wait(budget, pacingQueue, front)
+            const wait = tracing === undefined ? waited : Effect.zipRight(
+              spanEvent("waiting", { "breakwater.wait.reason": `rate limited: queued for ${u.name}'s window`, "breakwater.upstream": u.name }),
+              waited
+            )
+            return Effect.flatMap(wait, (outcome) => {
+              const end = clock.unsafeCurrentTimeMillis()
+              const recorded = outcome === "granted" && end === now ? Effect.void : Pacing.recordWait(pacer, outcome, end - now)
+              if (outcome !== "granted") {
+                return Effect.zipRight(recorded, Effect.fail(noneAvailable(model, excluded, progress, Math.max(0, at - end))))
+              }
+              return Effect.zipRight(
+                recorded,
+                Effect.flatMap(cooldowns.active(end), (active) => {
+                  const cooldown = active.get(u.name)
+                  if (cooldown !== undefined && cooldown.until > end) {
+                    // A cooldown started meanwhile (here, or on another replica).
+                    pacer.forfeit()
+                    if (cooldown.reason !== "rate-limited" && cooldown.reason !== "low-headroom") return round(n, waits)
+                    pacer.block(end, cooldown.until)
+                    return pace(n, waits, u, cooldown.until, excluded, true)
+                  }
+                  progress.granted = u
+                  return planned(n, waits, end, active, { order: [u], excluded: [], panic: false }, undefined)
+                })
+              )
+            })
+          }))
 
       /**
        * `called`: whether this round made any upstream call. A round where
@@ -1072,6 +1226,7 @@ export const makeWith = (
         waits: number,
         plan: Router.Plan,
         now: number,
+        active: ReadonlyMap<string, Cooldown.Cooldown>,
         called: boolean,
         comebacks: ReadonlyArray<number | undefined>
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
@@ -1080,6 +1235,42 @@ export const makeWith = (
         )
         let soonest: number | undefined
         for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
+        if (!called && pacingQueue > 0 && progress.attempts < maxAttempts && progress.pacedWaits < MAX_PACED_WAITS) {
+          // Pacing: when the first upstream to come back is one that is only
+          // rate limited, wait in its queue rather than all at once.
+          let target: Upstream.Upstream | undefined
+          let targetAt = Infinity
+          let cooling: number | undefined
+          let other = Infinity
+          plan.excluded.forEach(([u, why], j) => {
+            const cooldown = active.get(u.name)
+            if (why === "cooling-down" && cooldown !== undefined && (cooldown.reason === "rate-limited" || cooldown.reason === "low-headroom")) {
+              const at = Math.max(cooldown.until, Pacing.pacerOf(u).resetAt)
+              if (at < targetAt) {
+                target = u
+                targetAt = at
+                cooling = cooldown.until
+              }
+            } else {
+              const at = comebacks[j]
+              if (at !== undefined && at < other) other = at
+            }
+          })
+          const pacedOn = progress.pacedOn
+          if (pacedOn !== undefined) {
+            const at = Math.max(now, Pacing.pacerOf(pacedOn).resetAt)
+            if (at < targetAt) {
+              target = pacedOn
+              targetAt = at
+              cooling = undefined
+            }
+          }
+          if (target !== undefined && targetAt <= other) {
+            // The pacer honours the cooldown, wherever it was learnt (another request, another replica).
+            if (cooling !== undefined) Pacing.pacerOf(target).block(now, cooling)
+            return pace(n, waits, target, targetAt, excluded, false)
+          }
+        }
         if (!called) {
           const waitMillis = soonest === undefined ? undefined : soonest - now
           if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && waits < maxRounds + 1) {
@@ -1372,7 +1563,12 @@ export const makeWith = (
       if (tokenLimit !== undefined && !tokenLimit.unsafeTryAcquire!("account", tokens, now, tags)) {
         return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
       }
-      if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+      const pacer = Pacing.pacerOf(u)
+      if (!pacer.tryTake(now)) return handOver({ _tag: "Skipped", reason: PACED })
+      if (!bulkhead.unsafeTryAcquire()) {
+        pacer.giveBack(now)
+        return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+      }
 
       progress.attempts = 1
       const started = now
@@ -1558,7 +1754,18 @@ export const makeWith = (
         // idle timeout can end it under a waiting read without closing the
         // pull that read runs in.
         const bodyScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-        const reply = yield* Scope.extend(client.postStream(u, CHAT, body, headers), bodyScope)
+        const pacer = Pacing.pacerOf(u)
+        const clock = yield* Effect.clock
+        pacer.sent()
+        const reply = yield* Scope.extend(client.postStream(u, CHAT, body, headers), bodyScope).pipe(
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              const now = clock.unsafeCurrentTimeMillis()
+              if (exit._tag === "Success") paceAnswer(pacer, now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+              else pacer.done(now)
+            })
+          )
+        )
         if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) {
           const text = yield* Stream.runFold(Stream.decodeText(reply.body), "", (a, b) => a + b).pipe(

@@ -120,9 +120,9 @@ export interface Faults {
    * says where the caller stands (`x-ratelimit-limit-requests`,
    * `-remaining-requests`, `-reset-requests` in ms; Anthropic's
    * `anthropic-ratelimit-requests-*` for that protocol); a request beyond
-   * the quota gets a 429 at once with `Retry-After` in whole seconds (rounded
-   * up) and is not counted. Checked when the request has arrived, before
-   * any other fault.
+   * the quota gets a 429 (after `latencyMs`, as any answer) with
+   * `Retry-After` in whole seconds (rounded up) and is not counted. Counted
+   * when the request has arrived, before any other fault.
    */
   requestQuota?: { readonly requests: number; readonly windowMs?: number | undefined } | undefined
 }
@@ -696,10 +696,9 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
 
   /**
    * `requestQuota`: counts the request in the current window and sets the
-   * quota's headers on `res`; true when it is over the quota (then answered
-   * here with a 429).
+   * quota's headers on `res`; when it is over the quota, the 429 to send.
    */
-  const overQuota = (res: http.ServerResponse, quota: NonNullable<Faults["requestQuota"]>): boolean => {
+  const overQuota = (res: http.ServerResponse, quota: NonNullable<Faults["requestQuota"]>): (() => void) | undefined => {
     const now = Date.now()
     if (now >= quotaWindowEnd) {
       quotaWindowEnd = now + (quota.windowMs ?? 1000)
@@ -720,16 +719,16 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     res.once("finish", () => {
       c.quotaAnnouncedAt ??= Date.now()
     })
-    if (allowed) return false
+    if (allowed) return undefined
     c.quotaRefusedAt.push(now)
-    const route = CHAT
-    sendJson(
-      res,
-      429,
-      protocol === "openai" || protocol === "azure-openai" ? RATE_LIMIT_BODY : errorReply(429, route, { retryAfter: "1" }),
-      { "retry-after": String(Math.max(1, Math.ceil(resetMs / 1000))) }
-    )
-    return true
+    const retryAfter = String(Math.max(1, Math.ceil(resetMs / 1000)))
+    return () =>
+      sendJson(
+        res,
+        429,
+        protocol === "openai" || protocol === "azure-openai" ? RATE_LIMIT_BODY : errorReply(429, CHAT, { retryAfter }),
+        { "retry-after": retryAfter }
+      )
   }
 
   const handlePost = (req: http.IncomingMessage, res: http.ServerResponse, route: Route): void => {
@@ -742,13 +741,14 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     req.on("end", () => {
       c.lastBody = raw
       if (closed || res.destroyed) return
-      if (f.requestQuota !== undefined && overQuota(res, f.requestQuota)) return
+      const refuse = f.requestQuota !== undefined ? overQuota(res, f.requestQuota) : undefined
+      const respond = refuse === undefined ? () => answer(req, res, route, f, raw) : refuse
       const latency = f.latencyMs ?? 0
       const delay = latency + (f.jitterMs !== undefined && f.jitterMs > 0 ? rand() * f.jitterMs : 0)
-      if (delay <= 0) return answer(req, res, route, f, raw)
+      if (delay <= 0) return respond()
       const timer = setTimeout(() => {
         timers.delete(timer)
-        if (!closed && !res.destroyed) answer(req, res, route, f, raw)
+        if (!closed && !res.destroyed) respond()
       }, delay)
       timers.add(timer)
     })
