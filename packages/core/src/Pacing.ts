@@ -58,20 +58,23 @@ interface TimerSource {
   readonly fiber: Parameters<typeof unsafeTimer>[3]
 }
 
-const pacedCounter = Metric.counter("breakwater_paced_total", {
+/** `breakwater_paced_total{upstream,outcome}`: waits in a pacing queue and how they ended. */
+export const pacedTotal = Metric.counter("breakwater_paced_total", {
   description: "Requests that met a rate-limited upstream and waited for its window, by upstream and outcome " +
     "(granted: sent when the window allowed; queue-full, too-long, timeout: failed as before)",
   incremental: true
 })
-const queueGauge = Metric.gauge("breakwater_pacing_queue", { description: "Requests waiting for an upstream's rate-limit window" })
-const waitHistogram = Metric.histogram(
+/** `breakwater_pacing_queue{upstream}`: requests waiting now. */
+export const queueLength = Metric.gauge("breakwater_pacing_queue", { description: "Requests waiting for an upstream's rate-limit window" })
+/** `breakwater_pacing_wait_ms{upstream}`: how long requests let through had waited. */
+export const waitMillis = Metric.histogram(
   "breakwater_pacing_wait_ms",
   MetricBoundaries.exponential({ start: 10, factor: 2, count: 12 }),
   "Time requests waited for an upstream's rate-limit window, ms"
 )
-const pacedBy = taggedBy(pacedCounter, ["upstream", "outcome"])
-const queueBy = taggedBy(queueGauge, ["upstream"])
-const waitBy = taggedBy(waitHistogram, ["upstream"])
+const pacedBy = taggedBy(pacedTotal, ["upstream", "outcome"])
+const queueBy = taggedBy(queueLength, ["upstream"])
+const waitBy = taggedBy(waitMillis, ["upstream"])
 
 /** What one upstream's answers said about its request limit, and the requests waiting for it. */
 export class Pacer {
