@@ -49,9 +49,10 @@
  *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s }
  * #        fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] }   # validated; not yet applied
+ * #        pacing: { queue: 100 }       # requests that may wait for a rate-limited upstream's window (0: off)
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
- * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
+ * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, unreachable: 5s, headroomWatermark: 0 }
  * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
  *                                       # mode: deterministic (temperature 0 or a seed) | all
  *                                       # scope: key (per gateway key and user) | shared
@@ -222,6 +223,8 @@ export interface RoutingConfig {
   readonly streamIdleTimeout: Duration.Duration
   /** Model -> the models that answer, in order, when every upstream of that model failed. Default none. */
   readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
+  /** Pacing (core's `Pacing`): how many requests may wait for one rate-limited upstream's window. Default 100; 0: off. */
+  readonly pacing: { readonly queue: number }
 }
 
 export interface CooldownConfig {
@@ -229,6 +232,8 @@ export interface CooldownConfig {
   readonly quota: Duration.Duration
   /** After an upstream refused its own key (401/403); a successful health probe ends it early. */
   readonly authFailed: Duration.Duration
+  /** After an upstream refused the connection (nothing listening, no such host). Default 5 s. */
+  readonly unreachable: Duration.Duration
   readonly headroomWatermark: number
 }
 
@@ -655,7 +660,8 @@ const File = Schema.Struct({
     requestTimeout: opt(PositiveDur),
     panic: opt(Bool),
     streamIdleTimeout: opt(PositiveDur),
-    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) }))
+    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) })),
+    pacing: opt(Schema.Struct({ queue: opt(NonNegativeInt) }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -668,6 +674,7 @@ const File = Schema.Struct({
     rateLimited: opt(Dur),
     quota: opt(Dur),
     authFailed: opt(PositiveDur),
+    unreachable: opt(Dur),
     headroomWatermark: opt(NonNegativeNumber)
   })),
   cache: opt(Schema.Struct({
@@ -1364,7 +1371,8 @@ const build = (f: File, env: Env): ServerConfig => {
       requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
       panic: routing.panic ?? false,
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
-      fallbacks: routing.fallbacks ?? {}
+      fallbacks: routing.fallbacks ?? {},
+      pacing: { queue: routing.pacing?.queue ?? 100 }
     },
     breaker: {
       ...only("failureRate", breaker.failureRate),
@@ -1383,6 +1391,7 @@ const build = (f: File, env: Env): ServerConfig => {
       rateLimited: cooldown.rateLimited ?? Duration.seconds(1),
       quota: cooldown.quota ?? Duration.hours(1),
       authFailed: cooldown.authFailed ?? Duration.minutes(5),
+      unreachable: cooldown.unreachable ?? Duration.seconds(5),
       headroomWatermark: cooldown.headroomWatermark ?? 0
     },
     cache: {
@@ -1566,6 +1575,8 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,
   authFailedCooldown: config.cooldown.authFailed,
+  unreachableCooldown: config.cooldown.unreachable,
+  pacing: { queue: config.routing.pacing.queue },
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
   cacheScope: config.cache.scope,
