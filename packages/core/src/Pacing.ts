@@ -182,7 +182,25 @@ export class Pacer {
     if (this.queue.length > 0) this.pump(now)
   }
 
-  /** Nothing may be sent before `until` (a 429's `Retry-After`, a cooldown). */
+  /**
+   * A call sent has been answered: what its headers say about the window
+   * ({@link learn}), a 429 spends it (the cooldown it starts keeps requests
+   * away until its `Retry-After`; then one call finds out), and a success
+   * without any limit heard of leaves nothing held back. Then the call has
+   * ended ({@link done}).
+   */
+  answered(now: number, status: number, headers: Readonly<Record<string, string | undefined>>): void {
+    const told = headers["x-ratelimit-remaining-requests"] !== undefined
+    if (told) this.learn(now, headers)
+    if (status === 429) this.left = 0
+    else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
+      this.left = undefined
+      this.resetAt = 0
+    }
+    this.done(now)
+  }
+
+  /** Nothing may be sent before `until` (a cooldown's end). */
   block(now: number, until: number): void {
     if (until <= now) return
     this.left = 0

@@ -210,32 +210,6 @@ const refused = (reason: string): boolean => REFUSED.has(reason)
 /** Why a request did not call an upstream whose rate-limit window is spent (see `Pacing`). */
 const PACED = "rate-limit window spent"
 
-/**
- * What an answer tells `u`'s pacer: the limits in its headers, and a 429's
- * wait (`Retry-After`, or `fallback` without one). Then the call has ended.
- */
-const paceAnswer = (
-  pacer: Pacing.Pacer,
-  now: number,
-  status: number,
-  headers: Readonly<Record<string, string | undefined>>,
-  fallback: number
-): void => {
-  pacer.learn(now, headers)
-  if (status === 429) {
-    const ms = headers["retry-after-ms"]
-    let wait: number | undefined
-    if (ms !== undefined && /^\d+(\.\d+)?$/.test(ms.trim())) wait = Math.round(Number(ms))
-    else {
-      const ra = headers["retry-after"]
-      const parsed = ra === undefined ? Option.none() : Retry.parseRetryAfter(ra, now)
-      if (Option.isSome(parsed)) wait = Duration.toMillis(parsed.value)
-    }
-    pacer.block(now, now + (wait ?? fallback))
-  }
-  pacer.done(now)
-}
-
 /** A bound on a request's waits in pacing queues (each is bounded in time too). */
 const MAX_PACED_WAITS = 100
 
@@ -527,7 +501,6 @@ export const makeWith = (
     const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
-    const rateLimitCooldownMillis = Duration.toMillis(rateLimitCooldown)
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
@@ -931,7 +904,7 @@ export const makeWith = (
         settled = true
         cancelTimer()
         const now = clock.unsafeCurrentTimeMillis()
-        if (exit._tag === "Success") paceAnswer(pacer, now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
         else pacer.done(now)
         settle(exit)
       })
@@ -1761,7 +1734,7 @@ export const makeWith = (
           Effect.onExit((exit) =>
             Effect.sync(() => {
               const now = clock.unsafeCurrentTimeMillis()
-              if (exit._tag === "Success") paceAnswer(pacer, now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
               else pacer.done(now)
             })
           )

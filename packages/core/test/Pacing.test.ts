@@ -124,6 +124,24 @@ describe("Pacer", () => {
     expect(p.tryTake(2000)).toBe(false)
   })
 
+  it("a 429 without limit headers spends the window: one call finds out, and a plain success frees it again", () => {
+    const p = new Pacing.Pacer("a")
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    p.answered(5, 429, { "retry-after": "1" })
+    // One call still in flight: it may tell more.
+    expect(p.tryTake(5)).toBe(false)
+    p.answered(6, 429, {})
+    // Nothing in flight: one call (the cooldown keeps the router away until its end).
+    expect(p.tryTake(1000)).toBe(true)
+    expect(p.tryTake(1000)).toBe(false)
+    p.sent()
+    p.answered(1010, 200, {})
+    for (let i = 0; i < 5; i++) expect(p.tryTake(1010)).toBe(true)
+  })
+
   it("a taken call that is not sent is given back", () => {
     const p = new Pacing.Pacer("a")
     p.learn(0, { "x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "1s" })
