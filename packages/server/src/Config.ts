@@ -48,6 +48,7 @@
  *     deployments: { gpt-4.1: my-gpt41 }  # required for azure-openai: model -> deployment
  *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s }
+ * #        hedge: { after: p95, maxExtra: 10% }   # off unless set; after: a duration or p50..p99.9
  * #        fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] }   # validated; not yet applied
  * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
@@ -98,7 +99,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Hedge, Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -222,6 +223,22 @@ export interface RoutingConfig {
   readonly streamIdleTimeout: Duration.Duration
   /** Model -> the models that answer, in order, when every upstream of that model failed. Default none. */
   readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
+  /** Hedging of slow first calls (core's `Hedge`); undefined: off (the default). */
+  readonly hedge: HedgeConfig | undefined
+}
+
+/** `routing.hedge`, defaults filled in. */
+export interface HedgeConfig {
+  /** A fixed delay, or a percentile (`p95`) of the first upstream's recent latency. */
+  readonly after: Duration.Duration | Hedge.Percentile
+  /** Hedges as a share of requests over `window`. Default 0.1 (`10%`). */
+  readonly maxExtra: number
+  /** The cap's sliding window. Default 10 s. */
+  readonly window: Duration.Duration
+  /** Under `after: pNN`, the delay until the upstream has 20 measured calls. Default 1 s. */
+  readonly initialDelay: Duration.Duration
+  /** Under `after: pNN`, the shortest delay. Default 50 ms. */
+  readonly minDelay: Duration.Duration
 }
 
 export interface CooldownConfig {
@@ -450,6 +467,33 @@ const durationLeaf = (positive: boolean) =>
 const Dur = durationLeaf(false)
 const PositiveDur = durationLeaf(true)
 
+/** `routing.hedge.after`: a positive duration, or a percentile `p50`..`p99.9`. */
+const HedgeAfter = leaf((u): Either.Either<Duration.Duration | Hedge.Percentile, string> => {
+  if (typeof u === "string") {
+    const p = /^\s*p(\d+(?:\.\d+)?)\s*$/i.exec(u)
+    if (p !== null) {
+      const n = Number(p[1])
+      if (n > 0 && n < 100) return Either.right({ _tag: "Percentile", quantile: n / 100 })
+    } else {
+      const d = parseDuration(u)
+      if (Option.isSome(d) && Duration.greaterThan(d.value, Duration.zero) && Duration.toMillis(d.value) <= MAX_DURATION_MILLIS) {
+        return Either.right(d.value)
+      }
+    }
+  }
+  return Either.left(`expected a positive duration like "800ms" or a percentile like "p95", got ${show(u)}`)
+})
+
+/** A share above 0 and at most 1, as a number (`0.1`) or a percentage (`10%`). */
+const SharePercent = leaf((u) => {
+  const text = typeof u === "string" ? u.trim() : undefined
+  const n = text !== undefined && text.endsWith("%") ? asNumber(text.slice(0, -1)) : asNumber(u)
+  const share = n === undefined ? undefined : text !== undefined && text.endsWith("%") ? n / 100 : n
+  return share !== undefined && Number.isFinite(share) && share > 0 && share <= 1
+    ? Either.right(share)
+    : Either.left(`expected a share above 0 and at most 1, like 0.1 or "10%", got ${show(u)}`)
+})
+
 const oneOf = <const L extends ReadonlyArray<string>>(literals: L) =>
   leaf((u): Either.Either<L[number], string> =>
     typeof u === "string" && literals.includes(u)
@@ -655,7 +699,14 @@ const File = Schema.Struct({
     requestTimeout: opt(PositiveDur),
     panic: opt(Bool),
     streamIdleTimeout: opt(PositiveDur),
-    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) }))
+    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) })),
+    hedge: opt(Schema.Struct({
+      after: HedgeAfter,
+      maxExtra: opt(SharePercent),
+      window: opt(PositiveDur),
+      initialDelay: opt(PositiveDur),
+      minDelay: opt(Dur)
+    }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -1364,7 +1415,14 @@ const build = (f: File, env: Env): ServerConfig => {
       requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
       panic: routing.panic ?? false,
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
-      fallbacks: routing.fallbacks ?? {}
+      fallbacks: routing.fallbacks ?? {},
+      hedge: routing.hedge === undefined ? undefined : {
+        after: routing.hedge.after,
+        maxExtra: routing.hedge.maxExtra ?? 0.1,
+        window: routing.hedge.window ?? Duration.seconds(10),
+        initialDelay: routing.hedge.initialDelay ?? Duration.seconds(1),
+        minDelay: routing.hedge.minDelay ?? Duration.millis(50)
+      }
     },
     breaker: {
       ...only("failureRate", breaker.failureRate),
@@ -1569,7 +1627,8 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
   cacheScope: config.cache.scope,
-  streamIdleTimeout: config.routing.streamIdleTimeout
+  streamIdleTimeout: config.routing.streamIdleTimeout,
+  hedge: config.routing.hedge
 })
 
 /**

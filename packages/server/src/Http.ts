@@ -7,7 +7,7 @@
  * error is OpenAI's `{"error":{"message","type","param","code"}}` with the
  * status the official SDK maps to its error classes.
  */
-import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
+import { Cooldown, type Hedge, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
@@ -203,6 +203,8 @@ interface Log {
   /** What ended a failed stream. */
   error: string | undefined
   usageEstimated: boolean | undefined
+  /** Set when the request was hedged: where the hedge went and how it fared. */
+  hedge: Hedge.Report | undefined
   /** The request's span, when tracing. */
   span: Tracer.Span | undefined
 }
@@ -329,6 +331,21 @@ export const make = (options: Options) =>
       }
     }
 
+    /**
+     * `x-breakwater-hedge`: `off` (or `false`) marks a request that must not
+     * be sent twice (not idempotent): it is never hedged. `on` (or `true`)
+     * is the default. Undefined without the header; null when it is neither.
+     */
+    const hedgeHeader = (request: Incoming): boolean | undefined | null => {
+      const header = request.headers["x-breakwater-hedge"]
+      if (header === undefined) return undefined
+      const v = header.trim().toLowerCase()
+      return v === "off" || v === "false" ? false : v === "on" || v === "true" ? true : null
+    }
+
+    const badHedgeHeader = (): Reply =>
+      failure(400, "The x-breakwater-hedge header must be 'on' or 'off'.", "invalid_request_error", "invalid_header")
+
     const cacheControl = (request: Incoming) => {
       const header = request.headers["cache-control"]
       if (header === undefined) return undefined
@@ -402,9 +419,15 @@ export const make = (options: Options) =>
       }
       const request_ = decoded.right
       log.model = request_.model
+      const hedge = hedgeHeader(request)
+      if (hedge === null) return Effect.succeed(badHedgeHeader())
       const promptTokens = embeddingTokens(request_.input)
       return admitThen(caller, { model: request_.model, promptTokens, maxOutputTokens: 0 }, 1, (admitted) =>
-        relayedJson(log, admitted, relay.embeddings(request_, { key: caller.name, rawBody: body })))
+        relayedJson(
+          log,
+          admitted,
+          relay.embeddings(request_, hedge === undefined ? { key: caller.name, rawBody: body } : { key: caller.name, rawBody: body, hedge })
+        ))
     }
 
     /** Admits the request (a key's limits and budget), then runs `then`; a refusal is the reply. */
@@ -497,6 +520,7 @@ export const make = (options: Options) =>
       log.costUsd = charged?.usd ?? m.costUsd
       if (charged !== undefined && charged.basis !== "table") log.costBasis = charged.basis
       log.usageEstimated = m.usageEstimated
+      if (m.hedge !== undefined) log.hedge = m.hedge
       if (log.span !== undefined && m.usage !== undefined) {
         log.span.attribute("gen_ai.usage.input_tokens", m.usage.prompt_tokens)
         if (m.usage.completion_tokens !== undefined) log.span.attribute("gen_ai.usage.output_tokens", m.usage.completion_tokens)
@@ -511,6 +535,8 @@ export const make = (options: Options) =>
       raw: string
     ): Effect.Effect<Reply> => {
       log.model = body.model
+      const hedge = hedgeHeader(request)
+      if (hedge === null) return Effect.succeed(badHedgeHeader())
       const tokens = OpenAI.estimateTokens(body)
       const maxOutputTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
       return admitThen(
@@ -518,7 +544,9 @@ export const make = (options: Options) =>
         { model: body.model, promptTokens: tokens - (maxOutputTokens ?? 0), maxOutputTokens },
         tokens,
         (admitted) => {
-          const options = { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+          const options: Relay.CallOptions = hedge === undefined
+            ? { key: caller.name, rawBody: raw, cache: cacheControl(request) }
+            : { key: caller.name, rawBody: raw, cache: cacheControl(request), hedge }
           if (body.stream === true) return chatStream(log, admitted, body, options)
           return relayedJson(log, admitted, relay.chat(body, options))
         }
@@ -834,6 +862,10 @@ export const make = (options: Options) =>
         if (log.error !== undefined) fields["error"] = log.error
       }
       if (log.outcome !== undefined || log.usageEstimated === true) fields["usageEstimated"] = log.usageEstimated ?? false
+      if (log.hedge !== undefined) {
+        fields["hedge"] = log.hedge.outcome
+        fields["hedgeUpstream"] = log.hedge.upstream
+      }
       requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status)).unsafeUpdate(1, NO_TAGS)
       durationHistogram.unsafeUpdate(elapsed, NO_TAGS)
       if (feed !== undefined) feed.record(log, status, elapsed)
@@ -875,6 +907,7 @@ export const make = (options: Options) =>
         outcome: undefined,
         error: undefined,
         usageEstimated: undefined,
+        hedge: undefined,
         span: undefined
       }
       const logged = path.startsWith("/v1/")
