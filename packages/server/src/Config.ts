@@ -468,7 +468,7 @@ const Dur = durationLeaf(false)
 const PositiveDur = durationLeaf(true)
 
 /** `routing.hedge.after`: a positive duration, or a percentile `p50`..`p99.9`. */
-const HedgeAfter = leaf((u): Either.Either<Duration.Duration | Hedge.Percentile, string> => {
+const hedgeAfter = (u: unknown): Either.Either<Duration.Duration | Hedge.Percentile, string> => {
   if (typeof u === "string") {
     const p = /^\s*p(\d+(?:\.\d+)?)\s*$/i.exec(u)
     if (p !== null) {
@@ -482,17 +482,19 @@ const HedgeAfter = leaf((u): Either.Either<Duration.Duration | Hedge.Percentile,
     }
   }
   return Either.left(`expected a positive duration like "800ms" or a percentile like "p95", got ${show(u)}`)
-})
+}
+const HedgeAfter = leaf(hedgeAfter)
 
 /** A share above 0 and at most 1, as a number (`0.1`) or a percentage (`10%`). */
-const SharePercent = leaf((u) => {
+const sharePercent = (u: unknown): Either.Either<number, string> => {
   const text = typeof u === "string" ? u.trim() : undefined
   const n = text !== undefined && text.endsWith("%") ? asNumber(text.slice(0, -1)) : asNumber(u)
   const share = n === undefined ? undefined : text !== undefined && text.endsWith("%") ? n / 100 : n
   return share !== undefined && Number.isFinite(share) && share > 0 && share <= 1
     ? Either.right(share)
     : Either.left(`expected a share above 0 and at most 1, like 0.1 or "10%", got ${show(u)}`)
-})
+}
+const SharePercent = leaf(sharePercent)
 
 const oneOf = <const L extends ReadonlyArray<string>>(literals: L) =>
   leaf((u): Either.Either<L[number], string> =>
@@ -581,6 +583,25 @@ const Models = leaf((u): Either.Either<ReadonlyArray<string> | "*", string> => {
   }
   return Either.left(`expected "*" or a non-empty list of model names, got ${show(u)}`)
 })
+
+/**
+ * `routing.hedge` from its two main settings as written (`p95`, `800ms`;
+ * `10%`, `0.1`), the other fields at their defaults: for the simulator's
+ * `--hedge`. Left: what is wrong, in words.
+ */
+export const hedgeOf = (after: unknown, maxExtra: unknown = 0.1): Either.Either<HedgeConfig, string> => {
+  const a = hedgeAfter(after)
+  if (Either.isLeft(a)) return Either.left(`hedge: ${a.left}`)
+  const m = sharePercent(maxExtra)
+  if (Either.isLeft(m)) return Either.left(`hedge-max-extra: ${m.left}`)
+  return Either.right({
+    after: a.right,
+    maxExtra: m.right,
+    window: Duration.seconds(10),
+    initialDelay: Duration.seconds(1),
+    minDelay: Duration.millis(50)
+  })
+}
 
 // ---------------------------------------------------------------------------
 // The file's schema (before defaults)
