@@ -54,6 +54,13 @@ export interface Options {
   readonly initialDelay?: Duration.DurationInput | undefined
   /** The shortest delay a percentile may give. Default 50 ms. */
   readonly minDelay?: Duration.DurationInput | undefined
+  /**
+   * When no later upstream may take the hedge, send it to the first call's
+   * own upstream, on a second connection (a "tied request", as in Dean and
+   * Barroso's "The Tail at Scale"): only if that upstream is still closed,
+   * not cooling down and has a free slot. Default false.
+   */
+  readonly sameUpstream?: boolean | undefined
 }
 
 /** Measured calls an upstream needs before its percentile is trusted. */
@@ -142,6 +149,8 @@ export const makeBudget = (maxExtra: number, windowMillis: number): Budget => {
 
 export interface Hedge {
   readonly budget: Budget
+  /** See {@link Options.sameUpstream}. */
+  readonly sameUpstream: boolean
   /** The delay before hedging a call to `u`, millis. */
   readonly delayFor: (u: Upstream.Upstream) => number
 }
@@ -150,11 +159,13 @@ export const make = (options: Options): Hedge => {
   const maxExtra = options.maxExtra ?? 0.1
   const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? Duration.seconds(10)))
   const after = options.after
+  const sameUpstream = options.sameUpstream === true
   if (isPercentile(after)) {
     const initial = Duration.toMillis(options.initialDelay ?? Duration.seconds(1))
     const min = Duration.toMillis(options.minDelay ?? Duration.millis(50))
     return {
       budget,
+      sameUpstream,
       delayFor: (u) => {
         const measured = Upstream.latencyQuantile(u, after.quantile, MIN_SAMPLES)
         return measured === undefined ? initial : Math.max(min, measured)
@@ -162,7 +173,7 @@ export const make = (options: Options): Hedge => {
     }
   }
   const fixed = Duration.toMillis(after)
-  return { budget, delayFor: () => fixed }
+  return { budget, sameUpstream, delayFor: () => fixed }
 }
 
 // ---------------------------------------------------------------------------

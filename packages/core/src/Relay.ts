@@ -1207,6 +1207,27 @@ export const makeWith = (
       return Effect.succeed(undefined)
     }
 
+    /**
+     * With `sameUpstream`, when no later upstream may take the hedge: the
+     * first call's own upstream, if it is still closed, not cooling down and
+     * has a free slot.
+     */
+    const sameAsLast = (
+      found: Effect.Effect<readonly [number, Upstream.Upstream] | undefined>,
+      policy: Hedge.Hedge,
+      i: number,
+      u: Upstream.Upstream,
+      now: number,
+      active: ReadonlyMap<string, Cooldown.Cooldown>
+    ): Effect.Effect<readonly [number, Upstream.Upstream] | undefined> =>
+      !policy.sameUpstream ? found : Effect.flatMap(found, (other) => {
+        if (other !== undefined) return Effect.succeed(other)
+        const cooling = active.get(u.name)
+        if (cooling !== undefined && cooling.until > now) return Effect.succeed(undefined)
+        if (u.bulkhead.unsafeStats().available <= 0) return Effect.succeed(undefined)
+        return Effect.map(u.breaker.state, (state) => state === "Closed" || state === "Disabled" ? [i, u] as const : undefined)
+      })
+
     const failureOf = (error: UpstreamError): Failure =>
       error._tag === "UpstreamAuthFailed"
         ? { upstream: error.upstream, reason: reasonOf(error), kind: "auth-failed" }
@@ -1378,7 +1399,7 @@ export const makeWith = (
               const now = clock.unsafeCurrentTimeMillis()
               if (progress.attempts >= maxAttempts) return Effect.succeed(undefined)
               return Effect.flatMap(cooldowns.active(now), (active) =>
-                Effect.map(hedgeTarget(plan, i + 1, now, active, progress), (found) => {
+                Effect.map(sameAsLast(hedgeTarget(plan, i + 1, now, active, progress), policy, i, u, now, active), (found) => {
                   // A hedge is a call beyond the request's first: the retry budget pays for it too.
                   if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend()) return undefined
                   progress.credit = true

@@ -381,3 +381,87 @@ describe("hedging off", () => {
       expect(names(client.calls)).toEqual(["a"])
     }))
 })
+
+describe("hedging: sameUpstream (a second call to the same upstream)", () => {
+  it.scoped("off by default: a relay with one upstream never hedges", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: ordered("a"), hedge: { after: Duration.millis(100), maxExtra: 1 } })
+      client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a"])
+    }))
+
+  it.scoped("on, with no other upstream eligible: a second call to the same one; the faster wins, the slow one is aborted", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({
+        upstreams: ordered("a"),
+        hedge: { after: Duration.millis(800), maxExtra: 1, sameUpstream: true }
+      })
+      const first = { interrupted: 0 }
+      client.script("a", slow(Duration.seconds(2), Scripted.ok("first call"), first))
+      client.script("a", Scripted.delayed(Duration.millis(100), Scripted.ok("second call")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(799))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a"])
+      yield* TestClock.adjust(Duration.millis(1))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a", "a"])
+      expect(up("a").bulkhead.unsafeStats().active).toBe(2)
+      yield* TestClock.adjust(Duration.millis(100))
+      const result = yield* Fiber.join(fiber)
+      expect(result.body).toContain("second call")
+      expect(result.metadata.hedge).toEqual({ upstream: "a", outcome: "won" })
+      expect(result.metadata.attempts).toBe(2)
+      expect(first.interrupted).toBe(1)
+      expect(up("a").bulkhead.unsafeStats().active).toBe(0)
+    }))
+
+  it.scoped("another eligible upstream is preferred; the same one is never hedged to while cooling down or open", () =>
+    Effect.gen(function*() {
+      const { client, cooldowns, relay, up } = yield* setup({
+        upstreams: ordered("a", "b"),
+        hedge: { after: Duration.millis(100), maxExtra: 1, sameUpstream: true }
+      })
+      client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+      client.fallback("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
+      const other = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(other)).metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      expect(names(client.calls)).toEqual(["a", "b"])
+
+      // b cooling down: the second call goes to a itself.
+      client.clear()
+      yield* Effect.provideService(Cooldown.start("b", Duration.minutes(1), "rate-limited"), Cooldown.CooldownStore, cooldowns)
+      const same = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(same)).metadata.hedge?.upstream).toBe("a")
+      expect(names(client.calls)).toEqual(["a", "a"])
+
+      // a starts cooling down while its first call is out: no second call to it.
+      client.clear()
+      const cooling = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* Effect.provideService(Cooldown.start("a", Duration.minutes(1), "rate-limited"), Cooldown.CooldownStore, cooldowns)
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(cooling)).metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a"])
+      yield* cooldowns.clear("a")
+
+      // a's breaker open (a call already admitted): no second call to it.
+      client.clear()
+      const open = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* up("a").breaker.forceOpen
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(open)).metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a"])
+    }))
+})

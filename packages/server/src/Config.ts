@@ -50,7 +50,7 @@
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s,
  *            fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] } }   # when every gpt-4.1 upstream failed
  * #        pacing: { queue: 100 }       # requests that may wait for a rate-limited upstream's window (0: off)
- * #        hedge: { after: p95, maxExtra: 10% }   # off unless set; after: a duration or p50..p99.9
+ * #        hedge: { after: p95, maxExtra: 10% }   # off unless set; after: a duration or p50..p99.9; sameUpstream: false
  * #        panic: 0.5                    # below half the upstreams' breakers closed, route across all; false: off
  * #        retryBudget: { enabled: true, ratio: 0.2, window: 10s, minPerSecond: 3 }
  * #                                      # calls beyond a request's first: at most 20% of first calls over 10 s
@@ -263,6 +263,8 @@ export interface HedgeConfig {
   readonly initialDelay: Duration.Duration
   /** Under `after: pNN`, the shortest delay. Default 50 ms. */
   readonly minDelay: Duration.Duration
+  /** With no other upstream eligible, hedge to the first call's own upstream (a second connection). Default false. */
+  readonly sameUpstream: boolean
 }
 
 export interface CooldownConfig {
@@ -635,7 +637,8 @@ export const hedgeOf = (after: unknown, maxExtra: unknown = 0.1): Either.Either<
     maxExtra: m.right,
     window: Duration.seconds(10),
     initialDelay: Duration.seconds(1),
-    minDelay: Duration.millis(50)
+    minDelay: Duration.millis(50),
+    sameUpstream: false
   })
 }
 
@@ -769,7 +772,8 @@ const File = Schema.Struct({
       maxExtra: opt(SharePercent),
       window: opt(PositiveDur),
       initialDelay: opt(PositiveDur),
-      minDelay: opt(Dur)
+      minDelay: opt(Dur),
+      sameUpstream: opt(Bool)
     }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
@@ -1493,7 +1497,8 @@ const build = (f: File, env: Env): ServerConfig => {
         maxExtra: routing.hedge.maxExtra ?? 0.1,
         window: routing.hedge.window ?? Duration.seconds(10),
         initialDelay: routing.hedge.initialDelay ?? Duration.seconds(1),
-        minDelay: routing.hedge.minDelay ?? Duration.millis(50)
+        minDelay: routing.hedge.minDelay ?? Duration.millis(50),
+        sameUpstream: routing.hedge.sameUpstream ?? false
       }
     },
     breaker: {

@@ -117,6 +117,8 @@ upstreams:
     expect(Duration.toMillis(p95.window)).toBe(10_000)
     expect(Duration.toMillis(p95.initialDelay)).toBe(1_000)
     expect(Duration.toMillis(p95.minDelay)).toBe(50)
+    expect(p95.sameUpstream).toBe(false)
+    expect(configOf(`${base}routing: { hedge: { after: p95, sameUpstream: true } }\n`).routing.hedge!.sameUpstream).toBe(true)
     const fixed = configOf(`${base}routing: { hedge: { after: 800ms, maxExtra: 0.05, window: 30s } }\n`)
     expect(Duration.toMillis(fixed.routing.hedge!.after as Duration.Duration)).toBe(800)
     expect(fixed.routing.hedge!.maxExtra).toBe(0.05)

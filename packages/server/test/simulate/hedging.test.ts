@@ -79,6 +79,27 @@ describe("simulate: hedge", { timeout: 120_000 }, () => {
     expect(off.breakwater.p99Ms).toBe(off.direct.p99Ms)
   })
 
+  it("sameUpstream: a lone long-tailed upstream is hedged to itself (a second call, a fresh draw); off, it is not hedged", () => {
+    // Only the primary: no other upstream to hedge to.
+    const lone = tail
+      .replace(/  - name: secondary\n    latency: \{ p50: 100ms, p99: 100ms \}\n    price: \{ input: 2, output: 8 \}\n/, "")
+      .replace("    - { name: secondary, priority: 2 }\n", "")
+    expect(lone).not.toContain("secondary")
+    const off = Simulate.run(parse(lone))
+    expect(off.breakwater.hedged!.calls).toBe(0)
+    expect(off.breakwater.p99Ms).toBe(off.direct.p99Ms)
+    const same = Simulate.run(parse(lone.replace("hedge: { after: 300ms, maxExtra: \"100%\" }", "hedge: { after: 300ms, maxExtra: \"100%\", sameUpstream: true }")))
+    const h = same.breakwater.hedged!
+    expect(h.calls).toBeGreaterThan(0.1 * same.requests)
+    expect(h.won + h.lost + h.failed).toBe(h.calls)
+    expect(h.won).toBeGreaterThan(0)
+    expect(same.breakwater.upstreams[0]!.calls).toBe(same.requests + h.calls)
+    // min(first, 300 ms + a second draw): p99 about 0.8 s, where direct's is about 2 s.
+    expect(same.direct.p99Ms!).toBeGreaterThan(1500)
+    expect(same.breakwater.p99Ms!).toBeLessThan(1000)
+    expect(same.breakwater.availability).toBe(1)
+  })
+
   it("seed-article (seed 42, first 5 minutes): hedging at p95 costs at most 10% more upstream calls and cuts p99", () => {
     const scenario = load("seed-article.yaml")
     const duration = 5 * 60_000
