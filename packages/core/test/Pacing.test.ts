@@ -91,15 +91,25 @@ describe("Pacer", () => {
     expect(p.left).toBe(2)
   })
 
-  it("a 429's Retry-After blocks until then; without a known limit one call finds out", () => {
+  it("a 429's Retry-After blocks until then; without a known limit nothing is held back after it", () => {
     const p = new Pacing.Pacer("a")
     p.block(0, 2000)
     expect(p.tryTake(1999)).toBe(false)
     expect(p.tryTake(2000)).toBe(true)
-    expect(p.tryTake(2000)).toBe(false)
+    expect(p.tryTake(2000)).toBe(true)
+    expect(p.left).toBeUndefined()
   })
 
-  it("a 429 without limit headers spends the window: one call finds out, and a plain success frees it again", () => {
+  it("with a known limit, a window's end lets that many through", () => {
+    const p = new Pacing.Pacer("a")
+    p.learn(0, { "x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s" })
+    expect(p.tryTake(999)).toBe(false)
+    expect(p.tryTake(1000)).toBe(true)
+    expect(p.tryTake(1000)).toBe(true)
+    expect(p.tryTake(1000)).toBe(false)
+  })
+
+  it("a 429 without limit headers holds calls while others are in flight; then nothing is held back", () => {
     const p = new Pacing.Pacer("a")
     expect(p.tryTake(0)).toBe(true)
     p.sent()
@@ -109,12 +119,8 @@ describe("Pacer", () => {
     // One call still in flight: it may tell more.
     expect(p.tryTake(5)).toBe(false)
     p.answered(6, 429, {})
-    // Nothing in flight: one call (the cooldown keeps the router away until its end).
-    expect(p.tryTake(1000)).toBe(true)
-    expect(p.tryTake(1000)).toBe(false)
-    p.sent()
-    p.answered(1010, 200, {})
-    for (let i = 0; i < 5; i++) expect(p.tryTake(1010)).toBe(true)
+    // Nothing in flight and no limit ever announced: the cooldown keeps the router away until its end, the pacer nothing.
+    for (let i = 0; i < 5; i++) expect(p.tryTake(1000)).toBe(true)
   })
 
   it("a taken call that is not sent is given back", () => {
