@@ -9,9 +9,12 @@
  * Every comparison runs the same request through two servers on the same
  * fake upstreams: one as shipped, one with `fastPath: false`.
  */
+import { Cooldown } from "@breakwater/core"
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
+import * as Effect from "effect/Effect"
 import * as http from "node:http"
 import { beforeAll, describe, expect, it } from "vitest"
+import * as Events from "../src/Events.js"
 import { captured, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-FAST-SECRET-1"
@@ -249,5 +252,23 @@ describe("the server's fast path", { timeout: 30_000 }, () => {
     const next = await post(fast, { ...CHAT, model: "slow-model" })
     expect(next.status).toBe(200)
     expect(fast.running.fastPath().answered).toBe(fastBefore + 1)
+  })
+})
+
+describe("the console's view of the cooldown store", () => {
+  it("keeps the store's synchronous read, without which the relay never takes its hot path", () => {
+    const store = Effect.runSync(Effect.provide(Cooldown.CooldownStore, Cooldown.layerStoreMemory))
+    expect(store.unsafeActive).toBeTypeOf("function")
+    const feed = Events.make(() => {
+      throw new Error("no source needed")
+    })
+    try {
+      const observed = feed.observe(store)
+      expect(observed.unsafeActive).toBeTypeOf("function")
+      Effect.runSync(observed.start("u", { until: Date.now() + 60_000, reason: "rate-limited" }))
+      expect([...observed.unsafeActive!(Date.now()).keys()]).toEqual(["u"])
+    } finally {
+      feed.close()
+    }
   })
 })
