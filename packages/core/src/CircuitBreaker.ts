@@ -173,6 +173,11 @@ export interface CircuitBreaker<E = unknown> {
    */
   readonly unsafeIsAvailable: (now: number) => boolean
   /**
+   * Whether an operator forced it open (`forceOpen`), read synchronously:
+   * the router's panic threshold never routes to such a breaker.
+   */
+  readonly unsafeIsForcedOpen?: (() => boolean) | undefined
+  /**
    * Admits one call now without an effect, when that holds nothing (Closed
    * or Disabled): returns a ticket for {@link unsafeRecord}. Undefined in
    * any other state, where admission may take a probe slot or refuse: use
@@ -628,6 +633,7 @@ export const make = <E = unknown>(options: Options<E>): Effect.Effect<CircuitBre
       state: Effect.map(snapshot, (s) => s.state),
       isAvailable: Effect.clockWith((clock) => Effect.succeed(unsafeIsAvailable(clock.unsafeCurrentTimeMillis()))),
       unsafeIsAvailable,
+      unsafeIsForcedOpen: () => m.state._tag === "ForcedOpen",
       unsafeTryAdmit,
       unsafeRecord,
       snapshot,

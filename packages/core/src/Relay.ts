@@ -56,6 +56,7 @@ import * as Pricing from "./Pricing.js"
 import type * as RateLimiter from "./RateLimiter.js"
 import * as ResponseCache from "./ResponseCache.js"
 import * as Retry from "./Retry.js"
+import * as RetryBudget from "./RetryBudget.js"
 import * as Router from "./Router.js"
 import * as Timeout from "./Timeout.js"
 import * as Upstream from "./Upstream.js"
@@ -139,6 +140,10 @@ export interface StreamResult {
   readonly done: Effect.Effect<Metadata>
 }
 
+/** Connection errors that mean the request never reached the upstream. */
+const REFUSED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
+const refused = (reason: string): boolean => REFUSED.has(reason)
+
 /** No upstream serves the model. */
 export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly model: string }> {
   override get message(): string {
@@ -151,9 +156,10 @@ export interface Failure {
   readonly reason: string
   /**
    * Set when the upstream refused its key (now, or lately: its cooldown),
-   * lacks the model, or cannot take a field of the request (`unsupported`).
+   * lacks the model, or cannot take a field of the request (`unsupported`);
+   * `retry-budget`: it was not called because the retry budget was spent.
    */
-  readonly kind?: "auth-failed" | "model-not-found" | "unsupported"
+  readonly kind?: "auth-failed" | "model-not-found" | "unsupported" | "retry-budget"
 }
 
 /** Every upstream that serves the model is unavailable right now (open, cooling down, full). */
@@ -308,6 +314,12 @@ export interface Relay {
   /** The relay's own `maxAttempts` and `requestTimeout`: what per-request options may narrow. */
   readonly maxAttempts: number
   readonly requestTimeout: Duration.Duration
+  /**
+   * The budget every upstream call beyond a request's first spends from
+   * (see {@link Options.retryBudget}). Other features that add calls
+   * (hedging) spend from it too: `relay.retryBudget.trySpend()`.
+   */
+  readonly retryBudget: RetryBudget.RetryBudget
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
@@ -350,6 +362,16 @@ export interface Options {
   readonly upstreams: ReadonlyArray<Upstream.Config>
   /** Upstream calls per request, failovers included. Default 3. */
   readonly maxAttempts?: number
+  /**
+   * The retry budget: every upstream call beyond a request's first (a retry,
+   * a failover, a new round) spends from it, and when it is spent the request
+   * fails with what it has (as when `maxAttempts` runs out), its failures
+   * saying `retry budget exhausted`. Default on: 20% of primary calls over
+   * 10 s, at least 3 a second (`RetryBudget.defaults`). Options build this
+   * relay's own; a `RetryBudget` is shared (with another relay, a reload's
+   * next); `false` turns it off.
+   */
+  readonly retryBudget?: RetryBudget.Options | RetryBudget.RetryBudget | false | undefined
   /** The whole request's deadline. Default 60 s. */
   readonly requestTimeout?: Duration.DurationInput
   /**
@@ -573,6 +595,11 @@ export const makeWith = (
     const router = Router.make(options.router)
 
     const maxAttempts = options.maxAttempts ?? 3
+    const retryBudget: RetryBudget.RetryBudget = options.retryBudget === false
+      ? RetryBudget.unlimited
+      : options.retryBudget !== undefined && "trySpend" in options.retryBudget
+      ? options.retryBudget
+      : yield* RetryBudget.make(options.retryBudget ?? {})
     const budget = Duration.decode(options.requestTimeout ?? Duration.seconds(60))
     const maxRounds = 1 + (options.retry?.maxRetries ?? 2)
     const baseDelayMillis = Duration.toMillis(options.retry?.baseDelay ?? Duration.millis(200))
@@ -935,7 +962,7 @@ export const makeWith = (
       const timed: Effect.Effect<A, UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run" ? call : Timeout.attempt(call, u.timeout).pipe(
         Effect.catchTag("AttemptTimedOut", (e) => Effect.fail(new UpstreamTimeout({ upstream: u.name, timeout: e.timeout })))
       )
-      // In panic mode the breaker is open and bypassed on purpose (Router.Options.panic).
+      // In panic the open breaker is bypassed on purpose (Router.Options.panic).
       // "held": the caller holds a breaker permit and reports the outcome itself (streams).
       const broken = panic || breaker === "held" ? timed : u.breaker.protect(timed)
       let protectedCall: Effect.Effect<A, Refusal | UpstreamError | Timeout.DeadlineExceeded> = bulkhead === "run"
@@ -1089,6 +1116,8 @@ export const makeWith = (
       model: string | undefined
       /** The first refusal of a field an upstream's kind cannot take: the 400 when no upstream answers. */
       refused: UpstreamRejected | undefined
+      /** A call beyond the first was paid for from the retry budget and not made yet (its upstream was skipped). */
+      credit: boolean
     }
 
     const newProgress = (): Progress => ({
@@ -1098,8 +1127,21 @@ export const makeWith = (
       notFound: undefined,
       lacking: undefined,
       model: undefined,
-      refused: undefined
+      refused: undefined,
+      credit: false
     })
+
+    /** Counts an upstream call: the request's first is a primary call of the retry budget; a later one uses its credit. */
+    const countCall = (progress: Progress): void => {
+      if (progress.attempts++ === 0) retryBudget.recordPrimary()
+      else progress.credit = false
+    }
+
+    /** The retry budget is spent: the request ends with what it has, saying so. */
+    const budgetSpent = (model: string, progress: Progress, u: Upstream.Upstream): RelayError => {
+      progress.failures.push({ upstream: u.name, reason: "retry budget exhausted", kind: "retry-budget" })
+      return allFailed(model, progress, [])
+    }
 
     /**
      * Where the hot path hands a request over to the general one: the first
@@ -1125,6 +1167,23 @@ export const makeWith = (
 
     /** What one attempt on one upstream is, for the failover loop. */
     type AttemptOn<A> = (u: Upstream.Upstream, progress: Progress, panic: boolean) => Effect.Effect<Attempted<A>, Timeout.DeadlineExceeded>
+
+    /**
+     * A plan without panic: the open breakers stay out. A model with fallbacks
+     * left does not panic into its open upstreams (that would call a dead
+     * upstream on every request and spend the retry budget reaching the
+     * fallback); panic is for the chain's last model, when nothing else is left.
+     */
+    const calm = (plan: Router.Plan, now: number): Router.Plan => {
+      if (!plan.panic) return plan
+      const order: Array<Upstream.Upstream> = []
+      const excluded = [...plan.excluded]
+      for (const u of plan.order) {
+        if (u.breaker.unsafeIsAvailable(now)) order.push(u)
+        else excluded.push([u, "circuit-open"])
+      }
+      return { order, excluded, panic: false }
+    }
 
     /**
      * Tries upstreams in the router's order until `attempt` succeeds, the
@@ -1180,7 +1239,8 @@ export const makeWith = (
         return Effect.clockWith((clock) => {
           const now = clock.unsafeCurrentTimeMillis()
           return Effect.flatMap(cooldowns.active(now), (active) =>
-            Effect.flatMap(router.plan(on, now, active), (plan) => planned(r, k, active, plan, undefined)))
+            Effect.flatMap(router.plan(on, now, active), (plan) =>
+              planned(r, k, now, active, k < policy.models.length - 1 ? calm(plan, now) : plan, undefined)))
         })
       }
 
@@ -1191,6 +1251,7 @@ export const makeWith = (
       const planned = (
         r: Round,
         k: number,
+        now: number,
         active: ReadonlyMap<string, Cooldown.Cooldown>,
         plan: Router.Plan,
         first: Attempted<A> | undefined
@@ -1213,7 +1274,14 @@ export const makeWith = (
           }
           const u = plan.order[i]!
           if (progress.lacking !== undefined && progress.lacking.has(lackKey(u))) return tryAt(i + 1)
-          return Effect.flatMap(run(u, progress, plan.panic), (outcome) => after(i, retried, u, outcome))
+          // Every call beyond the request's first is paid for from the retry budget.
+          if (progress.attempts > 0 && !progress.credit) {
+            if (!retryBudget.trySpend()) return Effect.fail(budgetSpent(model, progress, u))
+            progress.credit = true
+          }
+          // In panic, only the open breakers are bypassed: the others still hear their calls.
+          const bypass = plan.panic && !u.breaker.unsafeIsAvailable(now)
+          return Effect.flatMap(run(u, progress, bypass), (outcome) => after(i, retried, u, outcome))
         }
         const after = (
           i: number,
@@ -1241,6 +1309,10 @@ export const makeWith = (
               }
               progress.last = u.name
               note(failureOf(error))
+              // A call that never reached the upstream (the connection was
+              // refused) added no load anywhere: the next call is not a retry
+              // the budget must pay for.
+              if (error._tag === "UpstreamUnreachable" && refused(error.reason)) progress.credit = true
               if (error._tag === "UpstreamRejected") {
                 return Effect.fail(
                   new UpstreamRejected({
@@ -1320,7 +1392,7 @@ export const makeWith = (
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
       if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), policy.budget)
-      const body = planned({ n: 1, waits: 0, called: false, excluded: [] }, 0, resume.active, resume.plan, resume.first)
+      const body = planned({ n: 1, waits: 0, called: false, excluded: [] }, 0, resume.now, resume.active, policy.models.length > 1 ? calm(resume.plan, resume.now) : resume.plan, resume.first)
       return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, policy.budget)
     }
 
@@ -1443,7 +1515,7 @@ export const makeWith = (
         const call = Effect.withFiberRuntime<Classified, UpstreamError | Timeout.DeadlineExceeded>((fiber) => {
           const limit = limitOf(u, Timeout.unsafeDeadlineOf(fiber), clock.unsafeCurrentTimeMillis())
           if (limit.millis <= 0) return Effect.fail(new Timeout.DeadlineExceeded({ budget: limit.budget! }))
-          progress.attempts++
+          countCall(progress)
           if (trace === undefined) return callJson(fiber, clock, limit, u, path, bodyFor(u, request, raw), inspect)
           const body = bodyFor(u, request, raw)
           return startAttempt(
@@ -1703,6 +1775,7 @@ export const makeWith = (
       if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
 
       progress.attempts = 1
+      retryBudget.recordPrimary()
       const started = now
       const body = bodyFor(u, request, options?.rawBody)
       // The slot goes back once, whoever gets there first: the call's end,
@@ -2002,7 +2075,7 @@ export const makeWith = (
               permit = admitted.right
             }
             const call = Effect.suspend(() => {
-              progress.attempts++
+              countCall(progress)
               const body = streamBodyFor(u, request, raw, callerAsked)
               if (trace === undefined) return openStream(u, body, attemptScope)
               return startAttempt(
@@ -2204,7 +2277,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget })
+    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`

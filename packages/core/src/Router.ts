@@ -32,14 +32,24 @@ export interface Options {
   /** Share of requests that explore under `latency`. Default 0.05. */
   readonly exploration?: number
   /**
-   * Panic mode (Envoy's "panic threshold" at its simplest): when every
-   * upstream that serves the model is left out only because its breaker is
-   * open, try them anyway, breakers bypassed, instead of failing at once.
-   * Trades fail-fast for availability when all upstreams are degraded at
-   * the same time. Default false.
+   * Panic threshold (Envoy's): when the share of the model's upstreams whose
+   * breaker admits calls falls below this, the router stops trusting the
+   * breakers and routes across all of them (those cooling down after a 429
+   * or with a full bulkhead still wait), the open ones with their breaker
+   * bypassed. Breakers then cannot turn a partial, correlated degradation
+   * of every upstream into a total outage: the gateway serves what the
+   * upstreams can, as a direct client would. A number in (0, 1]; `true` is
+   * the default, 0.5; `false` turns it off (an open breaker always refuses).
    */
-  readonly panic?: boolean
+  readonly panic?: boolean | number
 }
+
+/** The default panic threshold: below half of the upstreams healthy, route across all (Envoy's default). */
+export const defaultPanicThreshold = 0.5
+
+/** The threshold `panic` stands for; 0 when off. */
+export const panicThresholdOf = (panic: boolean | number | undefined): number =>
+  panic === undefined || panic === true ? defaultPanicThreshold : panic === false ? 0 : panic
 
 /**
  * Why an upstream was left out, for error messages and the admin view.
@@ -50,7 +60,10 @@ export type Exclusion = "circuit-open" | "cooling-down" | "auth-failed" | "bulkh
 export interface Plan {
   /** Upstreams to try, in order. */
   readonly order: ReadonlyArray<Upstream>
-  /** True when `order` holds open-breaker upstreams tried in panic mode. */
+  /**
+   * True when the panic threshold was crossed: `order` then holds the
+   * open-breaker upstreams too, to be called with their breaker bypassed.
+   */
   readonly panic: boolean
   /** Upstreams that serve the model but were left out, and why. */
   readonly excluded: ReadonlyArray<readonly [Upstream, Exclusion]>
@@ -105,7 +118,7 @@ const busyness = (u: Upstream): number => {
 export const make = (options: Options = {}): Router => {
   const strategy = options.strategy ?? "priority"
   const exploration = options.exploration ?? 0.05
-  const panicMode = options.panic ?? false
+  const threshold = panicThresholdOf(options.panic)
 
   const order = (ups: Array<Upstream>): Effect.Effect<ReadonlyArray<Upstream>> => {
     if (ups.length <= 1) return Effect.succeed(ups)
@@ -163,17 +176,30 @@ export const make = (options: Options = {}): Router => {
   ): { readonly ready: Array<Upstream>; readonly excluded: Array<readonly [Upstream, Exclusion]>; readonly panic: boolean } => {
     const ready: Array<Upstream> = []
     const excluded: Array<readonly [Upstream, Exclusion]> = []
+    let open = 0
+    let forced = 0
     for (const u of servers) {
       const cooldown = cooldowns.get(u.name)
-      if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
-      else if (cooldown !== undefined && cooldown.until > now) {
+      if (!u.breaker.unsafeIsAvailable(now)) {
+        excluded.push([u, "circuit-open"])
+        // An operator's forceOpen is not a health verdict: out of the count, never panicked into.
+        if (u.breaker.unsafeIsForcedOpen?.() === true) forced++
+        else open++
+      } else if (cooldown !== undefined && cooldown.until > now) {
         excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
       }
       else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
       else ready.push(u)
     }
-    const panic = ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")
-    return { ready, excluded, panic }
+    // Panic: too few breakers admit calls; the open ones join the ready ones.
+    const counted = servers.length - forced
+    if (open === 0 || (counted - open) / counted >= threshold) return { ready, excluded, panic: false }
+    const kept: Array<readonly [Upstream, Exclusion]> = []
+    for (const e of excluded) {
+      if (e[1] === "circuit-open" && e[0].breaker.unsafeIsForcedOpen?.() !== true) ready.push(e[0])
+      else kept.push(e)
+    }
+    return { ready, excluded: kept, panic: true }
   }
 
   const unsafePlan = (
@@ -183,8 +209,7 @@ export const make = (options: Options = {}): Router => {
     random: UnsafeRandom
   ): Plan => {
     const { excluded, panic, ready } = triage(servers, now, cooldowns)
-    if (panic) return { order: unsafeOrder(excluded.map(([u]) => u), random), excluded: [], panic: true }
-    return { order: unsafeOrder(ready, random), excluded, panic: false }
+    return { order: unsafeOrder(ready, random), excluded, panic }
   }
 
   const plan = (
@@ -195,8 +220,7 @@ export const make = (options: Options = {}): Router => {
     Effect.suspend(() => {
       // One synchronous pass over the upstreams: this runs on every request.
       const { excluded, panic, ready } = triage(servers, now, cooldowns)
-      if (panic) return Effect.map(order(excluded.map(([u]) => u)), (order): Plan => ({ order, excluded: [], panic: true }))
-      return Effect.map(order(ready), (order): Plan => ({ order, excluded, panic: false }))
+      return Effect.map(order(ready), (order): Plan => ({ order, excluded, panic }))
     })
 
   return Router.of({ strategy, plan, unsafePlan })

@@ -107,6 +107,21 @@ export const record = (upstream: Upstream, now: number, latencyMs: number, error
 
 type BreakerSettings = Partial<Omit<CircuitBreaker.Options, "name" | "isFailure" | "resumeFrom">>
 
+/**
+ * An upstream's breaker unless told otherwise: open when half of the calls
+ * of the last 10 s failed (at least 20 calls), or after 10 failures in a
+ * row (a dead upstream at low traffic). Not after 5 in a row, the bare
+ * breaker's default: when every upstream fails a third of its calls at
+ * once, 5 in a row come every minute or so, and breakers opening on them
+ * turn a partial degradation into an outage; at 33% a rate of 50% over 20
+ * calls or more is not reached, nor 10 in a row in hours. A dead upstream
+ * (every call refused) still opens after 10 calls.
+ */
+export const breakerDefaults = {
+  failureThreshold: 10,
+  failureRate: { threshold: 0.5, minimumCalls: 20, window: { duration: Duration.seconds(10) } }
+} as const satisfies BreakerSettings
+
 /** The breaker settings each upstream was built with, to tell whether a new config changes them. */
 const breakerSettings = new WeakMap<Upstream, BreakerSettings>()
 
@@ -156,7 +171,7 @@ export const make = (
         defaults.previous.baseUrl === baseUrl
       ? defaults.previous
       : undefined
-    const settings: BreakerSettings = { ...defaults.breaker, ...config.breaker }
+    const settings: BreakerSettings = { ...breakerDefaults, ...defaults.breaker, ...config.breaker }
     const before = previous === undefined ? undefined : breakerSettings.get(previous)
     const breaker = previous !== undefined && before !== undefined && sameBreaker(before, settings)
       ? previous.breaker

@@ -11,6 +11,7 @@ export * as CircuitBreaker from "./CircuitBreaker.js"
 export * as RateLimiter from "./RateLimiter.js"
 export * as ResponseCache from "./ResponseCache.js"
 export * as Retry from "./Retry.js"
+export * as RetryBudget from "./RetryBudget.js"
 export * as Timeout from "./Timeout.js"
 
 // The relay pipeline

@@ -1094,7 +1094,7 @@ describe("routing", () => {
 // 13. Breaker
 
 describe("breaker", () => {
-  it.scoped("when every breaker is open: NoUpstreamAvailable at once by default, tried anyway in panic mode", () =>
+  it.scoped("when every breaker is open: NoUpstreamAvailable at once with panic off, tried anyway in panic mode", () =>
     Effect.gen(function*() {
       for (const panic of [false, true]) {
         const { client, relay } = yield* setup({

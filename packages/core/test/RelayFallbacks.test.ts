@@ -147,6 +147,40 @@ describe("model fallbacks", () => {
       expect(relay.fallbacksOf(CLAUDE)).toEqual(["o3"])
     }))
 
+  it.scoped("an open breaker on the asked model's only upstream: the fallback answers, the dead upstream is not panicked into", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", [GPT], { breaker: { failureThreshold: 2 } }), upstream("c", [CLAUDE])]
+      })
+      client.fallback("a", Scripted.status(503))
+      yield* relay.chat(request())
+      yield* relay.chat(request())
+      expect(names(client.calls)).toEqual(["a", "c", "a", "c"])
+      client.clear()
+      // a's breaker is open and a has no healthy sibling: panic would call it
+      // anyway; with a fallback left, the fallback is the request's first call.
+      const result = yield* relay.chat(request())
+      expect(names(client.calls)).toEqual(["c"])
+      expect(result.metadata.attempts).toBe(1)
+      expect(result.metadata.model).toBe(CLAUDE)
+    }))
+
+  it.scoped("the chain's last model still panics: with no fallback left, its open upstream is called", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", [GPT], { breaker: { failureThreshold: 2 } })],
+        fallbacks: undefined
+      })
+      client.fallback("a", Scripted.status(503))
+      yield* Effect.flip(relay.chat(request()))
+      yield* Effect.flip(relay.chat(request()))
+      client.clear()
+      client.fallback("a", Scripted.status(200, {}, Scripted.completion("back", GPT)))
+      const result = yield* relay.chat(request())
+      expect(names(client.calls)).toEqual(["a"])
+      expect(result.metadata.upstream).toBe("a")
+    }))
+
   it.scoped("within the same maxAttempts: 2 attempts spent on gpt-4.1 leave none for the fallback", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ maxAttempts: 2 })

@@ -28,6 +28,10 @@ import { join } from "node:path"
 const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 50)
 const BASELINE = process.env["BENCH_BASELINE"] || undefined
 const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
+/** Pairs of ABBA runs (none, console, console, none) for the console's cost; 10 s each by default. */
+const CONSOLE_PAIRS = Math.max(1, Number(process.env["BENCH_CONSOLE_PAIRS"] ?? 3))
+/** `BENCH_ONLY=console`: only the console's A/B (the other rows left out), for a longer run of it alone. */
+const ONLY_CONSOLE = process.env["BENCH_ONLY"] === "console"
 const root = new URL("../../../", import.meta.url).pathname
 
 const children: Array<ChildProcess> = []
@@ -164,7 +168,7 @@ const main = async () => {
 
   // Redis stores, when redis-server is here: its own, on a free port.
   let redis: Target | undefined
-  try {
+  if (!ONLY_CONSOLE) try {
     const redisPort = await freePort()
     await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
     redis = await startGateway(
@@ -178,13 +182,13 @@ const main = async () => {
   const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
-  for (const t of [direct, ...gateways]) {
+  for (const t of ONLY_CONSOLE ? [memory] : [direct, ...gateways]) {
     await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
   const seq = new Map<Target, Awaited<ReturnType<typeof sequential>>>()
-  for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
   const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
-  for (const t of [direct, ...gateways]) {
+  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
+  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) {
     const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
     const r = await load(t.url)
     const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
@@ -192,58 +196,76 @@ const main = async () => {
   }
 
   // The in-memory gateway with one operator console connected (its snapshots, the sampled tail),
-  // against none: alternating runs (none, console, console, none, none, console) so that drift
-  // (other work on the machine) falls on both; requests and server CPU summed per side.
+  // against none: CONSOLE_PAIRS pairs in ABBA order (none, console, console, none) so that drift
+  // (other work on the machine) falls on both sides; requests and server CPU summed per side, and
+  // each pair's own ratio kept so the median says whether one noisy run decided the figure.
   const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
+  const pairRatios: Array<number> = []
   let consoleEvents = 0
-  for (const side of ["none", "console", "console", "none", "none", "console"] as const) {
-    const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
-    const c0 = cpuOf(memory.pid!)
-    const r = await load(memory.url)
-    sides[side].cpu += cpuOf(memory.pid!) - c0
-    sides[side].total += r.total
-    sides[side].seconds += r.total / Math.max(1, r.rps)
-    if (client !== undefined) {
-      consoleEvents += client.events()
-      client.close()
+  for (let pair = 0; pair < CONSOLE_PAIRS; pair++) {
+    const pairSides = { none: { total: 0, seconds: 0 }, console: { total: 0, seconds: 0 } }
+    for (const side of ["none", "console", "console", "none"] as const) {
+      const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
+      const c0 = cpuOf(memory.pid!)
+      const r = await load(memory.url)
+      sides[side].cpu += cpuOf(memory.pid!) - c0
+      sides[side].total += r.total
+      sides[side].seconds += r.total / Math.max(1, r.rps)
+      pairSides[side].total += r.total
+      pairSides[side].seconds += r.total / Math.max(1, r.rps)
+      if (client !== undefined) {
+        consoleEvents += client.events()
+        client.close()
+      }
     }
+    pairRatios.push(
+      (pairSides.console.total / Math.max(1e-9, pairSides.console.seconds)) /
+        (pairSides.none.total / Math.max(1e-9, pairSides.none.seconds))
+    )
   }
   const rate = (x: { total: number; seconds: number }) => x.total / Math.max(1e-9, x.seconds)
   const perReq = (x: { total: number; cpu: number }) => (x.cpu * 1e6) / Math.max(1, x.total)
 
-  const d = loads.get(direct)!.r
-  const m = loads.get(memory)!
-  console.log(
-    `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
-      `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
-  )
-  console.log(`| ${"target".padEnd(30)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | ${"CPU µs/req".padStart(10)} | notes |`)
-  console.log(`|${"-".repeat(32)}|${"-".repeat(9)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(7)}:|${"-".repeat(11)}:|-------|`)
-  for (const t of [direct, ...gateways]) {
-    const { cpuUs, mem, r } = loads.get(t)!
-    const notes = t === direct
-      ? "baseline"
-      : `${((r.rps / d.rps) * 100).toFixed(0)}% of direct` +
-        (t === memory ? "" : `, ${((r.rps / m.r.rps) * 100).toFixed(0)}% of in-memory`) +
-        `; RSS ${mem!.rssMb.toFixed(0)} MB (peak ${mem!.peakMb.toFixed(0)} MB)`
+  if (!ONLY_CONSOLE) {
+    const d = loads.get(direct)!.r
+    const m = loads.get(memory)!
     console.log(
-      `| ${t.name.padEnd(30)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
-        r.max.toFixed(1).padStart(7)
-      } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
+      `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
+        `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
     )
+    console.log(`| ${"target".padEnd(30)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | ${"CPU µs/req".padStart(10)} | notes |`)
+    console.log(`|${"-".repeat(32)}|${"-".repeat(9)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(8)}:|${"-".repeat(7)}:|${"-".repeat(11)}:|-------|`)
+    for (const t of [direct, ...gateways]) {
+      const { cpuUs, mem, r } = loads.get(t)!
+      const notes = t === direct
+        ? "baseline"
+        : `${((r.rps / d.rps) * 100).toFixed(0)}% of direct` +
+          (t === memory ? "" : `, ${((r.rps / m.r.rps) * 100).toFixed(0)}% of in-memory`) +
+          `; RSS ${mem!.rssMb.toFixed(0)} MB (peak ${mem!.peakMb.toFixed(0)} MB)`
+      console.log(
+        `| ${t.name.padEnd(30)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
+          r.max.toFixed(1).padStart(7)
+        } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
+      )
+    }
+    const ds = seq.get(direct)!
+    console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
+    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
+    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
+    for (const t of [direct, ...gateways]) {
+      const x = seq.get(t)!
+      const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
+      console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
+    }
   }
-  const ds = seq.get(direct)!
-  console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
-  console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
-  console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
-  for (const t of [direct, ...gateways]) {
-    const x = seq.get(t)!
-    const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
-    console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
-  }
+  const sortedRatios = [...pairRatios].sort((a, b) => a - b)
+  const medianRatio = sortedRatios.length % 2 === 1
+    ? sortedRatios[(sortedRatios.length - 1) / 2]!
+    : (sortedRatios[sortedRatios.length / 2 - 1]! + sortedRatios[sortedRatios.length / 2]!) / 2
   console.log(
-    `\nwith one operator console open (GET /admin/events), in-memory, 3 alternating runs each: ` +
-      `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}%; ` +
+    `\nwith one operator console open (GET /admin/events), in-memory, ${CONSOLE_PAIRS} ABBA pairs (${2 * CONSOLE_PAIRS} runs each side): ` +
+      `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}% pooled, ` +
+      `median pair ${(medianRatio * 100).toFixed(1)}% (pairs: ${pairRatios.map((x) => (x * 100).toFixed(1)).join(", ")}); ` +
       `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
   )
   cleanup()

@@ -49,7 +49,11 @@
  *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s,
  *            fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] } }   # when every gpt-4.1 upstream failed
- * breaker: { failureThreshold: 5, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
+ * #        panic: 0.5                    # below half the upstreams' breakers closed, route across all; false: off
+ * #        retryBudget: { enabled: true, ratio: 0.2, window: 10s, minPerSecond: 3 }
+ * #                                      # calls beyond a request's first: at most 20% of first calls over 10 s
+ * breaker: { failureThreshold: 10, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
+ * #        failureRate: { threshold: 0.5, minimumCalls: 20, window: 10s }   # the default; or calls: N instead of window
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
  * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
  * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
@@ -216,12 +220,29 @@ export interface RoutingConfig {
   readonly strategy: Router.Strategy
   readonly maxAttempts: number
   readonly requestTimeout: Duration.Duration
-  /** Try open-breaker upstreams when every one is open (Router.Options.panic). */
-  readonly panic: boolean
+  /**
+   * The panic threshold (Router.Options.panic): below this share of
+   * upstreams with a breaker admitting calls, route across all of them.
+   * Default 0.5; `true` is 0.5, `false` turns it off.
+   */
+  readonly panic: boolean | number
+  /** Calls beyond a request's first, at most a share of primary calls (core's RetryBudget). */
+  readonly retryBudget: RetryBudgetConfig
   /** A stream silent this long after its first event is ended with an error event. */
   readonly streamIdleTimeout: Duration.Duration
   /** Model -> the models that answer, in order, when every upstream of that model failed. Default none. */
   readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
+}
+
+export interface RetryBudgetConfig {
+  /** Default true; false: only `maxAttempts` bounds retries. */
+  readonly enabled: boolean
+  /** Default 0.2. */
+  readonly ratio: number
+  /** Default 10 s. */
+  readonly window: Duration.Duration
+  /** Default 3. */
+  readonly minPerSecond: number
 }
 
 export interface CooldownConfig {
@@ -409,6 +430,16 @@ const Bool = leaf((u) =>
     ? Either.right(false)
     : Either.left(`expected true or false, got ${show(u)}`)
 )
+
+/** `routing.panic`: true or false, or a threshold (a share above 0, at most 1). */
+const Panic = leaf((u): Either.Either<boolean | number, string> => {
+  if (u === true || u === "true") return Either.right(true)
+  if (u === false || u === "false") return Either.right(false)
+  const n = asNumber(u)
+  return n !== undefined && n > 0 && n <= 1
+    ? Either.right(n)
+    : Either.left(`expected true, false or a threshold above 0 and at most 1 (like 0.5), got ${show(u)}`)
+})
 
 const NonEmptyString = leaf((u) =>
   typeof u === "string" && u.trim() !== "" ? Either.right(u) : Either.left(`expected a non-empty string, got ${show(u)}`)
@@ -653,7 +684,13 @@ const File = Schema.Struct({
     strategy: opt(oneOf(["priority", "weighted", "latency", "least-busy"] as const)),
     maxAttempts: opt(PositiveInt),
     requestTimeout: opt(PositiveDur),
-    panic: opt(Bool),
+    panic: opt(Panic),
+    retryBudget: opt(Schema.Struct({
+      enabled: opt(Bool),
+      ratio: opt(NonNegativeNumber),
+      window: opt(PositiveDur),
+      minPerSecond: opt(NonNegativeNumber)
+    })),
     streamIdleTimeout: opt(PositiveDur),
     fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) }))
   })),
@@ -1362,13 +1399,19 @@ const build = (f: File, env: Env): ServerConfig => {
       strategy: routing.strategy ?? "priority",
       maxAttempts: routing.maxAttempts ?? 3,
       requestTimeout: routing.requestTimeout ?? Duration.seconds(60),
-      panic: routing.panic ?? false,
+      panic: routing.panic ?? 0.5,
+      retryBudget: {
+        enabled: routing.retryBudget?.enabled ?? true,
+        ratio: routing.retryBudget?.ratio ?? 0.2,
+        window: routing.retryBudget?.window ?? Duration.seconds(10),
+        minPerSecond: routing.retryBudget?.minPerSecond ?? 3
+      },
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
       fallbacks: routing.fallbacks ?? {}
     },
     breaker: {
-      ...only("failureRate", breaker.failureRate),
-      failureThreshold: breaker.failureThreshold ?? 5,
+      failureRate: breaker.failureRate ?? { threshold: 0.5, minimumCalls: 20, window: Duration.seconds(10) },
+      failureThreshold: breaker.failureThreshold ?? 10,
       successThreshold: breaker.successThreshold ?? 3,
       openDuration: breaker.openDuration ?? Duration.seconds(30),
       halfOpenMaxCalls: breaker.halfOpenMaxCalls ?? 3
@@ -1544,6 +1587,13 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
     retry: u.retry
   })),
   maxAttempts: config.routing.maxAttempts,
+  retryBudget: config.routing.retryBudget.enabled
+    ? {
+      ratio: config.routing.retryBudget.ratio,
+      window: config.routing.retryBudget.window,
+      minPerSecond: config.routing.retryBudget.minPerSecond
+    }
+    : false,
   requestTimeout: config.routing.requestTimeout,
   fallbacks: config.routing.fallbacks,
   router: { strategy: config.routing.strategy, panic: config.routing.panic },

@@ -96,7 +96,8 @@ describe("Config.parse", () => {
     expect(config.routing.maxAttempts).toBe(3)
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
     expect(ms(config.routing.streamIdleTimeout)).toBe(60_000)
-    expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(config.breaker).toMatchObject({ failureThreshold: 10, successThreshold: 3, halfOpenMaxCalls: 3 })
+    expect(config.routing.panic).toBe(0.5)
     expect(ms(config.breaker.openDuration)).toBe(30_000)
     expect(config.retry.maxRetries).toBe(2)
     expect([config.retry.baseDelay, config.retry.maxDelay, config.retry.maxRetryAfter].map(ms)).toEqual([
@@ -173,7 +174,15 @@ describe("Config.parse", () => {
     expect(config.routing.maxAttempts).toBe(3)
     expect(ms(config.routing.requestTimeout)).toBe(60_000)
     expect(ms(config.routing.streamIdleTimeout)).toBe(60_000)
-    expect(config.breaker).toMatchObject({ failureThreshold: 5, successThreshold: 3, halfOpenMaxCalls: 3 })
+    // Never worse than direct (issue 15): panic at 50%, a retry budget, breakers on a failure rate.
+    expect(config.routing.panic).toBe(0.5)
+    expect(config.routing.retryBudget).toEqual({ enabled: true, ratio: 0.2, window: Duration.seconds(10), minPerSecond: 3 })
+    expect(config.breaker).toMatchObject({
+      failureThreshold: 10,
+      successThreshold: 3,
+      halfOpenMaxCalls: 3,
+      failureRate: { threshold: 0.5, minimumCalls: 20, window: Duration.seconds(10) }
+    })
     expect(config.retry.maxRetries).toBe(2)
     expect(config.cache).toMatchObject({ enabled: true, maxEntries: 10_000, mode: "deterministic", scope: "key" })
     expect(config.pricing).toEqual({})
@@ -643,9 +652,11 @@ describe("Config.toRelayOptions", () => {
     const options = Config.toRelayOptions(config)
     expect(options.maxAttempts).toBe(3)
     expect(Duration.toMillis(options.requestTimeout!)).toBe(60_000)
-    expect(options.router).toEqual({ strategy: "priority", panic: false })
+    expect(options.router).toEqual({ strategy: "priority", panic: 0.5 })
+    expect(options.retryBudget).toEqual({ ratio: 0.2, window: Duration.seconds(10), minPerSecond: 3 })
     expect(options.breaker).toEqual({
-      failureThreshold: 5,
+      failureRate: { threshold: 0.5, minimumCalls: 20, window: { duration: Duration.seconds(10) } },
+      failureThreshold: 10,
       successThreshold: 3,
       openDuration: Duration.seconds(30),
       halfOpenMaxCalls: 3
@@ -706,7 +717,7 @@ routing: { streamIdleTimeout: soon }`))
       _tag: "Left",
       left: { problems: [{ path: "cache.scope", message: `expected one of "key", "shared", got "global"` }] }
     })
-    expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency", panic: false })
+    expect(Config.toRelayOptions(deterministic).router).toEqual({ strategy: "latency", panic: 0.5 })
     const rated = ok(parse(`${minimal}\nbreaker: { failureRate: { threshold: 0.5, minimumCalls: 20, window: 30s } }\n`))
     expect(Config.toRelayOptions(rated).breaker?.failureRate).toEqual({
       threshold: 0.5,
@@ -723,6 +734,30 @@ routing: { streamIdleTimeout: soon }`))
     )
     const panicking = ok(parse(`${minimal}\nrouting: { panic: true }\n`))
     expect(Config.toRelayOptions(panicking).router).toEqual({ strategy: "priority", panic: true })
+    const threshold = ok(parse(`${minimal}\nrouting: { panic: 0.3 }\n`))
+    expect(Config.toRelayOptions(threshold).router).toEqual({ strategy: "priority", panic: 0.3 })
+    const badPanic = parse(`${minimal}\nrouting: { panic: 2 }\n`)
+    expect(Either.isLeft(badPanic) && badPanic.left.message).toContain(
+      "routing.panic: expected true, false or a threshold above 0 and at most 1 (like 0.5), got 2"
+    )
+  })
+
+  it("routing.retryBudget: on by default, its fields, or off", () => {
+    expect(Config.toRelayOptions(ok(parse(minimal))).retryBudget).toEqual({
+      ratio: 0.2,
+      window: Duration.seconds(10),
+      minPerSecond: 3
+    })
+    const tuned = ok(parse(`${minimal}\nrouting: { retryBudget: { ratio: 0.1, window: 30s, minPerSecond: 0 } }\n`))
+    expect(Config.toRelayOptions(tuned).retryBudget).toEqual({ ratio: 0.1, window: Duration.seconds(30), minPerSecond: 0 })
+    const off = ok(parse(`${minimal}\nrouting: { retryBudget: { enabled: false } }\n`))
+    expect(Config.toRelayOptions(off).retryBudget).toBe(false)
+    const bad = parse(`${minimal}\nrouting: { retryBudget: { ratio: -1, window: 0s, spare: 1 } }\n`)
+    expect(invalid(bad).problems.map((p) => p.path).sort()).toEqual([
+      "routing.retryBudget.ratio",
+      "routing.retryBudget.spare",
+      "routing.retryBudget.window"
+    ])
   })
 })
 

@@ -309,15 +309,15 @@ ${upstreamYaml(backup, ", priority: 2")}
       from[upstream] = (from[upstream] ?? 0) + 1
       if (text.includes("stream ended before [DONE]")) cut++
     }
-    // Five consecutive failures (the default threshold) open the breaker.
-    expect(from).toEqual({ cutter: 5, backup: 45 })
-    expect(cut).toBe(5)
+    // Ten consecutive failures (the default threshold, Upstream.breakerDefaults) open the breaker.
+    expect(from).toEqual({ cutter: 10, backup: 40 })
+    expect(cut).toBe(10)
     const view = await adminUpstream(server, "cutter")
-    expect(view).toMatchObject({ breaker: "Open", failures: 5, successes: 0 })
+    expect(view).toMatchObject({ breaker: "Open", failures: 10, successes: 0 })
     expect(String(view["lastError"])).toContain("stream ended before [DONE]")
     const after = await metric(server, "breakwater_upstream_requests_total", { upstream: "cutter", outcome: "InvalidResponse" })
-    expect(after - before).toBe(5)
-    expect(await metric(server, "breakwater_upstream_requests_total", { upstream: "backup", outcome: "ok" })).toBeGreaterThanOrEqual(45)
+    expect(after - before).toBe(10)
+    expect(await metric(server, "breakwater_upstream_requests_total", { upstream: "backup", outcome: "ok" })).toBeGreaterThanOrEqual(40)
   })
 })
 

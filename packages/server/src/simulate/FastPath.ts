@@ -315,7 +315,7 @@ export const planner = (router: Router.Router, options: Router.Options = {}) => 
   if (unsafePlan !== undefined) return unsafePlan
   const strategy = options.strategy ?? "priority"
   const exploration = options.exploration ?? 0.05
-  const panicMode = options.panic ?? false
+  const threshold = options.panic === undefined || options.panic === true ? 0.5 : options.panic === false ? 0 : options.panic
   const busyness = (u: Upstream.Upstream): number => {
     const s = u.bulkhead.unsafeStats()
     return (s.active + s.waiting) / s.maxConcurrent
@@ -350,18 +350,26 @@ export const planner = (router: Router.Router, options: Router.Options = {}) => 
   ): Router.Plan => {
     const ready: Array<Upstream.Upstream> = []
     const excluded: Array<readonly [Upstream.Upstream, Router.Exclusion]> = []
+    let open = 0
+    let forced = 0
     for (const u of servers) {
       const cooldown = cooldowns.get(u.name)
-      if (!u.breaker.unsafeIsAvailable(now)) excluded.push([u, "circuit-open"])
-      else if (cooldown !== undefined && cooldown.until > now) {
+      if (!u.breaker.unsafeIsAvailable(now)) {
+        excluded.push([u, "circuit-open"])
+        if (u.breaker.unsafeIsForcedOpen?.() === true) forced++
+        else open++
+      } else if (cooldown !== undefined && cooldown.until > now) {
         excluded.push([u, cooldown.reason === "auth-failed" ? "auth-failed" : "cooling-down"])
       } else if (u.bulkhead.unsafeStats().available <= 0) excluded.push([u, "bulkhead-full"])
       else ready.push(u)
     }
-    if (ready.length === 0 && panicMode && excluded.length > 0 && excluded.every(([, why]) => why === "circuit-open")) {
-      return { order: order(excluded.map(([u]) => u), random), excluded: [], panic: true }
+    const counted = servers.length - forced
+    if (open === 0 || (counted - open) / counted >= threshold) {
+      return { order: order(ready, random), excluded, panic: false }
     }
-    return { order: order(ready, random), excluded, panic: false }
+    const panicked = (u: Upstream.Upstream, why: Router.Exclusion) => why === "circuit-open" && u.breaker.unsafeIsForcedOpen?.() !== true
+    for (const [u, why] of excluded) if (panicked(u, why)) ready.push(u)
+    return { order: order(ready, random), excluded: excluded.filter(([u, why]) => !panicked(u, why)), panic: true }
   }
 }
 
@@ -490,8 +498,9 @@ export const make = (options: Options) => {
     if (ticket === undefined) return refuse()
     if (!bulkhead.unsafeTryAcquire()) return refuse()
 
-    // Committed: the attempt as the relay makes it.
+    // Committed: the attempt as the relay makes it (a primary call of its retry budget).
     model.decide(now, request.index, 0, tokens)
+    options.relay.retryBudget.recordPrimary()
     const flight = request.key === undefined ? undefined : cache.lead(request.key)
     const target = u.modelFor(request.model) ?? request.model
     const record = breaker.unsafeRecord

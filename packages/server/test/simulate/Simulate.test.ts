@@ -142,7 +142,7 @@ describe("fast path", { timeout: 120_000 }, () => {
     ["primary-outage.yaml", 11],
     ["quota-exhaustion.yaml", 6],
     ["retry-storm.yaml", 6],
-    ["retry-storm-panic.yaml", 6]
+    ["degraded-30.yaml", 6]
   ] as const) {
     it(`${file}, ${minutes} min: the same report as every request through the relay`, () => {
       const scenario = load(file)
