@@ -644,7 +644,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
      * Runs `answer` (the handler's, or what the fast path handed over) as
      * the request's fiber and writes its reply. `gone`: the caller has
      * already hung up (the request is interrupted where it waits, and logged
-     * as such).
+     * as such: `answer` is interrupted where it waits).
      */
     const runRequest = (
       g: Generation,
@@ -674,7 +674,10 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         ended(g)
       })
       // A caller that goes away stops its request (and its upstream stream).
-      if (!gone) {
+      // One gone already is stopped where its request waits (a fiber runs at
+      // once, up to its first wait: the request is on record by then).
+      if (gone) fiber.unsafeInterruptAsFork(FiberId.none)
+      else {
         res.once("close", () => {
           if (!res.writableFinished) {
             hungUp = true
@@ -720,7 +723,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       }
       // A caller that leaves before its body is in is a hang-up, logged as the handler logs one.
       res.once("close", () => {
-        if (phase === "body") return general(Effect.interrupt, true)
+        if (phase === "body") return general(Effect.never, true)
         if (phase === "calling" && !res.writableFinished) {
           phase = "done"
           fastCounts.hungUp++

@@ -255,6 +255,40 @@ describe("the server's fast path", { timeout: 30_000 }, () => {
   })
 })
 
+describe("a caller that hangs up before its body is in", { timeout: 30_000 }, () => {
+  it("is logged as 499 with its key, as the general path logs it, and nothing is left in flight", async () => {
+    const partial = (server: TestServer, requestId: string) =>
+      new Promise<void>((resolve) => {
+        const req = http.request({
+          host: "127.0.0.1",
+          port: server.port,
+          method: "POST",
+          path: "/v1/chat/completions",
+          agent: false,
+          headers: {
+            "content-type": "application/json",
+            "content-length": 1_000,
+            authorization: `Bearer ${GATEWAY_KEY}`,
+            "x-request-id": requestId
+          }
+        })
+        req.on("error", () => resolve())
+        req.on("close", () => resolve())
+        req.write(`{"model":"gpt-4.1","messages":[`)
+        setTimeout(() => req.destroy(), 150)
+      })
+    await partial(fast, "partial-fast")
+    await partial(general, "partial-general")
+    const lineA = await lineOf("partial-fast")
+    const lineB = await lineOf("partial-general")
+    expect(lineA["status"]).toBe(499)
+    expect(lineA["key"]).toBe("alpha")
+    expect(comparableLine(lineA)).toEqual(comparableLine(lineB))
+    for (let i = 0; i < 50 && fast.running.inFlight() > 0; i++) await new Promise((r) => setTimeout(r, 20))
+    expect(fast.running.inFlight()).toBe(0)
+  })
+})
+
 describe("the console's view of the cooldown store", () => {
   it("keeps the store's synchronous read, without which the relay never takes its hot path", () => {
     const store = Effect.runSync(Effect.provide(Cooldown.CooldownStore, Cooldown.layerStoreMemory))
