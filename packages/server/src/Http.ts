@@ -69,12 +69,14 @@ export interface Handler {
    * call's cancel (the caller hung up: `then` gets what is left to run, the
    * line is logged as 499), and `reply` gets the answer once, a reply or an
    * effect to run for one. `caller` is the relay's view of the request
-   * runtime ({@link Relay.callerOf}).
+   * runtime ({@link Relay.callerOf}); `started`, the request's arrival
+   * (`performance.now()`), where its latency counts from.
    */
   readonly fast: (
     request: Incoming,
     body: string,
     caller: Relay.Caller,
+    started: number,
     reply: (answer: Reply | Effect.Effect<Reply>) => void
   ) => Effect.Effect<Reply> | Relay.Cancel | undefined
   /**
@@ -83,8 +85,6 @@ export interface Handler {
    * draining. (A wrong key is answered at once, before the body, by the handler.)
    */
   readonly fastAccepts: (headers: Readonly<Record<string, string | undefined>>) => boolean
-  /** Requests {@link fast} has taken so far (for tests and benchmarks). */
-  readonly fastServed: () => number
 }
 
 const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
@@ -913,9 +913,8 @@ export const make = (options: Options) =>
       return respond(request, path, log, logged)
     }
 
-    /** A request's record, from its start (now). */
-    const openLog = (request: Incoming, path: string): Log => {
-      const started = performance.now()
+    /** A request's record, from its start (now, unless given). */
+    const openLog = (request: Incoming, path: string, started = performance.now()): Log => {
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       return {
@@ -981,8 +980,6 @@ export const make = (options: Options) =>
 
     /** Chat completions on the fast path: only with the RequestLog (a synchronous line) and without traces. */
     const fastOn = requestLog !== undefined && tracing === undefined
-    /** Requests taken by the fast path (for tests and benchmarks). */
-    let fastServed = 0
 
     /**
      * {@link Handler.fast}: the general path's steps for the common request
@@ -995,6 +992,7 @@ export const make = (options: Options) =>
       request: Incoming,
       body: string,
       caller: Relay.Caller,
+      started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
       if (!fastOn || draining()) return undefined
@@ -1011,18 +1009,17 @@ export const make = (options: Options) =>
       const admitted = gateway.admitAt(who, chat.model, tokens, clock.unsafeCurrentTimeMillis())
       if (admitted === undefined) return undefined
       // Taken: from here the request is this path's (or, handed over, the general path's from where it is).
-      const log = openLog(request, "/v1/chat/completions")
+      const log = openLog(request, "/v1/chat/completions", started)
       request.state = log
       log.key = who.name
       log.model = chat.model
       if ("_tag" in admitted) return replied(refusal(admitted), log, true, false)
-      fastServed++
       const options: Relay.CallOptions = controls === undefined
         ? { key: who.name, rawBody: body, cache: cacheControl(request) }
         : { key: who.name, rawBody: body, cache: cacheControl(request), ...controls }
       const general = (call: Effect.Effect<Relay.Result, Relay.RelayError>): Effect.Effect<Reply> =>
         Effect.flatMap(relayedJson(log, admitted, call), (response) => replied(response, log, true, false))
-      const started = relay.unsafeChat(caller, chat, options, (result) => {
+      const call = relay.unsafeChat(caller, chat, options, (result) => {
         const exit = Exit.isExit(result) ? result as Exit.Exit<Relay.Result, Relay.RelayError> : undefined
         if (exit !== undefined && exit._tag === "Success") {
           const charged = gateway.settleNow(admitted, exit.value.metadata)
@@ -1035,9 +1032,9 @@ export const make = (options: Options) =>
         }
         reply(general(result))
       })
-      if (Effect.isEffect(started)) return general(started)
+      if (Effect.isEffect(call)) return general(call)
       return (then) =>
-        started((left) => {
+        call((left) => {
           writeLog(log, 499)
           then(left)
         })
@@ -1046,7 +1043,7 @@ export const make = (options: Options) =>
     const fastAccepts = (headers: Readonly<Record<string, string | undefined>>): boolean =>
       fastOn && !draining() && !(gateway.identify(headers["authorization"]) instanceof Unauthorized)
 
-    return Object.assign(handle, { hungUp, fast, fastAccepts, fastServed: () => fastServed }) satisfies Handler
+    return Object.assign(handle, { hungUp, fast, fastAccepts }) satisfies Handler
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const

@@ -26,6 +26,7 @@ import {
   UpstreamClient
 } from "@breakwater/core"
 import type * as Redis from "@breakwater/core/Redis"
+import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
@@ -705,6 +706,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
      * `runRequest` would have run it.
      */
     const onChat = (g: Generation, req: IncomingMessage, res: ServerResponse) => {
+      const started = performance.now()
       const max = g.config.server.maxBodyBytes
       if (Number(req.headers["content-length"] ?? 0) > max) {
         const incoming = incomingOf(req, readBody(req, max))
@@ -747,14 +749,22 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         const text = (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)).toString("utf8")
         const incoming = incomingOf(req, Effect.succeed(text))
         phase = "calling"
-        const taken = g.handler.fast(incoming, text, g.caller, (answer) => {
+        let taken: ReturnType<Http.Handler["fast"]>
+        try {
+          taken = g.handler.fast(incoming, text, g.caller, started, (answer) => {
+            if (phase !== "calling") return
+            phase = "done"
+            if (Effect.isEffect(answer)) return runRequest(g, res, incoming, answer, false)
+            fastCounts.answered++
+            send(res, answer as Http.Reply & { readonly body: string })
+            ended(g)
+          })
+        } catch (defect) {
+          // A defect of the fast path's plain code: a 500 (and its log), as a request fiber's defect is; never the process's.
           if (phase !== "calling") return
           phase = "done"
-          if (Effect.isEffect(answer)) return runRequest(g, res, incoming, answer, false)
-          fastCounts.answered++
-          send(res, answer as Http.Reply & { readonly body: string })
-          ended(g)
-        })
+          return runRequest(g, res, incoming, Effect.zipRight(Effect.logError("unexpected failure", Cause.die(defect)), Effect.die(defect)), false)
+        }
         if (taken === undefined) return general(Effect.succeed(text), false)
         if (Effect.isEffect(taken)) {
           phase = "done"
