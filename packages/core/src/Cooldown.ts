@@ -1,7 +1,8 @@
 /**
  * Cooldowns keep every request away from an upstream that told us to wait: a
  * 429's `Retry-After`, an exhausted quota (a long pause), rate-limit
- * headers saying the account is about to run out, or a 401/403 refusing the
+ * headers saying the account is about to run out, a refused connection
+ * (`unreachable`), or a 401/403 refusing the
  * key the gateway holds for it (`auth-failed`, ended early by a health probe
  * that succeeds with that key). They are shared by all
  * requests (and, with a shared store, by all replicas), unlike a per-request
@@ -16,7 +17,12 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import { taggedBy } from "./internal/taggedMetrics.js"
 
-export type Reason = "rate-limited" | "quota-exhausted" | "low-headroom" | "auth-failed"
+/**
+ * `unreachable`: the upstream refused the connection (or its name did not
+ * resolve): taken out at once, for a short while, rather than tried again
+ * by the same request or the next ones.
+ */
+export type Reason = "rate-limited" | "quota-exhausted" | "low-headroom" | "auth-failed" | "unreachable"
 
 export interface Cooldown {
   /** Epoch millis when the upstream may be called again. */

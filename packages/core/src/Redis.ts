@@ -19,7 +19,11 @@
  *   bucket; for a sliding window a list: `total:<sum of costs>` first, then
  *   the `time:cost` reservations. Both expire once they are equivalent to a
  *   fresh key.
- * - `cooldowns`: a hash, upstream -> `until|reason`.
+ * - `cooldowns`: a hash, upstream -> `until|reason`. Each cooldown started
+ *   (and each cleared) is also published on the channel `cooldowns` (under
+ *   the prefix, `upstream|until|reason`, or `upstream|0|clear`), so that the
+ *   other replicas have it within milliseconds rather than at their next
+ *   re-read (`cooldownRefresh`), which still runs, for what a replica missed.
  * - `cache:<key>`: a cached response, with `PX` = the entry's TTL.
  * - `spend:<key>`: a running total in USD (`INCRBYFLOAT`); `spend@<period>:<key>`
  *   for a budget period (`day:2026-11-30`), expiring a day after the period.
@@ -287,8 +291,9 @@ return { 1, num(wait), num(math.max(0, limit - used - cost)) }
 
 /**
  * Cooldown `start`: keeps the later end (a tie keeps the current one, as the
- * memory store does), and forgets fields that have expired.
- * KEYS[1]: the cooldowns hash. ARGV: upstream, until, reason, now.
+ * memory store does), and forgets fields that have expired. A cooldown
+ * stored is published on the channel, in the same step.
+ * KEYS[1]: the cooldowns hash. ARGV: upstream, until, reason, now, channel.
  */
 const cooldownStartLua = `
 local hash = KEYS[1]
@@ -299,6 +304,7 @@ local currentUntil = current and tonumber(string.match(current, "^([^|]*)"))
 local stored = 0
 if not currentUntil or currentUntil < untilMillis then
   redis.call("HSET", hash, ARGV[1], ARGV[2] .. "|" .. ARGV[3])
+  redis.call("PUBLISH", ARGV[5], ARGV[1] .. "|" .. ARGV[2] .. "|" .. ARGV[3])
   stored = 1
 end
 local all = redis.call("HGETALL", hash)
@@ -395,7 +401,7 @@ interface Client extends IORedis {
     cost: string,
     maxWaitMillis: string
   ): Promise<[number, string, string]>
-  breakwaterCooldownStart(hash: string, upstream: string, until: string, reason: string, now: string): Promise<number>
+  breakwaterCooldownStart(hash: string, upstream: string, until: string, reason: string, now: string, channel: string): Promise<number>
 }
 
 // ---------------------------------------------------------------------------
@@ -434,7 +440,7 @@ class NotReady extends Error {
 const notSent = (cause: unknown): boolean =>
   cause instanceof NotReady || (cause instanceof Error && cause.message.includes("enableOfflineQueue"))
 
-const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed"])
+const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed", "unreachable"])
 
 /** `until|reason` as stored in the cooldowns hash, or undefined if malformed. */
 const parseCooldown = (value: string): Cooldown | undefined => {
@@ -621,6 +627,14 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     const recentClears = new Map<string, number>()
     let merged: Map<string, Cooldown> | undefined
     let mergedUntil = 0
+    /**
+     * Cooldowns heard on the channel, with the order they were heard in:
+     * kept until a snapshot asked for after them (which has them, or has
+     * seen them cleared) replaces them.
+     */
+    const heard = new Map<string, { readonly cooldown: Cooldown; readonly seq: number }>()
+    let heardSeq = 0
+    const cooldownsChannel = `${prefix}cooldowns`
 
     const writeCooldown = (upstream: string, entry: Started) =>
       Effect.clockWith((clock) =>
@@ -631,7 +645,8 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
             upstream,
             numberArg(entry.cooldown.until),
             entry.cooldown.reason,
-            numberArg(clock.unsafeCurrentTimeMillis())
+            numberArg(clock.unsafeCurrentTimeMillis()),
+            cooldownsChannel
           )
         })
       ).pipe(Effect.zipRight(
@@ -643,7 +658,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     const writeClear = (upstream: string) =>
       command((c) => {
         recentClears.set(upstream, ++sent)
-        return c.hdel(cooldownsKey, upstream)
+        return Promise.all([c.hdel(cooldownsKey, upstream), c.publish(cooldownsChannel, `${upstream}|0|clear`)])
       }).pipe(Effect.zipRight(Effect.sync(() => {
         pendingClears.delete(upstream)
       })))
@@ -653,6 +668,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
       for (const upstream of Array.from(pendingClears)) yield* writeClear(upstream)
       for (const [upstream, entry] of Array.from(started)) if (!entry.synced) yield* writeCooldown(upstream, entry)
       let seq = 0
+      const heardBefore = heardSeq
       const all = yield* command((c) => {
         seq = ++sent
         return c.hgetall(cooldownsKey)
@@ -672,8 +688,42 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
       // been cleared by another replica).
       for (const [upstream, entry] of started) if (entry.synced && entry.sentSeq < seq) started.delete(upstream)
       snapshot = next
+      for (const [upstream, entry] of heard) if (entry.seq <= heardBefore) heard.delete(upstream)
       merged = undefined
     })
+
+    // The channel, on a connection of its own (a subscribed connection
+    // can do nothing else); ioredis reconnects and subscribes again by itself.
+    const clock = yield* Effect.clock
+    const onMessage = (message: string): void => {
+      const last = message.lastIndexOf("|")
+      const middle = last < 0 ? -1 : message.lastIndexOf("|", last - 1)
+      if (middle < 0) return
+      const upstream = message.slice(0, middle)
+      if (message.slice(last + 1) === "clear") {
+        heard.delete(upstream)
+        snapshot.delete(upstream)
+        if (started.get(upstream)?.synced === true) started.delete(upstream)
+        merged = undefined
+        return
+      }
+      const cooldown = parseCooldown(message.slice(middle + 1))
+      if (cooldown === undefined || cooldown.until <= clock.unsafeCurrentTimeMillis()) return
+      const current = heard.get(upstream)
+      if (current !== undefined && current.cooldown.until >= cooldown.until) return
+      heard.set(upstream, { cooldown, seq: ++heardSeq })
+      merged = undefined
+    }
+    yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const subscriber = redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined })
+        subscriber.on("error", () => {})
+        subscriber.on("message", (_channel: string, message: string) => onMessage(message))
+        subscriber.subscribe(cooldownsChannel).catch(() => {})
+        return subscriber
+      }),
+      (subscriber) => Effect.sync(() => subscriber.disconnect())
+    )
 
     yield* refresh.pipe(
       Effect.matchEffect({
@@ -722,6 +772,14 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
           if (merged !== undefined && now < mergedUntil) return merged
           const m = new Map<string, Cooldown>()
           for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
+          for (const [upstream, { cooldown: c }] of heard) {
+            if (c.until <= now) {
+              heard.delete(upstream)
+              continue
+            }
+            const other = m.get(upstream)
+            if (other === undefined || other.until < c.until) m.set(upstream, c)
+          }
           for (const [upstream, entry] of started) {
             if (entry.cooldown.until <= now) {
               started.delete(upstream)

@@ -52,6 +52,7 @@ import * as Cooldown from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
+import * as Pacing from "./Pacing.js"
 import * as Pricing from "./Pricing.js"
 import type * as RateLimiter from "./RateLimiter.js"
 import * as ResponseCache from "./ResponseCache.js"
@@ -140,10 +141,6 @@ export interface StreamResult {
   readonly done: Effect.Effect<Metadata>
 }
 
-/** Connection errors that mean the request never reached the upstream. */
-const REFUSED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
-const refused = (reason: string): boolean => REFUSED.has(reason)
-
 /** No upstream serves the model. */
 export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly model: string }> {
   override get message(): string {
@@ -221,6 +218,16 @@ export class DeadlineExceededOn extends Timeout.DeadlineExceeded {
     super({ budget, attempts })
   }
 }
+
+/** Connection failures that say nothing listens there (or no such host): the upstream is taken out at once. */
+const REFUSED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
+const refused = (reason: string): boolean => REFUSED.has(reason)
+
+/** Why a request did not call an upstream whose rate-limit window is spent (see `Pacing`). */
+const PACED = "rate-limit window spent"
+
+/** A bound on a request's waits in pacing queues (each is bounded in time too). */
+const MAX_PACED_WAITS = 100
 
 const describe = (failures: ReadonlyArray<Failure>) =>
   failures.length === 0 ? "none tried" : failures.map((f) => `${f.upstream}: ${f.reason}`).join("; ")
@@ -405,6 +412,21 @@ export interface Options {
   readonly authFailedCooldown?: Duration.DurationInput
   /** Steer away when `x-ratelimit-remaining-*` is at or below this. Default 0. */
   readonly headroomWatermark?: number
+  /**
+   * Cooldown of an upstream that refused the connection (or whose name did
+   * not resolve): out of rotation at once, for this long, so that neither
+   * the same request nor the next ones try it again meanwhile. Default 5 s.
+   */
+  readonly unreachableCooldown?: Duration.DurationInput
+  /**
+   * Pacing (see `Pacing`): when the only upstreams left are rate limited
+   * (their window spent, or cooling down after a 429) and the first comes
+   * back within `retry.maxRetryAfter` and the request's deadline, the
+   * request waits in that upstream's queue (FIFO, `queue` long, default
+   * 100) and is sent when its window allows, instead of failing. Waiting
+   * costs no attempt.
+   */
+  readonly pacing?: Pacing.Options | undefined
   /**
    * Which non-streaming chat requests are cached: `deterministic` (the
    * default: `temperature: 0`, or a `seed` given; a sampled answer is not
@@ -609,6 +631,8 @@ export const makeWith = (
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
+    const unreachableCooldown = Duration.decode(options.unreachableCooldown ?? Duration.seconds(5))
+    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? 100))
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
@@ -753,6 +777,8 @@ export const makeWith = (
           return { reason: "quota-exhausted", duration: quotaCooldown }
         case "UpstreamAuthFailed":
           return { reason: "auth-failed", duration: authFailedCooldown }
+        case "UpstreamUnreachable":
+          return refused(error.reason) ? { reason: "unreachable", duration: unreachableCooldown } : undefined
         default:
           return undefined
       }
@@ -970,7 +996,16 @@ export const makeWith = (
         : broken
       if (u.tokenLimit !== undefined) protectedCall = Effect.zipRight(u.tokenLimit.acquire("account", tokens), protectedCall)
       if (u.requestLimit !== undefined) protectedCall = Effect.zipRight(u.requestLimit.acquire("account"), protectedCall)
-      return classifyOutcome(protectedCall, u.name, progress)
+      // The upstream's own rate limit, as learnt (see `Pacing`): a call the
+      // window has no room for is not made; one let through by the queue
+      // (`progress.granted`) has its room already.
+      const pacer = Pacing.pacerOf(u)
+      return Effect.clockWith((clock) => {
+        if (progress.granted === u) progress.granted = undefined
+        else if (!pacer.tryTake(clock.unsafeCurrentTimeMillis())) return Effect.succeed<Attempted<A>>({ _tag: "Skipped", reason: PACED })
+        return Effect.tap(classifyOutcome(protectedCall, u.name, progress), (outcome) =>
+          outcome._tag === "Skipped" ? Effect.sync(() => pacer.giveBack(clock.unsafeCurrentTimeMillis())) : Effect.void)
+      })
     }
 
     // ----- one HTTP call under one timer ---------------------------------------
@@ -1035,9 +1070,12 @@ export const makeWith = (
     ): Abort => {
       let settled = false
       let abort: Abort | undefined
+      const pacer = Pacing.pacerOf(u)
+      pacer.sent()
       const cancelTimer = unsafeTimer(clock, limit.millis, () => {
         if (settled) return
         settled = true
+        pacer.done(clock.unsafeCurrentTimeMillis())
         const timedOut = limit.budget === undefined
           ? new UpstreamTimeout({ upstream: u.name, timeout: u.timeout })
           : new Timeout.DeadlineExceeded({ budget: limit.budget })
@@ -1049,12 +1087,16 @@ export const makeWith = (
         if (settled) return
         settled = true
         cancelTimer()
+        const now = clock.unsafeCurrentTimeMillis()
+        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
+        else pacer.done(now)
         settle(exit)
       })
       return (then) => {
         if (settled) return then()
         settled = true
         cancelTimer()
+        pacer.done(clock.unsafeCurrentTimeMillis())
         abort!(then)
       }
     }
@@ -1118,6 +1160,14 @@ export const makeWith = (
       refused: UpstreamRejected | undefined
       /** A call beyond the first was paid for from the retry budget and not made yet (its upstream was skipped). */
       credit: boolean
+      /** The upstream whose pacing queue let this request through: its call has room in the window. */
+      granted: Upstream.Upstream | undefined
+      /** An upstream this round left alone because its rate-limit window is spent. */
+      pacedOn: Upstream.Upstream | undefined
+      /** The index of the model `pacedOn` was left alone for. */
+      pacedModel: number
+      /** Times this request waited in a pacing queue. */
+      pacedWaits: number
     }
 
     const newProgress = (): Progress => ({
@@ -1128,7 +1178,11 @@ export const makeWith = (
       lacking: undefined,
       model: undefined,
       refused: undefined,
-      credit: false
+      credit: false,
+      granted: undefined,
+      pacedOn: undefined,
+      pacedModel: 0,
+      pacedWaits: 0
     })
 
     /** Counts an upstream call: the request's first is a primary call of the retry budget; a later one uses its credit. */
@@ -1219,7 +1273,10 @@ export const makeWith = (
         readonly n: number
         readonly waits: number
         called: boolean
-        readonly excluded: Array<readonly [Upstream.Upstream, Router.Exclusion, number | undefined]>
+        /** Whether a model's plan in this round crossed the panic threshold (its open breakers bypassed). */
+        panic: boolean
+        /** Upstreams left out, why, when they come back (cooldowns), and the index of the model they were left out for. */
+        readonly excluded: Array<readonly [Upstream.Upstream, Router.Exclusion, number | undefined, number]>
       }
 
       /**
@@ -1228,8 +1285,10 @@ export const makeWith = (
        * request waited for an upstream to come back. A wait is not a retry: a
        * request that waited out a cooldown still has all its rounds.
        */
-      const round = (n: number, waits: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
-        walk({ n, waits, called: false, excluded: [] }, 0)
+      const round = (n: number, waits: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
+        progress.pacedOn = undefined
+        return walk({ n, waits, called: false, panic: false, excluded: [] }, 0)
+      }
 
       /** Plans the round's `k`th model (0: the asked one) and tries its upstreams. */
       const walk = (r: Round, k: number): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
@@ -1258,6 +1317,7 @@ export const makeWith = (
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
         const m = policy.models[k]!
         progress.model = k === 0 ? undefined : m
+        if (plan.panic) r.panic = true
         const run = k === 0 ? attempt : attemptOn(m)
         /** Who lacks what: an upstream lacking the asked model may still serve a fallback. */
         const lackKey = (u: Upstream.Upstream) => k === 0 ? u.name : `${u.name}\u0000${m}`
@@ -1268,20 +1328,33 @@ export const makeWith = (
           if (i >= plan.order.length) {
             if (progress.attempts > attemptsBefore) r.called = true
             for (const [u, why] of plan.excluded) {
-              r.excluded.push([u, why, why === "cooling-down" || why === "auth-failed" ? active.get(u.name)?.until : undefined])
+              r.excluded.push([u, why, why === "cooling-down" || why === "auth-failed" ? active.get(u.name)?.until : undefined, k])
             }
             return walk(r, k + 1)
           }
           const u = plan.order[i]!
           if (progress.lacking !== undefined && progress.lacking.has(lackKey(u))) return tryAt(i + 1)
-          // Every call beyond the request's first is paid for from the retry budget.
-          if (progress.attempts > 0 && !progress.credit) {
-            if (!retryBudget.trySpend()) return Effect.fail(budgetSpent(model, progress, u))
-            progress.credit = true
+          const call = () => {
+            // Every call beyond the request's first is paid for from the retry budget.
+            if (progress.attempts > 0 && !progress.credit) {
+              if (!retryBudget.trySpend()) return Effect.fail(budgetSpent(model, progress, u))
+              progress.credit = true
+            }
+            // In panic, only the open breakers are bypassed: the others still hear their calls.
+            const bypass = plan.panic && !u.breaker.unsafeIsAvailable(now)
+            return Effect.flatMap(run(u, progress, bypass), (outcome) => after(i, retried, u, outcome))
           }
-          // In panic, only the open breakers are bypassed: the others still hear their calls.
-          const bypass = plan.panic && !u.breaker.unsafeIsAvailable(now)
-          return Effect.flatMap(run(u, progress, bypass), (outcome) => after(i, retried, u, outcome))
+          if (i === 0 || plan.panic) return call()
+          // An upstream that went into a cooldown since the plan was made
+          // (a refused connection, a 429 met by another request) is left
+          // out (it was not cooling down then: the plan has it).
+          return Effect.clockWith((clock) => {
+            const at = clock.unsafeCurrentTimeMillis()
+            return Effect.flatMap(cooldowns.active(at), (current) => {
+              const cooldown = current.get(u.name)
+              return cooldown !== undefined && cooldown.until > at ? tryAt(i + 1) : call()
+            })
+          })
         }
         const after = (
           i: number,
@@ -1294,6 +1367,10 @@ export const makeWith = (
               return Effect.succeed([outcome.value, u, progress] as const)
             case "Skipped":
               note({ upstream: u.name, reason: outcome.reason })
+              if (outcome.reason === PACED) {
+                progress.pacedOn = u
+                progress.pacedModel = k
+              }
               return tryAt(i + 1)
             case "Failed": {
               const error = outcome.error
@@ -1333,7 +1410,10 @@ export const makeWith = (
               // An upstream may ask for retries on itself (transient
               // errors only) before the request moves on.
               const sameUpstream = u.retry?.maxRetries ?? 0
-              if (retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts) {
+              if (
+                retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts &&
+                !(error._tag === "UpstreamUnreachable" && refused(error.reason))
+              ) {
                 return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
               }
               return Effect.zipRight(coolDown(error), tryAt(i + 1))
@@ -1351,18 +1431,82 @@ export const makeWith = (
               why === "circuit-open"
                 ? Effect.map(u.breaker.snapshot, (s) => s.openUntil)
                 : Effect.succeed(until)),
-            (comebacks) => afterRound(r, clock.unsafeCurrentTimeMillis(), comebacks)
+            (comebacks) => {
+              const now = clock.unsafeCurrentTimeMillis()
+              // Pacing reads the cooldowns' reasons: only when no upstream was called.
+              return r.called || pacingQueue === 0
+                ? afterRound(r, now, undefined, comebacks)
+                : Effect.flatMap(cooldowns.active(now), (active) => afterRound(r, now, active, comebacks))
+            }
           ))
+
+      /**
+       * Waits in `u`'s pacing queue (at most `maxRetryAfter`, and within the
+       * deadline); let through, the request calls `u` at once (for the
+       * round's `k`th model: its call has room in the window). A queue that
+       * is full, or a window that does not open in time, fails the request
+       * as when no upstream is available.
+       */
+      const pace = (
+        r: Round,
+        k: number,
+        u: Upstream.Upstream,
+        at: number,
+        excluded: ReadonlyArray<Failure>,
+        front: boolean
+      ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+        Effect.flatMap(Timeout.remaining, (left) =>
+          Effect.clockWith((clock) => {
+            const now = clock.unsafeCurrentTimeMillis()
+            const pacer = Pacing.pacerOf(u)
+            const budget = Option.isSome(left) ? Math.min(maxRetryAfterMillis, Duration.toMillis(left.value) - 1) : maxRetryAfterMillis
+            progress.pacedWaits++
+            const waited = budget <= 0 ? Effect.succeed<Pacing.WaitOutcome>("too-long") : pacer.wait(budget, pacingQueue, front)
+            const wait = tracing === undefined ? waited : Effect.zipRight(
+              spanEvent("waiting", { "breakwater.wait.reason": `rate limited: queued for ${u.name}'s window`, "breakwater.upstream": u.name }),
+              waited
+            )
+            return Effect.flatMap(wait, (outcome) => {
+              const end = clock.unsafeCurrentTimeMillis()
+              const recorded = outcome === "granted" && end === now ? Effect.void : Pacing.recordWait(pacer, outcome, end - now)
+              if (outcome !== "granted") {
+                return Effect.zipRight(recorded, Effect.fail(noneAvailable(model, excluded, progress, Math.max(0, at - end))))
+              }
+              return Effect.zipRight(
+                recorded,
+                Effect.flatMap(cooldowns.active(end), (active) => {
+                  const cooldown = active.get(u.name)
+                  if (cooldown !== undefined && cooldown.until > end) {
+                    // A cooldown started meanwhile (here, or on another replica).
+                    pacer.forfeit()
+                    if (cooldown.reason !== "rate-limited" && cooldown.reason !== "low-headroom") return round(r.n, r.waits)
+                    pacer.block(end, cooldown.until)
+                    return pace(r, k, u, cooldown.until, excluded, true)
+                  }
+                  progress.granted = u
+                  progress.pacedOn = undefined
+                  // In a round that panicked, an open breaker is bypassed here too.
+                  return planned({ n: r.n, waits: r.waits, called: false, panic: r.panic, excluded: [] }, k, end, active, {
+                    order: [u],
+                    excluded: [],
+                    panic: r.panic && !u.breaker.unsafeIsAvailable(end)
+                  }, undefined)
+                })
+              )
+            })
+          }))
 
       /**
        * A round where every upstream was left out or refused by our own
        * protections (none was called) waits for the first to come back
-       * (cooldown or open breaker), within `maxRetryAfter`, or reports that
-       * none is available.
+       * (cooldown or open breaker), within `maxRetryAfter` — in a pacing
+       * queue when that one is only rate limited — or reports that none is
+       * available. `active`: the cooldowns now, read when none was called.
        */
       const afterRound = (
         r: Round,
         now: number,
+        active: ReadonlyMap<string, Cooldown.Cooldown> | undefined,
         comebacks: ReadonlyArray<number | undefined>
       ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
         const { n, waits } = r
@@ -1371,6 +1515,45 @@ export const makeWith = (
         )
         let soonest: number | undefined
         for (const at of comebacks) if (at !== undefined && (soonest === undefined || at < soonest)) soonest = at
+        if (!r.called && active !== undefined && progress.attempts < maxAttempts && progress.pacedWaits < MAX_PACED_WAITS) {
+          // Pacing: when the first upstream to come back is one that is only
+          // rate limited, wait in its queue rather than all at once.
+          let target: Upstream.Upstream | undefined
+          let targetModel = 0
+          let targetAt = Infinity
+          let cooling: number | undefined
+          let other = Infinity
+          r.excluded.forEach(([u, why, , k], j) => {
+            const cooldown = active.get(u.name)
+            if (why === "cooling-down" && cooldown !== undefined && (cooldown.reason === "rate-limited" || cooldown.reason === "low-headroom")) {
+              const at = Math.max(cooldown.until, Pacing.pacerOf(u).resetAt)
+              if (at < targetAt) {
+                target = u
+                targetModel = k
+                targetAt = at
+                cooling = cooldown.until
+              }
+            } else {
+              const at = comebacks[j]
+              if (at !== undefined && at < other) other = at
+            }
+          })
+          const pacedOn = progress.pacedOn
+          if (pacedOn !== undefined) {
+            const at = Math.max(now, Pacing.pacerOf(pacedOn).resetAt)
+            if (at < targetAt) {
+              target = pacedOn
+              targetModel = progress.pacedModel
+              targetAt = at
+              cooling = undefined
+            }
+          }
+          if (target !== undefined && targetAt <= other) {
+            // The pacer honours the cooldown, wherever it was learnt (another request, another replica).
+            if (cooling !== undefined) Pacing.pacerOf(target).block(now, cooling)
+            return pace(r, targetModel, target, targetAt, excluded, false)
+          }
+        }
         if (!r.called) {
           const waitMillis = soonest === undefined ? undefined : soonest - now
           if (waitMillis !== undefined && waitMillis <= maxRetryAfterMillis && waits < maxRounds + 1) {
@@ -1392,7 +1575,7 @@ export const makeWith = (
       // Every wait inside is deadline-aware (attempts, backoff, cooldown
       // waits), so the deadline needs no timer fiber of its own.
       if (resume === undefined) return Timeout.withCooperativeDeadline(round(1, 0), policy.budget)
-      const body = planned({ n: 1, waits: 0, called: false, excluded: [] }, 0, resume.now, resume.active, policy.models.length > 1 ? calm(resume.plan, resume.now) : resume.plan, resume.first)
+      const body = planned({ n: 1, waits: 0, called: false, panic: false, excluded: [] }, 0, resume.now, resume.active, policy.models.length > 1 ? calm(resume.plan, resume.now) : resume.plan, resume.first)
       return resume.deadline === undefined ? body : Timeout.withCooperativeDeadlineAt(body, resume.deadline, policy.budget)
     }
 
@@ -1772,7 +1955,12 @@ export const makeWith = (
       if (tokenLimit !== undefined && !tokenLimit.unsafeTryAcquire!("account", tokens, now, tags)) {
         return handOver({ _tag: "Skipped", reason: "local rate limit reached" })
       }
-      if (!bulkhead.unsafeTryAcquire()) return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+      const pacer = Pacing.pacerOf(u)
+      if (!pacer.tryTake(now)) return handOver({ _tag: "Skipped", reason: PACED })
+      if (!bulkhead.unsafeTryAcquire()) {
+        pacer.giveBack(now)
+        return handOver({ _tag: "Skipped", reason: "bulkhead full" })
+      }
 
       progress.attempts = 1
       retryBudget.recordPrimary()
@@ -1967,7 +2155,18 @@ export const makeWith = (
         // idle timeout can end it under a waiting read without closing the
         // pull that read runs in.
         const bodyScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-        const reply = yield* Scope.extend(client.postStream(u, CHAT, body, headers), bodyScope)
+        const pacer = Pacing.pacerOf(u)
+        const clock = yield* Effect.clock
+        pacer.sent()
+        const reply = yield* Scope.extend(client.postStream(u, CHAT, body, headers), bodyScope).pipe(
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              const now = clock.unsafeCurrentTimeMillis()
+              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
+              else pacer.done(now)
+            })
+          )
+        )
         if (trace !== undefined) trace.status = reply.status
         if (reply.status !== 200) {
           const text = yield* Stream.runFold(Stream.decodeText(reply.body), "", (a, b) => a + b).pipe(

@@ -17,6 +17,7 @@ export * as Timeout from "./Timeout.js"
 // The relay pipeline
 export * as Cooldown from "./Cooldown.js"
 export * as OpenAI from "./OpenAI.js"
+export * as Pacing from "./Pacing.js"
 export * as Pricing from "./Pricing.js"
 export * as Relay from "./Relay.js"
 export * as Router from "./Router.js"

@@ -459,7 +459,8 @@ describe("FakeUpstream counters and control", () => {
       stalls: 0,
       streamsOpen: 0,
       lastAuthorization: undefined,
-      lastBody: undefined
+      lastBody: undefined,
+      quotaRefusedAt: []
     })
   })
 

@@ -715,7 +715,8 @@ describe("maxAttempts", () => {
   it.scoped("keys never appear in errors or metadata, whatever the failure", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ upstreams: ordered("a", "b", "c") })
-      client.script("a", Scripted.unreachable("ECONNREFUSED"))
+      // A reset, not a refusal: a refused connection would keep a out for 5 s (unreachableCooldown).
+      client.script("a", Scripted.unreachable("ECONNRESET"))
       client.script("b", Scripted.status(429, { "retry-after": "1" }))
       const ok = yield* relay.chat(request())
       expect(ok.metadata.upstream).toBe("c")

@@ -180,7 +180,9 @@ describe("retry budget", () => {
         upstreams: ordered("a", "b"),
         breaker: patientBreaker,
         retry: { maxRetries: 0 },
-        retryBudget: { ratio: 0, minPerSecond: 0 }
+        retryBudget: { ratio: 0, minPerSecond: 0 },
+        // No `unreachable` cooldown: a stays in the plan, so each request meets its refusal.
+        unreachableCooldown: "0 millis"
       })
       client.fallback("a", Scripted.unreachable("ECONNREFUSED"))
       client.fallback("b", Scripted.ok("from b"))
@@ -369,7 +371,13 @@ describe("breaker defaults of a relay's upstreams", () => {
 
   it.scoped("a dead upstream opens it after 10 calls, whatever the traffic", () =>
     Effect.gen(function*() {
-      const { client, relay } = yield* setup({ upstreams: ordered("a"), retry: { maxRetries: 0 }, router: { panic: false } })
+      // No `unreachable` cooldown here: this is about the breaker's own count.
+      const { client, relay } = yield* setup({
+        upstreams: ordered("a"),
+        retry: { maxRetries: 0 },
+        router: { panic: false },
+        unreachableCooldown: "0 millis"
+      })
       client.fallback("a", Scripted.unreachable("ECONNREFUSED"))
       for (let i = 0; i < 15; i++) {
         yield* Effect.either(relay.chat(request(`r${i}`)))

@@ -49,13 +49,14 @@
  *     apiVersion: 2024-10-21              # azure-openai (api-version) and anthropic (anthropic-version)
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s,
  *            fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] } }   # when every gpt-4.1 upstream failed
+ * #        pacing: { queue: 100 }       # requests that may wait for a rate-limited upstream's window (0: off)
  * #        panic: 0.5                    # below half the upstreams' breakers closed, route across all; false: off
  * #        retryBudget: { enabled: true, ratio: 0.2, window: 10s, minPerSecond: 3 }
  * #                                      # calls beyond a request's first: at most 20% of first calls over 10 s
  * breaker: { failureThreshold: 10, successThreshold: 3, openDuration: 30s, halfOpenMaxCalls: 3 }
  * #        failureRate: { threshold: 0.5, minimumCalls: 20, window: 10s }   # the default; or calls: N instead of window
  * retry: { maxRetries: 2, baseDelay: 200ms, maxDelay: 5s, maxRetryAfter: 10s }
- * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, headroomWatermark: 0 }
+ * cooldown: { rateLimited: 1s, quota: 1h, authFailed: 5m, unreachable: 5s, headroomWatermark: 0 }
  * cache: { enabled: true, ttl: 5m, maxEntries: 10000, mode: deterministic, scope: key }
  *                                       # mode: deterministic (temperature 0 or a seed) | all
  *                                       # scope: key (per gateway key and user) | shared
@@ -232,6 +233,8 @@ export interface RoutingConfig {
   readonly streamIdleTimeout: Duration.Duration
   /** Model -> the models that answer, in order, when every upstream of that model failed. Default none. */
   readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
+  /** Pacing (core's `Pacing`): how many requests may wait for one rate-limited upstream's window. Default 100; 0: off. */
+  readonly pacing: { readonly queue: number }
 }
 
 export interface RetryBudgetConfig {
@@ -250,6 +253,8 @@ export interface CooldownConfig {
   readonly quota: Duration.Duration
   /** After an upstream refused its own key (401/403); a successful health probe ends it early. */
   readonly authFailed: Duration.Duration
+  /** After an upstream refused the connection (nothing listening, no such host). Default 5 s. */
+  readonly unreachable: Duration.Duration
   readonly headroomWatermark: number
 }
 
@@ -692,7 +697,8 @@ const File = Schema.Struct({
       minPerSecond: opt(NonNegativeNumber)
     })),
     streamIdleTimeout: opt(PositiveDur),
-    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) }))
+    fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) })),
+    pacing: opt(Schema.Struct({ queue: opt(NonNegativeInt) }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -705,6 +711,7 @@ const File = Schema.Struct({
     rateLimited: opt(Dur),
     quota: opt(Dur),
     authFailed: opt(PositiveDur),
+    unreachable: opt(Dur),
     headroomWatermark: opt(NonNegativeNumber)
   })),
   cache: opt(Schema.Struct({
@@ -1407,7 +1414,8 @@ const build = (f: File, env: Env): ServerConfig => {
         minPerSecond: routing.retryBudget?.minPerSecond ?? 3
       },
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
-      fallbacks: routing.fallbacks ?? {}
+      fallbacks: routing.fallbacks ?? {},
+      pacing: { queue: routing.pacing?.queue ?? 100 }
     },
     breaker: {
       failureRate: breaker.failureRate ?? { threshold: 0.5, minimumCalls: 20, window: Duration.seconds(10) },
@@ -1426,6 +1434,7 @@ const build = (f: File, env: Env): ServerConfig => {
       rateLimited: cooldown.rateLimited ?? Duration.seconds(1),
       quota: cooldown.quota ?? Duration.hours(1),
       authFailed: cooldown.authFailed ?? Duration.minutes(5),
+      unreachable: cooldown.unreachable ?? Duration.seconds(5),
       headroomWatermark: cooldown.headroomWatermark ?? 0
     },
     cache: {
@@ -1602,6 +1611,8 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   rateLimitCooldown: config.cooldown.rateLimited,
   quotaCooldown: config.cooldown.quota,
   authFailedCooldown: config.cooldown.authFailed,
+  unreachableCooldown: config.cooldown.unreachable,
+  pacing: { queue: config.routing.pacing.queue },
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
   cacheScope: config.cache.scope,

@@ -647,6 +647,16 @@ describe("Config.parse: telemetry", () => {
 })
 
 describe("Config.toRelayOptions", () => {
+  it("routing.pacing.queue and cooldown.unreachable reach the relay; a negative queue is refused, naming the field", () => {
+    const config = ok(parse(`${minimal}routing: { pacing: { queue: 0 } }\ncooldown: { unreachable: 2s }\n`, {}))
+    const options = Config.toRelayOptions(config)
+    expect(options.pacing).toEqual({ queue: 0 })
+    expect(options.unreachableCooldown).toEqual(Duration.seconds(2))
+    const bad = parse(`${minimal}routing: { pacing: { queue: -1 } }\n`, {})
+    expect(bad._tag).toBe("Left")
+    expect(JSON.stringify(bad)).toContain("routing.pacing.queue")
+  })
+
   it("maps the sections to the relay's options", () => {
     const config = ok(parse(readFileSync(fixture, "utf8"), SECRETS, fixture))
     const options = Config.toRelayOptions(config)
@@ -670,6 +680,8 @@ describe("Config.toRelayOptions", () => {
     expect(options.rateLimitCooldown).toEqual(Duration.seconds(1))
     expect(options.quotaCooldown).toEqual(Duration.hours(1))
     expect(options.authFailedCooldown).toEqual(Duration.minutes(5))
+    expect(options.unreachableCooldown).toEqual(Duration.seconds(5))
+    expect(options.pacing).toEqual({ queue: 100 })
     expect(options.headroomWatermark).toBe(0)
     expect(options.cacheMode).toBe("deterministic")
     expect(options.cacheScope).toBe("key")

@@ -459,6 +459,8 @@ export const rateLimitHeaders = (
   if (requests !== undefined) {
     out["x-ratelimit-remaining-requests"] = requests
     out["x-ratelimit-reset-requests"] = wait(responseHeaders["anthropic-ratelimit-requests-reset"])
+    const limit = responseHeaders["anthropic-ratelimit-requests-limit"]
+    if (limit !== undefined) out["x-ratelimit-limit-requests"] = limit
   }
   let fewest: { remaining: number; reset: string | undefined } | undefined
   for (const kind of ["tokens", "input-tokens", "output-tokens"]) {

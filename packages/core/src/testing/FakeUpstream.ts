@@ -113,6 +113,18 @@ export interface Faults {
   } | undefined
   /** Status for `GET /v1/models` (default 200). */
   modelsStatus?: number | undefined
+  /**
+   * A request quota, as a provider enforces one: at most `requests` chat or
+   * embeddings calls per window of `windowMs` (default 1000), a window
+   * starting with the first request after the last one ended. Every answer
+   * says where the caller stands (`x-ratelimit-limit-requests`,
+   * `-remaining-requests`, `-reset-requests` in ms; Anthropic's
+   * `anthropic-ratelimit-requests-*` for that protocol); a request beyond
+   * the quota gets a 429 (after `latencyMs`, as any answer) with
+   * `Retry-After` in whole seconds (rounded up) and is not counted. Counted
+   * when the request has arrived, before any other fault.
+   */
+  requestQuota?: { readonly requests: number; readonly windowMs?: number | undefined } | undefined
 }
 
 /**
@@ -145,6 +157,10 @@ export interface Counters {
   lastPath: string | undefined
   /** The headers of the last request, names in lower case (admin paths aside). */
   lastHeaders: Readonly<Record<string, string | ReadonlyArray<string> | undefined>> | undefined
+  /** `requestQuota`: when (epoch ms) the first answer carrying the quota's headers was sent. */
+  quotaAnnouncedAt: number | undefined
+  /** `requestQuota`: when (epoch ms) each request refused with a 429 had arrived. */
+  quotaRefusedAt: Array<number>
 }
 
 /**
@@ -267,6 +283,13 @@ const validateFaults = (faults: unknown): string | undefined => {
   if (f.status !== undefined && !isStatus(f.status)) return "status must be an integer in 100..599"
   if (f.modelsStatus !== undefined && !isStatus(f.modelsStatus)) return "modelsStatus must be an integer in 100..599"
   if (f.quota !== undefined && f.quota !== "429" && f.quota !== "200") return "quota must be \"429\" or \"200\""
+  if (f.requestQuota !== undefined) {
+    const q = f.requestQuota as { requests?: unknown; windowMs?: unknown }
+    if (typeof q !== "object" || q === null || !Number.isInteger(q.requests) || (q.requests as number) < 0) {
+      return "requestQuota.requests must be an integer >= 0"
+    }
+    if (q.windowMs !== undefined && !(typeof q.windowMs === "number" && q.windowMs > 0)) return "requestQuota.windowMs must be > 0"
+  }
   return undefined
 }
 
@@ -383,7 +406,9 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     lastTracestate: undefined,
     lastBody: undefined,
     lastPath: undefined,
-    lastHeaders: undefined
+    lastHeaders: undefined,
+    quotaAnnouncedAt: undefined,
+    quotaRefusedAt: []
   })
   let c = freshCounters(0)
   let seq = 0
@@ -665,6 +690,47 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     answerOk(res, route, f, request as Record<string, unknown>)
   }
 
+  // requestQuota: the current window's end (epoch ms) and the calls it has counted.
+  let quotaWindowEnd = 0
+  let quotaUsed = 0
+
+  /**
+   * `requestQuota`: counts the request in the current window and sets the
+   * quota's headers on `res`; when it is over the quota, the 429 to send.
+   */
+  const overQuota = (res: http.ServerResponse, quota: NonNullable<Faults["requestQuota"]>): (() => void) | undefined => {
+    const now = Date.now()
+    if (now >= quotaWindowEnd) {
+      quotaWindowEnd = now + (quota.windowMs ?? 1000)
+      quotaUsed = 0
+    }
+    const allowed = quotaUsed < quota.requests
+    if (allowed) quotaUsed++
+    const resetMs = quotaWindowEnd - now
+    if (protocol === "anthropic") {
+      res.setHeader("anthropic-ratelimit-requests-limit", String(quota.requests))
+      res.setHeader("anthropic-ratelimit-requests-remaining", String(quota.requests - quotaUsed))
+      res.setHeader("anthropic-ratelimit-requests-reset", new Date(quotaWindowEnd).toISOString())
+    } else {
+      res.setHeader("x-ratelimit-limit-requests", String(quota.requests))
+      res.setHeader("x-ratelimit-remaining-requests", String(quota.requests - quotaUsed))
+      res.setHeader("x-ratelimit-reset-requests", `${resetMs}ms`)
+    }
+    res.once("finish", () => {
+      c.quotaAnnouncedAt ??= Date.now()
+    })
+    if (allowed) return undefined
+    c.quotaRefusedAt.push(now)
+    const retryAfter = String(Math.max(1, Math.ceil(resetMs / 1000)))
+    return () =>
+      sendJson(
+        res,
+        429,
+        protocol === "openai" || protocol === "azure-openai" ? RATE_LIMIT_BODY : errorReply(429, CHAT, { retryAfter }),
+        { "retry-after": retryAfter }
+      )
+  }
+
   const handlePost = (req: http.IncomingMessage, res: http.ServerResponse, route: Route): void => {
     const f = faults
     let raw = ""
@@ -675,12 +741,14 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     req.on("end", () => {
       c.lastBody = raw
       if (closed || res.destroyed) return
+      const refuse = f.requestQuota !== undefined ? overQuota(res, f.requestQuota) : undefined
+      const respond = refuse === undefined ? () => answer(req, res, route, f, raw) : refuse
       const latency = f.latencyMs ?? 0
       const delay = latency + (f.jitterMs !== undefined && f.jitterMs > 0 ? rand() * f.jitterMs : 0)
-      if (delay <= 0) return answer(req, res, route, f, raw)
+      if (delay <= 0) return respond()
       const timer = setTimeout(() => {
         timers.delete(timer)
-        if (!closed && !res.destroyed) answer(req, res, route, f, raw)
+        if (!closed && !res.destroyed) respond()
       }, delay)
       timers.add(timer)
     })
@@ -695,7 +763,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     req.on("end", () => k(raw))
   }
 
-  const snapshot = (): Counters => ({ ...c, byStatus: { ...c.byStatus } })
+  const snapshot = (): Counters => ({ ...c, byStatus: { ...c.byStatus }, quotaRefusedAt: [...c.quotaRefusedAt] })
 
   const setFaults = (next: Faults): void => {
     const invalid = validateFaults(next)

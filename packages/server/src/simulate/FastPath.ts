@@ -19,7 +19,7 @@
  * - the relay and the fast path share one cache ({@link SharedCache}), with
  *   the relay's semantics (hits, joining a call in flight, LRU, TTL).
  */
-import { type Cooldown, type Relay, type ResponseCache, type Router, Upstream } from "@breakwater/core"
+import { type Cooldown, Pacing, type Relay, type ResponseCache, type Router, Upstream } from "@breakwater/core"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import type * as Context from "effect/Context"
@@ -376,6 +376,8 @@ export const planner = (router: Router.Router, options: Router.Options = {}) => 
 // ---------------------------------------------------------------------------
 // The fast path
 
+const NO_HEADERS: Readonly<Record<string, string | undefined>> = {}
+
 /** How a request ended, as the simulator records it. */
 export interface Recorder {
   readonly ok: (arrivedAt: number, cacheHit: boolean, upstream: string | undefined) => void
@@ -496,7 +498,13 @@ export const make = (options: Options) => {
     }
     const ticket = breaker.unsafeTryAdmit?.()
     if (ticket === undefined) return refuse()
-    if (!bulkhead.unsafeTryAcquire()) return refuse()
+    // The upstream's rate-limit window, as the relay's pacer has learnt it (`Pacing`).
+    const pacer = Pacing.pacerOf(u)
+    if (!pacer.tryTake(now)) return refuse()
+    if (!bulkhead.unsafeTryAcquire()) {
+      pacer.giveBack(now)
+      return refuse()
+    }
 
     // Committed: the attempt as the relay makes it (a primary call of its retry budget).
     model.decide(now, request.index, 0, tokens)
@@ -505,8 +513,10 @@ export const make = (options: Options) => {
     const target = u.modelFor(request.model) ?? request.model
     const record = breaker.unsafeRecord
     const release = bulkhead.unsafeRelease
+    pacer.sent()
     options.schedule(now + answer.delay, () => {
       const end = options.now()
+      pacer.answered(end, 200, NO_HEADERS)
       model.bill(target, options.promptTokens, options.completionTokens)
       const transition = record(ticket, Exit.void, end, now)
       if (transition !== undefined) runSync(transition)

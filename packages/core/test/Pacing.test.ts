@@ -1,0 +1,320 @@
+/**
+ * Pacing (issue 15) under TestClock: what a pacer learns from an upstream's
+ * answers, and the relay's queue in front of a rate-limited upstream —
+ * requests wait their turn (FIFO, as many per window as the limit allows)
+ * instead of failing, waiting costs no attempt, and a full queue, the
+ * deadline or `maxRetryAfter` fail the request as before. Also the
+ * `unreachable` cooldown of an upstream that refuses connections.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
+import * as Cooldown from "../src/Cooldown.js"
+import * as Pacing from "../src/Pacing.js"
+import * as Pricing from "../src/Pricing.js"
+import * as RateLimiter from "../src/RateLimiter.js"
+import * as Relay from "../src/Relay.js"
+import * as ResponseCache from "../src/ResponseCache.js"
+import type * as Upstream from "../src/Upstream.js"
+import * as Scripted from "./support/ScriptedClient.js"
+
+const MODEL = "gpt-4.1"
+
+const upstream = (name: string, extra: Partial<Upstream.Config> = {}): Upstream.Config => ({
+  name,
+  baseUrl: `https://${name}.example.test/v1`,
+  apiKey: Redacted.make(`sk-secret-${name}`),
+  models: [MODEL],
+  ...extra
+})
+
+const setup = (options: Relay.Options): Effect.Effect<{ relay: Relay.Relay; client: Scripted.Scripted }, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const client = Scripted.make()
+    const deps = Layer.mergeAll(
+      RateLimiter.layerStoreMemory,
+      Cooldown.layerStoreMemory,
+      client.layer,
+      Pricing.layer(),
+      ResponseCache.layerMemory()
+    )
+    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provide(deps)))
+    return { relay: Context.get(ctx, Relay.Relay), client }
+  })
+
+let seq = 0
+const ask = () => ({ model: MODEL, messages: [{ role: "user" as const, content: `q${++seq}` }] })
+
+/**
+ * An upstream's quota, as a provider enforces one: `limit` calls per window
+ * of `windowMs` from the first call after the last window ended, with
+ * OpenAI's headers; beyond it a 429 with `Retry-After` (whole seconds).
+ */
+const quota = (limit: number, windowMs = 1000) => {
+  let end = 0
+  let used = 0
+  const refused: Array<number> = []
+  const reply: Scripted.Reply = (call) =>
+    Effect.sync(() => {
+      if (call.at >= end) {
+        end = call.at + windowMs
+        used = 0
+      }
+      const over = used >= limit
+      if (!over) used++
+      const headers = {
+        "x-ratelimit-limit-requests": String(limit),
+        "x-ratelimit-remaining-requests": String(limit - used),
+        "x-ratelimit-reset-requests": `${end - call.at}ms`
+      }
+      if (!over) return { status: 200, headers, text: Scripted.completion() }
+      refused.push(call.at)
+      return {
+        status: 429,
+        headers: { ...headers, "retry-after": String(Math.ceil((end - call.at) / 1000)) },
+        text: Scripted.errorJson("Rate limit reached", "rate_limit_exceeded", "rate_limit_exceeded")
+      }
+    })
+  return { reply, refused }
+}
+
+const counter = (upstream: string, outcome: string) =>
+  Effect.map(
+    Metric.value(Metric.taggedWithLabels(Pacing.pacedTotal, [MetricLabel.make("upstream", upstream), MetricLabel.make("outcome", outcome)])),
+    (s) => s.count
+  )
+
+/** Lets forked requests run as far as they can without the clock moving. */
+const settle = Effect.gen(function*() {
+  for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
+})
+
+describe("Pacer", () => {
+  it("learns the window from headers, minus calls still in flight; nothing is held back before", () => {
+    const p = new Pacing.Pacer("a")
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    // Three in flight; the first answer says 2 remain until 1000: the two others may not be counted yet.
+    p.learn(10, { "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "990ms" })
+    p.done(10)
+    expect(p.left).toBe(0)
+    expect(p.resetAt).toBe(1000)
+    expect(p.tryTake(999)).toBe(false)
+    // A new window: as many calls as the limit.
+    expect(p.tryTake(1000)).toBe(true)
+    expect(p.left).toBe(2)
+  })
+
+  it("a 429's Retry-After blocks until then; without a known limit one call finds out", () => {
+    const p = new Pacing.Pacer("a")
+    p.block(0, 2000)
+    expect(p.tryTake(1999)).toBe(false)
+    expect(p.tryTake(2000)).toBe(true)
+    expect(p.tryTake(2000)).toBe(false)
+  })
+
+  it("a 429 without limit headers spends the window: one call finds out, and a plain success frees it again", () => {
+    const p = new Pacing.Pacer("a")
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    p.answered(5, 429, { "retry-after": "1" })
+    // One call still in flight: it may tell more.
+    expect(p.tryTake(5)).toBe(false)
+    p.answered(6, 429, {})
+    // Nothing in flight: one call (the cooldown keeps the router away until its end).
+    expect(p.tryTake(1000)).toBe(true)
+    expect(p.tryTake(1000)).toBe(false)
+    p.sent()
+    p.answered(1010, 200, {})
+    for (let i = 0; i < 5; i++) expect(p.tryTake(1010)).toBe(true)
+  })
+
+  it("a taken call that is not sent is given back", () => {
+    const p = new Pacing.Pacer("a")
+    p.learn(0, { "x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "1s" })
+    expect(p.tryTake(0)).toBe(true)
+    expect(p.tryTake(0)).toBe(false)
+    p.giveBack(0)
+    expect(p.tryTake(0)).toBe(true)
+  })
+})
+
+describe("Relay pacing", () => {
+  it.scoped("2 calls a second: six requests at once all succeed, two per window, FIFO, no 429 once the limit is known, one attempt each", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], maxAttempts: 1 })
+      const q = quota(2)
+      client.fallback("a", q.reply)
+      // The first answer tells the limit (2 a second, 1 left).
+      const first = yield* relay.chat(ask())
+      expect(first.metadata.attempts).toBe(1)
+      const fibers: Array<Fiber.RuntimeFiber<Relay.Result, Relay.RelayError>> = []
+      for (let i = 0; i < 5; i++) {
+        fibers.push(yield* Effect.fork(relay.chat(ask())))
+        yield* settle
+      }
+      expect(client.calls.map((c) => c.at)).toEqual([0, 0])
+      yield* TestClock.adjust("999 millis")
+      expect(client.calls).toHaveLength(2)
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      expect(client.calls.map((c) => c.at)).toEqual([0, 0, 1000, 1000])
+      yield* TestClock.adjust("1000 millis")
+      yield* settle
+      expect(client.calls.map((c) => c.at)).toEqual([0, 0, 1000, 1000, 2000, 2000])
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      // Waiting cost no attempt: maxAttempts 1 was enough for every one.
+      expect(results.map((r) => r.metadata.attempts)).toEqual([1, 1, 1, 1, 1])
+      expect(q.refused).toEqual([])
+      expect(yield* counter("a", "granted")).toBeGreaterThanOrEqual(3)
+    }))
+
+  it.scoped("requests that got a 429 before the limit was known queue for the window, behind nobody", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a")], maxAttempts: 2 })
+      const q = quota(2)
+      // Every answer takes 10 ms: four calls go out before anything is known.
+      client.fallback("a", Scripted.delayed("10 millis", q.reply))
+      const fibers = yield* Effect.forEach([1, 2, 3, 4], () => Effect.fork(relay.chat(ask())))
+      yield* settle
+      expect(client.calls).toHaveLength(4)
+      yield* TestClock.adjust("10 millis")
+      yield* settle
+      expect(q.refused).toEqual([0, 0])
+      // Backoff before the next round (at most 200 ms), then the queue, until the window's end (and its Retry-After) at 1010.
+      for (let t = 10; t < 1010; t += 50) {
+        yield* TestClock.adjust("50 millis")
+        yield* settle
+      }
+      yield* TestClock.adjust("20 millis")
+      yield* settle
+      expect(client.calls.slice(4).map((c) => c.at)).toEqual([1010, 1010])
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      expect(results.map((r) => r.metadata.attempts).sort()).toEqual([1, 1, 2, 2])
+      expect(q.refused).toEqual([0, 0])
+    }))
+
+  it.scoped("a full queue fails at once as before (503 NoUpstreamAvailable with retryAfter), counted", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a")],
+        pacing: { queue: 2 },
+        retry: { maxRetryAfter: "30 seconds" }
+      })
+      client.fallback("a", quota(1, 10_000).reply)
+      yield* relay.chat(ask())
+      const before = yield* counter("a", "queue-full")
+      const waiting = yield* Effect.forEach([1, 2], () => Effect.fork(relay.chat(ask())))
+      yield* settle
+      const error = yield* Effect.flip(relay.chat(ask()))
+      expect(error._tag).toBe("NoUpstreamAvailable")
+      expect((error as Relay.NoUpstreamAvailable).retryAfter).toBeDefined()
+      expect(yield* counter("a", "queue-full")).toBe(before + 1)
+      // The two in the queue are let through, one per 10 s window.
+      yield* TestClock.adjust("10 seconds")
+      yield* settle
+      yield* TestClock.adjust("10 seconds")
+      yield* Effect.forEach(waiting, Fiber.join)
+      expect(client.calls.map((c) => c.at)).toEqual([0, 10_000, 20_000])
+    }))
+
+  it.scoped("a window that opens after maxRetryAfter fails at once; a wait past the deadline fails at the deadline", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a")],
+        requestTimeout: "1500 millis",
+        retry: { maxRetryAfter: "5 seconds" }
+      })
+      client.fallback("a", quota(1, 20_000).reply)
+      yield* relay.chat(ask())
+      // 20 s away: more than maxRetryAfter.
+      const tooLong = yield* Effect.flip(relay.chat(ask()))
+      expect(tooLong._tag).toBe("NoUpstreamAvailable")
+      expect(client.calls).toHaveLength(1)
+
+      const { client: client2, relay: relay2 } = yield* setup({
+        upstreams: [upstream("b")],
+        requestTimeout: "1500 millis"
+      })
+      client2.fallback("b", quota(1, 1000).reply)
+      yield* relay2.chat(ask())
+      yield* TestClock.adjust("1 millis")
+      // The next window at 1000: the first waiter gets it, the second would wait until 2000, past its deadline (1501).
+      const first = yield* Effect.fork(relay2.chat(ask()))
+      yield* settle
+      const second = yield* Effect.fork(relay2.chat(ask()))
+      yield* settle
+      yield* TestClock.adjust("1000 millis")
+      yield* settle
+      expect((yield* Fiber.join(first)).metadata.attempts).toBe(1)
+      yield* TestClock.adjust("499 millis")
+      const late = yield* Effect.flip(Fiber.join(second))
+      expect(late._tag).toBe("NoUpstreamAvailable")
+      expect(client2.calls.map((c) => c.at)).toEqual([0, 1000])
+    }))
+})
+
+describe("unreachable cooldown", () => {
+  it.scoped("a refused connection takes the upstream out for 5 s: the next requests go straight to the other", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a", { priority: 1 }), upstream("b", { priority: 2 })] })
+      client.fallback("a", Scripted.unreachable("ECONNREFUSED"))
+      const first = yield* relay.chat(ask())
+      expect(first.metadata.upstream).toBe("b")
+      expect(first.metadata.failures).toEqual(["a: connection failed (ECONNREFUSED)"])
+      for (let i = 0; i < 3; i++) expect((yield* relay.chat(ask())).metadata.attempts).toBe(1)
+      expect(client.callsTo("a")).toHaveLength(1)
+      yield* TestClock.adjust("4999 millis")
+      yield* relay.chat(ask())
+      expect(client.callsTo("a")).toHaveLength(1)
+      yield* TestClock.adjust("1 millis")
+      yield* relay.chat(ask())
+      expect(client.callsTo("a")).toHaveLength(2)
+    }))
+
+  it.scoped("never twice within one request, whatever the rounds; unreachableCooldown is configurable", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1 }), upstream("b", { priority: 2 })],
+        maxAttempts: 5,
+        retry: { maxRetries: 3, baseDelay: "10 millis" },
+        unreachableCooldown: "1 second"
+      })
+      client.fallback("a", Scripted.unreachable("ECONNREFUSED"))
+      client.script("b", ...[1, 2, 3, 4].map(() => Scripted.status(503)))
+      const fiber = yield* Effect.fork(relay.chat(ask()))
+      for (let i = 0; i < 20; i++) {
+        yield* TestClock.adjust("10 millis")
+        yield* settle
+      }
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      expect(error._tag).toBe("AllUpstreamsFailed")
+      expect(client.callsTo("a")).toHaveLength(1)
+      // Four rounds: a in the first only.
+      expect(client.calls.map((c) => c.upstream)).toEqual(["a", "b", "b", "b", "b"])
+      yield* TestClock.adjust("1 second")
+      expect((yield* relay.chat(ask())).metadata.failures).toEqual(["a: connection failed (ECONNREFUSED)"])
+      expect(client.callsTo("a")).toHaveLength(2)
+    }))
+
+  it.scoped("a reset connection is not a refusal: no cooldown", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ upstreams: [upstream("a", { priority: 1 }), upstream("b", { priority: 2 })] })
+      client.script("a", Scripted.unreachable("ECONNRESET"))
+      expect((yield* relay.chat(ask())).metadata.upstream).toBe("b")
+      expect((yield* relay.chat(ask())).metadata.upstream).toBe("a")
+    }))
+})
