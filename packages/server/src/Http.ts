@@ -995,7 +995,8 @@ export const make = (options: Options) =>
       started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
-      if (!fastOn || draining()) return undefined
+      // A per-request header this path does not read (hedging's, branch i-hedge) is the handler's.
+      if (!fastOn || draining() || request.headers["x-breakwater-hedge"] !== undefined) return undefined
       const who = gateway.identify(request.headers["authorization"])
       if (who instanceof Unauthorized) return undefined
       const parsed = parseJson(body)
