@@ -49,6 +49,7 @@ import type * as Tracer from "effect/Tracer"
 import type * as Bulkhead from "./Bulkhead.js"
 import type * as CircuitBreaker from "./CircuitBreaker.js"
 import * as Cooldown from "./Cooldown.js"
+import * as Hedge from "./Hedge.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import * as OpenAI from "./OpenAI.js"
@@ -107,6 +108,8 @@ export interface Metadata {
   readonly streamOutcome?: StreamOutcome | undefined
   /** For a failed stream: what ended it, e.g. "no data for 1m" or "connection failed (ECONNRESET)". */
   readonly streamError?: string | undefined
+  /** Set when the request was hedged (`Options.hedge`): where the hedge went and how it fared. */
+  readonly hedge?: Hedge.Report | undefined
 }
 
 /**
@@ -286,6 +289,12 @@ export interface CallOptions {
   readonly timeout?: Duration.Duration | undefined
   readonly maxAttempts?: number | undefined
   readonly upstream?: string | undefined
+  /**
+   * `false`: never hedge this request (the caller's `x-breakwater-hedge:
+   * off`, for a request that must not run twice). Default: hedged when the
+   * relay hedges (`Options.hedge`).
+   */
+  readonly hedge?: boolean | undefined
 }
 
 export interface Relay {
@@ -448,6 +457,14 @@ export interface Options {
   readonly streamIdleTimeout?: Duration.DurationInput
   /** Spans for upstream attempts; off unless set (see {@link Tracing}). */
   readonly tracing?: Tracing | undefined
+  /**
+   * Hedging, off unless set (see `Hedge`): when a request's first upstream
+   * call has not answered (a stream: sent no event) after `after`, the next
+   * upstream whose breaker is closed and that is not cooling down is called
+   * as well; the first answer wins, the other call is aborted. Capped by
+   * `maxExtra`. A relay that hedges takes the general path for every request.
+   */
+  readonly hedge?: Hedge.Options | undefined
 }
 
 /**
@@ -636,6 +653,7 @@ export const makeWith = (
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
+    const hedging = options.hedge === undefined ? undefined : Hedge.make(options.hedge)
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
@@ -1168,6 +1186,8 @@ export const makeWith = (
       pacedModel: number
       /** Times this request waited in a pacing queue. */
       pacedWaits: number
+      /** Set once the request was hedged. */
+      hedge?: Hedge.Report | undefined
     }
 
     const newProgress = (): Progress => ({
@@ -1212,6 +1232,40 @@ export const makeWith = (
       readonly first: Attempted<A> | undefined
     }
 
+    /** What a hedged request does with a losing call that answered anyway (`Hedge.race`). */
+    type Discard<A> = (value: A, u: Upstream.Upstream) => Effect.Effect<void>
+
+    /** Whether an attempt's outcome ends the request: an answer, or the caller's own error. */
+    const settlesRequest = (outcome: Attempted<unknown>): boolean =>
+      outcome._tag === "Ok" || (outcome._tag === "Failed" && outcome.error._tag === "UpstreamRejected")
+
+    /**
+     * The upstream a hedge may go to: the first in `plan.order` from `j` whose
+     * breaker is closed, that is not cooling down, has a free slot and has
+     * not said it lacks the model.
+     */
+    const hedgeTarget = (
+      plan: Router.Plan,
+      j: number,
+      now: number,
+      active: ReadonlyMap<string, Cooldown.Cooldown>,
+      progress: Progress
+    ): Effect.Effect<readonly [number, Upstream.Upstream] | undefined> => {
+      for (; j < plan.order.length; j++) {
+        const c = plan.order[j]!
+        const cooling = active.get(c.name)
+        if (cooling !== undefined && cooling.until > now) continue
+        if (progress.lacking !== undefined && progress.lacking.has(c.name)) continue
+        if (c.bulkhead.unsafeStats().available <= 0) continue
+        const at = j
+        return Effect.flatMap(c.breaker.state, (state) =>
+          state === "Closed" || state === "Disabled"
+            ? Effect.succeed([at, c] as const)
+            : hedgeTarget(plan, at + 1, now, active, progress))
+      }
+      return Effect.succeed(undefined)
+    }
+
     const failureOf = (error: UpstreamError): Failure =>
       error._tag === "UpstreamAuthFailed"
         ? { upstream: error.upstream, reason: reasonOf(error), kind: "auth-failed" }
@@ -1249,7 +1303,8 @@ export const makeWith = (
       policy: Policy,
       attempt: AttemptOn<A>,
       attemptOn: (model: string) => AttemptOn<A>,
-      resume?: Resume<A>
+      resume?: Resume<A>,
+      hedge?: Discard<A>
     ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
       const model = policy.models[0]!
       const maxAttempts = policy.maxAttempts
@@ -1264,6 +1319,7 @@ export const makeWith = (
         }))
       }
       const progress: Progress = resume?.progress ?? newProgress()
+      let hedgeCounted = false
 
       /**
        * One round: whether it made any upstream call, and the upstreams its
@@ -1334,6 +1390,10 @@ export const makeWith = (
           }
           const u = plan.order[i]!
           if (progress.lacking !== undefined && progress.lacking.has(lackKey(u))) return tryAt(i + 1)
+          // The request's first upstream call, on the asked model, may be hedged (Options.hedge).
+          if (hedge !== undefined && k === 0 && progress.attempts === 0 && !plan.panic && hedging !== undefined) {
+            return hedgedAt(i, u, hedging, hedge)
+          }
           const call = () => {
             // Every call beyond the request's first is paid for from the retry budget.
             if (progress.attempts > 0 && !progress.credit) {
@@ -1355,6 +1415,91 @@ export const makeWith = (
               return cooldown !== undefined && cooldown.until > at ? tryAt(i + 1) : call()
             })
           })
+        }
+
+        /** The first call, on `u` (plan.order[i]), with a hedge to a later upstream if it is slow. */
+        const hedgedAt = (
+          i: number,
+          u: Upstream.Upstream,
+          policy: Hedge.Hedge,
+          discard: Discard<A>
+        ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> =>
+          Effect.clockWith((clock) => {
+            const startedAt = clock.unsafeCurrentTimeMillis()
+            if (!hedgeCounted) {
+              hedgeCounted = true
+              policy.budget.recordPrimary(startedAt)
+            }
+            let target: readonly [number, Upstream.Upstream] | undefined
+            // Decided when the delay is up: a later upstream that is closed,
+            // not cooling down and has room, attempts left, and the budget.
+            const second = Effect.suspend(() => {
+              const now = clock.unsafeCurrentTimeMillis()
+              if (progress.attempts >= maxAttempts) return Effect.succeed(undefined)
+              return Effect.flatMap(cooldowns.active(now), (active) =>
+                Effect.map(hedgeTarget(plan, i + 1, now, active, progress), (found) => {
+                  // A hedge is a call beyond the request's first: the retry budget pays for it too.
+                  if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend()) return undefined
+                  progress.credit = true
+                  target = found
+                  return attempt(found[1], progress, false)
+                }))
+            })
+            const raced = Hedge.race(
+              attempt(u, progress, false),
+              policy.delayFor(u),
+              second,
+              settlesRequest,
+              (value, isHedge) => value._tag === "Ok" ? discard(value.value, isHedge ? target![1] : u) : Effect.void
+            )
+            return Effect.flatMap(raced, (r) => {
+              if (r._tag === "Alone") return after(i, 0, u, r.value)
+              const noted: Array<Effect.Effect<void>> = []
+              const [j, h] = target!
+              const hedgeValue = r.firstIsHedge ? r.first : r.second
+              let outcome: Hedge.Report["outcome"]
+              if (r.second === undefined) {
+                // The other call was interrupted: aborted, its slot given back.
+                const loser = r.firstIsHedge ? u : h
+                const now = clock.unsafeCurrentTimeMillis()
+                noted.push(Metric.increment(requestsBy(loser.name, "interrupted")))
+                // A lower bound of its latency, so that slow calls cut short still count as slow.
+                if (!r.firstIsHedge) Upstream.noteLatency(u, now - startedAt)
+                outcome = !r.firstIsHedge ? "lost" : r.first._tag === "Ok" ? "won" : "failed"
+              } else {
+                outcome = hedgeValue !== undefined && hedgeValue._tag === "Ok" ? "won" : "failed"
+              }
+              progress.hedge = { upstream: h.name, outcome }
+              noted.push(Metric.increment(Hedge.hedgedBy(h.name, outcome)))
+              const firstU = r.firstIsHedge ? h : u
+              // After both, the request moves on past the hedge's upstream;
+              // no retries on the same upstream after a hedge.
+              if (r.second === undefined) {
+                return Effect.zipRight(Effect.all(noted, { discard: true }), after(j, Number.MAX_SAFE_INTEGER, firstU, r.first))
+              }
+              const secondU = r.firstIsHedge ? u : h
+              noted.push(noteFailure(firstU, r.first))
+              return Effect.zipRight(Effect.all(noted, { discard: true }), after(j, Number.MAX_SAFE_INTEGER, secondU, r.second))
+            })
+          })
+
+        /** A failed or skipped call's bookkeeping, as `after` does it, without moving on. */
+        const noteFailure = (u: Upstream.Upstream, outcome: Attempted<A>): Effect.Effect<void> => {
+          if (outcome._tag === "Skipped") {
+            progress.failures.push({ upstream: u.name, reason: outcome.reason })
+            return Effect.void
+          }
+          if (outcome._tag === "Ok") return Effect.void
+          const error = outcome.error
+          progress.last = u.name
+          progress.failures.push(failureOf(error))
+          if (error._tag === "UpstreamModelNotFound") {
+            progress.notFound = error
+            progress.lacking ??= new Set()
+            progress.lacking.add(u.name)
+            return Effect.void
+          }
+          return coolDown(error)
         }
         const after = (
           i: number,
@@ -1764,7 +1909,7 @@ export const makeWith = (
         usage = { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
       }
       const costUsd = usage === undefined ? undefined : pricing.cost(model, usage)
-      const metadata: Metadata = {
+      let metadata: Metadata = {
         upstream: u.name,
         model: answered,
         attempts: progress.attempts,
@@ -1775,7 +1920,20 @@ export const makeWith = (
         usageEstimated,
         failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`)
       }
+      if (progress.hedge !== undefined) metadata = { ...metadata, hedge: progress.hedge }
       return { usage, costUsd, metadata }
+    }
+
+    /**
+     * A hedged request's losing call that answered anyway: the upstream
+     * reported its usage, so its cost is counted (for the key, not the
+     * answer's metadata).
+     */
+    const discardJson = (model: string, key: string) => ([classified]: readonly [Classified, number], u: Upstream.Upstream) => {
+      const usage = classified.usage
+      if (usage === undefined) return Effect.void
+      const target = u.modelFor(model) ?? model
+      return pricing.record({ upstream: u.name, model: target, key }, usage, pricing.cost(target, usage))
     }
 
     const isCacheable = (request: OpenAI.ChatCompletionRequest): boolean =>
@@ -1797,6 +1955,7 @@ export const makeWith = (
       chatRequest: OpenAI.ChatCompletionRequest | undefined,
       direct?: Direct
     ): Effect.Effect<Result, RelayError> => {
+      const hedgeOn = hedging !== undefined && options?.hedge !== false
       const general = (resume?: Resume<readonly [Classified, number]>) =>
         Effect.flatMap(
           failover(
@@ -1804,14 +1963,15 @@ export const makeWith = (
             jsonAttempt(path, request, tokens, options?.rawBody, inspect),
             // A fallback model: the request as it is, under that model's name.
             (model) => jsonAttempt(path, { ...request, model }, tokens, undefined, inspect),
-            resume
+            resume,
+            hedgeOn ? discardJson(request.model, options?.key ?? "anonymous") : undefined
           ),
           ([value, u, progress]) => {
             const answered = progress.model ?? request.model
             return finish(u.modelFor(answered) ?? answered, answered, options?.key ?? "anonymous", value, u, progress, status, chatRequest)
           }
         )
-      if (!hotPath) return general()
+      if (!hotPath || hedgeOn) return general()
       if (direct !== undefined) return startDirect(direct, hotStart(direct.fiber, general, path, request, tokens, options, inspect, status, chatRequest))
       return Effect.withFiberRuntime((fiber) => hot(fiber, general, path, request, tokens, options, inspect, status, chatRequest))
     }
@@ -2137,6 +2297,8 @@ export const makeWith = (
       readonly firstEventMs: number
       /** The attempt's span and what it learnt, when tracing: ended when the stream ends. */
       readonly trace: AttemptTrace | undefined
+      /** Closes the attempt's scope: its slot, permit and connection. */
+      readonly release: Effect.Effect<void>
     }
 
     /**
@@ -2247,12 +2409,15 @@ export const makeWith = (
         const attemptFor = (request: OpenAI.ChatCompletionRequest, raw: string | Uint8Array | undefined) =>
         (u: Upstream.Upstream, progress: Progress, panic: boolean) => {
           const trace = tracing === undefined ? undefined : newTrace()
+          /** The attempt's scope, for an attempt interrupted (a hedge's loser): released at once. */
+          let opening: Scope.CloseableScope | undefined
           const attempted = Effect.gen(function*() {
             const clock = yield* Effect.clock
             const started = clock.unsafeCurrentTimeMillis()
             // Each attempt gets its own scope inside the stream's: a failed
             // attempt gives its slot, permit and connection back at once.
             const attemptScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+            opening = attemptScope
             const release = Scope.close(attemptScope, Exit.void)
             const slot = yield* Effect.either(Scope.extend(u.bulkhead.acquire, attemptScope))
             if (Either.isLeft(slot)) {
@@ -2291,7 +2456,7 @@ export const makeWith = (
             )
             if (outcome._tag === "Ok") {
               const firstEventMs = clock.unsafeCurrentTimeMillis() - started
-              return { _tag: "Ok", value: { ...outcome.value, permit, started, firstEventMs, trace } } as Attempted<Streaming>
+              return { _tag: "Ok", value: { ...outcome.value, permit, started, firstEventMs, trace, release } } as Attempted<Streaming>
             }
             if (outcome._tag === "Failed") {
               const now = clock.unsafeCurrentTimeMillis()
@@ -2302,14 +2467,29 @@ export const makeWith = (
             yield* release
             return outcome
           })
+          const interruptible = hedgeOn
+            ? Effect.onInterrupt(attempted, () => opening === undefined ? Effect.void : Scope.close(opening, Exit.void))
+            : attempted
           return trace === undefined
-            ? attempted
-            : Effect.clockWith((clock) => Effect.onExit(attempted, (exit) => endAttempt(u, trace, clock, exit, true)))
+            ? interruptible
+            : Effect.clockWith((clock) => Effect.onExit(interruptible, (exit) => endAttempt(u, trace, clock, exit, true)))
         }
+        const hedgeOn = hedging !== undefined && options?.hedge !== false
+        /** A losing stream that had sent its first event all the same: closed, nothing learnt. */
+        const discard = (lost: Streaming, u: Upstream.Upstream): Effect.Effect<void> =>
+          Effect.zipRight(
+            Metric.increment(requestsBy(u.name, "interrupted")),
+            lost.trace === undefined ? lost.release : Effect.zipRight(
+              Effect.clockWith((clock) => endAttemptSpan(u, lost.trace!, clock, "interrupted", undefined)),
+              lost.release
+            )
+          )
         const [opened, u, progress] = yield* failover(
           policyOf(request.model, options),
           attemptFor(request, options?.rawBody),
-          (model) => attemptFor({ ...request, model }, undefined)
+          (model) => attemptFor({ ...request, model }, undefined),
+          undefined,
+          hedgeOn ? discard : undefined
         ).pipe(
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
@@ -2465,7 +2645,8 @@ export const makeWith = (
           usageEstimated,
           failures: progress.failures.map((f) => `${f.upstream}: ${f.reason}`),
           streamOutcome: ended,
-          ...(streamError === undefined ? {} : { streamError: reasonOf(streamError) })
+          ...(streamError === undefined ? {} : { streamError: reasonOf(streamError) }),
+          ...(progress.hedge === undefined ? {} : { hedge: progress.hedge })
         }))
         return { events, upstream: u.name, model: answered, attempts: progress.attempts, done }
       })

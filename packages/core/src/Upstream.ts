@@ -53,6 +53,19 @@ export interface Stats {
   latencyEwmaMs: number | undefined
   lastError: string | undefined
   lastErrorAt: number | undefined
+  /** Recent successful attempts' latencies, for percentiles ({@link latencyQuantile}); made at the first. */
+  latencies?: LatencySamples | undefined
+}
+
+/** A ring of the last {@link LATENCY_SAMPLES} latencies, ms. */
+export interface LatencySamples {
+  readonly ring: Float64Array
+  /** Samples recorded in all (the ring holds the last ones). */
+  total: number
+  /** The last quantile computed, and at which `total`: recomputed every few samples, not per call. */
+  cachedQuantile: number
+  cachedValue: number
+  cachedAt: number
 }
 
 export interface Upstream {
@@ -91,6 +104,45 @@ export const countsAgainstBreaker = (error: unknown): boolean => {
 
 const EWMA_ALPHA = 0.2
 
+/** Latencies kept per upstream for percentiles. */
+export const LATENCY_SAMPLES = 256
+/** New samples after which a percentile is computed again. */
+const QUANTILE_REFRESH = 8
+
+/**
+ * Adds one latency sample for percentiles only (not the EWMA nor the
+ * counters): `record` adds one for each success; hedging adds the time a
+ * call had run when it was interrupted for losing, a lower bound of its
+ * latency, so that interrupted slow calls still count as slow.
+ */
+export const noteLatency = (upstream: Upstream, latencyMs: number): void => {
+  const s = upstream.stats
+  let l = s.latencies
+  if (l === undefined) {
+    l = s.latencies = { ring: new Float64Array(LATENCY_SAMPLES), total: 0, cachedQuantile: -1, cachedValue: 0, cachedAt: 0 }
+  }
+  l.ring[l.total % LATENCY_SAMPLES] = latencyMs
+  l.total++
+}
+
+/**
+ * The `q` quantile (0..1) of the upstream's last {@link LATENCY_SAMPLES}
+ * latencies, ms; undefined with fewer than `minSamples` samples. Computed
+ * again only after a few new samples (a sort of at most 256 numbers).
+ */
+export const latencyQuantile = (upstream: Upstream, q: number, minSamples = 1): number | undefined => {
+  const l = upstream.stats.latencies
+  if (l === undefined || l.total < Math.max(1, minSamples)) return undefined
+  if (l.cachedQuantile === q && l.total - l.cachedAt < QUANTILE_REFRESH) return l.cachedValue
+  const n = Math.min(l.total, LATENCY_SAMPLES)
+  const sorted = l.ring.slice(0, n).sort()
+  const value = sorted[Math.min(n - 1, Math.max(0, Math.ceil(q * n) - 1))]!
+  l.cachedQuantile = q
+  l.cachedValue = value
+  l.cachedAt = l.total
+  return value
+}
+
 /** Records one attempt's outcome in the upstream's counters. */
 export const record = (upstream: Upstream, now: number, latencyMs: number, error: UpstreamError | undefined): void => {
   const s = upstream.stats
@@ -98,6 +150,7 @@ export const record = (upstream: Upstream, now: number, latencyMs: number, error
   if (error === undefined) {
     s.successes++
     s.latencyEwmaMs = s.latencyEwmaMs === undefined ? latencyMs : s.latencyEwmaMs + EWMA_ALPHA * (latencyMs - s.latencyEwmaMs)
+    noteLatency(upstream, latencyMs)
   } else {
     s.failures++
     s.lastError = error.message

@@ -458,10 +458,28 @@ describe("FakeUpstream counters and control", () => {
       hangs: 0,
       stalls: 0,
       streamsOpen: 0,
+      aborted: 0,
       lastAuthorization: undefined,
       lastBody: undefined,
       quotaRefusedAt: []
     })
+  })
+
+  it("counts requests whose client closed the connection before the answer (aborted), not answered ones nor its own resets", async () => {
+    const u = await fake({ faults: { latencyMs: 300 } })
+    const controller = new AbortController()
+    const pending = chat(u, {}, { signal: controller.signal }).catch((e: unknown) => e)
+    await waitFor("the request in flight", () => u.counters().inFlight === 1)
+    controller.abort()
+    expect(await pending).toBeInstanceOf(Error)
+    await waitFor("the abort seen", () => u.counters().aborted === 1)
+    expect(u.counters().byStatus[200]).toBeUndefined()
+    // An answered request is not an abort, nor is a reset the fake does itself.
+    expect((await chat(u)).status).toBe(200)
+    u.setFaults({ reset: 1 })
+    await chat(u).catch(() => undefined)
+    await waitFor("the reset counted", () => u.counters().resets === 1 && u.counters().inFlight === 0)
+    expect(u.counters().aborted).toBe(1)
   })
 
   it("tracks inFlight and maxInFlight across concurrent slow requests", async () => {

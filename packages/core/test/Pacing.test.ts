@@ -7,47 +7,22 @@
  * `unreachable` cooldown of an upstream that refuses connections.
  */
 import { describe, expect, it } from "@effect/vitest"
-import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
-import * as Redacted from "effect/Redacted"
-import type * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
-import * as Cooldown from "../src/Cooldown.js"
 import * as Pacing from "../src/Pacing.js"
-import * as Pricing from "../src/Pricing.js"
-import * as RateLimiter from "../src/RateLimiter.js"
 import * as Relay from "../src/Relay.js"
-import * as ResponseCache from "../src/ResponseCache.js"
 import type * as Upstream from "../src/Upstream.js"
 import * as Scripted from "./support/ScriptedClient.js"
+import { scriptedRelay, upstream as configOf } from "./support/ScriptedRelay.js"
 
 const MODEL = "gpt-4.1"
 
-const upstream = (name: string, extra: Partial<Upstream.Config> = {}): Upstream.Config => ({
-  name,
-  baseUrl: `https://${name}.example.test/v1`,
-  apiKey: Redacted.make(`sk-secret-${name}`),
-  models: [MODEL],
-  ...extra
-})
+const upstream = (name: string, extra: Partial<Upstream.Config> = {}): Upstream.Config => configOf(name, [MODEL], extra)
 
-const setup = (options: Relay.Options): Effect.Effect<{ relay: Relay.Relay; client: Scripted.Scripted }, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const client = Scripted.make()
-    const deps = Layer.mergeAll(
-      RateLimiter.layerStoreMemory,
-      Cooldown.layerStoreMemory,
-      client.layer,
-      Pricing.layer(),
-      ResponseCache.layerMemory()
-    )
-    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provide(deps)))
-    return { relay: Context.get(ctx, Relay.Relay), client }
-  })
+const setup = scriptedRelay
 
 let seq = 0
 const ask = () => ({ model: MODEL, messages: [{ role: "user" as const, content: `q${++seq}` }] })

@@ -8,36 +8,20 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
-import * as Redacted from "effect/Redacted"
-import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import * as Cooldown from "../src/Cooldown.js"
 import type * as OpenAI from "../src/OpenAI.js"
-import * as Pricing from "../src/Pricing.js"
-import * as RateLimiter from "../src/RateLimiter.js"
 import * as Relay from "../src/Relay.js"
-import * as ResponseCache from "../src/ResponseCache.js"
-import type * as Upstream from "../src/Upstream.js"
 import { UNTRANSLATABLE_HEADER } from "../src/UpstreamError.js"
 import * as Scripted from "./support/ScriptedClient.js"
+import { scriptedRelay, upstream } from "./support/ScriptedRelay.js"
 
 const GPT = "gpt-4.1"
 const CLAUDE = "claude-sonnet-4.5"
 const GEMINI = "gemini-2.5-flash"
-
-const upstream = (name: string, models: ReadonlyArray<string>, extra: Partial<Upstream.Config> = {}): Upstream.Config => ({
-  name,
-  baseUrl: `https://${name}.example.test/v1`,
-  apiKey: Redacted.make(`sk-secret-${name}`),
-  models,
-  ...extra
-})
 
 /** gpt (a, b), claude (c), gemini (g); gpt-4.1 falls back to claude, then gemini. */
 const UPSTREAMS = [
@@ -49,26 +33,13 @@ const UPSTREAMS = [
 const FALLBACKS = { [GPT]: [CLAUDE, GEMINI] }
 
 const setup = (options: Partial<Relay.Options> = {}, cache = false) =>
-  Effect.gen(function*() {
-    const client = Scripted.make()
-    const deps = Layer.mergeAll(
-      RateLimiter.layerStoreMemory,
-      Cooldown.layerStoreMemory,
-      client.layer,
-      Pricing.layer(),
-      ResponseCache.layerMemory()
-    )
-    const ctx = yield* Layer.build(
-      Relay.layer({
-        upstreams: UPSTREAMS,
-        fallbacks: FALLBACKS,
-        retry: { maxRetries: 0 },
-        cacheMode: cache ? "deterministic" : "none",
-        ...options
-      }).pipe(Layer.provide(deps))
-    )
-    return { relay: Context.get(ctx, Relay.Relay), client }
-  }) satisfies Effect.Effect<unknown, never, Scope.Scope>
+  scriptedRelay({
+    upstreams: UPSTREAMS,
+    fallbacks: FALLBACKS,
+    retry: { maxRetries: 0 },
+    cacheMode: cache ? "deterministic" : "none",
+    ...options
+  })
 
 const request = (extra: Partial<OpenAI.ChatCompletionRequest> = {}): OpenAI.ChatCompletionRequest => ({
   model: GPT,

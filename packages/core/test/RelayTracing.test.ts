@@ -5,24 +5,17 @@
  * that nothing at all happens with tracing off.
  */
 import { describe, expect, it } from "@effect/vitest"
-import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
-import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
-import * as Cooldown from "../src/Cooldown.js"
 import type * as OpenAI from "../src/OpenAI.js"
-import * as Pricing from "../src/Pricing.js"
-import * as RateLimiter from "../src/RateLimiter.js"
-import * as Relay from "../src/Relay.js"
-import * as ResponseCache from "../src/ResponseCache.js"
 import type * as Upstream from "../src/Upstream.js"
 import * as Scripted from "./support/ScriptedClient.js"
+import { scriptedRelay } from "./support/ScriptedRelay.js"
 
 const MODEL = "gpt-4.1"
 /** USD for the scripted usage (10 prompt, 5 completion tokens) of gpt-4.1 ($2 / $8 per million). */
@@ -52,19 +45,7 @@ const recording = () => {
   return { spans, tracer }
 }
 
-const setup = (options: Relay.Options): Effect.Effect<{ relay: Relay.Relay; client: Scripted.Scripted }, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const client = Scripted.make()
-    const deps = Layer.mergeAll(
-      RateLimiter.layerStoreMemory,
-      Cooldown.layerStoreMemory,
-      client.layer,
-      Pricing.layer(),
-      ResponseCache.layerMemory()
-    )
-    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provide(deps)))
-    return { relay: Context.get(ctx, Relay.Relay), client }
-  })
+const setup = scriptedRelay
 
 const request = (extra: Partial<OpenAI.ChatCompletionRequest> = {}): OpenAI.ChatCompletionRequest => ({
   model: MODEL,

@@ -50,6 +50,7 @@
  * routing: { strategy: priority, maxAttempts: 3, requestTimeout: 60s, streamIdleTimeout: 60s,
  *            fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] } }   # when every gpt-4.1 upstream failed
  * #        pacing: { queue: 100 }       # requests that may wait for a rate-limited upstream's window (0: off)
+ * #        hedge: { after: p95, maxExtra: 10% }   # off unless set; after: a duration or p50..p99.9
  * #        panic: 0.5                    # below half the upstreams' breakers closed, route across all; false: off
  * #        retryBudget: { enabled: true, ratio: 0.2, window: 10s, minPerSecond: 3 }
  * #                                      # calls beyond a request's first: at most 20% of first calls over 10 s
@@ -103,7 +104,7 @@
  *
  * @since 0.1.0
  */
-import type { Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Hedge, Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -235,6 +236,8 @@ export interface RoutingConfig {
   readonly fallbacks: Readonly<Record<string, ReadonlyArray<string>>>
   /** Pacing (core's `Pacing`): how many requests may wait for one rate-limited upstream's window. Default 100; 0: off. */
   readonly pacing: { readonly queue: number }
+  /** Hedging of slow first calls (core's `Hedge`); undefined: off (the default). */
+  readonly hedge: HedgeConfig | undefined
 }
 
 export interface RetryBudgetConfig {
@@ -246,6 +249,20 @@ export interface RetryBudgetConfig {
   readonly window: Duration.Duration
   /** Default 3. */
   readonly minPerSecond: number
+}
+
+/** `routing.hedge`, defaults filled in. */
+export interface HedgeConfig {
+  /** A fixed delay, or a percentile (`p95`) of the first upstream's recent latency. */
+  readonly after: Duration.Duration | Hedge.Percentile
+  /** Hedges as a share of requests over `window`. Default 0.1 (`10%`). */
+  readonly maxExtra: number
+  /** The cap's sliding window. Default 10 s. */
+  readonly window: Duration.Duration
+  /** Under `after: pNN`, the delay until the upstream has 20 measured calls. Default 1 s. */
+  readonly initialDelay: Duration.Duration
+  /** Under `after: pNN`, the shortest delay. Default 50 ms. */
+  readonly minDelay: Duration.Duration
 }
 
 export interface CooldownConfig {
@@ -486,6 +503,35 @@ const durationLeaf = (positive: boolean) =>
 const Dur = durationLeaf(false)
 const PositiveDur = durationLeaf(true)
 
+/** `routing.hedge.after`: a positive duration, or a percentile `p50`..`p99.9`. */
+const hedgeAfter = (u: unknown): Either.Either<Duration.Duration | Hedge.Percentile, string> => {
+  if (typeof u === "string") {
+    const p = /^\s*p(\d+(?:\.\d+)?)\s*$/i.exec(u)
+    if (p !== null) {
+      const n = Number(p[1])
+      if (n > 0 && n < 100) return Either.right({ _tag: "Percentile", quantile: n / 100 })
+    } else {
+      const d = parseDuration(u)
+      if (Option.isSome(d) && Duration.greaterThan(d.value, Duration.zero) && Duration.toMillis(d.value) <= MAX_DURATION_MILLIS) {
+        return Either.right(d.value)
+      }
+    }
+  }
+  return Either.left(`expected a positive duration like "800ms" or a percentile like "p95", got ${show(u)}`)
+}
+const HedgeAfter = leaf(hedgeAfter)
+
+/** A share above 0 and at most 1, as a number (`0.1`) or a percentage (`10%`). */
+const sharePercent = (u: unknown): Either.Either<number, string> => {
+  const text = typeof u === "string" ? u.trim() : undefined
+  const n = text !== undefined && text.endsWith("%") ? asNumber(text.slice(0, -1)) : asNumber(u)
+  const share = n === undefined ? undefined : text !== undefined && text.endsWith("%") ? n / 100 : n
+  return share !== undefined && Number.isFinite(share) && share > 0 && share <= 1
+    ? Either.right(share)
+    : Either.left(`expected a share above 0 and at most 1, like 0.1 or "10%", got ${show(u)}`)
+}
+const SharePercent = leaf(sharePercent)
+
 const oneOf = <const L extends ReadonlyArray<string>>(literals: L) =>
   leaf((u): Either.Either<L[number], string> =>
     typeof u === "string" && literals.includes(u)
@@ -573,6 +619,25 @@ const Models = leaf((u): Either.Either<ReadonlyArray<string> | "*", string> => {
   }
   return Either.left(`expected "*" or a non-empty list of model names, got ${show(u)}`)
 })
+
+/**
+ * `routing.hedge` from its two main settings as written (`p95`, `800ms`;
+ * `10%`, `0.1`), the other fields at their defaults: for the simulator's
+ * `--hedge`. Left: what is wrong, in words.
+ */
+export const hedgeOf = (after: unknown, maxExtra: unknown = 0.1): Either.Either<HedgeConfig, string> => {
+  const a = hedgeAfter(after)
+  if (Either.isLeft(a)) return Either.left(`hedge: ${a.left}`)
+  const m = sharePercent(maxExtra)
+  if (Either.isLeft(m)) return Either.left(`hedge-max-extra: ${m.left}`)
+  return Either.right({
+    after: a.right,
+    maxExtra: m.right,
+    window: Duration.seconds(10),
+    initialDelay: Duration.seconds(1),
+    minDelay: Duration.millis(50)
+  })
+}
 
 // ---------------------------------------------------------------------------
 // The file's schema (before defaults)
@@ -698,7 +763,14 @@ const File = Schema.Struct({
     })),
     streamIdleTimeout: opt(PositiveDur),
     fallbacks: opt(Schema.Record({ key: Schema.String, value: Schema.Array(NonEmptyString) })),
-    pacing: opt(Schema.Struct({ queue: opt(NonNegativeInt) }))
+    pacing: opt(Schema.Struct({ queue: opt(NonNegativeInt) })),
+    hedge: opt(Schema.Struct({
+      after: HedgeAfter,
+      maxExtra: opt(SharePercent),
+      window: opt(PositiveDur),
+      initialDelay: opt(PositiveDur),
+      minDelay: opt(Dur)
+    }))
   })),
   breaker: opt(Schema.Struct(BreakerFields)),
   retry: opt(Schema.Struct({
@@ -1415,7 +1487,14 @@ const build = (f: File, env: Env): ServerConfig => {
       },
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
       fallbacks: routing.fallbacks ?? {},
-      pacing: { queue: routing.pacing?.queue ?? 100 }
+      pacing: { queue: routing.pacing?.queue ?? 100 },
+      hedge: routing.hedge === undefined ? undefined : {
+        after: routing.hedge.after,
+        maxExtra: routing.hedge.maxExtra ?? 0.1,
+        window: routing.hedge.window ?? Duration.seconds(10),
+        initialDelay: routing.hedge.initialDelay ?? Duration.seconds(1),
+        minDelay: routing.hedge.minDelay ?? Duration.millis(50)
+      }
     },
     breaker: {
       failureRate: breaker.failureRate ?? { threshold: 0.5, minimumCalls: 20, window: Duration.seconds(10) },
@@ -1616,7 +1695,8 @@ export const toRelayOptions = (config: ServerConfig): Relay.Options => ({
   headroomWatermark: config.cooldown.headroomWatermark,
   cacheMode: config.cache.enabled ? config.cache.mode : "none",
   cacheScope: config.cache.scope,
-  streamIdleTimeout: config.routing.streamIdleTimeout
+  streamIdleTimeout: config.routing.streamIdleTimeout,
+  hedge: config.routing.hedge
 })
 
 /**

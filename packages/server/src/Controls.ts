@@ -20,9 +20,10 @@ export const FALLBACKS = "x-breakwater-fallbacks"
 export const TIMEOUT = "x-breakwater-timeout"
 export const MAX_ATTEMPTS = "x-breakwater-max-attempts"
 export const UPSTREAM = "x-breakwater-upstream"
+export const HEDGE = "x-breakwater-hedge"
 
 /** What the headers narrow, as the relay's call options. */
-export type Controls = Pick<Relay.CallOptions, "fallbacks" | "timeout" | "maxAttempts" | "upstream">
+export type Controls = Pick<Relay.CallOptions, "fallbacks" | "timeout" | "maxAttempts" | "upstream" | "hedge">
 
 /** A control header the gateway cannot honour: the 400 names it. */
 export interface InvalidControl {
@@ -51,7 +52,11 @@ export const read = (
   const timeoutHeader = headers[TIMEOUT]
   const attemptsHeader = headers[MAX_ATTEMPTS]
   const upstreamHeader = headers[UPSTREAM]
-  if (fallbacksHeader === undefined && timeoutHeader === undefined && attemptsHeader === undefined && upstreamHeader === undefined) {
+  const hedgeHeader = headers[HEDGE]
+  if (
+    fallbacksHeader === undefined && timeoutHeader === undefined && attemptsHeader === undefined && upstreamHeader === undefined &&
+    hedgeHeader === undefined
+  ) {
     return undefined
   }
   const out: { -readonly [K in keyof Controls]: Controls[K] } = {}
@@ -107,6 +112,13 @@ export const read = (
     if (u === undefined) return invalid(UPSTREAM, `${UPSTREAM}: no upstream named ${shown(name)}.`)
     if (u.modelFor(model) === undefined) return invalid(UPSTREAM, `${UPSTREAM}: upstream ${shown(name)} does not serve '${model}'.`)
     out.upstream = name
+  }
+  if (hedgeHeader !== undefined) {
+    // `off` marks a request that must not be sent twice (not idempotent); `on` asks for the route's hedging.
+    const v = hedgeHeader.trim().toLowerCase()
+    if (v === "off" || v === "false") out.hedge = false
+    else if (v === "on" || v === "true") out.hedge = true
+    else return invalid(HEDGE, `${HEDGE} must be 'on' or 'off'; got ${shown(hedgeHeader)}.`)
   }
   return out
 }

@@ -7,7 +7,7 @@
  * error is OpenAI's `{"error":{"message","type","param","code"}}` with the
  * status the official SDK maps to its error classes.
  */
-import { Cooldown, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
+import { Cooldown, type Hedge, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
@@ -231,6 +231,8 @@ interface Log {
   /** What ended a failed stream. */
   error: string | undefined
   usageEstimated: boolean | undefined
+  /** Set when the request was hedged: where the hedge went and how it fared. */
+  hedge: Hedge.Report | undefined
   /** The request's span, when tracing. */
   span: Tracer.Span | undefined
 }
@@ -537,6 +539,7 @@ export const make = (options: Options) =>
       log.costUsd = charged?.usd ?? m.costUsd
       if (charged !== undefined && charged.basis !== "table") log.costBasis = charged.basis
       log.usageEstimated = m.usageEstimated
+      if (m.hedge !== undefined) log.hedge = m.hedge
       if (log.span !== undefined && m.usage !== undefined) {
         log.span.attribute("gen_ai.usage.input_tokens", m.usage.prompt_tokens)
         if (m.usage.completion_tokens !== undefined) log.span.attribute("gen_ai.usage.output_tokens", m.usage.completion_tokens)
@@ -883,6 +886,10 @@ export const make = (options: Options) =>
         if (log.error !== undefined) fields["error"] = log.error
       }
       if (log.outcome !== undefined || log.usageEstimated === true) fields["usageEstimated"] = log.usageEstimated ?? false
+      if (log.hedge !== undefined) {
+        fields["hedge"] = log.hedge.outcome
+        fields["hedgeUpstream"] = log.hedge.upstream
+      }
       requestsBy(log.upstream ?? "none", modelLabel(log.model), log.key, String(status)).unsafeUpdate(1, NO_TAGS)
       durationHistogram.unsafeUpdate(elapsed, NO_TAGS)
       if (feed !== undefined) feed.record(log, status, elapsed)
@@ -938,6 +945,7 @@ export const make = (options: Options) =>
         outcome: undefined,
         error: undefined,
         usageEstimated: undefined,
+        hedge: undefined,
         span: undefined
       }
     }
@@ -995,8 +1003,7 @@ export const make = (options: Options) =>
       started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
-      // A per-request header this path does not read (hedging's, branch i-hedge) is the handler's.
-      if (!fastOn || draining() || request.headers["x-breakwater-hedge"] !== undefined) return undefined
+      if (!fastOn || draining()) return undefined
       const who = gateway.identify(request.headers["authorization"])
       if (who instanceof Unauthorized) return undefined
       const parsed = parseJson(body)

@@ -5,6 +5,7 @@
  *                                                      serve (demo mode without a config)
  *   breakwater check-config FILE                       validate a config and exit
  *   breakwater simulate SCENARIO [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]
+ *                        [--hedge p95|800ms|off] [--hedge-max-extra 10%]
  *                                                      run a scenario in simulated time
  *
  * The config file comes from `--config` or `BREAKWATER_CONFIG`. SIGTERM and
@@ -356,6 +357,14 @@ const simulate = Command.make(
     chart: Options.file("chart").pipe(Options.withDescription("write an SVG chart per simulated minute"), Options.optional),
     html: Options.file("html").pipe(
       Options.withDescription("write one self-contained HTML report with the console's charts (outages shaded)"),
+      Options.optional
+    ),
+    hedge: Options.text("hedge").pipe(
+      Options.withDescription("override routing.hedge.after: a percentile (p95), a duration (800ms), or off"),
+      Options.optional
+    ),
+    hedgeMaxExtra: Options.text("hedge-max-extra").pipe(
+      Options.withDescription("with --hedge: routing.hedge.maxExtra, a share (0.1) or a percentage (10%); default 10%"),
       Options.optional
     )
   },

@@ -146,6 +146,11 @@ export interface Counters {
   stalls: number
   /** Paced streams (`streamDelayMs`, `streamStallAfter`) whose connection is still open. */
   streamsOpen: number
+  /**
+   * Requests whose client closed the connection before the answer was
+   * complete (an aborted call: a timeout, a hedge's loser, a caller gone).
+   */
+  aborted: number
   /** The Authorization header of the last request. */
   lastAuthorization: string | undefined
   /** The W3C `traceparent` and `tracestate` headers of the last request (trace context from the gateway). */
@@ -401,6 +406,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     hangs: 0,
     stalls: 0,
     streamsOpen: 0,
+    aborted: 0,
     lastAuthorization: undefined,
     lastTraceparent: undefined,
     lastTracestate: undefined,
@@ -655,6 +661,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   const answer = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, f: Faults, raw: string): void => {
     if (hit(f.reset)) {
       c.resets++
+      resetting.add(res)
       req.socket.destroy()
       return
     }
@@ -812,8 +819,11 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     fail(404, `Unknown fake-upstream admin URL: ${req.method} ${path}`)
   }
 
-  const onInFlightDone = () => {
+  /** Answers whose socket the fake destroyed itself (`reset`): not the client's abort. */
+  const resetting = new WeakSet<http.ServerResponse>()
+  function onInFlightDone(this: http.ServerResponse) {
     c.inFlight--
+    if (!this.writableEnded && !closed && !resetting.has(this)) c.aborted++
   }
 
   const server = http.createServer((req, res) => {

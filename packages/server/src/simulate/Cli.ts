@@ -1,14 +1,16 @@
 /**
- * `breakwater simulate SCENARIO.yaml [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]`:
- * reads a scenario, runs it in virtual time, prints the table (or JSON) on
- * stdout and, with `--chart`, writes an SVG. Stdout depends only on the
- * scenario and the seed; the wall time taken goes to stderr.
+ * `breakwater simulate SCENARIO.yaml [--seed N] [--json] [--chart FILE.svg] [--html FILE.html]
+ * [--hedge p95|800ms|off] [--hedge-max-extra 10%]`: reads a scenario, runs it in virtual time,
+ * prints the table (or JSON) on stdout and, with `--chart`, writes an SVG.
+ * `--hedge` overrides the scenario's `routing.hedge`. Stdout depends only on
+ * the scenario, the seed and the options; the wall time taken goes to stderr.
  */
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as fs from "node:fs/promises"
+import * as Config from "../Config.js"
 import * as ConsoleAssets from "../Console.js"
 import * as Render from "./Render.js"
 import * as Scenario from "./Scenario.js"
@@ -21,6 +23,22 @@ export interface Args {
   readonly chart: Option.Option<string>
   /** One self-contained HTML report with the operator console's charts. */
   readonly html?: Option.Option<string> | undefined
+  /** Overrides `routing.hedge.after` (`off`: no hedging). */
+  readonly hedge?: Option.Option<string> | undefined
+  /** With `hedge`: `routing.hedge.maxExtra`. Default 10%. */
+  readonly hedgeMaxExtra?: Option.Option<string> | undefined
+}
+
+/** The `--hedge` override: undefined (none), null (off), or the settings. */
+const hedgeOverride = (args: Args): Effect.Effect<Config.HedgeConfig | null | undefined, SimulationFailed> => {
+  const after = args.hedge === undefined ? undefined : Option.getOrUndefined(args.hedge)
+  const maxExtra = args.hedgeMaxExtra === undefined ? undefined : Option.getOrUndefined(args.hedgeMaxExtra)
+  if (after === undefined) {
+    return maxExtra === undefined ? Effect.succeed(undefined) : Effect.fail(new SimulationFailed("--hedge-max-extra needs --hedge"))
+  }
+  if (after.trim().toLowerCase() === "off") return Effect.succeed(null)
+  const parsed = Config.hedgeOf(after, maxExtra ?? 0.1)
+  return Either.isLeft(parsed) ? Effect.fail(new SimulationFailed(`--${parsed.left}`)) : Effect.succeed(parsed.right)
 }
 
 export class SimulationFailed extends Error {}
@@ -33,9 +51,10 @@ export const simulate = (args: Args): Effect.Effect<void, Scenario.ScenarioInval
     })
     const parsed = Scenario.parse(text, { file: args.scenario, env: process.env })
     if (Either.isLeft(parsed)) return yield* Effect.fail(parsed.left)
+    const hedge = yield* hedgeOverride(args)
     const started = performance.now()
     const report = yield* Effect.try({
-      try: () => Simulate.run(parsed.right, { seed: Option.getOrUndefined(args.seed) }),
+      try: () => Simulate.run(parsed.right, { seed: Option.getOrUndefined(args.seed), hedge }),
       catch: (e) => new SimulationFailed(e instanceof Error ? e.message : String(e))
     })
     const seconds = (performance.now() - started) / 1000

@@ -63,8 +63,20 @@ export const text = (r: Report): string => {
     ["Availability", percent(d.availability), percent(b.availability)],
     ["Cost per day", usd(d.costPerDayUsd), usd(b.costPerDayUsd)],
     ["Cache hit rate", d.cacheHitRate === null ? "n/a" : percent(d.cacheHitRate), b.cacheHitRate === null ? "n/a" : percent(b.cacheHitRate)],
-    ["Upstream calls / request", d.callsPerRequest.toFixed(3), b.callsPerRequest.toFixed(3)]
+    ["Upstream calls / request", d.callsPerRequest.toFixed(3), b.callsPerRequest.toFixed(3)],
+    ...(b.hedged === null ? [] : [[
+      "Hedged calls",
+      "n/a",
+      `${grouped(b.hedged.calls)} (${percent(b.requests === 0 ? 0 : b.hedged.calls / b.requests)})`
+    ]])
   ], (i) => i > 0))
+  if (b.hedged !== null) {
+    const aborted = b.upstreams.reduce((a, u) => a + u.aborted, 0)
+    lines.push(
+      `  Hedges: ${grouped(b.hedged.won)} won, ${grouped(b.hedged.lost)} lost, ${grouped(b.hedged.failed)} failed; ` +
+        `${grouped(aborted)} calls aborted (billed in full: the worst case)`
+    )
+  }
   lines.push(`  Client-visible errors: direct ${errorList(d)}; Breakwater ${errorList(b)}`)
   lines.push("")
   lines.push("  Upstream traffic")

@@ -12,6 +12,7 @@
 import {
   Cooldown,
   Health,
+  Hedge,
   type OpenAI,
   Pricing,
   RateLimiter,
@@ -28,6 +29,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Random from "effect/Random"
 import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
@@ -50,6 +52,12 @@ export interface RunOptions {
    * the relay, as under TestClock; the report is the same, only slower.
    */
   readonly fastPath?: boolean | undefined
+  /**
+   * Overrides the scenario's `breakwater.routing.hedge` (`null`: hedging
+   * off). A hedging relay runs every request through the relay (no fast
+   * path).
+   */
+  readonly hedge?: Config.HedgeConfig | null | undefined
 }
 
 export interface UpstreamReport {
@@ -68,6 +76,8 @@ export interface UpstreamReport {
   readonly hangs: number
   /** Calls that met an outage (503 or hang). */
   readonly outageAnswers: number
+  /** Calls aborted before their answer (a hedge's loser, a timeout); billed all the same. */
+  readonly aborted: number
   /** Transitions of its breaker to Open; null for the direct column (no breaker). */
   readonly breakerTrips: number | null
   readonly costUsd: number
@@ -102,6 +112,11 @@ export interface ColumnReport {
   readonly upstreamCalls: number
   /** Upstream calls / requests: above 1 means retries multiply the load. */
   readonly callsPerRequest: number
+  /**
+   * Requests hedged (`routing.hedge`), and how the hedges fared; null where
+   * nothing is hedged (the direct column, a relay without hedging).
+   */
+  readonly hedged: { readonly calls: number; readonly won: number; readonly lost: number; readonly failed: number } | null
   readonly upstreams: ReadonlyArray<UpstreamReport>
   readonly perMinute: ReadonlyArray<MinuteReport>
 }
@@ -183,7 +198,21 @@ interface Raw {
   readonly trips: ReadonlyMap<string, number>
   readonly seed: number
   readonly duration: number
+  readonly hedged: ColumnReport["hedged"]
 }
+
+const HEDGE_OUTCOMES = ["won", "lost", "failed"] as const
+
+/** `breakwater_hedged_total` summed over `upstreams`, by outcome (the counters are process-wide: read before and after). */
+const hedgeCounts = (upstreams: ReadonlyArray<string>) =>
+  Effect.map(
+    Effect.forEach(HEDGE_OUTCOMES, (outcome) =>
+      Effect.map(
+        Effect.forEach(upstreams, (u) => Metric.value(Hedge.hedgedBy(u, outcome))),
+        (states) => states.reduce((a, s) => a + s.count, 0)
+      )),
+    ([won, lost, failed]) => ({ won: won!, lost: lost!, failed: failed! })
+  )
 
 /**
  * Runs the scenario's traffic through both columns. Needs only a Clock:
@@ -194,7 +223,10 @@ interface Raw {
 export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Effect<Report> => {
   const seed = options.seed ?? scenario.seed
   const duration = options.duration ?? scenario.duration
-  const config = scenario.breakwater
+  const config = options.hedge === undefined
+    ? scenario.breakwater
+    : { ...scenario.breakwater, routing: { ...scenario.breakwater.routing, hedge: options.hedge ?? undefined } }
+  const hedging = config.routing.hedge !== undefined
   const wl = scenario.workload
   const tokens = wl.promptTokens + wl.completionTokens
   const random = new FastPath.SimRandom(seed)
@@ -238,6 +270,7 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       Layer.succeed(Pricing.Pricing, { ...Pricing.make(config.pricing), record: () => Effect.void }),
       Layer.succeed(UpstreamClient.UpstreamClient, client)
     )
+    const hedgesBefore = yield* hedgeCounts(scenario.upstreams.map((u) => u.name))
     const ctx = yield* Layer.build(Relay.layer(relayOptions).pipe(Layer.provideMerge(deps)))
     const relay = Context.get(ctx, Relay.Relay)
     yield* Health.make(relay.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }).pipe(
@@ -340,7 +373,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     let fast: ((i: number, at: number, p: Prompt) => void) | undefined
     const runtime = yield* Effect.runtime<never>()
     const runFork = virtual === undefined ? undefined : Runtime.runFork(runtime)
-    if (virtual !== undefined && runFork !== undefined && shared !== undefined && cooldowns !== undefined) {
+    // A hedging relay races calls with timers of its own: no fast path for it.
+    if (virtual !== undefined && runFork !== undefined && shared !== undefined && cooldowns !== undefined && !hedging) {
       const runSync = Runtime.runSync(runtime)
       const router = Router.make(relayOptions.router)
       const completion = completions(wl.promptTokens, wl.completionTokens)
@@ -391,7 +425,10 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
 
       // Breakwater: the same request, where a forked fiber would start.
       inFlight++
-      if (fast === undefined) return Effect.fork(relayed(i, at, p))
+      // In virtual time without the fast path (a hedging relay), the request
+      // is a root fiber of its own (a fiber forked by a root that ends at
+      // once would be interrupted with it).
+      if (fast === undefined) return virtual === undefined ? Effect.fork(relayed(i, at, p)) : relayed(i, at, p)
       const start = fast
       virtual!.scheduler.scheduleTask(() => start(i, at, p))
       return undefined
@@ -424,7 +461,12 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       batch()
     }
     if (inFlight > 0 || !arrived) yield* Deferred.await(allDone)
-    return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration })
+    const hedgesAfter = yield* hedgeCounts(scenario.upstreams.map((u) => u.name))
+    const won = hedgesAfter.won - hedgesBefore.won
+    const lost = hedgesAfter.lost - hedgesBefore.lost
+    const failed = hedgesAfter.failed - hedgesBefore.failed
+    const hedged = hedging ? { calls: won + lost + failed, won, lost, failed } : null
+    return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration, hedged })
   })).pipe(Effect.withRandom(options.fastPath === false ? Random.make(seed) : random))
 }
 
@@ -463,6 +505,7 @@ const upstreamReport = (
   serverErrors: t.serverErrors,
   hangs: t.hangs,
   outageAnswers: t.outageAnswers,
+  aborted: t.aborted,
   breakerTrips: trips,
   costUsd: t.costUsd
 })
@@ -474,7 +517,8 @@ const columnReport = (
   duration: number,
   cache: boolean,
   trips: ReadonlyMap<string, number> | undefined,
-  only: string | undefined
+  only: string | undefined,
+  hedged: ColumnReport["hedged"]
 ): ColumnReport => {
   const calls = world.calls
   const errors: Record<string, number> = {}
@@ -494,6 +538,7 @@ const columnReport = (
     cacheHitRate: cache ? (column.requests === 0 ? 0 : column.cacheHits / column.requests) : null,
     upstreamCalls: calls,
     callsPerRequest: column.requests === 0 ? 0 : calls / column.requests,
+    hedged,
     upstreams: world.models
       .filter((m) => only === undefined || m.spec.name === only)
       .map((m) =>
@@ -527,8 +572,17 @@ const report = (scenario: Scenario, raw: Raw): Report => {
     durationMs: raw.duration,
     requests: raw.direct.requests,
     offeredRps: raw.direct.requests / (raw.duration / 1000),
-    direct: columnReport(`Direct (${first} only)`, raw.direct, raw.directWorld, raw.duration, false, undefined, first),
-    breakwater: columnReport("Breakwater", raw.breakwater, raw.world, raw.duration, config.cache.enabled, raw.trips, undefined),
+    direct: columnReport(`Direct (${first} only)`, raw.direct, raw.directWorld, raw.duration, false, undefined, first, null),
+    breakwater: columnReport(
+      "Breakwater",
+      raw.breakwater,
+      raw.world,
+      raw.duration,
+      config.cache.enabled,
+      raw.trips,
+      undefined,
+      raw.hedged
+    ),
     probes,
     notes
   }

@@ -35,6 +35,12 @@ export interface Traffic {
   serverErrors: number
   hangs: number
   outageAnswers: number
+  /**
+   * Calls that would have answered but were aborted first (a hedge's loser,
+   * a timeout). Billed in full all the same: a provider may finish and bill
+   * a request whose client has gone, so the cost is the worst case.
+   */
+  aborted: number
   probes: number
   costUsd: number
 }
@@ -47,6 +53,7 @@ const emptyTraffic = (): Traffic => ({
   serverErrors: 0,
   hangs: 0,
   outageAnswers: 0,
+  aborted: 0,
   probes: 0,
   costUsd: 0
 })
@@ -251,10 +258,17 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
         case "hang":
           return Effect.never
         case "ok":
-          return after(answer.delay, (): UpstreamClient.Reply => {
-            model.bill(parsed.model, promptTokens, completionTokens)
-            return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
-          })
+          return Effect.onInterrupt(
+            after(answer.delay, (): UpstreamClient.Reply => {
+              model.bill(parsed.model, promptTokens, completionTokens)
+              return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
+            }),
+            () =>
+              Effect.sync(() => {
+                model.traffic.aborted++
+                model.bill(parsed.model, promptTokens, completionTokens)
+              })
+          )
         case "429": {
           const reply: UpstreamClient.Reply = {
             status: 429,

@@ -1,0 +1,243 @@
+/**
+ * Hedging: when a request's first upstream call has not answered after a
+ * delay, the relay sends the same request to the next upstream as well; the
+ * first valid answer wins and the other call is interrupted (its HTTP request
+ * aborted, its bulkhead slot given back). It cuts the latency tail that
+ * failover cannot touch (a call that is slow, not failing), at the price of
+ * some extra upstream calls, which a budget caps.
+ *
+ * - `after`: a fixed delay, or a percentile of the attempted upstream's
+ *   recent latency ({@link percentile}; `p95`): then only the calls slower
+ *   than 95 % of recent ones are hedged. Until the upstream has
+ *   {@link MIN_SAMPLES} measured calls, `initialDelay` stands in.
+ * - `maxExtra`: hedges are at most this share of the requests that could be
+ *   hedged, over a sliding `window` ({@link Budget}).
+ *
+ * This module holds the policy (delay, budget) and the race; `Relay` decides
+ * which upstream a hedge may go to (never one whose breaker is not closed or
+ * that is cooling down) and records the outcome.
+ *
+ * @since 0.2.0
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import { taggedBy } from "./internal/taggedMetrics.js"
+import * as Upstream from "./Upstream.js"
+
+/** A percentile of the attempted upstream's recent latency, as a delay. */
+export interface Percentile {
+  readonly _tag: "Percentile"
+  /** In (0, 1), e.g. 0.95. */
+  readonly quantile: number
+}
+
+/** `percentile(95)`: the delay is the upstream's recent 95th percentile latency. */
+export const percentile = (p: number): Percentile => ({ _tag: "Percentile", quantile: p / 100 })
+
+export const isPercentile = (u: unknown): u is Percentile =>
+  typeof u === "object" && u !== null && (u as { readonly _tag?: unknown })._tag === "Percentile"
+
+export interface Options {
+  /** When to hedge: a fixed delay, or a {@link percentile} of the upstream's recent latency. */
+  readonly after: Duration.DurationInput | Percentile
+  /** Hedges as a share of the requests that could be hedged, over `window`. Default 0.1. */
+  readonly maxExtra?: number | undefined
+  /** The budget's sliding window. Default 10 s. */
+  readonly window?: Duration.DurationInput | undefined
+  /**
+   * The delay under a percentile `after` while the upstream has fewer than
+   * {@link MIN_SAMPLES} measured calls. Default 1 s.
+   */
+  readonly initialDelay?: Duration.DurationInput | undefined
+  /** The shortest delay a percentile may give. Default 50 ms. */
+  readonly minDelay?: Duration.DurationInput | undefined
+}
+
+/** Measured calls an upstream needs before its percentile is trusted. */
+export const MIN_SAMPLES = 20
+
+/** How a hedged request went, for its metadata and the request log. */
+export interface Report {
+  /** The upstream the hedge went to. */
+  readonly upstream: string
+  /**
+   * `won`: the hedge gave the answer; `lost`: the first call answered
+   * first; `failed`: the hedge failed (and the request went on without it).
+   */
+  readonly outcome: "won" | "lost" | "failed"
+}
+
+// ---------------------------------------------------------------------------
+// Budget
+
+/**
+ * The cap on hedges: over a sliding window (ten buckets), hedges may be at
+ * most `maxExtra` times the requests that could be hedged. No floor: at low
+ * traffic fewer requests are hedged, never more than the share.
+ *
+ * Seam: a relay-wide retry budget (Envoy's / Finagle's, `RetryBudget`) may
+ * also be charged for each hedge, so that retries, failovers and hedges
+ * together stay within one bound; `tryAcquire` is the place to ask it.
+ */
+export interface Budget {
+  /** Counts one request that could be hedged. */
+  readonly recordPrimary: (now: number) => void
+  /** Takes one hedge from the budget if it allows one now. */
+  readonly tryAcquire: (now: number) => boolean
+  /** The window's counts (for tests and the admin view). */
+  readonly stats: (now: number) => { readonly primaries: number; readonly hedges: number }
+}
+
+const BUCKETS = 10
+
+export const makeBudget = (maxExtra: number, windowMillis: number): Budget => {
+  const width = Math.max(1, Math.floor(windowMillis / BUCKETS))
+  const ids = new Array<number>(BUCKETS).fill(-1)
+  const primaries = new Array<number>(BUCKETS).fill(0)
+  const hedges = new Array<number>(BUCKETS).fill(0)
+  /** The bucket of `now`, emptied when it is a new one. */
+  const bucket = (now: number): number => {
+    const id = Math.floor(now / width)
+    const slot = id % BUCKETS
+    if (ids[slot] !== id) {
+      ids[slot] = id
+      primaries[slot] = 0
+      hedges[slot] = 0
+    }
+    return slot
+  }
+  const sums = (now: number) => {
+    const id = Math.floor(now / width)
+    let p = 0
+    let h = 0
+    for (let s = 0; s < BUCKETS; s++) {
+      if (ids[s]! > id - BUCKETS && ids[s]! <= id) {
+        p += primaries[s]!
+        h += hedges[s]!
+      }
+    }
+    return { primaries: p, hedges: h }
+  }
+  return {
+    recordPrimary: (now) => {
+      const slot = bucket(now)
+      primaries[slot] = primaries[slot]! + 1
+    },
+    tryAcquire: (now) => {
+      const slot = bucket(now)
+      const { hedges: h, primaries: p } = sums(now)
+      if (h + 1 > maxExtra * p) return false
+      hedges[slot] = hedges[slot]! + 1
+      return true
+    },
+    stats: sums
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Policy
+
+export interface Hedge {
+  readonly budget: Budget
+  /** The delay before hedging a call to `u`, millis. */
+  readonly delayFor: (u: Upstream.Upstream) => number
+}
+
+export const make = (options: Options): Hedge => {
+  const maxExtra = options.maxExtra ?? 0.1
+  const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? Duration.seconds(10)))
+  const after = options.after
+  if (isPercentile(after)) {
+    const initial = Duration.toMillis(options.initialDelay ?? Duration.seconds(1))
+    const min = Duration.toMillis(options.minDelay ?? Duration.millis(50))
+    return {
+      budget,
+      delayFor: (u) => {
+        const measured = Upstream.latencyQuantile(u, after.quantile, MIN_SAMPLES)
+        return measured === undefined ? initial : Math.max(min, measured)
+      }
+    }
+  }
+  const fixed = Duration.toMillis(after)
+  return { budget, delayFor: () => fixed }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+const hedgedCounter = Metric.counter("breakwater_hedged_total", {
+  description: "Hedged requests by the upstream the hedge went to and outcome (won, lost, failed)",
+  incremental: true
+})
+
+/** `breakwater_hedged_total{upstream, outcome}`. */
+export const hedgedBy = taggedBy(hedgedCounter, ["upstream", "outcome"])
+
+// ---------------------------------------------------------------------------
+// The race
+
+/** How a race went. */
+export type Raced<A> =
+  /** No hedge was sent: the first call's outcome. */
+  | { readonly _tag: "Alone"; readonly value: A }
+  /**
+   * A hedge was sent. `first`: the outcome that came first; `second`: the
+   * other's, when the first did not settle the request (then both ended on
+   * their own); undefined when the other was interrupted.
+   */
+  | {
+    readonly _tag: "Hedged"
+    readonly first: A
+    readonly firstIsHedge: boolean
+    readonly second: A | undefined
+  }
+
+/**
+ * Runs `primary`; if it has not ended after `delayMillis`, asks `hedge` for a
+ * second call (undefined: none allowed now) and runs it alongside. The first
+ * outcome that `settles` the request ends the race: the other call is
+ * interrupted, and waited for (its slot and connection are released when
+ * this returns). An outcome that does not settle (a failure to fail over
+ * from) leaves the other call running, and both are returned. A call that
+ * ended with an answer after all, just as it lost, goes to `discard`.
+ *
+ * Interrupting the caller interrupts both calls.
+ */
+export const race = <A, E, R>(
+  primary: Effect.Effect<A, E, R>,
+  delayMillis: number,
+  hedge: Effect.Effect<Effect.Effect<A, E, R> | undefined, never, R>,
+  settles: (a: A) => boolean,
+  discard: (a: A, isHedge: boolean) => Effect.Effect<void>
+): Effect.Effect<Raced<A>, E, R> =>
+  Effect.gen(function*() {
+    const first = yield* Effect.fork(primary)
+    const early = yield* Effect.race(
+      Fiber.await(first),
+      Effect.as(Effect.sleep(Duration.millis(delayMillis)), undefined)
+    )
+    if (early !== undefined) return { _tag: "Alone", value: yield* early } as Raced<A>
+    const second = yield* hedge
+    if (second === undefined) return { _tag: "Alone", value: yield* Fiber.join(first) } as Raced<A>
+    const other = yield* Effect.fork(second)
+    const [exit, firstIsHedge] = yield* Effect.race(
+      Effect.map(Fiber.await(first), (e) => [e, false] as const),
+      Effect.map(Fiber.await(other), (e) => [e, true] as const)
+    )
+    const loser = firstIsHedge ? first : other
+    if (Exit.isFailure(exit)) {
+      yield* Fiber.interrupt(loser)
+      return yield* (exit as Exit.Exit<never, E>)
+    }
+    const value = exit.value
+    if (settles(value)) {
+      const lost = yield* Fiber.interrupt(loser)
+      if (Exit.isSuccess(lost)) yield* discard(lost.value, !firstIsHedge)
+      return { _tag: "Hedged", first: value, firstIsHedge, second: undefined } as Raced<A>
+    }
+    const rest = yield* Fiber.join(loser)
+    return { _tag: "Hedged", first: value, firstIsHedge, second: rest } as Raced<A>
+  })

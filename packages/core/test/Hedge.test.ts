@@ -1,0 +1,383 @@
+/**
+ * Hedging (Relay `hedge` option, `Hedge` module) under TestClock against a
+ * scripted client: when the hedge fires, who wins, that the loser is
+ * interrupted and its slot given back, the budget's cap, the upstreams a
+ * hedge may not go to, the caller's opt-out, `after: p95`, and streams.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import * as Cooldown from "../src/Cooldown.js"
+import * as Hedge from "../src/Hedge.js"
+import type * as OpenAI from "../src/OpenAI.js"
+import * as Pricing from "../src/Pricing.js"
+import * as RateLimiter from "../src/RateLimiter.js"
+import * as Relay from "../src/Relay.js"
+import * as ResponseCache from "../src/ResponseCache.js"
+import * as Upstream from "../src/Upstream.js"
+import * as Scripted from "./support/ScriptedClient.js"
+
+const MODEL = "gpt-4.1"
+
+const ordered = (...names: ReadonlyArray<string>): Array<Upstream.Config> =>
+  names.map((name, i) => ({
+    name,
+    baseUrl: `https://${name}.example.test/v1`,
+    apiKey: Redacted.make(`sk-secret-${name}`),
+    models: [MODEL],
+    priority: i + 1
+  }))
+
+interface Harness {
+  readonly relay: Relay.Relay
+  readonly client: Scripted.Scripted
+  readonly cooldowns: Context.Tag.Service<Cooldown.CooldownStore>
+  readonly up: (name: string) => Upstream.Upstream
+}
+
+const setup = (options: Partial<Relay.Options>): Effect.Effect<Harness, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const client = Scripted.make()
+    const cooldowns = yield* Cooldown.makeStoreMemory
+    const deps = Layer.mergeAll(
+      RateLimiter.layerStoreMemory,
+      Layer.succeed(Cooldown.CooldownStore, cooldowns),
+      client.layer,
+      Pricing.layer(),
+      ResponseCache.layerMemory()
+    )
+    const ctx = yield* Layer.build(
+      Relay.layer({ upstreams: ordered("a", "b", "c"), cacheMode: "none", ...options }).pipe(Layer.provide(deps))
+    )
+    const relay = Context.get(ctx, Relay.Relay)
+    return { relay, client, cooldowns, up: (name) => relay.upstreams.find((u) => u.name === name)! }
+  })
+
+const request = (extra: Partial<OpenAI.ChatCompletionRequest> = {}): OpenAI.ChatCompletionRequest => ({
+  model: MODEL,
+  messages: [{ role: "user", content: "hi" }],
+  ...extra
+})
+
+const names = (calls: ReadonlyArray<Scripted.Call>) => calls.map((c) => c.upstream)
+
+/** A reply that never comes, counting its interruption (the HTTP call aborted). */
+const hangCounting = (counter: { interrupted: number }): Scripted.Reply & Scripted.StreamReply => () =>
+  Effect.never.pipe(Effect.onInterrupt(() => Effect.sync(() => void counter.interrupted++)))
+
+/** `delayed`, counting an interruption during the delay. */
+const slow = <R extends Scripted.Reply | Scripted.StreamReply>(
+  delay: Duration.DurationInput,
+  then: R,
+  counter: { interrupted: number }
+): R => {
+  const f = (call: Scripted.Call) =>
+    Effect.zipRight(
+      Effect.sleep(Duration.decode(delay)).pipe(Effect.onInterrupt(() => Effect.sync(() => void counter.interrupted++))),
+      (then as Scripted.Reply)(call)
+    )
+  return f as unknown as R
+}
+
+/** Lets forked fibers run without moving the clock. */
+const yieldMany = Effect.gen(function*() {
+  for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
+})
+
+const hedgedCount = (upstream: string, outcome: string) =>
+  Effect.map(Metric.value(Hedge.hedgedBy(upstream, outcome)), (s) => s.count)
+
+describe("hedging: when it fires and who wins", () => {
+  it.scoped("fires after `after` and not before; the faster hedge wins and the slow call is aborted, its slot back", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Duration.millis(800), maxExtra: 1 } })
+      const primary = { interrupted: 0 }
+      client.script("a", slow(Duration.seconds(2), Scripted.ok("from a"), primary))
+      client.script("b", Scripted.delayed(Duration.millis(100), Scripted.ok("from b")))
+      const wonBefore = yield* hedgedCount("b", "won")
+
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(799))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a"])
+      expect(up("a").bulkhead.unsafeStats().active).toBe(1)
+
+      yield* TestClock.adjust(Duration.millis(1))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a", "b"])
+      expect(client.calls[1]!.at - client.calls[0]!.at).toBe(800)
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+
+      yield* TestClock.adjust(Duration.millis(100))
+      const result = yield* Fiber.join(fiber)
+      expect(result.body).toContain("from b")
+      expect(result.metadata.upstream).toBe("b")
+      expect(result.metadata.attempts).toBe(2)
+      expect(result.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      // The loser was interrupted (its call aborted) and both slots are free when the answer is back.
+      expect(primary.interrupted).toBe(1)
+      expect(up("a").bulkhead.unsafeStats().active).toBe(0)
+      expect(up("b").bulkhead.unsafeStats().active).toBe(0)
+      expect((yield* hedgedCount("b", "won")) - wonBefore).toBe(1)
+    }))
+
+  it.scoped("an answer before `after` sends no hedge", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ hedge: { after: Duration.millis(800), maxExtra: 1 } })
+      client.script("a", Scripted.delayed(Duration.millis(799), Scripted.ok("from a")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(799))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("a")
+      expect(result.metadata.hedge).toBeUndefined()
+      yield* TestClock.adjust(Duration.seconds(5))
+      expect(names(client.calls)).toEqual(["a"])
+    }))
+
+  it.scoped("the first call answering first wins: the hedge is aborted (outcome lost)", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Duration.millis(500), maxExtra: 1 } })
+      const hedge = { interrupted: 0 }
+      client.script("a", Scripted.delayed(Duration.millis(600), Scripted.ok("from a")))
+      client.script("b", hangCounting(hedge))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(600))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("a")
+      expect(result.metadata.hedge).toEqual({ upstream: "b", outcome: "lost" })
+      expect(names(client.calls)).toEqual(["a", "b"])
+      expect(hedge.interrupted).toBe(1)
+      expect(up("b").bulkhead.unsafeStats().active).toBe(0)
+    }))
+
+  it.scoped("a call that fails after the hedge went out leaves the hedge to answer; both failing moves on to the next", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ hedge: { after: Duration.millis(500), maxExtra: 1 } })
+      client.script("a", Scripted.delayed(Duration.millis(700), Scripted.status(503)))
+      client.script("b", Scripted.delayed(Duration.millis(400), Scripted.ok("from b")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(900))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("b")
+      expect(result.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      expect(result.metadata.failures).toEqual(["a: server error (503)"])
+
+      client.clear()
+      client.script("a", Scripted.delayed(Duration.millis(700), Scripted.status(503)))
+      client.script("b", Scripted.delayed(Duration.millis(100), Scripted.status(502)))
+      const second = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(700))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(10))
+      const moved = yield* Fiber.join(second)
+      expect(names(client.calls)).toEqual(["a", "b", "c"])
+      expect(moved.metadata.upstream).toBe("c")
+      expect(moved.metadata.hedge).toEqual({ upstream: "b", outcome: "failed" })
+      expect(moved.metadata.attempts).toBe(3)
+    }))
+})
+
+describe("hedging: limits", () => {
+  it.scoped("maxExtra caps hedges at that share of requests over the window", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 0.25 } })
+      client.fallback("a", Scripted.delayed(Duration.millis(300), Scripted.ok("from a")))
+      client.fallback("b", Scripted.delayed(Duration.millis(300), Scripted.ok("from b")))
+      const hedgedTo = []
+      for (let i = 0; i < 8; i++) {
+        const fiber = yield* Effect.fork(relay.chat(request()))
+        yield* yieldMany
+        yield* TestClock.adjust(Duration.millis(300))
+        const result = yield* Fiber.join(fiber)
+        if (result.metadata.hedge !== undefined) hedgedTo.push(i)
+      }
+      // A quarter of 8 requests: the 4th (1 <= 0.25 * 4) and the 8th (2 <= 0.25 * 8).
+      expect(hedgedTo).toEqual([3, 7])
+      expect(client.callsTo("b").length).toBe(2)
+    }))
+
+  it("the budget: no floor, a sliding window", () => {
+    const budget = Hedge.makeBudget(0.1, 10_000)
+    for (let i = 0; i < 9; i++) budget.recordPrimary(0)
+    expect(budget.tryAcquire(0)).toBe(false)
+    budget.recordPrimary(500)
+    expect(budget.tryAcquire(500)).toBe(true)
+    expect(budget.tryAcquire(500)).toBe(false)
+    // 10 s later the window holds none of them.
+    expect(budget.stats(10_999)).toEqual({ primaries: 0, hedges: 0 })
+    budget.recordPrimary(11_000)
+    expect(budget.tryAcquire(11_000)).toBe(false)
+  })
+
+  it.scoped("no hedge to an upstream whose breaker is open, nor to one cooling down", () =>
+    Effect.gen(function*() {
+      const { client, cooldowns, relay, up } = yield* setup({
+        upstreams: ordered("a", "b"),
+        hedge: { after: Duration.millis(100), maxExtra: 1 }
+      })
+      client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+      yield* up("b").breaker.forceOpen
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("a")
+      expect(result.metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a"])
+
+      yield* up("b").breaker.reset
+      yield* Effect.provideService(Cooldown.start("b", Duration.minutes(1), "rate-limited"), Cooldown.CooldownStore, cooldowns)
+      const cooling = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(cooling)).metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a", "a"])
+    }))
+
+  it.scoped("a hedge spends from the retry budget: with it spent, a slow call is waited for", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        hedge: { after: Duration.millis(100), maxExtra: 1 },
+        retryBudget: { ratio: 0, minPerSecond: 0 }
+      })
+      client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("a")
+      expect(result.metadata.hedge).toBeUndefined()
+      expect(names(client.calls)).toEqual(["a"])
+      expect(relay.retryBudget.unsafeStats().exhausted).toBe(1)
+    }))
+
+  it.scoped("a request marked `hedge: false` (x-breakwater-hedge: off) is never hedged", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 1 } })
+      client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+      const fiber = yield* Effect.fork(relay.chat(request(), { hedge: false }))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("a")
+      expect(names(client.calls)).toEqual(["a"])
+      // Without the mark the same request is hedged.
+      const hedged = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      expect((yield* Fiber.join(hedged)).metadata.hedge?.upstream).toBe("b")
+    }))
+})
+
+describe("hedging: after p95", () => {
+  it.scoped("uses initialDelay until the upstream has 20 measured calls, then its 95th percentile", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({
+        hedge: { after: Hedge.percentile(95), maxExtra: 1, initialDelay: Duration.millis(700) }
+      })
+      const policy = Hedge.make({ after: Hedge.percentile(95), initialDelay: Duration.millis(700) })
+      expect(policy.delayFor(up("a"))).toBe(700)
+      // 19 calls at 100 ms and one at 400 ms: p95 of 20 samples is the 19th, 100 ms.
+      for (let i = 0; i < 20; i++) {
+        client.script("a", Scripted.delayed(Duration.millis(i === 19 ? 400 : 100), Scripted.ok()))
+        const fiber = yield* Effect.fork(relay.chat(request(), { hedge: false }))
+        yield* yieldMany
+        yield* TestClock.adjust(Duration.millis(i === 19 ? 400 : 100))
+        yield* Fiber.join(fiber)
+      }
+      expect(Upstream.latencyQuantile(up("a"), 0.95, 20)).toBe(100)
+      expect(policy.delayFor(up("a"))).toBe(100)
+      // Now a slow call is hedged after 100 ms.
+      client.clear()
+      client.script("a", Scripted.delayed(Duration.seconds(2), Scripted.ok("from a")))
+      client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(100))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a", "b"])
+      yield* TestClock.adjust(Duration.millis(50))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("b")
+    }))
+
+  it("a minimum delay: a very fast upstream's percentile is not taken below minDelay", () => {
+    const u = { stats: { latencies: undefined } } as unknown as Upstream.Upstream
+    for (let i = 0; i < 30; i++) Upstream.noteLatency(u, 5)
+    expect(Hedge.make({ after: Hedge.percentile(95) }).delayFor(u)).toBe(50)
+    expect(Hedge.make({ after: Hedge.percentile(95), minDelay: Duration.millis(2) }).delayFor(u)).toBe(5)
+  })
+})
+
+describe("hedging: streams", () => {
+  it.scoped("a stream without a first event after `after` is hedged; the first stream to send one wins, the other is closed", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Duration.millis(800), maxExtra: 1 } })
+      const primary = { interrupted: 0 }
+      client.scriptStream("a", slow(Duration.seconds(2), Scripted.sseOk("slow"), primary))
+      client.scriptStream("b", Scripted.delayed(Duration.millis(100), Scripted.sseOk("fast")))
+      const fiber = yield* Effect.fork(relay.chatStream(request({ stream: true })))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(799))
+      yield* yieldMany
+      expect(names(client.calls)).toEqual(["a"])
+      yield* TestClock.adjust(Duration.millis(101))
+      const result = yield* Fiber.join(fiber)
+      expect(result.upstream).toBe("b")
+      expect(primary.interrupted).toBe(1)
+      expect(up("a").bulkhead.unsafeStats().active).toBe(0)
+      const events = Chunk.toReadonlyArray(yield* Stream.runCollect(result.events))
+      expect(events.join("")).toContain("[DONE]")
+      const done = yield* result.done
+      expect(done.streamOutcome).toBe("completed")
+      expect(done.hedge).toEqual({ upstream: "b", outcome: "won" })
+      expect(up("b").bulkhead.unsafeStats().active).toBe(0)
+    }))
+
+  it.scoped("a stream whose first event comes first keeps going; the hedge is closed, its slot back", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Duration.millis(300), maxExtra: 1 } })
+      const hedge = { interrupted: 0 }
+      client.scriptStream("a", Scripted.delayed(Duration.millis(400), Scripted.sseOk("first")))
+      client.scriptStream("b", hangCounting(hedge))
+      const fiber = yield* Effect.fork(relay.chatStream(request({ stream: true })))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.millis(400))
+      const result = yield* Fiber.join(fiber)
+      expect(result.upstream).toBe("a")
+      expect(hedge.interrupted).toBe(1)
+      expect(up("b").bulkhead.unsafeStats().active).toBe(0)
+      yield* Stream.runDrain(result.events)
+      expect((yield* result.done).hedge).toEqual({ upstream: "b", outcome: "lost" })
+    }))
+})
+
+describe("hedging off", () => {
+  it.scoped("without `hedge` a slow call is simply waited for", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({})
+      client.script("a", Scripted.delayed(Duration.seconds(5), Scripted.ok("from a")))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(5))
+      const exit = yield* Fiber.await(fiber)
+      expect(Exit.isSuccess(exit) && exit.value.metadata.upstream).toBe("a")
+      expect(names(client.calls)).toEqual(["a"])
+    }))
+})
