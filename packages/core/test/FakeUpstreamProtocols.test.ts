@@ -298,3 +298,79 @@ describe("FakeUpstream protocol: openai, callTools", () => {
     expect(after.choices[0].message.content).toBe("Hello from oa")
   })
 })
+
+describe("FakeUpstream: cachedTokens, and Anthropic's rate-limit headers on 429s", () => {
+  it("reports cache reads in each protocol's own fields, which the translations read as cached prompt tokens", async () => {
+    const prompt = Math.ceil("12345678".length / 4)
+    const request = chatRequest({})
+    const claude = await fake({ name: "claude", protocol: "anthropic", cachedTokens: 30 })
+    const a = await (await fetch(`${claude.url}${Anthropic.MESSAGES_PATH}`, {
+      method: "POST",
+      body: JSON.stringify(Either.getOrThrow(Anthropic.toRequest(request, { model: "c" })))
+    })).json() as any
+    expect(a.usage).toMatchObject({ input_tokens: prompt, cache_read_input_tokens: 30 })
+    expect(Anthropic.usageOf(a.usage)).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+
+    const gem = await fake({ name: "gem", protocol: "gemini", cachedTokens: 30 })
+    const g = await (await fetch(`${gem.url}${Gemini.chatPath("g", false)}`, {
+      method: "POST",
+      body: JSON.stringify(Either.getOrThrow(Gemini.toRequest(request)))
+    })).json() as any
+    expect(g.usageMetadata).toMatchObject({ promptTokenCount: prompt + 30, cachedContentTokenCount: 30 })
+    expect(Gemini.usageOf(g.usageMetadata)).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+
+    const oa = await fake({ name: "oa", cachedTokens: 30 })
+    const o = await (await fetch(`${oa.url}/chat/completions`, { method: "POST", body: JSON.stringify(request) })).json() as any
+    expect(o.usage).toMatchObject({ prompt_tokens: prompt + 30, prompt_tokens_details: { cached_tokens: 30 } })
+  })
+
+  it("an Anthropic 429 carries retry-after and the anthropic-ratelimit-* headers", async () => {
+    const u = await fake({
+      name: "claude",
+      protocol: "anthropic",
+      faults: {
+        status: 429,
+        retryAfter: "30",
+        rateLimitHeaders: { remainingRequests: 0, remainingTokens: 0, resetRequests: "50s", resetTokens: "50s" }
+      }
+    })
+    const res = await fetch(`${u.url}${Anthropic.MESSAGES_PATH}`, { method: "POST", body: "{}" })
+    expect(res.status).toBe(429)
+    expect(res.headers.get("retry-after")).toBe("30")
+    expect(res.headers.get("anthropic-ratelimit-requests-remaining")).toBe("0")
+    expect(Date.parse(res.headers.get("anthropic-ratelimit-requests-reset")!) - Date.now()).toBeGreaterThan(45_000)
+  })
+})
+
+describe("FakeUpstream: streamError", () => {
+  const post = (u: FakeUpstream, path: string, body: unknown) =>
+    fetch(`${u.url}${path}`, { method: "POST", body: JSON.stringify(body) })
+
+  it("a 200 stream that carries the provider's error event instead of content, which the translations make the first OpenAI event", async () => {
+    const request = chatRequest({ stream: true })
+    const claude = await fake({ name: "claude", protocol: "anthropic", faults: { streamError: 1 } })
+    const a = await post(claude, Anthropic.MESSAGES_PATH, Either.getOrThrow(Anthropic.toRequest(request, { model: "c" })))
+    expect(a.status).toBe(200)
+    const at = Anthropic.streamTranslator({ model: "c", created: 1, includeUsage: false })
+    const aOut = at.feed(new Uint8Array(await a.arrayBuffer())) + at.end()
+    expect(aOut.split("\n\n").filter((e) => e !== "")).toHaveLength(1)
+    expect(at.error()).toEqual({ type: "overloaded_error", message: "Overloaded" })
+    expect(aOut).not.toContain("[DONE]")
+
+    const gem = await fake({ name: "gem", protocol: "gemini", faults: { streamError: 1 } })
+    const g = await post(gem, Gemini.chatPath("g", true), Either.getOrThrow(Gemini.toRequest(request)))
+    expect(g.status).toBe(200)
+    const gt = Gemini.streamTranslator({ model: "g", created: 1, includeUsage: false })
+    const gOut = gt.feed(new Uint8Array(await g.arrayBuffer())) + gt.end()
+    expect(gOut.split("\n\n").filter((e) => e !== "")).toHaveLength(1)
+    expect(gt.error()).toEqual({ type: "UNAVAILABLE", message: "The model is overloaded. Please try again later." })
+
+    const oa = await fake({ name: "oa", faults: { streamError: 1 } })
+    const o = await post(oa, "/chat/completions", request)
+    expect(o.status).toBe(200)
+    const events = (await o.text()).split("\n\n").filter((e) => e !== "")
+    expect(events).toHaveLength(1)
+    expect(OpenAI.inspectStreamChunk(events[0]!.slice(6))._tag).toBe("Error")
+    expect(oa.counters().byStatus).toEqual({ 200: 1 })
+  })
+})

@@ -66,6 +66,44 @@ upstreams:
     expect(r.stdout).toContain("OK (1 upstream(s), 1 key(s))")
   })
 
+  // Issue 14's checks, as the command prints them: each file has one problem, named by its path.
+  const providers = `
+upstreams:
+  - { name: a, baseUrl: "http://127.0.0.1:9/v1", apiKey: "${UPSTREAM_KEY}", models: [gpt-4.1, gpt-4.1-mini] }
+  - { name: c, kind: anthropic, baseUrl: "http://127.0.0.1:9/v1", apiKey: "${UPSTREAM_KEY}", models: [claude-sonnet-4.5] }
+`
+  it.each([
+    [
+      "an unknown kind",
+      "kind.yaml",
+      `${providers}  - { name: x, kind: claude, baseUrl: "http://127.0.0.1:9/v1", apiKey: "${UPSTREAM_KEY}" }\n`,
+      `upstreams[2].kind: expected one of "openai", "azure-openai", "anthropic", "gemini", got "claude"`
+    ],
+    [
+      "an azure-openai upstream without deployments",
+      "deployments.yaml",
+      `${providers}  - { name: az, kind: azure-openai, baseUrl: "http://127.0.0.1:9", apiKey: "${UPSTREAM_KEY}" }\n`,
+      `upstreams[2].deployments: is required for kind "azure-openai"`
+    ],
+    [
+      "a fallback to a model no upstream serves",
+      "unserved.yaml",
+      `${providers}routing:\n  fallbacks: { gpt-4.1: [claude-sonnet-4.5, gemini-2.5-flash] }\n`,
+      `routing.fallbacks.gpt-4.1[1]: no upstream serves "gemini-2.5-flash"`
+    ],
+    [
+      "a fallback cycle",
+      "cycle.yaml",
+      `${providers}routing:\n  fallbacks:\n    gpt-4.1: [claude-sonnet-4.5]\n    claude-sonnet-4.5: [gpt-4.1-mini]\n    gpt-4.1-mini: [gpt-4.1]\n`,
+      `routing.fallbacks.gpt-4.1-mini: fallback cycle: gpt-4.1 -> claude-sonnet-4.5 -> gpt-4.1-mini -> gpt-4.1`
+    ]
+  ])("check-config names %s: exit 1, the field path and the problem", async (_, name, yaml, says) => {
+    const r = await runCli(["check-config", configFile(name, yaml)])
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain(says)
+    expect(r.stderr + r.stdout).not.toContain(UPSTREAM_KEY)
+  })
+
   it("--help exits 0 and mentions --config", async () => {
     const r = await runCli(["--help"])
     expect(r.code).toBe(0)

@@ -7,9 +7,9 @@
  *
  * What maps and what is refused is listed in the README (Providers). In
  * short: system and developer messages become `systemInstruction`; text,
- * base64 images, audio and files map (image URLs do not: Gemini reads only
- * inline data or its own file URIs); tools, `tool_choice`, assistant
- * `tool_calls` and `tool` results map; `response_format` JSON modes map to
+ * base64 images, audio and files map inline; https image URLs map to
+ * `fileData` (Gemini fetches them) when their path names the type; tools,
+ * `tool_choice`, assistant `tool_calls` and `tool` results map; `response_format` JSON modes map to
  * `responseMimeType`/`responseJsonSchema`; `logprobs`, `logit_bias`,
  * `parallel_tool_calls: false`, audio output and unknown fields are refused
  * by name.
@@ -109,6 +109,22 @@ const fail = (field: string, reason: string): never => {
 
 const AUDIO_TYPES: Record<string, string> = { wav: "audio/wav", mp3: "audio/mp3" }
 
+/** Image types Gemini reads, by file extension. */
+const IMAGE_TYPES: Record<string, string> = {
+  png: "image/png",
+  jpg: "image/jpeg",
+  jpeg: "image/jpeg",
+  webp: "image/webp",
+  heic: "image/heic",
+  heif: "image/heif"
+}
+
+/** The image type an https URL's path names by its extension (the query and fragment left out), if any. */
+const imageTypeOf = (url: string): string | undefined => {
+  const m = /^https:\/\/[^/?#]+\/[^?#]*\.([A-Za-z0-9]+)(?:[?#]|$)/.exec(url)
+  return m === null ? undefined : IMAGE_TYPES[m[1]!.toLowerCase()]
+}
+
 const partOf = (part: Record<string, any>, path: string): Record<string, unknown> => {
   switch (part["type"]) {
     case "text":
@@ -117,10 +133,16 @@ const partOf = (part: Record<string, any>, path: string): Record<string, unknown
       const ref = part["image_url"]
       const url = typeof ref === "string" ? ref : isRecord(ref) ? ref["url"] : undefined
       const data = typeof url === "string" ? parseDataUrl(url) : undefined
-      if (data === undefined) {
-        return fail(`${path}.image_url.url`, "Gemini reads images sent inline: send a base64 data URL")
+      if (data !== undefined) return { inlineData: { mimeType: data.mediaType, data: data.data } }
+      // Gemini fetches public and signed https URLs itself, given the file's type (required there).
+      const mimeType = typeof url === "string" ? imageTypeOf(url) : undefined
+      if (mimeType === undefined) {
+        return fail(
+          `${path}.image_url.url`,
+          "Gemini needs an image URL's type: give an https URL whose path ends in .png, .jpg, .jpeg, .webp, .heic or .heif, or a base64 data URL"
+        )
       }
-      return { inlineData: { mimeType: data.mediaType, data: data.data } }
+      return { fileData: { mimeType, fileUri: url } }
     }
     case "input_audio": {
       const audio = part["input_audio"]

@@ -44,6 +44,7 @@ import {
   anthropicMessage,
   anthropicRateLimitHeaders,
   anthropicStream,
+  anthropicStreamError,
   type Answer,
   GEMINI_QUOTA,
   geminiEmbeddingInputs,
@@ -51,6 +52,7 @@ import {
   geminiError,
   geminiResponse,
   geminiStream,
+  geminiStreamError,
   promptChars,
   type Protocol,
   toolToCall
@@ -62,7 +64,7 @@ export type { Protocol } from "./fakeProtocols.js"
  * Faults to inject. Probabilities are in 0..1. For chat and embeddings the
  * checks run in this order: `reset`, `hang`, `status`, `quota`, `rate429`,
  * `rate5xx`, then a normal answer possibly spoiled by a content fault
- * (`truncated`, `emptyContent`, `emptyChoices`, `streamCut`).
+ * (`truncated`, `emptyContent`, `emptyChoices`, `streamCut`, `streamError`).
  *
  * @since 0.1.0
  */
@@ -93,6 +95,13 @@ export interface Faults {
   emptyChoices?: number | undefined
   /** For `stream: true`, probability of ending after about half the events, without `[DONE]`. */
   streamCut?: number | undefined
+  /**
+   * For `stream: true`, probability of a 200 whose stream carries the
+   * provider's error event instead of content, as an overloaded provider
+   * sends it: Anthropic's `message_start` then an `overloaded_error` event,
+   * Gemini's `UNAVAILABLE` error object, OpenAI's `server_error` object.
+   */
+  streamError?: number | undefined
   /** Report no `usage` in chat answers and streams, even when asked (as some OpenAI-compatible servers do). */
   omitUsage?: boolean | undefined
   /** For `stream: true`: milliseconds between two events (the headers and first event go at once). Default 0. */
@@ -104,7 +113,7 @@ export interface Faults {
   streamStallAfter?: number | undefined
   /** Probability of destroying the socket without any response. */
   reset?: number | undefined
-  /** `x-ratelimit-*` headers sent on 200s. */
+  /** `x-ratelimit-*` headers sent on 200s (Anthropic: `anthropic-ratelimit-*` ones, on 200s and 429s). */
   rateLimitHeaders?: {
     remainingRequests: number
     remainingTokens: number
@@ -213,6 +222,14 @@ export interface Options {
    * answer with a call of the first tool (arguments `{}`), in any protocol.
    */
   callTools?: boolean | undefined
+  /**
+   * Prompt tokens reported as read from the provider's prompt cache, on top
+   * of the estimated prompt tokens: OpenAI's `prompt_tokens_details.cached_tokens`
+   * (counted in `prompt_tokens`), Anthropic's `cache_read_input_tokens` (not
+   * in `input_tokens`), Gemini's `cachedContentTokenCount` (counted in
+   * `promptTokenCount`). Default 0: no cache fields.
+   */
+  cachedTokens?: number | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -364,6 +381,7 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   const name = options.name ?? "fake"
   const protocol: Protocol = options.protocol ?? "openai"
   const callTools = options.callTools === true
+  const cachedTokens = options.cachedTokens ?? 0
   const defaultModel = options.model ?? "fake-model"
   const listed = options.models ?? [defaultModel]
   const modelList = protocol === "anthropic"
@@ -458,8 +476,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
   }
 
   const retryExtra = (f: Faults): Record<string, string> | undefined => {
-    if (f.retryAfter === undefined && f.retryAfterMs === undefined) return undefined
-    const h: Record<string, string> = {}
+    // Anthropic sends its rate-limit headers on 429s too.
+    const anthropic = protocol === "anthropic" && f.rateLimitHeaders !== undefined
+    if (f.retryAfter === undefined && f.retryAfterMs === undefined && !anthropic) return undefined
+    const h: Record<string, string> = anthropic ? anthropicRateLimitHeaders(f.rateLimitHeaders!, Date.now()) : {}
     if (f.retryAfter !== undefined) h["retry-after"] = f.retryAfter
     if (f.retryAfterMs !== undefined) h["retry-after-ms"] = String(f.retryAfterMs)
     return h
@@ -500,12 +520,17 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       promptTokens: Math.ceil(promptChars(protocol, request) / 4),
       completionTokens: Math.ceil((tool === undefined ? reply.length : tool.length + 2) / 4),
       omitUsage: f.omitUsage === true,
+      cachedTokens,
       empty: emptyChoices
     }
     const stream = protocol === "gemini" ? route.stream === true : request["stream"] === true
     if (stream) {
       const cut = hit(f.streamCut)
-      const events = protocol === "anthropic" ? anthropicStream(answer) : geminiStream(answer)
+      const events = hit(f.streamError)
+        ? protocol === "anthropic" ? anthropicStreamError(answer) : geminiStreamError(answer)
+        : protocol === "anthropic"
+        ? anthropicStream(answer)
+        : geminiStream(answer)
       const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : events
       const headers: Record<string, string> = { "cache-control": "no-cache" }
       if (extra !== undefined) Object.assign(headers, extra)
@@ -554,11 +579,11 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
     const emptyChoices = hit(f.emptyChoices)
     const reply = emptyContent ? "" : replyFn === undefined ? defaultReply : String(replyFn(request))
     const tool = callTools ? toolToCall("openai", request) : undefined
-    const promptTokens = Math.ceil(messageChars(request["messages"]) / 4)
+    const promptTokens = Math.ceil(messageChars(request["messages"]) / 4) + cachedTokens
     const completionTokens = Math.ceil(reply.length / 4)
     const usage = `{"prompt_tokens":${promptTokens},"completion_tokens":${completionTokens},"total_tokens":${
       promptTokens + completionTokens
-    }}`
+    }${cachedTokens > 0 ? `,"prompt_tokens_details":{"cached_tokens":${cachedTokens}}` : ""}}`
     const id = `"chatcmpl-${++seq}"`
     const created = Math.floor(Date.now() / 1000)
 
@@ -573,7 +598,10 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
       const choice = (delta: string, finish: string) =>
         `${head}"choices":[{"index":0,"delta":${delta},"finish_reason":${finish},"logprobs":null}]${tail}`
       const events: Array<string> = []
-      if (emptyChoices) {
+      const failed = hit(f.streamError)
+      if (failed) {
+        events.push(`data: ${OVERLOADED_BODY}\n\n`)
+      } else if (emptyChoices) {
         events.push(`${head}"choices":[]${tail}`)
       } else {
         events.push(choice(`{"role":"assistant","content":""}`, "null"))
@@ -585,8 +613,8 @@ export const start = (options: Options = {}): Promise<FakeUpstream> => {
           events.push(choice("{}", `"stop"`))
         }
       }
-      if (includeUsage) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
-      const parts = cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
+      if (includeUsage && !failed) events.push(`${head}"choices":[],"usage":${usage}}\n\n`)
+      const parts = failed ? events : cut ? events.slice(0, Math.max(1, events.length >> 1)) : [...events, "data: [DONE]\n\n"]
       const headers: Record<string, string> = { "cache-control": "no-cache" }
       if (extra !== undefined) Object.assign(headers, extra)
       const delay = f.streamDelayMs ?? 0

@@ -123,12 +123,16 @@ export interface Answer {
   readonly promptTokens: number
   readonly completionTokens: number
   readonly omitUsage: boolean
+  /** Prompt tokens read from the prompt cache (not in `promptTokens`). */
+  readonly cachedTokens: number
   /** No content at all (the fake's `emptyChoices`). */
   readonly empty: boolean
 }
 
 const anthropicUsage = (a: Answer, output: number) =>
-  a.omitUsage ? {} : { input_tokens: a.promptTokens, output_tokens: output, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
+  a.omitUsage
+    ? {}
+    : { input_tokens: a.promptTokens, output_tokens: output, cache_creation_input_tokens: 0, cache_read_input_tokens: a.cachedTokens }
 
 export const anthropicMessage = (a: Answer): string => {
   const content = a.empty
@@ -198,6 +202,12 @@ export const anthropicStream = (a: Answer): Array<string> => {
   return events
 }
 
+/** An overloaded stream: `message_start`, then the `error` event (no content, no `message_stop`). */
+export const anthropicStreamError = (a: Answer): Array<string> => [
+  anthropicStream(a)[0]!,
+  event("error", { type: "error", error: { type: "overloaded_error", message: "Overloaded" } })
+]
+
 // ---------------------------------------------------------------------------
 // Gemini
 
@@ -242,7 +252,14 @@ export const GEMINI_QUOTA = JSON.stringify({
 const geminiUsage = (a: Answer) =>
   a.omitUsage
     ? {}
-    : { usageMetadata: { promptTokenCount: a.promptTokens, candidatesTokenCount: a.completionTokens, totalTokenCount: a.promptTokens + a.completionTokens } }
+    : {
+      usageMetadata: {
+        promptTokenCount: a.promptTokens + a.cachedTokens,
+        candidatesTokenCount: a.completionTokens,
+        totalTokenCount: a.promptTokens + a.cachedTokens + a.completionTokens,
+        ...(a.cachedTokens > 0 ? { cachedContentTokenCount: a.cachedTokens } : {})
+      }
+    }
 
 const geminiParts = (a: Answer): Array<unknown> =>
   a.tool !== undefined ? [{ functionCall: { name: a.tool, args: {} } }] : [{ text: a.reply }]
@@ -273,6 +290,9 @@ export const geminiStream = (a: Answer): Array<string> => {
   }))
   return events
 }
+
+/** An overloaded stream: Gemini's `UNAVAILABLE` error object as the only event. */
+export const geminiStreamError = (a: Answer): Array<string> => [`data: ${geminiError(503, a.model)}\r\n\r\n`]
 
 /** `embedContent` (one) or `batchEmbedContents` (several) answers, from the fake's embedding vectors. */
 export const geminiEmbeddings = (vectors: ReadonlyArray<string>, batch: boolean): string =>

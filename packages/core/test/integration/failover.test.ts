@@ -275,7 +275,9 @@ describe("5xx and hangs: the breaker", () => {
 describe("latency routing", () => {
   it.scopedLive("the faster upstream gets most of the traffic over 40 requests", () =>
     Effect.gen(function*() {
-      const slow = yield* Fake.make({ name: "slow", seed: 1, faults: { latencyMs: 30, jitterMs: 30 } })
+      // Far apart (150 ms against ~3 ms), so that one call of the fast one slowed by a loaded
+      // machine (a 50 ms stall on 2 busy cores happens) does not make it look the slower.
+      const slow = yield* Fake.make({ name: "slow", seed: 1, faults: { latencyMs: 150, jitterMs: 30 } })
       const fast = yield* Fake.make({ name: "fast", seed: 2, faults: { latencyMs: 1, jitterMs: 4 } })
       yield* withRelay({ upstreams: [up(slow, 1), up(fast, 1)], router: { strategy: "latency" } }, (relay) =>
         Effect.forEach(Array.from({ length: 40 }), () => relay.chat(ask()), { discard: true }).pipe(

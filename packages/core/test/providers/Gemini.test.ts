@@ -153,6 +153,28 @@ describe("Gemini requests", () => {
     expect(ok({ messages: m, tools, tool_choice: "none" })["toolConfig"]).toEqual({ functionCallingConfig: { mode: "NONE" } })
   })
 
+  it("an https image URL is fileData with the type its path names (Gemini fetches public and signed URLs)", () => {
+    expect(ok({
+      messages: [{
+        role: "user",
+        content: [
+          { type: "image_url", image_url: { url: "https://example.com/cat.JPG" } },
+          { type: "image_url", image_url: { url: "https://bucket.s3.example/a/b.png?X-Amz-Signature=abc&x=.jpg", detail: "high" } },
+          { type: "image_url", image_url: { url: "https://example.com/c.webp#frag" } }
+        ]
+      }]
+    })).toEqual({
+      contents: [{
+        role: "user",
+        parts: [
+          { fileData: { mimeType: "image/jpeg", fileUri: "https://example.com/cat.JPG" } },
+          { fileData: { mimeType: "image/png", fileUri: "https://bucket.s3.example/a/b.png?X-Amz-Signature=abc&x=.jpg" } },
+          { fileData: { mimeType: "image/webp", fileUri: "https://example.com/c.webp#frag" } }
+        ]
+      }]
+    })
+  })
+
   it("refuses what it cannot translate, naming the field", () => {
     const m = [{ role: "user", content: "hi" }]
     expect(refused({ messages: m, logprobs: true })).toMatchObject({ provider: "gemini", field: "logprobs" })
@@ -160,12 +182,17 @@ describe("Gemini requests", () => {
     expect(refused({ messages: m, parallel_tool_calls: false }).field).toBe("parallel_tool_calls")
     expect(refused({ messages: m, modalities: ["text", "audio"] }).field).toBe("modalities")
     const url = refused({
-      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://example.com/cat.jpg" } }] }]
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://example.com/image?id=7" } }] }]
     })
     expect(url.field).toBe("messages[0].content[0].image_url.url")
     expect(url.message).toBe(
-      "'messages[0].content[0].image_url.url' cannot be sent to Gemini: Gemini reads images sent inline: send a base64 data URL"
+      "'messages[0].content[0].image_url.url' cannot be sent to Gemini: Gemini needs an image URL's type: " +
+        "give an https URL whose path ends in .png, .jpg, .jpeg, .webp, .heic or .heif, or a base64 data URL"
     )
+    const plainHttp = refused({
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "http://example.com/cat.png" } }] }]
+    })
+    expect(plainHttp.field).toBe("messages[0].content[0].image_url.url")
     expect(refused({ messages: [{ role: "user", content: "hi" }, { role: "tool", tool_call_id: "nope", content: "x" }] }).field)
       .toBe("messages[1].tool_call_id")
   })
