@@ -116,6 +116,14 @@ export interface RateLimiter {
   readonly unsafeTryAcquire?:
     | ((key: string, cost: number, now: number, tags: ReadonlyArray<MetricLabel.MetricLabel>) => boolean)
     | undefined
+  /**
+   * {@link unsafeTryAcquire} that says when to retry: undefined when
+   * granted, else the milliseconds after which `cost` may be granted (what
+   * `acquire`'s `RateLimited.retryAfter` says). Present when it is.
+   */
+  readonly unsafeTake?:
+    | ((key: string, cost: number, now: number, tags: ReadonlyArray<MetricLabel.MetricLabel>) => number | undefined)
+    | undefined
 }
 
 export const RateLimiter = Context.GenericTag<RateLimiter>("@breakwater/core/RateLimiter")
@@ -160,23 +168,30 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       )
 
     const unsafeAcquire = store.unsafeAcquire
-    const unsafeTryAcquire = unsafeAcquire === undefined || maxWaitMillis !== 0 ? undefined : (
+    const unsafeTake = unsafeAcquire === undefined || maxWaitMillis !== 0 ? undefined : (
       key: string,
       cost: number,
       now: number,
       tags: ReadonlyArray<MetricLabel.MetricLabel>
-    ): boolean => {
+    ): number | undefined => {
       const decision = unsafeAcquire({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }, now)
-      if (decision.granted) return true
+      if (decision.granted) return undefined
       rejected.unsafeUpdate(1, tags)
-      return false
+      return decision.retryAfterMillis
     }
+    const unsafeTryAcquire = unsafeTake === undefined ? undefined : (
+      key: string,
+      cost: number,
+      now: number,
+      tags: ReadonlyArray<MetricLabel.MetricLabel>
+    ): boolean => unsafeTake(key, cost, now, tags) === undefined
 
     return RateLimiter.of({
       name,
       limit,
       acquire,
       unsafeTryAcquire,
+      unsafeTake,
       withPermit: (key, cost) => (self) => Effect.zipRight(acquire(key, cost), self)
     })
   })

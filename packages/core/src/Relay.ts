@@ -33,7 +33,10 @@ import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
+import * as DefaultServices from "effect/DefaultServices"
+import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
+import * as FiberRefs from "effect/FiberRefs"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
@@ -296,6 +299,22 @@ export interface CallOptions {
 
 export interface Relay {
   readonly chat: (request: OpenAI.ChatCompletionRequest, options?: CallOptions) => Effect.Effect<Result, RelayError>
+  /**
+   * {@link chat} without a fiber, for a server's fast path: when the request
+   * takes the hot path's first attempt, the call starts here, `done` hears
+   * its outcome once (an `Exit` for a plain success, else an effect to run:
+   * the general path's failover, or what a success still has to record), and
+   * the call's cancel is returned (its callback gets the effect that gives
+   * the slot back). Otherwise (cached, traced, hedged, a store not in this
+   * process...) returns the effect `chat` would run. `caller` stands for the
+   * fiber the request would run in ({@link callerOf}).
+   */
+  readonly unsafeChat: (
+    caller: Caller,
+    request: OpenAI.ChatCompletionRequest,
+    options: CallOptions | undefined,
+    done: (result: Effect.Effect<Result, RelayError>) => void
+  ) => Effect.Effect<Result, RelayError> | Cancel
   readonly chatStream: (
     request: OpenAI.ChatCompletionRequest,
     options?: CallOptions
@@ -320,6 +339,40 @@ export interface Relay {
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
+
+/** A started call's cancel ({@link Relay.unsafeChat}): `then` runs once it is torn down, with what is left to run. */
+export type Cancel = (then: (handoff: Effect.Effect<void>) => void) => void
+
+/** What the hot path reads of the fiber a request runs in, taken from a runtime instead ({@link callerOf}). */
+export interface Caller {
+  readonly [CallerTypeId]: Fiber.RuntimeFiber<unknown, unknown>
+}
+const CallerTypeId: unique symbol = Symbol.for("@breakwater/core/Relay/Caller")
+
+/**
+ * A {@link Caller} for requests run outside a fiber under `runtime`: its
+ * services (Clock, Random), fiber refs (metric labels, no deadline) and
+ * scheduler, as a fiber forked from it would see them. Build it once per
+ * runtime.
+ */
+export const callerOf = (runtime: Runtime.Runtime<never>): Caller => {
+  // The parts of a fiber the hot path and its call read; nothing else is.
+  const fiberLike = {
+    get currentDefaultServices() {
+      return FiberRefs.getOrDefault(runtime.fiberRefs, DefaultServices.currentServices)
+    },
+    get currentScheduler() {
+      return FiberRefs.getOrDefault(runtime.fiberRefs, FiberRef.currentScheduler)
+    },
+    get currentContext() {
+      return runtime.context
+    },
+    getFiberRef: <A>(ref: FiberRef.FiberRef<A>): A => FiberRefs.getOrDefault(runtime.fiberRefs, ref),
+    getFiberRefs: () => runtime.fiberRefs,
+    id: () => FiberId.none
+  }
+  return { [CallerTypeId]: fiberLike as unknown as Fiber.RuntimeFiber<unknown, unknown> }
+}
 
 export interface Options {
   readonly upstreams: ReadonlyArray<Upstream.Config>
@@ -471,6 +524,12 @@ type Classified =
 
 /** Aborts a call; `then` runs once it is torn down. */
 type Abort = (then: () => void) => void
+
+/** The hot path's call, decided and ready: started with where its outcome goes, it returns its cancel. */
+type Start = (resume: (result: Effect.Effect<Result, RelayError>) => void) => Cancel
+
+/** What {@link Relay.unsafeChat}'s `json` returns once the call started (never run: the caller has the cancel). */
+const STARTED: Effect.Effect<never> = Effect.dieMessage("Relay: a started direct call's placeholder was run")
 
 /**
  * The time one call may take: the upstream's `timeout`, or what the
@@ -1914,7 +1973,8 @@ export const makeWith = (
       options: CallOptions | undefined,
       inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
       status: ResponseCache.Status,
-      chatRequest: OpenAI.ChatCompletionRequest | undefined
+      chatRequest: OpenAI.ChatCompletionRequest | undefined,
+      direct?: Direct
     ): Effect.Effect<Result, RelayError> => {
       const hedgeOn = hedging !== undefined && options?.hedge !== false
       const general = (resume?: Resume<readonly [Classified, number]>) =>
@@ -1933,7 +1993,35 @@ export const makeWith = (
           }
         )
       if (!hotPath || hedgeOn) return general()
+      if (direct !== undefined) return startDirect(direct, hotStart(direct.fiber, general, path, request, tokens, options, inspect, status, chatRequest))
       return Effect.withFiberRuntime((fiber) => hot(fiber, general, path, request, tokens, options, inspect, status, chatRequest))
+    }
+
+    /** {@link unsafeChat}'s request: where the hot path's outcome goes, and the cancel once the call started. */
+    interface Direct {
+      readonly fiber: Fiber.RuntimeFiber<unknown, unknown>
+      readonly done: (result: Effect.Effect<Result, RelayError>) => void
+      cancel: Cancel | undefined
+    }
+
+    const startDirect = (direct: Direct, started: Effect.Effect<Result, RelayError> | Start): Effect.Effect<Result, RelayError> => {
+      if (Effect.isEffect(started)) return started
+      direct.cancel = started(direct.done)
+      return STARTED
+    }
+
+    const unsafeChat = (
+      caller: Caller,
+      request: OpenAI.ChatCompletionRequest,
+      options: CallOptions | undefined,
+      done: (result: Effect.Effect<Result, RelayError>) => void
+    ): Effect.Effect<Result, RelayError> | Cancel => {
+      if (!hotPath || (isCacheable(request) && (options?.cache?.lookup !== false || options.cache.store !== false))) {
+        return chat(request, options)
+      }
+      const direct: Direct = { fiber: caller[CallerTypeId], done, cancel: undefined }
+      const effect = json(CHAT, request, OpenAI.estimateTokens(request), options, OpenAI.inspectChatCompletion, "bypass", request, direct)
+      return direct.cancel ?? effect
     }
 
     // ----- the hot path ---------------------------------------------------------
@@ -1973,6 +2061,31 @@ export const makeWith = (
       status: ResponseCache.Status,
       chatRequest: OpenAI.ChatCompletionRequest | undefined
     ): Effect.Effect<Result, RelayError> => {
+      const started = hotStart(fiber, general, path, request, tokens, options, inspect, status, chatRequest)
+      if (Effect.isEffect(started)) return started
+      return Effect.async<Result, RelayError>((resume) => {
+        const cancel = started(resume)
+        // The caller left: the call is aborted and the slot given back (the
+        // breaker heard nothing, as under `protect`).
+        return Effect.async<void>((resumeCancel) => cancel(resumeCancel))
+      })
+    }
+
+    /**
+     * {@link hot}'s decisions: the general path's effect (handed over), or
+     * the call to start (it reports to `resume` once and returns its cancel).
+     */
+    const hotStart = (
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      general: (resume?: Resume<readonly [Classified, number]>) => Effect.Effect<Result, RelayError>,
+      path: string,
+      request: { readonly model: string },
+      tokens: number,
+      options: CallOptions | undefined,
+      inspect: (text: string) => ReturnType<typeof OpenAI.inspectChatCompletion>,
+      status: ResponseCache.Status,
+      chatRequest: OpenAI.ChatCompletionRequest | undefined
+    ): Effect.Effect<Result, RelayError> | Start => {
       const pin = options?.upstream
       const servers = pin === undefined ? serving(request.model) : servingUnder(request.model, pin)
       if (servers.length === 0) return general()
@@ -2118,7 +2231,7 @@ export const makeWith = (
         })
       }
 
-      return Effect.async<Result, RelayError>((resume) => {
+      return (resume: (result: Effect.Effect<Result, RelayError>) => void): Cancel => {
         const cancel = startTimedCall(fiber, clock, limit, u, path, body, undefined, (exit) => {
           // Inside the HTTP stack's callback: nothing may throw out of here.
           try {
@@ -2127,15 +2240,12 @@ export const makeWith = (
             resume(Effect.die(defect))
           }
         })
-        // The caller left: the call is aborted and the slot given back (the
-        // breaker heard nothing, as under `protect`).
-        return Effect.async<void>((resumeCancel) =>
+        return (then) =>
           cancel(() => {
             const handoff = releaseSlot()
-            resumeCancel(handoff ?? Effect.void)
+            then(handoff ?? Effect.void)
           })
-        )
-      })
+      }
     }
 
     const chatUncached = (request: OpenAI.ChatCompletionRequest, options: CallOptions | undefined, status: ResponseCache.Status) =>
@@ -2568,7 +2678,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget })
+    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`

@@ -380,7 +380,9 @@ export const make = (source: () => Source): Feed => {
           if (subscribers.size > 0) broadcast(sse("cooldown", { upstream, at: Date.now(), until: null, reason: null }))
         })
       ),
-    active: store.active
+    active: store.active,
+    // The relay's hot path reads cooldowns synchronously; without this read it never runs (a read starts nothing).
+    ...(store.unsafeActive === undefined ? {} : { unsafeActive: store.unsafeActive })
   })
 
   const subscribe = (closing: () => boolean): Stream.Stream<string> =>

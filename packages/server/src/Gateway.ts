@@ -184,6 +184,13 @@ export interface Gateway {
    */
   readonly admitNow: (caller: Caller, model: string) => Admitted | undefined
   /**
+   * {@link admit} without an Effect for a key without a budget whose limits
+   * decide in this process (memory store), at `now` (the Clock's millis):
+   * admitted, or refused by a limit as `admit` refuses (the same limits
+   * taken, in the same order). Undefined: call `admit` (nothing was taken).
+   */
+  readonly admitAt: (caller: Caller, model: string, estimatedTokens: number, now: number) => Admitted | KeyRateLimited | undefined
+  /**
    * {@link settle} without an Effect, for a request that holds no
    * reservation (a key without a budget): its charge. Undefined: call `settle`.
    */
@@ -265,8 +272,20 @@ export const make = (
     const MISSING = new Unauthorized({ reason: "missing" })
     const INVALID = new Unauthorized({ reason: "invalid" })
 
+    // `Authorization` headers already found to carry a configured key, in
+    // memory only (never logged): a repeat caller costs one Map lookup, not
+    // a SHA-256 and a comparison per key. Only valid keys enter it (a wrong
+    // key is hashed and compared every time), so it holds a few spellings of
+    // each configured key; bounded all the same.
+    const known = new Map<string, Caller>()
+    const KNOWN_MAX = Math.max(64, keys.length * 4)
+
     const identify = (authorization: string | undefined): Caller | Unauthorized => {
       if (callers.length === 0) return anonymous
+      if (authorization !== undefined) {
+        const hit = known.get(authorization)
+        if (hit !== undefined) return hit
+      }
       const token = bearerToken(authorization)
       if (token === undefined) return MISSING
       const presented = digest(token)
@@ -275,7 +294,9 @@ export const make = (
       for (const [d, caller] of callers) {
         if (timingSafeEqual(d, presented) && found === undefined) found = caller
       }
-      return found ?? INVALID
+      if (found === undefined) return INVALID
+      if (known.size < KNOWN_MAX) known.set(authorization!, found)
+      return found
     }
 
     const authenticate = (authorization: string | undefined): Effect.Effect<Caller, Unauthorized> => {
@@ -343,6 +364,26 @@ export const make = (
       caller.budgetUsd === undefined && caller.requestLimit === undefined && caller.tokenLimit === undefined
         ? free(caller, model)
         : undefined
+
+    const NO_TAGS: ReadonlyArray<never> = []
+
+    const admitAt = (caller: Caller, model: string, estimatedTokens: number, now: number): Admitted | KeyRateLimited | undefined => {
+      if (caller.budgetUsd !== undefined) return undefined
+      const requests = caller.requestLimit
+      const tokens = caller.tokenLimit
+      if ((requests !== undefined && requests.unsafeTake === undefined) || (tokens !== undefined && tokens.unsafeTake === undefined)) {
+        return undefined
+      }
+      if (requests !== undefined) {
+        const wait = requests.unsafeTake!(caller.name, 1, now, NO_TAGS)
+        if (wait !== undefined) return new KeyRateLimited({ key: caller.name, limit: "requests", retryAfter: Duration.millis(wait) })
+      }
+      if (tokens !== undefined) {
+        const wait = tokens.unsafeTake!(caller.name, Math.max(1, estimatedTokens), now, NO_TAGS)
+        if (wait !== undefined) return new KeyRateLimited({ key: caller.name, limit: "tokens", retryAfter: Duration.millis(wait) })
+      }
+      return free(caller, model)
+    }
 
     const admit = (
       caller: Caller,
@@ -486,6 +527,7 @@ export const make = (
       identify,
       admit,
       admitNow,
+      admitAt,
       settle,
       settleNow: settleFree,
       release,

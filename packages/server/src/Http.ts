@@ -60,6 +60,31 @@ export interface Handler {
    * request already logged, so it may run after any interruption.
    */
   readonly hungUp: (request: Incoming) => Effect.Effect<void>
+  /**
+   * The fast path of a chat completion whose body has been read (`POST
+   * /v1/chat/completions`): the request as the handler would answer it,
+   * without a fiber when it can. Returns undefined when it does not apply
+   * (nothing done: run the handler, with the body); an effect when the
+   * relay handed the request over (run it as the handler's answer); or the
+   * call's cancel (the caller hung up: `then` gets what is left to run, the
+   * line is logged as 499), and `reply` gets the answer once, a reply or an
+   * effect to run for one. `caller` is the relay's view of the request
+   * runtime ({@link Relay.callerOf}); `started`, the request's arrival
+   * (`performance.now()`), where its latency counts from.
+   */
+  readonly fast: (
+    request: Incoming,
+    body: string,
+    caller: Relay.Caller,
+    started: number,
+    reply: (answer: Reply | Effect.Effect<Reply>) => void
+  ) => Effect.Effect<Reply> | Relay.Cancel | undefined
+  /**
+   * Whether {@link fast} may take a chat completion with these headers, asked
+   * before its body is read: a valid key, the RequestLog on, no traces, not
+   * draining. (A wrong key is answered at once, before the body, by the handler.)
+   */
+  readonly fastAccepts: (headers: Readonly<Record<string, string | undefined>>) => boolean
 }
 
 const text = (status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply => ({
@@ -881,12 +906,25 @@ export const make = (options: Options) =>
      * needs nothing asynchronous pays for few Effect steps.
      */
     const handle = (request: Incoming): Effect.Effect<Reply> => {
-      const started = performance.now()
-      const incoming = request.headers["x-request-id"]
-      const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       const q = request.url.indexOf("?")
       const path = q === -1 ? request.url : request.url.slice(0, q)
-      const log: Log = {
+      const log = openLog(request, path)
+      const logged = path.startsWith("/v1/")
+      if (logged) request.state = log
+      if (tracing !== undefined && logged) {
+        return Effect.flatMap(requestSpan(tracing, request, path, log.requestId), (span) => {
+          log.span = span
+          return respond(request, path, log, logged)
+        })
+      }
+      return respond(request, path, log, logged)
+    }
+
+    /** A request's record, from its start (now, unless given). */
+    const openLog = (request: Incoming, path: string, started = performance.now()): Log => {
+      const incoming = request.headers["x-request-id"]
+      const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
+      return {
         requestId,
         method: request.method,
         path,
@@ -910,15 +948,6 @@ export const make = (options: Options) =>
         hedge: undefined,
         span: undefined
       }
-      const logged = path.startsWith("/v1/")
-      if (logged) request.state = log
-      if (tracing !== undefined && logged) {
-        return Effect.flatMap(requestSpan(tracing, request, path, requestId), (span) => {
-          log.span = span
-          return respond(request, path, log, logged)
-        })
-      }
-      return respond(request, path, log, logged)
     }
 
     const respond = (request: Incoming, path: string, log: Log, logged: boolean): Effect.Effect<Reply> => {
@@ -955,7 +984,74 @@ export const make = (options: Options) =>
         return log.finish ?? writeLog(log, 499)
       })
 
-    return Object.assign(handle, { hungUp }) satisfies Handler
+    // ----- the fast path --------------------------------------------------------
+
+    /** Chat completions on the fast path: only with the RequestLog (a synchronous line) and without traces. */
+    const fastOn = requestLog !== undefined && tracing === undefined
+
+    /**
+     * {@link Handler.fast}: the general path's steps for the common request
+     * (a valid key that needs no admission work, a valid non-streaming
+     * body, no invalid control header, not draining), each as plain code,
+     * then the relay's {@link Relay.Relay.unsafeChat}. Anything else is
+     * declined before anything is done, and the handler answers it.
+     */
+    const fast = (
+      request: Incoming,
+      body: string,
+      caller: Relay.Caller,
+      started: number,
+      reply: (answer: Reply | Effect.Effect<Reply>) => void
+    ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
+      if (!fastOn || draining()) return undefined
+      const who = gateway.identify(request.headers["authorization"])
+      if (who instanceof Unauthorized) return undefined
+      const parsed = parseJson(body)
+      if (Either.isLeft(parsed)) return undefined
+      const decoded = OpenAI.decodeChatRequest(parsed.right)
+      if (Either.isLeft(decoded) || decoded.right.stream === true) return undefined
+      const chat = decoded.right
+      const controls = Controls.read(request.headers, chat.model, relay)
+      if (controls !== undefined && Controls.isInvalid(controls)) return undefined
+      const tokens = OpenAI.estimateTokens(chat)
+      const admitted = gateway.admitAt(who, chat.model, tokens, clock.unsafeCurrentTimeMillis())
+      if (admitted === undefined) return undefined
+      // Taken: from here the request is this path's (or, handed over, the general path's from where it is).
+      const log = openLog(request, "/v1/chat/completions", started)
+      request.state = log
+      log.key = who.name
+      log.model = chat.model
+      if ("_tag" in admitted) return replied(refusal(admitted), log, true, false)
+      const options: Relay.CallOptions = controls === undefined
+        ? { key: who.name, rawBody: body, cache: cacheControl(request) }
+        : { key: who.name, rawBody: body, cache: cacheControl(request), ...controls }
+      const general = (call: Effect.Effect<Relay.Result, Relay.RelayError>): Effect.Effect<Reply> =>
+        Effect.flatMap(relayedJson(log, admitted, call), (response) => replied(response, log, true, false))
+      const call = relay.unsafeChat(caller, chat, options, (result) => {
+        const exit = Exit.isExit(result) ? result as Exit.Exit<Relay.Result, Relay.RelayError> : undefined
+        if (exit !== undefined && exit._tag === "Success") {
+          const charged = gateway.settleNow(admitted, exit.value.metadata)
+          if (charged !== undefined) {
+            const response = answer(log, exit.value, charged)
+            response.headers["x-request-id"] = log.requestId
+            writeLog(log, response.status)
+            return reply(response)
+          }
+        }
+        reply(general(result))
+      })
+      if (Effect.isEffect(call)) return general(call)
+      return (then) =>
+        call((left) => {
+          writeLog(log, 499)
+          then(left)
+        })
+    }
+
+    const fastAccepts = (headers: Readonly<Record<string, string | undefined>>): boolean =>
+      fastOn && !draining() && !(gateway.identify(headers["authorization"]) instanceof Unauthorized)
+
+    return Object.assign(handle, { hungUp, fast, fastAccepts }) satisfies Handler
   })
 
 const PROBE_METHODS = ["GET", "HEAD"] as const

@@ -26,6 +26,7 @@ import {
   UpstreamClient
 } from "@breakwater/core"
 import type * as Redis from "@breakwater/core/Redis"
+import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
@@ -219,6 +220,12 @@ export interface Running {
    * `POST /admin/reload`) says what asked for it. Never fails.
    */
   readonly reload: (trigger: string) => Promise<Reload.Outcome>
+  /**
+   * Chat completions the fast path (Http.Handler.fast) answered without a
+   * fiber, and those whose caller hung up while its call was out; for tests
+   * and benchmarks.
+   */
+  readonly fastPath: () => { readonly answered: number; readonly hungUp: number }
 }
 
 // ---------------------------------------------------------------------------
@@ -330,6 +337,12 @@ export interface ServeOptions {
    */
   readonly spanProcessor?: SpanProcessor | undefined
   /**
+   * Whether chat completions may take the fast path (Http.Handler.fast, no
+   * fiber per request). Default true; false runs every request through the
+   * Effect handler (tests compare the two).
+   */
+  readonly fastPath?: boolean | undefined
+  /**
    * Where a reload reads the config: the file's name (for the log) and how
    * to load it, with the same command-line overrides as at start. Without
    * it (the demo), a reload answers that there is nothing to reload.
@@ -358,6 +371,8 @@ interface Generation {
   readonly config: ServerConfig
   readonly handler: Http.Handler
   readonly runFork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+  /** The request runtime, as the relay's fast path reads it. */
+  readonly caller: Relay.Caller
   readonly health: Health.Health
   /** What the console's feed reads of this config. */
   readonly source: Events.Source
@@ -509,6 +524,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
           config,
           handler,
           runFork: Runtime.runFork(requestRuntime),
+          caller: Relay.callerOf(requestRuntime),
           health: Context.get(all, Health.Health),
           source: {
             upstreams,
@@ -612,30 +628,37 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
 
     reloadFn = (trigger) => Runtime.runPromise(base)(reload(trigger))
 
-    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-      // The request runs wholly on the config served now, even if a reload
-      // swaps it meanwhile: that one read is all a reload costs a request.
-      const g = current
-      g.inFlight++
-      inFlight++
-      // A caller that resets its connection makes these emit 'error'; unheard,
-      // that would end the process. The 'close' below handles the hang-up.
-      req.on("error", ignore)
-      res.on("error", ignore)
-      res.once("close", () => inFlight--)
-      const incoming: Http.Incoming = {
-        method: req.method ?? "GET",
-        url: req.url ?? "/",
-        headers: req.headers as Record<string, string | undefined>,
-        body: readBody(req, g.config.server.maxBodyBytes),
-        state: undefined
-      }
+    /** A request's end, however it ended: counted, and its config released if it was the last on a replaced one. */
+    const ended = (g: Generation) => {
+      g.served++
+      if (--g.inFlight === 0 && g.retired) release(g)
+    }
+
+    /** Writes a complete reply. */
+    const send = (res: ServerResponse, reply: Http.Reply & { readonly body: string }) => {
+      reply.headers["content-length"] = String(Buffer.byteLength(reply.body))
+      res.writeHead(reply.status, reply.headers)
+      res.end(reply.body)
+    }
+
+    /**
+     * Runs `answer` (the handler's, or what the fast path handed over) as
+     * the request's fiber and writes its reply. `gone`: the caller has
+     * already hung up (the request is interrupted where it waits, and logged
+     * as such: `answer` is interrupted where it waits).
+     */
+    const runRequest = (
+      g: Generation,
+      res: ServerResponse,
+      incoming: Http.Incoming,
+      answer: Effect.Effect<Http.Reply>,
+      gone: boolean
+    ) => {
       const handler = g.handler
-      let hungUp = false
-      const fiber = g.runFork(Effect.flatMap(handler(incoming), (reply) => {
+      let hungUp = gone
+      const fiber = g.runFork(Effect.flatMap(answer, (reply) => {
         if (typeof reply.body === "string") {
-          res.writeHead(reply.status, { ...reply.headers, "content-length": Buffer.byteLength(reply.body) })
-          res.end(reply.body)
+          send(res, reply as Http.Reply & { readonly body: string })
           return Effect.void
         }
         res.writeHead(reply.status, reply.headers)
@@ -649,16 +672,124 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         // The caller left: the request is logged as such (499), and a stream
         // interrupted before its body was written is released.
         if (hungUp) g.runFork(handler.hungUp(incoming))
-        g.served++
-        if (--g.inFlight === 0 && g.retired) release(g)
+        ended(g)
       })
       // A caller that goes away stops its request (and its upstream stream).
+      // One gone already is stopped where its request waits (a fiber runs at
+      // once, up to its first wait: the request is on record by then).
+      if (gone) fiber.unsafeInterruptAsFork(FiberId.none)
+      else {
+        res.once("close", () => {
+          if (!res.writableFinished) {
+            hungUp = true
+            fiber.unsafeInterruptAsFork(FiberId.none)
+          }
+        })
+      }
+    }
+
+    const incomingOf = (req: IncomingMessage, body: Effect.Effect<string | undefined>): Http.Incoming => ({
+      method: req.method ?? "GET",
+      url: req.url ?? "/",
+      headers: req.headers as Record<string, string | undefined>,
+      body,
+      state: undefined
+    })
+
+    const fastPath = options.fastPath !== false
+    const fastCounts = { answered: 0, hungUp: 0 }
+
+    /**
+     * `POST /v1/chat/completions`: the body read by plain callbacks, then the
+     * handler's fast path (Http.Handler.fast), which answers the common
+     * request without a fiber; what it declines or hands over runs as
+     * `runRequest` would have run it.
+     */
+    const onChat = (g: Generation, req: IncomingMessage, res: ServerResponse) => {
+      const started = performance.now()
+      const max = g.config.server.maxBodyBytes
+      if (Number(req.headers["content-length"] ?? 0) > max) {
+        const incoming = incomingOf(req, readBody(req, max))
+        return runRequest(g, res, incoming, g.handler(incoming), false)
+      }
+      const chunks: Array<Buffer> = []
+      let size = 0
+      let over = false
+      // "body": reading it; "calling": the fast path's call is out; "done": answered or handed over.
+      let phase: "body" | "calling" | "done" = "body"
+      let cancel: Relay.Cancel | undefined
+      const general = (body: Effect.Effect<string | undefined>, gone: boolean) => {
+        phase = "done"
+        const incoming = incomingOf(req, body)
+        runRequest(g, res, incoming, g.handler(incoming), gone)
+      }
+      // A caller that leaves before its body is in is a hang-up, logged as the handler logs one.
       res.once("close", () => {
-        if (!res.writableFinished) {
-          hungUp = true
-          fiber.unsafeInterruptAsFork(FiberId.none)
+        if (phase === "body") return general(Effect.never, true)
+        if (phase === "calling" && !res.writableFinished) {
+          phase = "done"
+          fastCounts.hungUp++
+          cancel!((left) => {
+            if (left !== Effect.void) g.runFork(left)
+            ended(g)
+          })
         }
       })
+      req.on("data", (chunk: Buffer) => {
+        size += chunk.length
+        if (size > max) over = true
+        else chunks.push(chunk)
+      })
+      req.once("error", () => {
+        if (phase === "body") general(Effect.succeed(undefined), false)
+      })
+      req.once("end", () => {
+        if (phase !== "body") return
+        if (over) return general(Effect.succeed(undefined), false)
+        const text = (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)).toString("utf8")
+        const incoming = incomingOf(req, Effect.succeed(text))
+        phase = "calling"
+        let taken: ReturnType<Http.Handler["fast"]>
+        try {
+          taken = g.handler.fast(incoming, text, g.caller, started, (answer) => {
+            if (phase !== "calling") return
+            phase = "done"
+            if (Effect.isEffect(answer)) return runRequest(g, res, incoming, answer, false)
+            fastCounts.answered++
+            send(res, answer as Http.Reply & { readonly body: string })
+            ended(g)
+          })
+        } catch (defect) {
+          // A defect of the fast path's plain code: a 500 (and its log), as a request fiber's defect is; never the process's.
+          if (phase !== "calling") return
+          phase = "done"
+          return runRequest(g, res, incoming, Effect.zipRight(Effect.logError("unexpected failure", Cause.die(defect)), Effect.die(defect)), false)
+        }
+        if (taken === undefined) return general(Effect.succeed(text), false)
+        if (Effect.isEffect(taken)) {
+          phase = "done"
+          return runRequest(g, res, incoming, taken, false)
+        }
+        cancel = taken
+      })
+    }
+
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      // The request runs wholly on the config served now, even if a reload
+      // swaps it meanwhile: that one read is all a reload costs a request.
+      const g = current
+      g.inFlight++
+      inFlight++
+      // A caller that resets its connection makes these emit 'error'; unheard,
+      // that would end the process. The 'close' below handles the hang-up.
+      req.on("error", ignore)
+      res.on("error", ignore)
+      res.once("close", () => inFlight--)
+      if (fastPath && req.method === "POST" && req.url === "/v1/chat/completions" && g.handler.fastAccepts(req.headers as Record<string, string | undefined>)) {
+        return onChat(g, req, res)
+      }
+      const incoming = incomingOf(req, readBody(req, g.config.server.maxBodyBytes))
+      runRequest(g, res, incoming, g.handler(incoming), false)
     }
 
     // Node enforces these timeouts (a connection that sends nothing counts
@@ -748,7 +879,8 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         draining = true
       },
       config: () => current.config,
-      reload: reloadFn
+      reload: reloadFn,
+      fastPath: () => ({ ...fastCounts })
     }
   })
 

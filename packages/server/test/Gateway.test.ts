@@ -259,3 +259,53 @@ describe("the request path's plain functions (identify, admitNow, settleNow)", (
       expect(g.settleNow(held, { usage, costUsd: 0.5 })).toBeUndefined()
     }))
 })
+
+describe("the fast path's admission and key lookup (admitAt, identify's cache)", () => {
+  it.effect("admitAt takes the same limits as admit, in the same order, and refuses as admit refuses (TestClock)", () =>
+    Effect.gen(function*() {
+      const keys = [key("plain"), key("rpm", { requestsPerMinute: 2 }), key("tpm", { tokensPerMinute: 100 }), key("budget", { budgetUsd: 1 })]
+      const fast = yield* make(keys)
+      const slow = yield* make(keys)
+      const now = () => Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
+      const plain = fast.identify("Bearer secret-plain") as Gateway.Caller
+      expect(fast.admitAt(plain, "cheap", 10, yield* now())).toEqual({ caller: plain, model: "cheap", hold: undefined, done: false })
+      // A key with a budget holds a reservation: not here.
+      expect(fast.admitAt(fast.identify("Bearer secret-budget") as Gateway.Caller, "cheap", 10, yield* now())).toBeUndefined()
+      for (const [name, tokens] of [["rpm", 1], ["tpm", 60]] as const) {
+        const a = fast.identify(`Bearer secret-${name}`) as Gateway.Caller
+        const b = slow.identify(`Bearer secret-${name}`) as Gateway.Caller
+        for (let i = 0; i < 3; i++) {
+          const sync = fast.admitAt(a, "cheap", tokens, yield* now())
+          const viaEffect = yield* Effect.either(slow.admit(b, { model: "cheap", promptTokens: tokens, maxOutputTokens: 0 }, tokens))
+          if (Either.isRight(viaEffect)) {
+            expect(sync, `${name} #${i}`).toEqual({ caller: a, model: "cheap", hold: undefined, done: false })
+          } else {
+            expect(sync, `${name} #${i}`).toBeInstanceOf(Gateway.KeyRateLimited)
+            expect((sync as Gateway.KeyRateLimited).message).toBe(viaEffect.left.message)
+          }
+        }
+        // The third was refused by both (2 a minute; 60 + 60 > 100 tokens).
+        expect(fast.admitAt(a, "cheap", tokens, yield* now())).toBeInstanceOf(Gateway.KeyRateLimited)
+        yield* TestClock.adjust(Duration.minutes(2))
+        expect(fast.admitAt(a, "cheap", tokens, yield* now())).not.toBeInstanceOf(Gateway.KeyRateLimited)
+      }
+    }))
+
+  it.effect("a valid key is recognised again from the cache; a wrong one never enters it", () =>
+    Effect.gen(function*() {
+      const g = yield* make([key("a"), key("b")])
+      const a = g.identify("Bearer secret-a")
+      expect(g.identify("Bearer secret-a")).toBe(a)
+      expect(g.identify("bearer secret-a")).toBe(a)
+      expect(g.identify("Bearer secret-b")).not.toBe(a)
+      // Near misses of a cached header are refused, every time.
+      for (const header of ["Bearer secret-a ", "Bearer secret-", "Bearer secret-aa", "Bearer secret-c", "Bearer secret-c"]) {
+        const who = g.identify(header)
+        if (header === "Bearer secret-a ") expect(who).toBe(a) // the token is trimmed, as before
+        else expect(who).toBeInstanceOf(Gateway.Unauthorized)
+      }
+      // Many different wrong keys: still refused, and valid ones still found.
+      for (let i = 0; i < 500; i++) expect(g.identify(`Bearer wrong-${i}`)).toBeInstanceOf(Gateway.Unauthorized)
+      expect(g.identify("Bearer secret-a")).toBe(a)
+    }))
+})
