@@ -735,6 +735,39 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
       Effect.forkScoped
     )
 
+    /**
+     * Called on every request: answered from memory (the snapshot, what was
+     * heard on the channel, what this replica started), rebuilt only when
+     * something changed or an entry expired. Synchronous, so that the
+     * relay's hot path can read it as it reads the in-memory store's.
+     */
+    const unsafeActive = (now: number): ReadonlyMap<string, Cooldown> => {
+      if (merged !== undefined && now < mergedUntil) return merged
+      const m = new Map<string, Cooldown>()
+      for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
+      for (const [upstream, { cooldown: c }] of heard) {
+        if (c.until <= now) {
+          heard.delete(upstream)
+          continue
+        }
+        const other = m.get(upstream)
+        if (other === undefined || other.until < c.until) m.set(upstream, c)
+      }
+      for (const [upstream, entry] of started) {
+        if (entry.cooldown.until <= now) {
+          started.delete(upstream)
+          continue
+        }
+        const other = m.get(upstream)
+        if (other === undefined || other.until < entry.cooldown.until) m.set(upstream, entry.cooldown)
+      }
+      let until = Infinity
+      for (const c of m.values()) if (c.until < until) until = c.until
+      merged = m
+      mergedUntil = until
+      return m
+    }
+
     const cooldown: Stores["cooldown"] = {
       start: (upstream, next) =>
         Effect.suspend(() => {
@@ -765,35 +798,8 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
               })
           )
         }),
-      // Called on every request: answered from memory, rebuilt only when
-      // something changed or an entry expired.
-      active: (now) =>
-        Effect.sync(() => {
-          if (merged !== undefined && now < mergedUntil) return merged
-          const m = new Map<string, Cooldown>()
-          for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
-          for (const [upstream, { cooldown: c }] of heard) {
-            if (c.until <= now) {
-              heard.delete(upstream)
-              continue
-            }
-            const other = m.get(upstream)
-            if (other === undefined || other.until < c.until) m.set(upstream, c)
-          }
-          for (const [upstream, entry] of started) {
-            if (entry.cooldown.until <= now) {
-              started.delete(upstream)
-              continue
-            }
-            const other = m.get(upstream)
-            if (other === undefined || other.until < entry.cooldown.until) m.set(upstream, entry.cooldown)
-          }
-          let until = Infinity
-          for (const c of m.values()) if (c.until < until) until = c.until
-          merged = m
-          mergedUntil = until
-          return m
-        })
+      active: (now) => Effect.sync(() => unsafeActive(now)),
+      unsafeActive
     }
 
     // -- response cache

@@ -372,6 +372,8 @@ describe.skipIf(!available)("Redis stores", () => {
       yield* r1.cooldown.start("openai", { until: now + 10_000, reason: "rate-limited" })
       // Applied locally at once.
       expect((yield* r1.cooldown.active(Date.now())).get("openai")?.until).toBe(now + 10_000)
+      // Read synchronously too (the relay's hot path): the same view.
+      expect(r1.cooldown.unsafeActive?.(Date.now()).get("openai")?.until).toBe(now + 10_000)
       const seen = yield* eventually(
         Effect.suspend(() => r2.cooldown.active(Date.now())),
         (m) => m.has("openai"),
