@@ -200,18 +200,7 @@ export class Pacer {
   answered(now: number, status: number, headers: Readonly<Record<string, string | undefined>>): void {
     const told = headers["x-ratelimit-remaining-requests"] !== undefined
     if (told) this.learn(now, headers)
-    if (status === 429) {
-      this.left = 0
-      if (!told && this.limit === undefined) {
-        // No limit known: the hold ends with the 429's Retry-After (a second
-        // without one), whatever is still in flight; a hung call must not
-        // hold the queue until its timeout.
-        const after = headers["retry-after"]
-        const seconds = after !== undefined && /^\s*\d+(\.\d+)?\s*$/.test(after) ? Number(after) : 1
-        const until = now + seconds * 1000
-        if (until > this.resetAt) this.resetAt = until
-      }
-    }
+    if (status === 429) this.left = 0
     else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
       this.left = undefined
       this.resetAt = 0
