@@ -25,6 +25,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import { taggedBy } from "./internal/taggedMetrics.js"
+import * as RetryBudget from "./RetryBudget.js"
 import * as Upstream from "./Upstream.js"
 
 /** A percentile of the attempted upstream's recent latency, as a delay. */
@@ -83,11 +84,9 @@ export interface Report {
 /**
  * The cap on hedges: over a sliding window (ten buckets), hedges may be at
  * most `maxExtra` times the requests that could be hedged. No floor: at low
- * traffic fewer requests are hedged, never more than the share.
- *
- * Seam: a relay-wide retry budget (Envoy's / Finagle's, `RetryBudget`) may
- * also be charged for each hedge, so that retries, failovers and hedges
- * together stay within one bound; `tryAcquire` is the place to ask it.
+ * traffic fewer requests are hedged, never more than the share. It is a
+ * {@link RetryBudget} (ratio `maxExtra`, no floor) of its own; each hedge
+ * also spends a token of the relay's retry budget (see `Relay`).
  */
 export interface Budget {
   /** Counts one request that could be hedged. */
@@ -98,49 +97,24 @@ export interface Budget {
   readonly stats: (now: number) => { readonly primaries: number; readonly hedges: number }
 }
 
-const BUCKETS = 10
-
 export const makeBudget = (maxExtra: number, windowMillis: number): Budget => {
-  const width = Math.max(1, Math.floor(windowMillis / BUCKETS))
-  const ids = new Array<number>(BUCKETS).fill(-1)
-  const primaries = new Array<number>(BUCKETS).fill(0)
-  const hedges = new Array<number>(BUCKETS).fill(0)
-  /** The bucket of `now`, emptied when it is a new one. */
-  const bucket = (now: number): number => {
-    const id = Math.floor(now / width)
-    const slot = id % BUCKETS
-    if (ids[slot] !== id) {
-      ids[slot] = id
-      primaries[slot] = 0
-      hedges[slot] = 0
-    }
-    return slot
-  }
-  const sums = (now: number) => {
-    const id = Math.floor(now / width)
-    let p = 0
-    let h = 0
-    for (let s = 0; s < BUCKETS; s++) {
-      if (ids[s]! > id - BUCKETS && ids[s]! <= id) {
-        p += primaries[s]!
-        h += hedges[s]!
-      }
-    }
-    return { primaries: p, hedges: h }
-  }
+  let at = 0
+  // A refused hedge is not a spent retry budget: no metric here (breakwater_hedged_total counts hedges).
+  const window = RetryBudget.makeWith({ ratio: maxExtra, window: Duration.millis(windowMillis), minPerSecond: 0 }, () => at, () => {})
   return {
     recordPrimary: (now) => {
-      const slot = bucket(now)
-      primaries[slot] = primaries[slot]! + 1
+      at = now
+      window.recordPrimary()
     },
     tryAcquire: (now) => {
-      const slot = bucket(now)
-      const { hedges: h, primaries: p } = sums(now)
-      if (h + 1 > maxExtra * p) return false
-      hedges[slot] = hedges[slot]! + 1
-      return true
+      at = now
+      return window.trySpend()
     },
-    stats: sums
+    stats: (now) => {
+      at = now
+      const s = window.unsafeStats()
+      return { primaries: s.primary, hedges: s.spent }
+    }
   }
 }
 

@@ -84,6 +84,8 @@ export const unlimited: RetryBudget = {
   unsafeStats: () => ({ primary: 0, spent: 0, allowed: Number.POSITIVE_INFINITY, exhausted: 0 })
 }
 
+const countExhausted = (): void => exhaustedCounter.unsafeUpdate(1, [])
+
 /** The number of buckets a window is cut into: the window slides a tenth at a time. */
 const BUCKETS = 10
 
@@ -92,7 +94,12 @@ const BUCKETS = 10
  * so memory is constant whatever the traffic and the window slides a tenth
  * of its length at a time.
  */
-export const makeWith = (options: Options, now: () => number): RetryBudget => {
+export const makeWith = (
+  options: Options,
+  now: () => number,
+  /** What a refused spend does besides returning false; default: counts `breakwater_retry_budget_exhausted_total`. */
+  onExhausted: () => void = countExhausted
+): RetryBudget => {
   const ratio = options.ratio ?? defaults.ratio
   const windowMillis = Duration.toMillis(Duration.decode(options.window ?? defaults.window))
   const minPerSecond = options.minPerSecond ?? defaults.minPerSecond
@@ -145,7 +152,7 @@ export const makeWith = (options: Options, now: () => number): RetryBudget => {
       const i = advance(now())
       if (spentTotal + 1 > allowedNow()) {
         exhausted++
-        exhaustedCounter.unsafeUpdate(1, [])
+        onExhausted()
         return false
       }
       spent[i]! += 1
