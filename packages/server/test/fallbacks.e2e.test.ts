@@ -12,22 +12,14 @@ import OpenAI from "openai"
 import { describe, expect, it } from "vitest"
 import * as Demo from "../src/Demo.js"
 import * as Server from "../src/Server.js"
-import { captured, freePort, openAIError, recordingFetch, testBed, thrown, type TestServer } from "./helpers/e2e.js"
+import { captured, freePort, openAIError, recordingFetch, sdkFor, testBed, type TestServer, thrown } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-FALLBACKS-SECRET-1"
 const key = (name: string) => `sk-${name}-FALLBACKS-SECRET-2`
 
 const { fake, serve } = testBed()
 
-const sdk = (server: TestServer, headers: Record<string, string> = {}) =>
-  new OpenAI({
-    baseURL: `${server.url}/v1`,
-    apiKey: GATEWAY_KEY,
-    maxRetries: 0,
-    timeout: 10_000,
-    fetch: recordingFetch,
-    defaultHeaders: headers
-  })
+const sdk = (server: TestServer, headers: Record<string, string> = {}) => sdkFor(server, GATEWAY_KEY, headers)
 
 const hi = (model = "gpt-4.1") => ({ model, messages: [{ role: "user" as const, content: "hi" }] })
 

@@ -7,10 +7,9 @@
  */
 import * as Duration from "effect/Duration"
 import * as Either from "effect/Either"
-import OpenAI from "openai"
 import { describe, expect, it } from "vitest"
 import * as Config from "../src/Config.js"
-import { captured, configOf, openAIError, recordingFetch, testBed, type TestServer } from "./helpers/e2e.js"
+import { captured, configOf, openAIError, recordingFetch, sdkFor, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-HEDGING-SECRET-1"
 const { fake, serve } = testBed()
@@ -30,15 +29,7 @@ cache: { enabled: false }
   return { primary, secondary, server }
 }
 
-const sdk = (server: TestServer, headers: Record<string, string> = {}) =>
-  new OpenAI({
-    baseURL: `${server.url}/v1`,
-    apiKey: GATEWAY_KEY,
-    maxRetries: 0,
-    timeout: 10_000,
-    fetch: recordingFetch,
-    defaultHeaders: headers
-  })
+const sdk = (server: TestServer, headers: Record<string, string> = {}) => sdkFor(server, GATEWAY_KEY, headers)
 
 const lineOf = (requestId: string): Record<string, unknown> | undefined => {
   for (const l of captured.logs) {

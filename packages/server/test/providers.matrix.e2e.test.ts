@@ -11,7 +11,7 @@
 import OpenAI from "openai"
 import type { ChatCompletionChunk, ChatCompletionCreateParamsNonStreaming, ChatCompletionTool } from "openai/resources/chat/completions"
 import { afterEach, describe, expect, it, vi } from "vitest"
-import { captured, everything, freePort, recordingFetch, testBed, thrown, type TestServer } from "./helpers/e2e.js"
+import { captured, everything, freePort, recordingFetch, sdkFor, testBed, type TestServer, thrown } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-MATRIX-SECRET-1"
 const ADMIN_KEY = "admin-key-MATRIX-SECRET-3"
@@ -53,15 +53,7 @@ const upstreamYaml = (k: KindCase, name: string, url: string, extra = "") =>
       : `models: [${k.model}]`
   }${extra} }`
 
-const sdk = (server: TestServer, headers: Record<string, string> = {}) =>
-  new OpenAI({
-    baseURL: `${server.url}/v1`,
-    apiKey: GATEWAY_KEY,
-    maxRetries: 0,
-    timeout: 10_000,
-    fetch: recordingFetch,
-    defaultHeaders: headers
-  })
+const sdk = (server: TestServer, headers: Record<string, string> = {}) => sdkFor(server, GATEWAY_KEY, headers)
 
 const admin = async (server: TestServer, path: string): Promise<any> => {
   const res = await recordingFetch(`${server.url}${path}`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })

@@ -12,7 +12,7 @@ import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import type * as Tracer from "effect/Tracer"
 import { createServer } from "node:net"
-import { APIError } from "openai"
+import OpenAI, { APIError } from "openai"
 import { afterAll, beforeAll } from "vitest"
 import * as Config from "../../src/Config.js"
 import * as Server from "../../src/Server.js"
@@ -234,3 +234,17 @@ export const thrown = async (f: () => Promise<unknown>): Promise<APIError> => {
   }
   throw new Error("expected a failure, got a success")
 }
+
+/**
+ * The official `openai` SDK against a test server: no retries of its own, a
+ * 10 s timeout, every response recorded (see {@link recordingFetch}).
+ */
+export const sdkFor = (server: TestServer, apiKey: string, headers: Record<string, string> = {}): OpenAI =>
+  new OpenAI({
+    baseURL: `${server.url}/v1`,
+    apiKey,
+    maxRetries: 0,
+    timeout: 10_000,
+    fetch: recordingFetch,
+    defaultHeaders: headers
+  })
