@@ -26,9 +26,11 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as Option from "effect/Option"
 import { parseResetDuration } from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
+import { unsafeRetryAfter } from "./Retry.js"
 
 export interface Options {
   /**
@@ -45,6 +47,9 @@ export type WaitOutcome = "granted" | "queue-full" | "too-long" | "timeout"
 
 /** A call taken and not sent after this long was abandoned (its request left). */
 const ABANDONED_MILLIS = 1000
+
+/** The cooldown of a 429 without `Retry-After`, unless the relay says (`Relay.Options.rateLimitCooldown`'s default). */
+const RATE_LIMIT_COOLDOWN_MILLIS = 1000
 
 interface Waiter {
   state: "waiting" | "granted" | "gone"
@@ -86,6 +91,12 @@ export class Pacer {
   resetAt = 0
   /** Calls sent whose answer has not come back. */
   inFlight = 0
+  /**
+   * No limit known, after a 429: calls in flight hold the pacer until their
+   * answers or until then (epoch ms; the 429's cooldown's end), whichever
+   * comes first; 0 when no such hold.
+   */
+  private holdUntil = 0
   /** Calls taken (or granted to a waiter) and not yet sent; and when the last was. */
   private reserved = 0
   private reservedAt = 0
@@ -112,16 +123,26 @@ export class Pacer {
   private roll(now: number): void {
     if (this.resetAt !== 0 && now >= this.resetAt) {
       this.resetAt = 0
+      this.holdUntil = 0
       this.left = this.limit
     } else if (
-      this.resetAt === 0 && this.left === 0 && this.inFlight === 0 &&
+      this.resetAt === 0 && this.left === 0 && (this.inFlight === 0 || this.holdOver(now)) &&
       (this.reserved === 0 || now - this.reservedAt > ABANDONED_MILLIS)
     ) {
       // Nothing sent or about to be will tell us more: one call finds out
       // (a known limit), or nothing is held back (none ever announced).
+      // Without a known limit, calls still in flight at the 429's cooldown's
+      // end tell nothing the upstream has not said: a hung call (30 s) held
+      // every waiter until its timeout (seed-article's 42 x 503).
       this.reserved = 0
+      this.holdUntil = 0
       this.left = this.limit === undefined ? undefined : 1
     }
+  }
+
+  /** No limit known, and the hold after a 429 is over, whatever is still in flight. */
+  private holdOver(now: number): boolean {
+    return this.limit === undefined && this.holdUntil !== 0 && now >= this.holdUntil
   }
 
   /** Takes one call of the window, if there is one. */
@@ -195,15 +216,29 @@ export class Pacer {
    * ({@link learn}), a 429 spends it (the cooldown it starts keeps requests
    * away until its `Retry-After`; then one call finds out), and a success
    * without any limit heard of leaves nothing held back. Then the call has
-   * ended ({@link done}).
+   * ended ({@link done}). Without a known limit, calls still in flight hold
+   * the pacer after a 429 at most until its cooldown would end: its
+   * `Retry-After`, or `cooldownMillis` (the relay's `rateLimitCooldown`).
    */
-  answered(now: number, status: number, headers: Readonly<Record<string, string | undefined>>): void {
+  answered(
+    now: number,
+    status: number,
+    headers: Readonly<Record<string, string | undefined>>,
+    cooldownMillis = RATE_LIMIT_COOLDOWN_MILLIS
+  ): void {
     const told = headers["x-ratelimit-remaining-requests"] !== undefined
     if (told) this.learn(now, headers)
-    if (status === 429) this.left = 0
-    else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
+    if (status === 429) {
+      this.left = 0
+      if (!told && this.limit === undefined) {
+        const after = unsafeRetryAfter(headers, now)
+        const until = now + (Option.isSome(after) ? Duration.toMillis(after.value) : cooldownMillis)
+        if (until > this.holdUntil) this.holdUntil = until
+      }
+    } else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
       this.left = undefined
       this.resetAt = 0
+      this.holdUntil = 0
     }
     this.done(now)
   }
@@ -281,14 +316,19 @@ export class Pacer {
     if (this.queue.length > 0) this.schedule(now)
   }
 
-  /** A timer for the window's end, unless one is set for then already. */
+  /** A timer for the window's end (or the hold's, after a 429 without a known limit), unless one is set for then already. */
   private schedule(now: number): void {
     const source = this.source
-    if (this.resetAt <= now || source === undefined) return
-    if (this.timer !== undefined && this.timerAt === this.resetAt) return
+    const at = this.resetAt > now
+      ? this.resetAt
+      : this.resetAt === 0 && this.limit === undefined && this.holdUntil > now
+      ? this.holdUntil
+      : 0
+    if (at === 0 || source === undefined) return
+    if (this.timer !== undefined && this.timerAt === at) return
     this.timer?.()
-    this.timerAt = this.resetAt
-    this.timer = unsafeTimer(source.clock, this.resetAt - now, () => {
+    this.timerAt = at
+    this.timer = unsafeTimer(source.clock, at - now, () => {
       this.timer = undefined
       this.timerAt = 0
       this.pump(source.clock.unsafeCurrentTimeMillis())

@@ -645,6 +645,7 @@ export const makeWith = (
     const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
+    const rateLimitCooldownMillis = Duration.toMillis(rateLimitCooldown)
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
@@ -1106,7 +1107,7 @@ export const makeWith = (
         settled = true
         cancelTimer()
         const now = clock.unsafeCurrentTimeMillis()
-        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
+        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
         else pacer.done(now)
         settle(exit)
       })
@@ -2345,7 +2346,7 @@ export const makeWith = (
           Effect.onExit((exit) =>
             Effect.sync(() => {
               const now = clock.unsafeCurrentTimeMillis()
-              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
+              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
               else pacer.done(now)
             })
           )

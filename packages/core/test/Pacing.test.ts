@@ -123,6 +123,61 @@ describe("Pacer", () => {
     for (let i = 0; i < 5; i++) expect(p.tryTake(1000)).toBe(true)
   })
 
+  it("without a known limit, a call still in flight (a hang) holds calls after a 429 only until its cooldown's end", () => {
+    const p = new Pacing.Pacer("a")
+    expect(p.tryTake(0)).toBe(true)
+    p.sent() // hangs: never answered here
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    p.answered(10, 429, { "retry-after": "2" })
+    // The hung call may still tell more, until the 429's Retry-After is up; then nothing is held back.
+    expect(p.tryTake(2009)).toBe(false)
+    for (let i = 0; i < 5; i++) expect(p.tryTake(2010)).toBe(true)
+    expect(p.left).toBeUndefined()
+  })
+
+  it("without Retry-After, the bound is the relay's rate-limit cooldown (1 s unless told)", () => {
+    const p = new Pacing.Pacer("a")
+    for (let i = 0; i < 3; i++) {
+      expect(p.tryTake(0)).toBe(true)
+      p.sent()
+    }
+    p.answered(0, 429, {}, 300)
+    expect(p.tryTake(299)).toBe(false)
+    expect(p.tryTake(300)).toBe(true)
+    const q = new Pacing.Pacer("b")
+    for (let i = 0; i < 2; i++) {
+      expect(q.tryTake(0)).toBe(true)
+      q.sent()
+    }
+    q.answered(0, 429, {})
+    expect(q.tryTake(999)).toBe(false)
+    expect(q.tryTake(1000)).toBe(true)
+  })
+
+  it.effect("without a known limit, waiters behind a hung call after a 429 are let through at the bound, not at their timeout", () =>
+    Effect.gen(function*() {
+      const p = new Pacing.Pacer("a")
+      expect(p.tryTake(0)).toBe(true)
+      p.sent() // hangs
+      expect(p.tryTake(0)).toBe(true)
+      p.sent()
+      p.answered(0, 429, {})
+      const waiters = yield* Effect.forEach([1, 2, 3], () => Effect.fork(p.wait(10_000, 100)))
+      yield* settle
+      expect(p.queued).toBe(3)
+      yield* TestClock.adjust("999 millis")
+      yield* settle
+      expect(p.queued).toBe(3)
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      expect(p.queued).toBe(0)
+      // (Before the bound, they stayed queued until their own 10 s ran out.)
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* Effect.forEach(waiters, Fiber.join)).toEqual(["granted", "granted", "granted"])
+      expect(p.inFlight).toBe(1)
+    }))
+
   it("a taken call that is not sent is given back", () => {
     const p = new Pacing.Pacer("a")
     p.learn(0, { "x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "1s" })
@@ -245,6 +300,39 @@ describe("Relay pacing", () => {
       const late = yield* Effect.flip(Fiber.join(second))
       expect(late._tag).toBe("NoUpstreamAvailable")
       expect(client2.calls.map((c) => c.at)).toEqual([0, 1000])
+    }))
+})
+
+describe("Relay pacing behind a hung call", () => {
+  it.scoped("an upstream with no known limit: after its 429's cooldown, a hung call of it holds no request (seed-article's 503s)", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1, timeout: "30 seconds" }), upstream("b", { priority: 2 })],
+        maxAttempts: 3
+      })
+      // a: one call hangs (30 s), the next answers 429 without any header (a 1 s cooldown), then 200s.
+      client.script("a", Scripted.hang, Scripted.status(429))
+      client.fallback("a", Scripted.ok("from a"))
+      // b: 200, then a 429 with Retry-After 5 s, then 200s.
+      client.script("b", Scripted.ok("from b"), Scripted.status(429, { "retry-after": "5" }))
+      client.fallback("b", Scripted.ok("from b"))
+      const hung = yield* Effect.fork(relay.chat(ask()))
+      yield* settle
+      expect((yield* relay.chat(ask())).metadata.upstream).toBe("b")
+      // a's cooldown is over (b's next answer would be a 429 with Retry-After 5 s): the request must go to a at once.
+      yield* TestClock.adjust("1500 millis")
+      const late = yield* Effect.fork(Effect.either(relay.chat(ask())))
+      yield* settle
+      // (Before the fix it failed: "a: rate-limit window spent" twice, held behind the hung call, and b cooling down.)
+      for (let i = 0; i < 12; i++) {
+        yield* TestClock.adjust("1 second")
+        yield* settle
+      }
+      const result = yield* Fiber.join(late)
+      expect(result._tag === "Right" ? result.right.metadata.upstream : result.left._tag).toBe("a")
+      // a first, as its priority says: no longer held back by its hung call.
+      expect(client.calls.map((c) => [c.upstream, c.at])).toEqual([["a", 0], ["a", 0], ["b", 0], ["a", 1500]])
+      yield* Fiber.interrupt(hung)
     }))
 })
 
