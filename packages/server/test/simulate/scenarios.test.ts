@@ -62,6 +62,18 @@ describe("shipped scenarios", { timeout: 60_000 }, () => {
     expect(r.breakwater.costPerDayUsd).toBeLessThan(r.direct.costPerDayUsd)
   })
 
+  it("seed-article, seed 1: no request waits for the primary's pacer behind one of its hung calls (no 503)", () => {
+    // The primary's 429s say no limit; after one, its pacer waited for the
+    // calls in flight, and a hung one (30 s) held the queue until every
+    // waiter's maxRetryAfter (10 s) ran out: 42 x 503 in these 3 minutes,
+    // p99 2.9 s. Now the hold ends with the 429's cooldown.
+    const r = Simulate.run(load("seed-article.yaml"), { seed: 1, duration: minutes(3) })
+    sane(r, 3)
+    expect(r.breakwater.upstreams.find((u) => u.name === "primary")!.hangs).toBeGreaterThan(0)
+    expect(r.breakwater.errors["503"]).toBeUndefined()
+    expect(r.breakwater.availability).toBeGreaterThan(0.999)
+  })
+
   it("primary-outage: the direct column loses the outage, Breakwater fails over and trips the breaker", () => {
     const r = Simulate.run(load("primary-outage.yaml"), { duration: minutes(12) })
     sane(r, 3)
