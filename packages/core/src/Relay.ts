@@ -1459,8 +1459,9 @@ export const makeWith = (
               if (progress.attempts >= maxAttempts) return Effect.succeed(undefined)
               return Effect.flatMap(cooldowns.active(now), (active) =>
                 Effect.map(sameAsLast(hedgeTarget(plan, i + 1, now, active, progress), policy, i, u, now, active), (found) => {
-                  // A hedge is a call beyond the request's first: the retry budget pays for it too.
-                  if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend()) return undefined
+                  // A hedge is a call beyond the request's first: the retry budget pays for it too,
+                  // from its first half only (the rest stays for failovers).
+                  if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend(RetryBudget.hedgeShare)) return undefined
                   progress.credit = true
                   target = found
                   return attempt(found[1], progress, false)
