@@ -291,6 +291,26 @@ describe("hedging: limits", () => {
       expect(relay.retryBudget.unsafeStats()).toMatchObject({ spent: 2, exhausted: 0 })
     }))
 
+  it.scoped("a hedge whose connection was refused reached no upstream: the failover after the slow call's failure is free", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        hedge: { after: Duration.millis(100), maxExtra: 1 },
+        retryBudget: { ratio: 0, minPerSecond: 0.2 },
+        unreachableCooldown: "0 millis"
+      })
+      client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.status(503)))
+      client.fallback("b", Scripted.unreachable("ECONNREFUSED"))
+      client.fallback("c", Scripted.ok("from c"))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("c")
+      expect(names(client.calls)).toEqual(["a", "b", "c"])
+      // The hedge paid one token; the refused connection gave it back to the call after it.
+      expect(relay.retryBudget.unsafeStats()).toMatchObject({ spent: 1, exhausted: 0 })
+    }))
+
   it.scoped("a request marked `hedge: false` (x-breakwater-hedge: off) is never hedged", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 1 } })
