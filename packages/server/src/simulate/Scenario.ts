@@ -17,6 +17,8 @@
  *     quota: { requestsPerMinute: 3000, tokensPerMinute: 400000 }  # per clock minute; 429 + Retry-After beyond
  *     rate5xx: 0.01             # share answered 503
  *     hang: 0.001               # share never answered
+ *     stalls: { share: 0.015, latency: { p50: 2.5s, p99: 5s } }   # a share of the answers that
+ *                               # take this latency instead: a tail made of rare stalls (optional)
  *     outages: [{ from: 10m, to: 20m, mode: error }]   # mode: error (503, default) or hang;
  *                               # share: 0.5 makes it a partial outage (half the calls fail)
  *     price: { input: 2.00, output: 8.00 }   # USD per million tokens; or per model:
@@ -68,6 +70,12 @@ export interface SimulatedUpstream {
   readonly quota: { readonly requestsPerMinute: number | undefined; readonly tokensPerMinute: number | undefined }
   readonly rate5xx: number
   readonly hang: number
+  /**
+   * A share of the successful answers drawn from a second, slower latency: a
+   * tail made of rare stalls (a provider's queueing) rather than of one wide
+   * distribution. Hedging can cut the first and not the second.
+   */
+  readonly stalls: { readonly share: number; readonly latency: { readonly p50: number; readonly p99: number } } | undefined
   readonly outages: ReadonlyArray<Outage>
   /** USD for one call of `model` with the given tokens. */
   readonly price: (model: string) => Price
@@ -198,6 +206,21 @@ const readPrice = (r: Reader, u: unknown, path: string): Price | undefined => {
   return input === undefined || output === undefined ? undefined : { input, output }
 }
 
+/** `{ p50, p99 }`, both durations, p99 not below p50. */
+const readLatency = (r: Reader, u: unknown, path: string): { p50: number; p99: number } | undefined => {
+  const lat = r.obj(u, path)
+  if (lat === undefined) return undefined
+  r.fields(lat, path, ["p50", "p99"])
+  const p50 = r.duration(lat["p50"], join(path, "p50"), true)
+  const p99 = r.duration(lat["p99"], join(path, "p99"), true)
+  if (p50 === undefined || p99 === undefined) return undefined
+  if (p99 < p50) {
+    r.problem(path, "p99 must not be below p50")
+    return undefined
+  }
+  return { p50, p99 }
+}
+
 const readUpstream = (
   r: Reader,
   u: unknown,
@@ -215,19 +238,25 @@ const readUpstream = (
     "quota",
     "rate5xx",
     "hang",
+    "stalls",
     "outages",
     "price"
   ])
   const name = r.string(o["name"], join(path, "name"))
-  let latency: { p50: number; p99: number } | undefined
-  const lat = r.obj(o["latency"], join(path, "latency"))
-  if (lat !== undefined) {
-    r.fields(lat, join(path, "latency"), ["p50", "p99"])
-    const p50 = r.duration(lat["p50"], join(path, "latency.p50"), true)
-    const p99 = r.duration(lat["p99"], join(path, "latency.p99"), true)
-    if (p50 !== undefined && p99 !== undefined) {
-      if (p99 < p50) r.problem(join(path, "latency"), "p99 must not be below p50")
-      else latency = { p50, p99 }
+  const latency = readLatency(r, o["latency"], join(path, "latency"))
+  let stalls: SimulatedUpstream["stalls"] = undefined
+  let stallsRead = true
+  if (o["stalls"] !== undefined) {
+    stallsRead = false
+    const st = r.obj(o["stalls"], join(path, "stalls"))
+    if (st !== undefined) {
+      r.fields(st, join(path, "stalls"), ["share", "latency"])
+      const share = r.share(st["share"], join(path, "stalls.share"))
+      const stallLatency = readLatency(r, st["latency"], join(path, "stalls.latency"))
+      if (share !== undefined && stallLatency !== undefined) {
+        stalls = { share, latency: stallLatency }
+        stallsRead = true
+      }
     }
   }
   const errorLatency = o["errorLatency"] === undefined ? 50 : r.duration(o["errorLatency"], join(path, "errorLatency"))
@@ -293,9 +322,9 @@ const readUpstream = (
   }
   if (
     name === undefined || latency === undefined || errorLatency === undefined || rate429 === undefined ||
-    rate5xx === undefined || hang === undefined
+    rate5xx === undefined || hang === undefined || !stallsRead
   ) return undefined
-  return { name, latency, errorLatency, rate429, retryAfter, quota, rate5xx, hang, outages, price }
+  return { name, latency, errorLatency, rate429, retryAfter, quota, rate5xx, hang, stalls, outages, price }
 }
 
 const readWorkload = (r: Reader, u: unknown): Workload | undefined => {

@@ -66,6 +66,8 @@ export class Model {
   readonly traffic: Traffic = emptyTraffic()
   private readonly mu: number
   private readonly sigma: number
+  private readonly stallMu: number
+  private readonly stallSigma: number
   private window = -1
   private windowRequests = 0
   private windowTokens = 0
@@ -73,6 +75,9 @@ export class Model {
   constructor(readonly spec: SimulatedUpstream, readonly index: number, private readonly seed: number) {
     this.mu = Math.log(spec.latency.p50)
     this.sigma = Math.log(spec.latency.p99 / spec.latency.p50) / Z99
+    const stall = spec.stalls?.latency
+    this.stallMu = stall === undefined ? 0 : Math.log(stall.p50)
+    this.stallSigma = stall === undefined ? 0 : Math.log(stall.p99 / stall.p50) / Z99
   }
 
   /** The outage met by a call at `now` whose draw is `v` (uniform in [0, 1)). */
@@ -100,7 +105,12 @@ export class Model {
     const u = rng.next()
     const v = rng.next()
     const z = rng.normal()
-    const latency = this.sigma === 0 ? s.latency.p50 : Math.max(1, Math.round(Math.exp(this.mu + this.sigma * z)))
+    let latency = this.sigma === 0 ? s.latency.p50 : Math.max(1, Math.round(Math.exp(this.mu + this.sigma * z)))
+    // Drawn after the others, and only with stalls configured: a scenario without them draws as before.
+    if (s.stalls !== undefined && rng.next() < s.stalls.share) {
+      const zs = rng.normal()
+      latency = this.stallSigma === 0 ? s.stalls.latency.p50 : Math.max(1, Math.round(Math.exp(this.stallMu + this.stallSigma * zs)))
+    }
     // Counts go to a scratch record when only looking.
     const t = commit ? this.traffic : scratch
     t.calls++

@@ -107,6 +107,24 @@ describe("determinism", { timeout: 60_000 }, () => {
     expect(a.requests).not.toBe(b.requests)
   })
 
+  it("stalls: that share of the answers takes the stall latency; the other draws are unchanged", () => {
+    // 100 ms always; a share of the answers stalled at 1 s. About 3,000 answers a minute.
+    const fast = healthy.replace("arrivals: uniform", "arrivals: poisson").replace("requestsPerSecond: 1", "requestsPerSecond: 50")
+    const stalled = (share: number) =>
+      Simulate.run(parse(fast.replace("    price: {", `    stalls: { share: ${share}, latency: { p50: 1s, p99: 1s } }\n    price: {`)))
+    const without = Simulate.run(parse(fast))
+    const rare = stalled(0.005)
+    const often = stalled(0.02)
+    expect(rare.requests).toBe(without.requests)
+    expect(often.requests).toBe(without.requests)
+    expect(without.direct.p99Ms).toBe(100)
+    // 0.5% stalled: under the 1% that p99 looks past; 2%: over it.
+    expect(rare.direct.p99Ms).toBe(100)
+    expect(often.direct.p50Ms).toBe(100)
+    expect(often.direct.p99Ms).toBe(1000)
+    expect(often.direct.availability).toBe(1)
+  })
+
   it("the direct column and Breakwater's first call of a request draw the same answer", () => {
     // Lognormal latencies, no faults, no repeats: each request's one call
     // draws the same latency in both columns, so the distributions match exactly.

@@ -100,6 +100,27 @@ describe("simulate: hedge", { timeout: 120_000 }, () => {
     expect(same.breakwater.availability).toBe(1)
   })
 
+  it("a tail of rare stalls (3% of calls at about 2 s on both upstreams): hedging at p95 within 10% halves direct's p99", () => {
+    // Both upstreams: p50 100 ms, p99 200 ms, and 3% of the answers stalled (p50 2 s, p99 3 s).
+    // Their p95 is under 200 ms, so a stalled first call is hedged there and the hedge
+    // (another upstream, 97% of the time not stalled) answers about 100 ms later.
+    const stalls = tail
+      .replace(/latency: \{ p50: 100ms, p99: (2s|100ms) \}/g, "latency: { p50: 100ms, p99: 200ms }\n    stalls: { share: 0.03, latency: { p50: 2s, p99: 3s } }")
+      .replace("duration: 60s", "duration: 5m")
+      .replace(/  routing: \{ hedge: .*\n/, "  routing: { hedge: { after: p95, maxExtra: 10% } }\n")
+    expect(stalls.match(/stalls:/g)).toHaveLength(2)
+    const r = Simulate.run(parse(stalls))
+    const off = Simulate.run(parse(stalls), { hedge: null })
+    expect(r.requests).toBeGreaterThan(5000)
+    expect(r.direct.p99Ms!).toBeGreaterThan(1500)
+    expect(off.breakwater.p99Ms!).toBeGreaterThan(1500)
+    expect(r.breakwater.p99Ms!).toBeLessThanOrEqual(0.5 * r.direct.p99Ms!)
+    expect(r.breakwater.upstreamCalls / off.breakwater.upstreamCalls - 1).toBeLessThanOrEqual(0.1)
+    expect(r.breakwater.costUsd / off.breakwater.costUsd - 1).toBeLessThanOrEqual(0.1)
+    expect(r.breakwater.hedged!.won).toBeGreaterThan(0)
+    expect(r.breakwater.availability).toBe(1)
+  })
+
   it("seed-article (seed 42, first 5 minutes): hedging at p95 costs at most 10% more upstream calls and cuts p99", () => {
     const scenario = load("seed-article.yaml")
     const duration = 5 * 60_000

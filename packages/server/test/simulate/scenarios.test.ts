@@ -39,6 +39,7 @@ describe("shipped scenarios", { timeout: 60_000 }, () => {
       "primary-outage.yaml",
       "quota-exhaustion.yaml",
       "retry-storm.yaml",
+      "seed-article-stalls.yaml",
       "seed-article.yaml"
     ])
     for (const f of files) expect(load(f).name).toBe(f.replace(".yaml", ""))
@@ -130,6 +131,7 @@ describe("never worse than direct", { timeout: 120_000 }, () => {
     ["quota-exhaustion.yaml", undefined, true],
     ["retry-storm.yaml", undefined, false],
     // An hour of the article's traffic; its 429s on the primary are routed around from the start.
+    ["seed-article-stalls.yaml", 10, true],
     ["seed-article.yaml", 10, true]
   ]
 
@@ -174,6 +176,20 @@ describe("scenario errors", () => {
       expect.stringMatching(/^upstreams\[0\]\.colour: unknown field/),
       `breakwater.upstreams[0].name: "other" is not a simulated upstream (expected one of only)`
     ]))
+  })
+
+  it("names a bad stalls field", () => {
+    const stalls = (line: string) => problems(healthy.replace("    price: {", `    ${line}\n    price: {`))
+    expect(stalls("stalls: { share: 2, latency: { p50: 1s, p99: 2s } }")).toEqual([
+      "upstreams[0].stalls.share: expected a share from 0 to 1, got 2"
+    ])
+    expect(stalls("stalls: { share: 0.1, latency: { p50: 2s, p99: 1s } }")).toEqual([
+      "upstreams[0].stalls.latency: p99 must not be below p50"
+    ])
+    expect(stalls("stalls: { share: 0.1 }")).toEqual([expect.stringMatching(/^upstreams\[0\]\.stalls\.latency: /)])
+    expect(stalls("stalls: { share: 0.1, latency: { p50: 1s, p99: 2s }, often: yes }")).toEqual([
+      expect.stringMatching(/^upstreams\[0\]\.stalls\.often: unknown field/)
+    ])
   })
 
   it("reports the Breakwater config's own problems under breakwater.", () => {
