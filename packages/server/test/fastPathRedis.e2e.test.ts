@@ -35,7 +35,8 @@ keys:
 upstreams:
   - { name: primary, baseUrl: "${upstreamUrl}", apiKey: sk-up-1, models: [gpt-4.1], timeout: 5s }
 cache: { enabled: false }
-store: { kind: redis, url: "${url}", prefix: "fastpath-redis-${process.pid}:" }
+# A loaded machine can take more than the default 50 ms: a fallback to memory would take the general path.
+store: { kind: redis, url: "${url}", prefix: "fastpath-redis-${process.pid}:", commandTimeout: 5s }
 `
 
 interface Answer {
