@@ -369,6 +369,9 @@ describe.skipIf(!available)("Redis stores", () => {
       const r1 = yield* replica({ prefix })
       const r2 = yield* replica({ prefix })
       const now = Date.now()
+      // The refresh is every 50 ms (and pub/sub faster): 2 s only guards a loaded
+      // machine's stalls; the delay itself is measured by the server's e2e test.
+      const WITHIN = 2_000
       yield* r1.cooldown.start("openai", { until: now + 10_000, reason: "rate-limited" })
       // Applied locally at once.
       expect((yield* r1.cooldown.active(Date.now())).get("openai")?.until).toBe(now + 10_000)
@@ -377,7 +380,7 @@ describe.skipIf(!available)("Redis stores", () => {
       const seen = yield* eventually(
         Effect.suspend(() => r2.cooldown.active(Date.now())),
         (m) => m.has("openai"),
-        300
+        WITHIN
       )
       expect(seen.get("openai")).toEqual({ until: now + 10_000, reason: "rate-limited" })
 
@@ -393,7 +396,7 @@ describe.skipIf(!available)("Redis stores", () => {
       yield* eventually(
         Effect.suspend(() => r1.cooldown.active(Date.now())),
         (m) => m.get("openai")?.until === now + 60_000,
-        300
+        WITHIN
       )
       expect((yield* r1.cooldown.active(Date.now())).get("openai")?.reason).toBe("quota-exhausted")
 
@@ -402,7 +405,7 @@ describe.skipIf(!available)("Redis stores", () => {
       yield* eventually(
         Effect.suspend(() => r2.cooldown.active(Date.now())),
         (m) => m.get("revoked")?.reason === "auth-failed",
-        300
+        WITHIN
       )
       expect((yield* r2.cooldown.active(Date.now())).get("revoked")).toEqual({ until: now + 60_000, reason: "auth-failed" })
 
