@@ -22,7 +22,7 @@ import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
-import { availableParallelism, tmpdir } from "node:os"
+import { availableParallelism, loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 
 const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 50)
@@ -32,6 +32,8 @@ const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
 const CONSOLE_PAIRS = Math.max(1, Number(process.env["BENCH_CONSOLE_PAIRS"] ?? 3))
 /** `BENCH_ONLY=console`: only the console's A/B (the other rows left out), for a longer run of it alone. */
 const ONLY_CONSOLE = process.env["BENCH_ONLY"] === "console"
+/** `BENCH_ONLY=sequential`: only the sequential pass (no load rows, no console A/B). */
+const ONLY_SEQUENTIAL = process.env["BENCH_ONLY"] === "sequential"
 const root = new URL("../../../", import.meta.url).pathname
 
 const children: Array<ChildProcess> = []
@@ -107,20 +109,41 @@ const openConsole = async (base: string) => {
   return { events: () => events, close: () => controller.abort() }
 }
 
-/** One connection, one request at a time: the latency the gateway adds when it is not queueing. */
-const sequential = async (url: string, count = 2000) => {
-  const agent = new Agent({ connections: 1 })
-  const samples: Array<number> = []
+/** Sequential pass: requests per target (after SEQ_WARMUP each), sent in rounds of SEQ_ROUND per target. */
+const SEQ_COUNT = Math.max(100, Number(process.env["BENCH_SEQ_COUNT"] ?? 2000))
+const SEQ_ROUND = 100
+const SEQ_WARMUP = 200
+
+/**
+ * One connection per target, one request at a time: the latency the gateway
+ * adds when it is not queueing. The targets take turns (A B C … A B C …,
+ * SEQ_ROUND requests each, the order rotated every round), so that whatever
+ * else the machine is doing meanwhile falls on every row alike.
+ */
+const sequential = async (urls: ReadonlyArray<string>) => {
   const headers = { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" }
-  for (let i = 0; i < count + 200; i++) {
-    const t0 = process.hrtime.bigint()
-    const res = await request(`${url}/chat/completions`, { method: "POST", body, headers, dispatcher: agent })
-    await res.body.text()
-    if (i >= 200) samples.push(Number(process.hrtime.bigint() - t0) / 1e6)
+  const agents = urls.map(() => new Agent({ connections: 1 }))
+  const samples = urls.map((): Array<number> => [])
+  const run = async (k: number, n: number, keep: boolean) => {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint()
+      const res = await request(`${urls[k]}/chat/completions`, { method: "POST", body, headers, dispatcher: agents[k]! })
+      await res.body.text()
+      if (keep) samples[k]!.push(Number(process.hrtime.bigint() - t0) / 1e6)
+    }
   }
-  await agent.close()
-  samples.sort((a, b) => a - b)
-  return { p50: samples[Math.floor(count * 0.5)]!, p99: samples[Math.floor(count * 0.99)]! }
+  for (let k = 0; k < urls.length; k++) await run(k, SEQ_WARMUP, false)
+  for (let round = 0; round * SEQ_ROUND < SEQ_COUNT; round++) {
+    for (let j = 0; j < urls.length; j++) {
+      const k = (j + round) % urls.length
+      await run(k, Math.min(SEQ_ROUND, SEQ_COUNT - round * SEQ_ROUND), true)
+    }
+  }
+  await Promise.all(agents.map((a) => a.close()))
+  return samples.map((xs) => {
+    xs.sort((a, b) => a - b)
+    return { p50: xs[Math.floor(xs.length * 0.5)]!, p99: xs[Math.floor(xs.length * 0.99)]! }
+  })
 }
 
 const freePort = () =>
@@ -161,6 +184,11 @@ const main = async () => {
     return { name, url: `${started.match[1]!}/v1`, pid: started.child.pid }
   }
   const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
+  // The reference for a second hop by itself: node:http + undici, nothing else (bench/plain-proxy.ts).
+  const plainProxy = ONLY_CONSOLE ? undefined : await (async (): Promise<Target> => {
+    const started = await launch("node", ["--import", "tsx", "packages/server/bench/plain-proxy.ts", "--upstream", upstreamUrl], /listening (\S+)/)
+    return { name: "plain proxy (node:http+undici)", url: started.match[1]!, pid: started.child.pid }
+  })()
   const memory = await startGateway("Breakwater, in-memory stores", "packages/server/bin/breakwater.js")
   const before = BASELINE === undefined || !existsSync(join(BASELINE, "packages/server/bin/breakwater.js"))
     ? undefined
@@ -182,13 +210,17 @@ const main = async () => {
   const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
-  for (const t of ONLY_CONSOLE ? [memory] : [direct, ...gateways]) {
+  for (const t of ONLY_CONSOLE ? [memory] : [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]) {
     await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
-  const seq = new Map<Target, Awaited<ReturnType<typeof sequential>>>()
+  const seq = new Map<Target, { readonly p50: number; readonly p99: number }>()
   const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
-  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
-  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) {
+  const seqTargets = [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]
+  if (!ONLY_CONSOLE) {
+    const results = await sequential(seqTargets.map((t) => t.url))
+    seqTargets.forEach((t, i) => seq.set(t, results[i]!))
+  }
+  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) for (const t of [direct, ...gateways]) {
     const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
     const r = await load(t.url)
     const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
@@ -202,7 +234,7 @@ const main = async () => {
   const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
   const pairRatios: Array<number> = []
   let consoleEvents = 0
-  for (let pair = 0; pair < CONSOLE_PAIRS; pair++) {
+  for (let pair = 0; pair < (ONLY_SEQUENTIAL ? 0 : CONSOLE_PAIRS); pair++) {
     const pairSides = { none: { total: 0, seconds: 0 }, console: { total: 0, seconds: 0 } }
     for (const side of ["none", "console", "console", "none"] as const) {
       const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
@@ -226,7 +258,7 @@ const main = async () => {
   const rate = (x: { total: number; seconds: number }) => x.total / Math.max(1e-9, x.seconds)
   const perReq = (x: { total: number; cpu: number }) => (x.cpu * 1e6) / Math.max(1, x.total)
 
-  if (!ONLY_CONSOLE) {
+  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) {
     const d = loads.get(direct)!.r
     const m = loads.get(memory)!
     console.log(
@@ -248,26 +280,36 @@ const main = async () => {
         } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
       )
     }
+  }
+  if (!ONLY_CONSOLE) {
     const ds = seq.get(direct)!
-    console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
-    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
-    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
-    for (const t of [direct, ...gateways]) {
+    const ps = plainProxy === undefined ? undefined : seq.get(plainProxy)
+    const f = (x: number) => x.toFixed(3)
+    console.log(
+      `\nsequential, 1 connection per target, ${SEQ_COUNT} requests each (after ${SEQ_WARMUP}), the targets taking turns ${SEQ_ROUND} at a time; ` +
+        `ms; added = minus direct; over proxy = minus the plain proxy's; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}\n`
+    )
+    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 | over proxy p50 | over proxy p99 |`)
+    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|---------------:|---------------:|`)
+    for (const t of seqTargets) {
       const x = seq.get(t)!
-      const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
-      console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
+      const added = t === direct ? ["—", "—"] : [f(x.p50 - ds.p50), f(x.p99 - ds.p99)]
+      const over = t === direct || t === plainProxy || ps === undefined ? ["—", "—"] : [f(x.p50 - ps.p50), f(x.p99 - ps.p99)]
+      console.log(`| ${t.name.padEnd(30)} | ${f(x.p50)} | ${f(x.p99)} | ${added[0]} | ${added[1]} | ${over[0]} | ${over[1]} |`)
     }
   }
-  const sortedRatios = [...pairRatios].sort((a, b) => a - b)
-  const medianRatio = sortedRatios.length % 2 === 1
-    ? sortedRatios[(sortedRatios.length - 1) / 2]!
-    : (sortedRatios[sortedRatios.length / 2 - 1]! + sortedRatios[sortedRatios.length / 2]!) / 2
-  console.log(
-    `\nwith one operator console open (GET /admin/events), in-memory, ${CONSOLE_PAIRS} ABBA pairs (${2 * CONSOLE_PAIRS} runs each side): ` +
-      `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}% pooled, ` +
-      `median pair ${(medianRatio * 100).toFixed(1)}% (pairs: ${pairRatios.map((x) => (x * 100).toFixed(1)).join(", ")}); ` +
-      `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
-  )
+  if (!ONLY_SEQUENTIAL) {
+    const sortedRatios = [...pairRatios].sort((a, b) => a - b)
+    const medianRatio = sortedRatios.length % 2 === 1
+      ? sortedRatios[(sortedRatios.length - 1) / 2]!
+      : (sortedRatios[sortedRatios.length / 2 - 1]! + sortedRatios[sortedRatios.length / 2]!) / 2
+    console.log(
+      `\nwith one operator console open (GET /admin/events), in-memory, ${CONSOLE_PAIRS} ABBA pairs (${2 * CONSOLE_PAIRS} runs each side): ` +
+        `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}% pooled, ` +
+        `median pair ${(medianRatio * 100).toFixed(1)}% (pairs: ${pairRatios.map((x) => (x * 100).toFixed(1)).join(", ")}); ` +
+        `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
+    )
+  }
   cleanup()
 }
 
