@@ -1459,8 +1459,9 @@ export const makeWith = (
               if (progress.attempts >= maxAttempts) return Effect.succeed(undefined)
               return Effect.flatMap(cooldowns.active(now), (active) =>
                 Effect.map(sameAsLast(hedgeTarget(plan, i + 1, now, active, progress), policy, i, u, now, active), (found) => {
-                  // A hedge is a call beyond the request's first: the retry budget pays for it too.
-                  if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend()) return undefined
+                  // A hedge is a call beyond the request's first: the retry budget pays for it too,
+                  // from its first half only (the rest stays for failovers).
+                  if (found === undefined || !policy.budget.tryAcquire(now) || !retryBudget.trySpend(RetryBudget.hedgeShare)) return undefined
                   progress.credit = true
                   target = found
                   return attempt(found[1], progress, false)
@@ -1504,23 +1505,51 @@ export const makeWith = (
             })
           })
 
-        /** A failed or skipped call's bookkeeping, as `after` does it, without moving on. */
-        const noteFailure = (u: Upstream.Upstream, outcome: Attempted<A>): Effect.Effect<void> => {
+        /**
+         * A failed or skipped call's bookkeeping: its failure, the pacer it
+         * found full, a refused connection's credit, what the upstream lacks.
+         * Returns the error when the upstream may cool down or retry it (or,
+         * a caller's rejection, end the request), `undefined` to move on.
+         */
+        const book = (u: Upstream.Upstream, outcome: Exclude<Attempted<A>, { readonly _tag: "Ok" }>): UpstreamError | undefined => {
           if (outcome._tag === "Skipped") {
-            progress.failures.push({ upstream: u.name, reason: outcome.reason })
-            return Effect.void
+            note({ upstream: u.name, reason: outcome.reason })
+            if (outcome.reason === PACED) {
+              progress.pacedOn = u
+              progress.pacedModel = k
+            }
+            return undefined
           }
-          if (outcome._tag === "Ok") return Effect.void
           const error = outcome.error
+          if (error._tag === "UpstreamRejected" && error.untranslatable !== undefined) {
+            // Refused before any call (a field this kind cannot take): no
+            // attempt spent, and another upstream may take the request.
+            progress.attempts--
+            progress.refused ??= error
+            note({ upstream: u.name, reason: `cannot take '${error.untranslatable}'`, kind: "unsupported" })
+            progress.lacking ??= new Set()
+            progress.lacking.add(lackKey(u))
+            return undefined
+          }
           progress.last = u.name
-          progress.failures.push(failureOf(error))
+          note(failureOf(error))
+          // A call that never reached the upstream (the connection was
+          // refused) added no load anywhere: the next call is not a retry
+          // the budget must pay for.
+          if (error._tag === "UpstreamUnreachable" && refused(error.reason)) progress.credit = true
           if (error._tag === "UpstreamModelNotFound") {
             progress.notFound = error
             progress.lacking ??= new Set()
-            progress.lacking.add(u.name)
-            return Effect.void
+            progress.lacking.add(lackKey(u))
+            return undefined
           }
-          return coolDown(error)
+          return error
+        }
+        /** The hedge's call that failed first: booked and cooled down, while the other call decides what comes next. */
+        const noteFailure = (u: Upstream.Upstream, outcome: Attempted<A>): Effect.Effect<void> => {
+          if (outcome._tag === "Ok") return Effect.void
+          const error = book(u, outcome)
+          return error === undefined ? Effect.void : coolDown(error)
         }
         const after = (
           i: number,
@@ -1528,63 +1557,30 @@ export const makeWith = (
           u: Upstream.Upstream,
           outcome: Attempted<A>
         ): Effect.Effect<readonly [A, Upstream.Upstream, Progress], RelayError> => {
-          switch (outcome._tag) {
-            case "Ok":
-              return Effect.succeed([outcome.value, u, progress] as const)
-            case "Skipped":
-              note({ upstream: u.name, reason: outcome.reason })
-              if (outcome.reason === PACED) {
-                progress.pacedOn = u
-                progress.pacedModel = k
-              }
-              return tryAt(i + 1)
-            case "Failed": {
-              const error = outcome.error
-              if (error._tag === "UpstreamRejected" && error.untranslatable !== undefined) {
-                // Refused before any call (a field this kind cannot take): no
-                // attempt spent, and another upstream may take the request.
-                progress.attempts--
-                progress.refused ??= error
-                note({ upstream: u.name, reason: `cannot take '${error.untranslatable}'`, kind: "unsupported" })
-                progress.lacking ??= new Set()
-                progress.lacking.add(lackKey(u))
-                return tryAt(i + 1)
-              }
-              progress.last = u.name
-              note(failureOf(error))
-              // A call that never reached the upstream (the connection was
-              // refused) added no load anywhere: the next call is not a retry
-              // the budget must pay for.
-              if (error._tag === "UpstreamUnreachable" && refused(error.reason)) progress.credit = true
-              if (error._tag === "UpstreamRejected") {
-                return Effect.fail(
-                  new UpstreamRejected({
-                    upstream: error.upstream,
-                    status: error.status,
-                    body: error.body,
-                    contentType: error.contentType,
-                    attempts: progress.attempts
-                  })
-                )
-              }
-              if (error._tag === "UpstreamModelNotFound") {
-                progress.notFound = error
-                progress.lacking ??= new Set()
-                progress.lacking.add(lackKey(u))
-                return tryAt(i + 1)
-              }
-              // An upstream may ask for retries on itself (transient
-              // errors only) before the request moves on.
-              const sameUpstream = u.retry?.maxRetries ?? 0
-              if (
-                retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts &&
-                !(error._tag === "UpstreamUnreachable" && refused(error.reason))
-              ) {
-                return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
-              }
-              return Effect.zipRight(coolDown(error), tryAt(i + 1))
-            }
+          if (outcome._tag === "Ok") return Effect.succeed([outcome.value, u, progress] as const)
+          const error = book(u, outcome)
+          if (error === undefined) return tryAt(i + 1)
+          if (error._tag === "UpstreamRejected") {
+            return Effect.fail(
+              new UpstreamRejected({
+                upstream: error.upstream,
+                status: error.status,
+                body: error.body,
+                contentType: error.contentType,
+                attempts: progress.attempts
+              })
+            )
           }
+          // An upstream may ask for retries on itself (transient
+          // errors only) before the request moves on.
+          const sameUpstream = u.retry?.maxRetries ?? 0
+          if (
+            retried < sameUpstream && Upstream.countsAgainstBreaker(error) && progress.attempts < maxAttempts &&
+            !(error._tag === "UpstreamUnreachable" && refused(error.reason))
+          ) {
+            return Effect.flatMap(backoff(u, retried + 1), (ok) => ok ? tryAt(i, retried + 1) : tryAt(i + 1))
+          }
+          return Effect.zipRight(coolDown(error), tryAt(i + 1))
         }
         return first === undefined ? tryAt(0) : after(0, 0, plan.order[0]!, first)
       }

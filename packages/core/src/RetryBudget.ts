@@ -61,11 +61,23 @@ export interface RetryBudget {
    * failover, a hedge): true when the window allows it (the call is then
    * counted), false when the budget is exhausted (the call must not be
    * made; `breakwater_retry_budget_exhausted_total` counts it).
+   *
+   * `share` (default 1) is the part of the window's allowance this spend
+   * may reach: a hedge passes {@link hedgeShare} so that failovers, which
+   * save a request rather than speed it up, always keep the rest. A spend
+   * refused only by its share is not counted as exhausted.
    */
-  readonly trySpend: () => boolean
+  readonly trySpend: (share?: number) => boolean
   /** The window now. */
   readonly unsafeStats: () => Stats
 }
+
+/**
+ * The part of the allowance hedges may use: half. Uncapped hedging that
+ * spent the whole budget left none for the failover after a 429, and a
+ * relay that hedged answered more 502s than one that did not.
+ */
+export const hedgeShare = 0.5
 
 export const RetryBudget = Context.GenericTag<RetryBudget>("@breakwater/core/RetryBudget")
 
@@ -148,13 +160,15 @@ export const makeWith = (
       primary[i]! += 1
       primaryTotal += 1
     },
-    trySpend: () => {
+    trySpend: (share = 1) => {
       const i = advance(now())
-      if (spentTotal + 1 > allowedNow()) {
+      const allowed = allowedNow()
+      if (spentTotal + 1 > allowed) {
         exhausted++
         onExhausted()
         return false
       }
+      if (share < 1 && spentTotal + 1 > share * allowed) return false
       spent[i]! += 1
       spentTotal += 1
       return true

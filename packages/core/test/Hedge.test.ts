@@ -267,6 +267,50 @@ describe("hedging: limits", () => {
       expect(relay.retryBudget.unsafeStats().exhausted).toBe(1)
     }))
 
+  it.scoped("hedges use at most half the retry budget: the failover after a 429 still has its token", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        hedge: { after: Duration.millis(100), maxExtra: 1 },
+        // Two tokens over the 10 s window, whatever the traffic.
+        retryBudget: { ratio: 0, minPerSecond: 0.2 }
+      })
+      client.fallback("b", Scripted.ok("from b"))
+      for (let i = 0; i < 2; i++) {
+        client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
+        const fiber = yield* Effect.fork(relay.chat(request()))
+        yield* yieldMany
+        yield* TestClock.adjust(Duration.seconds(1))
+        yield* Fiber.join(fiber)
+      }
+      // The first slow call was hedged (token 1 of 2), the second was not: the hedges' half is spent.
+      expect(names(client.calls)).toEqual(["a", "b", "a"])
+      client.script("a", Scripted.status(429))
+      const result = yield* relay.chat(request())
+      expect(result.metadata.upstream).toBe("b")
+      expect(names(client.calls)).toEqual(["a", "b", "a", "a", "b"])
+      expect(relay.retryBudget.unsafeStats()).toMatchObject({ spent: 2, exhausted: 0 })
+    }))
+
+  it.scoped("a hedge whose connection was refused reached no upstream: the failover after the slow call's failure is free", () =>
+    Effect.gen(function*() {
+      const { client, relay } = yield* setup({
+        hedge: { after: Duration.millis(100), maxExtra: 1 },
+        retryBudget: { ratio: 0, minPerSecond: 0.2 },
+        unreachableCooldown: "0 millis"
+      })
+      client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.status(503)))
+      client.fallback("b", Scripted.unreachable("ECONNREFUSED"))
+      client.fallback("c", Scripted.ok("from c"))
+      const fiber = yield* Effect.fork(relay.chat(request()))
+      yield* yieldMany
+      yield* TestClock.adjust(Duration.seconds(1))
+      const result = yield* Fiber.join(fiber)
+      expect(result.metadata.upstream).toBe("c")
+      expect(names(client.calls)).toEqual(["a", "b", "c"])
+      // The hedge paid one token; the refused connection gave it back to the call after it.
+      expect(relay.retryBudget.unsafeStats()).toMatchObject({ spent: 1, exhausted: 0 })
+    }))
+
   it.scoped("a request marked `hedge: false` (x-breakwater-hedge: off) is never hedged", () =>
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 1 } })

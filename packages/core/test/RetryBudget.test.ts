@@ -74,6 +74,23 @@ describe("RetryBudget", () => {
       expect(drain(budget)).toBe(2)
     }))
 
+  it.effect("a spend limited to a share of the allowance (a hedge's) leaves the rest to full spends, uncounted when refused", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 0.2, window: "10 seconds", minPerSecond: 0 })
+      primaries(budget, 100)
+      // Allowance 20: spends limited to half take 10, then are refused without counting as exhausted.
+      let hedges = 0
+      while (hedges < 100 && budget.trySpend(RetryBudget.hedgeShare)) hedges++
+      expect(hedges).toBe(10)
+      expect(budget.unsafeStats()).toMatchObject({ spent: 10, exhausted: 0 })
+      // Full spends (failovers) still have the other 10.
+      expect(drain(budget)).toBe(10)
+      expect(budget.trySpend(RetryBudget.hedgeShare)).toBe(false)
+      expect(budget.unsafeStats()).toMatchObject({ spent: 20, allowed: 20 })
+      // Once the whole allowance is spent, a refusal is counted whoever asked.
+      expect(budget.unsafeStats().exhausted).toBe(2)
+    }))
+
   it.effect("refusals are counted in breakwater_retry_budget_exhausted_total", () =>
     Effect.gen(function*() {
       const counter = Metric.counter("breakwater_retry_budget_exhausted_total", {
