@@ -10,9 +10,18 @@
  * rate-limit store. Prints requests per second, p50 / p99 latency, the
  * latency Breakwater adds, and each server's CPU per request and RSS.
  *
- * Sequential pass: one connection, one request at a time, 2,000 requests
- * (after 200 to warm up) to each target: the latency the gateway adds when
- * nothing queues, p50 and p99. Redis (redis-server, when it is on the PATH)
+ * Sequential pass: one connection per target, one request at a time, 2,000
+ * requests (after 200 to warm up) to each target, the targets taking turns
+ * (100 requests each, the order rotated every round) so that other work on
+ * the machine falls on every row alike: the latency the gateway adds when
+ * nothing queues, p50 and p99, minus direct and minus a plain node:http +
+ * undici proxy (bench/plain-proxy.ts, its own process: what a second
+ * loopback hop costs by itself), and each server's CPU per request
+ * (/proc/PID/schedstat, over its own turns). `BENCH_SEQ_COUNT` sets the
+ * count; `BENCH_ONLY=sequential` runs this pass alone. The gateways' stdout
+ * (a line per request) goes to a temporary file, as a server's log would,
+ * not to this process, which measures (`BENCH_GATEWAY_STDOUT=pipe`: here,
+ * as before). Redis (redis-server, when it is on the PATH)
  * is started by this script on 127.0.0.1 on a free port, without
  * persistence, and stopped at the end. `BENCH_BASELINE=DIR` adds the
  * in-memory Breakwater of another checkout (its built bin) to each pass.
@@ -20,7 +29,7 @@
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, readFileSync, writeFileSync } from "node:fs"
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
 import { availableParallelism, loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
@@ -39,17 +48,40 @@ const root = new URL("../../../", import.meta.url).pathname
 const children: Array<ChildProcess> = []
 const cleanup = () => {
   for (const c of children) c.kill("SIGKILL")
+  for (const f of tempFiles) rmSync(f, { force: true })
 }
 process.on("exit", cleanup)
 
-/** Spawns a process and resolves with the first stdout line matching `ready`. */
-const launch = (cmd: string, args: Array<string>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
+/**
+ * Where the gateways' stdout (their request lines) goes: `file` (the default), a temporary file,
+ * as a server's log would go to a file or a collector; `pipe`, this process, which then reads
+ * every line on the same event loop that measures the requests.
+ */
+const GATEWAY_STDOUT = process.env["BENCH_GATEWAY_STDOUT"] === "pipe" ? "pipe" : "file"
+const tempFiles: Array<string> = []
+
+/** Spawns a process and resolves with the first stdout line matching `ready` (stdout to a file when `toFile`). */
+const launch = (cmd: string, args: Array<string>, ready: RegExp, toFile = false): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
   new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    const file = toFile ? join(tmpdir(), `breakwater-bench-${process.pid}-stdout-${tempFiles.length}.log`) : undefined
+    const fd = file === undefined ? undefined : openSync(file, "w")
+    if (file !== undefined) tempFiles.push(file)
+    const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", fd ?? "pipe", "pipe"] })
+    if (fd !== undefined) closeSync(fd)
     children.push(child)
     let buffer = ""
     const timer = setTimeout(() => reject(new Error(`${args.join(" ")} did not start`)), 20_000)
-    child.stdout!.on("data", (d: Buffer) => {
+    if (file !== undefined) {
+      const poll = setInterval(() => {
+        const m = readFileSync(file, "utf8").match(ready)
+        if (m) {
+          clearInterval(poll)
+          clearTimeout(timer)
+          resolve({ child, match: m })
+        }
+      }, 25)
+      child.once("exit", () => clearInterval(poll))
+    } else child.stdout!.on("data", (d: Buffer) => {
       buffer += d.toString()
       const m = buffer.match(ready)
       if (m) {
@@ -68,6 +100,9 @@ const rssOf = (pid: number) => {
   const kb = (key: string) => Number(/(\d+) kB/.exec(status.split("\n").find((l) => l.startsWith(key)) ?? "")?.[1] ?? 0)
   return { rssMb: kb("VmRSS:") / 1024, peakMb: kb("VmHWM:") / 1024 }
 }
+
+/** Nanoseconds a process (its main thread) has spent on a CPU so far (schedstat: finer than /proc's stat ticks). */
+const onCpuNs = (pid: number) => Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0])
 
 /** CPU seconds (user + system) a process has used so far. */
 const cpuOf = (pid: number) => {
@@ -120,10 +155,11 @@ const SEQ_WARMUP = 200
  * SEQ_ROUND requests each, the order rotated every round), so that whatever
  * else the machine is doing meanwhile falls on every row alike.
  */
-const sequential = async (urls: ReadonlyArray<string>) => {
+const sequential = async (urls: ReadonlyArray<string>, pids: ReadonlyArray<number | undefined>) => {
   const headers = { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" }
   const agents = urls.map(() => new Agent({ connections: 1 }))
   const samples = urls.map((): Array<number> => [])
+  const cpuNs = urls.map(() => 0)
   const run = async (k: number, n: number, keep: boolean) => {
     for (let i = 0; i < n; i++) {
       const t0 = process.hrtime.bigint()
@@ -136,13 +172,17 @@ const sequential = async (urls: ReadonlyArray<string>) => {
   for (let round = 0; round * SEQ_ROUND < SEQ_COUNT; round++) {
     for (let j = 0; j < urls.length; j++) {
       const k = (j + round) % urls.length
+      const pid = pids[k]
+      const c0 = pid === undefined ? 0 : onCpuNs(pid)
       await run(k, Math.min(SEQ_ROUND, SEQ_COUNT - round * SEQ_ROUND), true)
+      if (pid !== undefined) cpuNs[k]! += onCpuNs(pid) - c0
     }
   }
   await Promise.all(agents.map((a) => a.close()))
-  return samples.map((xs) => {
+  return samples.map((xs, k) => {
+    const n = xs.length
     xs.sort((a, b) => a - b)
-    return { p50: xs[Math.floor(xs.length * 0.5)]!, p99: xs[Math.floor(xs.length * 0.99)]! }
+    return { p50: xs[Math.floor(n * 0.5)]!, p99: xs[Math.floor(n * 0.99)]!, cpuUs: pids[k] === undefined ? undefined : cpuNs[k]! / 1e3 / n }
   })
 }
 
@@ -170,6 +210,7 @@ const main = async () => {
   let configs = 0
   const configFor = (store: string) => {
     const file = join(tmpdir(), `breakwater-bench-${process.pid}-${configs++}.yaml`)
+    tempFiles.push(file)
     writeFileSync(
       file,
       `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
@@ -180,7 +221,7 @@ const main = async () => {
     return file
   }
   const startGateway = async (name: string, bin: string, store = ""): Promise<Target> => {
-    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/)
+    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/, GATEWAY_STDOUT === "file")
     return { name, url: `${started.match[1]!}/v1`, pid: started.child.pid }
   }
   const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
@@ -213,11 +254,11 @@ const main = async () => {
   for (const t of ONLY_CONSOLE ? [memory] : [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]) {
     await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
-  const seq = new Map<Target, { readonly p50: number; readonly p99: number }>()
+  const seq = new Map<Target, { readonly p50: number; readonly p99: number; readonly cpuUs: number | undefined }>()
   const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
   const seqTargets = [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]
   if (!ONLY_CONSOLE) {
-    const results = await sequential(seqTargets.map((t) => t.url))
+    const results = await sequential(seqTargets.map((t) => t.url), seqTargets.map((t) => t.pid))
     seqTargets.forEach((t, i) => seq.set(t, results[i]!))
   }
   if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) for (const t of [direct, ...gateways]) {
@@ -289,13 +330,14 @@ const main = async () => {
       `\nsequential, 1 connection per target, ${SEQ_COUNT} requests each (after ${SEQ_WARMUP}), the targets taking turns ${SEQ_ROUND} at a time; ` +
         `ms; added = minus direct; over proxy = minus the plain proxy's; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}\n`
     )
-    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 | over proxy p50 | over proxy p99 |`)
-    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|---------------:|---------------:|`)
+    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 | over proxy p50 | over proxy p99 | server CPU µs/req |`)
+    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|---------------:|---------------:|------------------:|`)
     for (const t of seqTargets) {
       const x = seq.get(t)!
       const added = t === direct ? ["—", "—"] : [f(x.p50 - ds.p50), f(x.p99 - ds.p99)]
       const over = t === direct || t === plainProxy || ps === undefined ? ["—", "—"] : [f(x.p50 - ps.p50), f(x.p99 - ps.p99)]
-      console.log(`| ${t.name.padEnd(30)} | ${f(x.p50)} | ${f(x.p99)} | ${added[0]} | ${added[1]} | ${over[0]} | ${over[1]} |`)
+      const cpu = x.cpuUs === undefined ? "—" : x.cpuUs.toFixed(0)
+      console.log(`| ${t.name.padEnd(30)} | ${f(x.p50)} | ${f(x.p99)} | ${added[0]} | ${added[1]} | ${over[0]} | ${over[1]} | ${cpu} |`)
     }
   }
   if (!ONLY_SEQUENTIAL) {
