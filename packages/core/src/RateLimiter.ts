@@ -77,6 +77,16 @@ export class RateLimiterStore extends Context.Tag("@breakwater/core/RateLimiterS
      * remote ones (Redis).
      */
     readonly unsafeAcquire?: ((request: AcquireRequest, now: number) => Decision) | undefined
+    /**
+     * The same decision without a fiber, for stores that decide elsewhere
+     * (Redis): `done` gets it once, when the store has answered; or, when
+     * it cannot (Redis away: the store's fallback, with its log and
+     * metric), the effect that decides instead. For a hot path that can
+     * wait for one reply but not for a fiber.
+     */
+    readonly unsafeAcquireAsync?:
+      | ((request: AcquireRequest, done: (decision: Decision | Effect.Effect<Decision, RateLimiterStoreError>) => void) => void)
+      | undefined
   }
 >() {}
 
@@ -123,6 +133,21 @@ export interface RateLimiter {
    */
   readonly unsafeTake?:
     | ((key: string, cost: number, now: number, tags: ReadonlyArray<MetricLabel.MetricLabel>) => number | undefined)
+    | undefined
+  /**
+   * {@link unsafeTake} for a store that decides elsewhere (Redis), without
+   * a fiber: `done` gets, once the store has answered, undefined when
+   * granted, else the milliseconds to retry after; or the effect that
+   * answers that (the store's fallback while it is away). Present for such
+   * a store in the `fail` mode.
+   */
+  readonly unsafeTakeAsync?:
+    | ((
+      key: string,
+      cost: number,
+      tags: ReadonlyArray<MetricLabel.MetricLabel>,
+      done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiterStoreError>) => void
+    ) => void)
     | undefined
 }
 
@@ -186,12 +211,37 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       tags: ReadonlyArray<MetricLabel.MetricLabel>
     ): boolean => unsafeTake(key, cost, now, tags) === undefined
 
+    const unsafeAcquireAsync = store.unsafeAcquireAsync
+    const unsafeTakeAsync = unsafeAcquireAsync === undefined || maxWaitMillis !== 0 ? undefined : (
+      key: string,
+      cost: number,
+      tags: ReadonlyArray<MetricLabel.MetricLabel>,
+      done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiterStoreError>) => void
+    ): void => {
+      const waitOf = (decision: Decision): number | undefined => {
+        if (decision.granted) return undefined
+        rejected.unsafeUpdate(1, tags)
+        return decision.retryAfterMillis
+      }
+      unsafeAcquireAsync(
+        { key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis },
+        (decision) =>
+          done(
+            Effect.isEffect(decision)
+              ? Effect.flatMap(decision, (d) =>
+                d.granted ? Effect.succeed(undefined) : Effect.as(Metric.increment(rejected), d.retryAfterMillis))
+              : waitOf(decision)
+          )
+      )
+    }
+
     return RateLimiter.of({
       name,
       limit,
       acquire,
       unsafeTryAcquire,
       unsafeTake,
+      unsafeTakeAsync,
       withPermit: (key, cost) => (self) => Effect.zipRight(acquire(key, cost), self)
     })
   })

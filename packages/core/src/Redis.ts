@@ -114,21 +114,7 @@ const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
  * that must leave for it to fit: O(1) amortised, not O(entries in the window).
  * A list without the total (written by an older version) is added up once.
  */
-export const acquireLua = `
-local key = KEYS[1]
-local algorithm = ARGV[1]
-local limit = tonumber(ARGV[2])
-local w = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local maxWait = tonumber(ARGV[5])
-if maxWait < 0 then maxWait = math.huge end
-local now
-if ARGV[6] ~= nil and ARGV[6] ~= "" then
-  now = tonumber(ARGV[6])
-else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+const acquireFunction = `
 local function num(x) return string.format("%.17g", x) end
 -- A TTL in whole millis: at least 1, and a number even for odd limits (0, huge).
 local function ttl(x)
@@ -137,156 +123,198 @@ local function ttl(x)
   if x > 1e15 then x = 1e15 end
   return string.format("%d", x)
 end
-local kind = redis.call("TYPE", key)["ok"]
-
-if algorithm == "token-bucket" then
-  if kind ~= "hash" and kind ~= "none" then redis.call("DEL", key) end
-  local full = limit * w
-  local state = redis.call("HMGET", key, "tokens", "at")
-  local tokens = state[1] and tonumber(state[1])
-  local updated = state[2] and tonumber(state[2])
-  if not tokens or not updated then
-    tokens = full
-    updated = now
-  end
-  tokens = math.min(full, tokens + (now - updated) * limit)
-  local function save()
-    redis.call("HSET", key, "tokens", num(tokens), "at", num(now))
-    -- Once full, the bucket is the same as a fresh one.
-    redis.call("PEXPIRE", key, ttl((full - tokens) / limit))
-  end
-  local units = cost * w
-  if cost > limit then
-    save()
-    return { 0, num(w), num(math.max(0, math.floor(tokens / w))) }
-  end
-  if tokens >= units then
-    tokens = tokens - units
-    save()
-    return { 1, "0", num(math.max(0, math.floor(tokens / w))) }
-  end
-  local wait = math.ceil((units - tokens) / limit)
-  if wait <= maxWait then
-    tokens = tokens - units
-    save()
-    return { 1, num(wait), "0" }
-  end
-  save()
-  return { 0, num(wait), num(math.max(0, math.floor(tokens / w))) }
+local function maxWaitOf(x)
+  x = tonumber(x)
+  if x < 0 then return math.huge end
+  return x
 end
-
--- Sliding window: a FIFO list. Index 0 holds the running total of the costs
--- ("total:<sum>", as the memory store's Log.total), then the "time:cost"
--- reservations in time order. Entries are read from the head only as far as
--- a decision needs them, so a call costs O(1) amortised whatever the limit.
-if kind ~= "list" and kind ~= "none" then
-  redis.call("DEL", key)
-  kind = "none"
+local function nowOf(t)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local header = "total:"
-local fresh = kind == "none"
-local total = 0
-local n = 0
-if not fresh then
-  local h = redis.call("LINDEX", key, 0)
-  if string.sub(h, 1, #header) == header then
-    total = tonumber(string.sub(h, #header + 1))
-    n = redis.call("LLEN", key) - 1
-  else
-    -- A log written before the total was kept: add it up once.
-    local all = redis.call("LRANGE", key, 0, -1)
-    for i = 1, #all do
-      local s = all[i]
-      total = total + tonumber(string.sub(s, string.find(s, ":", 1, true) + 1))
+local function acquire(key, algorithm, limit, w, cost, maxWait, now)
+  local kind = redis.call("TYPE", key)["ok"]
+
+  if algorithm == "token-bucket" then
+    if kind ~= "hash" and kind ~= "none" then redis.call("DEL", key) end
+    local full = limit * w
+    local state = redis.call("HMGET", key, "tokens", "at")
+    local tokens = state[1] and tonumber(state[1])
+    local updated = state[2] and tonumber(state[2])
+    if not tokens or not updated then
+      tokens = full
+      updated = now
     end
-    redis.call("LPUSH", key, header .. num(total))
-    n = #all
+    tokens = math.min(full, tokens + (now - updated) * limit)
+    local function save()
+      redis.call("HSET", key, "tokens", num(tokens), "at", num(now))
+      -- Once full, the bucket is the same as a fresh one.
+      redis.call("PEXPIRE", key, ttl((full - tokens) / limit))
+    end
+    local units = cost * w
+    if cost > limit then
+      save()
+      return { 0, num(w), num(math.max(0, math.floor(tokens / w))) }
+    end
+    if tokens >= units then
+      tokens = tokens - units
+      save()
+      return { 1, "0", num(math.max(0, math.floor(tokens / w))) }
+    end
+    local wait = math.ceil((units - tokens) / limit)
+    if wait <= maxWait then
+      tokens = tokens - units
+      save()
+      return { 1, num(wait), "0" }
+    end
+    save()
+    return { 0, num(wait), num(math.max(0, math.floor(tokens / w))) }
   end
-end
--- Entry i (1-based) is at list index i; loaded from the head in growing chunks.
-local times = {}
-local costs = {}
-local loaded = 0
-local chunk = 4
-local function load(i)
-  if i <= loaded then return end
-  local upto = math.min(n, math.max(i, loaded + chunk))
-  local got = redis.call("LRANGE", key, loaded + 1, upto)
-  for j = 1, #got do
-    local s = got[j]
-    local c = string.find(s, ":", 1, true)
-    times[loaded + j] = tonumber(string.sub(s, 1, c - 1))
-    costs[loaded + j] = tonumber(string.sub(s, c + 1))
+
+  -- Sliding window: a FIFO list. Index 0 holds the running total of the costs
+  -- ("total:<sum>", as the memory store's Log.total), then the "time:cost"
+  -- reservations in time order. Entries are read from the head only as far as
+  -- a decision needs them, so a call costs O(1) amortised whatever the limit.
+  if kind ~= "list" and kind ~= "none" then
+    redis.call("DEL", key)
+    kind = "none"
   end
-  loaded = upto
-  if chunk < 1024 then chunk = chunk * 2 end
-end
-local function timeAt(i)
-  load(i)
-  return times[i]
-end
--- Forget what has left every window that can still matter.
-local head = 1
-while head <= n and timeAt(head) <= now - w do
-  total = total - costs[head]
-  head = head + 1
-end
--- Writes what changed: pruned entries, the new one, the total.
-local function save(entry)
-  if fresh then
-    if entry then redis.call("RPUSH", key, header .. num(total), entry) end
-    return
+  local header = "total:"
+  local fresh = kind == "none"
+  local total = 0
+  local n = 0
+  if not fresh then
+    local h = redis.call("LINDEX", key, 0)
+    if string.sub(h, 1, #header) == header then
+      total = tonumber(string.sub(h, #header + 1))
+      n = redis.call("LLEN", key) - 1
+    else
+      -- A log written before the total was kept: add it up once.
+      local all = redis.call("LRANGE", key, 0, -1)
+      for i = 1, #all do
+        local s = all[i]
+        total = total + tonumber(string.sub(s, string.find(s, ":", 1, true) + 1))
+      end
+      redis.call("LPUSH", key, header .. num(total))
+      n = #all
+    end
   end
-  local pruned = head - 1
-  -- Keeps the last pruned entry at index 0, where the total then goes.
-  if pruned > 0 then redis.call("LTRIM", key, pruned, -1) end
-  if entry then redis.call("RPUSH", key, entry) end
-  if pruned > 0 or entry then redis.call("LSET", key, 0, header .. num(total)) end
-end
-local last = now
-if n >= head then
-  if n <= loaded then
-    last = times[n]
-  else
-    local s = redis.call("LINDEX", key, -1)
-    last = tonumber(string.sub(s, 1, string.find(s, ":", 1, true) - 1))
+  -- Entry i (1-based) is at list index i; loaded from the head in growing chunks.
+  local times = {}
+  local costs = {}
+  local loaded = 0
+  local chunk = 4
+  local function load(i)
+    if i <= loaded then return end
+    local upto = math.min(n, math.max(i, loaded + chunk))
+    local got = redis.call("LRANGE", key, loaded + 1, upto)
+    for j = 1, #got do
+      local s = got[j]
+      local c = string.find(s, ":", 1, true)
+      times[loaded + j] = tonumber(string.sub(s, 1, c - 1))
+      costs[loaded + j] = tonumber(string.sub(s, c + 1))
+    end
+    loaded = upto
+    if chunk < 1024 then chunk = chunk * 2 end
   end
-end
-local start = math.max(now, last)
--- What counts at start: the total, less entries that will have left the
--- window by then (only when reservations reach into the future).
-local used = total
-local first = head
-while first <= n and timeAt(first) <= start - w do
-  used = used - costs[first]
-  first = first + 1
-end
-local remainingNow = math.max(0, limit - used)
-if cost > limit then
-  save(nil)
-  return { 0, num(w), num(remainingNow) }
-end
-local at = start
-if used + cost > limit then
-  for i = first, n do
+  local function timeAt(i)
     load(i)
-    used = used - costs[i]
-    if used + cost <= limit then
-      at = times[i] + w
-      break
+    return times[i]
+  end
+  -- Forget what has left every window that can still matter.
+  local head = 1
+  while head <= n and timeAt(head) <= now - w do
+    total = total - costs[head]
+    head = head + 1
+  end
+  -- Writes what changed: pruned entries, the new one, the total.
+  local function save(entry)
+    if fresh then
+      if entry then redis.call("RPUSH", key, header .. num(total), entry) end
+      return
+    end
+    local pruned = head - 1
+    -- Keeps the last pruned entry at index 0, where the total then goes.
+    if pruned > 0 then redis.call("LTRIM", key, pruned, -1) end
+    if entry then redis.call("RPUSH", key, entry) end
+    if pruned > 0 or entry then redis.call("LSET", key, 0, header .. num(total)) end
+  end
+  local last = now
+  if n >= head then
+    if n <= loaded then
+      last = times[n]
+    else
+      local s = redis.call("LINDEX", key, -1)
+      last = tonumber(string.sub(s, 1, string.find(s, ":", 1, true) - 1))
     end
   end
+  local start = math.max(now, last)
+  -- What counts at start: the total, less entries that will have left the
+  -- window by then (only when reservations reach into the future).
+  local used = total
+  local first = head
+  while first <= n and timeAt(first) <= start - w do
+    used = used - costs[first]
+    first = first + 1
+  end
+  local remainingNow = math.max(0, limit - used)
+  if cost > limit then
+    save(nil)
+    return { 0, num(w), num(remainingNow) }
+  end
+  local at = start
+  if used + cost > limit then
+    for i = first, n do
+      load(i)
+      used = used - costs[i]
+      if used + cost <= limit then
+        at = times[i] + w
+        break
+      end
+    end
+  end
+  local wait = at - now
+  if wait > maxWait then
+    save(nil)
+    return { 0, num(wait), num(remainingNow) }
+  end
+  total = total + cost
+  save(num(at) .. ":" .. num(cost))
+  -- Once the last reservation has left the window, the log is the same as an empty one.
+  redis.call("PEXPIRE", key, ttl(wait + w))
+  return { 1, num(wait), num(math.max(0, limit - used - cost)) }
 end
-local wait = at - now
-if wait > maxWait then
-  save(nil)
-  return { 0, num(wait), num(remainingNow) }
+`
+
+export const acquireLua = acquireFunction + `
+local now
+if ARGV[6] ~= nil and ARGV[6] ~= "" then
+  now = tonumber(ARGV[6])
+else
+  now = nowOf(redis.call("TIME"))
 end
-total = total + cost
-save(num(at) .. ":" .. num(cost))
--- Once the last reservation has left the window, the log is the same as an empty one.
-redis.call("PEXPIRE", key, ttl(wait + w))
-return { 1, num(wait), num(math.max(0, limit - used - cost)) }
+return acquire(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), maxWaitOf(ARGV[5]), now)
+`
+
+/**
+ * {@link acquireLua} for several requests in one call, decided one after
+ * the other in the order given, at one instant (one `TIME`): what as many
+ * calls of `acquireLua` in a row would decide, for one round trip.
+ *
+ * KEYS: the limiter keys, one per request (a key may repeat). ARGV: five per
+ * request, as `acquireLua`'s first five. Returns the three values of each
+ * decision, one request after the other.
+ */
+export const acquireManyLua = acquireFunction + `
+local now = nowOf(redis.call("TIME"))
+local out = {}
+for i = 1, #KEYS do
+  local j = (i - 1) * 5
+  local r = acquire(KEYS[i], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), maxWaitOf(ARGV[j + 5]), now)
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+end
+return out
 `
 
 /**
@@ -401,6 +429,7 @@ interface Client extends IORedis {
     cost: string,
     maxWaitMillis: string
   ): Promise<[number, string, string]>
+  breakwaterAcquireMany(numberOfKeys: number, ...keysThenArgs: ReadonlyArray<string>): Promise<Array<number | string>>
   breakwaterCooldownStart(hash: string, upstream: string, until: string, reason: string, now: string, channel: string): Promise<number>
 }
 
@@ -492,6 +521,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         // listener ioredis would print every reconnection error.
         client.on("error", () => {})
         client.defineCommand("breakwaterAcquire", { numberOfKeys: 1, lua: acquireLua })
+        client.defineCommand("breakwaterAcquireMany", { lua: acquireManyLua })
         client.defineCommand("breakwaterCooldownStart", { numberOfKeys: 1, lua: cooldownStartLua })
         client.defineCommand("breakwaterReserve", { numberOfKeys: 3, lua: reserveLua })
         client.defineCommand("breakwaterSettle", { numberOfKeys: 3, lua: settleLua })
@@ -583,6 +613,65 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     // -- rate limits
 
     const rateLimiterMemory = yield* RateLimiter.makeStoreMemory
+
+    /** What `acquire` answers while Redis fails: the memory twin, counted and warned about (once). */
+    const acquireFallback = (req: RateLimiter.AcquireRequest, cause: unknown): Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError> =>
+      Effect.zipRight(
+        Effect.zipRight(Metric.increment(fallbacks["rate-limiter"]), markFailing("rate-limiter", cause)),
+        rateLimiterMemory.acquire(req)
+      )
+
+    /**
+     * The fiberless takes (`unsafeAcquireAsync`, a server's fast path) that
+     * arrived in one turn of the event loop, sent as one script call when
+     * its I/O callbacks are done (`setImmediate`: no timer, no wait beyond
+     * the turn): each decided in Redis in arrival order, as that many
+     * `acquire` calls in a row would be, for one round trip and one reply.
+     * Under load that is several requests per call; alone, one.
+     */
+    interface Take {
+      readonly req: RateLimiter.AcquireRequest
+      readonly done: (decision: RateLimiter.Decision | Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError>) => void
+    }
+    let takes: Array<Take> = []
+    let takesScheduled = false
+    // Bounds one script's run (Redis serves nothing else meanwhile).
+    const MAX_TAKES = 64
+    const sendTakes = (): void => {
+      takesScheduled = false
+      const batch = takes
+      takes = []
+      if (batch.length === 0) return
+      if (redis.status !== "ready") {
+        const cause = new NotReady(redis.status)
+        for (const t of batch) t.done(acquireFallback(t.req, cause))
+        return
+      }
+      const args = new Array<string>(batch.length * 6)
+      for (let i = 0; i < batch.length; i++) {
+        const req = batch[i]!.req
+        args[i] = `${prefix}rl:${req.key}`
+        const j = batch.length + i * 5
+        args[j] = req.algorithm
+        args[j + 1] = numberArg(req.limit)
+        args[j + 2] = numberArg(req.windowMillis)
+        args[j + 3] = numberArg(req.cost)
+        args[j + 4] = Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+      }
+      redis.breakwaterAcquireMany(batch.length, ...args).then((reply) => {
+        const back = failing ? markHealthy : undefined
+        for (let i = 0; i < batch.length; i++) {
+          const millis = Number(reply[i * 3 + 1])
+          const remaining = Number(reply[i * 3 + 2])
+          const decision: RateLimiter.Decision = Number(reply[i * 3]) === 1
+            ? { granted: true, waitMillis: millis, remaining }
+            : { granted: false, retryAfterMillis: millis, remaining }
+          batch[i]!.done(back === undefined ? decision : Effect.as(back, decision))
+        }
+      }, (cause: unknown) => {
+        for (const t of batch) t.done(acquireFallback(t.req, cause))
+      })
+    }
     const rateLimiter: Stores["rateLimiter"] = {
       acquire: (req) =>
         orFallback(
@@ -604,7 +693,16 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
                 : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
           ),
           () => rateLimiterMemory.acquire(req)
-        )
+        ),
+      unsafeAcquireAsync: (req, done) => {
+        if (redis.status !== "ready") return done(acquireFallback(req, new NotReady(redis.status)))
+        takes.push({ req, done })
+        if (takes.length >= MAX_TAKES) sendTakes()
+        else if (!takesScheduled) {
+          takesScheduled = true
+          setImmediate(sendTakes)
+        }
+      }
     }
 
     // -- cooldowns

@@ -66,7 +66,7 @@
  *   models: { gpt-4.1: { input: 2.00, output: 8.00, cachedInput: 0.50 } }   # USD per million tokens
  *   unknown: highest                      # highest | reject | { input, output }: unpriced models, keys with a budget
  *   estimatedOutputTokens: 1024           # budget reservations, for requests without max_tokens
- * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:" }
+ * store: { kind: memory }                 # or { kind: redis, url: ..., prefix: "breakwater:", commandTimeout: 50ms }
  * telemetry:                              # traces over OTLP/HTTP; off without an endpoint
  *   otlp:
  *     endpoint: http://otel-collector:4318   # spans go to <endpoint>/v1/traces
@@ -306,6 +306,8 @@ export type StoreConfig =
     /** May hold a password, hence redacted. */
     readonly url: Redacted.Redacted<string>
     readonly prefix: string
+    /** How long a Redis command may take before that call is answered from memory. Default 50 ms. */
+    readonly commandTimeout: Duration.Duration
   }
 
 /**
@@ -806,7 +808,8 @@ const File = Schema.Struct({
   store: opt(Schema.Struct({
     kind: opt(oneOf(["memory", "redis"] as const)),
     url: opt(RedisUrl),
-    prefix: opt(NonEmptyString)
+    prefix: opt(NonEmptyString),
+    commandTimeout: opt(PositiveDur)
   })),
   telemetry: opt(Schema.Struct({
     otlp: opt(Schema.Struct({
@@ -1539,7 +1542,7 @@ const build = (f: File, env: Env): ServerConfig => {
     },
     // A redis store without a url is refused by the cross-field checks.
     store: store.kind === "redis" && store.url !== undefined
-      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:" }
+      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:", commandTimeout: store.commandTimeout ?? Duration.millis(50) }
       : { kind: "memory" },
     ...only("telemetry", resolveTelemetry(f.telemetry, env))
   }

@@ -191,6 +191,20 @@ export interface Gateway {
    */
   readonly admitAt: (caller: Caller, model: string, estimatedTokens: number, now: number) => Admitted | KeyRateLimited | undefined
   /**
+   * {@link admitAt} for a key without a budget whose limits decide
+   * elsewhere (Redis store): the admission to start, which gives `done`,
+   * once the store has answered (without a fiber), what `admitAt` would
+   * return, or, while the store answers from its fallback, the effect that
+   * admits as `admit` does. Undefined: call `admit` (nothing was taken).
+   * `done` must not throw.
+   */
+  readonly admitLater: (
+    caller: Caller,
+    model: string,
+    estimatedTokens: number,
+    now: number
+  ) => ((done: (admitted: Admitted | KeyRateLimited | Effect.Effect<Admitted, KeyRateLimited>) => void) => void) | undefined
+  /**
    * {@link settle} without an Effect, for a request that holds no
    * reservation (a key without a budget): its charge. Undefined: call `settle`.
    */
@@ -385,6 +399,63 @@ export const make = (
       return free(caller, model)
     }
 
+    /** A limit's take: undefined (granted) or the wait, now or once the store has answered; or the effect for it. */
+    const take = (
+      limiter: RateLimiter.RateLimiter,
+      key: string,
+      cost: number,
+      now: number,
+      done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiter.RateLimiterStoreError>) => void
+    ): void => {
+      if (limiter.unsafeTake !== undefined) return done(limiter.unsafeTake(key, cost, now, NO_TAGS))
+      limiter.unsafeTakeAsync!(key, cost, NO_TAGS, done)
+    }
+    const canTake = (limiter: RateLimiter.RateLimiter | undefined): boolean =>
+      limiter === undefined || limiter.unsafeTake !== undefined || limiter.unsafeTakeAsync !== undefined
+
+    const admitLater = (
+      caller: Caller,
+      model: string,
+      estimatedTokens: number,
+      now: number
+    ): ((done: (admitted: Admitted | KeyRateLimited | Effect.Effect<Admitted, KeyRateLimited>) => void) => void) | undefined => {
+      if (caller.budgetUsd !== undefined) return undefined
+      const requests = caller.requestLimit
+      const tokens = caller.tokenLimit
+      if (!canTake(requests) || !canTake(tokens)) return undefined
+      const cost = Math.max(1, estimatedTokens)
+      const refused = (limit: "requests" | "tokens", wait: number) =>
+        new KeyRateLimited({ key: caller.name, limit, retryAfter: Duration.millis(wait) })
+      // A store answering from its fallback: the rest as `admit` runs it (a failing store admits).
+      const later = (
+        wait: Effect.Effect<number | undefined, RateLimiter.RateLimiterStoreError>,
+        limit: "requests" | "tokens",
+        rest: Effect.Effect<void, KeyRateLimited>
+      ): Effect.Effect<Admitted, KeyRateLimited> =>
+        Effect.flatMap(
+          Effect.orElseSucceed(wait, () => undefined),
+          (w) => w === undefined ? Effect.as(rest, free(caller, model)) : Effect.fail(refused(limit, w))
+        )
+      // Requests first, then tokens, as `admit` takes them.
+      return (done) => {
+        const second = (): void => {
+          if (tokens === undefined) return done(free(caller, model))
+          take(tokens, caller.name, cost, now, (wait) => {
+            if (Effect.isEffect(wait)) return done(later(wait, "tokens", Effect.void))
+            done(wait === undefined ? free(caller, model) : refused("tokens", wait))
+          })
+        }
+        if (requests === undefined) return second()
+        take(requests, caller.name, 1, now, (wait) => {
+          if (Effect.isEffect(wait)) {
+            return done(later(wait, "requests", tokens === undefined ? Effect.void : limits({ ...caller, requestLimit: undefined }, estimatedTokens)))
+          }
+          if (wait !== undefined) return done(refused("requests", wait))
+          second()
+        })
+      }
+    }
+
     const admit = (
       caller: Caller,
       admission: Admission,
@@ -528,6 +599,7 @@ export const make = (
       admit,
       admitNow,
       admitAt,
+      admitLater,
       settle,
       settleNow: settleFree,
       release,

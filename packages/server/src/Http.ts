@@ -11,7 +11,7 @@ import { Cooldown, type Hedge, Health, OpenAI, Relay, type Upstream } from "@bre
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
-import type * as Cause from "effect/Cause"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -1014,17 +1014,95 @@ export const make = (options: Options) =>
       const controls = Controls.read(request.headers, chat.model, relay)
       if (controls !== undefined && Controls.isInvalid(controls)) return undefined
       const tokens = OpenAI.estimateTokens(chat)
-      const admitted = gateway.admitAt(who, chat.model, tokens, clock.unsafeCurrentTimeMillis())
-      if (admitted === undefined) return undefined
+      const now = clock.unsafeCurrentTimeMillis()
+      const admitted = gateway.admitAt(who, chat.model, tokens, now)
+      if (admitted === undefined) {
+        const later = gateway.admitLater(who, chat.model, tokens, now)
+        return later === undefined ? undefined : fastLater(request, body, caller, started, reply, who, chat, controls, later)
+      }
       // Taken: from here the request is this path's (or, handed over, the general path's from where it is).
       const log = openLog(request, "/v1/chat/completions", started)
       request.state = log
       log.key = who.name
       log.model = chat.model
       if ("_tag" in admitted) return replied(refusal(admitted), log, true, false)
-      const options: Relay.CallOptions = controls === undefined
+      return fastCall(request, body, caller, reply, who, chat, controls, log, admitted)
+    }
+
+    /**
+     * {@link fast} for a key whose limits decide elsewhere (Redis): the log
+     * is opened, the store asked (one command, no fiber), and the call
+     * started from its answer as {@link fast} starts it; a refusal is the
+     * same 429. Returns the request's cancel: a caller that hangs up while
+     * the store has not answered is logged as 499 and nothing is called
+     * (what the store took stays taken, as on the general path).
+     */
+    const fastLater = (
+      request: Incoming,
+      body: string,
+      caller: Relay.Caller,
+      started: number,
+      reply: (answer: Reply | Effect.Effect<Reply>) => void,
+      who: Caller,
+      chat: OpenAI.ChatCompletionRequest,
+      controls: Controls.Controls | undefined,
+      later: NonNullable<ReturnType<Gateway["admitLater"]>>
+    ): Relay.Cancel => {
+      const log = openLog(request, "/v1/chat/completions", started)
+      request.state = log
+      log.key = who.name
+      log.model = chat.model
+      let cancel: Relay.Cancel | undefined
+      let gone = false
+      later((admitted) => {
+        if (gone) return
+        try {
+          if (Effect.isEffect(admitted)) {
+            // The store answered from its fallback: the rest as the general path runs it.
+            return reply(Effect.matchEffect(admitted, {
+              onFailure: (e) => replied(refusal(e), log, true, false),
+              onSuccess: (a) =>
+                Effect.flatMap(
+                  relayedJson(log, a, relay.chat(chat, optionsOf(request, body, who, controls))),
+                  (response) => replied(response, log, true, false)
+                )
+            }))
+          }
+          if ("_tag" in admitted) return reply(replied(refusal(admitted), log, true, false))
+          const call = fastCall(request, body, caller, reply, who, chat, controls, log, admitted)
+          if (Effect.isEffect(call)) reply(call)
+          else cancel = call
+        } catch (defect) {
+          // A defect of this plain code: a 500 and its log, as a request fiber's defect is.
+          reply(Effect.flatMap(unexpected(Cause.die(defect)), (response) => replied(response, log, true, false)))
+        }
+      })
+      return (then) => {
+        if (cancel !== undefined) return cancel(then)
+        gone = true
+        writeLog(log, 499)
+        then(Effect.void)
+      }
+    }
+
+    const optionsOf = (request: Incoming, body: string, who: Caller, controls: Controls.Controls | undefined): Relay.CallOptions =>
+      controls === undefined
         ? { key: who.name, rawBody: body, cache: cacheControl(request) }
         : { key: who.name, rawBody: body, cache: cacheControl(request), ...controls }
+
+    /** {@link fast}'s call, once the request is admitted: the relay's hot path, or the effect it hands over. */
+    const fastCall = (
+      request: Incoming,
+      body: string,
+      caller: Relay.Caller,
+      reply: (answer: Reply | Effect.Effect<Reply>) => void,
+      who: Caller,
+      chat: OpenAI.ChatCompletionRequest,
+      controls: Controls.Controls | undefined,
+      log: Log,
+      admitted: Admitted
+    ): Effect.Effect<Reply> | Relay.Cancel => {
+      const options = optionsOf(request, body, who, controls)
       const general = (call: Effect.Effect<Relay.Result, Relay.RelayError>): Effect.Effect<Reply> =>
         Effect.flatMap(relayedJson(log, admitted, call), (response) => replied(response, log, true, false))
       const call = relay.unsafeChat(caller, chat, options, (result) => {

@@ -67,12 +67,13 @@ const loadRedis = (): Promise<typeof Redis> => import("@breakwater/core/Redis")
 const redisStores = (
   config: ServerConfig,
   url: Redacted.Redacted<string>,
-  prefix: string
+  prefix: string,
+  commandTimeout: Duration.Duration
 ): Layer.Layer<
   RateLimiter.RateLimiterStore | Cooldown.CooldownStore | Spend.SpendStore | ResponseCache.ResponseCache
 > => {
   const shared = Layer.unwrapEffect(
-    Effect.map(Effect.promise(loadRedis), (Redis) => Redis.layer({ url: Redacted.value(url), prefix }))
+    Effect.map(Effect.promise(loadRedis), (Redis) => Redis.layer({ url: Redacted.value(url), prefix, commandTimeout }))
   )
   return Layer.merge(shared, ResponseCache.layer({ ttl: config.cache.ttl }).pipe(Layer.provide(shared)))
 }
@@ -90,7 +91,7 @@ export const storesLayer = (config: ServerConfig): Layer.Layer<Stores> =>
   // `store.kind` switches every shared store at once. Layers are memoised
   // by reference, so each store (and the Redis connection) is built once.
   config.store.kind === "redis"
-    ? redisStores(config, config.store.url, config.store.prefix)
+    ? redisStores(config, config.store.url, config.store.prefix, config.store.commandTimeout)
     : Layer.mergeAll(
       RateLimiter.layerStoreMemory,
       Cooldown.layerStoreMemory,

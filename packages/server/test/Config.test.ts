@@ -522,7 +522,12 @@ healthCheck: { interval: ${value}, timeout: ${value} }
     if (config.store.kind === "redis") {
       expect(Redacted.value(config.store.url)).toBe("redis://localhost:6379/0")
       expect(config.store.prefix).toBe("breakwater:")
+      expect(Duration.toMillis(config.store.commandTimeout)).toBe(50)
     }
+    const slow = ok(parse(`${minimal}\nstore: { kind: redis, url: "redis://localhost:6379/0", commandTimeout: 2s }\n`))
+    expect(slow.store.kind === "redis" && Duration.toMillis(slow.store.commandTimeout)).toBe(2_000)
+    expect(invalid(parse(`${minimal}\nstore: { kind: redis, url: "redis://localhost:6379/0", commandTimeout: 0s }\n`)).problems[0]?.path)
+      .toBe("store.commandTimeout")
     expect(invalid(parse(`${minimal}\nstore: { kind: redis, url: "http://x" }\n`)).problems).toEqual([
       { path: "store.url", message: "expected a redis:// or rediss:// URL" }
     ])

@@ -309,3 +309,103 @@ describe("the fast path's admission and key lookup (admitAt, identify's cache)",
       expect(g.identify("Bearer secret-a")).toBe(a)
     }))
 })
+
+describe("the fast path's admission for limits decided elsewhere (admitLater)", () => {
+  /**
+   * A store that decides elsewhere, as Redis does: no synchronous decision,
+   * a fiberless one answered when `flush` says the store has answered (the
+   * memory store's arithmetic at the TestClock's time), or, while `down`,
+   * the fallback effect the Redis store hands back.
+   */
+  const remote = Effect.gen(function*() {
+    const memory = yield* RateLimiter.makeStoreMemory
+    const clock = yield* Effect.clock
+    const queue: Array<() => void> = []
+    const state = { down: false, asked: 0 }
+    const store: Effect.Effect.Success<typeof RateLimiter.RateLimiterStore> = {
+      acquire: memory.acquire,
+      unsafeAcquireAsync: (req, done) => {
+        state.asked++
+        if (state.down) return done(memory.acquire(req))
+        queue.push(() => done(memory.unsafeAcquire!(req, clock.unsafeCurrentTimeMillis())))
+      }
+    }
+    const flush = () => {
+      while (queue.length > 0) queue.shift()!()
+    }
+    return { store, flush, state }
+  })
+
+  const others = Layer.mergeAll(Spend.layerStoreMemory, Pricing.layer({ cheap: { input: 1, output: 1 } }))
+
+  it.effect("takes the limits admit takes, in its order, answers once the store has, and refuses as admit refuses (TestClock)", () =>
+    Effect.gen(function*() {
+      const keys = [key("rpm", { requestsPerMinute: 2 }), key("both", { requestsPerMinute: 3, tokensPerMinute: 100 }), key("budget", { budgetUsd: 1, requestsPerMinute: 5 })]
+      const r = yield* remote
+      const later = yield* Gateway.make(keys).pipe(Effect.provideService(RateLimiter.RateLimiterStore, r.store), Effect.provide(others))
+      const reference = yield* make(keys)
+      const now = () => Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
+      // A key with a budget holds a reservation: not here; nothing asked of the store.
+      expect(later.admitLater(later.identify("Bearer secret-budget") as Gateway.Caller, "cheap", 1, yield* now())).toBeUndefined()
+      expect(r.state.asked).toBe(0)
+      const run = (c: Gateway.Caller, tokens: number) =>
+        Effect.gen(function*() {
+          // Decided elsewhere: admitAt cannot answer.
+          expect(later.admitAt(c, "cheap", tokens, yield* now())).toBeUndefined()
+          const start = later.admitLater(c, "cheap", tokens, yield* now())!
+          const answers: Array<unknown> = []
+          start((a) => answers.push(a))
+          // Nothing until the store has answered.
+          expect(answers).toEqual([])
+          r.flush()
+          expect(answers).toHaveLength(1)
+          return answers[0]
+        })
+      for (const [name, tokens] of [["rpm", 1], ["both", 40], ["both", 40], ["both", 40], ["both", 1], ["both", 1]] as const) {
+        const a = later.identify(`Bearer secret-${name}`) as Gateway.Caller
+        const b = reference.identify(`Bearer secret-${name}`) as Gateway.Caller
+        for (let i = 0; i < (name === "rpm" ? 3 : 1); i++) {
+          const got = yield* run(a, tokens)
+          const expected = yield* Effect.either(reference.admit(b, { model: "cheap", promptTokens: tokens, maxOutputTokens: 0 }, tokens))
+          if (Either.isRight(expected)) {
+            expect(got, `${name} #${i}`).toEqual({ caller: a, model: "cheap", hold: undefined, done: false })
+          } else {
+            expect(got, `${name} #${i}`).toBeInstanceOf(Gateway.KeyRateLimited)
+            expect((got as Gateway.KeyRateLimited).message).toBe(expected.left.message)
+            expect(Duration.toMillis((got as Gateway.KeyRateLimited).retryAfter)).toBe(Duration.toMillis((expected.left as Gateway.KeyRateLimited).retryAfter))
+          }
+        }
+      }
+      // "both": 40 + 40 tokens admitted, the third 40 refused by tokens (its request counted, as admit counts it),
+      // then a request refused by requests (3 a minute) before its tokens are asked for.
+      const both = later.identify("Bearer secret-both") as Gateway.Caller
+      const asked = r.state.asked
+      expect(yield* run(both, 1)).toMatchObject({ limit: "requests" })
+      expect(r.state.asked).toBe(asked + 1)
+      yield* TestClock.adjust(Duration.minutes(2))
+      expect(yield* run(both, 1)).toEqual({ caller: both, model: "cheap", hold: undefined, done: false })
+    }))
+
+  it.effect("a store answering from its fallback: the effect that admits as admit does", () =>
+    Effect.gen(function*() {
+      const r = yield* remote
+      const g = yield* Gateway.make([key("both", { requestsPerMinute: 1, tokensPerMinute: 100 })]).pipe(
+        Effect.provideService(RateLimiter.RateLimiterStore, r.store),
+        Effect.provide(others)
+      )
+      r.state.down = true
+      const c = g.identify("Bearer secret-both") as Gateway.Caller
+      const answer = (tokens: number) => {
+        let got: unknown
+        g.admitLater(c, "cheap", tokens, 0)!((a) => {
+          got = a
+        })
+        if (!Effect.isEffect(got)) throw new Error("expected an effect")
+        return Effect.either(got as Effect.Effect<Gateway.Admitted, Gateway.KeyRateLimited>)
+      }
+      expect(yield* answer(200)).toMatchObject(Either.left({ limit: "tokens" }))
+      expect(yield* answer(10)).toMatchObject(Either.left({ limit: "requests" }))
+      yield* TestClock.adjust(Duration.minutes(2))
+      expect(yield* answer(10)).toEqual(Either.right({ caller: c, model: "cheap", hold: undefined, done: false }))
+    }))
+})

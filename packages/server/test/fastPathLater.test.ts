@@ -1,0 +1,168 @@
+/**
+ * The fast path's admission by a store that decides elsewhere (Redis), at
+ * the handler: `Http.Handler.fast` hands back the request's cancel while the
+ * store has not answered, starts the call from the answer, and a caller who
+ * hangs up before the answer is logged as 499 with no upstream call. The
+ * store here holds each decision until the test releases it (the memory
+ * store's arithmetic), so the moments are the test's, not a race.
+ */
+import { Cooldown, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Runtime from "effect/Runtime"
+import * as Scope from "effect/Scope"
+import { describe, expect, it } from "vitest"
+import * as Config from "../src/Config.js"
+import * as Gateway from "../src/Gateway.js"
+import * as Http from "../src/Http.js"
+import * as RequestLog from "../src/RequestLog.js"
+import { configOf } from "./helpers/e2e.js"
+
+const COMPLETION = JSON.stringify({
+  id: "chatcmpl-1",
+  object: "chat.completion",
+  created: 0,
+  model: "gpt-4.1",
+  choices: [{ index: 0, message: { role: "assistant", content: "Hi." }, finish_reason: "stop" }],
+  usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 }
+})
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+
+/** The real handler, its rate limits in a store that answers when `release` is called, and an upstream that answers at once. */
+const setup = async () => {
+  const config = configOf(`
+keys:
+  - { name: team, key: sk-team-key, requestsPerMinute: 2 }
+upstreams:
+  - { name: memory, baseUrl: "http://127.0.0.1:1/v1", apiKey: sk-up, models: ["gpt-4.1"], maxConcurrent: 100 }
+cache: { enabled: false }
+`)
+  let calls = 0
+  const client = UpstreamClient.UpstreamClient.of({
+    post: () => {
+      calls++
+      return Effect.succeed({ status: 200, headers: { "content-type": "application/json" }, text: COMPLETION })
+    },
+    get: () => Effect.succeed({ status: 200, headers: {}, text: "{}" }),
+    postStream: () => Effect.die("not used")
+  })
+  const memory = Effect.runSync(RateLimiter.makeStoreMemory)
+  const held: Array<() => void> = []
+  let asked = 0
+  const remote = RateLimiter.RateLimiterStore.of({
+    acquire: memory.acquire,
+    unsafeAcquireAsync: (req, done) => {
+      asked++
+      held.push(() => done(memory.unsafeAcquire!(req, Date.now())))
+    }
+  })
+  const stores = Layer.mergeAll(
+    Layer.succeed(RateLimiter.RateLimiterStore, remote),
+    Cooldown.layerStoreMemory,
+    Spend.layerStoreMemory,
+    ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
+  )
+  const pricing = Pricing.layer(config.pricing)
+  const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
+    Layer.provide(Layer.mergeAll(stores, Layer.succeed(UpstreamClient.UpstreamClient, client), pricing))
+  )
+  const gateway = Layer.effect(Gateway.Gateway, Gateway.make(config.keys))
+  const scope = Effect.runSync(Scope.make())
+  const built = await Effect.runPromise(
+    Scope.extend(Layer.build(gateway.pipe(Layer.provideMerge(relay), Layer.provideMerge(Layer.merge(stores, pricing)))), scope)
+  )
+  const lines: Array<Record<string, unknown>> = []
+  const requestLog = RequestLog.make({
+    sink: (chunk) => {
+      for (const l of chunk.split("\n")) if (l !== "") lines.push(JSON.parse(l) as Record<string, unknown>)
+    }
+  })
+  const context = Context.add(built, RequestLog.RequestLog, requestLog)
+  const handler = await Effect.runPromise(Effect.provide(Http.make({ maxBodyBytes: 1 << 20, adminKey: undefined }), context))
+  const runtime = await Effect.runPromise(Effect.provide(Effect.runtime<never>(), context))
+  const caller = Relay.callerOf(runtime)
+  const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "hello" }] })
+  /** One request through the fast path: what `fast` returned, and what `reply` got (as a Reply, effects run). */
+  const send = (id: string) => {
+    const incoming: Http.Incoming = {
+      method: "POST",
+      url: "/v1/chat/completions",
+      headers: { authorization: "Bearer sk-team-key", "x-request-id": id },
+      body: Effect.succeed(body),
+      state: undefined
+    }
+    const replies: Array<Http.Reply> = []
+    const taken = handler.fast(incoming, body, caller, performance.now(), (answer) => {
+      if (Effect.isEffect(answer)) Runtime.runPromise(runtime)(answer).then((r) => replies.push(r))
+      else replies.push(answer)
+    })
+    return { taken, replies }
+  }
+  const release = () => {
+    while (held.length > 0) held.shift()!()
+  }
+  return {
+    send,
+    release,
+    lines,
+    calls: () => calls,
+    asked: () => asked,
+    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
+
+describe("the fast path, admitted by a store that decides elsewhere", () => {
+  it("waits for the store's answer without a fiber, then calls; over the limit, the 429 with Retry-After", async () => {
+    const t = await setup()
+    try {
+      const first = t.send("later-1")
+      // The store has been asked; nothing is answered or called before it answers.
+      expect(typeof first.taken).toBe("function")
+      expect(t.asked()).toBe(1)
+      await nextTurn()
+      expect(first.replies).toHaveLength(0)
+      expect(t.calls()).toBe(0)
+      t.release()
+      for (let i = 0; i < 50 && first.replies.length === 0; i++) await nextTurn()
+      expect(first.replies.map((r) => r.status)).toEqual([200])
+      expect(t.calls()).toBe(1)
+      t.send("later-2")
+      const third = t.send("later-3")
+      t.release()
+      for (let i = 0; i < 50 && third.replies.length === 0; i++) await nextTurn()
+      expect(third.replies[0]?.status).toBe(429)
+      expect(third.replies[0]?.headers["retry-after"]).toMatch(/^\d+$/)
+      expect(t.calls()).toBe(2)
+      for (let i = 0; i < 50 && !t.lines.some((l) => l["requestId"] === "later-3"); i++) await nextTurn()
+      expect(t.lines.find((l) => l["requestId"] === "later-3")).toMatchObject({ status: 429, key: "team" })
+    } finally {
+      await t.close()
+    }
+  })
+
+  it("a caller who hangs up before the store answers: a 499 line, no upstream call, no reply", async () => {
+    const t = await setup()
+    try {
+      const { replies, taken } = t.send("gone-1")
+      expect(typeof taken).toBe("function")
+      let left: unknown
+      ;(taken as Relay.Cancel)((handoff) => {
+        left = handoff
+      })
+      expect(left).toBe(Effect.void)
+      // The store answers after all (admitted): nothing more happens.
+      t.release()
+      for (let i = 0; i < 5; i++) await nextTurn()
+      expect(replies).toHaveLength(0)
+      expect(t.calls()).toBe(0)
+      const lines = t.lines.filter((l) => l["requestId"] === "gone-1")
+      expect(lines).toHaveLength(1)
+      expect(lines[0]).toMatchObject({ status: 499, key: "team", model: "gpt-4.1", upstream: null })
+    } finally {
+      await t.close()
+    }
+  })
+})
