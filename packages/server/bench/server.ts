@@ -10,9 +10,18 @@
  * rate-limit store. Prints requests per second, p50 / p99 latency, the
  * latency Breakwater adds, and each server's CPU per request and RSS.
  *
- * Sequential pass: one connection, one request at a time, 2,000 requests
- * (after 200 to warm up) to each target: the latency the gateway adds when
- * nothing queues, p50 and p99. Redis (redis-server, when it is on the PATH)
+ * Sequential pass: one connection per target, one request at a time, 2,000
+ * requests (after 200 to warm up) to each target, the targets taking turns
+ * (100 requests each, in a new random order every round) so that other work on
+ * the machine falls on every row alike: the latency the gateway adds when
+ * nothing queues, p50 and p99, minus direct and minus a plain node:http +
+ * undici proxy (bench/plain-proxy.ts, its own process: what a second
+ * loopback hop costs by itself), and each server's CPU per request
+ * (/proc/PID/schedstat, over its own turns). `BENCH_SEQ_COUNT` sets the
+ * count; `BENCH_ONLY=sequential` runs this pass alone. The gateways' stdout
+ * (a line per request) goes to a temporary file, as a server's log would,
+ * not to this process, which measures (`BENCH_GATEWAY_STDOUT=pipe`: here,
+ * as before). Redis (redis-server, when it is on the PATH)
  * is started by this script on 127.0.0.1 on a free port, without
  * persistence, and stopped at the end. `BENCH_BASELINE=DIR` adds the
  * in-memory Breakwater of another checkout (its built bin) to each pass.
@@ -20,9 +29,9 @@
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, readFileSync, writeFileSync } from "node:fs"
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
-import { availableParallelism, tmpdir } from "node:os"
+import { availableParallelism, loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 
 const CONNECTIONS = Number(process.env["BENCH_CONNECTIONS"] ?? 50)
@@ -32,22 +41,47 @@ const DURATION = Number(process.env["BENCH_DURATION"] ?? 10)
 const CONSOLE_PAIRS = Math.max(1, Number(process.env["BENCH_CONSOLE_PAIRS"] ?? 3))
 /** `BENCH_ONLY=console`: only the console's A/B (the other rows left out), for a longer run of it alone. */
 const ONLY_CONSOLE = process.env["BENCH_ONLY"] === "console"
+/** `BENCH_ONLY=sequential`: only the sequential pass (no load rows, no console A/B). */
+const ONLY_SEQUENTIAL = process.env["BENCH_ONLY"] === "sequential"
 const root = new URL("../../../", import.meta.url).pathname
 
 const children: Array<ChildProcess> = []
 const cleanup = () => {
   for (const c of children) c.kill("SIGKILL")
+  for (const f of tempFiles) rmSync(f, { force: true })
 }
 process.on("exit", cleanup)
 
-/** Spawns a process and resolves with the first stdout line matching `ready`. */
-const launch = (cmd: string, args: Array<string>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
+/**
+ * Where the gateways' stdout (their request lines) goes: `file` (the default), a temporary file,
+ * as a server's log would go to a file or a collector; `pipe`, this process, which then reads
+ * every line on the same event loop that measures the requests.
+ */
+const GATEWAY_STDOUT = process.env["BENCH_GATEWAY_STDOUT"] === "pipe" ? "pipe" : "file"
+const tempFiles: Array<string> = []
+
+/** Spawns a process and resolves with the first stdout line matching `ready` (stdout to a file when `toFile`). */
+const launch = (cmd: string, args: Array<string>, ready: RegExp, toFile = false): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
   new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    const file = toFile ? join(tmpdir(), `breakwater-bench-${process.pid}-stdout-${tempFiles.length}.log`) : undefined
+    const fd = file === undefined ? undefined : openSync(file, "w")
+    if (file !== undefined) tempFiles.push(file)
+    const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", fd ?? "pipe", "pipe"] })
+    if (fd !== undefined) closeSync(fd)
     children.push(child)
     let buffer = ""
     const timer = setTimeout(() => reject(new Error(`${args.join(" ")} did not start`)), 20_000)
-    child.stdout!.on("data", (d: Buffer) => {
+    if (file !== undefined) {
+      const poll = setInterval(() => {
+        const m = readFileSync(file, "utf8").match(ready)
+        if (m) {
+          clearInterval(poll)
+          clearTimeout(timer)
+          resolve({ child, match: m })
+        }
+      }, 25)
+      child.once("exit", () => clearInterval(poll))
+    } else child.stdout!.on("data", (d: Buffer) => {
       buffer += d.toString()
       const m = buffer.match(ready)
       if (m) {
@@ -66,6 +100,9 @@ const rssOf = (pid: number) => {
   const kb = (key: string) => Number(/(\d+) kB/.exec(status.split("\n").find((l) => l.startsWith(key)) ?? "")?.[1] ?? 0)
   return { rssMb: kb("VmRSS:") / 1024, peakMb: kb("VmHWM:") / 1024 }
 }
+
+/** Nanoseconds a process (its main thread) has spent on a CPU so far (schedstat: finer than /proc's stat ticks). */
+const onCpuNs = (pid: number) => Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0])
 
 /** CPU seconds (user + system) a process has used so far. */
 const cpuOf = (pid: number) => {
@@ -107,20 +144,58 @@ const openConsole = async (base: string) => {
   return { events: () => events, close: () => controller.abort() }
 }
 
-/** One connection, one request at a time: the latency the gateway adds when it is not queueing. */
-const sequential = async (url: string, count = 2000) => {
-  const agent = new Agent({ connections: 1 })
-  const samples: Array<number> = []
+/** Sequential pass: requests per target (after SEQ_WARMUP each), sent in rounds of SEQ_ROUND per target. */
+const SEQ_COUNT = Math.max(100, Number(process.env["BENCH_SEQ_COUNT"] ?? 2000))
+const SEQ_ROUND = 100
+const SEQ_WARMUP = 200
+
+/**
+ * One connection per target, one request at a time: the latency the gateway
+ * adds when it is not queueing. The targets take turns (A B C … A B C …,
+ * SEQ_ROUND requests each, in a new random order every round), so that
+ * whatever else the machine is doing meanwhile falls on every row alike.
+ */
+const sequential = async (urls: ReadonlyArray<string>, pids: ReadonlyArray<number | undefined>) => {
   const headers = { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" }
-  for (let i = 0; i < count + 200; i++) {
-    const t0 = process.hrtime.bigint()
-    const res = await request(`${url}/chat/completions`, { method: "POST", body, headers, dispatcher: agent })
-    await res.body.text()
-    if (i >= 200) samples.push(Number(process.hrtime.bigint() - t0) / 1e6)
+  const agents = urls.map(() => new Agent({ connections: 1 }))
+  const samples = urls.map((): Array<number> => [])
+  const cpuNs = urls.map(() => 0)
+  const run = async (k: number, n: number, keep: boolean) => {
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint()
+      const res = await request(`${urls[k]}/chat/completions`, { method: "POST", body, headers, dispatcher: agents[k]! })
+      await res.body.text()
+      if (keep) samples[k]!.push(Number(process.hrtime.bigint() - t0) / 1e6)
+    }
   }
-  await agent.close()
-  samples.sort((a, b) => a - b)
-  return { p50: samples[Math.floor(count * 0.5)]!, p99: samples[Math.floor(count * 0.99)]! }
+  for (let k = 0; k < urls.length; k++) await run(k, SEQ_WARMUP, false)
+  // A fresh order every round (a fixed-seed shuffle): with a fixed rotation each target always
+  // followed the same one, and an A/A run (the same build twice) showed that alone moving p50 by
+  // 15-55 µs and CPU by 30-45 µs per request.
+  let seed = 0x9e3779b9
+  const rand = () => {
+    seed = (Math.imul(seed ^ (seed >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0
+    return seed / 2 ** 32
+  }
+  const order = urls.map((_, k) => k)
+  for (let round = 0; round * SEQ_ROUND < SEQ_COUNT; round++) {
+    for (let j = order.length - 1; j > 0; j--) {
+      const r = Math.floor(rand() * (j + 1))
+      ;[order[j], order[r]] = [order[r]!, order[j]!]
+    }
+    for (const k of order) {
+      const pid = pids[k]
+      const c0 = pid === undefined ? 0 : onCpuNs(pid)
+      await run(k, Math.min(SEQ_ROUND, SEQ_COUNT - round * SEQ_ROUND), true)
+      if (pid !== undefined) cpuNs[k]! += onCpuNs(pid) - c0
+    }
+  }
+  await Promise.all(agents.map((a) => a.close()))
+  return samples.map((xs, k) => {
+    const n = xs.length
+    xs.sort((a, b) => a - b)
+    return { p50: xs[Math.floor(n * 0.5)]!, p99: xs[Math.floor(n * 0.99)]!, cpuUs: pids[k] === undefined ? undefined : cpuNs[k]! / 1e3 / n }
+  })
 }
 
 const freePort = () =>
@@ -147,6 +222,7 @@ const main = async () => {
   let configs = 0
   const configFor = (store: string) => {
     const file = join(tmpdir(), `breakwater-bench-${process.pid}-${configs++}.yaml`)
+    tempFiles.push(file)
     writeFileSync(
       file,
       `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
@@ -157,10 +233,15 @@ const main = async () => {
     return file
   }
   const startGateway = async (name: string, bin: string, store = ""): Promise<Target> => {
-    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/)
+    const started = await launch("node", [bin, "--config", configFor(store)], /on (http:\/\/\S+)/, GATEWAY_STDOUT === "file")
     return { name, url: `${started.match[1]!}/v1`, pid: started.child.pid }
   }
   const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
+  // The reference for a second hop by itself: node:http + undici, nothing else (bench/plain-proxy.ts).
+  const plainProxy = ONLY_CONSOLE ? undefined : await (async (): Promise<Target> => {
+    const started = await launch("node", ["--import", "tsx", "packages/server/bench/plain-proxy.ts", "--upstream", upstreamUrl], /listening (\S+)/)
+    return { name: "plain proxy (node:http+undici)", url: started.match[1]!, pid: started.child.pid }
+  })()
   const memory = await startGateway("Breakwater, in-memory stores", "packages/server/bin/breakwater.js")
   const before = BASELINE === undefined || !existsSync(join(BASELINE, "packages/server/bin/breakwater.js"))
     ? undefined
@@ -182,13 +263,17 @@ const main = async () => {
   const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
-  for (const t of ONLY_CONSOLE ? [memory] : [direct, ...gateways]) {
+  for (const t of ONLY_CONSOLE ? [memory] : [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]) {
     await autocannon({ url: `${t.url}/chat/completions`, method: "POST", body, connections: 8, duration: 2, headers: { "content-type": "application/json", authorization: "Bearer sk-bench-key" } })
   }
-  const seq = new Map<Target, Awaited<ReturnType<typeof sequential>>>()
+  const seq = new Map<Target, { readonly p50: number; readonly p99: number; readonly cpuUs: number | undefined }>()
   const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
-  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) seq.set(t, await sequential(t.url))
-  if (!ONLY_CONSOLE) for (const t of [direct, ...gateways]) {
+  const seqTargets = [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]
+  if (!ONLY_CONSOLE) {
+    const results = await sequential(seqTargets.map((t) => t.url), seqTargets.map((t) => t.pid))
+    seqTargets.forEach((t, i) => seq.set(t, results[i]!))
+  }
+  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) for (const t of [direct, ...gateways]) {
     const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
     const r = await load(t.url)
     const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
@@ -202,7 +287,7 @@ const main = async () => {
   const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
   const pairRatios: Array<number> = []
   let consoleEvents = 0
-  for (let pair = 0; pair < CONSOLE_PAIRS; pair++) {
+  for (let pair = 0; pair < (ONLY_SEQUENTIAL ? 0 : CONSOLE_PAIRS); pair++) {
     const pairSides = { none: { total: 0, seconds: 0 }, console: { total: 0, seconds: 0 } }
     for (const side of ["none", "console", "console", "none"] as const) {
       const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
@@ -226,7 +311,7 @@ const main = async () => {
   const rate = (x: { total: number; seconds: number }) => x.total / Math.max(1e-9, x.seconds)
   const perReq = (x: { total: number; cpu: number }) => (x.cpu * 1e6) / Math.max(1, x.total)
 
-  if (!ONLY_CONSOLE) {
+  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) {
     const d = loads.get(direct)!.r
     const m = loads.get(memory)!
     console.log(
@@ -248,26 +333,37 @@ const main = async () => {
         } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
       )
     }
+  }
+  if (!ONLY_CONSOLE) {
     const ds = seq.get(direct)!
-    console.log(`\nsequential, 1 connection, 2000 requests (ms; added = minus direct):\n`)
-    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 |`)
-    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|`)
-    for (const t of [direct, ...gateways]) {
+    const ps = plainProxy === undefined ? undefined : seq.get(plainProxy)
+    const f = (x: number) => x.toFixed(3)
+    console.log(
+      `\nsequential, 1 connection per target, ${SEQ_COUNT} requests each (after ${SEQ_WARMUP}), the targets taking turns ${SEQ_ROUND} at a time; ` +
+        `ms; added = minus direct; over proxy = minus the plain proxy's; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}\n`
+    )
+    console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 | over proxy p50 | over proxy p99 | server CPU µs/req |`)
+    console.log(`|${"-".repeat(32)}|----:|----:|----------:|----------:|---------------:|---------------:|------------------:|`)
+    for (const t of seqTargets) {
       const x = seq.get(t)!
-      const added = t === direct ? ["—", "—"] : [(x.p50 - ds.p50).toFixed(3), (x.p99 - ds.p99).toFixed(3)]
-      console.log(`| ${t.name.padEnd(30)} | ${x.p50.toFixed(3)} | ${x.p99.toFixed(3)} | ${added[0]} | ${added[1]} |`)
+      const added = t === direct ? ["—", "—"] : [f(x.p50 - ds.p50), f(x.p99 - ds.p99)]
+      const over = t === direct || t === plainProxy || ps === undefined ? ["—", "—"] : [f(x.p50 - ps.p50), f(x.p99 - ps.p99)]
+      const cpu = x.cpuUs === undefined ? "—" : x.cpuUs.toFixed(0)
+      console.log(`| ${t.name.padEnd(30)} | ${f(x.p50)} | ${f(x.p99)} | ${added[0]} | ${added[1]} | ${over[0]} | ${over[1]} | ${cpu} |`)
     }
   }
-  const sortedRatios = [...pairRatios].sort((a, b) => a - b)
-  const medianRatio = sortedRatios.length % 2 === 1
-    ? sortedRatios[(sortedRatios.length - 1) / 2]!
-    : (sortedRatios[sortedRatios.length / 2 - 1]! + sortedRatios[sortedRatios.length / 2]!) / 2
-  console.log(
-    `\nwith one operator console open (GET /admin/events), in-memory, ${CONSOLE_PAIRS} ABBA pairs (${2 * CONSOLE_PAIRS} runs each side): ` +
-      `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}% pooled, ` +
-      `median pair ${(medianRatio * 100).toFixed(1)}% (pairs: ${pairRatios.map((x) => (x * 100).toFixed(1)).join(", ")}); ` +
-      `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
-  )
+  if (!ONLY_SEQUENTIAL) {
+    const sortedRatios = [...pairRatios].sort((a, b) => a - b)
+    const medianRatio = sortedRatios.length % 2 === 1
+      ? sortedRatios[(sortedRatios.length - 1) / 2]!
+      : (sortedRatios[sortedRatios.length / 2 - 1]! + sortedRatios[sortedRatios.length / 2]!) / 2
+    console.log(
+      `\nwith one operator console open (GET /admin/events), in-memory, ${CONSOLE_PAIRS} ABBA pairs (${2 * CONSOLE_PAIRS} runs each side): ` +
+        `${rate(sides.console).toFixed(0)} vs ${rate(sides.none).toFixed(0)} req/s without = ${((rate(sides.console) / rate(sides.none)) * 100).toFixed(1)}% pooled, ` +
+        `median pair ${(medianRatio * 100).toFixed(1)}% (pairs: ${pairRatios.map((x) => (x * 100).toFixed(1)).join(", ")}); ` +
+        `server CPU ${perReq(sides.console).toFixed(0)} vs ${perReq(sides.none).toFixed(0)} µs/req; the console read ${consoleEvents} events`
+    )
+  }
   cleanup()
 }
 

@@ -1112,8 +1112,13 @@ export const make = (options: Options) =>
           if (charged !== undefined) {
             const response = answer(log, exit.value, charged)
             response.headers["x-request-id"] = log.requestId
-            writeLog(log, response.status)
-            return reply(response)
+            // The reply first, then the line and the metrics: formatting the line must not delay
+            // the answer (the line goes out at the turn's end anyway). Its latency counts the write.
+            try {
+              return reply(response)
+            } finally {
+              writeLog(log, response.status)
+            }
           }
         }
         reply(general(result))

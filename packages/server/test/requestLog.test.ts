@@ -128,7 +128,8 @@ cache: { enabled: false }
   const handler = await Effect.runPromise(
     Effect.provide(Http.make({ maxBodyBytes: 1 << 20, adminKey: undefined }), context).pipe(Logger.withMinimumLogLevel(level))
   )
-  return { handler, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+  const runtime = await Effect.runPromise(Effect.provide(Effect.runtime<never>(), context))
+  return { handler, caller: Relay.callerOf(runtime), close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
 }
 
 const request = (id: string, model = "gpt-4.1"): Http.Incoming => ({
@@ -192,6 +193,34 @@ describe("the handler's request lines through the RequestLog", () => {
       const lines = writes.join("").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>)
       expect(lines.map((l) => [l["requestId"], l["level"]])).toEqual([["loud-502", "WARN"]])
       expect(lines[0]!["failures"]).toEqual([expect.stringContaining("memory")])
+    } finally {
+      await close()
+    }
+  })
+
+  it("the fast path hands its reply over before it writes the request's line (the line never delays the reply)", async () => {
+    const order: Array<string> = []
+    const inner = RequestLog.make({ sink: () => {} })
+    const spy: RequestLog.RequestLog = {
+      write: (level, msg, fields) => {
+        order.push(`line ${String(fields["status"])}`)
+        inner.write(level, msg, fields)
+      },
+      flush: inner.flush
+    }
+    const { caller, close, handler } = await handlerWith(LogLevel.Info, spy)
+    try {
+      const incoming = request("fast-order-1")
+      const body = await Effect.runPromise(incoming.body)
+      const replied = new Promise<Http.Reply>((resolve) => {
+        const taken = handler.fast(incoming, body!, caller, performance.now(), (answer) => {
+          order.push(Effect.isEffect(answer) ? "handed over" : `reply ${answer.status}`)
+          if (!Effect.isEffect(answer)) resolve(answer)
+        })
+        expect(typeof taken).toBe("function") // the call started: the fast path took it
+      })
+      expect((await replied).status).toBe(200)
+      expect(order).toEqual(["reply 200", "line 200"])
     } finally {
       await close()
     }
