@@ -15,7 +15,7 @@ import * as Effect from "effect/Effect"
 import * as http from "node:http"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Events from "../src/Events.js"
-import { captured, testBed, type TestServer } from "./helpers/e2e.js"
+import { lineOf, testBed, type TestServer } from "./helpers/e2e.js"
 
 const GATEWAY_KEY = "gw-key-FAST-SECRET-1"
 const LIMITED_KEY = "gw-key-FAST-LIMITED-2"
@@ -70,16 +70,6 @@ const post = async (server: TestServer, body: unknown, headers: Record<string, s
     body: typeof body === "string" ? body : JSON.stringify(body)
   })
   return { status: res.status, headers: Object.fromEntries(res.headers.entries()), body: await res.text() }
-}
-
-/** The request's log line (by its x-request-id), once written. */
-const lineOf = async (requestId: string): Promise<Record<string, unknown>> => {
-  for (let i = 0; i < 100; i++) {
-    const line = captured.logs.find((l) => l.includes(`"requestId":"${requestId}"`))
-    if (line !== undefined) return JSON.parse(line) as Record<string, unknown>
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  throw new Error(`no log line for ${requestId}`)
 }
 
 /** What may differ between two answers to the same request: the time, ids, latency. */

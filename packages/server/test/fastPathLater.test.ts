@@ -6,28 +6,16 @@
  * store here holds each decision until the test releases it (the memory
  * store's arithmetic), so the moments are the test's, not a race.
  */
-import { Cooldown, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
+import { RateLimiter, Relay, UpstreamClient } from "@breakwater/core"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Runtime from "effect/Runtime"
-import * as Scope from "effect/Scope"
 import { describe, expect, it } from "vitest"
-import * as Config from "../src/Config.js"
-import * as Gateway from "../src/Gateway.js"
 import * as Http from "../src/Http.js"
 import * as RequestLog from "../src/RequestLog.js"
 import { configOf } from "./helpers/e2e.js"
-
-const COMPLETION = JSON.stringify({
-  id: "chatcmpl-1",
-  object: "chat.completion",
-  created: 0,
-  model: "gpt-4.1",
-  choices: [{ index: 0, message: { role: "assistant", content: "Hi." }, finish_reason: "stop" }],
-  usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 }
-})
+import { buildGateway, COMPLETION } from "./helpers/handler.js"
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
 
@@ -59,21 +47,7 @@ cache: { enabled: false }
       held.push(() => done(memory.unsafeAcquire!(req, Date.now())))
     }
   })
-  const stores = Layer.mergeAll(
-    Layer.succeed(RateLimiter.RateLimiterStore, remote),
-    Cooldown.layerStoreMemory,
-    Spend.layerStoreMemory,
-    ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
-  )
-  const pricing = Pricing.layer(config.pricing)
-  const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, Layer.succeed(UpstreamClient.UpstreamClient, client), pricing))
-  )
-  const gateway = Layer.effect(Gateway.Gateway, Gateway.make(config.keys))
-  const scope = Effect.runSync(Scope.make())
-  const built = await Effect.runPromise(
-    Scope.extend(Layer.build(gateway.pipe(Layer.provideMerge(relay), Layer.provideMerge(Layer.merge(stores, pricing)))), scope)
-  )
+  const { built, close } = await buildGateway(config, client, Layer.succeed(RateLimiter.RateLimiterStore, remote))
   const lines: Array<Record<string, unknown>> = []
   const requestLog = RequestLog.make({
     sink: (chunk) => {
@@ -110,7 +84,7 @@ cache: { enabled: false }
     lines,
     calls: () => calls,
     asked: () => asked,
-    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+    close
   }
 }
 

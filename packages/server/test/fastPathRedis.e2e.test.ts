@@ -13,7 +13,7 @@
 import * as FakeUpstream from "@breakwater/core/testing/FakeUpstream"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as RedisServer from "../../core/test/support/redisServer.js"
-import { captured, openAIError, testBed, type TestServer } from "./helpers/e2e.js"
+import { lineOf, openAIError, testBed, type TestServer } from "./helpers/e2e.js"
 
 if (!RedisServer.available) console.warn("skipping the fast path's Redis tests: redis-server not on PATH")
 
@@ -54,16 +54,6 @@ const post = async (server: TestServer, key: string, requestId: string): Promise
     body: JSON.stringify(CHAT)
   })
   return { status: res.status, headers: Object.fromEntries(res.headers.entries()), body: await res.text() }
-}
-
-/** The request's log line (by its x-request-id), once written. */
-const lineOf = async (requestId: string): Promise<Record<string, unknown>> => {
-  for (let i = 0; i < 100; i++) {
-    const line = captured.logs.find((l) => l.includes(`"requestId":"${requestId}"`))
-    if (line !== undefined) return JSON.parse(line) as Record<string, unknown>
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  throw new Error(`no log line for ${requestId}`)
 }
 
 /** What may differ between two answers to the same request: the time, ids, latency. */

@@ -4,21 +4,19 @@
  * HTTP handler writing its request lines through it, with the fields it
  * always had, at the level in force.
  */
-import { Cooldown, Pricing, RateLimiter, Relay, ResponseCache, Spend, UpstreamClient } from "@breakwater/core"
+import { Relay, UpstreamClient } from "@breakwater/core"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Scope from "effect/Scope"
 import { describe, expect, it } from "vitest"
-import * as Config from "../src/Config.js"
-import * as Gateway from "../src/Gateway.js"
 import * as Http from "../src/Http.js"
 import * as Log from "../src/Log.js"
 import * as RequestLog from "../src/RequestLog.js"
 import { configOf } from "./helpers/e2e.js"
+import { buildGateway, COMPLETION } from "./helpers/handler.js"
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
 
@@ -80,15 +78,6 @@ describe("RequestLog", () => {
 // ---------------------------------------------------------------------------
 // the handler's request lines
 
-const COMPLETION = JSON.stringify({
-  id: "chatcmpl-1",
-  object: "chat.completion",
-  created: 0,
-  model: "gpt-4.1",
-  choices: [{ index: 0, message: { role: "assistant", content: "Hi." }, finish_reason: "stop" }],
-  usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 }
-})
-
 /** The real handler over an upstream client answering at once from memory (200, or 500 for model "fails"). */
 const handlerWith = async (level: LogLevel.LogLevel, requestLog: RequestLog.RequestLog | undefined) => {
   const config = configOf(`
@@ -109,27 +98,13 @@ cache: { enabled: false }
     get: () => Effect.succeed({ status: 200, headers: {}, text: "{}" }),
     postStream: () => Effect.die("not used")
   })
-  const stores = Layer.mergeAll(
-    RateLimiter.layerStoreMemory,
-    Cooldown.layerStoreMemory,
-    Spend.layerStoreMemory,
-    ResponseCache.layerMemory({ ttl: config.cache.ttl, maxEntries: config.cache.maxEntries })
-  )
-  const pricing = Pricing.layer(config.pricing)
-  const relay = Relay.layer(Config.toRelayOptions(config)).pipe(
-    Layer.provide(Layer.mergeAll(stores, Layer.succeed(UpstreamClient.UpstreamClient, client), pricing))
-  )
-  const gateway = Layer.effect(Gateway.Gateway, Gateway.make(config.keys))
-  const scope = Effect.runSync(Scope.make())
-  const built = await Effect.runPromise(
-    Scope.extend(Layer.build(gateway.pipe(Layer.provideMerge(relay), Layer.provideMerge(Layer.merge(stores, pricing)))), scope)
-  )
+  const { built, close } = await buildGateway(config, client)
   const context = requestLog === undefined ? built : Context.add(built, RequestLog.RequestLog, requestLog)
   const handler = await Effect.runPromise(
     Effect.provide(Http.make({ maxBodyBytes: 1 << 20, adminKey: undefined }), context).pipe(Logger.withMinimumLogLevel(level))
   )
   const runtime = await Effect.runPromise(Effect.provide(Effect.runtime<never>(), context))
-  return { handler, caller: Relay.callerOf(runtime), close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+  return { handler, caller: Relay.callerOf(runtime), close }
 }
 
 const request = (id: string, model = "gpt-4.1"): Http.Incoming => ({

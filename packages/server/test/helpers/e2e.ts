@@ -52,6 +52,16 @@ export const recordingFetch = async (input: Parameters<typeof fetch>[0], init?: 
 }
 
 /** Everything captured so far, as one string (waits for the bodies). */
+/** A request's log line (by its x-request-id), once written: waits up to 2 s for it. */
+export const lineOf = async (requestId: string): Promise<Record<string, unknown>> => {
+  for (let i = 0; i < 100; i++) {
+    const line = captured.logs.find((l) => l.includes(`"requestId":"${requestId}"`))
+    if (line !== undefined) return JSON.parse(line) as Record<string, unknown>
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`no log line for ${requestId}`)
+}
+
 export const everything = async (): Promise<{ responses: string; logs: string }> => ({
   responses: (await Promise.all(captured.responses)).join("\n----\n"),
   logs: captured.logs.join("\n")
