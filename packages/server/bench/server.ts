@@ -217,6 +217,12 @@ interface Target {
 const main = async () => {
   // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
   // own, so the cleanup really stops it.
+  // The gateways are found by their start line ("Breakwater on http://..."), an info line:
+  // a level above info would leave the bench waiting for it.
+  const logLevel = process.env["BENCH_LOG_LEVEL"] ?? "info"
+  if (!["all", "trace", "debug", "info"].includes(logLevel)) {
+    throw new Error(`BENCH_LOG_LEVEL=${logLevel}: the bench reads the gateway's address from its info-level start line; use info, debug or trace`)
+  }
   const fake = await launch("node", ["--import", "tsx", "packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
   let configs = 0
@@ -225,7 +231,7 @@ const main = async () => {
     tempFiles.push(file)
     writeFileSync(
       file,
-      `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${process.env["BENCH_LOG_LEVEL"] ?? "info"}\n` +
+      `server:\n  host: 127.0.0.1\n  port: 0\n  adminKey: sk-bench-admin\n  logLevel: ${logLevel}\n` +
         `keys:\n  - { name: bench, key: sk-bench-key, requestsPerMinute: 100000000 }\n` +
         `upstreams:\n  - name: bench\n    baseUrl: "${upstreamUrl}"\n    apiKey: sk-bench\n    maxConcurrent: 1000\n` +
         `cache:\n  enabled: false\n` + store
