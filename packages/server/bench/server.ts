@@ -215,14 +215,14 @@ interface Target {
 }
 
 const main = async () => {
-  // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
-  // own, so the cleanup really stops it.
   // The gateways are found by their start line ("Breakwater on http://..."), an info line:
   // a level above info would leave the bench waiting for it.
   const logLevel = process.env["BENCH_LOG_LEVEL"] ?? "info"
   if (!["all", "trace", "debug", "info"].includes(logLevel)) {
     throw new Error(`BENCH_LOG_LEVEL=${logLevel}: the bench reads the gateway's address from its info-level start line; use info, debug or trace`)
   }
+  // `node --import tsx` rather than the tsx wrapper: the pid is the fake's
+  // own, so the cleanup really stops it.
   const fake = await launch("node", ["--import", "tsx", "packages/core/src/testing/fake-upstream-main.ts", "--name", "bench"], /listening (\S+)/)
   const upstreamUrl = fake.match[1]!
   let configs = 0
