@@ -1241,9 +1241,23 @@ export const makeWith = (
       outcome._tag === "Ok" || (outcome._tag === "Failed" && outcome.error._tag === "UpstreamRejected")
 
     /**
-     * The upstream a hedge may go to: the first in `plan.order` from `j` whose
-     * breaker is closed, that is not cooling down, has a free slot and has
-     * not said it lacks the model.
+     * Whether a hedge may go to `c` now: not cooling down (it would earn
+     * another 429), a free slot, and its breaker closed (a hedge is no probe).
+     */
+    const hedgeable = (
+      c: Upstream.Upstream,
+      now: number,
+      active: ReadonlyMap<string, Cooldown.Cooldown>
+    ): Effect.Effect<boolean> => {
+      const cooling = active.get(c.name)
+      if (cooling !== undefined && cooling.until > now) return Effect.succeed(false)
+      if (c.bulkhead.unsafeStats().available <= 0) return Effect.succeed(false)
+      return Effect.map(c.breaker.state, (state) => state === "Closed" || state === "Disabled")
+    }
+
+    /**
+     * The upstream a hedge may go to: the first in `plan.order` from `j` that
+     * is {@link hedgeable} and has not said it lacks the model.
      */
     const hedgeTarget = (
       plan: Router.Plan,
@@ -1252,25 +1266,17 @@ export const makeWith = (
       active: ReadonlyMap<string, Cooldown.Cooldown>,
       progress: Progress
     ): Effect.Effect<readonly [number, Upstream.Upstream] | undefined> => {
-      for (; j < plan.order.length; j++) {
-        const c = plan.order[j]!
-        const cooling = active.get(c.name)
-        if (cooling !== undefined && cooling.until > now) continue
-        if (progress.lacking !== undefined && progress.lacking.has(c.name)) continue
-        if (c.bulkhead.unsafeStats().available <= 0) continue
-        const at = j
-        return Effect.flatMap(c.breaker.state, (state) =>
-          state === "Closed" || state === "Disabled"
-            ? Effect.succeed([at, c] as const)
-            : hedgeTarget(plan, at + 1, now, active, progress))
-      }
-      return Effect.succeed(undefined)
+      while (j < plan.order.length && progress.lacking !== undefined && progress.lacking.has(plan.order[j]!.name)) j++
+      if (j >= plan.order.length) return Effect.succeed(undefined)
+      const c = plan.order[j]!
+      const at = j
+      return Effect.flatMap(hedgeable(c, now, active), (ok) =>
+        ok ? Effect.succeed([at, c] as const) : hedgeTarget(plan, at + 1, now, active, progress))
     }
 
     /**
      * With `sameUpstream`, when no later upstream may take the hedge: the
-     * first call's own upstream, if it is still closed, not cooling down and
-     * has a free slot.
+     * first call's own upstream, if it is still {@link hedgeable}.
      */
     const sameAsLast = (
       found: Effect.Effect<readonly [number, Upstream.Upstream] | undefined>,
@@ -1280,13 +1286,10 @@ export const makeWith = (
       now: number,
       active: ReadonlyMap<string, Cooldown.Cooldown>
     ): Effect.Effect<readonly [number, Upstream.Upstream] | undefined> =>
-      !policy.sameUpstream ? found : Effect.flatMap(found, (other) => {
-        if (other !== undefined) return Effect.succeed(other)
-        const cooling = active.get(u.name)
-        if (cooling !== undefined && cooling.until > now) return Effect.succeed(undefined)
-        if (u.bulkhead.unsafeStats().available <= 0) return Effect.succeed(undefined)
-        return Effect.map(u.breaker.state, (state) => state === "Closed" || state === "Disabled" ? [i, u] as const : undefined)
-      })
+      !policy.sameUpstream ? found : Effect.flatMap(found, (other) =>
+        other !== undefined
+          ? Effect.succeed(other)
+          : Effect.map(hedgeable(u, now, active), (ok) => ok ? [i, u] as const : undefined))
 
     const failureOf = (error: UpstreamError): Failure =>
       error._tag === "UpstreamAuthFailed"
