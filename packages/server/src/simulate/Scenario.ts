@@ -245,18 +245,13 @@ const readUpstream = (
   const name = r.string(o["name"], join(path, "name"))
   const latency = readLatency(r, o["latency"], join(path, "latency"))
   let stalls: SimulatedUpstream["stalls"] = undefined
-  let stallsRead = true
   if (o["stalls"] !== undefined) {
-    stallsRead = false
     const st = r.obj(o["stalls"], join(path, "stalls"))
     if (st !== undefined) {
       r.fields(st, join(path, "stalls"), ["share", "latency"])
       const share = r.share(st["share"], join(path, "stalls.share"))
       const stallLatency = readLatency(r, st["latency"], join(path, "stalls.latency"))
-      if (share !== undefined && stallLatency !== undefined) {
-        stalls = { share, latency: stallLatency }
-        stallsRead = true
-      }
+      if (share !== undefined && stallLatency !== undefined) stalls = { share, latency: stallLatency }
     }
   }
   const errorLatency = o["errorLatency"] === undefined ? 50 : r.duration(o["errorLatency"], join(path, "errorLatency"))
@@ -322,7 +317,7 @@ const readUpstream = (
   }
   if (
     name === undefined || latency === undefined || errorLatency === undefined || rate429 === undefined ||
-    rate5xx === undefined || hang === undefined || !stallsRead
+    rate5xx === undefined || hang === undefined || (o["stalls"] !== undefined && stalls === undefined)
   ) return undefined
   return { name, latency, errorLatency, rate429, retryAfter, quota, rate5xx, hang, stalls, outages, price }
 }
