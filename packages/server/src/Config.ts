@@ -634,15 +634,25 @@ export const hedgeOf = (after: unknown, maxExtra: unknown = 0.1): Either.Either<
   if (Either.isLeft(a)) return Either.left(`hedge: ${a.left}`)
   const m = sharePercent(maxExtra)
   if (Either.isLeft(m)) return Either.left(`hedge-max-extra: ${m.left}`)
-  return Either.right({
-    after: a.right,
-    maxExtra: m.right,
-    window: Duration.seconds(10),
-    initialDelay: Duration.seconds(1),
-    minDelay: Duration.millis(50),
-    sameUpstream: false
-  })
+  return Either.right(hedgeWithDefaults({ after: a.right, maxExtra: m.right }))
 }
+
+/** `routing.hedge` with the fields it leaves out at their defaults. */
+const hedgeWithDefaults = (h: {
+  readonly after: HedgeConfig["after"]
+  readonly maxExtra?: number | undefined
+  readonly window?: Duration.Duration | undefined
+  readonly initialDelay?: Duration.Duration | undefined
+  readonly minDelay?: Duration.Duration | undefined
+  readonly sameUpstream?: boolean | undefined
+}): HedgeConfig => ({
+  after: h.after,
+  maxExtra: h.maxExtra ?? 0.1,
+  window: h.window ?? Duration.seconds(10),
+  initialDelay: h.initialDelay ?? Duration.seconds(1),
+  minDelay: h.minDelay ?? Duration.millis(50),
+  sameUpstream: h.sameUpstream ?? false
+})
 
 // ---------------------------------------------------------------------------
 // The file's schema (before defaults)
@@ -1495,14 +1505,7 @@ const build = (f: File, env: Env): ServerConfig => {
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
       fallbacks: routing.fallbacks ?? {},
       pacing: { queue: routing.pacing?.queue ?? 100 },
-      hedge: routing.hedge === undefined ? undefined : {
-        after: routing.hedge.after,
-        maxExtra: routing.hedge.maxExtra ?? 0.1,
-        window: routing.hedge.window ?? Duration.seconds(10),
-        initialDelay: routing.hedge.initialDelay ?? Duration.seconds(1),
-        minDelay: routing.hedge.minDelay ?? Duration.millis(50),
-        sameUpstream: routing.hedge.sameUpstream ?? false
-      }
+      hedge: routing.hedge === undefined ? undefined : hedgeWithDefaults(routing.hedge)
     },
     breaker: {
       failureRate: breaker.failureRate ?? { threshold: 0.5, minimumCalls: 20, window: Duration.seconds(10) },
