@@ -6,63 +6,37 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Cooldown from "../src/Cooldown.js"
 import * as Hedge from "../src/Hedge.js"
 import type * as OpenAI from "../src/OpenAI.js"
-import * as Pricing from "../src/Pricing.js"
-import * as RateLimiter from "../src/RateLimiter.js"
-import * as Relay from "../src/Relay.js"
-import * as ResponseCache from "../src/ResponseCache.js"
+import type * as Relay from "../src/Relay.js"
 import * as Upstream from "../src/Upstream.js"
 import * as Scripted from "./support/ScriptedClient.js"
+import * as Support from "./support/ScriptedRelay.js"
 
 const MODEL = "gpt-4.1"
 
-const ordered = (...names: ReadonlyArray<string>): Array<Upstream.Config> =>
-  names.map((name, i) => ({
-    name,
-    baseUrl: `https://${name}.example.test/v1`,
-    apiKey: Redacted.make(`sk-secret-${name}`),
-    models: [MODEL],
-    priority: i + 1
-  }))
+const ordered = (...names: ReadonlyArray<string>): Array<Upstream.Config> => Support.ordered([MODEL], ...names)
 
-interface Harness {
-  readonly relay: Relay.Relay
-  readonly client: Scripted.Scripted
-  readonly cooldowns: Context.Tag.Service<Cooldown.CooldownStore>
+interface Harness extends Support.ScriptedRelay {
   readonly up: (name: string) => Upstream.Upstream
 }
 
+/** A relay over upstreams a, b, c (unless `options` names others), with `up` to find one by name. */
 const setup = (options: Partial<Relay.Options>): Effect.Effect<Harness, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const client = Scripted.make()
-    const cooldowns = yield* Cooldown.makeStoreMemory
-    const deps = Layer.mergeAll(
-      RateLimiter.layerStoreMemory,
-      Layer.succeed(Cooldown.CooldownStore, cooldowns),
-      client.layer,
-      Pricing.layer(),
-      ResponseCache.layerMemory()
-    )
-    const ctx = yield* Layer.build(
-      Relay.layer({ upstreams: ordered("a", "b", "c"), cacheMode: "none", ...options }).pipe(Layer.provide(deps))
-    )
-    const relay = Context.get(ctx, Relay.Relay)
-    return { relay, client, cooldowns, up: (name) => relay.upstreams.find((u) => u.name === name)! }
-  })
+  Effect.map(
+    Support.scriptedRelay({ upstreams: ordered("a", "b", "c"), ...options }),
+    (harness) => ({ ...harness, up: (name) => harness.relay.upstreams.find((u) => u.name === name)! })
+  )
 
 const request = (extra: Partial<OpenAI.ChatCompletionRequest> = {}): OpenAI.ChatCompletionRequest => ({
   model: MODEL,
