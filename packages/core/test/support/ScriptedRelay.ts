@@ -26,16 +26,15 @@ export interface ScriptedRelay {
 export const scriptedRelay = (options: Relay.Options): Effect.Effect<ScriptedRelay, never, Scope.Scope> =>
   Effect.gen(function*() {
     const client = Scripted.make()
-    const cooldowns = yield* Cooldown.makeStoreMemory
     const deps = Layer.mergeAll(
       RateLimiter.layerStoreMemory,
-      Layer.succeed(Cooldown.CooldownStore, cooldowns),
+      Cooldown.layerStoreMemory,
       client.layer,
       Pricing.layer(),
       ResponseCache.layerMemory()
     )
-    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provide(deps)))
-    return { relay: Context.get(ctx, Relay.Relay), client, cooldowns }
+    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provideMerge(deps)))
+    return { relay: Context.get(ctx, Relay.Relay), client, cooldowns: Context.get(ctx, Cooldown.CooldownStore) }
   })
 
 /** An upstream at `https://{name}.example.test/v1` serving `models`, with a key that must never leak. */
