@@ -6,63 +6,37 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Cooldown from "../src/Cooldown.js"
 import * as Hedge from "../src/Hedge.js"
 import type * as OpenAI from "../src/OpenAI.js"
-import * as Pricing from "../src/Pricing.js"
-import * as RateLimiter from "../src/RateLimiter.js"
-import * as Relay from "../src/Relay.js"
-import * as ResponseCache from "../src/ResponseCache.js"
+import type * as Relay from "../src/Relay.js"
 import * as Upstream from "../src/Upstream.js"
 import * as Scripted from "./support/ScriptedClient.js"
+import * as Support from "./support/ScriptedRelay.js"
 
 const MODEL = "gpt-4.1"
 
-const ordered = (...names: ReadonlyArray<string>): Array<Upstream.Config> =>
-  names.map((name, i) => ({
-    name,
-    baseUrl: `https://${name}.example.test/v1`,
-    apiKey: Redacted.make(`sk-secret-${name}`),
-    models: [MODEL],
-    priority: i + 1
-  }))
+const ordered = (...names: ReadonlyArray<string>): Array<Upstream.Config> => Support.ordered([MODEL], ...names)
 
-interface Harness {
-  readonly relay: Relay.Relay
-  readonly client: Scripted.Scripted
-  readonly cooldowns: Context.Tag.Service<Cooldown.CooldownStore>
+interface Harness extends Support.ScriptedRelay {
   readonly up: (name: string) => Upstream.Upstream
 }
 
+/** A relay over upstreams a, b, c (unless `options` names others), with `up` to find one by name. */
 const setup = (options: Partial<Relay.Options>): Effect.Effect<Harness, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const client = Scripted.make()
-    const cooldowns = yield* Cooldown.makeStoreMemory
-    const deps = Layer.mergeAll(
-      RateLimiter.layerStoreMemory,
-      Layer.succeed(Cooldown.CooldownStore, cooldowns),
-      client.layer,
-      Pricing.layer(),
-      ResponseCache.layerMemory()
-    )
-    const ctx = yield* Layer.build(
-      Relay.layer({ upstreams: ordered("a", "b", "c"), cacheMode: "none", ...options }).pipe(Layer.provide(deps))
-    )
-    const relay = Context.get(ctx, Relay.Relay)
-    return { relay, client, cooldowns, up: (name) => relay.upstreams.find((u) => u.name === name)! }
-  })
+  Effect.map(
+    Support.scriptedRelay({ upstreams: ordered("a", "b", "c"), ...options }),
+    (harness) => ({ ...harness, up: (name) => harness.relay.upstreams.find((u) => u.name === name)! })
+  )
 
 const request = (extra: Partial<OpenAI.ChatCompletionRequest> = {}): OpenAI.ChatCompletionRequest => ({
   model: MODEL,
@@ -95,6 +69,25 @@ const yieldMany = Effect.gen(function*() {
   for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
 })
 
+/** Forks `call`, lets it start, moves the clock by `duration` and lets it run again: the fiber, to look at before it ends. */
+const forkAndAdvance = <A, E>(call: Effect.Effect<A, E>, duration: Duration.DurationInput) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(call)
+    yield* yieldMany
+    yield* TestClock.adjust(duration)
+    yield* yieldMany
+    return fiber
+  })
+
+/** Forks `call`, lets it start, moves the clock by `duration`, and joins it. */
+const joinAfter = <A, E>(call: Effect.Effect<A, E>, duration: Duration.DurationInput) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(call)
+    yield* yieldMany
+    yield* TestClock.adjust(duration)
+    return yield* Fiber.join(fiber)
+  })
+
 const hedgedCount = (upstream: string, outcome: string) =>
   Effect.map(Metric.value(Hedge.hedgedBy(upstream, outcome)), (s) => s.count)
 
@@ -107,10 +100,7 @@ describe("hedging: when it fires and who wins", () => {
       client.script("b", Scripted.delayed(Duration.millis(100), Scripted.ok("from b")))
       const wonBefore = yield* hedgedCount("b", "won")
 
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(799))
-      yield* yieldMany
+      const fiber = yield* forkAndAdvance(relay.chat(request()), Duration.millis(799))
       expect(names(client.calls)).toEqual(["a"])
       expect(up("a").bulkhead.unsafeStats().active).toBe(1)
 
@@ -137,10 +127,7 @@ describe("hedging: when it fires and who wins", () => {
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ hedge: { after: Duration.millis(800), maxExtra: 1 } })
       client.script("a", Scripted.delayed(Duration.millis(799), Scripted.ok("from a")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(799))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.millis(799))
       expect(result.metadata.upstream).toBe("a")
       expect(result.metadata.hedge).toBeUndefined()
       yield* TestClock.adjust(Duration.seconds(5))
@@ -153,10 +140,7 @@ describe("hedging: when it fires and who wins", () => {
       const hedge = { interrupted: 0 }
       client.script("a", Scripted.delayed(Duration.millis(600), Scripted.ok("from a")))
       client.script("b", hangCounting(hedge))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(600))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.millis(600))
       expect(result.metadata.upstream).toBe("a")
       expect(result.metadata.hedge).toEqual({ upstream: "b", outcome: "lost" })
       expect(names(client.calls)).toEqual(["a", "b"])
@@ -169,10 +153,7 @@ describe("hedging: when it fires and who wins", () => {
       const { client, relay } = yield* setup({ hedge: { after: Duration.millis(500), maxExtra: 1 } })
       client.script("a", Scripted.delayed(Duration.millis(700), Scripted.status(503)))
       client.script("b", Scripted.delayed(Duration.millis(400), Scripted.ok("from b")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(900))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.millis(900))
       expect(result.metadata.upstream).toBe("b")
       expect(result.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
       expect(result.metadata.failures).toEqual(["a: server error (503)"])
@@ -180,10 +161,7 @@ describe("hedging: when it fires and who wins", () => {
       client.clear()
       client.script("a", Scripted.delayed(Duration.millis(700), Scripted.status(503)))
       client.script("b", Scripted.delayed(Duration.millis(100), Scripted.status(502)))
-      const second = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(700))
-      yield* yieldMany
+      const second = yield* forkAndAdvance(relay.chat(request()), Duration.millis(700))
       yield* TestClock.adjust(Duration.millis(10))
       const moved = yield* Fiber.join(second)
       expect(names(client.calls)).toEqual(["a", "b", "c"])
@@ -201,10 +179,7 @@ describe("hedging: limits", () => {
       client.fallback("b", Scripted.delayed(Duration.millis(300), Scripted.ok("from b")))
       const hedgedTo = []
       for (let i = 0; i < 8; i++) {
-        const fiber = yield* Effect.fork(relay.chat(request()))
-        yield* yieldMany
-        yield* TestClock.adjust(Duration.millis(300))
-        const result = yield* Fiber.join(fiber)
+        const result = yield* joinAfter(relay.chat(request()), Duration.millis(300))
         if (result.metadata.hedge !== undefined) hedgedTo.push(i)
       }
       // A quarter of 8 requests: the 4th (1 <= 0.25 * 4) and the 8th (2 <= 0.25 * 8).
@@ -233,20 +208,15 @@ describe("hedging: limits", () => {
       })
       client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
       yield* up("b").breaker.forceOpen
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
       expect(result.metadata.upstream).toBe("a")
       expect(result.metadata.hedge).toBeUndefined()
       expect(names(client.calls)).toEqual(["a"])
 
       yield* up("b").breaker.reset
       yield* Effect.provideService(Cooldown.start("b", Duration.minutes(1), "rate-limited"), Cooldown.CooldownStore, cooldowns)
-      const cooling = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      expect((yield* Fiber.join(cooling)).metadata.hedge).toBeUndefined()
+      const cooling = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
+      expect(cooling.metadata.hedge).toBeUndefined()
       expect(names(client.calls)).toEqual(["a", "a"])
     }))
 
@@ -257,10 +227,7 @@ describe("hedging: limits", () => {
         retryBudget: { ratio: 0, minPerSecond: 0 }
       })
       client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
       expect(result.metadata.upstream).toBe("a")
       expect(result.metadata.hedge).toBeUndefined()
       expect(names(client.calls)).toEqual(["a"])
@@ -277,10 +244,7 @@ describe("hedging: limits", () => {
       client.fallback("b", Scripted.ok("from b"))
       for (let i = 0; i < 2; i++) {
         client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
-        const fiber = yield* Effect.fork(relay.chat(request()))
-        yield* yieldMany
-        yield* TestClock.adjust(Duration.seconds(1))
-        yield* Fiber.join(fiber)
+        yield* joinAfter(relay.chat(request()), Duration.seconds(1))
       }
       // The first slow call was hedged (token 1 of 2), the second was not: the hedges' half is spent.
       expect(names(client.calls)).toEqual(["a", "b", "a"])
@@ -301,10 +265,7 @@ describe("hedging: limits", () => {
       client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.status(503)))
       client.fallback("b", Scripted.unreachable("ECONNREFUSED"))
       client.fallback("c", Scripted.ok("from c"))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
       expect(result.metadata.upstream).toBe("c")
       expect(names(client.calls)).toEqual(["a", "b", "c"])
       // The hedge paid one token; the refused connection gave it back to the call after it.
@@ -315,17 +276,12 @@ describe("hedging: limits", () => {
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 1 } })
       client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
-      const fiber = yield* Effect.fork(relay.chat(request(), { hedge: false }))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request(), { hedge: false }), Duration.seconds(1))
       expect(result.metadata.upstream).toBe("a")
       expect(names(client.calls)).toEqual(["a"])
       // Without the mark the same request is hedged.
-      const hedged = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      expect((yield* Fiber.join(hedged)).metadata.hedge?.upstream).toBe("b")
+      const hedged = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
+      expect(hedged.metadata.hedge?.upstream).toBe("b")
     }))
 })
 
@@ -340,10 +296,7 @@ describe("hedging: after p95", () => {
       // 19 calls at 100 ms and one at 400 ms: p95 of 20 samples is the 19th, 100 ms.
       for (let i = 0; i < 20; i++) {
         client.script("a", Scripted.delayed(Duration.millis(i === 19 ? 400 : 100), Scripted.ok()))
-        const fiber = yield* Effect.fork(relay.chat(request(), { hedge: false }))
-        yield* yieldMany
-        yield* TestClock.adjust(Duration.millis(i === 19 ? 400 : 100))
-        yield* Fiber.join(fiber)
+        yield* joinAfter(relay.chat(request(), { hedge: false }), Duration.millis(i === 19 ? 400 : 100))
       }
       expect(Upstream.latencyQuantile(up("a"), 0.95, 20)).toBe(100)
       expect(policy.delayFor(up("a"))).toBe(100)
@@ -351,10 +304,7 @@ describe("hedging: after p95", () => {
       client.clear()
       client.script("a", Scripted.delayed(Duration.seconds(2), Scripted.ok("from a")))
       client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(100))
-      yield* yieldMany
+      const fiber = yield* forkAndAdvance(relay.chat(request()), Duration.millis(100))
       expect(names(client.calls)).toEqual(["a", "b"])
       yield* TestClock.adjust(Duration.millis(50))
       const result = yield* Fiber.join(fiber)
@@ -376,10 +326,7 @@ describe("hedging: streams", () => {
       const primary = { interrupted: 0 }
       client.scriptStream("a", slow(Duration.seconds(2), Scripted.sseOk("slow"), primary))
       client.scriptStream("b", Scripted.delayed(Duration.millis(100), Scripted.sseOk("fast")))
-      const fiber = yield* Effect.fork(relay.chatStream(request({ stream: true })))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(799))
-      yield* yieldMany
+      const fiber = yield* forkAndAdvance(relay.chatStream(request({ stream: true })), Duration.millis(799))
       expect(names(client.calls)).toEqual(["a"])
       yield* TestClock.adjust(Duration.millis(101))
       const result = yield* Fiber.join(fiber)
@@ -400,10 +347,7 @@ describe("hedging: streams", () => {
       const hedge = { interrupted: 0 }
       client.scriptStream("a", Scripted.delayed(Duration.millis(400), Scripted.sseOk("first")))
       client.scriptStream("b", hangCounting(hedge))
-      const fiber = yield* Effect.fork(relay.chatStream(request({ stream: true })))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(400))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chatStream(request({ stream: true })), Duration.millis(400))
       expect(result.upstream).toBe("a")
       expect(hedge.interrupted).toBe(1)
       expect(up("b").bulkhead.unsafeStats().active).toBe(0)
@@ -431,10 +375,7 @@ describe("hedging: sameUpstream (a second call to the same upstream)", () => {
     Effect.gen(function*() {
       const { client, relay } = yield* setup({ upstreams: ordered("a"), hedge: { after: Duration.millis(100), maxExtra: 1 } })
       client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      const result = yield* Fiber.join(fiber)
+      const result = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
       expect(result.metadata.hedge).toBeUndefined()
       expect(names(client.calls)).toEqual(["a"])
     }))
@@ -448,10 +389,7 @@ describe("hedging: sameUpstream (a second call to the same upstream)", () => {
       const first = { interrupted: 0 }
       client.script("a", slow(Duration.seconds(2), Scripted.ok("first call"), first))
       client.script("a", Scripted.delayed(Duration.millis(100), Scripted.ok("second call")))
-      const fiber = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.millis(799))
-      yield* yieldMany
+      const fiber = yield* forkAndAdvance(relay.chat(request()), Duration.millis(799))
       expect(names(client.calls)).toEqual(["a"])
       yield* TestClock.adjust(Duration.millis(1))
       yield* yieldMany
@@ -474,19 +412,15 @@ describe("hedging: sameUpstream (a second call to the same upstream)", () => {
       })
       client.fallback("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")))
       client.fallback("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
-      const other = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      expect((yield* Fiber.join(other)).metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      const other = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
+      expect(other.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
       expect(names(client.calls)).toEqual(["a", "b"])
 
       // b cooling down: the second call goes to a itself.
       client.clear()
       yield* Effect.provideService(Cooldown.start("b", Duration.minutes(1), "rate-limited"), Cooldown.CooldownStore, cooldowns)
-      const same = yield* Effect.fork(relay.chat(request()))
-      yield* yieldMany
-      yield* TestClock.adjust(Duration.seconds(1))
-      expect((yield* Fiber.join(same)).metadata.hedge?.upstream).toBe("a")
+      const same = yield* joinAfter(relay.chat(request()), Duration.seconds(1))
+      expect(same.metadata.hedge?.upstream).toBe("a")
       expect(names(client.calls)).toEqual(["a", "a"])
 
       // a starts cooling down while its first call is out: no second call to it.

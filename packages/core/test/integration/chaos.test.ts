@@ -22,25 +22,13 @@ import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
 import { writeFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import * as Cooldown from "../../src/Cooldown.js"
-import * as Pricing from "../../src/Pricing.js"
-import * as RateLimiter from "../../src/RateLimiter.js"
 import * as Relay from "../../src/Relay.js"
-import * as ResponseCache from "../../src/ResponseCache.js"
-import * as UpstreamClient from "../../src/UpstreamClient.js"
 import * as Fake from "../../src/testing/FakeUpstream.js"
+import { httpRelayDeps as deps } from "../support/HttpDeps.js"
 
 const REQUESTS = 2000
 const CONCURRENCY = 20
 const RESULT_FILE = fileURLToPath(new URL("./.chaos-result.json", import.meta.url))
-
-const deps = Layer.mergeAll(
-  RateLimiter.layerStoreMemory,
-  Cooldown.layerStoreMemory,
-  UpstreamClient.layerUndici,
-  Pricing.layer(),
-  ResponseCache.layerMemory()
-)
 
 /** Nearest-rank percentile of sorted values. */
 const percentile = (sorted: ReadonlyArray<number>, p: number): number =>

@@ -17,26 +17,14 @@ import * as Layer from "effect/Layer"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import * as Cooldown from "../../src/Cooldown.js"
 import type * as OpenAI from "../../src/OpenAI.js"
-import * as Pricing from "../../src/Pricing.js"
-import * as RateLimiter from "../../src/RateLimiter.js"
 import * as Relay from "../../src/Relay.js"
-import * as ResponseCache from "../../src/ResponseCache.js"
 import type * as Upstream from "../../src/Upstream.js"
-import * as UpstreamClient from "../../src/UpstreamClient.js"
 import * as Fake from "../../src/testing/FakeUpstream.js"
+import { httpRelayDeps as deps } from "../support/HttpDeps.js"
 
 // ---------------------------------------------------------------------------
 // helpers
-
-const deps = Layer.mergeAll(
-  RateLimiter.layerStoreMemory,
-  Cooldown.layerStoreMemory,
-  UpstreamClient.layerUndici,
-  Pricing.layer(),
-  ResponseCache.layerMemory()
-)
 
 /** Runs `f` with a relay built from `options` (cache off unless asked for), over real HTTP. */
 const withRelay = <A, E>(options: Relay.Options, f: (relay: Relay.Relay) => Effect.Effect<A, E>) =>

@@ -14,22 +14,10 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
-import * as Cooldown from "../../src/Cooldown.js"
 import type * as OpenAI from "../../src/OpenAI.js"
-import * as Pricing from "../../src/Pricing.js"
-import * as RateLimiter from "../../src/RateLimiter.js"
 import * as Relay from "../../src/Relay.js"
-import * as ResponseCache from "../../src/ResponseCache.js"
-import * as UpstreamClient from "../../src/UpstreamClient.js"
 import * as Fake from "../../src/testing/FakeUpstream.js"
-
-const deps = Layer.mergeAll(
-  RateLimiter.layerStoreMemory,
-  Cooldown.layerStoreMemory,
-  UpstreamClient.layerUndici,
-  Pricing.layer(),
-  ResponseCache.layerMemory()
-)
+import { httpRelayDeps as deps } from "../support/HttpDeps.js"
 
 const AFTER = 300
 const SLOW = 2_000

@@ -16,9 +16,14 @@ import * as ResponseCache from "../../src/ResponseCache.js"
 import type * as Upstream from "../../src/Upstream.js"
 import * as Scripted from "./ScriptedClient.js"
 
-export const scriptedRelay = (
-  options: Relay.Options
-): Effect.Effect<{ readonly relay: Relay.Relay; readonly client: Scripted.Scripted }, never, Scope.Scope> =>
+export interface ScriptedRelay {
+  readonly relay: Relay.Relay
+  readonly client: Scripted.Scripted
+  /** The relay's in-memory cooldown store, to start or clear cooldowns from a test. */
+  readonly cooldowns: Context.Tag.Service<Cooldown.CooldownStore>
+}
+
+export const scriptedRelay = (options: Relay.Options): Effect.Effect<ScriptedRelay, never, Scope.Scope> =>
   Effect.gen(function*() {
     const client = Scripted.make()
     const deps = Layer.mergeAll(
@@ -28,8 +33,8 @@ export const scriptedRelay = (
       Pricing.layer(),
       ResponseCache.layerMemory()
     )
-    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provide(deps)))
-    return { relay: Context.get(ctx, Relay.Relay), client }
+    const ctx = yield* Layer.build(Relay.layer({ cacheMode: "none", ...options }).pipe(Layer.provideMerge(deps)))
+    return { relay: Context.get(ctx, Relay.Relay), client, cooldowns: Context.get(ctx, Cooldown.CooldownStore) }
   })
 
 /** An upstream at `https://{name}.example.test/v1` serving `models`, with a key that must never leak. */
@@ -40,3 +45,7 @@ export const upstream = (name: string, models: ReadonlyArray<string>, extra: Par
   models,
   ...extra
 })
+
+/** Upstreams a, b, c... serving `models`, with priorities 1, 2, 3..., so that the order is deterministic. */
+export const ordered = (models: ReadonlyArray<string>, ...names: ReadonlyArray<string>): Array<Upstream.Config> =>
+  names.map((name, i) => upstream(name, models, { priority: i + 1 }))

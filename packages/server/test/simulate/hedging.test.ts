@@ -12,6 +12,7 @@ import { afterAll, describe, expect, it } from "vitest"
 import * as Config from "../../src/Config.js"
 import * as Simulate from "../../src/simulate/Simulate.js"
 import { runCli } from "../helpers/process.js"
+import { primaryAndSecondary } from "../helpers/scenarios.js"
 import { load, parse } from "./support.js"
 
 /**
@@ -19,28 +20,16 @@ import { load, parse } from "./support.js"
  * always takes 100 ms, 20 requests a second for a minute, no repeats, each
  * answer $0.0006; Breakwater hedges after 300 ms, uncapped (no hedge cap, no retry budget).
  */
-const tail = `
-duration: 60s
-seed: 5
-upstreams:
-  - name: primary
-    latency: { p50: 100ms, p99: 2s }
-    price: { input: 2, output: 8 }
-  - name: secondary
-    latency: { p50: 100ms, p99: 100ms }
-    price: { input: 2, output: 8 }
-workload:
-  requestsPerSecond: 20
-  models: { gpt-4.1: 1 }
-  promptTokens: 100
-  completionTokens: 50
-breakwater:
-  upstreams:
-    - { name: primary, priority: 1 }
-    - { name: secondary, priority: 2 }
-  # Uncapped: neither the hedge's own cap nor the retry budget (which hedges spend from) holds a hedge back.
-  routing: { hedge: { after: 300ms, maxExtra: "100%" }, retryBudget: { enabled: false } }
-`
+const tail = primaryAndSecondary({
+  head: ["duration: 60s", "seed: 5"],
+  primary: ["latency: { p50: 100ms, p99: 2s }"],
+  secondary: ["latency: { p50: 100ms, p99: 100ms }"],
+  workload: ["requestsPerSecond: 20"],
+  breakwater: [
+    "# Uncapped: neither the hedge's own cap nor the retry budget (which hedges spend from) holds a hedge back.",
+    'routing: { hedge: { after: 300ms, maxExtra: "100%" }, retryBudget: { enabled: false } }'
+  ]
+})
 
 const hedgeOf = (after: string, maxExtra: string) => Either.getOrThrow(Config.hedgeOf(after, maxExtra))
 

@@ -3,6 +3,7 @@ import * as Either from "effect/Either"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import * as Scenario from "../../src/simulate/Scenario.js"
+import { primaryAndSecondary } from "../helpers/scenarios.js"
 
 export const SCENARIOS = fileURLToPath(new URL("../../scenarios/", import.meta.url))
 
@@ -45,27 +46,9 @@ breakwater:
  * The same traffic; the primary answers every call 429 with Retry-After 10 s
  * after 50 ms, a secondary answers in 100 ms.
  */
-export const rateLimitedPrimary = `
-duration: 60s
-seed: 3
-upstreams:
-  - name: primary
-    latency: { p50: 100ms, p99: 100ms }
-    errorLatency: 50ms
-    rate429: 1
-    retryAfter: 10s
-    price: { input: 2, output: 8 }
-  - name: secondary
-    latency: { p50: 100ms, p99: 100ms }
-    price: { input: 2, output: 8 }
-workload:
-  requestsPerSecond: 1
-  arrivals: uniform
-  models: { gpt-4.1: 1 }
-  promptTokens: 100
-  completionTokens: 50
-breakwater:
-  upstreams:
-    - { name: primary, priority: 1 }
-    - { name: secondary, priority: 2 }
-`
+export const rateLimitedPrimary = primaryAndSecondary({
+  head: ["duration: 60s", "seed: 3"],
+  primary: ["latency: { p50: 100ms, p99: 100ms }", "errorLatency: 50ms", "rate429: 1", "retryAfter: 10s"],
+  secondary: ["latency: { p50: 100ms, p99: 100ms }"],
+  workload: ["requestsPerSecond: 1", "arrivals: uniform"]
+})
