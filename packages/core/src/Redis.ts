@@ -560,6 +560,13 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
           : Effect.fail(new NotReady(redis.status))
       )
 
+    /** `fallback`, counted and warned about (once), for a call Redis failed with `cause`. */
+    const fellBack = <A, E>(store: StoreName, cause: unknown, fallback: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.zipRight(
+        Effect.zipRight(Metric.increment(fallbacks[store]), markFailing(store, cause)),
+        fallback
+      )
+
     /** `primary`, or `fallback` (counted, and warned about once) when Redis fails. */
     const orFallback = <A, E>(
       store: StoreName,
@@ -568,11 +575,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     ): Effect.Effect<A, E> =>
       Effect.matchEffect(primary, {
         onSuccess: (a) => failing ? Effect.as(markHealthy, a) : Effect.succeed(a),
-        onFailure: (cause) =>
-          Effect.zipRight(
-            Effect.zipRight(Metric.increment(fallbacks[store]), markFailing(store, cause)),
-            fallback(cause)
-          )
+        onFailure: (cause) => fellBack(store, cause, fallback(cause))
       })
 
     // Wait a little for the first connection, so that the first requests do
@@ -616,10 +619,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
 
     /** What `acquire` answers while Redis fails: the memory twin, counted and warned about (once). */
     const acquireFallback = (req: RateLimiter.AcquireRequest, cause: unknown): Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError> =>
-      Effect.zipRight(
-        Effect.zipRight(Metric.increment(fallbacks["rate-limiter"]), markFailing("rate-limiter", cause)),
-        rateLimiterMemory.acquire(req)
-      )
+      fellBack("rate-limiter", cause, rateLimiterMemory.acquire(req))
 
     /**
      * The fiberless takes (`unsafeAcquireAsync`, a server's fast path) that
