@@ -490,6 +490,15 @@ const tooLarge = (value: string, max: number): boolean => {
 
 const numberArg = (n: number): string => String(n)
 
+/** A request's `maxWait` as the acquire scripts read it (`-1`: no bound). */
+const maxWaitArg = (millis: number): string => Number.isFinite(millis) ? numberArg(millis) : "-1"
+
+/** A decision from the three values an acquire script returns for it. */
+const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): RateLimiter.Decision =>
+  Number(granted) === 1
+    ? { granted: true, waitMillis: Number(millis), remaining: Number(remaining) }
+    : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
+
 // ---------------------------------------------------------------------------
 // The stores
 
@@ -656,16 +665,12 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         args[j + 1] = numberArg(req.limit)
         args[j + 2] = numberArg(req.windowMillis)
         args[j + 3] = numberArg(req.cost)
-        args[j + 4] = Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+        args[j + 4] = maxWaitArg(req.maxWaitMillis)
       }
       redis.breakwaterAcquireMany(batch.length, ...args).then((reply) => {
         const back = failing ? markHealthy : undefined
         for (let i = 0; i < batch.length; i++) {
-          const millis = Number(reply[i * 3 + 1])
-          const remaining = Number(reply[i * 3 + 2])
-          const decision: RateLimiter.Decision = Number(reply[i * 3]) === 1
-            ? { granted: true, waitMillis: millis, remaining }
-            : { granted: false, retryAfterMillis: millis, remaining }
+          const decision = decisionOf(reply[i * 3], reply[i * 3 + 1], reply[i * 3 + 2])
           batch[i]!.done(back === undefined ? decision : Effect.as(back, decision))
         }
       }, (cause: unknown) => {
@@ -684,13 +689,10 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
                 numberArg(req.limit),
                 numberArg(req.windowMillis),
                 numberArg(req.cost),
-                Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+                maxWaitArg(req.maxWaitMillis)
               )
             ),
-            ([granted, millis, remaining]): RateLimiter.Decision =>
-              granted === 1
-                ? { granted: true, waitMillis: Number(millis), remaining: Number(remaining) }
-                : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
+            ([granted, millis, remaining]) => decisionOf(granted, millis, remaining)
           ),
           () => rateLimiterMemory.acquire(req)
         ),
