@@ -370,7 +370,7 @@ describe.skipIf(!available)("Redis stores", () => {
       const r2 = yield* replica({ prefix })
       const now = Date.now()
       // The refresh is every 50 ms (and pub/sub faster): 2 s only guards a loaded
-      // machine's stalls; the delay itself is measured by the server's e2e test.
+      // machine's stalls; the channel alone is tested below, with the re-read an hour away.
       const WITHIN = 2_000
       yield* r1.cooldown.start("openai", { until: now + 10_000, reason: "rate-limited" })
       // Applied locally at once.
@@ -419,6 +419,24 @@ describe.skipIf(!available)("Redis stores", () => {
       yield* r1.cooldown.clear("openai")
       expect((yield* r1.cooldown.active(Date.now())).has("openai")).toBe(false)
       yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => !m.has("openai"), 300)
+    }))
+
+  it.scopedLive("cooldowns: a start and a clear reach the other replica on the channel, long before its re-read", () =>
+    Effect.gen(function*() {
+      const prefix = uniquePrefix()
+      // The re-read an hour away: only the channel can bring them within the test.
+      const r1 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      const r2 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      // Each replica's first read has happened (the subscription is made meanwhile).
+      yield* Effect.sleep(Duration.millis(100))
+      const until = Date.now() + 60_000
+      yield* r1.cooldown.start("openai", { until, reason: "unreachable" })
+      // 2 s only guards a loaded machine's stalls: the message takes milliseconds.
+      const seen = yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => m.has("openai"), 2_000)
+      expect(seen.get("openai")).toEqual({ until, reason: "unreachable" })
+      expect(r2.cooldown.unsafeActive?.(Date.now()).get("openai")).toEqual({ until, reason: "unreachable" })
+      yield* r1.cooldown.clear("openai")
+      yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => !m.has("openai"), 2_000)
     }))
 
   it.scopedLive("cache: a value set by one replica is a hit on the other, and expires with its TTL", () =>
