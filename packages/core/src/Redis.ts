@@ -845,21 +845,16 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
       if (merged !== undefined && now < mergedUntil) return merged
       const m = new Map<string, Cooldown>()
       for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
-      for (const [upstream, { cooldown: c }] of heard) {
-        if (c.until <= now) {
-          heard.delete(upstream)
-          continue
+      // What was heard, then what this replica started: each kept where it ends later, forgotten once over.
+      for (const source of [heard, started]) {
+        for (const [upstream, { cooldown: c }] of source) {
+          if (c.until <= now) {
+            source.delete(upstream)
+            continue
+          }
+          const other = m.get(upstream)
+          if (other === undefined || other.until < c.until) m.set(upstream, c)
         }
-        const other = m.get(upstream)
-        if (other === undefined || other.until < c.until) m.set(upstream, c)
-      }
-      for (const [upstream, entry] of started) {
-        if (entry.cooldown.until <= now) {
-          started.delete(upstream)
-          continue
-        }
-        const other = m.get(upstream)
-        if (other === undefined || other.until < entry.cooldown.until) m.set(upstream, entry.cooldown)
       }
       let until = Infinity
       for (const c of m.values()) if (c.until < until) until = c.until
