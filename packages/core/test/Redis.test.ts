@@ -648,6 +648,32 @@ describe.skipIf(!available)("Redis stores", () => {
         expect((yield* scriptCalls) - before).toBe(1)
       }))
 
+    it.scopedLive("at most 64 takes in one script call: a 65th in the same turn goes in a second one", () =>
+      Effect.gen(function*() {
+        const r = yield* replica({ prefix: uniquePrefix() })
+        const l = yield* limiter(r.rl, { name: "bound", limit: 1000, window: Duration.seconds(60), algorithm: "sliding-window" })
+        const client = yield* admin()
+        const scriptCalls = Effect.map(call(() => client.info("commandstats")), (info) => {
+          const m = /cmdstat_evalsha:calls=(\d+)/.exec(info)
+          return m === null ? 0 : Number(m[1])
+        })
+        expect(yield* takeAsync(l, "warm")).toBeUndefined()
+        const before = yield* scriptCalls
+        const answers = yield* Effect.async<ReadonlyArray<unknown>>((resume) => {
+          const got: Array<unknown> = []
+          let n = 0
+          for (let i = 0; i < 65; i++) {
+            l.unsafeTakeAsync!("k", 1, [], (wait) => {
+              got[i] = wait
+              if (++n === 65) resume(Effect.succeed(got))
+            })
+          }
+        })
+        expect(answers.filter((w) => w === undefined)).toHaveLength(65)
+        // Redis serves nothing else while a script runs: the batch is bounded.
+        expect((yield* scriptCalls) - before).toBe(2)
+      }))
+
     it.scopedLive("only where it applies: not in wait mode, not for the memory store", () =>
       Effect.gen(function*() {
         const r = yield* replica({ prefix: uniquePrefix() })
