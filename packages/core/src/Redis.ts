@@ -469,7 +469,16 @@ class NotReady extends Error {
 const notSent = (cause: unknown): boolean =>
   cause instanceof NotReady || (cause instanceof Error && cause.message.includes("enableOfflineQueue"))
 
-const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed", "unreachable"])
+// A record, not a list: a reason added to Cooldown.Reason and not here fails to compile
+// (else its cooldowns would be dropped as malformed when read back from Redis).
+const reasonsKnown: Record<Reason, true> = {
+  "rate-limited": true,
+  "quota-exhausted": true,
+  "low-headroom": true,
+  "auth-failed": true,
+  "unreachable": true
+}
+const reasons: ReadonlySet<string> = new Set(Object.keys(reasonsKnown))
 
 /** `until|reason` as stored in the cooldowns hash, or undefined if malformed. */
 const parseCooldown = (value: string): Cooldown | undefined => {
