@@ -124,6 +124,17 @@ const fallbackCount = (store: Redis.StoreName) =>
     return 0
   })
 
+/** `breakwater_ratelimit_rejected_total` of the limiter named `limiter` (0 before any). */
+const rejectedCount = (limiter: string) =>
+  Effect.map(Metric.snapshot, (pairs) => {
+    for (const pair of pairs) {
+      if (pair.metricKey.name !== "breakwater_ratelimit_rejected_total") continue
+      if (!Array.from(pair.metricKey.tags).some((t) => t.key === "limiter" && t.value === limiter)) continue
+      if (MetricState.isCounterState(pair.metricState)) return Number(pair.metricState.count)
+    }
+    return 0
+  })
+
 const allFallbacks = Effect.all({
   "rate-limiter": fallbackCount("rate-limiter"),
   cooldown: fallbackCount("cooldown"),
@@ -598,8 +609,11 @@ describe.skipIf(!available)("Redis stores", () => {
         // Decided in Redis: no synchronous take, a fiberless one.
         expect(l1.unsafeTake).toBeUndefined()
         expect(l1.unsafeTakeAsync).toBeTypeOf("function")
+        const rejectedBefore = yield* rejectedCount("rpm")
         const waits: Array<unknown> = []
         for (let i = 0; i < 5; i++) waits.push(yield* takeAsync(i % 2 === 0 ? l1 : l2, "k"))
+        // Each refusal counted, as acquire counts its own.
+        expect((yield* rejectedCount("rpm")) - rejectedBefore).toBe(2)
         // Three granted in all (not three per replica), then refusals that say when to retry.
         expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined])
         for (const w of waits.slice(3)) {
