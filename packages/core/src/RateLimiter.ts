@@ -212,17 +212,17 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
     ): boolean => unsafeTake(key, cost, now, tags) === undefined
 
     const unsafeAcquireAsync = store.unsafeAcquireAsync
+    const waitOf = (decision: Decision, tags: ReadonlyArray<MetricLabel.MetricLabel>): number | undefined => {
+      if (decision.granted) return undefined
+      rejected.unsafeUpdate(1, tags)
+      return decision.retryAfterMillis
+    }
     const unsafeTakeAsync = unsafeAcquireAsync === undefined || maxWaitMillis !== 0 ? undefined : (
       key: string,
       cost: number,
       tags: ReadonlyArray<MetricLabel.MetricLabel>,
       done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiterStoreError>) => void
     ): void => {
-      const waitOf = (decision: Decision): number | undefined => {
-        if (decision.granted) return undefined
-        rejected.unsafeUpdate(1, tags)
-        return decision.retryAfterMillis
-      }
       unsafeAcquireAsync(
         { key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis },
         (decision) =>
@@ -230,7 +230,7 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
             Effect.isEffect(decision)
               ? Effect.flatMap(decision, (d) =>
                 d.granted ? Effect.succeed(undefined) : Effect.as(Metric.increment(rejected), d.retryAfterMillis))
-              : waitOf(decision)
+              : waitOf(decision, tags)
           )
       )
     }

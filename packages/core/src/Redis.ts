@@ -469,7 +469,16 @@ class NotReady extends Error {
 const notSent = (cause: unknown): boolean =>
   cause instanceof NotReady || (cause instanceof Error && cause.message.includes("enableOfflineQueue"))
 
-const reasons: ReadonlySet<string> = new Set<Reason>(["rate-limited", "quota-exhausted", "low-headroom", "auth-failed", "unreachable"])
+// A record, not a list: a reason added to Cooldown.Reason and not here fails to compile
+// (else its cooldowns would be dropped as malformed when read back from Redis).
+const reasonsKnown: Record<Reason, true> = {
+  "rate-limited": true,
+  "quota-exhausted": true,
+  "low-headroom": true,
+  "auth-failed": true,
+  "unreachable": true
+}
+const reasons: ReadonlySet<string> = new Set(Object.keys(reasonsKnown))
 
 /** `until|reason` as stored in the cooldowns hash, or undefined if malformed. */
 const parseCooldown = (value: string): Cooldown | undefined => {
@@ -489,6 +498,15 @@ const tooLarge = (value: string, max: number): boolean => {
 }
 
 const numberArg = (n: number): string => String(n)
+
+/** A request's `maxWait` as the acquire scripts read it (`-1`: no bound). */
+const maxWaitArg = (millis: number): string => Number.isFinite(millis) ? numberArg(millis) : "-1"
+
+/** A decision from the three values an acquire script returns for it. */
+const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): RateLimiter.Decision =>
+  Number(granted) === 1
+    ? { granted: true, waitMillis: Number(millis), remaining: Number(remaining) }
+    : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
 
 // ---------------------------------------------------------------------------
 // The stores
@@ -560,6 +578,13 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
           : Effect.fail(new NotReady(redis.status))
       )
 
+    /** `fallback`, counted and warned about (once), for a call Redis failed with `cause`. */
+    const fellBack = <A, E>(store: StoreName, cause: unknown, fallback: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.zipRight(
+        Effect.zipRight(Metric.increment(fallbacks[store]), markFailing(store, cause)),
+        fallback
+      )
+
     /** `primary`, or `fallback` (counted, and warned about once) when Redis fails. */
     const orFallback = <A, E>(
       store: StoreName,
@@ -568,11 +593,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     ): Effect.Effect<A, E> =>
       Effect.matchEffect(primary, {
         onSuccess: (a) => failing ? Effect.as(markHealthy, a) : Effect.succeed(a),
-        onFailure: (cause) =>
-          Effect.zipRight(
-            Effect.zipRight(Metric.increment(fallbacks[store]), markFailing(store, cause)),
-            fallback(cause)
-          )
+        onFailure: (cause) => fellBack(store, cause, fallback(cause))
       })
 
     // Wait a little for the first connection, so that the first requests do
@@ -616,10 +637,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
 
     /** What `acquire` answers while Redis fails: the memory twin, counted and warned about (once). */
     const acquireFallback = (req: RateLimiter.AcquireRequest, cause: unknown): Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError> =>
-      Effect.zipRight(
-        Effect.zipRight(Metric.increment(fallbacks["rate-limiter"]), markFailing("rate-limiter", cause)),
-        rateLimiterMemory.acquire(req)
-      )
+      fellBack("rate-limiter", cause, rateLimiterMemory.acquire(req))
 
     /**
      * The fiberless takes (`unsafeAcquireAsync`, a server's fast path) that
@@ -656,16 +674,12 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         args[j + 1] = numberArg(req.limit)
         args[j + 2] = numberArg(req.windowMillis)
         args[j + 3] = numberArg(req.cost)
-        args[j + 4] = Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+        args[j + 4] = maxWaitArg(req.maxWaitMillis)
       }
       redis.breakwaterAcquireMany(batch.length, ...args).then((reply) => {
         const back = failing ? markHealthy : undefined
         for (let i = 0; i < batch.length; i++) {
-          const millis = Number(reply[i * 3 + 1])
-          const remaining = Number(reply[i * 3 + 2])
-          const decision: RateLimiter.Decision = Number(reply[i * 3]) === 1
-            ? { granted: true, waitMillis: millis, remaining }
-            : { granted: false, retryAfterMillis: millis, remaining }
+          const decision = decisionOf(reply[i * 3], reply[i * 3 + 1], reply[i * 3 + 2])
           batch[i]!.done(back === undefined ? decision : Effect.as(back, decision))
         }
       }, (cause: unknown) => {
@@ -684,13 +698,10 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
                 numberArg(req.limit),
                 numberArg(req.windowMillis),
                 numberArg(req.cost),
-                Number.isFinite(req.maxWaitMillis) ? numberArg(req.maxWaitMillis) : "-1"
+                maxWaitArg(req.maxWaitMillis)
               )
             ),
-            ([granted, millis, remaining]): RateLimiter.Decision =>
-              granted === 1
-                ? { granted: true, waitMillis: Number(millis), remaining: Number(remaining) }
-                : { granted: false, retryAfterMillis: Number(millis), remaining: Number(remaining) }
+            ([granted, millis, remaining]) => decisionOf(granted, millis, remaining)
           ),
           () => rateLimiterMemory.acquire(req)
         ),
@@ -843,21 +854,16 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
       if (merged !== undefined && now < mergedUntil) return merged
       const m = new Map<string, Cooldown>()
       for (const [upstream, c] of snapshot) if (c.until > now) m.set(upstream, c)
-      for (const [upstream, { cooldown: c }] of heard) {
-        if (c.until <= now) {
-          heard.delete(upstream)
-          continue
+      // What was heard, then what this replica started: each kept where it ends later, forgotten once over.
+      for (const source of [heard, started]) {
+        for (const [upstream, { cooldown: c }] of source) {
+          if (c.until <= now) {
+            source.delete(upstream)
+            continue
+          }
+          const other = m.get(upstream)
+          if (other === undefined || other.until < c.until) m.set(upstream, c)
         }
-        const other = m.get(upstream)
-        if (other === undefined || other.until < c.until) m.set(upstream, c)
-      }
-      for (const [upstream, entry] of started) {
-        if (entry.cooldown.until <= now) {
-          started.delete(upstream)
-          continue
-        }
-        const other = m.get(upstream)
-        if (other === undefined || other.until < entry.cooldown.until) m.set(upstream, entry.cooldown)
       }
       let until = Infinity
       for (const c of m.values()) if (c.until < until) until = c.until

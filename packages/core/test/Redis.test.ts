@@ -124,6 +124,17 @@ const fallbackCount = (store: Redis.StoreName) =>
     return 0
   })
 
+/** `breakwater_ratelimit_rejected_total` of the limiter named `limiter` (0 before any). */
+const rejectedCount = (limiter: string) =>
+  Effect.map(Metric.snapshot, (pairs) => {
+    for (const pair of pairs) {
+      if (pair.metricKey.name !== "breakwater_ratelimit_rejected_total") continue
+      if (!Array.from(pair.metricKey.tags).some((t) => t.key === "limiter" && t.value === limiter)) continue
+      if (MetricState.isCounterState(pair.metricState)) return Number(pair.metricState.count)
+    }
+    return 0
+  })
+
 const allFallbacks = Effect.all({
   "rate-limiter": fallbackCount("rate-limiter"),
   cooldown: fallbackCount("cooldown"),
@@ -370,7 +381,7 @@ describe.skipIf(!available)("Redis stores", () => {
       const r2 = yield* replica({ prefix })
       const now = Date.now()
       // The refresh is every 50 ms (and pub/sub faster): 2 s only guards a loaded
-      // machine's stalls; the delay itself is measured by the server's e2e test.
+      // machine's stalls; the channel alone is tested below, with the re-read an hour away.
       const WITHIN = 2_000
       yield* r1.cooldown.start("openai", { until: now + 10_000, reason: "rate-limited" })
       // Applied locally at once.
@@ -419,6 +430,24 @@ describe.skipIf(!available)("Redis stores", () => {
       yield* r1.cooldown.clear("openai")
       expect((yield* r1.cooldown.active(Date.now())).has("openai")).toBe(false)
       yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => !m.has("openai"), 300)
+    }))
+
+  it.scopedLive("cooldowns: a start and a clear reach the other replica on the channel, long before its re-read", () =>
+    Effect.gen(function*() {
+      const prefix = uniquePrefix()
+      // The re-read an hour away: only the channel can bring them within the test.
+      const r1 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      const r2 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      // Each replica's first read has happened (the subscription is made meanwhile).
+      yield* Effect.sleep(Duration.millis(100))
+      const until = Date.now() + 60_000
+      yield* r1.cooldown.start("openai", { until, reason: "unreachable" })
+      // 2 s only guards a loaded machine's stalls: the message takes milliseconds.
+      const seen = yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => m.has("openai"), 2_000)
+      expect(seen.get("openai")).toEqual({ until, reason: "unreachable" })
+      expect(r2.cooldown.unsafeActive?.(Date.now()).get("openai")).toEqual({ until, reason: "unreachable" })
+      yield* r1.cooldown.clear("openai")
+      yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => !m.has("openai"), 2_000)
     }))
 
   it.scopedLive("cache: a value set by one replica is a hit on the other, and expires with its TTL", () =>
@@ -580,8 +609,11 @@ describe.skipIf(!available)("Redis stores", () => {
         // Decided in Redis: no synchronous take, a fiberless one.
         expect(l1.unsafeTake).toBeUndefined()
         expect(l1.unsafeTakeAsync).toBeTypeOf("function")
+        const rejectedBefore = yield* rejectedCount("rpm")
         const waits: Array<unknown> = []
         for (let i = 0; i < 5; i++) waits.push(yield* takeAsync(i % 2 === 0 ? l1 : l2, "k"))
+        // Each refusal counted, as acquire counts its own.
+        expect((yield* rejectedCount("rpm")) - rejectedBefore).toBe(2)
         // Three granted in all (not three per replica), then refusals that say when to retry.
         expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined])
         for (const w of waits.slice(3)) {
@@ -628,6 +660,32 @@ describe.skipIf(!available)("Redis stores", () => {
         })
         expect(answers.map((w) => w === undefined ? "ok" : typeof w)).toEqual(["ok", "ok", "ok", "ok", "ok", "number", "number"])
         expect((yield* scriptCalls) - before).toBe(1)
+      }))
+
+    it.scopedLive("at most 64 takes in one script call: a 65th in the same turn goes in a second one", () =>
+      Effect.gen(function*() {
+        const r = yield* replica({ prefix: uniquePrefix() })
+        const l = yield* limiter(r.rl, { name: "bound", limit: 1000, window: Duration.seconds(60), algorithm: "sliding-window" })
+        const client = yield* admin()
+        const scriptCalls = Effect.map(call(() => client.info("commandstats")), (info) => {
+          const m = /cmdstat_evalsha:calls=(\d+)/.exec(info)
+          return m === null ? 0 : Number(m[1])
+        })
+        expect(yield* takeAsync(l, "warm")).toBeUndefined()
+        const before = yield* scriptCalls
+        const answers = yield* Effect.async<ReadonlyArray<unknown>>((resume) => {
+          const got: Array<unknown> = []
+          let n = 0
+          for (let i = 0; i < 65; i++) {
+            l.unsafeTakeAsync!("k", 1, [], (wait) => {
+              got[i] = wait
+              if (++n === 65) resume(Effect.succeed(got))
+            })
+          }
+        })
+        expect(answers.filter((w) => w === undefined)).toHaveLength(65)
+        // Redis serves nothing else while a script runs: the batch is bounded.
+        expect((yield* scriptCalls) - before).toBe(2)
       }))
 
     it.scopedLive("only where it applies: not in wait mode, not for the memory store", () =>

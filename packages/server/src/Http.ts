@@ -1021,10 +1021,7 @@ export const make = (options: Options) =>
         return later === undefined ? undefined : fastLater(request, body, caller, started, reply, who, chat, controls, later)
       }
       // Taken: from here the request is this path's (or, handed over, the general path's from where it is).
-      const log = openLog(request, "/v1/chat/completions", started)
-      request.state = log
-      log.key = who.name
-      log.model = chat.model
+      const log = openFastLog(request, started, who, chat)
       if ("_tag" in admitted) return replied(refusal(admitted), log, true, false)
       return fastCall(request, body, caller, reply, who, chat, controls, log, admitted)
     }
@@ -1048,10 +1045,7 @@ export const make = (options: Options) =>
       controls: Controls.Controls | undefined,
       later: NonNullable<ReturnType<Gateway["admitLater"]>>
     ): Relay.Cancel => {
-      const log = openLog(request, "/v1/chat/completions", started)
-      request.state = log
-      log.key = who.name
-      log.model = chat.model
+      const log = openFastLog(request, started, who, chat)
       let cancel: Relay.Cancel | undefined
       let gone = false
       later((admitted) => {
@@ -1061,11 +1055,7 @@ export const make = (options: Options) =>
             // The store answered from its fallback: the rest as the general path runs it.
             return reply(Effect.matchEffect(admitted, {
               onFailure: (e) => replied(refusal(e), log, true, false),
-              onSuccess: (a) =>
-                Effect.flatMap(
-                  relayedJson(log, a, relay.chat(chat, optionsOf(request, body, who, controls))),
-                  (response) => replied(response, log, true, false)
-                )
+              onSuccess: (a) => relayedFast(log, a, relay.chat(chat, optionsOf(request, body, who, controls)))
             }))
           }
           if ("_tag" in admitted) return reply(replied(refusal(admitted), log, true, false))
@@ -1085,6 +1075,19 @@ export const make = (options: Options) =>
       }
     }
 
+    /** The record of a request {@link fast} has taken, on the request. */
+    const openFastLog = (request: Incoming, started: number, who: Caller, chat: OpenAI.ChatCompletionRequest): Log => {
+      const log = openLog(request, "/v1/chat/completions", started)
+      request.state = log
+      log.key = who.name
+      log.model = chat.model
+      return log
+    }
+
+    /** A fast-path request's call as the general path answers it (an effect, for a fiber). */
+    const relayedFast = (log: Log, admitted: Admitted, call: Effect.Effect<Relay.Result, Relay.RelayError>): Effect.Effect<Reply> =>
+      Effect.flatMap(relayedJson(log, admitted, call), (response) => replied(response, log, true, false))
+
     const optionsOf = (request: Incoming, body: string, who: Caller, controls: Controls.Controls | undefined): Relay.CallOptions =>
       controls === undefined
         ? { key: who.name, rawBody: body, cache: cacheControl(request) }
@@ -1103,8 +1106,6 @@ export const make = (options: Options) =>
       admitted: Admitted
     ): Effect.Effect<Reply> | Relay.Cancel => {
       const options = optionsOf(request, body, who, controls)
-      const general = (call: Effect.Effect<Relay.Result, Relay.RelayError>): Effect.Effect<Reply> =>
-        Effect.flatMap(relayedJson(log, admitted, call), (response) => replied(response, log, true, false))
       const call = relay.unsafeChat(caller, chat, options, (result) => {
         const exit = Exit.isExit(result) ? result as Exit.Exit<Relay.Result, Relay.RelayError> : undefined
         if (exit !== undefined && exit._tag === "Success") {
@@ -1121,9 +1122,9 @@ export const make = (options: Options) =>
             }
           }
         }
-        reply(general(result))
+        reply(relayedFast(log, admitted, result))
       })
-      if (Effect.isEffect(call)) return general(call)
+      if (Effect.isEffect(call)) return relayedFast(log, admitted, call)
       return (then) =>
         call((left) => {
           writeLog(log, 499)

@@ -59,7 +59,10 @@ cache: { enabled: false }
   const runtime = await Effect.runPromise(Effect.provide(Effect.runtime<never>(), context))
   const caller = Relay.callerOf(runtime)
   const body = JSON.stringify({ model: "gpt-4.1", messages: [{ role: "user", content: "hello" }] })
-  /** One request through the fast path: what `fast` returned, and what `reply` got (as a Reply, effects run). */
+  /**
+   * One request through the fast path: what `fast` returned, what `reply` got
+   * (as a Reply, effects run), and how it got it (a Reply, or an effect for a fiber to run).
+   */
   const send = (id: string) => {
     const incoming: Http.Incoming = {
       method: "POST",
@@ -69,11 +72,13 @@ cache: { enabled: false }
       state: undefined
     }
     const replies: Array<Http.Reply> = []
+    const kinds: Array<"reply" | "effect"> = []
     const taken = handler.fast(incoming, body, caller, performance.now(), (answer) => {
+      kinds.push(Effect.isEffect(answer) ? "effect" : "reply")
       if (Effect.isEffect(answer)) Runtime.runPromise(runtime)(answer).then((r) => replies.push(r))
       else replies.push(answer)
     })
-    return { taken, replies }
+    return { taken, replies, kinds }
   }
   const release = () => {
     while (held.length > 0) held.shift()!()
@@ -102,6 +107,8 @@ describe("the fast path, admitted by a store that decides elsewhere", () => {
       t.release()
       for (let i = 0; i < 50 && first.replies.length === 0; i++) await nextTurn()
       expect(first.replies.map((r) => r.status)).toEqual([200])
+      // Answered as a Reply, not as an effect handed to a fiber.
+      expect(first.kinds).toEqual(["reply"])
       expect(t.calls()).toBe(1)
       t.send("later-2")
       const third = t.send("later-3")
