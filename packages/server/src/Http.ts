@@ -1003,6 +1003,29 @@ export const make = (options: Options) =>
       started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
+      try {
+        return fastUnsafe(request, body, caller, started, reply)
+      } catch (defect) {
+        // A defect of this plain code: a 500 with its request line and
+        // metrics, as a request fiber's defect is (the log opened here if
+        // the path had not opened it yet).
+        const log = (request.state as Log | undefined) ?? openLog(request, "/v1/chat/completions", started)
+        request.state = log
+        return defectReply(log, defect)
+      }
+    }
+
+    /** The 500 for a defect of the fast path's plain code, written and counted as the general path's. */
+    const defectReply = (log: Log, defect: unknown): Effect.Effect<Reply> =>
+      Effect.flatMap(unexpected(Cause.die(defect)), (response) => replied(response, log, true, false))
+
+    const fastUnsafe = (
+      request: Incoming,
+      body: string,
+      caller: Relay.Caller,
+      started: number,
+      reply: (answer: Reply | Effect.Effect<Reply>) => void
+    ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
       if (!fastOn || draining()) return undefined
       const who = gateway.identify(request.headers["authorization"])
       if (who instanceof Unauthorized) return undefined
@@ -1064,7 +1087,7 @@ export const make = (options: Options) =>
           else cancel = call
         } catch (defect) {
           // A defect of this plain code: a 500 and its log, as a request fiber's defect is.
-          reply(Effect.flatMap(unexpected(Cause.die(defect)), (response) => replied(response, log, true, false)))
+          reply(defectReply(log, defect))
         }
       })
       return (then) => {

@@ -224,4 +224,33 @@ describe("the handler's request lines through the RequestLog", () => {
       await close()
     }
   })
+
+  it("a defect in the fast path's plain code is the request's 500 with its line, not an exception out of `fast`", async () => {
+    const writes: Array<string> = []
+    const { caller, handler, close } = await handlerWith(LogLevel.Info, RequestLog.make({ sink: (c) => writes.push(c) }))
+    try {
+      const plain = request("fast-defect-1")
+      const body = await Effect.runPromise(plain.body)
+      const broken: Http.Incoming = {
+        ...plain,
+        headers: new Proxy({ "x-request-id": "fast-defect-1" } as Record<string, string | undefined>, {
+          get: (target, name) => {
+            if (name === "authorization") throw new Error("boom")
+            return target[name as string]
+          }
+        })
+      }
+      const taken = handler.fast(broken, body!, caller, performance.now(), () => {})
+      expect(Effect.isEffect(taken)).toBe(true)
+      const quiet = Logger.replace(Logger.defaultLogger, Logger.make(() => {}))
+      const reply = await Effect.runPromise(Effect.provide(taken as Effect.Effect<Http.Reply>, quiet))
+      expect(reply.status).toBe(500)
+      await nextTurn()
+      const line = writes.join("").split("\n").find((l) => l.includes(`"requestId":"fast-defect-1"`))
+      expect(line).toBeDefined()
+      expect(JSON.parse(line!)).toMatchObject({ status: 500, path: "/v1/chat/completions" })
+    } finally {
+      await close()
+    }
+  })
 })
