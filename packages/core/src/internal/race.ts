@@ -60,11 +60,26 @@ export const timeoutWith = <A, E, R, E2>(
   )
 
 /**
+ * A clock that sets plain timers of its own (the simulator's virtual
+ * clock): `unsafeTimer` runs `fire` as a task of the scheduler its fibers
+ * run on, `millis` from now, unless cancelled before the timer is due;
+ * `millis <= 0` fires at once. That is what the clock's `sleep` in a root
+ * fiber does, step for step, without the fiber.
+ */
+interface TimerClock {
+  readonly unsafeTimer: (millis: number, fire: () => void) => () => void
+}
+
+const hasTimers = (clock: Clock.Clock): clock is Clock.Clock & TimerClock =>
+  typeof (clock as Partial<TimerClock>).unsafeTimer === "function"
+
+/**
  * One timer, without a fiber: calls `fire` after `millis` of `clock` time,
  * unless the returned function cancels it first. With the live clock it is
- * a plain `setTimeout`; with any other clock (TestClock, a simulator's
- * clock) it is that clock's `sleep`, run as a root fiber on `fiber`'s
- * scheduler (a simulator drains its own), so tests drive it as usual.
+ * a plain `setTimeout`; with a clock that sets its own timers (a
+ * simulator's, see {@link TimerClock}) it is one of those; with any other
+ * clock (TestClock) it is that clock's `sleep`, run as a root fiber on
+ * `fiber`'s scheduler, so tests drive it as usual.
  * For the relay's hot path, where a call's time limit aborts the call itself.
  */
 export const unsafeTimer = (
@@ -77,6 +92,7 @@ export const unsafeTimer = (
     const handle = setTimeout(fire, Math.min(Math.max(0, millis), 2_147_483_647))
     return () => clearTimeout(handle)
   }
+  if (hasTimers(clock)) return clock.unsafeTimer(millis, fire)
   const timer = Effect.runFork(clock.sleep(Duration.millis(millis)), { scheduler: fiber.currentScheduler })
   timer.addObserver((exit) => {
     if (exit._tag === "Success") fire()

@@ -248,7 +248,9 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       promptTokens: wl.promptTokens,
       completionTokens: wl.completionTokens,
       callsOf: (request) => calls.get(request),
-      after: virtual === undefined ? undefined : (millis, reply) => virtual.after(millis, reply)
+      after: virtual === undefined ? undefined : (millis, reply) => virtual.after(millis, reply),
+      timer: virtual === undefined ? undefined : (millis, fire) => virtual.unsafeTimer(millis, fire),
+      now: virtual === undefined ? undefined : () => virtual.unsafeCurrentTimeMillis()
     })
     const relayOptions = Config.toRelayOptions(config)
     // With the fast path, the relay's cache is one the fast path shares (the same semantics).

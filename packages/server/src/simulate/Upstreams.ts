@@ -210,6 +210,14 @@ export interface ClientOptions {
    * (`VirtualClock.after`); by default through the Clock, as under TestClock.
    */
   readonly after?: (<A>(millis: number, reply: () => A) => Effect.Effect<A>) | undefined
+  /**
+   * A plain timer where the clock has them (`VirtualClock.unsafeTimer`):
+   * then the client also answers the relay's low-level `unsafePost`, with no
+   * fiber per call.
+   */
+  readonly timer?: ((millis: number, fire: () => void) => () => void) | undefined
+  /** The clock's time, with `timer`. */
+  readonly now?: (() => number) | undefined
 }
 
 const sleepThen = <A>(millis: number, reply: () => A): Effect.Effect<A> =>
@@ -251,6 +259,7 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
   const tokens = promptTokens + completionTokens
   const completion = completions(promptTokens, completionTokens)
   const after = options.after ?? sleepThen
+  const now = options.now ?? (() => 0)
 
   const unknown = (name: string) =>
     Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: name, reason: "not a simulated upstream" }))
@@ -294,6 +303,69 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
       }
     })
 
+  /**
+   * `post` without a fiber, for the relay's `unsafePost`: the same draws
+   * and bookkeeping at the call's start, the answer on one timer (`timer`:
+   * it fires as the scheduler task where `post`'s fiber would resume and
+   * end), and an abort that does what interrupting `post`'s fiber does (an
+   * answer that was to come is counted aborted and billed; a hang or an
+   * error answer just ends).
+   */
+  const timer = options.timer
+  const unsafePost: UpstreamClient.UpstreamClient["unsafePost"] = timer === undefined ? undefined : (upstream, _path, body, _headers, done) => {
+    const model = world.get(upstream.name)
+    if (model === undefined) {
+      done(new UpstreamError.UpstreamUnreachable({ upstream: upstream.name, reason: "not a simulated upstream" }), undefined)
+      return () => {}
+    }
+    const parsed = readBody(typeof body === "string" ? body : decoder.decode(body))
+    const calls = options.callsOf(parsed.request)
+    const nth = calls === undefined ? 0 : calls[model.index] ?? 0
+    if (calls !== undefined) calls[model.index] = nth + 1
+    const answer = model.decide(now(), parsed.request, nth, tokens)
+    let reply: () => UpstreamClient.Reply
+    let aborted: (() => void) | undefined
+    switch (answer.kind) {
+      case "hang":
+        return () => {}
+      case "ok":
+        reply = () => {
+          model.bill(parsed.model, promptTokens, completionTokens)
+          return { status: 200, headers: JSON_HEADERS, text: completion(parsed.model) }
+        }
+        aborted = () => {
+          model.traffic.aborted++
+          model.bill(parsed.model, promptTokens, completionTokens)
+        }
+        break
+      case "429": {
+        const answered: UpstreamClient.Reply = {
+          status: 429,
+          headers: answer.retryAfter === undefined
+            ? JSON_HEADERS
+            : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
+          text: RATE_LIMITED
+        }
+        reply = () => answered
+        break
+      }
+      case "503":
+        reply = () => UNAVAILABLE_REPLY
+        break
+    }
+    let pending = true
+    const cancel = timer(answer.delay, () => {
+      pending = false
+      done(undefined, reply())
+    })
+    return () => {
+      if (!pending) return
+      pending = false
+      cancel()
+      aborted?.()
+    }
+  }
+
   /** Health probes: answered unless the upstream is in an outage. */
   const get: UpstreamClient.UpstreamClient["get"] = (upstream) =>
     Effect.clockWith((clock) => {
@@ -313,6 +385,7 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
 
   return UpstreamClient.UpstreamClient.of({
     post,
+    ...(unsafePost === undefined ? {} : { unsafePost }),
     get,
     postStream: (upstream) =>
       Effect.fail(new UpstreamError.UpstreamUnreachable({ upstream: upstream.name, reason: "streaming is not simulated" }))

@@ -139,6 +139,29 @@ export class VirtualClock implements Clock.Clock {
     this.timers.push({ at, seq: this.seq++, fire: () => scheduler.scheduleTask(task), cancelled: false })
   }
 
+  /**
+   * The core's timers without a fiber (`unsafeTimer` in the core's
+   * `internal/race.ts` asks a clock that has this method): the same as
+   * `Effect.runFork(this.sleep(millis))` with an observer that calls `fire`
+   * on success, step for step — the timer is set now, `fire` runs as a
+   * scheduler task once it is due (where the sleeping fiber would resume and
+   * end), a cancel before then stops it, and `millis <= 0` fires at once —
+   * without the fiber, its wake-up and its interruption.
+   */
+  unsafeTimer(millis: number, fire: () => void): () => void {
+    const duration = Duration.toMillis(Duration.millis(millis))
+    if (!(duration > 0)) {
+      fire()
+      return () => {}
+    }
+    const scheduler = this.scheduler
+    const timer: Timer = { at: this.now + duration, seq: this.seq++, fire: () => scheduler.scheduleTask(fire), cancelled: false }
+    this.timers.push(timer)
+    return () => {
+      timer.cancelled = true
+    }
+  }
+
   /** Moves time to the next pending timer and fires it; false when none is pending. */
   fireNext(): boolean {
     for (;;) {
