@@ -58,6 +58,11 @@ export class SimRandom implements Random.Random {
     return this.prng.integer(n)
   }
 
+  /** Its generator, for the relay's synchronous draws (the hot path's router plan), the same sequence. */
+  get PRNG(): PCGRandom {
+    return this.prng
+  }
+
   save(): ReturnType<PCGRandom["getState"]> {
     return this.prng.getState()
   }
@@ -199,6 +204,12 @@ export class SharedCache {
     this.newest = entry
   }
 
+  /** The store's `invalidate`. */
+  invalidate(key: string): void {
+    const entry = this.entries.get(key)
+    if (entry !== undefined) this.remove(entry)
+  }
+
   /** The call in flight for `key`, if any. */
   flight(key: string): Flight | undefined {
     return this.flights.get(key)
@@ -262,11 +273,7 @@ export class SharedCache {
   readonly service: ResponseCache.ResponseCache = {
     key: (request, scope) => this.key(request, scope),
     getOrCompute: this.getOrCompute,
-    invalidate: (k) =>
-      Effect.sync(() => {
-        const entry = this.entries.get(k)
-        if (entry !== undefined) this.remove(entry)
-      }),
+    invalidate: (k) => Effect.sync(() => this.invalidate(k)),
     inFlight: Effect.sync(() => this.flights.size)
   }
 }
@@ -294,7 +301,8 @@ export class SharedCooldowns {
       Effect.sync(() => {
         this.cooldowns.delete(upstream)
       }),
-    active: (now) => Effect.sync(() => this.unsafeActive(now))
+    active: (now) => Effect.sync(() => this.unsafeActive(now)),
+    unsafeActive: this.unsafeActive
   }
 }
 

@@ -170,6 +170,9 @@ interface Prompt {
   body: { readonly messages: ReadonlyArray<OpenAI.ChatMessage>; readonly head: string; readonly tail: string } | undefined
 }
 
+/** The relay's cache left out: the simulator leads the flight itself (`relayedDirect`). */
+const BYPASS: ResponseCache.Control = { lookup: false, store: false }
+
 /** The relay's failures as the server answers them (see `Http.ts`). */
 const statusOf = (error: Relay.RelayError): string => {
   switch (error._tag) {
@@ -399,13 +402,53 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
         completionTokens: wl.completionTokens,
         record: recorder
       })
+      const caller = Relay.callerOf(runtime)
+      const run = Runtime.runFork(runtime)
+      /**
+       * Request `i` through the real relay as `relayed` runs it, through the
+       * relay's `unsafeChat`: its hot path's first attempt without a fiber,
+       * the rest (failover, waits) in one. The simulator leads the cache's
+       * flight for it as `relay.chat` would (the fast path has just found no
+       * entry and no flight for the key), the relay's cache bypassed.
+       */
+      const relayedDirect = (i: number, at: number, p: Prompt): void => {
+        const request = requestOf(i, p)
+        const key = cacheable ? p.key : undefined
+        if (key !== undefined) shared.remember(request, key)
+        const rawBody = `${p.body!.head}${i}${p.body!.tail}`
+        calls.set(i, [])
+        const flight = key === undefined ? undefined : shared.lead(key)
+        const ended = (exit: Exit.Exit<Relay.Result, Relay.RelayError>): void => {
+          calls.delete(i)
+          if (Exit.isSuccess(exit)) {
+            const { body, metadata: m } = exit.value
+            if (flight !== undefined) {
+              // What `relay.chat` stores, and drops again when a fallback model answered.
+              const same = m.model === request.model
+              shared.settle(key!, flight, Exit.succeed(same ? `${m.upstream}\n${body}` : `${m.upstream}\u0000${m.model}\n${body}`))
+              if (!same) shared.invalidate(key!)
+            }
+            recorder.ok(at, false, m.upstream)
+          } else {
+            if (flight !== undefined) shared.settle(key!, flight, Exit.failCause(exit.cause))
+            const failure = Cause.failureOption(exit.cause)
+            recorder.failed(at, failure._tag === "Some" ? failure.value : undefined)
+          }
+        }
+        const go = (result: Effect.Effect<Relay.Result, Relay.RelayError>): void => {
+          if (Exit.isExit(result)) return ended(result as Exit.Exit<Relay.Result, Relay.RelayError>)
+          run(result).addObserver(ended)
+        }
+        const started = relay.unsafeChat(caller, request, { rawBody, cache: BYPASS }, go)
+        if (Effect.isEffect(started)) go(started)
+      }
       fast = (i, at, p) => {
         // The requests of one prompt are the same but for `metadata`, which
         // the cache key leaves out: one key per prompt is the real key's partition.
         if (cacheable && p.key === undefined) p.key = `${scope ?? ""}:${p.id}`
         path.start(
           { index: i, arrivedAt: at, model: p.model, key: cacheable ? p.key : undefined },
-          () => void runFork(relayed(i, at, p))
+          () => relayedDirect(i, at, p)
         )
       }
     }
