@@ -144,18 +144,43 @@ export const make = (options: Options = {}): Router => {
     }
   }
 
+  /**
+   * `weightedOrder`, then (`byPriority`) a stable sort by priority, drawing
+   * from `random` (one draw per upstream, in their order), sorted in place:
+   * by priority, then by key descending, ties in their first order — what
+   * the two stable sorts give, without their arrays (this runs on every
+   * request of the hot path).
+   */
+  const unsafeWeighted = (ups: Array<Upstream>, random: UnsafeRandom, byPriority: boolean): Array<Upstream> => {
+    const n = ups.length
+    const keys: Array<number> = []
+    for (let i = 0; i < n; i++) keys.push(Math.pow(random.number(), 1 / Math.max(ups[i]!.weight, 1e-9)))
+    // Insertion sort (stable): few upstreams.
+    for (let i = 1; i < n; i++) {
+      const u = ups[i]!
+      const key = keys[i]!
+      let j = i - 1
+      for (; j >= 0; j--) {
+        const v = ups[j]!
+        const byP = byPriority ? v.priority - u.priority : 0
+        if (!(byP > 0 || (byP === 0 && key - keys[j]! > 0))) break
+        ups[j + 1] = v
+        keys[j + 1] = keys[j]!
+      }
+      ups[j + 1] = u
+      keys[j + 1] = key
+    }
+    return ups
+  }
+
   /** `order`, drawing from `random` synchronously (the same draws as `order`). */
   const unsafeOrder = (ups: Array<Upstream>, random: UnsafeRandom): ReadonlyArray<Upstream> => {
     if (ups.length <= 1) return ups
-    const weighted = () => {
-      const keyed = ups.map((u) => [Math.pow(random.number(), 1 / Math.max(u.weight, 1e-9)), u] as const)
-      return keyed.sort((a, b) => b[0] - a[0]).map(([, u]) => u)
-    }
     switch (strategy) {
       case "priority":
-        return weighted().sort((a, b) => a.priority - b.priority)
+        return unsafeWeighted(ups, random, true)
       case "weighted":
-        return weighted()
+        return unsafeWeighted(ups, random, false)
       case "least-busy":
         return ups.sort((a, b) => busyness(a) - busyness(b) || a.priority - b.priority)
       case "latency": {

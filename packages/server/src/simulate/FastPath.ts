@@ -397,6 +397,8 @@ export interface SimulatedModel {
   readonly index: number
   readonly peek: (now: number, request: number, nth: number, tokens: number) => { readonly kind: string; readonly delay: number }
   readonly decide: (now: number, request: number, nth: number, tokens: number) => { readonly kind: string; readonly delay: number }
+  /** `decide` for the answer `peek` just gave as "ok" (nothing changed since), without drawing again. */
+  readonly commitOk: (now: number, tokens: number) => void
   readonly bill: (model: string, promptTokens: number, completionTokens: number) => void
 }
 
@@ -515,7 +517,7 @@ export const make = (options: Options) => {
     }
 
     // Committed: the attempt as the relay makes it (a primary call of its retry budget).
-    model.decide(now, request.index, 0, tokens)
+    model.commitOk(now, tokens)
     options.relay.retryBudget.recordPrimary()
     const flight = request.key === undefined ? undefined : cache.lead(request.key)
     const target = u.modelFor(request.model) ?? request.model

@@ -99,6 +99,24 @@ export class Model {
     return this.answer(now, request, nth, tokens, false)
   }
 
+  /**
+   * Counts a call whose answer {@link peek} just gave as "ok", with nothing
+   * changed since: what {@link decide} would count for it, without drawing
+   * again (the same counts, the same quota window).
+   */
+  commitOk(now: number, tokens: number): void {
+    this.traffic.calls++
+    const window = Math.floor(now / 60_000) * 60_000
+    if (window !== this.window) {
+      this.window = window
+      this.windowRequests = 0
+      this.windowTokens = 0
+    }
+    this.windowRequests++
+    this.windowTokens += tokens
+    this.traffic.ok++
+  }
+
   private answer(now: number, request: number, nth: number, tokens: number, commit: boolean): Answer {
     const s = this.spec
     const rng = new Prng(hash(this.seed, request, this.index, nth))

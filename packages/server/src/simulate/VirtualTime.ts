@@ -24,8 +24,17 @@ import type * as Scheduler from "effect/Scheduler"
 interface Timer {
   readonly at: number
   readonly seq: number
-  readonly fire: () => void
+  /** Dropped when cancelled: a cancelled timer stays in the heap until its time, and should not keep its caller alive. */
+  fire: () => void
   cancelled: boolean
+}
+
+const NOTHING = () => {}
+
+/** Cancels `timer`, letting go of what its `fire` holds. */
+const cancel = (timer: Timer): void => {
+  timer.cancelled = true
+  timer.fire = NOTHING
 }
 
 /** A min-heap of timers by (time, order of scheduling). */
@@ -107,9 +116,7 @@ export class VirtualClock implements Clock.Clock {
     return Effect.async<void>((resume) => {
       const timer: Timer = { at: this.now + millis, seq: this.seq++, fire: () => resume(Effect.void), cancelled: false }
       this.timers.push(timer)
-      return Effect.sync(() => {
-        timer.cancelled = true
-      })
+      return Effect.sync(() => cancel(timer))
     })
   }
 
@@ -123,9 +130,7 @@ export class VirtualClock implements Clock.Clock {
     return Effect.async<A>((resume) => {
       const timer: Timer = { at: this.now + millis, seq: this.seq++, fire: () => resume(Effect.sync(reply)), cancelled: false }
       this.timers.push(timer)
-      return Effect.sync(() => {
-        timer.cancelled = true
-      })
+      return Effect.sync(() => cancel(timer))
     })
   }
 
@@ -157,9 +162,7 @@ export class VirtualClock implements Clock.Clock {
     const scheduler = this.scheduler
     const timer: Timer = { at: this.now + duration, seq: this.seq++, fire: () => scheduler.scheduleTask(fire), cancelled: false }
     this.timers.push(timer)
-    return () => {
-      timer.cancelled = true
-    }
+    return () => cancel(timer)
   }
 
   /** Moves time to the next pending timer and fires it; false when none is pending. */
