@@ -317,13 +317,20 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
     }
     // About four characters a token, so that the relay's token estimate matches the usage.
     const padding = "lorem ipsum ".repeat(Math.ceil((wl.promptTokens * 4) / 12)).slice(0, wl.promptTokens * 4)
+    // The JSON of the body around the prompt's number, built once (what
+    // `JSON.stringify` writes: "prompt <n>: " needs no escaping).
+    const paddingJson = JSON.stringify(padding).slice(1, -1)
+    const tailHead = `"},"max_tokens":${JSON.stringify(wl.completionTokens)},"messages":[{"role":"user","content":"prompt `
+    const tailEnd = `: ${paddingJson}"}]}`
+    const heads = new Map<string, string>()
     const bodyOf = (p: Prompt): NonNullable<Prompt["body"]> => {
       if (p.body !== undefined) return p.body
-      const messages = [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }]
+      let head = heads.get(p.model)
+      if (head === undefined) heads.set(p.model, head = `{"model":${JSON.stringify(p.model)},"metadata":{"sim":"r`)
       return p.body = {
-        messages,
-        head: `{"model":${JSON.stringify(p.model)},"metadata":{"sim":"r`,
-        tail: `"},"max_tokens":${JSON.stringify(wl.completionTokens)},"messages":${JSON.stringify(messages)}}`
+        messages: [{ role: "user" as const, content: `prompt ${p.id}: ${padding}` }],
+        head,
+        tail: `${tailHead}${p.id}${tailEnd}`
       }
     }
     const requestOf = (i: number, p: Prompt) => ({
