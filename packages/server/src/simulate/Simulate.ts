@@ -421,7 +421,6 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       const relayedDirect = (i: number, at: number, p: Prompt): void => {
         const request = requestOf(i, p)
         const key = cacheable ? p.key : undefined
-        if (key !== undefined) shared.remember(request, key)
         const rawBody = `${p.body!.head}${i}${p.body!.tail}`
         calls.set(i, [])
         const flight = key === undefined ? undefined : shared.lead(key)
