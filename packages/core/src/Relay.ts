@@ -645,7 +645,6 @@ export const makeWith = (
     const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
-    const rateLimitCooldownMillis = Duration.toMillis(rateLimitCooldown)
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
@@ -803,14 +802,31 @@ export const makeWith = (
       }
     }
 
-    /** Starts the cooldown that a failure calls for. */
+    const upstreamNamed = new Map(upstreams.map((u) => [u.name, u]))
+
+    /**
+     * Starts the cooldown that a failure calls for, and tells the
+     * upstream's pacer when it ends (the store's end: a longer one already
+     * there, from this replica or another, wins), so that the pacer holds
+     * after a 429 exactly as long as the cooldown keeps requests away.
+     */
     const coolDown = (error: UpstreamError): Effect.Effect<void> => {
       const cooldown = cooldownFor(error)
       if (cooldown === undefined) return Effect.void
-      const start = Effect.provideService(
+      const u = upstreamNamed.get(error.upstream)
+      const started = Effect.provideService(
         Cooldown.start(error.upstream, cooldown.duration, cooldown.reason),
         Cooldown.CooldownStore,
         cooldowns
+      )
+      const start = u === undefined ? started : Effect.zipRight(
+        started,
+        Effect.clockWith((clock) => {
+          const now = clock.unsafeCurrentTimeMillis()
+          return Effect.map(cooldowns.active(now), (active) => {
+            Pacing.pacerOf(u).cooled(now, active.get(error.upstream)?.until ?? now + Duration.toMillis(cooldown.duration))
+          })
+        })
       )
       if (error._tag !== "UpstreamAuthFailed") return start
       // The operator must act: said at ERROR, naming the upstream (never
@@ -1107,7 +1123,7 @@ export const makeWith = (
         settled = true
         cancelTimer()
         const now = clock.unsafeCurrentTimeMillis()
-        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
         else pacer.done(now)
         settle(exit)
       })
@@ -2345,7 +2361,7 @@ export const makeWith = (
           Effect.onExit((exit) =>
             Effect.sync(() => {
               const now = clock.unsafeCurrentTimeMillis()
-              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
               else pacer.done(now)
             })
           )
