@@ -30,10 +30,13 @@ import { parseResetDuration } from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 
+/** How many requests may wait for one upstream's window unless told: {@link Options.queue}'s default. */
+export const defaultQueue = 100
+
 export interface Options {
   /**
    * How many requests may wait for one upstream's window, first come first
-   * served. Default 100; 0 turns queueing off (a request that finds every
+   * served. Default 100 ({@link defaultQueue}); 0 turns queueing off (a request that finds every
    * upstream rate limited fails at once, or waits out the cooldown as
    * before, see `Relay.Options.retry.maxRetryAfter`).
    */

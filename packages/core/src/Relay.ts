@@ -649,7 +649,7 @@ export const makeWith = (
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
     const unreachableCooldown = Duration.decode(options.unreachableCooldown ?? Duration.seconds(5))
-    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? 100))
+    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? Pacing.defaultQueue))
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
