@@ -654,6 +654,8 @@ export const makeWith = (
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
     const hedging = options.hedge === undefined ? undefined : Hedge.make(options.hedge)
+    // Latencies are kept only where a percentile hedge reads them.
+    if (hedging?.readsLatencies === true) for (const u of upstreams) Upstream.keepLatencies(u)
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
