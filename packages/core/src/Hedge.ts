@@ -78,6 +78,13 @@ export interface Report {
   readonly outcome: "won" | "lost" | "failed"
 }
 
+/** Hedges sent, by how they went (see {@link Report}). */
+export interface Tally {
+  readonly won: number
+  readonly lost: number
+  readonly failed: number
+}
+
 // ---------------------------------------------------------------------------
 // Budget
 

@@ -336,6 +336,12 @@ export interface Relay {
    * (hedging) spend from it too: `relay.retryBudget.trySpend()`.
    */
   readonly retryBudget: RetryBudget.RetryBudget
+  /**
+   * Hedges this relay sent since it was made, by outcome: its own, where
+   * `breakwater_hedged_total` adds up every relay in the process (several
+   * simulations at once, a reload's old and new relay).
+   */
+  readonly hedges: () => Hedge.Tally
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
@@ -654,6 +660,7 @@ export const makeWith = (
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
     const hedging = options.hedge === undefined ? undefined : Hedge.make(options.hedge)
+    const hedgeTally = { won: 0, lost: 0, failed: 0 }
     // Latencies are kept only where a percentile hedge reads them.
     if (hedging?.readsLatencies === true) for (const u of upstreams) Upstream.keepLatencies(u)
 
@@ -1514,6 +1521,7 @@ export const makeWith = (
                 outcome = hedgeValue !== undefined && hedgeValue._tag === "Ok" ? "won" : "failed"
               }
               progress.hedge = { upstream: h.name, outcome }
+              hedgeTally[outcome]++
               noted.push(Metric.increment(Hedge.hedgedBy(h.name, outcome)))
               const firstU = r.firstIsHedge ? h : u
               // After both, the request moves on past the hedge's upstream;
@@ -2696,7 +2704,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget })
+    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget, hedges: () => ({ ...hedgeTally }) })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`

@@ -336,6 +336,9 @@ describe("hedging: who keeps latencies", () => {
       fixed.client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
       const raced = yield* joinAfter(fixed.relay.chat(request()), Duration.millis(150))
       expect(raced.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      // The relay's own count of its hedges (the other relays here sent none).
+      expect(fixed.relay.hedges()).toEqual({ won: 1, lost: 0, failed: 0 })
+      expect(plain.relay.hedges()).toEqual({ won: 0, lost: 0, failed: 0 })
       yield* fixed.relay.chat(request())
       expect(fixed.up("a").stats.successes).toBe(1)
       expect(fixed.up("a").stats.latencies).toBeUndefined()
