@@ -39,6 +39,12 @@ export interface Incoming {
   readonly headers: Readonly<Record<string, string | undefined>>
   /** The body as text, or undefined when it is larger than `maxBodyBytes`. */
   readonly body: Effect.Effect<string | undefined>
+  /**
+   * `performance.now()` when the request arrived (its headers read): a
+   * request's latency then counts the reading of its body on every path,
+   * the fast one and the general one. The handler's own start when absent.
+   */
+  readonly started?: number
   /** The handler's own record of the request, for {@link Handler.hungUp}; adapters leave it alone. */
   state?: unknown
 }
@@ -923,7 +929,7 @@ export const make = (options: Options) =>
     }
 
     /** A request's record, from its start (now, unless given). */
-    const openLog = (request: Incoming, path: string, started = performance.now()): Log => {
+    const openLog = (request: Incoming, path: string, started = request.started ?? performance.now()): Log => {
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       return {
