@@ -233,7 +233,8 @@ export class Pacer {
     if (told) this.learn(now, headers)
     if (status === 429) {
       this.left = 0
-      if (!told && this.limit === undefined && this.holdUntil === 0) this.holdUntil = now + UNTOLD_HOLD_MILLIS
+      // A hold still running stays (the relay tells the new end); one over, or none, waits to be told.
+      if (!told && this.limit === undefined && this.holdUntil <= now) this.holdUntil = now + UNTOLD_HOLD_MILLIS
     } else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
       this.left = undefined
       this.resetAt = 0

@@ -173,6 +173,22 @@ describe("Pacer", () => {
     expect(p.tryTake(30_000)).toBe(true)
   })
 
+  it("a 429 after a told hold ran out (nobody asked in between) holds again until told, not freed by the old end", () => {
+    const p = new Pacing.Pacer("a")
+    for (let i = 0; i < 3; i++) {
+      expect(p.tryTake(0)).toBe(true)
+      p.sent()
+    }
+    p.answered(0, 429, {})
+    p.cooled(0, 500)
+    // No call asked the pacer until 600; then another 429 (a call sent before).
+    p.answered(600, 429, {})
+    expect(p.tryTake(600)).toBe(false)
+    p.cooled(600, 2600)
+    expect(p.tryTake(2599)).toBe(false)
+    expect(p.tryTake(2600)).toBe(true)
+  })
+
   it.effect("without a known limit, waiters behind a hung call after a 429 are let through at the cooldown's end, not at their timeout", () =>
     Effect.gen(function*() {
       const p = new Pacing.Pacer("a")
