@@ -1514,8 +1514,9 @@ export const makeWith = (
                 const loser = r.firstIsHedge ? u : h
                 const now = clock.unsafeCurrentTimeMillis()
                 noted.push(Metric.increment(requestsBy(loser.name, "interrupted")))
-                // A lower bound of its latency, so that slow calls cut short still count as slow.
-                if (!r.firstIsHedge) Upstream.noteLatency(u, now - startedAt)
+                // The first call, cut short by its hedge: a lower bound of its latency, so that
+                // slow calls cut short still count as slow (a first call that won noted its own).
+                if (r.firstIsHedge) Upstream.noteLatency(u, now - startedAt)
                 outcome = !r.firstIsHedge ? "lost" : r.first._tag === "Ok" ? "won" : "failed"
               } else {
                 outcome = hedgeValue !== undefined && hedgeValue._tag === "Ok" ? "won" : "failed"

@@ -353,6 +353,32 @@ describe("hedging: who keeps latencies", () => {
     }))
 })
 
+describe("hedging: the first call's latency sample after a race", () => {
+  it.scoped("a first call cut short by its hedge adds its time so far (a lower bound); a first call that won adds its own, once", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Hedge.percentile(95), maxExtra: 1, minDelay: Duration.millis(1) } })
+      // 20 samples of 100 ms: the p95 is 100 ms, so the next slow call is hedged after 100 ms.
+      client.fallback("a", Scripted.delayed(Duration.millis(100), Scripted.ok()))
+      for (let i = 0; i < 20; i++) yield* joinAfter(relay.chat(request(), { hedge: false }), Duration.millis(100))
+      const ring = () => up("a").stats.latencies!
+      expect(ring().total).toBe(20)
+      // The hedge wins at 100 + 50 ms: a's call is interrupted after 150 ms, its sample 150.
+      client.script("a", Scripted.delayed(Duration.seconds(2), Scripted.ok("from a")))
+      client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
+      const hedged = yield* joinAfter(relay.chat(request()), Duration.millis(150))
+      expect(hedged.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      expect(ring().total).toBe(21)
+      expect(ring().ring[20]).toBe(150)
+      // The first call wins at 130 ms against a hedge started at 100 ms: one sample, 130.
+      client.script("a", Scripted.delayed(Duration.millis(130), Scripted.ok("from a")))
+      client.script("b", Scripted.delayed(Duration.seconds(2), Scripted.ok("from b")))
+      const lost = yield* joinAfter(relay.chat(request()), Duration.millis(130))
+      expect(lost.metadata.hedge).toEqual({ upstream: "b", outcome: "lost" })
+      expect(ring().total).toBe(22)
+      expect(ring().ring[21]).toBe(130)
+    }))
+})
+
 describe("hedging: streams", () => {
   it.scoped("a stream without a first event after `after` is hedged; the first stream to send one wins, the other is closed", () =>
     Effect.gen(function*() {
