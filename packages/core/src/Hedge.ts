@@ -67,6 +67,15 @@ export interface Options {
 /** Measured calls an upstream needs before its percentile is trusted. */
 export const MIN_SAMPLES = 20
 
+/** The {@link Options} a hedge leaves out, at their defaults (one place: the server's config states them from here). */
+export const defaults = {
+  maxExtra: 0.1,
+  window: Duration.seconds(10),
+  initialDelay: Duration.seconds(1),
+  minDelay: Duration.millis(50),
+  sameUpstream: false
+} as const
+
 /** How a hedged request went, for its metadata and the request log. */
 export interface Report {
   /** The upstream the hedge went to. */
@@ -76,6 +85,13 @@ export interface Report {
    * first; `failed`: the hedge failed (and the request went on without it).
    */
   readonly outcome: "won" | "lost" | "failed"
+}
+
+/** Hedges sent, by how they went (see {@link Report}). */
+export interface Tally {
+  readonly won: number
+  readonly lost: number
+  readonly failed: number
 }
 
 // ---------------------------------------------------------------------------
@@ -127,19 +143,22 @@ export interface Hedge {
   readonly sameUpstream: boolean
   /** The delay before hedging a call to `u`, millis. */
   readonly delayFor: (u: Upstream.Upstream) => number
+  /** Whether {@link delayFor} reads the upstreams' latency percentiles: they must keep them (`Upstream.keepLatencies`). */
+  readonly readsLatencies: boolean
 }
 
 export const make = (options: Options): Hedge => {
-  const maxExtra = options.maxExtra ?? 0.1
-  const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? Duration.seconds(10)))
+  const maxExtra = options.maxExtra ?? defaults.maxExtra
+  const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? defaults.window))
   const after = options.after
-  const sameUpstream = options.sameUpstream === true
+  const sameUpstream = options.sameUpstream ?? defaults.sameUpstream
   if (isPercentile(after)) {
-    const initial = Duration.toMillis(options.initialDelay ?? Duration.seconds(1))
-    const min = Duration.toMillis(options.minDelay ?? Duration.millis(50))
+    const initial = Duration.toMillis(options.initialDelay ?? defaults.initialDelay)
+    const min = Duration.toMillis(options.minDelay ?? defaults.minDelay)
     return {
       budget,
       sameUpstream,
+      readsLatencies: true,
       delayFor: (u) => {
         const measured = Upstream.latencyQuantile(u, after.quantile, MIN_SAMPLES)
         return measured === undefined ? initial : Math.max(min, measured)
@@ -147,7 +166,7 @@ export const make = (options: Options): Hedge => {
     }
   }
   const fixed = Duration.toMillis(after)
-  return { budget, sameUpstream, delayFor: () => fixed }
+  return { budget, sameUpstream, readsLatencies: false, delayFor: () => fixed }
 }
 
 // ---------------------------------------------------------------------------
