@@ -340,10 +340,14 @@ const decideSlidingWindow = (log: Log, req: AcquireRequest, now: number): Decisi
   if (req.cost > req.limit) return { granted: false, retryAfterMillis: w, remaining: remainingNow }
   let at = start
   if (used + req.cost > req.limit) {
+    // The first reservation whose leaving makes room; those of the same
+    // instant leave with it, so `remaining` counts none of them.
     for (let i = first; i < log.times.length; i++) {
+      const t = log.times[i]!
       used -= log.costs[i]!
+      while (i + 1 < log.times.length && log.times[i + 1] === t) used -= log.costs[++i]!
       if (used + req.cost <= req.limit) {
-        at = log.times[i]! + w
+        at = t + w
         break
       }
     }
