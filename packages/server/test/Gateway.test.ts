@@ -321,13 +321,24 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
     const memory = yield* RateLimiter.makeStoreMemory
     const clock = yield* Effect.clock
     const queue: Array<() => void> = []
-    const state = { down: false, asked: 0 }
+    const state = { down: false, asked: 0, requests: 0 }
+    // In order, up to the first refusal (the rest untaken), at one instant: as the Redis script decides a call.
+    const decideAll = (requests: ReadonlyArray<RateLimiter.AcquireRequest>, now: number) => {
+      const decisions: Array<RateLimiter.Decision> = []
+      for (const req of requests) {
+        const d = memory.unsafeAcquire!(req, now)
+        decisions.push(d)
+        if (!d.granted) break
+      }
+      return decisions
+    }
     const store: Effect.Effect.Success<typeof RateLimiter.RateLimiterStore> = {
       acquire: memory.acquire,
-      unsafeAcquireAsync: (req, done) => {
+      unsafeAcquireAsync: (requests, done) => {
         state.asked++
-        if (state.down) return done(memory.acquire(req))
-        queue.push(() => done(memory.unsafeAcquire!(req, clock.unsafeCurrentTimeMillis())))
+        state.requests += requests.length
+        if (state.down) return done(Effect.clockWith((c) => Effect.succeed(decideAll(requests, c.unsafeCurrentTimeMillis()))))
+        queue.push(() => done(decideAll(requests, clock.unsafeCurrentTimeMillis())))
       }
     }
     const flush = () => {
