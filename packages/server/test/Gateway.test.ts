@@ -388,13 +388,16 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
         }
       }
       // "both": 40 + 40 tokens admitted, the third 40 refused by tokens (its request counted, as admit counts it),
-      // then a request refused by requests (3 a minute) before its tokens are asked for.
+      // then a request refused by requests (3 a minute), its tokens left untaken by the store.
       const both = later.identify("Bearer secret-both") as Gateway.Caller
       const asked = r.state.asked
       expect(yield* run(both, 1)).toMatchObject({ limit: "requests" })
+      // Both limits in one call of the store (one round trip), the count first.
       expect(r.state.asked).toBe(asked + 1)
+      expect(r.state.requests).toBe(2 * (asked + 1) - 3) // every call asked for both, but the three of "rpm"
       yield* TestClock.adjust(Duration.minutes(2))
       expect(yield* run(both, 1)).toEqual({ caller: both, model: "cheap", hold: undefined, done: false })
+      expect(r.state.asked).toBe(asked + 2)
     }))
 
   it.effect("a store answering from its fallback: the effect that admits as admit does", () =>
