@@ -104,11 +104,14 @@ const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
  * requests for one key costs little more than a call of one.
  *
  * KEYS: the limiter keys, one per request (a key may repeat). ARGV[1]: a
- * fixed `now` (epoch millis; for tests only, the store passes ""); then six
- * per request: algorithm, limit, windowMillis, cost, maxWaitMillis (negative:
- * unbounded), and `then`: "1" when the request is decided only if the one
- * before it was granted (a key's tokens after its request count: a refusal
- * leaves the rest of such a chain untaken, as `admit` would), else "0".
+ * fixed `now` (epoch millis; for tests only, the store passes ""). ARGV[2]:
+ * the number of limiter shapes the requests use, then four per shape:
+ * algorithm, limit, windowMillis, maxWaitMillis (negative: unbounded). Then
+ * two per request: its shape (1-based; negative when the request is decided
+ * only if the one before it was granted: a key's tokens after its request
+ * count, so a refusal leaves the rest of such a chain untaken, as `admit`
+ * would), and its cost. (Shapes are few, requests many: two arguments a
+ * request, not six, for Redis to read and the script to parse.)
  *
  * Returns three values per request: `1, waitMillis, remaining` or
  * `0, retryAfterMillis, remaining`; `2, 0, 0` for a request of a chain left
@@ -347,18 +350,28 @@ local states = {}
 local touched = {}
 local reply = {}
 local granted = true
+local shapes = {}
+local shapeCount = tonumber(ARGV[2])
+for k = 1, shapeCount do
+  local j = 2 + (k - 1) * 4
+  shapes[k] = { bucket = ARGV[j + 1] == "token-bucket", limit = tonumber(ARGV[j + 2]), w = tonumber(ARGV[j + 3]),
+    maxWait = maxWaitOf(ARGV[j + 4]) }
+end
+local first = 2 + shapeCount * 4
 for i = 1, #KEYS do
-  local j = 1 + (i - 1) * 6
+  local j = first + (i - 1) * 2
   local key = KEYS[i]
-  local bucket = ARGV[j + 1] == "token-bucket"
+  local ref = tonumber(ARGV[j + 1])
   local o = (i - 1) * 3
-  if ARGV[j + 6] == "1" and not granted then
+  if ref < 0 and not granted then
     reply[o + 1] = 2
     reply[o + 2] = 0
     reply[o + 3] = 0
   else
-    local limit = tonumber(ARGV[j + 2])
-    local w = tonumber(ARGV[j + 3])
+    local shape = shapes[math.abs(ref)]
+    local bucket = shape.bucket
+    local limit = shape.limit
+    local w = shape.w
     local s = states[key]
     if s and s.bucket ~= bucket then
       -- Another algorithm on the same key: the state so far written, then read anew (and reset).
@@ -372,9 +385,9 @@ for i = 1, #KEYS do
     end
     local g, millis, remaining
     if bucket then
-      g, millis, remaining = decideBucket(s, limit, w, tonumber(ARGV[j + 4]), maxWaitOf(ARGV[j + 5]), now)
+      g, millis, remaining = decideBucket(s, limit, w, tonumber(ARGV[j + 2]), shape.maxWait, now)
     else
-      g, millis, remaining = decideLog(s, limit, w, tonumber(ARGV[j + 4]), maxWaitOf(ARGV[j + 5]), now)
+      g, millis, remaining = decideLog(s, limit, w, tonumber(ARGV[j + 2]), shape.maxWait, now)
     end
     granted = g == 1
     reply[o + 1] = g
@@ -568,6 +581,10 @@ const numberArg = (n: number): string => String(n)
 /** A request's `maxWait` as the acquire scripts read it (`-1`: no bound). */
 const maxWaitArg = (millis: number): string => Number.isFinite(millis) ? numberArg(millis) : "-1"
 
+/** Whether two requests are decided by the same limiter arithmetic (algorithm, limit, window, maxWait). */
+const sameShape = (a: RateLimiter.AcquireRequest, b: RateLimiter.AcquireRequest): boolean =>
+  a.algorithm === b.algorithm && a.limit === b.limit && a.windowMillis === b.windowMillis && a.maxWaitMillis === b.maxWaitMillis
+
 /** A decision from the three values an acquire script returns for it. */
 const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): RateLimiter.Decision =>
   Number(granted) === 1
@@ -758,23 +775,31 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         for (const g of batch) g.done(acquireFallback(g.requests, cause))
         return
       }
-      // KEYS (one per request), then ARGV: a fixed now ("": Redis' TIME), six per request.
-      const args = new Array<string>(count * 7 + 1)
-      args[count] = ""
+      // KEYS (one per request), then ARGV: a fixed now ("": Redis' TIME), the
+      // shapes (a limiter's algorithm, limit, window and maxWait: few), and
+      // per request its shape (negative: decided only if the one before it
+      // was granted) and its cost.
+      const keys = new Array<string>(count)
+      const shapes: Array<RateLimiter.AcquireRequest> = []
+      const perRequest = new Array<string>(count * 2)
       let i = 0
       for (const g of batch) {
         for (let k = 0; k < g.requests.length; k++, i++) {
           const req = g.requests[k]!
-          args[i] = `${prefix}rl:${req.key}`
-          const j = count + 1 + i * 6
-          args[j] = req.algorithm
-          args[j + 1] = numberArg(req.limit)
-          args[j + 2] = numberArg(req.windowMillis)
-          args[j + 3] = numberArg(req.cost)
-          args[j + 4] = maxWaitArg(req.maxWaitMillis)
-          args[j + 5] = k === 0 ? "0" : "1"
+          keys[i] = `${prefix}rl:${req.key}`
+          let shape = 0
+          while (shape < shapes.length && !sameShape(shapes[shape]!, req)) shape++
+          if (shape === shapes.length) shapes.push(req)
+          perRequest[2 * i] = numberArg(k === 0 ? shape + 1 : -(shape + 1))
+          perRequest[2 * i + 1] = numberArg(req.cost)
         }
       }
+      const args = keys
+      args.push("", numberArg(shapes.length))
+      for (const req of shapes) {
+        args.push(req.algorithm, numberArg(req.limit), numberArg(req.windowMillis), maxWaitArg(req.maxWaitMillis))
+      }
+      for (const a of perRequest) args.push(a)
       redis.breakwaterAcquireMany(count, ...args).then((reply) => {
         const back = failing ? markHealthy : undefined
         let at = 0

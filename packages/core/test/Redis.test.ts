@@ -75,7 +75,7 @@ const one = (
   cost: string,
   maxWaitMillis: string,
   now: string
-): ReadonlyArray<string> => [key, now, algorithm, limit, windowMillis, cost, maxWaitMillis, "0"]
+): ReadonlyArray<string> => [key, now, "1", algorithm, limit, windowMillis, maxWaitMillis, "1", cost]
 
 /** `MULTI` with the script: ioredis types do not know custom commands in a transaction. */
 interface AcquireTransaction {
