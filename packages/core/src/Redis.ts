@@ -17,8 +17,9 @@
  * Keys, all under `prefix` (default `breakwater:`):
  * - `rl:<key>`: a rate limiter's state. A hash `{ tokens, at }` for a token
  *   bucket; for a sliding window a list: `total:<sum of costs>` first, then
- *   the `time:cost` reservations. Both expire once they are equivalent to a
- *   fresh key.
+ *   the `time:cost` reservations, one entry per instant (the reservations
+ *   made at the same millisecond, their costs added up). Both expire once
+ *   they are equivalent to a fresh key.
  * - `cooldowns`: a hash, upstream -> `until|reason`. Each cooldown started
  *   (and each cleared) is also published on the channel `cooldowns` (under
  *   the prefix, `upstream|until|reason`, or `upstream|0|clear`), so that the
