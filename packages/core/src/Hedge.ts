@@ -78,6 +78,13 @@ export interface Report {
   readonly outcome: "won" | "lost" | "failed"
 }
 
+/** Hedges sent, by how they went (see {@link Report}). */
+export interface Tally {
+  readonly won: number
+  readonly lost: number
+  readonly failed: number
+}
+
 // ---------------------------------------------------------------------------
 // Budget
 
@@ -127,6 +134,8 @@ export interface Hedge {
   readonly sameUpstream: boolean
   /** The delay before hedging a call to `u`, millis. */
   readonly delayFor: (u: Upstream.Upstream) => number
+  /** Whether {@link delayFor} reads the upstreams' latency percentiles: they must keep them (`Upstream.keepLatencies`). */
+  readonly readsLatencies: boolean
 }
 
 export const make = (options: Options): Hedge => {
@@ -140,6 +149,7 @@ export const make = (options: Options): Hedge => {
     return {
       budget,
       sameUpstream,
+      readsLatencies: true,
       delayFor: (u) => {
         const measured = Upstream.latencyQuantile(u, after.quantile, MIN_SAMPLES)
         return measured === undefined ? initial : Math.max(min, measured)
@@ -147,7 +157,7 @@ export const make = (options: Options): Hedge => {
     }
   }
   const fixed = Duration.toMillis(after)
-  return { budget, sameUpstream, delayFor: () => fixed }
+  return { budget, sameUpstream, readsLatencies: false, delayFor: () => fixed }
 }
 
 // ---------------------------------------------------------------------------

@@ -26,16 +26,17 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
-import * as Option from "effect/Option"
 import { parseResetDuration } from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
-import { unsafeRetryAfter } from "./Retry.js"
+
+/** How many requests may wait for one upstream's window unless told: {@link Options.queue}'s default. */
+export const defaultQueue = 100
 
 export interface Options {
   /**
    * How many requests may wait for one upstream's window, first come first
-   * served. Default 100; 0 turns queueing off (a request that finds every
+   * served. Default 100 ({@link defaultQueue}); 0 turns queueing off (a request that finds every
    * upstream rate limited fails at once, or waits out the cooldown as
    * before, see `Relay.Options.retry.maxRetryAfter`).
    */
@@ -48,8 +49,11 @@ export type WaitOutcome = "granted" | "queue-full" | "too-long" | "timeout"
 /** A call taken and not sent after this long was abandoned (its request left). */
 const ABANDONED_MILLIS = 1000
 
-/** The cooldown of a 429 without `Retry-After`, unless the relay says (`Relay.Options.rateLimitCooldown`'s default). */
-const RATE_LIMIT_COOLDOWN_MILLIS = 1000
+/**
+ * A 429 whose cooldown the relay has not told ({@link Pacer.cooled}) after
+ * this long will not be told (its request left before starting it).
+ */
+const UNTOLD_HOLD_MILLIS = 1000
 
 interface Waiter {
   state: "waiting" | "granted" | "gone"
@@ -93,8 +97,8 @@ export class Pacer {
   inFlight = 0
   /**
    * No limit known, after a 429: calls in flight hold the pacer until their
-   * answers or until then (epoch ms; the 429's cooldown's end), whichever
-   * comes first; 0 when no such hold.
+   * answers or until then (epoch ms; the end of the cooldown the relay
+   * started, see {@link cooled}), whichever comes first; 0 when no such hold.
    */
   private holdUntil = 0
   /** Calls taken (or granted to a waiter) and not yet sent; and when the last was. */
@@ -214,33 +218,48 @@ export class Pacer {
   /**
    * A call sent has been answered: what its headers say about the window
    * ({@link learn}), a 429 spends it (the cooldown it starts keeps requests
-   * away until its `Retry-After`; then one call finds out), and a success
-   * without any limit heard of leaves nothing held back. Then the call has
-   * ended ({@link done}). Without a known limit, calls still in flight hold
-   * the pacer after a 429 at most until its cooldown would end: its
-   * `Retry-After`, or `cooldownMillis` (the relay's `rateLimitCooldown`).
+   * away until it ends; then one call finds out), and a success without any
+   * limit heard of leaves nothing held back. Then the call has ended
+   * ({@link done}). Without a known limit, calls still in flight hold the
+   * pacer after a 429 at most until the end of the cooldown the relay
+   * starts for it, which the relay tells with {@link cooled} (the pacer
+   * does not work it out: `Retry-After`, a quota's pause, a longer cooldown
+   * from another replica are the relay's and the store's to settle). Until
+   * told, the hold lasts at most 1 s: a request gone before starting its
+   * cooldown tells nothing.
    */
-  answered(
-    now: number,
-    status: number,
-    headers: Readonly<Record<string, string | undefined>>,
-    cooldownMillis = RATE_LIMIT_COOLDOWN_MILLIS
-  ): void {
+  answered(now: number, status: number, headers: Readonly<Record<string, string | undefined>>): void {
     const told = headers["x-ratelimit-remaining-requests"] !== undefined
     if (told) this.learn(now, headers)
     if (status === 429) {
       this.left = 0
-      if (!told && this.limit === undefined) {
-        const after = unsafeRetryAfter(headers, now)
-        const until = now + (Option.isSome(after) ? Duration.toMillis(after.value) : cooldownMillis)
-        if (until > this.holdUntil) this.holdUntil = until
-      }
+      // A hold still running stays (the relay tells the new end); one over, or none, waits to be told.
+      if (!told && this.limit === undefined && this.holdUntil <= now) this.holdUntil = now + UNTOLD_HOLD_MILLIS
     } else if (!told && status < 400 && this.limit === undefined && (this.resetAt === 0 || now >= this.resetAt)) {
       this.left = undefined
       this.resetAt = 0
       this.holdUntil = 0
     }
     this.done(now)
+  }
+
+  /**
+   * The relay started a cooldown on this upstream, in effect until `until`
+   * (epoch ms; the store's end, which may be a longer one already there).
+   * After a 429 without a known limit, calls in flight hold the pacer until
+   * then at most, not longer and not shorter.
+   */
+  cooled(now: number, until: number): void {
+    if (this.limit !== undefined || this.left !== 0 || this.holdUntil === 0) return
+    this.holdUntil = until
+    if (this.queue.length > 0) this.pump(now)
+  }
+
+  /** The upstream's cooldown was cleared (an operator's reset): a hold after a 429 ends now. */
+  cleared(now: number): void {
+    if (this.holdUntil === 0) return
+    this.holdUntil = Math.min(this.holdUntil, now)
+    if (this.queue.length > 0) this.pump(now)
   }
 
   /** Nothing may be sent before `until` (a cooldown's end). */

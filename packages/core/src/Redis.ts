@@ -48,6 +48,7 @@ import type * as Scope from "effect/Scope"
 import { Redis as IORedis } from "ioredis"
 import { type Cooldown, CooldownStore, type Reason } from "./Cooldown.js"
 import * as RateLimiter from "./RateLimiter.js"
+import * as RedisDefaults from "./RedisDefaults.js"
 import * as ResponseCache from "./ResponseCache.js"
 import * as Spend from "./Spend.js"
 import { SpendStore } from "./Spend.js"
@@ -57,7 +58,7 @@ export interface Options {
   readonly url: string
   /** Key namespace, default `breakwater:`. Every key starts with it, so several gateways can share one Redis. */
   readonly prefix?: string
-  /** How long a command may take before the call falls back to memory. Default 50 ms. */
+  /** How long a command may take before the call falls back to memory. Default 50 ms (`RedisDefaults.commandTimeout`). */
   readonly commandTimeout?: Duration.DurationInput
   /** Cache values larger than this (UTF-8 bytes) are not stored. Default 1 MiB. */
   readonly maxCacheEntryBytes?: number
@@ -602,7 +603,7 @@ const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): Rate
 export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope> =>
   Effect.gen(function*() {
     const prefix = options.prefix ?? "breakwater:"
-    const commandTimeout = Math.max(1, Math.round(Duration.toMillis(options.commandTimeout ?? Duration.millis(50))))
+    const commandTimeout = Math.max(1, Math.round(Duration.toMillis(options.commandTimeout ?? RedisDefaults.commandTimeout)))
     const maxCacheEntryBytes = options.maxCacheEntryBytes ?? 1024 * 1024
     const cooldownRefresh = Duration.decode(options.cooldownRefresh ?? Duration.millis(250))
     const target = describeTarget(options.url)
@@ -1228,7 +1229,7 @@ export const layer = (
 export const config: Config.Config<Options> = Config.all({
   url: Config.redacted("url").pipe(Config.map(Redacted.value)),
   prefix: Config.string("prefix").pipe(Config.withDefault("breakwater:")),
-  commandTimeout: Config.duration("commandTimeout").pipe(Config.withDefault(Duration.millis(50))),
+  commandTimeout: Config.duration("commandTimeout").pipe(Config.withDefault(RedisDefaults.commandTimeout)),
   maxCacheEntryBytes: Config.integer("maxCacheEntryBytes").pipe(Config.withDefault(1024 * 1024)),
   cooldownRefresh: Config.duration("cooldownRefresh").pipe(Config.withDefault(Duration.millis(250)))
 })

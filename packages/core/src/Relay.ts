@@ -336,6 +336,12 @@ export interface Relay {
    * (hedging) spend from it too: `relay.retryBudget.trySpend()`.
    */
   readonly retryBudget: RetryBudget.RetryBudget
+  /**
+   * Hedges this relay sent since it was made, by outcome: its own, where
+   * `breakwater_hedged_total` adds up every relay in the process (several
+   * simulations at once, a reload's old and new relay).
+   */
+  readonly hedges: () => Hedge.Tally
 }
 
 export const Relay = Context.GenericTag<Relay>("@breakwater/core/Relay")
@@ -645,16 +651,18 @@ export const makeWith = (
     const maxDelayMillis = Duration.toMillis(options.retry?.maxDelay ?? Duration.seconds(5))
     const maxRetryAfterMillis = Duration.toMillis(options.retry?.maxRetryAfter ?? Duration.seconds(10))
     const rateLimitCooldown = Duration.decode(options.rateLimitCooldown ?? Duration.seconds(1))
-    const rateLimitCooldownMillis = Duration.toMillis(rateLimitCooldown)
     const quotaCooldown = Duration.decode(options.quotaCooldown ?? Duration.hours(1))
     const authFailedCooldown = Duration.decode(options.authFailedCooldown ?? Duration.minutes(5))
     const watermark = options.headroomWatermark ?? 0
     const unreachableCooldown = Duration.decode(options.unreachableCooldown ?? Duration.seconds(5))
-    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? 100))
+    const pacingQueue = Math.max(0, Math.floor(options.pacing?.queue ?? Pacing.defaultQueue))
     const cacheMode = options.cacheMode ?? "deterministic"
     const sharedCache = options.cacheScope === "shared"
     const streamIdleTimeout = Duration.decode(options.streamIdleTimeout ?? Duration.seconds(60))
     const hedging = options.hedge === undefined ? undefined : Hedge.make(options.hedge)
+    const hedgeTally = { won: 0, lost: 0, failed: 0 }
+    // Latencies are kept only where a percentile hedge reads them.
+    if (hedging?.readsLatencies === true) for (const u of upstreams) Upstream.keepLatencies(u)
 
     // Which upstreams serve a model, computed once per model name.
     const servingCache = new Map<string, ReadonlyArray<Upstream.Upstream>>()
@@ -803,14 +811,31 @@ export const makeWith = (
       }
     }
 
-    /** Starts the cooldown that a failure calls for. */
+    const upstreamNamed = new Map(upstreams.map((u) => [u.name, u]))
+
+    /**
+     * Starts the cooldown that a failure calls for, and tells the
+     * upstream's pacer when it ends (the store's end: a longer one already
+     * there, from this replica or another, wins), so that the pacer holds
+     * after a 429 exactly as long as the cooldown keeps requests away.
+     */
     const coolDown = (error: UpstreamError): Effect.Effect<void> => {
       const cooldown = cooldownFor(error)
       if (cooldown === undefined) return Effect.void
-      const start = Effect.provideService(
+      const u = upstreamNamed.get(error.upstream)
+      const started = Effect.provideService(
         Cooldown.start(error.upstream, cooldown.duration, cooldown.reason),
         Cooldown.CooldownStore,
         cooldowns
+      )
+      const start = u === undefined ? started : Effect.zipRight(
+        started,
+        Effect.clockWith((clock) => {
+          const now = clock.unsafeCurrentTimeMillis()
+          return Effect.map(cooldowns.active(now), (active) => {
+            Pacing.pacerOf(u).cooled(now, active.get(error.upstream)?.until ?? now + Duration.toMillis(cooldown.duration))
+          })
+        })
       )
       if (error._tag !== "UpstreamAuthFailed") return start
       // The operator must act: said at ERROR, naming the upstream (never
@@ -1107,7 +1132,7 @@ export const makeWith = (
         settled = true
         cancelTimer()
         const now = clock.unsafeCurrentTimeMillis()
-        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+        if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
         else pacer.done(now)
         settle(exit)
       })
@@ -1489,13 +1514,15 @@ export const makeWith = (
                 const loser = r.firstIsHedge ? u : h
                 const now = clock.unsafeCurrentTimeMillis()
                 noted.push(Metric.increment(requestsBy(loser.name, "interrupted")))
-                // A lower bound of its latency, so that slow calls cut short still count as slow.
-                if (!r.firstIsHedge) Upstream.noteLatency(u, now - startedAt)
+                // The first call, cut short by its hedge: a lower bound of its latency, so that
+                // slow calls cut short still count as slow (a first call that won noted its own).
+                if (r.firstIsHedge) Upstream.noteLatency(u, now - startedAt)
                 outcome = !r.firstIsHedge ? "lost" : r.first._tag === "Ok" ? "won" : "failed"
               } else {
                 outcome = hedgeValue !== undefined && hedgeValue._tag === "Ok" ? "won" : "failed"
               }
               progress.hedge = { upstream: h.name, outcome }
+              hedgeTally[outcome]++
               noted.push(Metric.increment(Hedge.hedgedBy(h.name, outcome)))
               const firstU = r.firstIsHedge ? h : u
               // After both, the request moves on past the hedge's upstream;
@@ -2345,7 +2372,7 @@ export const makeWith = (
           Effect.onExit((exit) =>
             Effect.sync(() => {
               const now = clock.unsafeCurrentTimeMillis()
-              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers, rateLimitCooldownMillis)
+              if (exit._tag === "Success") pacer.answered(now, exit.value.status, exit.value.headers)
               else pacer.done(now)
             })
           )
@@ -2678,7 +2705,7 @@ export const makeWith = (
         Effect.map(router.plan(upstreams, now, active), (plan) => plan.order.length > 0))
     })
 
-    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget })
+    return Relay.of({ chat, unsafeChat, chatStream, embeddings, upstreams, models, ready, fallbacksOf, maxAttempts, requestTimeout: budget, retryBudget, hedges: () => ({ ...hedgeTally }) })
   })
 
 const USAGE_OPTION = `,"stream_options":{"include_usage":true}`

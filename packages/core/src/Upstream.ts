@@ -53,7 +53,11 @@ export interface Stats {
   latencyEwmaMs: number | undefined
   lastError: string | undefined
   lastErrorAt: number | undefined
-  /** Recent successful attempts' latencies, for percentiles ({@link latencyQuantile}); made at the first. */
+  /**
+   * Recent successful attempts' latencies, for percentiles
+   * ({@link latencyQuantile}); made by {@link keepLatencies} for a reader
+   * of them (a percentile hedge). Absent: no samples are kept.
+   */
   latencies?: LatencySamples | undefined
 }
 
@@ -110,17 +114,24 @@ export const LATENCY_SAMPLES = 256
 const QUANTILE_REFRESH = 8
 
 /**
+ * From now on, keeps the upstream's recent latencies for percentiles
+ * ({@link latencyQuantile}): called by what reads them (a relay hedging
+ * after a percentile), so that the others pay no write per success.
+ */
+export const keepLatencies = (upstream: Upstream): void => {
+  upstream.stats.latencies ??= { ring: new Float64Array(LATENCY_SAMPLES), total: 0, cachedQuantile: -1, cachedValue: 0, cachedAt: 0 }
+}
+
+/**
  * Adds one latency sample for percentiles only (not the EWMA nor the
- * counters): `record` adds one for each success; hedging adds the time a
- * call had run when it was interrupted for losing, a lower bound of its
- * latency, so that interrupted slow calls still count as slow.
+ * counters), if the upstream keeps them ({@link keepLatencies}): `record`
+ * adds one for each success; hedging adds the time a call had run when it
+ * was interrupted for losing, a lower bound of its latency, so that
+ * interrupted slow calls still count as slow.
  */
 export const noteLatency = (upstream: Upstream, latencyMs: number): void => {
-  const s = upstream.stats
-  let l = s.latencies
-  if (l === undefined) {
-    l = s.latencies = { ring: new Float64Array(LATENCY_SAMPLES), total: 0, cachedQuantile: -1, cachedValue: 0, cachedAt: 0 }
-  }
+  const l = upstream.stats.latencies
+  if (l === undefined) return
   l.ring[l.total % LATENCY_SAMPLES] = latencyMs
   l.total++
 }

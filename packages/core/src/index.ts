@@ -27,6 +27,8 @@ export * as UpstreamClient from "./UpstreamClient.js"
 export * as UpstreamError from "./UpstreamError.js"
 export * as Health from "./Health.js"
 export * as Spend from "./Spend.js"
+// The Redis stores' option defaults (the stores themselves: `@breakwater/core/Redis`, which loads `ioredis`)
+export * as RedisDefaults from "./RedisDefaults.js"
 
 // Providers: other wire formats behind the OpenAI surface
 export * as Anthropic from "./providers/Anthropic.js"

@@ -313,10 +313,70 @@ describe("hedging: after p95", () => {
 
   it("a minimum delay: a very fast upstream's percentile is not taken below minDelay", () => {
     const u = { stats: { latencies: undefined } } as unknown as Upstream.Upstream
+    Upstream.keepLatencies(u)
     for (let i = 0; i < 30; i++) Upstream.noteLatency(u, 5)
     expect(Hedge.make({ after: Hedge.percentile(95) }).delayFor(u)).toBe(50)
     expect(Hedge.make({ after: Hedge.percentile(95), minDelay: Duration.millis(2) }).delayFor(u)).toBe(5)
   })
+})
+
+describe("hedging: who keeps latencies", () => {
+  it.scoped("only a relay hedging after a percentile keeps its upstreams' latencies; without it, none is written", () =>
+    Effect.gen(function*() {
+      // No hedge: successes count (EWMA, counters), no latency sample is kept.
+      const plain = yield* setup({})
+      plain.client.fallback("a", Scripted.delayed(Duration.millis(100), Scripted.ok()))
+      for (let i = 0; i < 5; i++) yield* joinAfter(plain.relay.chat(request()), Duration.millis(100))
+      expect(plain.up("a").stats.successes).toBe(5)
+      expect(plain.up("a").stats.latencyEwmaMs).toBe(100)
+      expect(plain.up("a").stats.latencies).toBeUndefined()
+      // A fixed delay reads no percentile either, nor keeps the lower bound of a call that lost its race.
+      const fixed = yield* setup({ hedge: { after: Duration.millis(100), maxExtra: 1 } })
+      fixed.client.script("a", Scripted.delayed(Duration.seconds(1), Scripted.ok("from a")), Scripted.ok())
+      fixed.client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
+      const raced = yield* joinAfter(fixed.relay.chat(request()), Duration.millis(150))
+      expect(raced.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      // The relay's own count of its hedges (the other relays here sent none).
+      expect(fixed.relay.hedges()).toEqual({ won: 1, lost: 0, failed: 0 })
+      expect(plain.relay.hedges()).toEqual({ won: 0, lost: 0, failed: 0 })
+      yield* fixed.relay.chat(request())
+      expect(fixed.up("a").stats.successes).toBe(1)
+      expect(fixed.up("a").stats.latencies).toBeUndefined()
+      expect(fixed.up("b").stats.latencies).toBeUndefined()
+      // p95: every success is a sample (the percentile hedge itself: "hedging: after p95" above).
+      const p95 = yield* setup({ hedge: { after: Hedge.percentile(95), maxExtra: 1 } })
+      p95.client.fallback("a", Scripted.delayed(Duration.millis(100), Scripted.ok()))
+      for (let i = 0; i < 3; i++) yield* joinAfter(p95.relay.chat(request(), { hedge: false }), Duration.millis(100))
+      expect(p95.up("a").stats.latencies?.total).toBe(3)
+      expect(Array.from(p95.up("a").stats.latencies!.ring.slice(0, 4))).toEqual([100, 100, 100, 0])
+      expect(p95.up("b").stats.latencies?.total).toBe(0)
+    }))
+})
+
+describe("hedging: the first call's latency sample after a race", () => {
+  it.scoped("a first call cut short by its hedge adds its time so far (a lower bound); a first call that won adds its own, once", () =>
+    Effect.gen(function*() {
+      const { client, relay, up } = yield* setup({ hedge: { after: Hedge.percentile(95), maxExtra: 1, minDelay: Duration.millis(1) } })
+      // 20 samples of 100 ms: the p95 is 100 ms, so the next slow call is hedged after 100 ms.
+      client.fallback("a", Scripted.delayed(Duration.millis(100), Scripted.ok()))
+      for (let i = 0; i < 20; i++) yield* joinAfter(relay.chat(request(), { hedge: false }), Duration.millis(100))
+      const ring = () => up("a").stats.latencies!
+      expect(ring().total).toBe(20)
+      // The hedge wins at 100 + 50 ms: a's call is interrupted after 150 ms, its sample 150.
+      client.script("a", Scripted.delayed(Duration.seconds(2), Scripted.ok("from a")))
+      client.script("b", Scripted.delayed(Duration.millis(50), Scripted.ok("from b")))
+      const hedged = yield* joinAfter(relay.chat(request()), Duration.millis(150))
+      expect(hedged.metadata.hedge).toEqual({ upstream: "b", outcome: "won" })
+      expect(ring().total).toBe(21)
+      expect(ring().ring[20]).toBe(150)
+      // The first call wins at 130 ms against a hedge started at 100 ms: one sample, 130.
+      client.script("a", Scripted.delayed(Duration.millis(130), Scripted.ok("from a")))
+      client.script("b", Scripted.delayed(Duration.seconds(2), Scripted.ok("from b")))
+      const lost = yield* joinAfter(relay.chat(request()), Duration.millis(130))
+      expect(lost.metadata.hedge).toEqual({ upstream: "b", outcome: "lost" })
+      expect(ring().total).toBe(22)
+      expect(ring().ring[21]).toBe(130)
+    }))
 })
 
 describe("hedging: streams", () => {

@@ -16,7 +16,7 @@ import * as Pacing from "../src/Pacing.js"
 import * as Relay from "../src/Relay.js"
 import type * as Upstream from "../src/Upstream.js"
 import * as Scripted from "./support/ScriptedClient.js"
-import { scriptedRelay, upstream as configOf } from "./support/ScriptedRelay.js"
+import { type ScriptedRelay, scriptedRelay, upstream as configOf } from "./support/ScriptedRelay.js"
 
 const MODEL = "gpt-4.1"
 
@@ -123,39 +123,73 @@ describe("Pacer", () => {
     for (let i = 0; i < 5; i++) expect(p.tryTake(1000)).toBe(true)
   })
 
-  it("without a known limit, a call still in flight (a hang) holds calls after a 429 only until its cooldown's end", () => {
+  it("without a known limit, a call still in flight (a hang) holds calls after a 429 only until the cooldown's end the relay tells", () => {
     const p = new Pacing.Pacer("a")
     expect(p.tryTake(0)).toBe(true)
     p.sent() // hangs: never answered here
     expect(p.tryTake(0)).toBe(true)
     p.sent()
+    // The pacer does not read Retry-After itself: the relay tells the end of the cooldown it started.
     p.answered(10, 429, { "retry-after": "2" })
-    // The hung call may still tell more, until the 429's Retry-After is up; then nothing is held back.
-    expect(p.tryTake(2009)).toBe(false)
-    for (let i = 0; i < 5; i++) expect(p.tryTake(2010)).toBe(true)
+    p.cooled(10, 7010)
+    // The hung call may still tell more, until the cooldown is over; then nothing is held back.
+    expect(p.tryTake(7009)).toBe(false)
+    for (let i = 0; i < 5; i++) expect(p.tryTake(7010)).toBe(true)
     expect(p.left).toBeUndefined()
   })
 
-  it("without Retry-After, the bound is the relay's rate-limit cooldown (1 s unless told)", () => {
+  it("until the relay tells the cooldown's end, the hold lasts at most 1 s (a request gone before starting its cooldown)", () => {
     const p = new Pacing.Pacer("a")
     for (let i = 0; i < 3; i++) {
       expect(p.tryTake(0)).toBe(true)
       p.sent()
     }
-    p.answered(0, 429, {}, 300)
-    expect(p.tryTake(299)).toBe(false)
-    expect(p.tryTake(300)).toBe(true)
+    p.answered(0, 429, {})
+    expect(p.tryTake(999)).toBe(false)
+    expect(p.tryTake(1000)).toBe(true)
+    // Told: a shorter cooldown ends the hold sooner.
     const q = new Pacing.Pacer("b")
     for (let i = 0; i < 2; i++) {
       expect(q.tryTake(0)).toBe(true)
       q.sent()
     }
     q.answered(0, 429, {})
-    expect(q.tryTake(999)).toBe(false)
-    expect(q.tryTake(1000)).toBe(true)
+    q.cooled(0, 300)
+    expect(q.tryTake(299)).toBe(false)
+    expect(q.tryTake(300)).toBe(true)
   })
 
-  it.effect("without a known limit, waiters behind a hung call after a 429 are let through at the bound, not at their timeout", () =>
+  it("a cooldown told with nothing held (no 429, or a known limit) changes nothing; a cleared cooldown ends the hold", () => {
+    const p = new Pacing.Pacer("a")
+    expect(p.tryTake(0)).toBe(true)
+    p.sent()
+    p.cooled(0, 5000) // an unreachable cooldown, say: the pacer had no 429
+    expect(p.tryTake(1)).toBe(true)
+    p.sent()
+    p.answered(2, 429, {})
+    p.cooled(2, 60_000)
+    expect(p.tryTake(30_000)).toBe(false)
+    p.cleared(30_000)
+    expect(p.tryTake(30_000)).toBe(true)
+  })
+
+  it("a 429 after a told hold ran out (nobody asked in between) holds again until told, not freed by the old end", () => {
+    const p = new Pacing.Pacer("a")
+    for (let i = 0; i < 3; i++) {
+      expect(p.tryTake(0)).toBe(true)
+      p.sent()
+    }
+    p.answered(0, 429, {})
+    p.cooled(0, 500)
+    // No call asked the pacer until 600; then another 429 (a call sent before).
+    p.answered(600, 429, {})
+    expect(p.tryTake(600)).toBe(false)
+    p.cooled(600, 2600)
+    expect(p.tryTake(2599)).toBe(false)
+    expect(p.tryTake(2600)).toBe(true)
+  })
+
+  it.effect("without a known limit, waiters behind a hung call after a 429 are let through at the cooldown's end, not at their timeout", () =>
     Effect.gen(function*() {
       const p = new Pacing.Pacer("a")
       expect(p.tryTake(0)).toBe(true)
@@ -166,7 +200,9 @@ describe("Pacer", () => {
       const waiters = yield* Effect.forEach([1, 2, 3], () => Effect.fork(p.wait(10_000, 100)))
       yield* settle
       expect(p.queued).toBe(3)
-      yield* TestClock.adjust("999 millis")
+      // The relay tells the cooldown it started: 2.5 s (past the 1 s bound while untold).
+      p.cooled(0, 2500)
+      yield* TestClock.adjust("2499 millis")
       yield* settle
       expect(p.queued).toBe(3)
       yield* TestClock.adjust("1 millis")
@@ -333,6 +369,85 @@ describe("Relay pacing behind a hung call", () => {
       // a first, as its priority says: no longer held back by its hung call.
       expect(client.calls.map((c) => [c.upstream, c.at])).toEqual([["a", 0], ["a", 0], ["b", 0], ["a", 1500]])
       yield* Fiber.interrupt(hung)
+    }))
+})
+
+describe("Relay pacing: the hold after a 429 is the cooldown the relay started", () => {
+  /**
+   * a: one call hangs (an hour), the next is answered with `answer` (at
+   * `answerAt` ms); b serves the rest. Returns a's pacer and when a waiter
+   * in its queue, arriving just after the 429, is let through.
+   */
+  const holdAfter = (
+    options: Partial<Relay.Options>,
+    answer: Scripted.Reply,
+    before: (cooldowns: ScriptedRelay["cooldowns"]) => Effect.Effect<void> = () => Effect.void
+  ) =>
+    Effect.gen(function*() {
+      const { client, cooldowns, relay } = yield* setup({
+        upstreams: [upstream("a", { priority: 1, timeout: "1 hour" }), upstream("b", { priority: 2 })],
+        maxAttempts: 3,
+        ...options
+      })
+      client.script("a", Scripted.hang, Scripted.delayed("100 millis", answer))
+      client.fallback("b", Scripted.ok("from b"))
+      const hung = yield* Effect.fork(relay.chat(ask()))
+      yield* settle
+      const second = yield* Effect.fork(relay.chat(ask()))
+      yield* settle
+      yield* before(cooldowns)
+      yield* TestClock.adjust("100 millis")
+      yield* settle
+      expect((yield* Fiber.join(second)).metadata.upstream).toBe("b")
+      const pacer = Pacing.pacerOf(relay.upstreams.find((u) => u.name === "a")!)
+      expect(pacer.inFlight).toBe(1) // the hung call
+      const waiter = yield* Effect.fork(pacer.wait(3_600_000, 100))
+      let grantedAt: number | undefined
+      for (let t = 100; t < 200_000 && grantedAt === undefined; t += 100) {
+        yield* TestClock.adjust("100 millis")
+        yield* settle
+        if (waiter.unsafePoll() !== null) grantedAt = t + 100
+      }
+      expect(yield* Fiber.join(waiter)).toBe("granted")
+      const active = yield* cooldowns.active(100)
+      yield* Fiber.interrupt(hung)
+      return { grantedAt, cooldownUntil: active.get("a")?.until }
+    })
+
+  it.scoped("a quota's 429: held for the quota cooldown (20 s here), not the rate-limit cooldown (1 s before)", () =>
+    Effect.gen(function*() {
+      const { cooldownUntil, grantedAt } = yield* holdAfter({ quotaCooldown: "20 seconds" }, Scripted.status(429, {}, Scripted.quotaBody))
+      expect(cooldownUntil).toBe(20_100)
+      expect(grantedAt).toBe(20_100)
+    }))
+
+  it.scoped("a longer cooldown from another replica already in the store: held until it ends (5 s), not for this 429's 1 s", () =>
+    Effect.gen(function*() {
+      const { cooldownUntil, grantedAt } = yield* holdAfter(
+        {},
+        Scripted.status(429),
+        (cooldowns) => cooldowns.start("a", { until: 5000, reason: "rate-limited" })
+      )
+      expect(cooldownUntil).toBe(5000)
+      expect(grantedAt).toBe(5000)
+    }))
+
+  // The two cases below agreed before too (the pacer read the same Retry-After and was given rateLimitCooldown): guards.
+  it.scoped("a Retry-After above maxRetryAfter (30 s > 10 s): held until the cooldown's end, 30 s", () =>
+    Effect.gen(function*() {
+      const { cooldownUntil, grantedAt } = yield* holdAfter(
+        { retry: { maxRetryAfter: "10 seconds" } },
+        Scripted.status(429, { "retry-after": "30" })
+      )
+      expect(cooldownUntil).toBe(30_100)
+      expect(grantedAt).toBe(30_100)
+    }))
+
+  it.scoped("a rateLimitCooldown of 3 s and no Retry-After: held 3 s", () =>
+    Effect.gen(function*() {
+      const { cooldownUntil, grantedAt } = yield* holdAfter({ rateLimitCooldown: "3 seconds" }, Scripted.status(429))
+      expect(cooldownUntil).toBe(3100)
+      expect(grantedAt).toBe(3100)
     }))
 })
 

@@ -10,14 +10,14 @@
  * rate-limit store. Prints requests per second, p50 / p99 latency, the
  * latency Breakwater adds, and each server's CPU per request and RSS.
  *
- * Sequential pass: one connection per target, one request at a time, 2,000
+ * Sequential pass: one connection per target, one request at a time, 5,000
  * requests (after 200 to warm up) to each target, the targets taking turns
- * (100 requests each, in a new random order every round) so that other work on
+ * (one request each, in a new random order every round) so that other work on
  * the machine falls on every row alike: the latency the gateway adds when
  * nothing queues, p50 and p99, minus direct and minus a plain node:http +
  * undici proxy (bench/plain-proxy.ts, its own process: what a second
  * loopback hop costs by itself), and each server's CPU per request
- * (/proc/PID/schedstat, over its own turns). `BENCH_SEQ_COUNT` sets the
+ * (/proc/PID/schedstat, over the whole pass). `BENCH_SEQ_COUNT` sets the
  * count; `BENCH_ONLY=sequential` runs this pass alone. The gateways' stdout
  * (a line per request) goes to a temporary file, as a server's log would,
  * not to this process, which measures (`BENCH_GATEWAY_STDOUT=pipe`: here,
@@ -158,52 +158,47 @@ const openConsole = async (base: string) => {
   return { events: () => events, close: () => controller.abort() }
 }
 
-/** Sequential pass: requests per target (after SEQ_WARMUP each), sent in rounds of SEQ_ROUND per target. */
-const SEQ_COUNT = Math.max(100, Number(process.env["BENCH_SEQ_COUNT"] ?? 2000))
-const SEQ_ROUND = 100
+/** Sequential pass: requests per target (after SEQ_WARMUP each). */
+const SEQ_COUNT = Math.max(100, Number(process.env["BENCH_SEQ_COUNT"] ?? 5000))
 const SEQ_WARMUP = 200
 
 /**
  * One connection per target, one request at a time: the latency the gateway
- * adds when it is not queueing. The targets take turns (A B C … A B C …,
- * SEQ_ROUND requests each, in a new random order every round), so that
+ * adds when it is not queueing. The targets take turns one request at a
+ * time, in a new random order every round (A C B, B A C, ...), so that
  * whatever else the machine is doing meanwhile falls on every row alike.
+ * Turns of 100 requests (as before) lasted about 50 ms, as long as a burst of
+ * the host's other work: a burst fell on one row's turn and moved that row's
+ * p99 alone; one request per turn spreads it over all of them.
  */
 const sequential = async (urls: ReadonlyArray<string>, pids: ReadonlyArray<number | undefined>) => {
   const headers = { "content-type": "application/json", authorization: "Bearer sk-bench-key", "cache-control": "no-cache, no-store" }
   const agents = urls.map(() => new Agent({ connections: 1 }))
   const samples = urls.map((): Array<number> => [])
-  const cpuNs = urls.map(() => 0)
-  const run = async (k: number, n: number, keep: boolean) => {
-    for (let i = 0; i < n; i++) {
-      const t0 = process.hrtime.bigint()
-      const res = await request(`${urls[k]}/chat/completions`, { method: "POST", body, headers, dispatcher: agents[k]! })
-      await res.body.text()
-      if (keep) samples[k]!.push(Number(process.hrtime.bigint() - t0) / 1e6)
-    }
+  const once = async (k: number, keep: boolean) => {
+    const t0 = process.hrtime.bigint()
+    const res = await request(`${urls[k]}/chat/completions`, { method: "POST", body, headers, dispatcher: agents[k]! })
+    await res.body.text()
+    if (keep) samples[k]!.push(Number(process.hrtime.bigint() - t0) / 1e6)
   }
-  for (let k = 0; k < urls.length; k++) await run(k, SEQ_WARMUP, false)
-  // A fresh order every round (a fixed-seed shuffle): with a fixed rotation each target always
-  // followed the same one, and an A/A run (the same build twice) showed that alone moving p50 by
-  // 15-55 µs and CPU by 30-45 µs per request.
+  for (let k = 0; k < urls.length; k++) for (let i = 0; i < SEQ_WARMUP; i++) await once(k, false)
+  // A fixed-seed shuffle: the same order of turns in every run.
   let seed = 0x9e3779b9
   const rand = () => {
     seed = (Math.imul(seed ^ (seed >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0
     return seed / 2 ** 32
   }
   const order = urls.map((_, k) => k)
-  for (let round = 0; round * SEQ_ROUND < SEQ_COUNT; round++) {
+  // Server CPU over the whole pass (each server's own turns and its idle work meanwhile).
+  const cpu0 = pids.map((pid) => (pid === undefined ? 0 : onCpuNs(pid)))
+  for (let round = 0; round < SEQ_COUNT; round++) {
     for (let j = order.length - 1; j > 0; j--) {
       const r = Math.floor(rand() * (j + 1))
       ;[order[j], order[r]] = [order[r]!, order[j]!]
     }
-    for (const k of order) {
-      const pid = pids[k]
-      const c0 = pid === undefined ? 0 : onCpuNs(pid)
-      await run(k, Math.min(SEQ_ROUND, SEQ_COUNT - round * SEQ_ROUND), true)
-      if (pid !== undefined) cpuNs[k]! += onCpuNs(pid) - c0
-    }
+    for (const k of order) await once(k, true)
   }
+  const cpuNs = pids.map((pid, k) => (pid === undefined ? 0 : onCpuNs(pid) - cpu0[k]!))
   await Promise.all(agents.map((a) => a.close()))
   return samples.map((xs, k) => {
     const n = xs.length
@@ -425,7 +420,7 @@ const main = async () => {
     const ps = plainProxy === undefined ? undefined : seq.get(plainProxy)
     const f = (x: number) => x.toFixed(3)
     console.log(
-      `\nsequential, 1 connection per target, ${SEQ_COUNT} requests each (after ${SEQ_WARMUP}), the targets taking turns ${SEQ_ROUND} at a time; ` +
+      `\nsequential, 1 connection per target, ${SEQ_COUNT} requests each (after ${SEQ_WARMUP}), the targets taking turns one request at a time; ` +
         `ms; added = minus direct; over proxy = minus the plain proxy's; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}\n`
     )
     console.log(`| ${"target".padEnd(30)} | p50 | p99 | added p50 | added p99 | over proxy p50 | over proxy p99 | server CPU µs/req |`)

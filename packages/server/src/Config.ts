@@ -105,6 +105,8 @@
  * @since 0.1.0
  */
 import type { Hedge, Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import * as Pacing from "@breakwater/core/Pacing"
+import * as RedisDefaults from "@breakwater/core/RedisDefaults"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -1504,7 +1506,7 @@ const build = (f: File, env: Env): ServerConfig => {
       },
       streamIdleTimeout: routing.streamIdleTimeout ?? Duration.seconds(60),
       fallbacks: routing.fallbacks ?? {},
-      pacing: { queue: routing.pacing?.queue ?? 100 },
+      pacing: { queue: routing.pacing?.queue ?? Pacing.defaultQueue },
       hedge: routing.hedge === undefined ? undefined : hedgeWithDefaults(routing.hedge)
     },
     breaker: {
@@ -1545,7 +1547,7 @@ const build = (f: File, env: Env): ServerConfig => {
     },
     // A redis store without a url is refused by the cross-field checks.
     store: store.kind === "redis" && store.url !== undefined
-      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:", commandTimeout: store.commandTimeout ?? Duration.millis(50) }
+      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:", commandTimeout: store.commandTimeout ?? RedisDefaults.commandTimeout }
       : { kind: "memory" },
     ...only("telemetry", resolveTelemetry(f.telemetry, env))
   }

@@ -7,7 +7,7 @@
  * error is OpenAI's `{"error":{"message","type","param","code"}}` with the
  * status the official SDK maps to its error classes.
  */
-import { Cooldown, type Hedge, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
+import { Cooldown, type Hedge, Health, OpenAI, Pacing, Relay, type Upstream } from "@breakwater/core"
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
@@ -39,6 +39,12 @@ export interface Incoming {
   readonly headers: Readonly<Record<string, string | undefined>>
   /** The body as text, or undefined when it is larger than `maxBodyBytes`. */
   readonly body: Effect.Effect<string | undefined>
+  /**
+   * `performance.now()` when the request arrived (its headers read): a
+   * request's latency then counts the reading of its body on every path,
+   * the fast one and the general one. The handler's own start when absent.
+   */
+  readonly started?: number
   /** The handler's own record of the request, for {@link Handler.hungUp}; adapters leave it alone. */
   state?: unknown
 }
@@ -737,6 +743,8 @@ export const make = (options: Options) =>
         if (action === "reset") {
           yield* u.breaker.reset
           yield* cooldowns.clear(u.name)
+          // The pacer's hold after a 429 lasts as long as the cooldown: it ends with it.
+          Pacing.pacerOf(u).cleared(yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis())))
         } else {
           yield* u.breaker.forceOpen
         }
@@ -921,7 +929,7 @@ export const make = (options: Options) =>
     }
 
     /** A request's record, from its start (now, unless given). */
-    const openLog = (request: Incoming, path: string, started = performance.now()): Log => {
+    const openLog = (request: Incoming, path: string, started = request.started ?? performance.now()): Log => {
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       return {

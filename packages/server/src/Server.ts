@@ -689,11 +689,12 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       }
     }
 
-    const incomingOf = (req: IncomingMessage, body: Effect.Effect<string | undefined>): Http.Incoming => ({
+    const incomingOf = (req: IncomingMessage, body: Effect.Effect<string | undefined>, started: number): Http.Incoming => ({
       method: req.method ?? "GET",
       url: req.url ?? "/",
       headers: req.headers as Record<string, string | undefined>,
       body,
+      started,
       state: undefined
     })
 
@@ -710,7 +711,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       const started = performance.now()
       const max = g.config.server.maxBodyBytes
       if (Number(req.headers["content-length"] ?? 0) > max) {
-        const incoming = incomingOf(req, readBody(req, max))
+        const incoming = incomingOf(req, readBody(req, max), started)
         return runRequest(g, res, incoming, g.handler(incoming), false)
       }
       const chunks: Array<Buffer> = []
@@ -721,7 +722,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       let cancel: Relay.Cancel | undefined
       const general = (body: Effect.Effect<string | undefined>, gone: boolean) => {
         phase = "done"
-        const incoming = incomingOf(req, body)
+        const incoming = incomingOf(req, body, started)
         runRequest(g, res, incoming, g.handler(incoming), gone)
       }
       // A caller that leaves before its body is in is a hang-up, logged as the handler logs one.
@@ -748,7 +749,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         if (phase !== "body") return
         if (over) return general(Effect.succeed(undefined), false)
         const text = (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)).toString("utf8")
-        const incoming = incomingOf(req, Effect.succeed(text))
+        const incoming = incomingOf(req, Effect.succeed(text), started)
         phase = "calling"
         let taken: ReturnType<Http.Handler["fast"]>
         try {
@@ -789,7 +790,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
       if (fastPath && req.method === "POST" && req.url === "/v1/chat/completions" && g.handler.fastAccepts(req.headers as Record<string, string | undefined>)) {
         return onChat(g, req, res)
       }
-      const incoming = incomingOf(req, readBody(req, g.config.server.maxBodyBytes))
+      const incoming = incomingOf(req, readBody(req, g.config.server.maxBodyBytes), performance.now())
       runRequest(g, res, incoming, g.handler(incoming), false)
     }
 

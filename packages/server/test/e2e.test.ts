@@ -597,6 +597,24 @@ describe("admin API and readiness", () => {
     expect(await upstreamOf("a is back")).toBe("ops-a")
   })
 
+  it("/reset also ends the pacer's hold after a 429 while a call of that upstream still hangs", async () => {
+    // A call to a hangs (until a's 5 s timeout, then b answers it).
+    a.setFaults({ hang: 1 })
+    const chatBefore = a.counters().chat
+    const hung = sdk(server).chat.completions.create(chatOf("a hangs")).withResponse()
+    for (let i = 0; i < 200 && a.counters().chat === chatBefore; i++) await new Promise((r) => setTimeout(r, 5))
+    expect(a.counters().chat).toBe(chatBefore + 1)
+    // The next gets a 429 with Retry-After 60: a cools down, and its pacer holds while the hung call is out.
+    a.setFaults({ status: 429, retryAfter: "60" })
+    expect(await upstreamOf("a will 429")).toBe("ops-b")
+    a.setFaults({})
+    expect((await admin("POST", "/admin/upstreams/ops-a/reset")).status).toBe(200)
+    // Reset: a is called at once, not held behind the hung call for the rest of the 60 s.
+    expect(await upstreamOf("a is back despite the hung call")).toBe("ops-a")
+    const { response } = await hung
+    expect(response.headers.get("x-breakwater-upstream")).toBe("ops-b")
+  }, 20_000)
+
   it("unknown upstream name -> 404; wrong method -> 405; unknown admin path -> 404", async () => {
     for (const action of ["open", "reset"]) {
       const res = await admin("POST", `/admin/upstreams/nope/${action}`)

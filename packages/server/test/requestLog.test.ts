@@ -156,6 +156,26 @@ describe("the handler's request lines through the RequestLog", () => {
     }
   })
 
+  it("latencyMs counts from the request's arrival (Incoming.started) on the general path too, as on the fast path", async () => {
+    const writes: Array<string> = []
+    const { handler, close } = await handlerWith(LogLevel.Info, RequestLog.make({ sink: (c) => writes.push(c) }))
+    try {
+      // A request whose body took 400 ms to arrive before the handler ran (the server read it first).
+      const arrived = performance.now() - 400
+      const answered = await Effect.runPromise(handler({ ...request("slow-body-1"), started: arrived }))
+      const plain = await Effect.runPromise(handler(request("no-start-1")))
+      expect([answered.status, plain.status]).toEqual([200, 200])
+      await nextTurn()
+      const lines = writes.join("").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>)
+      const latency = (id: string) => Number(lines.find((l) => l["requestId"] === id)!["latencyMs"])
+      expect(latency("slow-body-1")).toBeGreaterThanOrEqual(400)
+      // Without a start, the handler's own: no 400 ms it did not see.
+      expect(latency("no-start-1")).toBeLessThan(400)
+    } finally {
+      await close()
+    }
+  })
+
   it("honours the level in force: at warning, a 5xx is written and a 200 is not", async () => {
     const writes: Array<string> = []
     const { handler, close } = await handlerWith(LogLevel.Warning, RequestLog.make({ sink: (c) => writes.push(c) }))

@@ -12,7 +12,6 @@
 import {
   Cooldown,
   Health,
-  Hedge,
   type OpenAI,
   Pricing,
   RateLimiter,
@@ -29,7 +28,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
 import * as Random from "effect/Random"
 import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
@@ -201,19 +199,6 @@ interface Raw {
   readonly hedged: ColumnReport["hedged"]
 }
 
-const HEDGE_OUTCOMES = ["won", "lost", "failed"] as const
-
-/** `breakwater_hedged_total` summed over `upstreams`, by outcome (the counters are process-wide: read before and after). */
-const hedgeCounts = (upstreams: ReadonlyArray<string>) =>
-  Effect.map(
-    Effect.forEach(HEDGE_OUTCOMES, (outcome) =>
-      Effect.map(
-        Effect.forEach(upstreams, (u) => Metric.value(Hedge.hedgedBy(u, outcome))),
-        (states) => states.reduce((a, s) => a + s.count, 0)
-      )),
-    ([won, lost, failed]) => ({ won: won!, lost: lost!, failed: failed! })
-  )
-
 /**
  * Runs the scenario's traffic through both columns. Needs only a Clock:
  * time passes by the program's own sleeps (arrivals) and the relay's.
@@ -270,7 +255,6 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       Layer.succeed(Pricing.Pricing, { ...Pricing.make(config.pricing), record: () => Effect.void }),
       Layer.succeed(UpstreamClient.UpstreamClient, client)
     )
-    const hedgesBefore = yield* hedgeCounts(scenario.upstreams.map((u) => u.name))
     const ctx = yield* Layer.build(Relay.layer(relayOptions).pipe(Layer.provideMerge(deps)))
     const relay = Context.get(ctx, Relay.Relay)
     yield* Health.make(relay.upstreams, { interval: config.healthCheck.interval, timeout: config.healthCheck.timeout }).pipe(
@@ -461,10 +445,8 @@ export const program = (scenario: Scenario, options: RunOptions = {}): Effect.Ef
       batch()
     }
     if (inFlight > 0 || !arrived) yield* Deferred.await(allDone)
-    const hedgesAfter = yield* hedgeCounts(scenario.upstreams.map((u) => u.name))
-    const won = hedgesAfter.won - hedgesBefore.won
-    const lost = hedgesAfter.lost - hedgesBefore.lost
-    const failed = hedgesAfter.failed - hedgesBefore.failed
+    // This run's relay's own count (`breakwater_hedged_total` adds up every simulation running in the process).
+    const { failed, lost, won } = relay.hedges()
     const hedged = hedging ? { calls: won + lost + failed, won, lost, failed } : null
     return report(scenario, { direct, breakwater, directWorld, world, trips, seed, duration, hedged })
   })).pipe(Effect.withRandom(options.fastPath === false ? Random.make(seed) : random))

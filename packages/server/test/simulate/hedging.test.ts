@@ -4,13 +4,16 @@
  * the budget's cap, seed-article at p95 against the same run without, and
  * the CLI.
  */
+import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import * as Config from "../../src/Config.js"
 import * as Simulate from "../../src/simulate/Simulate.js"
+import * as VirtualTime from "../../src/simulate/VirtualTime.js"
 import { runCli } from "../helpers/process.js"
 import { primaryAndSecondary } from "../helpers/scenarios.js"
 import { load, parse } from "./support.js"
@@ -108,6 +111,23 @@ describe("simulate: hedge", { timeout: 120_000 }, () => {
     expect(r.breakwater.costUsd / off.breakwater.costUsd - 1).toBeLessThanOrEqual(0.1)
     expect(r.breakwater.hedged!.won).toBeGreaterThan(0)
     expect(r.breakwater.availability).toBe(1)
+  })
+
+  it("two simulations at once count their own hedges (each its relay's, not the process-wide metric's difference)", () => {
+    const uncapped = parse(tail)
+    const capped = parse(tail.replace("seed: 5", "seed: 6"))
+    const cap = { hedge: hedgeOf("300ms", "10%") }
+    const alone = [Simulate.run(uncapped), Simulate.run(capped, cap)]
+    // Both in one virtual time: their requests and hedges interleave.
+    const exit = VirtualTime.run(Effect.all([Simulate.program(uncapped), Simulate.program(capped, cap)], { concurrency: "unbounded" }))
+    expect(Exit.isSuccess(exit)).toBe(true)
+    const together = Exit.isSuccess(exit) ? exit.value : []
+    expect(alone[0]!.breakwater.hedged!.calls).toBeGreaterThan(0)
+    expect(alone[1]!.breakwater.hedged!.calls).toBeGreaterThan(0)
+    for (const i of [0, 1]) {
+      expect(together[i]!.requests).toBe(alone[i]!.requests)
+      expect(together[i]!.breakwater.hedged).toEqual(alone[i]!.breakwater.hedged)
+    }
   })
 
   it("seed-article (seed 42, first 5 minutes): hedging at p95 costs at most 10% more upstream calls and cuts p99", () => {
