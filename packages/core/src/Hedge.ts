@@ -67,6 +67,15 @@ export interface Options {
 /** Measured calls an upstream needs before its percentile is trusted. */
 export const MIN_SAMPLES = 20
 
+/** The {@link Options} a hedge leaves out, at their defaults (one place: the server's config states them from here). */
+export const defaults = {
+  maxExtra: 0.1,
+  window: Duration.seconds(10),
+  initialDelay: Duration.seconds(1),
+  minDelay: Duration.millis(50),
+  sameUpstream: false
+} as const
+
 /** How a hedged request went, for its metadata and the request log. */
 export interface Report {
   /** The upstream the hedge went to. */
@@ -139,13 +148,13 @@ export interface Hedge {
 }
 
 export const make = (options: Options): Hedge => {
-  const maxExtra = options.maxExtra ?? 0.1
-  const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? Duration.seconds(10)))
+  const maxExtra = options.maxExtra ?? defaults.maxExtra
+  const budget = makeBudget(maxExtra, Duration.toMillis(options.window ?? defaults.window))
   const after = options.after
-  const sameUpstream = options.sameUpstream === true
+  const sameUpstream = options.sameUpstream ?? defaults.sameUpstream
   if (isPercentile(after)) {
-    const initial = Duration.toMillis(options.initialDelay ?? Duration.seconds(1))
-    const min = Duration.toMillis(options.minDelay ?? Duration.millis(50))
+    const initial = Duration.toMillis(options.initialDelay ?? defaults.initialDelay)
+    const min = Duration.toMillis(options.minDelay ?? defaults.minDelay)
     return {
       budget,
       sameUpstream,

@@ -104,7 +104,8 @@
  *
  * @since 0.1.0
  */
-import type { Hedge, Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import type { Pricing, ProviderClient, Relay, Router, Spend, Upstream, UpstreamClient } from "@breakwater/core"
+import * as Hedge from "@breakwater/core/Hedge"
 import * as Pacing from "@breakwater/core/Pacing"
 import * as RedisDefaults from "@breakwater/core/RedisDefaults"
 import * as Data from "effect/Data"
@@ -649,11 +650,11 @@ const hedgeWithDefaults = (h: {
   readonly sameUpstream?: boolean | undefined
 }): HedgeConfig => ({
   after: h.after,
-  maxExtra: h.maxExtra ?? 0.1,
-  window: h.window ?? Duration.seconds(10),
-  initialDelay: h.initialDelay ?? Duration.seconds(1),
-  minDelay: h.minDelay ?? Duration.millis(50),
-  sameUpstream: h.sameUpstream ?? false
+  maxExtra: h.maxExtra ?? Hedge.defaults.maxExtra,
+  window: h.window ?? Hedge.defaults.window,
+  initialDelay: h.initialDelay ?? Hedge.defaults.initialDelay,
+  minDelay: h.minDelay ?? Hedge.defaults.minDelay,
+  sameUpstream: h.sameUpstream ?? Hedge.defaults.sameUpstream
 })
 
 // ---------------------------------------------------------------------------
