@@ -78,14 +78,20 @@ export class RateLimiterStore extends Context.Tag("@breakwater/core/RateLimiterS
      */
     readonly unsafeAcquire?: ((request: AcquireRequest, now: number) => Decision) | undefined
     /**
-     * The same decision without a fiber, for stores that decide elsewhere
-     * (Redis): `done` gets it once, when the store has answered; or, when
-     * it cannot (Redis away: the store's fallback, with its log and
-     * metric), the effect that decides instead. For a hot path that can
+     * The same decisions without a fiber, for stores that decide elsewhere
+     * (Redis): `requests` decided one after the other in one atomic step,
+     * each only if the one before it was granted (a refusal leaves the rest
+     * untaken). `done` gets the decisions made (one per request up to the
+     * first refusal, which is the last) once, when the store has answered;
+     * or, when it cannot (Redis away: the store's fallback, with its log and
+     * metric), the effect that decides them instead. For a hot path that can
      * wait for one reply but not for a fiber.
      */
     readonly unsafeAcquireAsync?:
-      | ((request: AcquireRequest, done: (decision: Decision | Effect.Effect<Decision, RateLimiterStoreError>) => void) => void)
+      | ((
+        requests: ReadonlyArray<AcquireRequest>,
+        done: (decisions: ReadonlyArray<Decision> | Effect.Effect<ReadonlyArray<Decision>, RateLimiterStoreError>) => void
+      ) => void)
       | undefined
   }
 >() {}
@@ -152,6 +158,74 @@ export interface RateLimiter {
 }
 
 export const RateLimiter = Context.GenericTag<RateLimiter>("@breakwater/core/RateLimiter")
+
+/** One take of {@link unsafeTakeAllAsync}: `cost` from `limiter`'s limit for `key`. */
+export interface Take {
+  readonly limiter: RateLimiter
+  readonly key: string
+  readonly cost: number
+}
+
+/** What {@link unsafeTakeAllAsync} answers for a refusal: which take, and the milliseconds after which it may be granted. */
+export interface Refusal {
+  readonly index: number
+  readonly wait: number
+}
+
+/** What {@link unsafeTakeAllAsync} needs of a limiter, kept out of its public surface. */
+interface Internals {
+  readonly store: Context.Tag.Service<RateLimiterStore>
+  readonly request: (key: string, cost: number) => AcquireRequest
+  readonly rejected: Metric.Metric.Counter<number>
+}
+const internals = new WeakMap<RateLimiter, Internals>()
+
+/**
+ * {@link RateLimiter.unsafeTakeAsync} of several limiters in one call of
+ * their store, one after the other, each only if those before it were
+ * granted (a key's tokens after its request count, as a gateway admits):
+ * one round trip for all, not one per limiter in a row. `done` gets, once
+ * the store has answered, undefined when every take was granted, else the
+ * refusal (counted, as `acquire` counts its own); or the effect that
+ * answers that (the store's fallback while it is away). Returns false, and
+ * takes nothing, when the limiters cannot: one without `unsafeTakeAsync`, or
+ * limiters of different stores.
+ */
+export const unsafeTakeAllAsync = (
+  takes: ReadonlyArray<Take>,
+  tags: ReadonlyArray<MetricLabel.MetricLabel>,
+  done: (refusal: Refusal | undefined | Effect.Effect<Refusal | undefined, RateLimiterStoreError>) => void
+): boolean => {
+  if (takes.length === 0) return false
+  const all: Array<Internals> = []
+  for (const t of takes) {
+    const i = t.limiter.unsafeTakeAsync === undefined ? undefined : internals.get(t.limiter)
+    if (i === undefined || (all.length > 0 && i.store !== all[0]!.store)) return false
+    all.push(i)
+  }
+  const acquireAsync = all[0]!.store.unsafeAcquireAsync!
+  acquireAsync(takes.map((t, k) => all[k]!.request(t.key, t.cost)), (decisions) => {
+    if (!Effect.isEffect(decisions)) return done(refusalOf(decisions, all, tags))
+    done(Effect.flatMap(decisions, (ds) => {
+      const last = ds[ds.length - 1]
+      if (last === undefined || last.granted) return Effect.succeed(undefined)
+      return Effect.as(Metric.increment(all[ds.length - 1]!.rejected), { index: ds.length - 1, wait: last.retryAfterMillis })
+    }))
+  })
+  return true
+}
+
+/** The refusal among `decisions` (the last, if any), counted in its limiter's metric. */
+const refusalOf = (
+  decisions: ReadonlyArray<Decision>,
+  all: ReadonlyArray<Internals>,
+  tags: ReadonlyArray<MetricLabel.MetricLabel>
+): Refusal | undefined => {
+  const last = decisions[decisions.length - 1]
+  if (last === undefined || last.granted) return undefined
+  all[decisions.length - 1]!.rejected.unsafeUpdate(1, tags)
+  return { index: decisions.length - 1, wait: last.retryAfterMillis }
+}
 
 const delayedCounter = Metric.counter("breakwater_ratelimit_delayed_total", {
   description: "Calls that waited for a rate-limit slot",
@@ -224,18 +298,18 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiterStoreError>) => void
     ): void => {
       unsafeAcquireAsync(
-        { key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis },
-        (decision) =>
+        [{ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }],
+        (decisions) =>
           done(
-            Effect.isEffect(decision)
-              ? Effect.flatMap(decision, (d) =>
-                d.granted ? Effect.succeed(undefined) : Effect.as(Metric.increment(rejected), d.retryAfterMillis))
-              : waitOf(decision, tags)
+            Effect.isEffect(decisions)
+              ? Effect.flatMap(decisions, ([d]) =>
+                d!.granted ? Effect.succeed(undefined) : Effect.as(Metric.increment(rejected), d!.retryAfterMillis))
+              : waitOf(decisions[0]!, tags)
           )
       )
     }
 
-    return RateLimiter.of({
+    const limiter = RateLimiter.of({
       name,
       limit,
       acquire,
@@ -244,6 +318,12 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       unsafeTakeAsync,
       withPermit: (key, cost) => (self) => Effect.zipRight(acquire(key, cost), self)
     })
+    internals.set(limiter, {
+      store,
+      request: (key, cost) => ({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }),
+      rejected
+    })
+    return limiter
   })
 
 export const layer = (options: Options): Layer.Layer<RateLimiter, never, RateLimiterStore> =>
@@ -340,10 +420,14 @@ const decideSlidingWindow = (log: Log, req: AcquireRequest, now: number): Decisi
   if (req.cost > req.limit) return { granted: false, retryAfterMillis: w, remaining: remainingNow }
   let at = start
   if (used + req.cost > req.limit) {
+    // The first reservation whose leaving makes room; those of the same
+    // instant leave with it, so `remaining` counts none of them.
     for (let i = first; i < log.times.length; i++) {
+      const t = log.times[i]!
       used -= log.costs[i]!
+      while (i + 1 < log.times.length && log.times[i + 1] === t) used -= log.costs[++i]!
       if (used + req.cost <= req.limit) {
-        at = log.times[i]! + w
+        at = t + w
         break
       }
     }

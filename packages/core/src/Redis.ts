@@ -17,8 +17,9 @@
  * Keys, all under `prefix` (default `breakwater:`):
  * - `rl:<key>`: a rate limiter's state. A hash `{ tokens, at }` for a token
  *   bucket; for a sliding window a list: `total:<sum of costs>` first, then
- *   the `time:cost` reservations. Both expire once they are equivalent to a
- *   fresh key.
+ *   the `time:cost` reservations, one entry per instant (the reservations
+ *   made at the same millisecond, their costs added up). Both expire once
+ *   they are equivalent to a fresh key.
  * - `cooldowns`: a hash, upstream -> `until|reason`. Each cooldown started
  *   (and each cleared) is also published on the channel `cooldowns` (under
  *   the prefix, `upstream|until|reason`, or `upstream|0|clear`), so that the
@@ -93,16 +94,31 @@ const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
 // Lua
 
 /**
- * The rate limiter's `acquire`, atomically: the same decisions as the memory
- * store's `decideTokenBucket` and `decideSlidingWindow` (same arithmetic on
- * the same doubles), with Redis `TIME` as the clock.
+ * The rate limiter's decisions, atomically: the same as the memory store's
+ * `decideTokenBucket` and `decideSlidingWindow` (same arithmetic on the same
+ * doubles), with Redis `TIME` as the clock.
  *
- * KEYS[1]: the limiter key. ARGV: algorithm, limit, windowMillis, cost,
- * maxWaitMillis (negative: unbounded), and optionally a fixed `now` (epoch
- * millis; for tests only, the store never passes it).
+ * One call decides several requests, one after the other in the order given,
+ * at one instant (one `TIME`): what as many single calls in a row would
+ * decide, for one round trip. A limiter key's state is read from Redis once
+ * per call (however many of its requests the call holds), decided on in the
+ * script's memory, and written back once at the end: a call of twenty
+ * requests for one key costs little more than a call of one.
  *
- * Returns `{ 1, waitMillis, remaining }` or `{ 0, retryAfterMillis, remaining }`,
- * numbers as strings (Redis would truncate Lua numbers to integers).
+ * KEYS: the limiter keys, one per request (a key may repeat). ARGV[1]: a
+ * fixed `now` (epoch millis; for tests only, the store passes ""). ARGV[2]:
+ * the number of limiter shapes the requests use, then four per shape:
+ * algorithm, limit, windowMillis, maxWaitMillis (negative: unbounded). Then
+ * two per request: its shape (1-based; negative when the request is decided
+ * only if the one before it was granted: a key's tokens after its request
+ * count, so a refusal leaves the rest of such a chain untaken, as `admit`
+ * would), and its cost. (Shapes are few, requests many: two arguments a
+ * request, not six, for Redis to read and the script to parse.)
+ *
+ * Returns three values per request: `1, waitMillis, remaining` or
+ * `0, retryAfterMillis, remaining`; `2, 0, 0` for a request of a chain left
+ * untaken. Whole numbers are replied as integers, others as text (Redis
+ * would truncate a Lua number to an integer).
  *
  * Numbers are written with `%.17g` (exact for doubles; Lua's `tostring`
  * keeps only 14 digits) and TTLs with `%d`.
@@ -115,8 +131,14 @@ const fallbacks: Record<StoreName, Metric.Metric.Counter<number>> = {
  * that must leave for it to fit: O(1) amortised, not O(entries in the window).
  * A list without the total (written by an older version) is added up once.
  */
-const acquireFunction = `
+export const acquireManyLua = `
 local function num(x) return string.format("%.17g", x) end
+-- A number for the reply: an integer as it is (Redis replies with Lua numbers
+-- as integers, exact below 2^53), any other as text.
+local function out(x)
+  if x == math.floor(x) and x > -9007199254740992 and x < 9007199254740992 then return x end
+  return num(x)
+end
 -- A TTL in whole millis: at least 1, and a number even for odd limits (0, huge).
 local function ttl(x)
   x = math.ceil(x)
@@ -129,193 +151,259 @@ local function maxWaitOf(x)
   if x < 0 then return math.huge end
   return x
 end
-local function nowOf(t)
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function acquire(key, algorithm, limit, w, cost, maxWait, now)
+local header = "total:"
+
+-- A token bucket's state, read once: { tokens, at } (a fresh bucket is full).
+local function loadBucket(key, limit, w, now)
   local kind = redis.call("TYPE", key)["ok"]
-
-  if algorithm == "token-bucket" then
-    if kind ~= "hash" and kind ~= "none" then redis.call("DEL", key) end
-    local full = limit * w
-    local state = redis.call("HMGET", key, "tokens", "at")
-    local tokens = state[1] and tonumber(state[1])
-    local updated = state[2] and tonumber(state[2])
-    if not tokens or not updated then
-      tokens = full
-      updated = now
-    end
-    tokens = math.min(full, tokens + (now - updated) * limit)
-    local function save()
-      redis.call("HSET", key, "tokens", num(tokens), "at", num(now))
-      -- Once full, the bucket is the same as a fresh one.
-      redis.call("PEXPIRE", key, ttl((full - tokens) / limit))
-    end
-    local units = cost * w
-    if cost > limit then
-      save()
-      return { 0, num(w), num(math.max(0, math.floor(tokens / w))) }
-    end
-    if tokens >= units then
-      tokens = tokens - units
-      save()
-      return { 1, "0", num(math.max(0, math.floor(tokens / w))) }
-    end
-    local wait = math.ceil((units - tokens) / limit)
-    if wait <= maxWait then
-      tokens = tokens - units
-      save()
-      return { 1, num(wait), "0" }
-    end
-    save()
-    return { 0, num(wait), num(math.max(0, math.floor(tokens / w))) }
+  if kind ~= "hash" and kind ~= "none" then redis.call("DEL", key) end
+  local state = redis.call("HMGET", key, "tokens", "at")
+  local s = { bucket = true, key = key }
+  s.tokens = state[1] and tonumber(state[1])
+  s.updated = state[2] and tonumber(state[2])
+  if not s.tokens or not s.updated then
+    s.tokens = limit * w
+    s.updated = now
   end
+  return s
+end
+local function saveBucket(s)
+  redis.call("HSET", s.key, "tokens", num(s.tokens), "at", num(s.updated))
+  -- Once full, the bucket is the same as a fresh one.
+  redis.call("PEXPIRE", s.key, ttl((s.limit * s.w - s.tokens) / s.limit))
+end
+local function decideBucket(s, limit, w, cost, maxWait, now)
+  local full = limit * w
+  s.tokens = math.min(full, s.tokens + (now - s.updated) * limit)
+  s.updated = now
+  s.limit = limit
+  s.w = w
+  local units = cost * w
+  if cost > limit then
+    return 0, out(w), out(math.max(0, math.floor(s.tokens / w)))
+  end
+  if s.tokens >= units then
+    s.tokens = s.tokens - units
+    return 1, 0, out(math.max(0, math.floor(s.tokens / w)))
+  end
+  local wait = math.ceil((units - s.tokens) / limit)
+  if wait <= maxWait then
+    s.tokens = s.tokens - units
+    return 1, out(wait), 0
+  end
+  return 0, out(wait), out(math.max(0, math.floor(s.tokens / w)))
+end
 
-  -- Sliding window: a FIFO list. Index 0 holds the running total of the costs
-  -- ("total:<sum>", as the memory store's Log.total), then the "time:cost"
-  -- reservations in time order. Entries are read from the head only as far as
-  -- a decision needs them, so a call costs O(1) amortised whatever the limit.
+-- A sliding window's state, read once: a FIFO list. Index 0 holds the
+-- running total of the costs ("total:<sum>", as the memory store's
+-- Log.total), then the "time:cost" reservations in time order, those at the
+-- same time as one (their costs added up: the decisions only ever take the
+-- reservations of one instant together). Entry i (1-based) is at list index
+-- i; the first \`stored\` are in Redis, read from the head only as far as a
+-- decision needs them, and the last of them at once; those after were added
+-- by this call, and are written at its end.
+local function loadLog(key)
+  local kind = redis.call("TYPE", key)["ok"]
   if kind ~= "list" and kind ~= "none" then
     redis.call("DEL", key)
     kind = "none"
   end
-  local header = "total:"
-  local fresh = kind == "none"
-  local total = 0
-  local n = 0
-  if not fresh then
+  local s = { bucket = false, key = key, fresh = kind == "none", total = 0, n = 0,
+    times = {}, costs = {}, loaded = 0, chunk = 4, head = 1, lastChanged = false }
+  if not s.fresh then
     local h = redis.call("LINDEX", key, 0)
     if string.sub(h, 1, #header) == header then
-      total = tonumber(string.sub(h, #header + 1))
-      n = redis.call("LLEN", key) - 1
+      s.total = tonumber(string.sub(h, #header + 1))
+      s.n = redis.call("LLEN", key) - 1
     else
       -- A log written before the total was kept: add it up once.
       local all = redis.call("LRANGE", key, 0, -1)
       for i = 1, #all do
-        local s = all[i]
-        total = total + tonumber(string.sub(s, string.find(s, ":", 1, true) + 1))
+        local e = all[i]
+        s.total = s.total + tonumber(string.sub(e, string.find(e, ":", 1, true) + 1))
       end
-      redis.call("LPUSH", key, header .. num(total))
-      n = #all
+      redis.call("LPUSH", key, header .. num(s.total))
+      s.n = #all
+    end
+    if s.n > 0 then
+      local e = redis.call("LINDEX", key, -1)
+      local c = string.find(e, ":", 1, true)
+      s.times[s.n] = tonumber(string.sub(e, 1, c - 1))
+      s.costs[s.n] = tonumber(string.sub(e, c + 1))
     end
   end
-  -- Entry i (1-based) is at list index i; loaded from the head in growing chunks.
-  local times = {}
-  local costs = {}
-  local loaded = 0
-  local chunk = 4
-  local function load(i)
-    if i <= loaded then return end
-    local upto = math.min(n, math.max(i, loaded + chunk))
-    local got = redis.call("LRANGE", key, loaded + 1, upto)
-    for j = 1, #got do
-      local s = got[j]
-      local c = string.find(s, ":", 1, true)
-      times[loaded + j] = tonumber(string.sub(s, 1, c - 1))
-      costs[loaded + j] = tonumber(string.sub(s, c + 1))
-    end
-    loaded = upto
-    if chunk < 1024 then chunk = chunk * 2 end
+  s.stored = s.n
+  return s
+end
+-- Loads stored entries up to i (the last one is loaded already), from the head in growing chunks.
+local function load(s, i)
+  if i <= s.loaded or i >= s.stored then return end
+  local upto = math.min(s.stored - 1, math.max(i, s.loaded + s.chunk))
+  local got = redis.call("LRANGE", s.key, s.loaded + 1, upto)
+  for j = 1, #got do
+    local e = got[j]
+    local c = string.find(e, ":", 1, true)
+    s.times[s.loaded + j] = tonumber(string.sub(e, 1, c - 1))
+    s.costs[s.loaded + j] = tonumber(string.sub(e, c + 1))
   end
-  local function timeAt(i)
-    load(i)
-    return times[i]
+  s.loaded = upto
+  if s.chunk < 1024 then s.chunk = s.chunk * 2 end
+end
+local function timeAt(s, i)
+  load(s, i)
+  return s.times[i]
+end
+-- Writes what changed: pruned entries, the last stored one (if this call
+-- added to it), the new ones, the total, the TTL.
+local function saveLog(s)
+  local key = s.key
+  -- Entries pruned from Redis's list, and those this call added (and did not prune).
+  local pruned = math.min(s.head - 1, s.stored)
+  local entries = {}
+  for i = math.max(s.head, s.stored + 1), s.n do
+    entries[#entries + 1] = num(s.times[i]) .. ":" .. num(s.costs[i])
   end
-  -- Forget what has left every window that can still matter.
-  local head = 1
-  while head <= n and timeAt(head) <= now - w do
-    total = total - costs[head]
-    head = head + 1
-  end
-  -- Writes what changed: pruned entries, the new one, the total.
-  local function save(entry)
-    if fresh then
-      if entry then redis.call("RPUSH", key, header .. num(total), entry) end
-      return
-    end
-    local pruned = head - 1
+  if s.fresh then
+    if #entries > 0 then redis.call("RPUSH", key, header .. num(s.total), unpack(entries)) end
+  else
     -- Keeps the last pruned entry at index 0, where the total then goes.
     if pruned > 0 then redis.call("LTRIM", key, pruned, -1) end
-    if entry then redis.call("RPUSH", key, entry) end
-    if pruned > 0 or entry then redis.call("LSET", key, 0, header .. num(total)) end
+    if s.lastChanged and pruned < s.stored then
+      redis.call("LSET", key, -1, num(s.times[s.stored]) .. ":" .. num(s.costs[s.stored]))
+    end
+    if #entries > 0 then redis.call("RPUSH", key, unpack(entries)) end
+    if pruned > 0 or #entries > 0 or s.lastChanged then redis.call("LSET", key, 0, header .. num(s.total)) end
+  end
+  -- Once the last reservation has left the window, the log is the same as an empty one.
+  if s.expireAfter then redis.call("PEXPIRE", key, ttl(s.expireAfter)) end
+end
+local function decideLog(s, limit, w, cost, maxWait, now)
+  local times = s.times
+  local costs = s.costs
+  local n = s.n
+  -- Forget what has left every window that can still matter.
+  while s.head <= n and timeAt(s, s.head) <= now - w do
+    s.total = s.total - costs[s.head]
+    s.head = s.head + 1
   end
   local last = now
-  if n >= head then
-    if n <= loaded then
-      last = times[n]
-    else
-      local s = redis.call("LINDEX", key, -1)
-      last = tonumber(string.sub(s, 1, string.find(s, ":", 1, true) - 1))
-    end
-  end
+  if n >= s.head then last = times[n] end
   local start = math.max(now, last)
   -- What counts at start: the total, less entries that will have left the
   -- window by then (only when reservations reach into the future).
-  local used = total
-  local first = head
-  while first <= n and timeAt(first) <= start - w do
+  local used = s.total
+  local first = s.head
+  while first <= n and timeAt(s, first) <= start - w do
     used = used - costs[first]
     first = first + 1
   end
   local remainingNow = math.max(0, limit - used)
   if cost > limit then
-    save(nil)
-    return { 0, num(w), num(remainingNow) }
+    return 0, out(w), out(remainingNow)
   end
   local at = start
   if used + cost > limit then
-    for i = first, n do
-      load(i)
+    -- The first reservation whose leaving makes room; those of the same
+    -- instant leave with it (a log written by an older version may hold
+    -- them apart).
+    local i = first
+    while i <= n do
+      local t = timeAt(s, i)
       used = used - costs[i]
+      while i < n and timeAt(s, i + 1) == t do
+        i = i + 1
+        used = used - costs[i]
+      end
       if used + cost <= limit then
-        at = times[i] + w
+        at = t + w
         break
       end
+      i = i + 1
     end
   end
   local wait = at - now
   if wait > maxWait then
-    save(nil)
-    return { 0, num(wait), num(remainingNow) }
+    return 0, out(wait), out(remainingNow)
   end
-  total = total + cost
-  save(num(at) .. ":" .. num(cost))
-  -- Once the last reservation has left the window, the log is the same as an empty one.
-  redis.call("PEXPIRE", key, ttl(wait + w))
-  return { 1, num(wait), num(math.max(0, limit - used - cost)) }
+  s.total = s.total + cost
+  if n >= s.head and times[n] == at then
+    -- The same instant as the last reservation: one entry.
+    costs[n] = costs[n] + cost
+    if n == s.stored then s.lastChanged = true end
+  else
+    n = n + 1
+    s.n = n
+    times[n] = at
+    costs[n] = cost
+  end
+  s.expireAfter = wait + w
+  return 1, out(wait), out(math.max(0, limit - used - cost))
 end
-`
 
-export const acquireLua = acquireFunction + `
 local now
-if ARGV[6] ~= nil and ARGV[6] ~= "" then
-  now = tonumber(ARGV[6])
+if ARGV[1] ~= "" then
+  now = tonumber(ARGV[1])
 else
-  now = nowOf(redis.call("TIME"))
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-return acquire(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), maxWaitOf(ARGV[5]), now)
-`
-
-/**
- * {@link acquireLua} for several requests in one call, decided one after
- * the other in the order given, at one instant (one `TIME`): what as many
- * calls of `acquireLua` in a row would decide, for one round trip.
- *
- * KEYS: the limiter keys, one per request (a key may repeat). ARGV: five per
- * request, as `acquireLua`'s first five. Returns the three values of each
- * decision, one request after the other.
- */
-export const acquireManyLua = acquireFunction + `
-local now = nowOf(redis.call("TIME"))
-local out = {}
+-- The state of each key this call has read, and the order they were read in.
+local states = {}
+local touched = {}
+local reply = {}
+local granted = true
+local shapes = {}
+local shapeCount = tonumber(ARGV[2])
+for k = 1, shapeCount do
+  local j = 2 + (k - 1) * 4
+  shapes[k] = { bucket = ARGV[j + 1] == "token-bucket", limit = tonumber(ARGV[j + 2]), w = tonumber(ARGV[j + 3]),
+    maxWait = maxWaitOf(ARGV[j + 4]) }
+end
+local first = 2 + shapeCount * 4
 for i = 1, #KEYS do
-  local j = (i - 1) * 5
-  local r = acquire(KEYS[i], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), maxWaitOf(ARGV[j + 5]), now)
-  out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
-  out[#out + 1] = r[3]
+  local j = first + (i - 1) * 2
+  local key = KEYS[i]
+  local ref = tonumber(ARGV[j + 1])
+  local o = (i - 1) * 3
+  if ref < 0 and not granted then
+    reply[o + 1] = 2
+    reply[o + 2] = 0
+    reply[o + 3] = 0
+  else
+    local shape = shapes[math.abs(ref)]
+    local bucket = shape.bucket
+    local limit = shape.limit
+    local w = shape.w
+    local s = states[key]
+    if s and s.bucket ~= bucket then
+      -- Another algorithm on the same key: the state so far written, then read anew (and reset).
+      if s.bucket then saveBucket(s) else saveLog(s) end
+      s = nil
+    end
+    if not s then
+      if bucket then s = loadBucket(key, limit, w, now) else s = loadLog(key) end
+      states[key] = s
+      touched[#touched + 1] = s
+    end
+    local g, millis, remaining
+    if bucket then
+      g, millis, remaining = decideBucket(s, limit, w, tonumber(ARGV[j + 2]), shape.maxWait, now)
+    else
+      g, millis, remaining = decideLog(s, limit, w, tonumber(ARGV[j + 2]), shape.maxWait, now)
+    end
+    granted = g == 1
+    reply[o + 1] = g
+    reply[o + 2] = millis
+    reply[o + 3] = remaining
+  end
 end
-return out
+for i = 1, #touched do
+  local s = touched[i]
+  if states[s.key] == s then
+    if s.bucket then saveBucket(s) else saveLog(s) end
+  end
+end
+return reply
 `
 
 /**
@@ -422,14 +510,6 @@ interface Client extends IORedis {
     ttl: string
   ): Promise<[number, string, string]>
   breakwaterSettle(spent: string, held: string, holds: string, member: string, usd: string, expireAt: string): Promise<string>
-  breakwaterAcquire(
-    key: string,
-    algorithm: string,
-    limit: string,
-    windowMillis: string,
-    cost: string,
-    maxWaitMillis: string
-  ): Promise<[number, string, string]>
   breakwaterAcquireMany(numberOfKeys: number, ...keysThenArgs: ReadonlyArray<string>): Promise<Array<number | string>>
   breakwaterCooldownStart(hash: string, upstream: string, until: string, reason: string, now: string, channel: string): Promise<number>
 }
@@ -503,6 +583,10 @@ const numberArg = (n: number): string => String(n)
 /** A request's `maxWait` as the acquire scripts read it (`-1`: no bound). */
 const maxWaitArg = (millis: number): string => Number.isFinite(millis) ? numberArg(millis) : "-1"
 
+/** Whether two requests are decided by the same limiter arithmetic (algorithm, limit, window, maxWait). */
+const sameShape = (a: RateLimiter.AcquireRequest, b: RateLimiter.AcquireRequest): boolean =>
+  a.algorithm === b.algorithm && a.limit === b.limit && a.windowMillis === b.windowMillis && a.maxWaitMillis === b.maxWaitMillis
+
 /** A decision from the three values an acquire script returns for it. */
 const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): RateLimiter.Decision =>
   Number(granted) === 1
@@ -539,7 +623,6 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         // Failures are reported by the calls that meet them; without a
         // listener ioredis would print every reconnection error.
         client.on("error", () => {})
-        client.defineCommand("breakwaterAcquire", { numberOfKeys: 1, lua: acquireLua })
         client.defineCommand("breakwaterAcquireMany", { lua: acquireManyLua })
         client.defineCommand("breakwaterCooldownStart", { numberOfKeys: 1, lua: cooldownStartLua })
         client.defineCommand("breakwaterReserve", { numberOfKeys: 3, lua: reserveLua })
@@ -635,86 +718,127 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     // -- rate limits
 
     const rateLimiterMemory = yield* RateLimiter.makeStoreMemory
+    const decideInMemory = rateLimiterMemory.unsafeAcquire!
 
-    /** What `acquire` answers while Redis fails: the memory twin, counted and warned about (once). */
-    const acquireFallback = (req: RateLimiter.AcquireRequest, cause: unknown): Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError> =>
-      fellBack("rate-limiter", cause, rateLimiterMemory.acquire(req))
+    /** What the script call decides while Redis fails: the memory twin, counted and warned about (once). */
+    const acquireFallback = (
+      requests: ReadonlyArray<RateLimiter.AcquireRequest>,
+      cause: unknown
+    ): Effect.Effect<ReadonlyArray<RateLimiter.Decision>, RateLimiter.RateLimiterStoreError> =>
+      fellBack(
+        "rate-limiter",
+        cause,
+        Effect.clockWith((clock) => {
+          // One synchronous step, as the script is one atomic step: in order, up to the first refusal.
+          const now = clock.unsafeCurrentTimeMillis()
+          const decisions: Array<RateLimiter.Decision> = []
+          for (const req of requests) {
+            const d = decideInMemory(req, now)
+            decisions.push(d)
+            if (!d.granted) break
+          }
+          return Effect.succeed(decisions)
+        })
+      )
 
     /**
-     * The fiberless takes (`unsafeAcquireAsync`, a server's fast path) that
-     * arrived in one turn of the event loop, sent as one script call when
-     * its I/O callbacks are done (`setImmediate`: no timer, no wait beyond
-     * the turn): each decided in Redis in arrival order, as that many
-     * `acquire` calls in a row would be, for one round trip and one reply.
-     * Under load that is several requests per call; alone, one.
+     * Every decision goes to Redis the same way: the requests that arrive
+     * in one turn of the event loop (the fiberless takes of a server's fast
+     * path, the `acquire`s of fibers) are sent as one script call when its
+     * I/O callbacks are done (`setImmediate`: no timer, no wait beyond the
+     * turn), each decided in Redis in arrival order, as that many calls in a
+     * row would be, for one round trip and one reply. Under load that is
+     * several requests per call; alone, one. A group (a key's request count
+     * then its tokens) is never split between calls.
      */
-    interface Take {
-      readonly req: RateLimiter.AcquireRequest
-      readonly done: (decision: RateLimiter.Decision | Effect.Effect<RateLimiter.Decision, RateLimiter.RateLimiterStoreError>) => void
+    interface Group {
+      readonly requests: ReadonlyArray<RateLimiter.AcquireRequest>
+      readonly done: (
+        decisions: ReadonlyArray<RateLimiter.Decision> | Effect.Effect<ReadonlyArray<RateLimiter.Decision>, RateLimiter.RateLimiterStoreError>
+      ) => void
     }
-    let takes: Array<Take> = []
-    let takesScheduled = false
+    let groups: Array<Group> = []
+    let queued = 0
+    let sendScheduled = false
     // Bounds one script's run (Redis serves nothing else meanwhile).
     const MAX_TAKES = 64
-    const sendTakes = (): void => {
-      takesScheduled = false
-      const batch = takes
-      takes = []
+    const sendScheduledGroups = (): void => {
+      sendScheduled = false
+      sendGroups()
+    }
+    const sendGroups = (): void => {
+      const batch = groups
+      const count = queued
+      groups = []
+      queued = 0
       if (batch.length === 0) return
       if (redis.status !== "ready") {
         const cause = new NotReady(redis.status)
-        for (const t of batch) t.done(acquireFallback(t.req, cause))
+        for (const g of batch) g.done(acquireFallback(g.requests, cause))
         return
       }
-      const args = new Array<string>(batch.length * 6)
-      for (let i = 0; i < batch.length; i++) {
-        const req = batch[i]!.req
-        args[i] = `${prefix}rl:${req.key}`
-        const j = batch.length + i * 5
-        args[j] = req.algorithm
-        args[j + 1] = numberArg(req.limit)
-        args[j + 2] = numberArg(req.windowMillis)
-        args[j + 3] = numberArg(req.cost)
-        args[j + 4] = maxWaitArg(req.maxWaitMillis)
+      // KEYS (one per request), then ARGV: a fixed now ("": Redis' TIME), the
+      // shapes (a limiter's algorithm, limit, window and maxWait: few), and
+      // per request its shape (negative: decided only if the one before it
+      // was granted) and its cost.
+      const keys = new Array<string>(count)
+      const shapes: Array<RateLimiter.AcquireRequest> = []
+      const perRequest = new Array<string>(count * 2)
+      let i = 0
+      for (const g of batch) {
+        for (let k = 0; k < g.requests.length; k++, i++) {
+          const req = g.requests[k]!
+          keys[i] = `${prefix}rl:${req.key}`
+          let shape = 0
+          while (shape < shapes.length && !sameShape(shapes[shape]!, req)) shape++
+          if (shape === shapes.length) shapes.push(req)
+          perRequest[2 * i] = numberArg(k === 0 ? shape + 1 : -(shape + 1))
+          perRequest[2 * i + 1] = numberArg(req.cost)
+        }
       }
-      redis.breakwaterAcquireMany(batch.length, ...args).then((reply) => {
+      const args = keys
+      args.push("", numberArg(shapes.length))
+      for (const req of shapes) {
+        args.push(req.algorithm, numberArg(req.limit), numberArg(req.windowMillis), maxWaitArg(req.maxWaitMillis))
+      }
+      for (const a of perRequest) args.push(a)
+      redis.breakwaterAcquireMany(count, ...args).then((reply) => {
         const back = failing ? markHealthy : undefined
-        for (let i = 0; i < batch.length; i++) {
-          const decision = decisionOf(reply[i * 3], reply[i * 3 + 1], reply[i * 3 + 2])
-          batch[i]!.done(back === undefined ? decision : Effect.as(back, decision))
+        let at = 0
+        for (const g of batch) {
+          // Up to the first refusal: the script left the rest of the group untaken.
+          const decisions: Array<RateLimiter.Decision> = []
+          for (let k = 0; k < g.requests.length; k++) {
+            const r = (at + k) * 3
+            const d = decisionOf(reply[r], reply[r + 1], reply[r + 2])
+            decisions.push(d)
+            if (!d.granted) break
+          }
+          at += g.requests.length
+          g.done(back === undefined ? decisions : Effect.as(back, decisions))
         }
       }, (cause: unknown) => {
-        for (const t of batch) t.done(acquireFallback(t.req, cause))
+        for (const g of batch) g.done(acquireFallback(g.requests, cause))
       })
+    }
+    const unsafeAcquireAsync: NonNullable<Stores["rateLimiter"]["unsafeAcquireAsync"]> = (requests, done) => {
+      if (redis.status !== "ready") return done(acquireFallback(requests, new NotReady(redis.status)))
+      if (queued > 0 && queued + requests.length > MAX_TAKES) sendGroups()
+      groups.push({ requests, done })
+      queued += requests.length
+      if (queued >= MAX_TAKES) sendGroups()
+      else if (!sendScheduled) {
+        sendScheduled = true
+        setImmediate(sendScheduledGroups)
+      }
     }
     const rateLimiter: Stores["rateLimiter"] = {
       acquire: (req) =>
-        orFallback(
-          "rate-limiter",
-          Effect.map(
-            command((c) =>
-              c.breakwaterAcquire(
-                `${prefix}rl:${req.key}`,
-                req.algorithm,
-                numberArg(req.limit),
-                numberArg(req.windowMillis),
-                numberArg(req.cost),
-                maxWaitArg(req.maxWaitMillis)
-              )
-            ),
-            ([granted, millis, remaining]) => decisionOf(granted, millis, remaining)
-          ),
-          () => rateLimiterMemory.acquire(req)
+        Effect.async((resume) =>
+          unsafeAcquireAsync([req], (decisions) =>
+            resume(Effect.isEffect(decisions) ? Effect.map(decisions, (ds) => ds[0]!) : Effect.succeed(decisions[0]!)))
         ),
-      unsafeAcquireAsync: (req, done) => {
-        if (redis.status !== "ready") return done(acquireFallback(req, new NotReady(redis.status)))
-        takes.push({ req, done })
-        if (takes.length >= MAX_TAKES) sendTakes()
-        else if (!takesScheduled) {
-          takesScheduled = true
-          setImmediate(sendTakes)
-        }
-      }
+      unsafeAcquireAsync
     }
 
     // -- cooldowns

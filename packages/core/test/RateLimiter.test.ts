@@ -456,6 +456,23 @@ describe("RateLimiter", () => {
         expect(remaining).toEqual([9, 5, 3, 0])
       }).pipe(provideStore))
 
+    it.effect("sliding window, a reserved slot: the reservations of the instant that makes room all leave, so remaining counts none of them", () =>
+      Effect.gen(function*() {
+        const store = yield* RateLimiter.makeStoreMemory
+        const req = { key: "k", algorithm: "sliding-window", limit: 3, windowMillis: 1000, cost: 1, maxWaitMillis: 0 } as const
+        // Two at t = 0, one at t = 100: full.
+        yield* store.acquire(req)
+        yield* store.acquire(req)
+        yield* TestClock.adjust(Duration.millis(100))
+        yield* store.acquire(req)
+        // Reserved at t = 1000, when both of t = 0 have left: the one of t = 100 and this one count.
+        expect(yield* store.acquire({ ...req, maxWaitMillis: 5000 })).toEqual({ granted: true, waitMillis: 900, remaining: 1 })
+        // Three at one instant, then a fourth: at t = 2000 all three have left.
+        const other = { ...req, key: "other" }
+        for (let i = 0; i < 3; i++) yield* store.acquire(other)
+        expect(yield* store.acquire({ ...other, maxWaitMillis: 5000 })).toEqual({ granted: true, waitMillis: 1000, remaining: 2 })
+      }))
+
     it.effect("withPermit runs the effect only when admitted", () =>
       Effect.gen(function*() {
         const limiter = yield* RateLimiter.make({ name: "wp", limit: 1, window: "1 minute" })

@@ -23,8 +23,18 @@
  * not to this process, which measures (`BENCH_GATEWAY_STDOUT=pipe`: here,
  * as before). Redis (redis-server, when it is on the PATH)
  * is started by this script on 127.0.0.1 on a free port, without
- * persistence, and stopped at the end. `BENCH_BASELINE=DIR` adds the
- * in-memory Breakwater of another checkout (its built bin) to each pass.
+ * persistence, and stopped at the end; the Redis row also gives redis-server's
+ * CPU per request (it runs on the same cores). `BENCH_BASELINE=DIR` adds the
+ * Breakwater of another checkout (its built bin) to each pass: in-memory, and
+ * on the same redis-server (under the prefix `before:`) when there is one.
+ *
+ * `BENCH_ONLY=load` runs the load rows alone (no sequential pass, no console
+ * A/B: about a minute), to iterate on throughput. `BENCH_LOAD_ROUNDS=N`
+ * (default 1) runs the gateways' load rows N times, the order reversed every
+ * other round (in-memory, Redis, Redis, in-memory, ...), so that drift on the
+ * machine falls on both; each row is then pooled over its rounds (req/s =
+ * requests / seconds, p50 and p99 the median of the rounds', max the max),
+ * and each round's Redis / in-memory ratio is printed with their median.
  */
 import autocannon from "autocannon"
 import { Agent, request } from "undici"
@@ -43,6 +53,10 @@ const CONSOLE_PAIRS = Math.max(1, Number(process.env["BENCH_CONSOLE_PAIRS"] ?? 3
 const ONLY_CONSOLE = process.env["BENCH_ONLY"] === "console"
 /** `BENCH_ONLY=sequential`: only the sequential pass (no load rows, no console A/B). */
 const ONLY_SEQUENTIAL = process.env["BENCH_ONLY"] === "sequential"
+/** `BENCH_ONLY=load`: only the load rows (no sequential pass, no console A/B). */
+const ONLY_LOAD = process.env["BENCH_ONLY"] === "load"
+/** Rounds of the gateways' load rows, the order reversed every other round. */
+const LOAD_ROUNDS = Math.max(1, Number(process.env["BENCH_LOAD_ROUNDS"] ?? 1))
 const root = new URL("../../../", import.meta.url).pathname
 
 const children: Array<ChildProcess> = []
@@ -239,7 +253,7 @@ const main = async () => {
   }
   const direct: Target = { name: "direct (fake upstream)", url: upstreamUrl, pid: undefined }
   // The reference for a second hop by itself: node:http + undici, nothing else (bench/plain-proxy.ts).
-  const plainProxy = ONLY_CONSOLE ? undefined : await (async (): Promise<Target> => {
+  const plainProxy = ONLY_CONSOLE || ONLY_LOAD ? undefined : await (async (): Promise<Target> => {
     const started = await launch("node", ["--import", "tsx", "packages/server/bench/plain-proxy.ts", "--upstream", upstreamUrl], /listening (\S+)/)
     return { name: "plain proxy (node:http+undici)", url: started.match[1]!, pid: started.child.pid }
   })()
@@ -250,18 +264,29 @@ const main = async () => {
 
   // Redis stores, when redis-server is here: its own, on a free port.
   let redis: Target | undefined
+  let redisServerPid: number | undefined
+  let beforeRedis: Target | undefined
   if (!ONLY_CONSOLE) try {
     const redisPort = await freePort()
-    await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
+    const redisServer = await launch("redis-server", ["--port", String(redisPort), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"], /Ready to accept connections/)
+    redisServerPid = redisServer.child.pid
     redis = await startGateway(
       "Breakwater, Redis stores",
       "packages/server/bin/breakwater.js",
       `store: { kind: redis, url: "redis://127.0.0.1:${redisPort}" }\n`
     )
+    // The other checkout on the same redis-server, under a prefix of its own.
+    if (before !== undefined) {
+      beforeRedis = await startGateway(
+        "Breakwater (before), Redis",
+        join(BASELINE!, "packages/server/bin/breakwater.js"),
+        `store: { kind: redis, url: "redis://127.0.0.1:${redisPort}", prefix: "before:" }\n`
+      )
+    }
   } catch {
     console.error("redis-server not available: the Redis row is left out")
   }
-  const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : [])]
+  const gateways = [memory, ...(before ? [before] : []), ...(redis ? [redis] : []), ...(beforeRedis ? [beforeRedis] : [])]
 
   // Warm every path (JIT, keep-alive pools), then measure one after the other.
   for (const t of ONLY_CONSOLE ? [memory] : [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]) {
@@ -269,16 +294,57 @@ const main = async () => {
   }
   const seq = new Map<Target, { readonly p50: number; readonly p99: number; readonly cpuUs: number | undefined }>()
   const loads = new Map<Target, { r: Awaited<ReturnType<typeof load>>; cpuUs: number; mem: ReturnType<typeof rssOf> | undefined }>()
+  /** redis-server's CPU per request of each Redis row, and each round's Redis / in-memory req/s (this checkout's, the other's). */
+  const redisServerCpuUs = new Map<Target, number>()
+  const roundRatios: Array<number> = []
+  const beforeRoundRatios: Array<number> = []
   const seqTargets = [direct, ...(plainProxy ? [plainProxy] : []), ...gateways]
-  if (!ONLY_CONSOLE) {
+  if (!ONLY_CONSOLE && !ONLY_LOAD) {
     const results = await sequential(seqTargets.map((t) => t.url), seqTargets.map((t) => t.pid))
     seqTargets.forEach((t, i) => seq.set(t, results[i]!))
   }
-  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) for (const t of [direct, ...gateways]) {
-    const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
-    const r = await load(t.url)
-    const cpuUs = t.pid === undefined ? 0 : ((cpuOf(t.pid) - c0) * 1e6) / Math.max(1, r.total)
-    loads.set(t, { r, cpuUs, mem: t.pid === undefined ? undefined : rssOf(t.pid) })
+  if (!ONLY_CONSOLE && !ONLY_SEQUENTIAL) {
+    type Run = Awaited<ReturnType<typeof load>> & { seconds: number; cpu: number; redisCpu: number }
+    const runs = new Map<Target, Array<Run>>()
+    const measure = async (t: Target) => {
+      const c0 = t.pid === undefined ? 0 : cpuOf(t.pid)
+      const onRedis = (t === redis || t === beforeRedis) && redisServerPid !== undefined
+      const rc0 = onRedis ? cpuOf(redisServerPid!) : 0
+      const r = await load(t.url)
+      const cpu = t.pid === undefined ? 0 : cpuOf(t.pid) - c0
+      const redisCpu = onRedis ? cpuOf(redisServerPid!) - rc0 : 0
+      const run: Run = { ...r, seconds: r.total / Math.max(1e-9, r.rps), cpu, redisCpu }
+      runs.set(t, [...(runs.get(t) ?? []), run])
+      return run
+    }
+    await measure(direct)
+    for (let round = 0; round < LOAD_ROUNDS; round++) {
+      const order = round % 2 === 0 ? gateways : [...gateways].reverse()
+      const got = new Map<Target, Run>()
+      for (const t of order) got.set(t, await measure(t))
+      if (redis !== undefined) roundRatios.push(got.get(redis)!.rps / got.get(memory)!.rps)
+      if (beforeRedis !== undefined) beforeRoundRatios.push(got.get(beforeRedis)!.rps / got.get(before!)!.rps)
+    }
+    const median = (xs: ReadonlyArray<number>) => {
+      const s = [...xs].sort((a, b) => a - b)
+      return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+    }
+    for (const [t, rs] of runs) {
+      const total = rs.reduce((a, r) => a + r.total, 0)
+      const r = {
+        rps: total / rs.reduce((a, r) => a + r.seconds, 0),
+        p50: median(rs.map((r) => r.p50)),
+        p99: median(rs.map((r) => r.p99)),
+        max: Math.max(...rs.map((r) => r.max)),
+        errors: rs.reduce((a, r) => a + r.errors, 0),
+        total
+      }
+      const cpuUs = (rs.reduce((a, r) => a + r.cpu, 0) * 1e6) / Math.max(1, total)
+      if ((t === redis || t === beforeRedis) && redisServerPid !== undefined) {
+        redisServerCpuUs.set(t, (rs.reduce((a, r) => a + r.redisCpu, 0) * 1e6) / Math.max(1, total))
+      }
+      loads.set(t, { r, cpuUs, mem: t.pid === undefined ? undefined : rssOf(t.pid) })
+    }
   }
 
   // The in-memory gateway with one operator console connected (its snapshots, the sampled tail),
@@ -288,7 +354,7 @@ const main = async () => {
   const sides = { none: { total: 0, seconds: 0, cpu: 0 }, console: { total: 0, seconds: 0, cpu: 0 } }
   const pairRatios: Array<number> = []
   let consoleEvents = 0
-  for (let pair = 0; pair < (ONLY_SEQUENTIAL ? 0 : CONSOLE_PAIRS); pair++) {
+  for (let pair = 0; pair < (ONLY_SEQUENTIAL || ONLY_LOAD ? 0 : CONSOLE_PAIRS); pair++) {
     const pairSides = { none: { total: 0, seconds: 0 }, console: { total: 0, seconds: 0 } }
     for (const side of ["none", "console", "console", "none"] as const) {
       const client = side === "console" ? await openConsole(memory.url.replace(/\/v1$/, "")) : undefined
@@ -316,7 +382,7 @@ const main = async () => {
     const d = loads.get(direct)!.r
     const m = loads.get(memory)!
     console.log(
-      `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row, POST /v1/chat/completions, fake upstream at 0 ms; ` +
+      `\nbench:server — ${CONNECTIONS} connections x ${DURATION}s per row${LOAD_ROUNDS > 1 ? ` (gateways: ${LOAD_ROUNDS} rounds, pooled)` : ""}, POST /v1/chat/completions, fake upstream at 0 ms; ` +
         `node ${process.version}, ${availableParallelism()} cores, ${new Date().toISOString().slice(0, 10)}\n`
     )
     console.log(`| ${"target".padEnd(30)} | ${"req/s".padStart(8)} | ${"p50 ms".padStart(7)} | ${"p99 ms".padStart(7)} | ${"max ms".padStart(7)} | ${"errors".padStart(6)} | ${"CPU µs/req".padStart(10)} | notes |`)
@@ -327,6 +393,8 @@ const main = async () => {
         ? "baseline"
         : `${((r.rps / d.rps) * 100).toFixed(0)}% of direct` +
           (t === memory ? "" : `, ${((r.rps / m.r.rps) * 100).toFixed(0)}% of in-memory`) +
+          (t === beforeRedis ? `, ${((r.rps / loads.get(before!)!.r.rps) * 100).toFixed(0)}% of (before) in-memory` : "") +
+          (redisServerCpuUs.has(t) ? `; redis-server ${redisServerCpuUs.get(t)!.toFixed(0)} µs/req` : "") +
           `; RSS ${mem!.rssMb.toFixed(0)} MB (peak ${mem!.peakMb.toFixed(0)} MB)`
       console.log(
         `| ${t.name.padEnd(30)} | ${r.rps.toFixed(0).padStart(8)} | ${r.p50.toFixed(2).padStart(7)} | ${r.p99.toFixed(2).padStart(7)} | ${
@@ -334,8 +402,20 @@ const main = async () => {
         } | ${String(r.errors).padStart(6)} | ${(t === direct ? "—" : cpuUs.toFixed(0)).padStart(10)} | ${notes} |`
       )
     }
+    for (const [label, ratios] of [["", roundRatios], [" (before)", beforeRoundRatios]] as const) {
+      if (ratios.length < 2) continue
+      const sorted = [...ratios].sort((a, b) => a - b)
+      const mid = sorted.length % 2 === 1
+        ? sorted[(sorted.length - 1) / 2]!
+        : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2
+      console.log(
+        `\nRedis / in-memory req/s${label}, each of ${ratios.length} rounds (order reversed every other round): ` +
+          `${ratios.map((x) => (x * 100).toFixed(1)).join(", ")}%; median ${(mid * 100).toFixed(1)}%`
+      )
+    }
+    console.log(`load average at the end of the load rows: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`)
   }
-  if (!ONLY_CONSOLE) {
+  if (!ONLY_CONSOLE && !ONLY_LOAD) {
     const ds = seq.get(direct)!
     const ps = plainProxy === undefined ? undefined : seq.get(plainProxy)
     const f = (x: number) => x.toFixed(3)
@@ -353,7 +433,7 @@ const main = async () => {
       console.log(`| ${t.name.padEnd(30)} | ${f(x.p50)} | ${f(x.p99)} | ${added[0]} | ${added[1]} | ${over[0]} | ${over[1]} | ${cpu} |`)
     }
   }
-  if (!ONLY_SEQUENTIAL) {
+  if (!ONLY_SEQUENTIAL && !ONLY_LOAD) {
     const sortedRatios = [...pairRatios].sort((a, b) => a - b)
     const medianRatio = sortedRatios.length % 2 === 1
       ? sortedRatios[(sortedRatios.length - 1) / 2]!

@@ -399,60 +399,43 @@ export const make = (
       return free(caller, model)
     }
 
-    /** A limit's take: undefined (granted) or the wait, now or once the store has answered; or the effect for it. */
-    const take = (
-      limiter: RateLimiter.RateLimiter,
-      key: string,
-      cost: number,
-      now: number,
-      done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiter.RateLimiterStoreError>) => void
-    ): void => {
-      if (limiter.unsafeTake !== undefined) return done(limiter.unsafeTake(key, cost, now, NO_TAGS))
-      limiter.unsafeTakeAsync!(key, cost, NO_TAGS, done)
-    }
-    const canTake = (limiter: RateLimiter.RateLimiter | undefined): boolean =>
-      limiter === undefined || limiter.unsafeTake !== undefined || limiter.unsafeTakeAsync !== undefined
+    const fiberless = (limiter: RateLimiter.RateLimiter | undefined): boolean =>
+      limiter === undefined || limiter.unsafeTakeAsync !== undefined
 
     const admitLater = (
       caller: Caller,
       model: string,
       estimatedTokens: number,
-      now: number
+      _now: number
     ): ((done: (admitted: Admitted | KeyRateLimited | Effect.Effect<Admitted, KeyRateLimited>) => void) => void) | undefined => {
       if (caller.budgetUsd !== undefined) return undefined
       const requests = caller.requestLimit
       const tokens = caller.tokenLimit
-      if (!canTake(requests) || !canTake(tokens)) return undefined
-      const cost = Math.max(1, estimatedTokens)
-      const refused = (limit: "requests" | "tokens", wait: number) =>
-        new KeyRateLimited({ key: caller.name, limit, retryAfter: Duration.millis(wait) })
-      // A store answering from its fallback: the rest as `admit` runs it (a failing store admits).
-      const later = (
-        wait: Effect.Effect<number | undefined, RateLimiter.RateLimiterStoreError>,
-        limit: "requests" | "tokens",
-        rest: Effect.Effect<void, KeyRateLimited>
-      ): Effect.Effect<Admitted, KeyRateLimited> =>
-        Effect.flatMap(
-          Effect.orElseSucceed(wait, () => undefined),
-          (w) => w === undefined ? Effect.as(rest, free(caller, model)) : Effect.fail(refused(limit, w))
-        )
-      // Requests first, then tokens, as `admit` takes them.
-      return (done) => {
-        const second = (): void => {
-          if (tokens === undefined) return done(free(caller, model))
-          take(tokens, caller.name, cost, now, (wait) => {
-            if (Effect.isEffect(wait)) return done(later(wait, "tokens", Effect.void))
-            done(wait === undefined ? free(caller, model) : refused("tokens", wait))
-          })
-        }
-        if (requests === undefined) return second()
-        take(requests, caller.name, 1, now, (wait) => {
-          if (Effect.isEffect(wait)) {
-            return done(later(wait, "requests", tokens === undefined ? Effect.void : limits({ ...caller, requestLimit: undefined }, estimatedTokens)))
-          }
-          if (wait !== undefined) return done(refused("requests", wait))
-          second()
+      if (!fiberless(requests) || !fiberless(tokens) || (requests === undefined && tokens === undefined)) return undefined
+      // Requests first, then tokens only if the request count admitted it, as `admit` takes them:
+      // both in one call of the store (one round trip, not two in a row).
+      const takes: Array<RateLimiter.Take> = []
+      if (requests !== undefined) takes.push({ limiter: requests, key: caller.name, cost: 1 })
+      if (tokens !== undefined) takes.push({ limiter: tokens, key: caller.name, cost: Math.max(1, estimatedTokens) })
+      const refused = (refusal: RateLimiter.Refusal) =>
+        new KeyRateLimited({
+          key: caller.name,
+          limit: takes[refusal.index]!.limiter === requests ? "requests" : "tokens",
+          retryAfter: Duration.millis(refusal.wait)
         })
+      return (done) => {
+        const started = RateLimiter.unsafeTakeAllAsync(takes, NO_TAGS, (refusal) => {
+          if (Effect.isEffect(refusal)) {
+            // The store answered from its fallback: a failing store admits, as `admit`'s limits do.
+            return done(Effect.flatMap(
+              Effect.orElseSucceed(refusal, () => undefined),
+              (r) => r === undefined ? Effect.succeed(free(caller, model)) : Effect.fail(refused(r))
+            ))
+          }
+          done(refusal === undefined ? free(caller, model) : refused(refusal))
+        })
+        // Limiters of different stores (not made by this gateway): the general path.
+        if (!started) done(Effect.as(limits(caller, estimatedTokens), free(caller, model)))
       }
     }
 

@@ -321,13 +321,24 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
     const memory = yield* RateLimiter.makeStoreMemory
     const clock = yield* Effect.clock
     const queue: Array<() => void> = []
-    const state = { down: false, asked: 0 }
+    const state = { down: false, asked: 0, requests: 0 }
+    // In order, up to the first refusal (the rest untaken), at one instant: as the Redis script decides a call.
+    const decideAll = (requests: ReadonlyArray<RateLimiter.AcquireRequest>, now: number) => {
+      const decisions: Array<RateLimiter.Decision> = []
+      for (const req of requests) {
+        const d = memory.unsafeAcquire!(req, now)
+        decisions.push(d)
+        if (!d.granted) break
+      }
+      return decisions
+    }
     const store: Effect.Effect.Success<typeof RateLimiter.RateLimiterStore> = {
       acquire: memory.acquire,
-      unsafeAcquireAsync: (req, done) => {
+      unsafeAcquireAsync: (requests, done) => {
         state.asked++
-        if (state.down) return done(memory.acquire(req))
-        queue.push(() => done(memory.unsafeAcquire!(req, clock.unsafeCurrentTimeMillis())))
+        state.requests += requests.length
+        if (state.down) return done(Effect.clockWith((c) => Effect.succeed(decideAll(requests, c.unsafeCurrentTimeMillis()))))
+        queue.push(() => done(decideAll(requests, clock.unsafeCurrentTimeMillis())))
       }
     }
     const flush = () => {
@@ -377,13 +388,16 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
         }
       }
       // "both": 40 + 40 tokens admitted, the third 40 refused by tokens (its request counted, as admit counts it),
-      // then a request refused by requests (3 a minute) before its tokens are asked for.
+      // then a request refused by requests (3 a minute), its tokens left untaken by the store.
       const both = later.identify("Bearer secret-both") as Gateway.Caller
       const asked = r.state.asked
       expect(yield* run(both, 1)).toMatchObject({ limit: "requests" })
+      // Both limits in one call of the store (one round trip), the count first.
       expect(r.state.asked).toBe(asked + 1)
+      expect(r.state.requests).toBe(2 * (asked + 1) - 3) // every call asked for both, but the three of "rpm"
       yield* TestClock.adjust(Duration.minutes(2))
       expect(yield* run(both, 1)).toEqual({ caller: both, model: "cheap", hold: undefined, done: false })
+      expect(r.state.asked).toBe(asked + 2)
     }))
 
   it.effect("a store answering from its fallback: the effect that admits as admit does", () =>

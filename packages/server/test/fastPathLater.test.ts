@@ -42,9 +42,10 @@ cache: { enabled: false }
   let asked = 0
   const remote = RateLimiter.RateLimiterStore.of({
     acquire: memory.acquire,
-    unsafeAcquireAsync: (req, done) => {
+    unsafeAcquireAsync: (requests, done) => {
       asked++
-      held.push(() => done(memory.unsafeAcquire!(req, Date.now())))
+      // One limit (requests per minute) here: one request a call.
+      held.push(() => done(requests.map((req) => memory.unsafeAcquire!(req, Date.now()))))
     }
   })
   const { built, close } = await buildGateway(config, client, Layer.succeed(RateLimiter.RateLimiterStore, remote))
