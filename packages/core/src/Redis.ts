@@ -602,7 +602,7 @@ const decisionOf = (granted: unknown, millis: unknown, remaining: unknown): Rate
  */
 export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const prefix = options.prefix ?? "breakwater:"
+    const prefix = options.prefix ?? RedisDefaults.prefix
     const commandTimeout = Math.max(1, Math.round(Duration.toMillis(options.commandTimeout ?? RedisDefaults.commandTimeout)))
     const maxCacheEntryBytes = options.maxCacheEntryBytes ?? 1024 * 1024
     const cooldownRefresh = Duration.decode(options.cooldownRefresh ?? Duration.millis(250))
@@ -1228,7 +1228,7 @@ export const layer = (
 /** Options from `effect/Config`: `url` (secret), `prefix`, `commandTimeout`, `maxCacheEntryBytes`, `cooldownRefresh`. */
 export const config: Config.Config<Options> = Config.all({
   url: Config.redacted("url").pipe(Config.map(Redacted.value)),
-  prefix: Config.string("prefix").pipe(Config.withDefault("breakwater:")),
+  prefix: Config.string("prefix").pipe(Config.withDefault(RedisDefaults.prefix)),
   commandTimeout: Config.duration("commandTimeout").pipe(Config.withDefault(RedisDefaults.commandTimeout)),
   maxCacheEntryBytes: Config.integer("maxCacheEntryBytes").pipe(Config.withDefault(1024 * 1024)),
   cooldownRefresh: Config.duration("cooldownRefresh").pipe(Config.withDefault(Duration.millis(250)))

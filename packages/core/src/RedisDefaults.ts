@@ -12,3 +12,6 @@ import * as Duration from "effect/Duration"
  * memory: a Redis slower than this costs a request no more than this.
  */
 export const commandTimeout: Duration.Duration = Duration.millis(50)
+
+/** The prefix of every key the stores write: several apps can share one Redis by each having its own. */
+export const prefix = "breakwater:"

@@ -1548,7 +1548,7 @@ const build = (f: File, env: Env): ServerConfig => {
     },
     // A redis store without a url is refused by the cross-field checks.
     store: store.kind === "redis" && store.url !== undefined
-      ? { kind: "redis", url: store.url, prefix: store.prefix ?? "breakwater:", commandTimeout: store.commandTimeout ?? RedisDefaults.commandTimeout }
+      ? { kind: "redis", url: store.url, prefix: store.prefix ?? RedisDefaults.prefix, commandTimeout: store.commandTimeout ?? RedisDefaults.commandTimeout }
       : { kind: "memory" },
     ...only("telemetry", resolveTelemetry(f.telemetry, env))
   }
