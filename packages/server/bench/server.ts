@@ -107,6 +107,11 @@ const launch = (cmd: string, args: Array<string>, ready: RegExp, toFile = false)
     })
     child.stderr!.on("data", () => {})
     child.once("exit", (code) => reject(new Error(`${args.join(" ")} exited with ${code}`)))
+    // A command that is not there (redis-server off the PATH): a rejection, not an unheard 'error' that ends this process.
+    child.once("error", (error) => {
+      clearTimeout(timer)
+      reject(error)
+    })
   })
 
 const rssOf = (pid: number) => {
