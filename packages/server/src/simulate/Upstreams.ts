@@ -212,6 +212,15 @@ const errorBody = (message: string, type: string, code: string) =>
   JSON.stringify({ error: { message, type, param: null, code } })
 
 const RATE_LIMITED = errorBody("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded")
+
+/** A simulated 429, with `Retry-After` in whole seconds (at least 1) when the answer gives one (ms). */
+const rateLimitedReply = (retryAfterMs: number | undefined): UpstreamClient.Reply => ({
+  status: 429,
+  headers: retryAfterMs === undefined
+    ? JSON_HEADERS
+    : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(retryAfterMs / 1000))) },
+  text: RATE_LIMITED
+})
 const UNAVAILABLE = errorBody("The server is temporarily unavailable.", "server_error", "service_unavailable")
 const MODELS = JSON.stringify({ object: "list", data: [] })
 const UNAVAILABLE_REPLY: UpstreamClient.Reply = { status: 503, headers: JSON_HEADERS, text: UNAVAILABLE }
@@ -307,13 +316,7 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
               })
           )
         case "429": {
-          const reply: UpstreamClient.Reply = {
-            status: 429,
-            headers: answer.retryAfter === undefined
-              ? JSON_HEADERS
-              : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
-            text: RATE_LIMITED
-          }
+          const reply = rateLimitedReply(answer.retryAfter)
           return after(answer.delay, () => reply)
         }
         case "503":
@@ -357,13 +360,7 @@ export const makeClient = (options: ClientOptions): UpstreamClient.UpstreamClien
         }
         break
       case "429": {
-        const answered: UpstreamClient.Reply = {
-          status: 429,
-          headers: answer.retryAfter === undefined
-            ? JSON_HEADERS
-            : { ...JSON_HEADERS, "retry-after": String(Math.max(1, Math.ceil(answer.retryAfter / 1000))) },
-          text: RATE_LIMITED
-        }
+        const answered = rateLimitedReply(answer.retryAfter)
         reply = () => answered
         break
       }
