@@ -46,6 +46,14 @@ export class CooldownStore extends Context.Tag("@breakwater/core/CooldownStore")
      * this process (the memory store); absent for remote ones (Redis).
      */
     readonly unsafeActive?: ((now: number) => ReadonlyMap<string, Cooldown>) | undefined
+    /**
+     * Calls `listener` with an upstream's name when its cooldown is cleared
+     * elsewhere (another replica's reset, heard on the Redis channel), so
+     * that what this process holds because of that cooldown (its pacer's
+     * hold after a 429) ends with it; returns the call that stops
+     * listening. Absent for stores that only this process clears (memory).
+     */
+    readonly onClear?: ((listener: (upstream: string, now: number) => void) => () => void) | undefined
   }
 >() {}
 

@@ -26,7 +26,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
-import { parseResetDuration } from "./Cooldown.js"
+import type * as Scope from "effect/Scope"
+import { type CooldownStore, parseResetDuration } from "./Cooldown.js"
 import { unsafeTimer } from "./internal/race.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 
@@ -366,6 +367,28 @@ export const pacerOf = (upstream: { readonly name: string }): Pacer => {
     pacers.set(upstream, pacer)
   }
   return pacer
+}
+
+/**
+ * Ends the pacers' holds of `upstreams` when the store hears their
+ * cooldown cleared elsewhere (another replica's reset), for as long as the
+ * scope lasts: a hold after a 429 lasts as long as the cooldown, here too.
+ * Nothing for a store without `onClear` (the memory store: only this process clears it).
+ */
+export const followClears = (
+  store: Context.Tag.Service<CooldownStore>,
+  upstreams: ReadonlyArray<{ readonly name: string }>
+): Effect.Effect<void, never, Scope.Scope> => {
+  const onClear = store.onClear
+  if (onClear === undefined) return Effect.void
+  return Effect.asVoid(Effect.acquireRelease(
+    Effect.sync(() =>
+      onClear((name, now) => {
+        for (const u of upstreams) if (u.name === name) pacerOf(u).cleared(now)
+      })
+    ),
+    (stop) => Effect.sync(stop)
+  ))
 }
 
 /** Records a wait's outcome: the counter, and the time waited when the call was granted. */

@@ -929,6 +929,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     // The channel, on a connection of its own (a subscribed connection
     // can do nothing else); ioredis reconnects and subscribes again by itself.
     const clock = yield* Effect.clock
+    const clearListeners = new Set<(upstream: string, now: number) => void>()
     const onMessage = (message: string): void => {
       const last = message.lastIndexOf("|")
       const middle = last < 0 ? -1 : message.lastIndexOf("|", last - 1)
@@ -939,6 +940,14 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         snapshot.delete(upstream)
         if (started.get(upstream)?.synced === true) started.delete(upstream)
         merged = undefined
+        const now = clock.unsafeCurrentTimeMillis()
+        for (const listener of clearListeners) {
+          try {
+            listener(upstream, now)
+          } catch {
+            // A listener's failure is its own; the channel goes on.
+          }
+        }
         return
       }
       const cooldown = parseCooldown(message.slice(middle + 1))
@@ -1028,7 +1037,11 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
           )
         }),
       active: (now) => Effect.sync(() => unsafeActive(now)),
-      unsafeActive
+      unsafeActive,
+      onClear: (listener) => {
+        clearListeners.add(listener)
+        return () => void clearListeners.delete(listener)
+      }
     }
 
     // -- response cache

@@ -612,7 +612,12 @@ export const make = (
 > =>
   Effect.flatMap(
     Effect.forEach(options.upstreams, (c) => Upstream.make(c, { breaker: options.breaker })),
-    (upstreams) => makeWith(upstreams, options)
+    (upstreams) =>
+      Effect.zipLeft(
+        makeWith(upstreams, options),
+        // Another replica's reset of a shared cooldown ends this relay's pacer holds too.
+        Effect.flatMap(Cooldown.CooldownStore, (store) => Pacing.followClears(store, upstreams))
+      )
   )
 
 /**

@@ -20,6 +20,7 @@ import type * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import { Redis as IORedis } from "ioredis"
 import { CooldownStore } from "../src/Cooldown.js"
+import * as Pacing from "../src/Pacing.js"
 import * as RateLimiter from "../src/RateLimiter.js"
 import * as Redis from "../src/Redis.js"
 import { ResponseCacheStore } from "../src/ResponseCache.js"
@@ -471,6 +472,31 @@ describe.skipIf(!available)("Redis stores", () => {
       expect(r2.cooldown.unsafeActive?.(Date.now()).get("openai")).toEqual({ until, reason: "unreachable" })
       yield* r1.cooldown.clear("openai")
       yield* eventually(Effect.suspend(() => r2.cooldown.active(Date.now())), (m) => !m.has("openai"), 2_000)
+    }))
+
+  it.scopedLive("cooldowns: a clear heard on the channel ends the other replica's pacer hold after a 429 (Pacing.followClears)", () =>
+    Effect.gen(function*() {
+      const prefix = uniquePrefix()
+      const r1 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      const r2 = yield* replica({ prefix, cooldownRefresh: Duration.hours(1) })
+      yield* Effect.sleep(Duration.millis(100))
+      // Replica 2's pacer of "openai" holds after a 429 until its 60 s cooldown ends (a call still hangs).
+      const upstream = { name: "openai" }
+      const pacer = Pacing.pacerOf(upstream)
+      const now = Date.now()
+      expect(pacer.tryTake(now)).toBe(true)
+      pacer.sent()
+      expect(pacer.tryTake(now)).toBe(true)
+      pacer.sent()
+      pacer.answered(now, 429, {})
+      pacer.cooled(now, now + 60_000)
+      expect(pacer.tryTake(Date.now())).toBe(false)
+      yield* Pacing.followClears(r2.cooldown, [upstream])
+      // An operator resets "openai" on replica 1: the clear reaches replica 2 on the channel.
+      yield* r1.cooldown.start("openai", { until: now + 60_000, reason: "rate-limited" })
+      yield* r1.cooldown.clear("openai")
+      // 2 s only guards a loaded machine's stalls: the message takes milliseconds.
+      yield* eventually(Effect.sync(() => pacer.tryTake(Date.now())), (free) => free, 2_000)
     }))
 
   it.scopedLive("cache: a value set by one replica is a hit on the other, and expires with its TTL", () =>
