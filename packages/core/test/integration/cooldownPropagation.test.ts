@@ -111,4 +111,30 @@ describe.skipIf(!available)("cooldowns across replicas", () => {
       expect(second.metadata.attempts).toBe(1)
       expect(x.counters().chat).toBe(1)
     }), 20_000)
+
+  it.scopedLive("a reset on replica A (its cooldown cleared) ends replica B's pacer hold after a 429 while B's call still hangs", () =>
+    Effect.gen(function*() {
+      const x = yield* Fake.make({ name: "x" })
+      const y = yield* Fake.make({ name: "y" })
+      const prefix = `reset-${process.pid}:`
+      const a = yield* replica(prefix, [up(x, 1), up(y, 2)])
+      const b = yield* replica(prefix, [up(x, 1), up(y, 2)])
+      const chat = (content: string) => b.relay.chat({ model: "m", messages: [{ role: "user", content }] })
+      // B's call to x hangs (interrupted when the test's scope ends).
+      x.setFaults({ hang: 1 })
+      yield* Effect.forkScoped(chat("hangs"))
+      for (let i = 0; i < 400 && x.counters().chat === 0; i++) yield* Effect.sleep(Duration.millis(5))
+      expect(x.counters().chat).toBe(1)
+      // The next meets a 429 (Retry-After 60): x cools down, and B's pacer of x holds while the hung call is out.
+      x.setFaults({ status: 429, retryAfter: "60" })
+      expect((yield* chat("a 429")).metadata.upstream).toBe("y")
+      x.setFaults({})
+      // The operator resets x on replica A: its cooldown is cleared, and the clear published.
+      yield* a.cooldowns.clear("x")
+      for (let i = 0; i < 400 && (yield* b.cooldowns.active(Date.now())).has("x"); i++) yield* Effect.sleep(Duration.millis(5))
+      expect((yield* b.cooldowns.active(Date.now())).has("x")).toBe(false)
+      // B sends to x at once, not held behind its hung call for the rest of the 60 s.
+      const after = yield* chat("x is back")
+      expect(after.metadata.upstream).toBe("x")
+    }), 20_000)
 })
