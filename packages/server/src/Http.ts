@@ -75,14 +75,13 @@ export interface Handler {
    * call's cancel (the caller hung up: `then` gets what is left to run, the
    * line is logged as 499), and `reply` gets the answer once, a reply or an
    * effect to run for one. `caller` is the relay's view of the request
-   * runtime ({@link Relay.callerOf}); `started`, the request's arrival
-   * (`performance.now()`), where its latency counts from.
+   * runtime ({@link Relay.callerOf}). Its latency counts from
+   * `request.started`.
    */
   readonly fast: (
     request: Incoming,
     body: string,
     caller: Relay.Caller,
-    started: number,
     reply: (answer: Reply | Effect.Effect<Reply>) => void
   ) => Effect.Effect<Reply> | Relay.Cancel | undefined
   /**
@@ -928,8 +927,9 @@ export const make = (options: Options) =>
       return respond(request, path, log, logged)
     }
 
-    /** A request's record, from its start (now, unless given). */
-    const openLog = (request: Incoming, path: string, started = request.started ?? performance.now()): Log => {
+    /** A request's record, from its arrival (now, when the adapter did not say). */
+    const openLog = (request: Incoming, path: string): Log => {
+      const started = request.started ?? performance.now()
       const incoming = request.headers["x-request-id"]
       const requestId = incoming !== undefined && REQUEST_ID.test(incoming) ? incoming : randomUUID()
       return {
@@ -1008,16 +1008,15 @@ export const make = (options: Options) =>
       request: Incoming,
       body: string,
       caller: Relay.Caller,
-      started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
       try {
-        return fastUnsafe(request, body, caller, started, reply)
+        return fastUnsafe(request, body, caller, reply)
       } catch (defect) {
         // A defect of this plain code: a 500 with its request line and
         // metrics, as a request fiber's defect is (the log opened here if
         // the path had not opened it yet).
-        const log = (request.state as Log | undefined) ?? openLog(request, "/v1/chat/completions", started)
+        const log = (request.state as Log | undefined) ?? openLog(request, "/v1/chat/completions")
         request.state = log
         return defectReply(log, defect)
       }
@@ -1031,7 +1030,6 @@ export const make = (options: Options) =>
       request: Incoming,
       body: string,
       caller: Relay.Caller,
-      started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void
     ): Effect.Effect<Reply> | Relay.Cancel | undefined => {
       if (!fastOn || draining()) return undefined
@@ -1049,10 +1047,10 @@ export const make = (options: Options) =>
       const admitted = gateway.admitAt(who, chat.model, tokens, now)
       if (admitted === undefined) {
         const later = gateway.admitLater(who, chat.model, tokens, now)
-        return later === undefined ? undefined : fastLater(request, body, caller, started, reply, who, chat, controls, later)
+        return later === undefined ? undefined : fastLater(request, body, caller, reply, who, chat, controls, later)
       }
       // Taken: from here the request is this path's (or, handed over, the general path's from where it is).
-      const log = openFastLog(request, started, who, chat)
+      const log = openFastLog(request, who, chat)
       if ("_tag" in admitted) return replied(refusal(admitted), log, true, false)
       return fastCall(request, body, caller, reply, who, chat, controls, log, admitted)
     }
@@ -1069,14 +1067,13 @@ export const make = (options: Options) =>
       request: Incoming,
       body: string,
       caller: Relay.Caller,
-      started: number,
       reply: (answer: Reply | Effect.Effect<Reply>) => void,
       who: Caller,
       chat: OpenAI.ChatCompletionRequest,
       controls: Controls.Controls | undefined,
       later: NonNullable<ReturnType<Gateway["admitLater"]>>
     ): Relay.Cancel => {
-      const log = openFastLog(request, started, who, chat)
+      const log = openFastLog(request, who, chat)
       let cancel: Relay.Cancel | undefined
       let gone = false
       later((admitted) => {
@@ -1107,8 +1104,8 @@ export const make = (options: Options) =>
     }
 
     /** The record of a request {@link fast} has taken, on the request. */
-    const openFastLog = (request: Incoming, started: number, who: Caller, chat: OpenAI.ChatCompletionRequest): Log => {
-      const log = openLog(request, "/v1/chat/completions", started)
+    const openFastLog = (request: Incoming, who: Caller, chat: OpenAI.ChatCompletionRequest): Log => {
+      const log = openLog(request, "/v1/chat/completions")
       request.state = log
       log.key = who.name
       log.model = chat.model

@@ -756,7 +756,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
         phase = "calling"
         let taken: ReturnType<Http.Handler["fast"]>
         try {
-          taken = g.handler.fast(incoming, text, g.caller, started, (answer) => {
+          taken = g.handler.fast(incoming, text, g.caller, (answer) => {
             if (phase !== "calling") return
             phase = "done"
             if (Effect.isEffect(answer)) return runRequest(g, res, incoming, answer, false)

@@ -74,7 +74,7 @@ cache: { enabled: false }
     }
     const replies: Array<Http.Reply> = []
     const kinds: Array<"reply" | "effect"> = []
-    const taken = handler.fast(incoming, body, caller, performance.now(), (answer) => {
+    const taken = handler.fast(incoming, body, caller, (answer) => {
       kinds.push(Effect.isEffect(answer) ? "effect" : "reply")
       if (Effect.isEffect(answer)) Runtime.runPromise(runtime)(answer).then((r) => replies.push(r))
       else replies.push(answer)

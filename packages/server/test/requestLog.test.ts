@@ -208,7 +208,7 @@ describe("the handler's request lines through the RequestLog", () => {
       const incoming = request("fast-order-1")
       const body = await Effect.runPromise(incoming.body)
       const replied = new Promise<Http.Reply>((resolve) => {
-        const taken = handler.fast(incoming, body!, caller, performance.now(), (answer) => {
+        const taken = handler.fast(incoming, body!, caller, (answer) => {
           order.push(Effect.isEffect(answer) ? "handed over" : `reply ${answer.status}`)
           if (!Effect.isEffect(answer)) resolve(answer)
         })
@@ -260,7 +260,7 @@ describe("the handler's request lines through the RequestLog", () => {
           }
         })
       }
-      const taken = handler.fast(broken, body!, caller, performance.now(), () => {})
+      const taken = handler.fast(broken, body!, caller, () => {})
       expect(Effect.isEffect(taken)).toBe(true)
       const quiet = Logger.replace(Logger.defaultLogger, Logger.make(() => {}))
       const reply = await Effect.runPromise(Effect.provide(taken as Effect.Effect<Http.Reply>, quiet))
