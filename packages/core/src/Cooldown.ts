@@ -15,6 +15,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import { makeListeners } from "./internal/listeners.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 
 /**
@@ -47,11 +48,11 @@ export class CooldownStore extends Context.Tag("@breakwater/core/CooldownStore")
      */
     readonly unsafeActive?: ((now: number) => ReadonlyMap<string, Cooldown>) | undefined
     /**
-     * Calls `listener` with an upstream's name when its cooldown is cleared
-     * elsewhere (another replica's reset, heard on the Redis channel), so
-     * that what this process holds because of that cooldown (its pacer's
-     * hold after a 429) ends with it; returns the call that stops
-     * listening. Absent for stores that only this process clears (memory).
+     * Calls `listener` with an upstream's name whenever its cooldown is
+     * cleared: here (`clear`) or, for a shared store, by another replica
+     * (heard on the Redis channel), so that what this process holds because
+     * of that cooldown (its pacer's hold after a 429) ends with it. Returns
+     * the call that stops listening. A store without it tells no one.
      */
     readonly onClear?: ((listener: (upstream: string, now: number) => void) => () => void) | undefined
   }
@@ -81,6 +82,7 @@ export const start = (
 
 export const makeStoreMemory: Effect.Effect<Context.Tag.Service<CooldownStore>> = Effect.sync(() => {
   const cooldowns = new Map<string, Cooldown>()
+  const cleared = makeListeners<[upstream: string, now: number]>()
   const unsafeActive = (now: number): ReadonlyMap<string, Cooldown> => {
     for (const [name, c] of cooldowns) if (c.until <= now) cooldowns.delete(name)
     return cooldowns
@@ -92,11 +94,15 @@ export const makeStoreMemory: Effect.Effect<Context.Tag.Service<CooldownStore>> 
         if (current === undefined || current.until < cooldown.until) cooldowns.set(upstream, cooldown)
       }),
     clear: (upstream) =>
-      Effect.sync(() => {
-        cooldowns.delete(upstream)
-      }),
+      Effect.clockWith((clock) =>
+        Effect.sync(() => {
+          cooldowns.delete(upstream)
+          cleared.emit(upstream, clock.unsafeCurrentTimeMillis())
+        })
+      ),
     active: (now) => Effect.sync(() => unsafeActive(now)),
-    unsafeActive
+    unsafeActive,
+    onClear: cleared.add
   }
 })
 

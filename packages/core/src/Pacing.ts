@@ -370,10 +370,10 @@ export const pacerOf = (upstream: { readonly name: string }): Pacer => {
 }
 
 /**
- * Ends the pacers' holds of `upstreams` when the store hears their
- * cooldown cleared elsewhere (another replica's reset), for as long as the
- * scope lasts: a hold after a 429 lasts as long as the cooldown, here too.
- * Nothing for a store without `onClear` (the memory store: only this process clears it).
+ * Ends the pacers' holds of `upstreams` whenever the store clears their
+ * cooldown (an operator's reset, here or on another replica), for as long
+ * as the scope lasts: a hold after a 429 lasts as long as the cooldown.
+ * Nothing for a store without `onClear`.
  */
 export const followClears = (
   store: Context.Tag.Service<CooldownStore>,

@@ -52,6 +52,7 @@ import * as RedisDefaults from "./RedisDefaults.js"
 import * as ResponseCache from "./ResponseCache.js"
 import * as Spend from "./Spend.js"
 import { SpendStore } from "./Spend.js"
+import { makeListeners } from "./internal/listeners.js"
 
 export interface Options {
   /** `redis://[user:password@]host:port/db` (or `rediss://`). */
@@ -929,7 +930,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
     // The channel, on a connection of its own (a subscribed connection
     // can do nothing else); ioredis reconnects and subscribes again by itself.
     const clock = yield* Effect.clock
-    const clearListeners = new Set<(upstream: string, now: number) => void>()
+    const cleared = makeListeners<[upstream: string, now: number]>()
     const onMessage = (message: string): void => {
       const last = message.lastIndexOf("|")
       const middle = last < 0 ? -1 : message.lastIndexOf("|", last - 1)
@@ -940,14 +941,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         snapshot.delete(upstream)
         if (started.get(upstream)?.synced === true) started.delete(upstream)
         merged = undefined
-        const now = clock.unsafeCurrentTimeMillis()
-        for (const listener of clearListeners) {
-          try {
-            listener(upstream, now)
-          } catch {
-            // A listener's failure is its own; the channel goes on.
-          }
-        }
+        cleared.emit(upstream, clock.unsafeCurrentTimeMillis())
         return
       }
       const cooldown = parseCooldown(message.slice(middle + 1))
@@ -1027,6 +1021,8 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
           started.delete(upstream)
           snapshot.delete(upstream)
           merged = undefined
+          // Here at once; the other replicas when the channel brings it.
+          cleared.emit(upstream, clock.unsafeCurrentTimeMillis())
           return orFallback(
             "cooldown",
             writeClear(upstream),
@@ -1038,10 +1034,7 @@ export const make = (options: Options): Effect.Effect<Stores, never, Scope.Scope
         }),
       active: (now) => Effect.sync(() => unsafeActive(now)),
       unsafeActive,
-      onClear: (listener) => {
-        clearListeners.add(listener)
-        return () => void clearListeners.delete(listener)
-      }
+      onClear: cleared.add
     }
 
     // -- response cache

@@ -382,7 +382,9 @@ export const make = (source: () => Source): Feed => {
       ),
     active: store.active,
     // The relay's hot path reads cooldowns synchronously; without this read it never runs (a read starts nothing).
-    ...(store.unsafeActive === undefined ? {} : { unsafeActive: store.unsafeActive })
+    ...(store.unsafeActive === undefined ? {} : { unsafeActive: store.unsafeActive }),
+    // Who follows clears (the pacers' holds) hears them as the store tells them.
+    ...(store.onClear === undefined ? {} : { onClear: store.onClear })
   })
 
   const subscribe = (closing: () => boolean): Stream.Stream<string> =>

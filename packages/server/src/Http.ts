@@ -7,7 +7,7 @@
  * error is OpenAI's `{"error":{"message","type","param","code"}}` with the
  * status the official SDK maps to its error classes.
  */
-import { Cooldown, type Hedge, Health, OpenAI, Pacing, Relay, type Upstream } from "@breakwater/core"
+import { Cooldown, type Hedge, Health, OpenAI, Relay, type Upstream } from "@breakwater/core"
 import { boundedLabel } from "./internal/labels.js"
 import { taggedBy } from "./internal/taggedMetrics.js"
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto"
@@ -741,9 +741,8 @@ export const make = (options: Options) =>
         const action = m[2] === "reset" ? "reset" : "open"
         if (action === "reset") {
           yield* u.breaker.reset
+          // The pacer's hold after a 429 ends with the cooldown (Pacing.followClears, on every replica).
           yield* cooldowns.clear(u.name)
-          // The pacer's hold after a 429 lasts as long as the cooldown: it ends with it.
-          Pacing.pacerOf(u).cleared(yield* Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis())))
         } else {
           yield* u.breaker.forceOpen
         }
