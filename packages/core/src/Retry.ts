@@ -204,17 +204,13 @@ export const parseRetryAfter = (value: string, now: number): Option.Option<Durat
 export const retryAfterFromHeaders = (
   headers: Readonly<Record<string, string | undefined>>
 ): Effect.Effect<Option.Option<Duration.Duration>> =>
-  Effect.clockWith((clock) => Effect.sync(() => unsafeRetryAfter(headers, clock.unsafeCurrentTimeMillis())))
-
-/** {@link retryAfterFromHeaders} against `now` (epoch millis), synchronously. */
-export const unsafeRetryAfter = (
-  headers: Readonly<Record<string, string | undefined>>,
-  now: number
-): Option.Option<Duration.Duration> => {
-  const ms = headers["retry-after-ms"]
-  if (ms !== undefined && /^\d+(\.\d+)?$/.test(ms.trim())) {
-    return Option.some(Duration.millis(Math.round(Number(ms))))
-  }
-  const ra = headers["retry-after"]
-  return ra === undefined ? Option.none() : parseRetryAfter(ra, now)
-}
+  Effect.clockWith((clock) =>
+    Effect.sync(() => {
+      const ms = headers["retry-after-ms"]
+      if (ms !== undefined && /^\d+(\.\d+)?$/.test(ms.trim())) {
+        return Option.some(Duration.millis(Math.round(Number(ms))))
+      }
+      const ra = headers["retry-after"]
+      return ra === undefined ? Option.none() : parseRetryAfter(ra, clock.unsafeCurrentTimeMillis())
+    })
+  )
