@@ -249,10 +249,12 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
     const rejected = Metric.tagged(rejectedCounter, "limiter", name)
     // Escape ":" (and the escape) in the name so that no other name and key spell the same store key.
     const prefix = `${name.replace(/\\/g, "\\\\").replace(/:/g, "\\:")}:`
+    /** What the store is asked for `cost` of `key` (one limiter's shape, for a take or a batch of them). */
+    const requestOf = (key: string, cost: number): AcquireRequest => ({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis })
 
     const acquire = (key: string, cost = 1): Effect.Effect<Permit, RateLimited | RateLimiterStoreError> =>
       Effect.flatMap(
-        store.acquire({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }),
+        store.acquire(requestOf(key, cost)),
         (decision): Effect.Effect<Permit, RateLimited> => {
           if (!decision.granted) {
             return Effect.zipRight(
@@ -273,7 +275,7 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       now: number,
       tags: ReadonlyArray<MetricLabel.MetricLabel>
     ): number | undefined => {
-      const decision = unsafeAcquire({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }, now)
+      const decision = unsafeAcquire(requestOf(key, cost), now)
       if (decision.granted) return undefined
       rejected.unsafeUpdate(1, tags)
       return decision.retryAfterMillis
@@ -298,7 +300,7 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
       done: (wait: number | undefined | Effect.Effect<number | undefined, RateLimiterStoreError>) => void
     ): void => {
       unsafeAcquireAsync(
-        [{ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }],
+        [requestOf(key, cost)],
         (decisions) =>
           done(
             Effect.isEffect(decisions)
@@ -320,7 +322,7 @@ export const make = (options: Options): Effect.Effect<RateLimiter, never, RateLi
     })
     internals.set(limiter, {
       store,
-      request: (key, cost) => ({ key: prefix + key, algorithm, limit, windowMillis, cost, maxWaitMillis }),
+      request: requestOf,
       rejected
     })
     return limiter
