@@ -201,8 +201,7 @@ export interface Gateway {
   readonly admitLater: (
     caller: Caller,
     model: string,
-    estimatedTokens: number,
-    now: number
+    estimatedTokens: number
   ) => ((done: (admitted: Admitted | KeyRateLimited | Effect.Effect<Admitted, KeyRateLimited>) => void) => void) | undefined
   /**
    * {@link settle} without an Effect, for a request that holds no
@@ -405,8 +404,7 @@ export const make = (
     const admitLater = (
       caller: Caller,
       model: string,
-      estimatedTokens: number,
-      _now: number
+      estimatedTokens: number
     ): ((done: (admitted: Admitted | KeyRateLimited | Effect.Effect<Admitted, KeyRateLimited>) => void) => void) | undefined => {
       if (caller.budgetUsd !== undefined) return undefined
       const requests = caller.requestLimit

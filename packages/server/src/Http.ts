@@ -1045,7 +1045,7 @@ export const make = (options: Options) =>
       const now = clock.unsafeCurrentTimeMillis()
       const admitted = gateway.admitAt(who, chat.model, tokens, now)
       if (admitted === undefined) {
-        const later = gateway.admitLater(who, chat.model, tokens, now)
+        const later = gateway.admitLater(who, chat.model, tokens)
         return later === undefined ? undefined : fastLater(request, body, caller, reply, who, chat, controls, later)
       }
       // Taken: from here the request is this path's (or, handed over, the general path's from where it is).

@@ -357,13 +357,13 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
       const reference = yield* make(keys)
       const now = () => Effect.clockWith((c) => Effect.succeed(c.unsafeCurrentTimeMillis()))
       // A key with a budget holds a reservation: not here; nothing asked of the store.
-      expect(later.admitLater(later.identify("Bearer secret-budget") as Gateway.Caller, "cheap", 1, yield* now())).toBeUndefined()
+      expect(later.admitLater(later.identify("Bearer secret-budget") as Gateway.Caller, "cheap", 1)).toBeUndefined()
       expect(r.state.asked).toBe(0)
       const run = (c: Gateway.Caller, tokens: number) =>
         Effect.gen(function*() {
           // Decided elsewhere: admitAt cannot answer.
           expect(later.admitAt(c, "cheap", tokens, yield* now())).toBeUndefined()
-          const start = later.admitLater(c, "cheap", tokens, yield* now())!
+          const start = later.admitLater(c, "cheap", tokens)!
           const answers: Array<unknown> = []
           start((a) => answers.push(a))
           // Nothing until the store has answered.
@@ -411,7 +411,7 @@ describe("the fast path's admission for limits decided elsewhere (admitLater)", 
       const c = g.identify("Bearer secret-both") as Gateway.Caller
       const answer = (tokens: number) => {
         let got: unknown
-        g.admitLater(c, "cheap", tokens, 0)!((a) => {
+        g.admitLater(c, "cheap", tokens)!((a) => {
           got = a
         })
         if (!Effect.isEffect(got)) throw new Error("expected an effect")
