@@ -615,7 +615,7 @@ export const make = (
     (upstreams) =>
       Effect.zipLeft(
         makeWith(upstreams, options),
-        // Another replica's reset of a shared cooldown ends this relay's pacer holds too.
+        // A cleared cooldown (a reset, here or on another replica) ends this relay's pacer holds too.
         Effect.flatMap(Cooldown.CooldownStore, (store) => Pacing.followClears(store, upstreams))
       )
   )

@@ -518,7 +518,7 @@ export const serve = (config: ServerConfig, options: ServeOptions = {}): Effect.
           ? Effect.runtime<never>()
           : Effect.withTracer(Effect.runtime<never>(), telemetry.tracer))
         const requestRuntime = Runtime.make({ ...runtime, context: Context.merge(runtime.context, all) })
-        // Another replica's reset of a shared cooldown (Redis) ends this generation's pacer holds too.
+        // A cleared cooldown (a reset, here or on another replica) ends this generation's pacer holds too.
         yield* Scope.extend(Pacing.followClears(Context.get(shared, Cooldown.CooldownStore), upstreams), scope)
         // Breaker transitions, as they happen, for the console (a breaker kept across configs is told once).
         yield* Effect.forEach(upstreams, (u) =>
