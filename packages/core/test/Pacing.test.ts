@@ -8,10 +8,13 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as TestClock from "effect/TestClock"
+import * as Cooldown from "../src/Cooldown.js"
 import * as Pacing from "../src/Pacing.js"
 import * as Relay from "../src/Relay.js"
 import type * as Upstream from "../src/Upstream.js"
@@ -69,6 +72,37 @@ const counter = (upstream: string, outcome: string) =>
 /** Lets forked requests run as far as they can without the clock moving. */
 const settle = Effect.gen(function*() {
   for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
+})
+
+describe("followClears", () => {
+  it.scoped("a clear of the memory store ends the hold of the upstream's pacer, and only while the scope lasts", () =>
+    Effect.gen(function*() {
+      const store = yield* Cooldown.makeStoreMemory
+      const upstream = { name: "held" }
+      const other = { name: "other" }
+      const hold = (u: { readonly name: string }) => {
+        const p = Pacing.pacerOf(u)
+        p.tryTake(0)
+        p.sent()
+        p.tryTake(0)
+        p.sent() // hangs
+        p.answered(0, 429, {})
+        p.cooled(0, 60_000)
+        return p
+      }
+      const held = hold(upstream)
+      const untouched = hold(other)
+      const scope = yield* Scope.make()
+      yield* Scope.extend(Pacing.followClears(store, [upstream, other]), scope)
+      yield* TestClock.adjust("5 millis")
+      yield* store.clear("held")
+      expect(held.tryTake(10)).toBe(true)
+      expect(untouched.tryTake(10)).toBe(false)
+      // The scope closed: clears are no longer followed.
+      yield* Scope.close(scope, Exit.void)
+      yield* store.clear("other")
+      expect(untouched.tryTake(20)).toBe(false)
+    }))
 })
 
 describe("Pacer", () => {
